@@ -1,0 +1,150 @@
+# spartan: the only build file. `make` builds bin/spartan; see `make help`.
+# Objects go to build/<variant>/<dir>/; tests are tests/*_test.c (one Criterion binary each),
+# benchmarks are tests/bench_*.c.
+
+UNAME := $(shell uname -s)
+OPT ?= -O3 -march=native
+WERROR ?= 0
+V ?= 0
+
+CFLAGS_BASE := -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -Wshadow \
+	-Wstrict-prototypes -Wmissing-prototypes -Wvla -g -MMD -MP -Itrain -Idata -Iinfer
+ifeq ($(WERROR),1)
+CFLAGS_BASE += -Werror
+endif
+
+PKG_CONFIG ?= pkg-config
+# Prefer the OpenMP build of OpenBLAS on Debian/Ubuntu, so that BLAS and our kernels share one
+# OpenMP thread pool instead of two pools spinning against each other.
+OPENBLAS_OMP_DIR := $(firstword $(wildcard /usr/lib/*/openblas-openmp))
+
+ifeq ($(UNAME),Darwin)
+BLAS ?= accelerate
+BREW := $(shell brew --prefix 2>/dev/null)
+OMP_CFLAGS := -Xpreprocessor -fopenmp -I$(BREW)/opt/libomp/include
+OMP_LIBS := -L$(BREW)/opt/libomp/lib -lomp
+else
+BLAS ?= openblas
+OMP_CFLAGS := -fopenmp
+OMP_LIBS := -fopenmp
+endif
+
+ifeq ($(BLAS),accelerate)
+BLAS_CFLAGS := -DUSE_ACCELERATE -DACCELERATE_NEW_LAPACK
+BLAS_LIBS := -framework Accelerate
+else ifneq ($(OPENBLAS_OMP_DIR),)
+BLAS_CFLAGS := $(shell PKG_CONFIG_PATH=$(OPENBLAS_OMP_DIR)/pkgconfig $(PKG_CONFIG) --cflags openblas 2>/dev/null)
+BLAS_LIBS := -L$(OPENBLAS_OMP_DIR) -Wl,-rpath,$(OPENBLAS_OMP_DIR) -lopenblas
+else
+BLAS_CFLAGS := $(shell $(PKG_CONFIG) --cflags openblas 2>/dev/null)
+BLAS_LIBS := $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenblas)
+endif
+
+PKGS := hdf5 libcurl inih jansson libmicrohttpd
+DEP_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
+DEP_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
+# nng 1.x installs no .pc file on every platform.
+NNG_LIBS := $(shell $(PKG_CONFIG) --libs nng 2>/dev/null || echo -lnng) -lpthread
+CRIT_CFLAGS := $(shell $(PKG_CONFIG) --cflags criterion 2>/dev/null)
+CRIT_LIBS := $(shell $(PKG_CONFIG) --libs criterion 2>/dev/null || echo -lcriterion)
+
+CFLAGS := $(CFLAGS_BASE) $(OPT) $(OMP_CFLAGS) $(BLAS_CFLAGS) $(DEP_CFLAGS)
+LDLIBS := $(BLAS_LIBS) $(DEP_LIBS) $(NNG_LIBS) $(OMP_LIBS) -lm
+
+# Variant: build/rel (default) or build/asan (make sanitize).
+VARIANT ?= rel
+B := build/$(VARIANT)
+ifeq ($(VARIANT),asan)
+OPT := -O1 -march=native
+CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDLIBS += -fsanitize=address,undefined
+endif
+
+LIB_SRC := $(filter-out train/main.c,$(wildcard train/*.c data/*.c infer/*.c sparta/*.c diloco/*.c))
+LIB_OBJ := $(LIB_SRC:%.c=$(B)/%.o)
+MAIN_OBJ := $(B)/train/main.o
+TEST_SRC := $(wildcard tests/*_test.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(B)/tests/%)
+TU_OBJ := $(B)/tests/test_util.o
+BENCH_SRC := $(wildcard tests/bench_*.c)
+BENCH_BIN := $(BENCH_SRC:tests/%.c=$(B)/tests/%)
+SPARTAN := $(if $(filter rel,$(VARIANT)),bin/spartan,$(B)/spartan)
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+.PHONY: all test bench sanitize run deps lint clean help fixtures check-deps
+all: check-deps $(SPARTAN)
+
+help:
+	@echo "make            build bin/spartan"
+	@echo "make run        install deps if needed, build, train configs/tiny.ini, print a sample"
+	@echo "make test       build and run every tests/*_test.c"
+	@echo "make bench      run the benchmarks (BENCH <key> <value> lines)"
+	@echo "make sanitize   run the test suite under ASan+UBSan (build/asan)"
+	@echo "make lint       clang-format check and header-boundary check"
+	@echo "make clean      remove build/ and bin/"
+
+# One line per dependency, as llm.c does; stop with an install hint if one is missing.
+check-deps:
+	@$(SHELL) scripts/check-deps || { echo "missing dependencies: run scripts/install-deps"; exit 1; }
+
+$(SPARTAN): $(MAIN_OBJ) $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+	@echo "  LINK $@"
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC   $<"
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+$(B)/tests/test_util.o: tests/test_util.c
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) $(CRIT_CFLAGS) -c -o $@ $<
+
+$(B)/tests/%_test.o: tests/%_test.c
+	@mkdir -p $(dir $@)
+	@echo "  CC   $<"
+	$(Q)$(CC) $(CFLAGS) $(CRIT_CFLAGS) -c -o $@ $<
+
+$(B)/tests/%_test: $(B)/tests/%_test.o $(TU_OBJ) $(LIB_OBJ)
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(CRIT_LIBS) $(LDLIBS)
+
+$(B)/tests/bench_%: $(B)/tests/bench_%.o $(LIB_OBJ)
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+# Tests run from the repo root with bin/spartan built (some tests run it as a process).
+test: check-deps $(SPARTAN) $(TEST_BIN)
+	@SPARTAN_BIN=$(SPARTAN) $(SHELL) scripts/run-tests $(TEST_BIN)
+
+sanitize:
+	@$(MAKE) --no-print-directory VARIANT=asan test
+
+bench: check-deps $(SPARTAN) $(BENCH_BIN)
+	@SPARTAN_BIN=$(SPARTAN) $(SHELL) scripts/run-bench $(BENCH_BIN)
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@$(SHELL) scripts/quickstart
+
+deps:
+	@$(SHELL) scripts/install-deps
+
+fixtures:
+	@/usr/bin/python3 scripts/make-fixtures
+
+lint:
+	@clang-format --dry-run -Werror train/*.[ch] data/*.[ch] infer/*.[ch] tests/*.[ch]
+	@! grep -nE '#include "(sparta|diloco|srv|net)' train/*.[ch] data/*.[ch] || \
+		{ echo "lint: train/ and data/ must not include higher layers"; exit 1; }
+	@! grep -nE '#include .*(cblas|Accelerate)' $(filter-out train/ops.c,$(wildcard */*.[ch])) || \
+		{ echo "lint: only train/ops.c may include the BLAS header"; exit 1; }
+
+clean:
+	rm -rf build bin
+
+-include $(shell find build -name '*.d' 2>/dev/null)

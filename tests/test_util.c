@@ -1,0 +1,106 @@
+// test_util.c: shared test helpers. Single-threaded; called from Criterion test bodies.
+#include "test_util.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+char *tu_tmpdir(const char *tag) {
+    const char *base = getenv("TMPDIR");
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s/spartan-%s-XXXXXX", base && *base ? base : "/tmp", tag);
+    char *p = mkdtemp(buf);
+    if (!p) return NULL;
+    char *r = malloc(strlen(p) + 1);
+    strcpy(r, p);
+    return r;
+}
+
+void tu_rm_rf(const char *path) {
+    if (!path || !*path || strcmp(path, "/") == 0) return;
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
+    if (system(cmd) != 0) fprintf(stderr, "tu_rm_rf: could not remove %s\n", path);
+}
+
+void tu_rand_fill(float *x, size_t n, uint64_t seed, float lo, float hi) {
+    uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (size_t i = 0; i < n; i++) {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        x[i] = lo + (hi - lo) * (float)((s >> 40) * (1.0 / 16777216.0));
+    }
+}
+
+const char *tu_spartan(void) {
+    const char *b = getenv("SPARTAN_BIN");
+    return b && *b ? b : "bin/spartan";
+}
+
+int tu_run(const char *cmd, int timeout_s, char **out) {
+    char full[8192];
+    // timeout(1) bounds the child; output is collected through a pipe.
+    snprintf(full, sizeof full, "timeout -k 2 %d sh -c '%s' 2>&1", timeout_s, cmd);
+    FILE *p = popen(full, "r");
+    if (!p) return -1;
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    size_t r;
+    while ((r = fread(buf + len, 1, cap - len - 1, p)) > 0) {
+        len += r;
+        if (cap - len < 1024) buf = realloc(buf, cap *= 2);
+    }
+    buf[len] = 0;
+    int st = pclose(p);
+    if (out) *out = buf;
+    else free(buf);
+    if (st == -1) return -1;
+    if (WIFEXITED(st)) return WEXITSTATUS(st);
+    if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
+    return -1;
+}
+
+int tu_write_file(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    size_t w = fwrite(data, 1, n, f);
+    return (fclose(f) == 0 && w == n) ? 0 : -1;
+}
+
+int tu_read_file(const char *path, char **data, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)sz + 1);
+    size_t r = fread(buf, 1, (size_t)sz, f);
+    fclose(f);
+    if (r != (size_t)sz) {
+        free(buf);
+        return -1;
+    }
+    buf[sz] = 0;
+    *data = buf;
+    if (n) *n = (size_t)sz;
+    return 0;
+}
+
+int tu_files_equal(const char *a, const char *b) {
+    char *da, *db;
+    size_t na, nb;
+    if (tu_read_file(a, &da, &na)) return 0;
+    if (tu_read_file(b, &db, &nb)) {
+        free(da);
+        return 0;
+    }
+    int eq = na == nb && memcmp(da, db, na) == 0;
+    free(da);
+    free(db);
+    return eq;
+}

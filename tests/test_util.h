@@ -1,0 +1,35 @@
+// test_util.h: helpers shared by the Criterion suites (tu_ prefix): temp dirs, deterministic
+// random fills, running bin/spartan as a child process with a time limit, file helpers.
+#ifndef TEST_UTIL_H
+#define TEST_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+// tu_tmpdir creates a fresh directory under $TMPDIR (or /tmp) and returns its path (static
+// storage per call slot is not used: the caller owns the returned string and frees it).
+char *tu_tmpdir(const char *tag);
+
+// tu_rm_rf removes a directory tree (best effort).
+void tu_rm_rf(const char *path);
+
+// tu_rand_fill fills x(n) with uniform values in [lo, hi) from a fixed-seed generator.
+void tu_rand_fill(float *x, size_t n, uint64_t seed, float lo, float hi);
+
+// tu_spartan returns the path of the spartan binary under test ($SPARTAN_BIN or bin/spartan).
+const char *tu_spartan(void);
+
+// tu_run runs `sh -c cmd` with a time limit of timeout_s seconds, capturing stdout+stderr into
+// *out (caller frees; may be NULL). Returns the exit status, 128+signal if killed, or -1.
+int tu_run(const char *cmd, int timeout_s, char **out);
+
+// tu_write_file writes n bytes to path; returns 0 on success.
+int tu_write_file(const char *path, const void *data, size_t n);
+
+// tu_read_file reads a whole file; the caller frees *data. Returns 0 on success.
+int tu_read_file(const char *path, char **data, size_t *n);
+
+// tu_files_equal returns 1 if both files exist and have identical bytes.
+int tu_files_equal(const char *a, const char *b);
+
+#endif

@@ -1,0 +1,265 @@
+// cfg.c: the key table and INI parsing (libinih). Every key is one row: section, name, type,
+// offset into `cfg`, default text, range and help, as in redis's config table. Unknown keys,
+// wrong types and out-of-range values are errors that name file:line and the key.
+#include "cfg.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "log.h"
+
+typedef enum { CFG_INT, CFG_U64, CFG_F32, CFG_STR, CFG_LEVEL } cfg_type;
+
+typedef struct {
+    const char *section, *name;
+    cfg_type type;
+    size_t off, size;
+    const char *def;
+    double lo, hi;
+    const char *help;
+} cfg_key;
+
+#define K(sec, key, ty, field, d, lo, hi, help) \
+    {sec, key, ty, offsetof(cfg, field), sizeof(((cfg *)0)->field), d, lo, hi, help}
+
+static const cfg_key keys[] = {
+    K("model", "n_layer", CFG_INT, model.n_layer, "4", 1, 96, "transformer blocks L"),
+    K("model", "n_head", CFG_INT, model.n_head, "4", 1, 128, "attention heads NH"),
+    K("model", "n_embd", CFG_INT, model.n_embd, "128", 1, 16384, "embedding width C"),
+    K("model", "block_size", CFG_INT, model.block_size, "64", 1, 65536, "context length T"),
+    K("model", "vocab_size", CFG_INT, model.vocab_size, "0", 0, 1 << 24,
+      "vocabulary V (0 = from the data's tokenizer)"),
+    K("train", "batch_size", CFG_INT, train.batch_size, "16", 1, 1 << 20, "micro-batch size B"),
+    K("train", "grad_accum", CFG_INT, train.grad_accum, "1", 1, 1 << 20,
+      "micro-batches per optimizer step"),
+    K("train", "max_iters", CFG_INT, train.max_iters, "1000", 0, 1e9, "optimizer steps"),
+    K("train", "learning_rate", CFG_F32, train.learning_rate, "1e-3", 0, 10, "peak learning rate"),
+    K("train", "min_lr", CFG_F32, train.min_lr, "1e-4", 0, 10, "learning rate floor"),
+    K("train", "warmup_iters", CFG_INT, train.warmup_iters, "100", 0, 1e9, "linear warmup steps"),
+    K("train", "lr_decay_iters", CFG_INT, train.lr_decay_iters, "0", 0, 1e9,
+      "step where cosine decay reaches min_lr (0 = max_iters)"),
+    K("train", "weight_decay", CFG_F32, train.weight_decay, "0.1", 0, 10,
+      "AdamW decoupled weight decay (2-D weights only)"),
+    K("train", "beta1", CFG_F32, train.beta1, "0.9", 0, 0.999999, "AdamW beta1"),
+    K("train", "beta2", CFG_F32, train.beta2, "0.95", 0, 0.999999, "AdamW beta2"),
+    K("train", "eps", CFG_F32, train.eps, "1e-8", 0, 1, "AdamW epsilon"),
+    K("train", "grad_clip", CFG_F32, train.grad_clip, "1.0", 0, 1e9,
+      "global gradient-norm clip (0 = off)"),
+    K("train", "seed", CFG_U64, train.seed, "1337", 0, 1.8e19, "run seed (init, data order)"),
+    K("train", "log_interval", CFG_INT, train.log_interval, "10", 1, 1e9,
+      "steps between progress lines"),
+    K("train", "eval_interval", CFG_INT, train.eval_interval, "250", 0, 1e9,
+      "steps between val-loss evaluations (0 = end only)"),
+    K("train", "eval_iters", CFG_INT, train.eval_iters, "20", 1, 1e6, "val batches per eval"),
+    K("train", "ckpt_interval", CFG_INT, train.ckpt_interval, "0", 0, 1e9,
+      "steps between checkpoints (0 = end only)"),
+    K("train", "keep_ckpts", CFG_INT, train.keep_ckpts, "3", 0, 1e6,
+      "interval checkpoints kept (0 = all)"),
+    K("train", "threads", CFG_INT, train.threads, "0", 0, 1024, "compute threads (0 = all cores)"),
+    K("train", "rank", CFG_INT, train.rank, "0", 0, 1 << 20, "peer rank (selects the data stream)"),
+    K("train", "out_dir", CFG_STR, train.out_dir, "out", 0, 0,
+      "where checkpoints and metrics.csv go"),
+    K("data", "dir", CFG_STR, data.dir, "data/cache/shakespeare-char", 0, 0,
+      "folder written by `spartan data prepare`"),
+    K("log", "level", CFG_LEVEL, log.level, "info", 0, 0, "error, warn, info or debug"),
+};
+
+#define N_KEYS (sizeof keys / sizeof keys[0])
+
+static const cfg_key *find_key(const char *section, const char *name) {
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (strcmp(keys[i].section, section) == 0 && strcmp(keys[i].name, name) == 0)
+            return &keys[i];
+    return NULL;
+}
+
+// set_value parses text into the field of k; where names the origin for messages.
+static int set_value(cfg *c, const cfg_key *k, const char *text, const char *where) {
+    char *p = (char *)c + k->off;
+    char *end = NULL;
+    errno = 0;
+    switch (k->type) {
+    case CFG_INT: {
+        long v = strtol(text, &end, 10);
+        if (end == text || *end || errno)
+            return err_set(ERR_INVAL, "%s: %s.%s: '%s' is not an integer", where, k->section,
+                           k->name, text);
+        if (v < k->lo || v > k->hi)
+            return err_set(ERR_INVAL, "%s: %s.%s: %ld is out of range [%.0f, %.0f]", where,
+                           k->section, k->name, v, k->lo, k->hi);
+        *(int *)p = (int)v;
+        break;
+    }
+    case CFG_U64: {
+        if (text[0] == '-')
+            return err_set(ERR_INVAL, "%s: %s.%s: '%s' must not be negative", where, k->section,
+                           k->name, text);
+        unsigned long long v = strtoull(text, &end, 10);
+        if (end == text || *end || errno)
+            return err_set(ERR_INVAL, "%s: %s.%s: '%s' is not an unsigned integer", where,
+                           k->section, k->name, text);
+        *(uint64_t *)p = (uint64_t)v;
+        break;
+    }
+    case CFG_F32: {
+        double v = strtod(text, &end);
+        if (end == text || *end || errno || !isfinite(v))
+            return err_set(ERR_INVAL, "%s: %s.%s: '%s' is not a number", where, k->section,
+                           k->name, text);
+        if (v < k->lo || v > k->hi)
+            return err_set(ERR_INVAL, "%s: %s.%s: %g is out of range [%g, %g]", where, k->section,
+                           k->name, v, k->lo, k->hi);
+        *(float *)p = (float)v;
+        break;
+    }
+    case CFG_STR:
+        if (strlen(text) >= k->size)
+            return err_set(ERR_INVAL, "%s: %s.%s: value is longer than %zu characters", where,
+                           k->section, k->name, k->size - 1);
+        if (!text[0])
+            return err_set(ERR_INVAL, "%s: %s.%s: value is empty", where, k->section, k->name);
+        strcpy(p, text);
+        break;
+    case CFG_LEVEL:
+        if (log_parse_level(text) < 0)
+            return err_set(ERR_INVAL, "%s: %s.%s: '%s' is not one of error, warn, info, debug",
+                           where, k->section, k->name, text);
+        strcpy(p, text);
+        break;
+    }
+    return ERR_OK;
+}
+
+void cfg_defaults(cfg *c) {
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < N_KEYS; i++) {
+        int rc = set_value(c, &keys[i], keys[i].def, "default");
+        ASSERT(rc == ERR_OK);
+    }
+}
+
+typedef struct {
+    cfg *c;
+    const char *name;
+    int rc;
+} ini_ctx;
+
+static int on_ini(void *user, const char *section, const char *name, const char *value,
+                  int lineno) {
+    ini_ctx *ctx = user;
+    if (ctx->rc != ERR_OK) return 0;
+    char where[CFG_PATH_MAX + 32];
+    snprintf(where, sizeof where, "%s:%d", ctx->name, lineno);
+    const cfg_key *k = find_key(section, name);
+    if (!k) {
+        ctx->rc = err_set(ERR_INVAL, "%s: unknown key '%s.%s' (see `spartan train --help`)",
+                          where, section, name);
+        return 0;
+    }
+    ctx->rc = set_value(ctx->c, k, value, where);
+    return ctx->rc == ERR_OK;
+}
+
+static int finish_parse(ini_ctx *ctx, int ini_rc) {
+    if (ctx->rc != ERR_OK) return ctx->rc;
+    if (ini_rc > 0)
+        return err_set(ERR_INVAL, "%s:%d: syntax error (expected [section] or key = value)",
+                       ctx->name, ini_rc);
+    if (ini_rc < 0) return err_set(ERR_IO, "%s: cannot read", ctx->name);
+    return ERR_OK;
+}
+
+int cfg_load_ini(cfg *c, const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return err_set(ERR_IO, "%s: cannot open config: %s", path, strerror(errno));
+    ini_ctx ctx = {c, path, ERR_OK};
+    int ini_rc = ini_parse_file(f, on_ini, &ctx);
+    fclose(f);
+    return finish_parse(&ctx, ini_rc);
+}
+
+int cfg_parse_string(cfg *c, const char *text, const char *name) {
+    cfg_defaults(c);
+    ini_ctx ctx = {c, name, ERR_OK};
+    int ini_rc = ini_parse_string(text, on_ini, &ctx);
+    return finish_parse(&ctx, ini_rc);
+}
+
+int cfg_set(cfg *c, const char *assignment) {
+    const char *eq = strchr(assignment, '=');
+    const char *dot = strchr(assignment, '.');
+    if (!eq || !dot || dot > eq)
+        return err_set(ERR_INVAL, "--set '%s': expected section.key=value", assignment);
+    char section[64], name[64];
+    size_t ls = (size_t)(dot - assignment), ln = (size_t)(eq - dot - 1);
+    if (ls == 0 || ls >= sizeof section || ln == 0 || ln >= sizeof name)
+        return err_set(ERR_INVAL, "--set '%s': expected section.key=value", assignment);
+    memcpy(section, assignment, ls);
+    section[ls] = 0;
+    memcpy(name, dot + 1, ln);
+    name[ln] = 0;
+    const cfg_key *k = find_key(section, name);
+    if (!k) return err_set(ERR_INVAL, "--set: unknown key '%s.%s'", section, name);
+    return set_value(c, k, eq + 1, "--set");
+}
+
+int cfg_validate(const cfg *c) {
+    if (c->model.n_embd % c->model.n_head != 0)
+        return err_set(ERR_INVAL, "model.n_embd (%d) must be divisible by model.n_head (%d)",
+                       c->model.n_embd, c->model.n_head);
+    if (c->train.min_lr > c->train.learning_rate)
+        return err_set(ERR_INVAL, "train.min_lr (%g) must not exceed train.learning_rate (%g)",
+                       c->train.min_lr, c->train.learning_rate);
+    return ERR_OK;
+}
+
+static void format_value(const cfg *c, const cfg_key *k, char *buf, size_t n) {
+    const char *p = (const char *)c + k->off;
+    switch (k->type) {
+    case CFG_INT: snprintf(buf, n, "%d", *(const int *)p); break;
+    case CFG_U64: snprintf(buf, n, "%llu", (unsigned long long)*(const uint64_t *)p); break;
+    case CFG_F32: snprintf(buf, n, "%.9g", *(const float *)p); break;
+    case CFG_STR:
+    case CFG_LEVEL: snprintf(buf, n, "%s", p); break;
+    }
+}
+
+void cfg_write(const cfg *c, FILE *f) {
+    const char *section = "";
+    for (size_t i = 0; i < N_KEYS; i++) {
+        if (strcmp(section, keys[i].section) != 0) {
+            section = keys[i].section;
+            fprintf(f, "%s[%s]\n", i ? "\n" : "", section);
+        }
+        char v[CFG_PATH_MAX + 8];
+        format_value(c, &keys[i], v, sizeof v);
+        fprintf(f, "%s = %s\n", keys[i].name, v);
+    }
+}
+
+char *cfg_to_string(const cfg *c) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) {
+        fprintf(stderr, "spartan: out of memory\n");
+        abort();
+    }
+    cfg_write(c, f);
+    fclose(f);
+    return buf;
+}
+
+void cfg_print_keys(FILE *f) {
+    static const char *tn[] = {"int", "uint", "float", "string", "level"};
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const cfg_key *k = &keys[i];
+        char name[80];
+        snprintf(name, sizeof name, "%s.%s", k->section, k->name);
+        fprintf(f, "  %-22s %-6s default %-28s %s\n", name, tn[k->type], k->def, k->help);
+    }
+}

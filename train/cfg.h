@@ -1,0 +1,90 @@
+// cfg.h: the run configuration. One INI file (libinih) produces one `cfg` struct with a
+// sub-struct per module; every key lives in one table with its type, default and range.
+// Order of use: cfg_defaults -> cfg_load_ini -> cfg_set (command line) -> cfg_validate.
+// Not thread-safe; main parses it once before any thread starts.
+#ifndef CFG_H
+#define CFG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define CFG_PATH_MAX 512
+
+// GPT-2 architecture (nanoGPT names). vocab_size = 0 means "take it from the data's tokenizer".
+typedef struct cfg_model {
+    int n_layer;
+    int n_head;
+    int n_embd;
+    int block_size;
+    int vocab_size;
+} cfg_model;
+
+// Optimisation and loop settings (nanoGPT names where nanoGPT has one).
+typedef struct cfg_train {
+    int batch_size;        // micro-batch size B
+    int grad_accum;        // micro-batches per optimizer step
+    int max_iters;         // optimizer steps
+    float learning_rate;   // peak lr
+    float min_lr;          // floor of the cosine decay
+    int warmup_iters;      // linear warmup steps
+    int lr_decay_iters;    // cosine reaches min_lr here (0 = max_iters)
+    float weight_decay;    // decoupled, 2-D weights only
+    float beta1, beta2, eps;
+    float grad_clip;       // global-norm clip (0 = off)
+    uint64_t seed;
+    int log_interval;      // steps between progress lines
+    int eval_interval;     // steps between val evaluations (0 = only at the end)
+    int eval_iters;        // val batches per evaluation
+    int ckpt_interval;     // steps between checkpoints (0 = only at the end)
+    int keep_ckpts;        // newest interval checkpoints kept (0 = all)
+    int threads;           // OpenMP/BLAS threads (0 = all cores)
+    int rank;              // this peer's rank: selects its data stream
+    char out_dir[CFG_PATH_MAX];
+} cfg_train;
+
+typedef struct cfg_data {
+    char dir[CFG_PATH_MAX];  // a folder written by `spartan data prepare`
+} cfg_data;
+
+typedef struct cfg_log {
+    char level[16];
+} cfg_log;
+
+typedef struct cfg {
+    cfg_model model;
+    cfg_train train;
+    cfg_data data;
+    cfg_log log;
+} cfg;
+
+// cfg_defaults fills c with every key's default from the key table. Never fails.
+void cfg_defaults(cfg *c);
+
+// cfg_load_ini parses the INI file at path into c. Returns ERR_OK, ERR_IO if the file cannot be
+// read, or ERR_INVAL for an unknown section or key, a wrong type or an out-of-range value; the
+// message names path:line and the key.
+int cfg_load_ini(cfg *c, const char *path);
+
+// cfg_set applies one "section.key=value" assignment (from --set). Returns ERR_OK or ERR_INVAL
+// with a message naming the key.
+int cfg_set(cfg *c, const char *assignment);
+
+// cfg_validate checks cross-key constraints (n_embd divisible by n_head, ...). Returns ERR_OK or
+// ERR_INVAL naming the keys.
+int cfg_validate(const cfg *c);
+
+// cfg_write prints the full effective config as INI text (every key, current values) to f.
+void cfg_write(const cfg *c, FILE *f);
+
+// cfg_to_string returns the effective config as INI text; the caller owns it (free).
+char *cfg_to_string(const cfg *c);
+
+// cfg_parse_string parses INI text (as written by cfg_write) into c, starting from defaults.
+// name is used in error messages. Returns ERR_OK or ERR_INVAL.
+int cfg_parse_string(cfg *c, const char *text, const char *name);
+
+// cfg_print_keys writes the key table (section.key, type, default, range, help) to f.
+void cfg_print_keys(FILE *f);
+
+#endif

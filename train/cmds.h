@@ -1,0 +1,12 @@
+// cmds.h: the subcommands implemented in train/ (spartan train, spartan eval). Each takes the
+// argv that follows `spartan`, with argv[0] the command name, and returns the process exit code.
+#ifndef CMDS_H
+#define CMDS_H
+
+// train_cmd_main runs `spartan train CONFIG [--set k=v ...] [--resume CKPT]`.
+int train_cmd_main(int argc, char **argv);
+
+// eval_cmd_main runs `spartan eval CKPT --data SHARD [--seq-len T] [--max-windows M]`.
+int eval_cmd_main(int argc, char **argv);
+
+#endif

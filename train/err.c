@@ -1,0 +1,68 @@
+// err.c: thread-local error messages and the aborting allocators. Any thread may call these.
+#include "err.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static _Thread_local char err_buf[1024];
+
+int err_set(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_buf, sizeof err_buf, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+const char *err_msg(void) { return err_buf; }
+
+const char *err_str(int code) {
+    static const char *names[ERR_COUNT_] = {"ERR_OK",  "ERR_NOMEM",   "ERR_INVAL",
+                                            "ERR_IO",  "ERR_FORMAT",  "ERR_NET",
+                                            "ERR_TIMEOUT", "ERR_CLOSED", "ERR_PEER"};
+    return (code >= 0 && code < ERR_COUNT_) ? names[code] : "ERR_?";
+}
+
+static void oom(size_t n) {
+    fprintf(stderr, "spartan: out of memory allocating %zu bytes\n", n);
+    abort();
+}
+
+void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) oom(n);
+    return p;
+}
+
+void *xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) oom(n * size);
+    return p;
+}
+
+void *xrealloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) oom(n);
+    return q;
+}
+
+char *xstrdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = xmalloc(n);
+    memcpy(p, s, n);
+    return p;
+}
+
+void *xalloc_aligned(size_t n) {
+    void *p = NULL;
+    size_t sz = (n + 63) & ~(size_t)63;
+    if (posix_memalign(&p, 64, sz ? sz : 64) != 0) oom(n);
+    return p;
+}
+
+void err_assert_fail(const char *cond, const char *file, int line) {
+    fprintf(stderr, "spartan: assertion failed: %s (%s:%d)\n", cond, file, line);
+    abort();
+}

@@ -1,0 +1,49 @@
+// err.h: error codes, a thread-local error message, OOM-aborting allocators and ASSERT.
+// Fallible functions return ERR_OK (0) or a positive code and describe the failure with
+// err_set(); the caller that handles the error reads err_msg(). Safe from any thread.
+#ifndef ERR_H
+#define ERR_H
+
+#include <stddef.h>
+
+enum {
+    ERR_OK = 0,
+    ERR_NOMEM,   // allocation failed (only where we choose not to abort)
+    ERR_INVAL,   // bad argument, bad config value, bad command line
+    ERR_IO,      // open/read/write/rename failed
+    ERR_FORMAT,  // a file or message has the wrong magic, version, shape or length
+    ERR_NET,     // transport failure
+    ERR_TIMEOUT, // a deadline passed
+    ERR_CLOSED,  // the object was closed while waiting
+    ERR_PEER,    // a peer misbehaved or is gone
+    ERR_COUNT_
+};
+
+// err_set formats a detail message into this thread's error buffer and returns code, so a
+// failing function can `return err_set(ERR_IO, "cannot open '%s'", path);`.
+int err_set(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+// err_msg returns this thread's last message set by err_set ("" if none). The pointer stays
+// valid until the next err_set on the same thread.
+const char *err_msg(void);
+
+// err_str returns the symbolic name of an error code ("ERR_IO"), or "ERR_?" if unknown.
+const char *err_str(int code);
+
+// xmalloc, xcalloc, xrealloc and xstrdup allocate or abort with one line on stderr. They are
+// the only allocation paths that abort (the redis zmalloc pattern). The caller owns the result.
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+
+// xalloc_aligned returns 64-byte aligned memory of n bytes (release with free) or aborts.
+void *xalloc_aligned(size_t n);
+
+// err_assert_fail prints the failed condition and aborts; use through ASSERT.
+void err_assert_fail(const char *cond, const char *file, int line) __attribute__((noreturn));
+
+// ASSERT stays on in release builds; it is for programmer errors only, never for bad input.
+#define ASSERT(c) ((c) ? (void)0 : err_assert_fail(#c, __FILE__, __LINE__))
+
+#endif

@@ -1,0 +1,53 @@
+// main.c: the bin/spartan entry point. It only dispatches subcommands to their modules; each
+// module parses its own options. Runs on the main thread.
+#include <stdio.h>
+#include <string.h>
+
+#include "cmds.h"
+#include "data_cmd.h"
+#include "sample_cmd.h"
+
+#ifndef SPARTAN_VERSION
+#define SPARTAN_VERSION "0.1.0"
+#endif
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *help;
+} command;
+
+static const command commands[] = {
+    {"train", train_cmd_main, "train a GPT-2 model from an INI config"},
+    {"eval", eval_cmd_main, "mean cross-entropy of a checkpoint on a token shard"},
+    {"sample", sample_cmd_main, "generate text from a checkpoint"},
+    {"data", data_cmd_main, "prepare token shards (data prepare) and download files (data fetch)"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: spartan <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].help);
+    fprintf(f, "\n`spartan <command> --help` describes a command. `spartan --version` prints the "
+               "version.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("spartan %s\n", SPARTAN_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "spartan: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
