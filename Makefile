@@ -40,7 +40,7 @@ BLAS_CFLAGS := $(shell $(PKG_CONFIG) --cflags openblas 2>/dev/null)
 BLAS_LIBS := $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenblas)
 endif
 
-PKGS := hdf5 libcurl inih jansson libmicrohttpd
+PKGS := hdf5 libcurl libcrypto libpcre2-8 inih jansson libmicrohttpd
 DEP_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
 DEP_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
 # nng 1.x installs no .pc file on every platform.

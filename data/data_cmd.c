@@ -1,10 +1,311 @@
-// data/data_cmd.c: placeholder until the module lands.
-#include <stdio.h>
-
+// data/data_cmd.c: `spartan data prepare` (text -> train.bin, val.bin, meta.json) and
+// `spartan data fetch` (checksummed, resumable download). Main thread only. Exit codes: 0 ok,
+// 1 runtime failure (message on stderr), 2 bad command line.
 #include "data_cmd.h"
 
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "data.h"
+#include "err.h"
+#include "fetch.h"
+#include "tok.h"
+
+static void data_usage(FILE *f) {
+    fprintf(f, "usage: spartan data prepare --tokenizer char|gpt2 [--val-fraction F] INPUT OUTDIR\n"
+               "       spartan data fetch URL --sha256 HEX -o FILE [--retries N] [--quiet]\n\n"
+               "`spartan data prepare --help` and `spartan data fetch --help` give details.\n");
+}
+
+static void prepare_usage(FILE *f) {
+    fprintf(f,
+            "usage: spartan data prepare --tokenizer char|gpt2 [--val-fraction F] INPUT OUTDIR\n\n"
+            "Tokenizes the text file INPUT and writes into OUTDIR (created with its parents):\n"
+            "  train.bin  the first 1-F of the tokens (token shard, format in data/data.h)\n"
+            "  val.bin    the last F of the tokens; with F=0 it is an empty shard (0 tokens),\n"
+            "             so the folder layout never changes, but nothing can be evaluated on it\n"
+            "  meta.json  {\"tokenizer\", \"vocab_size\", \"n_train\", \"n_val\", \"source\", ...}\n\n"
+            "options:\n"
+            "  --tokenizer char|gpt2  char: one token per distinct byte of INPUT (sorted);\n"
+            "                         gpt2: GPT-2 BPE from gpt2-encoder.json/gpt2-vocab.bpe in\n"
+            "                         $SPARTAN_DATA_DIR, <bin>/../data or ./data\n"
+            "  --val-fraction F       fraction of the tokens for val.bin, 0 <= F < 1 (default 0.1)\n"
+            "Prints one summary line: tokens, vocabulary size and seconds.\n");
+}
+
+static void fetch_usage(FILE *f) {
+    fprintf(f,
+            "usage: spartan data fetch URL --sha256 HEX -o FILE [--retries N] [--quiet]\n\n"
+            "Downloads URL to FILE over HTTP(S). Bytes go to FILE.part first; a later run resumes\n"
+            "it with a Range request. FILE appears only after its SHA-256 equals HEX. If FILE\n"
+            "already has that checksum nothing is downloaded.\n\n"
+            "options:\n"
+            "  --sha256 HEX   expected SHA-256, 64 hex digits (required)\n"
+            "  -o FILE        output path (required)\n"
+            "  --retries N    extra attempts after network errors, resuming (default 2)\n"
+            "  --quiet        no progress on stderr\n");
+}
+
+// opt_value matches `--name VALUE` or `--name=VALUE` at argv[*i]; returns the value (advancing
+// *i past it), or NULL if argv[*i] is another option. *missing is set when VALUE is absent.
+static const char *opt_value(int argc, char **argv, int *i, const char *name, int *missing) {
+    size_t n = strlen(name);
+    if (strncmp(argv[*i], name, n) != 0) return NULL;
+    if (argv[*i][n] == '=') return argv[*i] + n + 1;
+    if (argv[*i][n] != 0) return NULL;
+    if (*i + 1 >= argc) {
+        *missing = 1;
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+static int mkdir_p(const char *dir) {
+    char *buf = xstrdup(dir);
+    int rc = ERR_OK;
+    for (char *p = buf + 1; *p && rc == ERR_OK; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+            rc = err_set(ERR_IO, "cannot create folder '%s': %s", buf, strerror(errno));
+        *p = '/';
+    }
+    struct stat st;
+    if (rc == ERR_OK && mkdir(buf, 0777) != 0 && errno != EEXIST)
+        rc = err_set(ERR_IO, "cannot create folder '%s': %s", buf, strerror(errno));
+    else if (rc == ERR_OK && (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)))
+        rc = err_set(ERR_IO, "'%s' exists and is not a folder", buf);
+    free(buf);
+    return rc;
+}
+
+static int read_text(const char *path, char **text, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return err_set(ERR_IO, "cannot open input '%s': %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return err_set(ERR_IO, "input '%s' is not a regular file", path);
+    }
+    size_t size = (size_t)st.st_size;
+    char *buf = xmalloc(size + 1);
+    size_t r = fread(buf, 1, size, f);
+    fclose(f);
+    if (r != size) {
+        free(buf);
+        return err_set(ERR_IO, "read error on '%s'", path);
+    }
+    if (size == 0) {
+        free(buf);
+        return err_set(ERR_INVAL, "input '%s' is empty", path);
+    }
+    buf[size] = 0;
+    *text = buf;
+    *n = size;
+    return ERR_OK;
+}
+
+static char *join(const char *dir, const char *name) {
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = xmalloc(n);
+    snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+// write_meta writes OUTDIR/meta.json through a temp file and a rename, like the shards.
+static int write_meta(const char *dir, const tok_tokenizer *t, size_t n_train, size_t n_val,
+                      const char *source, double frac) {
+    char *spec = tok_spec(t);
+    json_t *m = json_object();
+    json_object_set_new(m, "tokenizer", json_string(spec));
+    json_object_set_new(m, "vocab_size", json_integer(tok_vocab_size(t)));
+    json_object_set_new(m, "eot", json_integer(tok_eot(t)));
+    json_object_set_new(m, "n_train", json_integer((json_int_t)n_train));
+    json_object_set_new(m, "n_val", json_integer((json_int_t)n_val));
+    json_object_set_new(m, "val_fraction", json_real(frac));
+    json_t *src = json_string(source); // NULL when the path is not valid UTF-8
+    json_object_set_new(m, "source", src ? src : json_string("(non-UTF-8 path)"));
+    free(spec);
+    char *path = join(dir, "meta.json");
+    char *tmp = join(dir, "meta.json.tmp");
+    int rc = ERR_OK;
+    if (json_dump_file(m, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) != 0 || rename(tmp, path) != 0) {
+        rc = err_set(ERR_IO, "cannot write '%s': %s", path, strerror(errno));
+        unlink(tmp);
+    }
+    json_decref(m);
+    free(tmp);
+    free(path);
+    return rc;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int prepare(const char *tokenizer, double frac, const char *input, const char *outdir) {
+    double t0 = now_s();
+    char *text = NULL;
+    size_t n = 0;
+    tok_tokenizer *t = NULL;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    char *train = join(outdir, "train.bin"), *val = join(outdir, "val.bin");
+    int rc = read_text(input, &text, &n);
+    if (rc == ERR_OK)
+        rc = strcmp(tokenizer, "char") == 0 ? tok_char_create(&t, text, n) : tok_gpt2_default(&t);
+    if (rc == ERR_OK) rc = tok_encode(t, text, n, &ids, &n_ids);
+    size_t n_val = (size_t)floor((double)n_ids * frac);
+    size_t n_train = n_ids - n_val;
+    if (rc == ERR_OK && n_train == 0)
+        rc = err_set(ERR_INVAL, "'%s' gives %zu tokens, too few for a train split", input, n_ids);
+    if (rc == ERR_OK) rc = mkdir_p(outdir);
+    if (rc == ERR_OK) rc = data_shard_write(train, ids, n_train);
+    if (rc == ERR_OK) rc = data_shard_write(val, ids + n_train, n_val);
+    if (rc == ERR_OK) rc = write_meta(outdir, t, n_train, n_val, input, frac);
+    if (rc == ERR_OK)
+        printf("prepared %s: tokenizer=%s vocab=%d tokens=%zu train=%zu val=%zu bytes=%zu "
+               "seconds=%.2f\n", outdir, tokenizer, tok_vocab_size(t), n_ids, n_train, n_val, n,
+               now_s() - t0);
+    else
+        fprintf(stderr, "spartan data prepare: %s\n", err_msg());
+    free(ids);
+    tok_destroy(t);
+    free(text);
+    free(train);
+    free(val);
+    return rc == ERR_OK ? 0 : 1;
+}
+
+static int prepare_main(int argc, char **argv) {
+    const char *tokenizer = NULL, *pos[2];
+    double frac = 0.1;
+    int npos = 0;
+    for (int i = 1; i < argc; i++) {
+        int missing = 0;
+        const char *v;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            prepare_usage(stdout);
+            return 0;
+        } else if ((v = opt_value(argc, argv, &i, "--tokenizer", &missing))) {
+            if (strcmp(v, "char") && strcmp(v, "gpt2")) {
+                fprintf(stderr, "spartan data prepare: --tokenizer must be char or gpt2, got "
+                                "'%s'\n", v);
+                return 2;
+            }
+            tokenizer = v;
+        } else if ((v = opt_value(argc, argv, &i, "--val-fraction", &missing))) {
+            char *end;
+            errno = 0;
+            frac = strtod(v, &end);
+            if (errno || end == v || *end || !isfinite(frac) || frac < 0 || frac >= 1) {
+                fprintf(stderr, "spartan data prepare: --val-fraction must be a number in "
+                                "[0, 1), got '%s'\n", v);
+                return 2;
+            }
+        } else if (missing) {
+            fprintf(stderr, "spartan data prepare: %s needs a value\n", argv[i]);
+            return 2;
+        } else if (argv[i][0] == '-' && argv[i][1] != 0) {
+            fprintf(stderr, "spartan data prepare: unknown option '%s'\n\n", argv[i]);
+            prepare_usage(stderr);
+            return 2;
+        } else if (npos < 2) {
+            pos[npos++] = argv[i];
+        } else {
+            fprintf(stderr, "spartan data prepare: unexpected argument '%s'\n\n", argv[i]);
+            prepare_usage(stderr);
+            return 2;
+        }
+    }
+    if (!tokenizer || npos != 2) {
+        fprintf(stderr, "spartan data prepare: %s\n\n",
+                !tokenizer ? "--tokenizer is required" : "need INPUT and OUTDIR");
+        prepare_usage(stderr);
+        return 2;
+    }
+    return prepare(tokenizer, frac, pos[0], pos[1]);
+}
+
+static int fetch_main(int argc, char **argv) {
+    const char *url = NULL, *sha = NULL, *out = NULL;
+    fetch_opts o;
+    fetch_opts_default(&o);
+    o.progress = 1;
+    for (int i = 1; i < argc; i++) {
+        int missing = 0;
+        const char *v;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            fetch_usage(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--quiet") || !strcmp(argv[i], "-q")) {
+            o.progress = 0;
+        } else if ((v = opt_value(argc, argv, &i, "--sha256", &missing))) {
+            sha = v;
+        } else if ((v = opt_value(argc, argv, &i, "-o", &missing)) ||
+                   (v = opt_value(argc, argv, &i, "--output", &missing))) {
+            out = v;
+        } else if ((v = opt_value(argc, argv, &i, "--retries", &missing))) {
+            char *end;
+            long r = strtol(v, &end, 10);
+            if (end == v || *end || r < 0 || r > 100) {
+                fprintf(stderr, "spartan data fetch: --retries must be 0..100, got '%s'\n", v);
+                return 2;
+            }
+            o.retries = (int)r;
+        } else if (missing) {
+            fprintf(stderr, "spartan data fetch: %s needs a value\n", argv[i]);
+            return 2;
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "spartan data fetch: unknown option '%s'\n\n", argv[i]);
+            fetch_usage(stderr);
+            return 2;
+        } else if (!url) {
+            url = argv[i];
+        } else {
+            fprintf(stderr, "spartan data fetch: unexpected argument '%s'\n\n", argv[i]);
+            fetch_usage(stderr);
+            return 2;
+        }
+    }
+    if (!url || !sha || !out) {
+        fprintf(stderr, "spartan data fetch: %s is required\n\n",
+                !url ? "URL" : !sha ? "--sha256 HEX" : "-o FILE");
+        fetch_usage(stderr);
+        return 2;
+    }
+    double t0 = now_s();
+    int rc = fetch_file(url, sha, out, &o);
+    if (rc != ERR_OK) {
+        fprintf(stderr, "spartan data fetch: %s\n", err_msg());
+        return rc == ERR_INVAL ? 2 : 1;
+    }
+    printf("fetched %s -> %s sha256=ok seconds=%.2f\n", url, out, now_s() - t0);
+    return 0;
+}
+
 int data_cmd_main(int argc, char **argv) {
-    (void)argc;
-    fprintf(stderr, "spartan %s: not built yet\n", argv[0]);
-    return 1;
+    if (argc < 2) {
+        data_usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        data_usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "prepare")) return prepare_main(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "fetch")) return fetch_main(argc - 1, argv + 1);
+    fprintf(stderr, "spartan data: unknown subcommand '%s'\n\n", argv[1]);
+    data_usage(stderr);
+    return 2;
 }

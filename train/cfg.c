@@ -142,18 +142,41 @@ void cfg_defaults(cfg *c) {
     }
 }
 
+// libinih as packaged may be built without line numbers in the handler, so the context counts
+// lines itself: ini_parse_stream calls our reader once per line, then the handler for it.
 typedef struct {
     cfg *c;
     const char *name;
     int rc;
+    int lineno;
+    FILE *file;        // reading a file, or
+    const char *text;  // reading a string
 } ini_ctx;
 
-static int on_ini(void *user, const char *section, const char *name, const char *value,
-                  int lineno) {
+static char *read_line(char *str, int num, void *stream) {
+    ini_ctx *ctx = stream;
+    char *r = NULL;
+    if (ctx->file) {
+        r = fgets(str, num, ctx->file);
+    } else if (*ctx->text) {
+        int i = 0;
+        while (i < num - 1 && ctx->text[0]) {
+            char ch = *ctx->text++;
+            str[i++] = ch;
+            if (ch == '\n') break;
+        }
+        str[i] = 0;
+        r = str;
+    }
+    if (r) ctx->lineno++;
+    return r;
+}
+
+static int on_ini(void *user, const char *section, const char *name, const char *value) {
     ini_ctx *ctx = user;
     if (ctx->rc != ERR_OK) return 0;
     char where[CFG_PATH_MAX + 32];
-    snprintf(where, sizeof where, "%s:%d", ctx->name, lineno);
+    snprintf(where, sizeof where, "%s:%d", ctx->name, ctx->lineno);
     const cfg_key *k = find_key(section, name);
     if (!k) {
         ctx->rc = err_set(ERR_INVAL, "%s: unknown key '%s.%s' (see `spartan train --help`)",
@@ -176,16 +199,16 @@ static int finish_parse(ini_ctx *ctx, int ini_rc) {
 int cfg_load_ini(cfg *c, const char *path) {
     FILE *f = fopen(path, "r");
     if (!f) return err_set(ERR_IO, "%s: cannot open config: %s", path, strerror(errno));
-    ini_ctx ctx = {c, path, ERR_OK};
-    int ini_rc = ini_parse_file(f, on_ini, &ctx);
+    ini_ctx ctx = {c, path, ERR_OK, 0, f, NULL};
+    int ini_rc = ini_parse_stream(read_line, &ctx, on_ini, &ctx);
     fclose(f);
     return finish_parse(&ctx, ini_rc);
 }
 
 int cfg_parse_string(cfg *c, const char *text, const char *name) {
     cfg_defaults(c);
-    ini_ctx ctx = {c, name, ERR_OK};
-    int ini_rc = ini_parse_string(text, on_ini, &ctx);
+    ini_ctx ctx = {c, name, ERR_OK, 0, NULL, text};
+    int ini_rc = ini_parse_stream(read_line, &ctx, on_ini, &ctx);
     return finish_parse(&ctx, ini_rc);
 }
 

@@ -1,16 +1,334 @@
-// train_cmd.c: placeholder until the trainer lands.
+// train_cmd.c: `spartan train` and `spartan eval`. The train loop prints a progress line every
+// log interval, evaluates, writes metrics.csv and checkpoints, and on SIGINT/SIGTERM saves a
+// checkpoint and exits cleanly. Main thread only; the signal handler only sets a flag.
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "ckdir.h"
 #include "cmds.h"
+#include "data.h"
+#include "err.h"
+#include "gpt.h"
+#include "log.h"
+#include "ops.h"
+#include "trainer.h"
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig) {
+    (void)sig;
+    stop_requested = 1;
+}
+
+static void train_usage(FILE *f) {
+    fprintf(f,
+            "usage: spartan train CONFIG [--set section.key=value ...] [--resume CKPT|DIR]\n\n"
+            "Trains GPT-2 on the token shards of data.dir. Progress goes to stderr every\n"
+            "train.log_interval steps, val loss every train.eval_interval steps; metrics.csv and\n"
+            "checkpoints (ckpt_<step>.h5) go to train.out_dir. Ctrl-C saves a checkpoint and\n"
+            "exits; --resume continues bit-exactly from a checkpoint (or a folder's newest).\n\n"
+            "config keys (INI sections [model], [train], [data], [log]):\n");
+    cfg_print_keys(f);
+}
+
+// mkdir_p creates dir and its parents.
+static int mkdir_p(const char *dir) {
+    char buf[CFG_PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", dir);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            return err_set(ERR_IO, "cannot create folder '%s': %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+        return err_set(ERR_IO, "cannot create folder '%s': %s", buf, strerror(errno));
+    return ERR_OK;
+}
+
+static void fmt_eta(char *buf, size_t n, double s) {
+    if (s >= 3600) snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
+    else if (s >= 60) snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+    else snprintf(buf, n, "%ds", (int)s);
+}
+
+static int save_ckpt(trainer *t, const cfg *c, int interval) {
+    char path[CFG_PATH_MAX + 32];
+    ckdir_name(path, sizeof path, c->train.out_dir, trainer_step_index(t));
+    int rc = trainer_save(t, path);
+    if (rc) {
+        LOG_E("train", "checkpoint failed: %s", err_msg());
+        return rc;
+    }
+    LOG_I("train", "checkpoint step=%d path=%s", trainer_step_index(t), path);
+    if (interval && c->train.keep_ckpts > 0) ckdir_prune(c->train.out_dir, c->train.keep_ckpts, path);
+    return ERR_OK;
+}
+
+static FILE *open_metrics(const cfg *c, int resumed) {
+    char path[CFG_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/metrics.csv", c->train.out_dir);
+    FILE *f = fopen(path, resumed ? "a" : "w");
+    if (!f) {
+        err_set(ERR_IO, "cannot write '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    if (!resumed || ftell(f) == 0)
+        fprintf(f, "step,loss,val_loss,lr,grad_norm,tokens_per_s,ms_per_step,elapsed_s\n");
+    return f;
+}
+
+// parse_train_args fills c from CONFIG and --set, and *resume from --resume.
+static int parse_train_args(int argc, char **argv, cfg *c, const char **resume) {
+    const char *config = NULL;
+    *resume = NULL;
+    cfg_defaults(c);
+    // First pass: the config file, so --set overrides it whatever the argument order.
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--set") || !strcmp(argv[i], "--resume")) {
+            if (i + 1 >= argc) return err_set(ERR_INVAL, "%s needs a value", argv[i]);
+            i++;
+        } else if (!strncmp(argv[i], "--", 2) && strncmp(argv[i], "--set=", 6) &&
+                   strncmp(argv[i], "--resume=", 9)) {
+            return err_set(ERR_INVAL, "unknown option '%s' (see spartan train --help)", argv[i]);
+        } else if (strncmp(argv[i], "--", 2)) {
+            if (config) return err_set(ERR_INVAL, "more than one config given: '%s' and '%s'",
+                                       config, argv[i]);
+            config = argv[i];
+        }
+    }
+    if (!config) return err_set(ERR_INVAL, "no config file given (see spartan train --help)");
+    int rc = cfg_load_ini(c, config);
+    if (rc) return rc;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--set")) rc = cfg_set(c, argv[++i]);
+        else if (!strncmp(a, "--set=", 6)) rc = cfg_set(c, a + 6);
+        else if (!strcmp(a, "--resume")) *resume = argv[++i];
+        else if (!strncmp(a, "--resume=", 9)) *resume = a + 9;
+        if (rc) return rc;
+    }
+    return cfg_validate(c);
+}
 
 int train_cmd_main(int argc, char **argv) {
-    (void)argc;
-    fprintf(stderr, "spartan %s: not built yet\n", argv[0]);
-    return 1;
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            train_usage(stdout);
+            return 0;
+        }
+    cfg c;
+    const char *resume_arg;
+    if (parse_train_args(argc, argv, &c, &resume_arg)) {
+        fprintf(stderr, "spartan train: %s\n", err_msg());
+        return 2;
+    }
+    log_set_level(log_parse_level(c.log.level));
+    int threads = ops_init(c.train.threads);
+    if (mkdir_p(c.train.out_dir)) {
+        LOG_E("train", "%s", err_msg());
+        return 1;
+    }
+    char *resume = NULL;
+    if (resume_arg && ckdir_resolve(resume_arg, &resume)) {
+        LOG_E("train", "--resume: %s", err_msg());
+        return 1;
+    }
+    trainer *t = NULL;
+    if (trainer_create(&t, &c, resume)) {
+        LOG_E("train", "%s", err_msg());
+        free(resume);
+        return 1;
+    }
+    const cfg *ec = trainer_cfg(t);
+    gpt_model *m = trainer_model(t);
+    FILE *metrics = open_metrics(ec, resume != NULL);
+    if (!metrics) {
+        LOG_E("train", "%s", err_msg());
+        trainer_destroy(t);
+        free(resume);
+        return 1;
+    }
+    char cfg_path[CFG_PATH_MAX + 32];
+    snprintf(cfg_path, sizeof cfg_path, "%s/config.ini", ec->train.out_dir);
+    FILE *cf = fopen(cfg_path, "w");
+    if (cf) {
+        cfg_write(ec, cf);
+        fclose(cf);
+    }
+    const cfg_model *mc = gpt_config(m);
+    LOG_I("train", "model L=%d NH=%d C=%d T=%d V=%d params=%zu threads=%d blas=\"%s\"",
+          mc->n_layer, mc->n_head, mc->n_embd, mc->block_size, mc->vocab_size, gpt_n_params(m),
+          threads, ops_blas_name());
+    if (resume) LOG_I("train", "resumed from %s at step %d", resume, trainer_step_index(t));
+    free(resume);
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    const cfg_train *tc = &ec->train;
+    struct timespec ts0, ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts0);
+    double win_ms = 0, win_tok = 0;
+    int win_steps = 0, rc = 0, last_saved = -1;
+    float val = NAN;
+    while (trainer_step_index(t) < tc->max_iters && !stop_requested) {
+        trainer_stats st;
+        trainer_step(t, &st);
+        win_ms += st.ms;
+        win_tok += (double)st.tokens;
+        win_steps++;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        double elapsed = (double)(ts.tv_sec - ts0.tv_sec) + (ts.tv_nsec - ts0.tv_nsec) / 1e9;
+        int last = st.step == tc->max_iters;
+        int do_eval = (tc->eval_interval && st.step % tc->eval_interval == 0) || last;
+        val = do_eval ? trainer_eval(t) : NAN;
+        if (!isfinite(st.loss)) {
+            LOG_E("train", "step=%d loss is %f: training diverged (lower train.learning_rate?)",
+                  st.step, st.loss);
+            rc = 1;
+            break;
+        }
+        double tok_s = st.tokens / (st.ms / 1e3);
+        char vbuf[32] = "";
+        if (do_eval && isfinite(val)) snprintf(vbuf, sizeof vbuf, "%.6f", val);
+        fprintf(metrics, "%d,%.6f,%s,%.6g,%.6f,%.1f,%.3f,%.3f\n", st.step, st.loss, vbuf, st.lr,
+                st.grad_norm, tok_s, st.ms, elapsed);
+        if (st.step % tc->log_interval == 0 || last || st.step == 1) {
+            double ms = win_ms / win_steps;
+            char eta[32];
+            fmt_eta(eta, sizeof eta, ms * (tc->max_iters - st.step) / 1e3);
+            LOG_I("train", "step=%d/%d loss=%.4f lr=%.3e norm=%.3f tok/s=%.0f ms/step=%.1f eta=%s",
+                  st.step, tc->max_iters, st.loss, st.lr, st.grad_norm, win_tok / (win_ms / 1e3),
+                  ms, eta);
+            win_ms = win_tok = 0;
+            win_steps = 0;
+        }
+        if (do_eval && isfinite(val)) {
+            LOG_I("train", "step=%d val_loss=%.4f", st.step, val);
+        }
+        fflush(metrics);
+        if (tc->ckpt_interval && st.step % tc->ckpt_interval == 0 && !last) {
+            if (save_ckpt(t, ec, 1)) {
+                rc = 1;
+                break;
+            }
+            last_saved = st.step;
+        }
+    }
+    if (stop_requested) LOG_W("train", "interrupted at step %d: saving a checkpoint", trainer_step_index(t));
+    if (!rc && last_saved != trainer_step_index(t) && save_ckpt(t, ec, 0)) rc = 1;
+    if (!rc && !stop_requested && isfinite(val))
+        LOG_I("train", "done step=%d val_loss=%.4f", trainer_step_index(t), val);
+    fclose(metrics);
+    trainer_destroy(t);
+    return rc;
+}
+
+static void eval_usage(FILE *f) {
+    fprintf(f, "usage: spartan eval CKPT|DIR --data SHARD [--seq-len T] [--max-windows M] "
+               "[--batch B] [--threads N]\n\n"
+               "Evaluates the windows x = tokens[i*T .. i*T+T-1], y = tokens[i*T+1 .. i*T+T] for\n"
+               "i = 0, 1, ... while they fit (T defaults to the model's block_size). The last\n"
+               "line of stdout is `loss <mean cross-entropy over all predicted positions>`.\n");
+}
+
+static int parse_int_arg(const char *opt, const char *v, int lo, int *out) {
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || x < lo || x > 1 << 30)
+        return err_set(ERR_INVAL, "%s: '%s' is not an integer >= %d", opt, v, lo);
+    *out = (int)x;
+    return ERR_OK;
 }
 
 int eval_cmd_main(int argc, char **argv) {
-    (void)argc;
-    fprintf(stderr, "spartan %s: not built yet\n", argv[0]);
-    return 1;
+    const char *ckpt = NULL, *shard_path = NULL;
+    int T = 0, max_windows = 0, batch = 8, threads = 0, rc = 0;
+    for (int i = 1; i < argc && !rc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            eval_usage(stdout);
+            return 0;
+        }
+        int has_val = i + 1 < argc;
+        if (!strcmp(a, "--data") && has_val) shard_path = argv[++i];
+        else if (!strcmp(a, "--seq-len") && has_val) rc = parse_int_arg(a, argv[++i], 1, &T);
+        else if (!strcmp(a, "--max-windows") && has_val)
+            rc = parse_int_arg(a, argv[++i], 1, &max_windows);
+        else if (!strcmp(a, "--batch") && has_val) rc = parse_int_arg(a, argv[++i], 1, &batch);
+        else if (!strcmp(a, "--threads") && has_val) rc = parse_int_arg(a, argv[++i], 0, &threads);
+        else if (a[0] == '-') rc = err_set(ERR_INVAL, "unknown option or missing value: '%s'", a);
+        else if (!ckpt) ckpt = a;
+        else rc = err_set(ERR_INVAL, "unexpected argument '%s'", a);
+    }
+    if (!rc && (!ckpt || !shard_path))
+        rc = err_set(ERR_INVAL, "need a checkpoint and --data SHARD (see spartan eval --help)");
+    if (rc) {
+        fprintf(stderr, "spartan eval: %s\n", err_msg());
+        return 2;
+    }
+    ops_init(threads);
+    gpt_model *m = NULL;
+    data_shard *s = NULL;
+    if ((rc = gpt_load(&m, ckpt, batch, 0, NULL, NULL)) || (rc = data_shard_open(&s, shard_path))) {
+        fprintf(stderr, "spartan eval: %s\n", err_msg());
+        gpt_destroy(m);
+        return 1;
+    }
+    const cfg_model *mc = gpt_config(m);
+    if (T == 0) T = mc->block_size;
+    size_t n = data_shard_len(s);
+    if (T > mc->block_size) {
+        fprintf(stderr, "spartan eval: --seq-len %d exceeds the model's block_size %d\n", T,
+                mc->block_size);
+        rc = 2;
+    } else if (n < (size_t)T + 1) {
+        fprintf(stderr, "spartan eval: %s holds %zu tokens; one window needs %d\n", shard_path, n,
+                T + 1);
+        rc = 1;
+    } else if (data_shard_max_token(s) >= mc->vocab_size) {
+        fprintf(stderr, "spartan eval: %s has token id %d >= the model's vocab_size %d\n",
+                shard_path, data_shard_max_token(s), mc->vocab_size);
+        rc = 1;
+    }
+    if (rc) {
+        data_shard_close(s);
+        gpt_destroy(m);
+        return rc;
+    }
+    size_t windows = (n - 1) / (size_t)T;
+    if (max_windows && windows > (size_t)max_windows) windows = (size_t)max_windows;
+    int32_t *x = xmalloc((size_t)batch * T * sizeof(int32_t));
+    int32_t *y = xmalloc((size_t)batch * T * sizeof(int32_t));
+    double sum = 0;
+    for (size_t w = 0; w < windows; w += (size_t)batch) {
+        int b = (int)((windows - w) < (size_t)batch ? windows - w : (size_t)batch);
+        for (int i = 0; i < b; i++) {
+            data_shard_read(s, (w + i) * (size_t)T, (size_t)T, x + (size_t)i * T);
+            data_shard_read(s, (w + i) * (size_t)T + 1, (size_t)T, y + (size_t)i * T);
+        }
+        sum += (double)gpt_forward(m, x, y, b, T) * b;
+        if (isatty(2) && windows > (size_t)batch)
+            fprintf(stderr, "\reval %zu/%zu windows", w + (size_t)b, windows);
+    }
+    if (isatty(2) && windows > (size_t)batch) fprintf(stderr, "\n");
+    printf("windows %zu seq_len %d tokens %zu\n", windows, T, windows * (size_t)T);
+    printf("loss %.6f\n", sum / (double)windows);
+    free(x);
+    free(y);
+    data_shard_close(s);
+    gpt_destroy(m);
+    return 0;
 }

@@ -1,0 +1,124 @@
+// cfg_test.c: the config key table: defaults, INI parsing, --set overrides, and the errors for
+// typos, wrong types and out-of-range values (which must name file:line and the key).
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cfg.h"
+#include "err.h"
+#include "test_util.h"
+
+TestSuite(cfg, .timeout = 30);
+
+static char *write_ini(const char *text) {
+    char *dir = tu_tmpdir("cfg");
+    cr_assert(dir);
+    char *path = malloc(strlen(dir) + 16);
+    sprintf(path, "%s/c.ini", dir);
+    cr_assert_eq(tu_write_file(path, text, strlen(text)), 0);
+    free(dir);
+    return path;
+}
+
+Test(cfg, defaults_are_valid_and_match_the_table) {
+    cfg c;
+    cfg_defaults(&c);
+    cr_assert_eq(cfg_validate(&c), ERR_OK, "%s", err_msg());
+    cr_assert_eq(c.train.grad_accum, 1);
+    cr_assert_str_eq(c.log.level, "info");
+    cr_assert_float_eq(c.train.beta2, 0.95f, 1e-7);
+}
+
+Test(cfg, ini_values_are_parsed_into_the_struct) {
+    char *p = write_ini("; comment\n[model]\nn_layer = 6\nn_embd = 96\nn_head = 3\n"
+                        "[train]\nlearning_rate = 3e-4\nout_dir = runs/x\nseed = 42\n");
+    cfg c;
+    cfg_defaults(&c);
+    cr_assert_eq(cfg_load_ini(&c, p), ERR_OK, "%s", err_msg());
+    cr_assert_eq(c.model.n_layer, 6);
+    cr_assert_eq(c.model.n_embd, 96);
+    cr_assert_float_eq(c.train.learning_rate, 3e-4f, 1e-10);
+    cr_assert_str_eq(c.train.out_dir, "runs/x");
+    cr_assert_eq(c.train.seed, 42u);
+    free(p);
+}
+
+Test(cfg, unknown_key_names_file_line_and_key) {
+    char *p = write_ini("[model]\nn_layer = 2\n\n[train]\nlearnig_rate = 0.1\n");
+    cfg c;
+    cfg_defaults(&c);
+    cr_assert_eq(cfg_load_ini(&c, p), ERR_INVAL);
+    cr_assert(strstr(err_msg(), ":5:"), "no line number in: %s", err_msg());
+    cr_assert(strstr(err_msg(), "train.learnig_rate"), "no key in: %s", err_msg());
+    cr_assert(strstr(err_msg(), p), "no file in: %s", err_msg());
+    free(p);
+}
+
+Test(cfg, wrong_type_is_an_error_naming_the_key) {
+    char *p = write_ini("[model]\nn_layer = two\n");
+    cfg c;
+    cfg_defaults(&c);
+    cr_assert_eq(cfg_load_ini(&c, p), ERR_INVAL);
+    cr_assert(strstr(err_msg(), ":2:") && strstr(err_msg(), "model.n_layer"), "%s", err_msg());
+    free(p);
+}
+
+Test(cfg, out_of_range_value_is_rejected) {
+    char *p = write_ini("[train]\nbeta1 = 1.5\n");
+    cfg c;
+    cfg_defaults(&c);
+    cr_assert_eq(cfg_load_ini(&c, p), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "train.beta1") && strstr(err_msg(), "range"), "%s", err_msg());
+    free(p);
+    p = write_ini("[model]\nn_layer = -3\n");
+    cr_assert_eq(cfg_load_ini(&c, p), ERR_INVAL);
+    free(p);
+}
+
+Test(cfg, syntax_error_names_the_line) {
+    char *p = write_ini("[model]\nn_layer 4\n");
+    cfg c;
+    cfg_defaults(&c);
+    cr_assert_eq(cfg_load_ini(&c, p), ERR_INVAL);
+    cr_assert(strstr(err_msg(), ":2:"), "%s", err_msg());
+    free(p);
+}
+
+Test(cfg, missing_file_is_an_io_error) {
+    cfg c;
+    cfg_defaults(&c);
+    cr_assert_eq(cfg_load_ini(&c, "/nonexistent/spartan.ini"), ERR_IO);
+    cr_assert(strstr(err_msg(), "/nonexistent/spartan.ini"), "%s", err_msg());
+}
+
+Test(cfg, set_overrides_and_rejects_typos) {
+    cfg c;
+    cfg_defaults(&c);
+    cr_assert_eq(cfg_set(&c, "train.max_iters=7"), ERR_OK, "%s", err_msg());
+    cr_assert_eq(c.train.max_iters, 7);
+    cr_assert_eq(cfg_set(&c, "train.max_iter=7"), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "train.max_iter"), "%s", err_msg());
+    cr_assert_eq(cfg_set(&c, "max_iters"), ERR_INVAL);
+    cr_assert_eq(cfg_set(&c, "train.max_iters=7x"), ERR_INVAL);
+}
+
+Test(cfg, validate_checks_heads_divide_width) {
+    cfg c;
+    cfg_defaults(&c);
+    c.model.n_embd = 130;
+    c.model.n_head = 4;
+    cr_assert_eq(cfg_validate(&c), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "model.n_head"), "%s", err_msg());
+}
+
+Test(cfg, written_config_parses_back_identically) {
+    cfg c, d;
+    cfg_defaults(&c);
+    cfg_set(&c, "train.learning_rate=0.000123");
+    cfg_set(&c, "data.dir=some/where");
+    cfg_set(&c, "train.seed=18446744073709551615");
+    char *text = cfg_to_string(&c);
+    cr_assert_eq(cfg_parse_string(&d, text, "written"), ERR_OK, "%s", err_msg());
+    cr_assert_eq(memcmp(&c, &d, sizeof c), 0);
+    free(text);
+}
