@@ -149,6 +149,7 @@ typedef struct {
     const char *name;
     int rc;
     int lineno;
+    int err_line;      // line of the first error our handler reported
     FILE *file;        // reading a file, or
     const char *text;  // reading a string
 } ini_ctx;
@@ -181,14 +182,17 @@ static int on_ini(void *user, const char *section, const char *name, const char 
     if (!k) {
         ctx->rc = err_set(ERR_INVAL, "%s: unknown key '%s.%s' (see `spartan train --help`)",
                           where, section, name);
+        ctx->err_line = ctx->lineno;
         return 0;
     }
     ctx->rc = set_value(ctx->c, k, value, where);
+    if (ctx->rc != ERR_OK) ctx->err_line = ctx->lineno;
     return ctx->rc == ERR_OK;
 }
 
 static int finish_parse(ini_ctx *ctx, int ini_rc) {
-    if (ctx->rc != ERR_OK) return ctx->rc;
+    // inih keeps going after a syntax error, so report whichever error comes first in the file.
+    if (ctx->rc != ERR_OK && !(ini_rc > 0 && ini_rc < ctx->err_line)) return ctx->rc;
     if (ini_rc > 0)
         return err_set(ERR_INVAL, "%s:%d: syntax error (expected [section] or key = value)",
                        ctx->name, ini_rc);
@@ -199,7 +203,7 @@ static int finish_parse(ini_ctx *ctx, int ini_rc) {
 int cfg_load_ini(cfg *c, const char *path) {
     FILE *f = fopen(path, "r");
     if (!f) return err_set(ERR_IO, "%s: cannot open config: %s", path, strerror(errno));
-    ini_ctx ctx = {c, path, ERR_OK, 0, f, NULL};
+    ini_ctx ctx = {c, path, ERR_OK, 0, 0, f, NULL};
     int ini_rc = ini_parse_stream(read_line, &ctx, on_ini, &ctx);
     fclose(f);
     return finish_parse(&ctx, ini_rc);
@@ -207,7 +211,7 @@ int cfg_load_ini(cfg *c, const char *path) {
 
 int cfg_parse_string(cfg *c, const char *text, const char *name) {
     cfg_defaults(c);
-    ini_ctx ctx = {c, name, ERR_OK, 0, NULL, text};
+    ini_ctx ctx = {c, name, ERR_OK, 0, 0, NULL, text};
     int ini_rc = ini_parse_stream(read_line, &ctx, on_ini, &ctx);
     return finish_parse(&ctx, ini_rc);
 }

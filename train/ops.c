@@ -27,6 +27,18 @@
 // thread, which walks the rows in order, so sums never depend on the schedule.
 #define CBLK 64
 
+// Elementwise kernels split n into fixed pieces of EW_BLK floats; threads take whole pieces and
+// run a SIMD loop over each (gcc leaves some `parallel for simd` bodies scalar).
+#define EW_BLK ((size_t)8192)
+
+static inline size_t ew_pieces(size_t n) {
+    return (n + EW_BLK - 1) / EW_BLK;
+}
+
+static inline size_t ew_end(size_t piece, size_t n) {
+    return (piece + 1) * EW_BLK < n ? (piece + 1) * EW_BLK : n;
+}
+
 static int g_threads;
 
 int ops_init(int threads) {
@@ -341,26 +353,34 @@ void ops_attention_backward(float *dqkv, float *scratch, const float *dout, cons
 
 void ops_gelu_forward(float *out, const float *inp, size_t n) {
     // out may alias inp, so no restrict here; each element is read before it is written.
-#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        const float x = inp[i];
-        const float u = GELU_K0 * (x + GELU_K1 * x * x * x);
-        out[i] = x / (1.0f + exp_clamped(-2.0f * u));
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t pc = 0; pc < ew_pieces(n); pc++) {
+        const size_t hi = ew_end(pc, n);
+#pragma omp simd
+        for (size_t i = pc * EW_BLK; i < hi; i++) {
+            const float x = inp[i];
+            const float u = GELU_K0 * (x + GELU_K1 * x * x * x);
+            out[i] = x / (1.0f + exp_clamped(-2.0f * u));
+        }
     }
 }
 
 void ops_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
     if (!dinp) return;
     float *restrict di = dinp;
-    const float *restrict x_ = inp, *restrict d = dout;
-#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        const float x = x_[i];
-        const float x2 = x * x;
-        const float u = GELU_K0 * (x + GELU_K1 * x2 * x);
-        const float du = GELU_K0 * (1.0f + 3.0f * GELU_K1 * x2);
-        const float s = 1.0f / (1.0f + exp_clamped(-2.0f * u));
-        di[i] += (s + 2.0f * x * s * (1.0f - s) * du) * d[i];
+    const float *restrict xs = inp, *restrict d = dout;
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t pc = 0; pc < ew_pieces(n); pc++) {
+        const size_t hi = ew_end(pc, n);
+#pragma omp simd
+        for (size_t i = pc * EW_BLK; i < hi; i++) {
+            const float x = xs[i];
+            const float x2 = x * x;
+            const float u = GELU_K0 * (x + GELU_K1 * x2 * x);
+            const float du = GELU_K0 * (1.0f + 3.0f * GELU_K1 * x2);
+            const float s = 1.0f / (1.0f + exp_clamped(-2.0f * u));
+            di[i] += (s + 2.0f * x * s * (1.0f - s) * du) * d[i];
+        }
     }
 }
 
@@ -368,21 +388,33 @@ void ops_gelu_backward(float *dinp, const float *inp, const float *dout, size_t 
 // Elementwise.
 
 void ops_add(float *out, const float *a, const float *b, size_t n) {
-#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t pc = 0; pc < ew_pieces(n); pc++) {
+        const size_t hi = ew_end(pc, n);
+#pragma omp simd
+        for (size_t i = pc * EW_BLK; i < hi; i++) out[i] = a[i] + b[i];
+    }
 }
 
 void ops_acc(float *dst, const float *src, size_t n) {
     float *restrict d = dst;
     const float *restrict s = src;
-#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) d[i] += s[i];
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t pc = 0; pc < ew_pieces(n); pc++) {
+        const size_t hi = ew_end(pc, n);
+#pragma omp simd
+        for (size_t i = pc * EW_BLK; i < hi; i++) d[i] += s[i];
+    }
 }
 
 void ops_scale(float *x, float s, size_t n) {
     float *restrict p = x;
-#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) p[i] *= s;
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t pc = 0; pc < ew_pieces(n); pc++) {
+        const size_t hi = ew_end(pc, n);
+#pragma omp simd
+        for (size_t i = pc * EW_BLK; i < hi; i++) p[i] *= s;
+    }
 }
 
 void ops_zero(float *x, size_t n) {
@@ -478,13 +510,17 @@ void ops_adamw_step(float *p, const float *g, float *m, float *v, size_t n, floa
     float *restrict pp = p, *restrict mm = m, *restrict vv = v;
     const float *restrict gg = g;
     const float a1 = 1.0f - b1, a2 = 1.0f - b2;
-#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        const float gi = gg[i];
-        const float mi = b1 * mm[i] + a1 * gi;
-        const float vi = b2 * vv[i] + a2 * gi * gi;
-        mm[i] = mi;
-        vv[i] = vi;
-        pp[i] -= lr * (mi * c1 / (sqrtf(vi * c2) + eps) + wd * pp[i]);
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t pc = 0; pc < ew_pieces(n); pc++) {
+        const size_t hi = ew_end(pc, n);
+#pragma omp simd
+        for (size_t i = pc * EW_BLK; i < hi; i++) {
+            const float gi = gg[i];
+            const float mi = b1 * mm[i] + a1 * gi;
+            const float vi = b2 * vv[i] + a2 * gi * gi;
+            mm[i] = mi;
+            vv[i] = vi;
+            pp[i] -= lr * (mi * c1 / (sqrtf(vi * c2) + eps) + wd * pp[i]);
+        }
     }
 }
