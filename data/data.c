@@ -36,11 +36,13 @@ struct data_loader {
 };
 
 static void put_u32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
 }
 
 static void put_u64(uint8_t *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
 }
 
 static uint32_t get_u32(const uint8_t *p) {
@@ -93,7 +95,8 @@ int data_shard_write(const char *path, const int32_t *tokens, size_t n) {
         size_t k = n - i < CHUNK ? n - i : CHUNK;
         for (size_t j = 0; j < k; j++) {
             uint32_t v = (uint32_t)tokens[i + j];
-            for (size_t b = 0; b < width; b++) buf[j * width + b] = (uint8_t)(v >> (8 * b));
+            for (size_t b = 0; b < width; b++)
+                buf[j * width + b] = (uint8_t)(v >> (8 * b));
         }
         bad = write_all(fd, buf, k * width);
     }
@@ -160,8 +163,9 @@ int data_shard_open(data_shard **out, const char *path) {
         uint64_t width = dtype == DATA_U16 ? 2 : 4;
         uint64_t body = (uint64_t)(size - HEADER_BYTES);
         if (n > body / width)
-            rc = err_set(ERR_FORMAT, "data: shard '%s' is truncated: header says %llu tokens "
-                                     "(%llu bytes) but only %llu bytes follow the header",
+            rc = err_set(ERR_FORMAT,
+                         "data: shard '%s' is truncated: header says %llu tokens "
+                         "(%llu bytes) but only %llu bytes follow the header",
                          path, (unsigned long long)n, (unsigned long long)(n * width),
                          (unsigned long long)body);
         else if (n * width != body)
@@ -189,10 +193,12 @@ void data_shard_read(const data_shard *s, size_t start, size_t n, int32_t *dst) 
     const uint8_t *p = s->map + HEADER_BYTES;
     if (s->dtype == DATA_U16) {
         p += 2 * start;
-        for (size_t i = 0; i < n; i++) dst[i] = (int32_t)(p[2 * i] | (uint32_t)p[2 * i + 1] << 8);
+        for (size_t i = 0; i < n; i++)
+            dst[i] = (int32_t)(p[2 * i] | (uint32_t)p[2 * i + 1] << 8);
     } else {
         p += 4 * start;
-        for (size_t i = 0; i < n; i++) dst[i] = (int32_t)get_u32(p + 4 * i);
+        for (size_t i = 0; i < n; i++)
+            dst[i] = (int32_t)get_u32(p + 4 * i);
     }
 }
 
@@ -240,11 +246,15 @@ static uint64_t window_start(const data_loader *dl, uint64_t pos, int b, uint64_
 
 int data_loader_create(data_loader **out, data_shard *s, int B, int T, uint64_t seed, int rank) {
     if (B <= 0 || T <= 0 || rank < 0)
-        return err_set(ERR_INVAL, "data: loader needs B > 0, T > 0 and rank >= 0 (got B=%d T=%d "
-                                  "rank=%d)", B, T, rank);
+        return err_set(ERR_INVAL,
+                       "data: loader needs B > 0, T > 0 and rank >= 0 (got B=%d T=%d "
+                       "rank=%d)",
+                       B, T, rank);
     if (s->n < (size_t)T + 1)
-        return err_set(ERR_INVAL, "data: shard holds %zu tokens but one window of seq_len T=%d "
-                                  "needs at least %d", s->n, T, T + 1);
+        return err_set(ERR_INVAL,
+                       "data: shard holds %zu tokens but one window of seq_len T=%d "
+                       "needs at least %d",
+                       s->n, T, T + 1);
     data_loader *dl = xcalloc(1, sizeof *dl);
     *dl = (data_loader){.s = s, .B = B, .T = T, .seed = seed, .rank = rank, .pos = 0};
     *out = dl;
@@ -292,12 +302,14 @@ int data_meta_read(const char *dir, char **tok_spec, int *vocab_size) {
         rc = err_set(ERR_FORMAT, "data: '%s' is not valid JSON (line %d: %s)", path, je.line,
                      je.text);
     else if (!json_is_string(spec))
-        rc = err_set(ERR_FORMAT, "data: '%s': field \"tokenizer\" is missing or not a string",
-                     path);
+        rc =
+            err_set(ERR_FORMAT, "data: '%s': field \"tokenizer\" is missing or not a string", path);
     else if (!json_is_integer(vs) || json_integer_value(vs) <= 0 ||
              json_integer_value(vs) > (1 << 30))
-        rc = err_set(ERR_FORMAT, "data: '%s': field \"vocab_size\" is missing or not a positive "
-                                 "integer", path);
+        rc = err_set(ERR_FORMAT,
+                     "data: '%s': field \"vocab_size\" is missing or not a positive "
+                     "integer",
+                     path);
     if (rc == ERR_OK) {
         *tok_spec = xstrdup(json_string_value(spec));
         *vocab_size = (int)json_integer_value(vs);

@@ -26,19 +26,20 @@ static void data_usage(FILE *f) {
 }
 
 static void prepare_usage(FILE *f) {
-    fprintf(f,
-            "usage: spartan data prepare --tokenizer char|gpt2 [--val-fraction F] INPUT OUTDIR\n\n"
-            "Tokenizes the text file INPUT and writes into OUTDIR (created with its parents):\n"
-            "  train.bin  the first 1-F of the tokens (token shard, format in data/data.h)\n"
-            "  val.bin    the last F of the tokens; with F=0 it is an empty shard (0 tokens),\n"
-            "             so the folder layout never changes, but nothing can be evaluated on it\n"
-            "  meta.json  {\"tokenizer\", \"vocab_size\", \"n_train\", \"n_val\", \"source\", ...}\n\n"
-            "options:\n"
-            "  --tokenizer char|gpt2  char: one token per distinct byte of INPUT (sorted);\n"
-            "                         gpt2: GPT-2 BPE from gpt2-encoder.json/gpt2-vocab.bpe in\n"
-            "                         $SPARTAN_DATA_DIR, <bin>/../data or ./data\n"
-            "  --val-fraction F       fraction of the tokens for val.bin, 0 <= F < 1 (default 0.1)\n"
-            "Prints one summary line: tokens, vocabulary size and seconds.\n");
+    fprintf(
+        f,
+        "usage: spartan data prepare --tokenizer char|gpt2 [--val-fraction F] INPUT OUTDIR\n\n"
+        "Tokenizes the text file INPUT and writes into OUTDIR (created with its parents):\n"
+        "  train.bin  the first 1-F of the tokens (token shard, format in data/data.h)\n"
+        "  val.bin    the last F of the tokens; with F=0 it is an empty shard (0 tokens),\n"
+        "             so the folder layout never changes, but nothing can be evaluated on it\n"
+        "  meta.json  {\"tokenizer\", \"vocab_size\", \"n_train\", \"n_val\", \"source\", ...}\n\n"
+        "options:\n"
+        "  --tokenizer char|gpt2  char: one token per distinct byte of INPUT (sorted);\n"
+        "                         gpt2: GPT-2 BPE from gpt2-encoder.json/gpt2-vocab.bpe in\n"
+        "                         $SPARTAN_DATA_DIR, <bin>/../data or ./data\n"
+        "  --val-fraction F       fraction of the tokens for val.bin, 0 <= F < 1 (default 0.1)\n"
+        "Prints one summary line: tokens, vocabulary size and seconds.\n");
 }
 
 static void fetch_usage(FILE *f) {
@@ -175,8 +176,8 @@ static int prepare(const char *tokenizer, double frac, const char *input, const 
     if (rc == ERR_OK) rc = write_meta(outdir, t, n_train, n_val, input, frac);
     if (rc == ERR_OK)
         printf("prepared %s: tokenizer=%s vocab=%d tokens=%zu train=%zu val=%zu bytes=%zu "
-               "seconds=%.2f\n", outdir, tokenizer, tok_vocab_size(t), n_ids, n_train, n_val, n,
-               now_s() - t0);
+               "seconds=%.2f\n",
+               outdir, tokenizer, tok_vocab_size(t), n_ids, n_train, n_val, n, now_s() - t0);
     else
         fprintf(stderr, "spartan data prepare: %s\n", err_msg());
     free(ids);
@@ -199,8 +200,10 @@ static int prepare_main(int argc, char **argv) {
             return 0;
         } else if ((v = opt_value(argc, argv, &i, "--tokenizer", &missing))) {
             if (strcmp(v, "char") && strcmp(v, "gpt2")) {
-                fprintf(stderr, "spartan data prepare: --tokenizer must be char or gpt2, got "
-                                "'%s'\n", v);
+                fprintf(stderr,
+                        "spartan data prepare: --tokenizer must be char or gpt2, got "
+                        "'%s'\n",
+                        v);
                 return 2;
             }
             tokenizer = v;
@@ -209,29 +212,29 @@ static int prepare_main(int argc, char **argv) {
             errno = 0;
             frac = strtod(v, &end);
             if (errno || end == v || *end || !isfinite(frac) || frac < 0 || frac >= 1) {
-                fprintf(stderr, "spartan data prepare: --val-fraction must be a number in "
-                                "[0, 1), got '%s'\n", v);
+                fprintf(stderr,
+                        "spartan data prepare: --val-fraction must be a number in "
+                        "[0, 1), got '%s'\n",
+                        v);
                 return 2;
             }
         } else if (missing) {
             fprintf(stderr, "spartan data prepare: %s needs a value\n", argv[i]);
             return 2;
         } else if (argv[i][0] == '-' && argv[i][1] != 0) {
-            fprintf(stderr, "spartan data prepare: unknown option '%s'\n\n", argv[i]);
-            prepare_usage(stderr);
+            fprintf(stderr, "spartan data prepare: unknown option '%s' (see --help)\n", argv[i]);
             return 2;
         } else if (npos < 2) {
             pos[npos++] = argv[i];
         } else {
-            fprintf(stderr, "spartan data prepare: unexpected argument '%s'\n\n", argv[i]);
-            prepare_usage(stderr);
+            fprintf(stderr, "spartan data prepare: unexpected argument '%s' (see --help)\n",
+                    argv[i]);
             return 2;
         }
     }
     if (!tokenizer || npos != 2) {
-        fprintf(stderr, "spartan data prepare: %s\n\n",
+        fprintf(stderr, "spartan data prepare: %s (see --help)\n",
                 !tokenizer ? "--tokenizer is required" : "need INPUT and OUTDIR");
-        prepare_usage(stderr);
         return 2;
     }
     return prepare(tokenizer, frac, pos[0], pos[1]);
@@ -267,27 +270,27 @@ static int fetch_main(int argc, char **argv) {
             fprintf(stderr, "spartan data fetch: %s needs a value\n", argv[i]);
             return 2;
         } else if (argv[i][0] == '-') {
-            fprintf(stderr, "spartan data fetch: unknown option '%s'\n\n", argv[i]);
-            fetch_usage(stderr);
+            fprintf(stderr, "spartan data fetch: unknown option '%s' (see --help)\n", argv[i]);
             return 2;
         } else if (!url) {
             url = argv[i];
         } else {
-            fprintf(stderr, "spartan data fetch: unexpected argument '%s'\n\n", argv[i]);
-            fetch_usage(stderr);
+            fprintf(stderr, "spartan data fetch: unexpected argument '%s' (see --help)\n", argv[i]);
             return 2;
         }
     }
     if (!url || !sha || !out) {
-        fprintf(stderr, "spartan data fetch: %s is required\n\n",
-                !url ? "URL" : !sha ? "--sha256 HEX" : "-o FILE");
-        fetch_usage(stderr);
+        fprintf(stderr, "spartan data fetch: %s is required (see --help)\n",
+                !url   ? "URL"
+                : !sha ? "--sha256 HEX"
+                       : "-o FILE");
         return 2;
     }
     double t0 = now_s();
     int rc = fetch_file(url, sha, out, &o);
     if (rc != ERR_OK) {
-        fprintf(stderr, "spartan data fetch: %s\n", err_msg());
+        const char *m = err_msg();
+        fprintf(stderr, "spartan data fetch: %s\n", strncmp(m, "fetch: ", 7) ? m : m + 7);
         return rc == ERR_INVAL ? 2 : 1;
     }
     printf("fetched %s -> %s sha256=ok seconds=%.2f\n", url, out, now_s() - t0);

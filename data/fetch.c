@@ -44,7 +44,8 @@ int fetch_sha256_file(const char *path, char hex[65]) {
     enum { BUF = 1 << 16 };
     unsigned char *buf = xmalloc(BUF);
     size_t r;
-    while ((r = fread(buf, 1, BUF, f)) > 0) EVP_DigestUpdate(ctx, buf, r);
+    while ((r = fread(buf, 1, BUF, f)) > 0)
+        EVP_DigestUpdate(ctx, buf, r);
     int bad = ferror(f);
     fclose(f);
     free(buf);
@@ -53,7 +54,8 @@ int fetch_sha256_file(const char *path, char hex[65]) {
     EVP_DigestFinal_ex(ctx, md, &mdlen);
     EVP_MD_CTX_free(ctx);
     if (bad) return err_set(ERR_IO, "fetch: read error on '%s'", path);
-    for (unsigned i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    for (unsigned i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
     hex[64] = 0;
     return ERR_OK;
 }
@@ -71,15 +73,16 @@ static double now_s(void) {
 typedef struct {
     const char *url, *part;
     CURL *h;
-    FILE *f;              // opened on the first body byte, so an HTTP error creates nothing
-    uint64_t offset;      // size of .part when the request was made (Range start)
-    uint64_t base;        // bytes already in .part before this attempt's body: offset or 0
-    int64_t range_start;  // start of the last Content-Range header, -1 if none
-    int started;          // the first body byte arrived and f is open
-    int rc;               // ERR_* set inside a callback (curl then reports a write error)
+    FILE *f;             // opened on the first body byte, so an HTTP error creates nothing
+    uint64_t offset;     // size of .part when the request was made (Range start)
+    uint64_t base;       // bytes already in .part before this attempt's body: offset or 0
+    int64_t range_start; // start of the last Content-Range header, -1 if none
+    int started;         // the first body byte arrived and f is open
+    int rc;              // ERR_* set inside a callback (curl then reports a write error)
     // progress
     int tty;
     double t0, last_draw;
+    int drew_done; // the 100% bar is drawn once
     int last_decile;
     uint64_t last_line_bytes;
 } xfer;
@@ -111,9 +114,10 @@ static int start_body(xfer *x) {
             mode = "ab";
             x->base = x->offset;
         } else if (x->range_start != 0) {
-            return err_set(ERR_NET, "fetch: %s answered Range bytes=%llu- with Content-Range "
-                                    "starting at %lld", x->url, (unsigned long long)x->offset,
-                           (long long)x->range_start);
+            return err_set(ERR_NET,
+                           "fetch: %s answered Range bytes=%llu- with Content-Range "
+                           "starting at %lld",
+                           x->url, (unsigned long long)x->offset, (long long)x->range_start);
         }
     } else if (code != 200) {
         return err_set(ERR_NET, "fetch: unexpected HTTP status %ld from %s", code, x->url);
@@ -158,13 +162,16 @@ static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off
     human(total, tb, sizeof tb);
     human(rate, rb, sizeof rb);
     if (x->tty) {
-        if (t - x->last_draw < 0.1 && !(total > 0 && have >= total)) return 0;
+        int done = total > 0 && have >= total;
+        if ((t - x->last_draw < 0.1 && !done) || (done && x->drew_done)) return 0;
         x->last_draw = t;
+        x->drew_done = done;
         if (total > 0) {
             int pct = (int)(100.0 * have / total);
             char bar[31];
             int fill = pct * 30 / 100;
-            for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : ' ';
+            for (int i = 0; i < 30; i++)
+                bar[i] = i < fill ? '#' : ' ';
             bar[30] = 0;
             fprintf(stderr, "\r%3d%% [%s] %s / %s  %s/s ", pct, bar, hb, tb, rb);
         } else {
@@ -280,9 +287,12 @@ static int attempt(const char *url, const char *path, const char *part, const fe
 static void fsync_parent(const char *path) {
     char *dir = xstrdup(path);
     char *slash = strrchr(dir, '/');
-    if (slash == dir) slash[1] = 0;
-    else if (slash) *slash = 0;
-    else strcpy(dir, ".");
+    if (slash == dir)
+        slash[1] = 0;
+    else if (slash)
+        *slash = 0;
+    else
+        strcpy(dir, ".");
     int fd = open(dir, O_RDONLY);
     if (fd >= 0) {
         (void)fsync(fd); // best effort: the rename is already done
@@ -308,7 +318,8 @@ int fetch_file(const char *url, const char *sha256_hex, const char *path, const 
         return err_set(ERR_INVAL, "fetch: --sha256 must be 64 hex digits, got \"%.80s\"",
                        sha256_hex ? sha256_hex : "(null)");
     char want[65];
-    for (int i = 0; i < 64; i++) want[i] = (char)(sha256_hex[i] | 0x20); // lowercase
+    for (int i = 0; i < 64; i++)
+        want[i] = (char)(sha256_hex[i] | 0x20); // lowercase
     want[64] = 0;
     pthread_once(&curl_once, curl_init_once);
 
@@ -346,8 +357,10 @@ int fetch_file(const char *url, const char *sha256_hex, const char *path, const 
     if (rc == ERR_OK) rc = fetch_sha256_file(part, got);
     if (rc == ERR_OK && strcmp(got, want) != 0) {
         unlink(part); // resuming a wrong file cannot fix it
-        rc = err_set(ERR_FORMAT, "fetch: checksum mismatch for %s -> '%s': expected sha256 %s, "
-                                 "got %s (download deleted)", url, path, want, got);
+        rc = err_set(ERR_FORMAT,
+                     "fetch: checksum mismatch for %s -> '%s': expected sha256 %s, "
+                     "got %s (download deleted)",
+                     url, path, want, got);
     }
     if (rc == ERR_OK && rename(part, path) != 0)
         rc = err_set(ERR_IO, "fetch: cannot rename '%s' to '%s': %s", part, path, strerror(errno));

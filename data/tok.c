@@ -22,11 +22,12 @@
 #include "err.h"
 
 #define EOT_TEXT "<|endoftext|>"
-#define EOT_LEN (sizeof EOT_TEXT - 1)
+#define EOT_LEN  (sizeof EOT_TEXT - 1)
 
 // GPT-2's pre-tokenizer: contractions, letters, numbers, other symbols, then whitespace runs.
-static const char GPT2_PATTERN[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+"
-                                   "|\\s+(?!\\S)|\\s+";
+static const char GPT2_PATTERN[] =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+"
+    "|\\s+(?!\\S)|\\s+";
 
 // One merge rule: the pair (a, b) of token ids becomes token id with priority rank (lower first).
 typedef struct {
@@ -64,13 +65,15 @@ static uint64_t mix64(uint64_t x) {
 // FNV-1a over bytes; used for the vocabulary table at load time and the pre-token cache.
 static uint64_t hash_bytes(const char *p, size_t n) {
     uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)p[i]) * 0x100000001b3ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)p[i]) * 0x100000001b3ull;
     return h;
 }
 
 static size_t pow2_at_least(size_t n) {
     size_t c = 16;
-    while (c < n) c <<= 1;
+    while (c < n)
+        c <<= 1;
     return c;
 }
 
@@ -80,7 +83,8 @@ static size_t pow2_at_least(size_t n) {
 int tok_char_create(tok_tokenizer **out, const char *text, size_t n) {
     if (n == 0) return err_set(ERR_INVAL, "tok: char tokenizer needs a non-empty text");
     uint8_t seen[256] = {0};
-    for (size_t i = 0; i < n; i++) seen[(uint8_t)text[i]] = 1;
+    for (size_t i = 0; i < n; i++)
+        seen[(uint8_t)text[i]] = 1;
     tok_tokenizer *t = xcalloc(1, sizeof *t);
     t->kind = TOK_CHAR;
     t->eot = -1;
@@ -124,11 +128,14 @@ static int byte_is_printable(int b) {
 
 // unicode_to_byte[cp] for cp < 324: the raw byte, or -1.
 static void build_unicode_to_byte(int16_t u2b[324]) {
-    for (int i = 0; i < 324; i++) u2b[i] = -1;
+    for (int i = 0; i < 324; i++)
+        u2b[i] = -1;
     int extra = 0;
     for (int b = 0; b < 256; b++) {
-        if (byte_is_printable(b)) u2b[b] = (int16_t)b;
-        else u2b[256 + extra++] = (int16_t)b;
+        if (byte_is_printable(b))
+            u2b[b] = (int16_t)b;
+        else
+            u2b[256 + extra++] = (int16_t)b;
     }
 }
 
@@ -199,7 +206,8 @@ static void vocab_insert(vocab_table *v, int32_t id) {
     const char *p = v->t->pool + v->t->off[id];
     size_t n = v->t->off[id + 1] - v->t->off[id];
     size_t i = hash_bytes(p, n) & v->mask;
-    while (v->slot[i] >= 0) i = (i + 1) & v->mask;
+    while (v->slot[i] >= 0)
+        i = (i + 1) & v->mask;
     v->slot[i] = id;
 }
 
@@ -226,12 +234,14 @@ static int load_encoder(tok_tokenizer *t, const char *path, const int16_t u2b[32
                        je.line, je.column, je.text);
     if (!json_is_object(root) || json_object_size(root) == 0 || json_object_size(root) > 1000000) {
         json_decref(root);
-        return err_set(ERR_FORMAT, "tok: '%s' must be a non-empty JSON object of token -> id", path);
+        return err_set(ERR_FORMAT, "tok: '%s' must be a non-empty JSON object of token -> id",
+                       path);
     }
     size_t V = json_object_size(root);
     // First pass: sizes per id (duplicates and holes are errors).
     uint32_t *len = xmalloc(V * sizeof *len);
-    for (size_t i = 0; i < V; i++) len[i] = UINT32_MAX;
+    for (size_t i = 0; i < V; i++)
+        len[i] = UINT32_MAX;
     size_t pool_cap = 0;
     const char *key;
     json_t *val;
@@ -241,8 +251,9 @@ static int load_encoder(tok_tokenizer *t, const char *path, const int16_t u2b[32
         pool_cap += kn;
         if (!json_is_integer(val) || json_integer_value(val) < 0 ||
             (size_t)json_integer_value(val) >= V) {
-            rc = err_set(ERR_FORMAT, "tok: '%s': id of token \"%.40s\" is not an integer in [0, %zu)",
-                         path, key, V);
+            rc = err_set(ERR_FORMAT,
+                         "tok: '%s': id of token \"%.40s\" is not an integer in [0, %zu)", path,
+                         key, V);
             break;
         }
         size_t id = (size_t)json_integer_value(val);
@@ -260,13 +271,16 @@ static int load_encoder(tok_tokenizer *t, const char *path, const int16_t u2b[32
         // upper-bound layout, then compact.
         uint32_t *ub = xmalloc((V + 1) * sizeof *ub);
         ub[0] = 0;
-        for (size_t i = 0; i < V; i++) ub[i + 1] = ub[i] + len[i];
+        for (size_t i = 0; i < V; i++)
+            ub[i + 1] = ub[i] + len[i];
         json_object_foreach(root, key, val) {
             size_t id = (size_t)json_integer_value(val);
             long k = decode_mapped(u2b, key, strlen(key), t->pool + ub[id]);
             if (k < 0) {
-                rc = err_set(ERR_FORMAT, "tok: '%s': token \"%.40s\" (id %zu) is not GPT-2 "
-                                         "byte-mapped text", path, key, id);
+                rc = err_set(ERR_FORMAT,
+                             "tok: '%s': token \"%.40s\" (id %zu) is not GPT-2 "
+                             "byte-mapped text",
+                             path, key, id);
                 break;
             }
             len[id] = (uint32_t)k;
@@ -296,10 +310,12 @@ static int load_merges(tok_tokenizer *t, const char *path, const int16_t u2b[324
     int rc = read_whole_file(path, &text, &n);
     if (rc) return rc;
     size_t lines = 1;
-    for (size_t i = 0; i < n; i++) lines += text[i] == '\n';
+    for (size_t i = 0; i < n; i++)
+        lines += text[i] == '\n';
     t->merge_mask = pow2_at_least(2 * lines) - 1;
     t->merges = xmalloc((t->merge_mask + 1) * sizeof *t->merges);
-    for (size_t i = 0; i <= t->merge_mask; i++) t->merges[i].key = MERGE_EMPTY;
+    for (size_t i = 0; i <= t->merge_mask; i++)
+        t->merges[i].key = MERGE_EMPTY;
     char *buf = xmalloc(n + 1);
     int32_t rank = 0;
     size_t lineno = 0;
@@ -321,16 +337,20 @@ static int load_merges(tok_tokenizer *t, const char *path, const int16_t u2b[324
         long ka = sp ? decode_mapped(u2b, p, (size_t)(sp - p), buf) : -1;
         long kb = ka > 0 ? decode_mapped(u2b, sp + 1, (size_t)(p + ln - sp - 1), buf + ka) : -1;
         if (ka <= 0 || kb <= 0) {
-            rc = err_set(ERR_FORMAT, "tok: '%s' line %zu: expected two byte-mapped tokens "
-                                     "separated by one space", path, lineno);
+            rc = err_set(ERR_FORMAT,
+                         "tok: '%s' line %zu: expected two byte-mapped tokens "
+                         "separated by one space",
+                         path, lineno);
             break;
         }
         int32_t a = vocab_find(vt, buf, (size_t)ka);
         int32_t b = vocab_find(vt, buf + ka, (size_t)kb);
         int32_t ab = vocab_find(vt, buf, (size_t)(ka + kb));
         if (a < 0 || b < 0 || ab < 0) {
-            rc = err_set(ERR_FORMAT, "tok: '%s' line %zu: merge \"%.*s\" uses a token missing "
-                                     "from encoder.json", path, lineno, (int)ln, p);
+            rc = err_set(ERR_FORMAT,
+                         "tok: '%s' line %zu: merge \"%.*s\" uses a token missing "
+                         "from encoder.json",
+                         path, lineno, (int)ln, p);
             break;
         }
         uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
@@ -342,8 +362,7 @@ static int load_merges(tok_tokenizer *t, const char *path, const int16_t u2b[324
         rank++;
         p = nl ? nl + 1 : end;
     }
-    if (rc == ERR_OK && rank == 0)
-        rc = err_set(ERR_FORMAT, "tok: '%s' holds no merge rules", path);
+    if (rc == ERR_OK && rank == 0) rc = err_set(ERR_FORMAT, "tok: '%s' holds no merge rules", path);
     free(buf);
     free(text);
     return rc;
@@ -360,8 +379,10 @@ int tok_gpt2_create(tok_tokenizer **out, const char *encoder_json, const char *v
         vt.t = t;
         vt.mask = pow2_at_least(2 * (size_t)t->vocab_size) - 1;
         vt.slot = xmalloc((vt.mask + 1) * sizeof *vt.slot);
-        for (size_t i = 0; i <= vt.mask; i++) vt.slot[i] = -1;
-        for (int32_t id = 0; id < t->vocab_size; id++) vocab_insert(&vt, id);
+        for (size_t i = 0; i <= vt.mask; i++)
+            vt.slot[i] = -1;
+        for (int32_t id = 0; id < t->vocab_size; id++)
+            vocab_insert(&vt, id);
         for (int b = 0; b < 256 && rc == ERR_OK; b++) {
             char c = (char)b;
             t->byte_id[b] = vocab_find(&vt, &c, 1);
@@ -431,8 +452,10 @@ int tok_gpt2_default(tok_tokenizer **out) {
         if (try_dir(exe, out, &rc, tried, sizeof tried)) return rc;
     }
     if (try_dir("./data", out, &rc, tried, sizeof tried)) return rc;
-    return err_set(ERR_IO, "tok: gpt2-encoder.json and gpt2-vocab.bpe not found (set "
-                           "SPARTAN_DATA_DIR); tried: %s", tried);
+    return err_set(ERR_IO,
+                   "tok: gpt2-encoder.json and gpt2-vocab.bpe not found (set "
+                   "SPARTAN_DATA_DIR); tried: %s",
+                   tried);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -442,7 +465,8 @@ char *tok_spec(const tok_tokenizer *t) {
     if (t->kind == TOK_GPT2) return xstrdup("gpt2");
     char *s = xmalloc(5 + 2 * (size_t)t->vocab_size + 1);
     memcpy(s, "char:", 5);
-    for (int i = 0; i < t->vocab_size; i++) snprintf(s + 5 + 2 * i, 3, "%02x", t->char_byte[i]);
+    for (int i = 0; i < t->vocab_size; i++)
+        snprintf(s + 5 + 2 * i, 3, "%02x", t->char_byte[i]);
     s[5 + 2 * t->vocab_size] = 0;
     return s;
 }
@@ -482,7 +506,8 @@ static void ivec_push(ivec *a, int32_t x) {
 
 static void ivec_append(ivec *a, const int32_t *x, size_t n) {
     if (a->n + n > a->cap) {
-        while (a->n + n > a->cap) a->cap = a->cap ? 2 * a->cap : 1024;
+        while (a->n + n > a->cap)
+            a->cap = a->cap ? 2 * a->cap : 1024;
         a->v = xrealloc(a->v, a->cap * sizeof *a->v);
     }
     memcpy(a->v + a->n, x, n * sizeof *x);
@@ -521,8 +546,8 @@ static int cand_less(const bpe_cand *x, const bpe_cand *y) {
 
 static void heap_push(enc_ctx *c, bpe_cand e) {
     if (c->heap_n == c->heap_cap)
-        c->heap = xrealloc(c->heap, (c->heap_cap = c->heap_cap ? 2 * c->heap_cap : 64) *
-                                        sizeof *c->heap);
+        c->heap =
+            xrealloc(c->heap, (c->heap_cap = c->heap_cap ? 2 * c->heap_cap : 64) * sizeof *c->heap);
     size_t i = c->heap_n++;
     while (i > 0) {
         size_t p = (i - 1) / 2;
@@ -560,8 +585,8 @@ static void add_cand(enc_ctx *c, int32_t pos, int pending) {
         return;
     }
     if (c->pend_n == c->pend_cap)
-        c->pend = xrealloc(c->pend, (c->pend_cap = c->pend_cap ? 2 * c->pend_cap : 64) *
-                                        sizeof *c->pend);
+        c->pend =
+            xrealloc(c->pend, (c->pend_cap = c->pend_cap ? 2 * c->pend_cap : 64) * sizeof *c->pend);
     c->pend[c->pend_n++] = e;
 }
 
@@ -587,7 +612,8 @@ static void bpe_word(enc_ctx *c, const char *w, size_t m, ivec *out) {
         c->prev[i] = (int32_t)i - 1;
     }
     c->heap_n = 0;
-    for (size_t i = 0; i + 1 < m; i++) add_cand(c, (int32_t)i, 0);
+    for (size_t i = 0; i + 1 < m; i++)
+        add_cand(c, (int32_t)i, 0);
     while (c->heap_n) {
         bpe_cand e = heap_pop(c);
         if (!cand_valid(c, &e)) continue;
@@ -613,9 +639,11 @@ static void bpe_word(enc_ctx *c, const char *w, size_t m, ivec *out) {
             }
             if (!found) break;
         }
-        for (size_t i = 0; i < c->pend_n; i++) heap_push(c, c->pend[i]);
+        for (size_t i = 0; i < c->pend_n; i++)
+            heap_push(c, c->pend[i]);
     }
-    for (int32_t i = 0; i >= 0; i = c->next[i]) ivec_push(out, c->id[i]);
+    for (int32_t i = 0; i >= 0; i = c->next[i])
+        ivec_push(out, c->id[i]);
 }
 
 // encode_piece appends the ids of one pre-token, through the cache.
@@ -646,7 +674,8 @@ static void encode_piece(enc_ctx *c, const char *p, size_t n, ivec *out) {
         for (size_t j = 0; j <= c->cache_mask; j++) {
             if (!c->cache[j].p) continue;
             size_t k = c->cache[j].h & mask;
-            while (nt[k].p) k = (k + 1) & mask;
+            while (nt[k].p)
+                k = (k + 1) & mask;
             nt[k] = c->cache[j];
         }
         free(c->cache);
@@ -657,8 +686,8 @@ static void encode_piece(enc_ctx *c, const char *p, size_t n, ivec *out) {
 
 // encode_text pre-tokenizes text(n) (no end-of-text markers inside) and encodes every piece.
 // Bytes the regex cannot match (invalid UTF-8) form pieces of their own, so nothing is lost.
-static int encode_text(enc_ctx *c, pcre2_match_data *md, pcre2_match_context *mc,
-                       const char *text, size_t n, ivec *out) {
+static int encode_text(enc_ctx *c, pcre2_match_data *md, pcre2_match_context *mc, const char *text,
+                       size_t n, ivec *out) {
     size_t pos = 0;
     while (pos < n) {
         int r = pcre2_match(c->t->re, (PCRE2_SPTR)text, n, pos, 0, md, mc);
@@ -737,8 +766,10 @@ int tok_encode(const tok_tokenizer *t, const char *text, size_t n, int32_t **ids
             int id = t->char_id[(uint8_t)text[i]];
             if (id < 0) {
                 free(out.v);
-                return err_set(ERR_INVAL, "tok: byte 0x%02x at offset %zu is not in the char "
-                                          "vocabulary", (uint8_t)text[i], i);
+                return err_set(ERR_INVAL,
+                               "tok: byte 0x%02x at offset %zu is not in the char "
+                               "vocabulary",
+                               (uint8_t)text[i], i);
             }
             out.v[i] = id;
         }

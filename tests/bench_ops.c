@@ -30,16 +30,17 @@ static float *buf(size_t n, float a, uint32_t seed) {
 }
 
 // TIME runs stmt `inner` times per repetition and stores the best time per call in seconds.
-#define TIME(best, reps, inner, stmt)                                                          \
-    do {                                                                                       \
-        stmt;                                                                                  \
-        best = INFINITY;                                                                       \
-        for (int r_ = 0; r_ < (reps); r_++) {                                                  \
-            const double t0_ = omp_get_wtime();                                                \
-            for (int i_ = 0; i_ < (inner); i_++) stmt;                                         \
-            const double dt_ = (omp_get_wtime() - t0_) / (inner);                              \
-            best = dt_ < best ? dt_ : best;                                                    \
-        }                                                                                      \
+#define TIME(best, reps, inner, stmt)                             \
+    do {                                                          \
+        stmt;                                                     \
+        best = INFINITY;                                          \
+        for (int r_ = 0; r_ < (reps); r_++) {                     \
+            const double t0_ = omp_get_wtime();                   \
+            for (int i_ = 0; i_ < (inner); i_++)                  \
+                stmt;                                             \
+            const double dt_ = (omp_get_wtime() - t0_) / (inner); \
+            best = dt_ < best ? dt_ : best;                       \
+        }                                                         \
     } while (0)
 
 static void report_bw(const char *name, double sec, double bytes) {
@@ -62,7 +63,8 @@ int main(int argc, char **argv) {
 
     // Activation-sized kernels (they fit in L2/L3, as they do inside a training step).
     int32_t *tok = xmalloc(N * sizeof *tok);
-    for (int i = 0; i < N; i++) tok[i] = (int32_t)((i * 7919u) % V);
+    for (int i = 0; i < N; i++)
+        tok[i] = (int32_t)((i * 7919u) % V);
     float *wte = buf((size_t)V * C, 0.02f, 1), *wpe = buf((size_t)T * C, 0.02f, 2);
     float *dwte = buf((size_t)V * C, 0, 3), *dwpe = buf((size_t)T * C, 0, 4);
     float *x = buf(nc, 1, 5), *y = buf(nc, 1, 6), *d = buf(nc, 1, 7), *dx = buf(nc, 0, 8);
@@ -122,7 +124,8 @@ int main(int argc, char **argv) {
     // the probabilities; re-running it on its own output keeps the data finite.
     float *losses = buf(N, 0, 31);
     int32_t *tgt = xmalloc(N * sizeof *tgt);
-    for (int i = 0; i < N; i++) tgt[i] = (int32_t)((i * 104729u) % V);
+    for (int i = 0; i < N; i++)
+        tgt[i] = (int32_t)((i * 104729u) % V);
     float *lg = buf(nv, 4, 32);
     TIME(t, 5, 5, ops_softmax_xent_forward(losses, lg, lg, tgt, N, V));
     report_bw("softmax_xent_fwd", t, 2.0 * nv * 4);

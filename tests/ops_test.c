@@ -13,12 +13,12 @@
 #include "ops.h"
 #include "test_util.h"
 
-#define B 2
-#define T 5
-#define C 12
+#define B  2
+#define T  5
+#define C  12
 #define NH 3
-#define V 37
-#define N (B * T)
+#define V  37
+#define N  (B * T)
 
 // Gradients start at this value so that a kernel that overwrites instead of accumulating fails.
 #define PREFILL 0.5f
@@ -30,12 +30,10 @@
 // above that and far below what a bug costs: a flipped sign gives 2.0, overwriting instead of
 // accumulating gives PREFILL / max|g| (0.1 or more here), and dropping either mean term of the
 // LayerNorm input gradient gives 0.29 and 0.38 (fd_check_catches_dropped_layernorm_terms).
-#define FD_H 1e-2f
+#define FD_H   1e-2f
 #define FD_TOL 5e-4
 
-static void suite_init(void) {
-    ops_init(0);
-}
+static void suite_init(void) { ops_init(0); }
 
 TestSuite(ops, .timeout = 30, .init = suite_init);
 
@@ -50,7 +48,8 @@ static float *rnd(size_t n, uint64_t seed, float lo, float hi) {
 
 static float *filled(size_t n, float v) {
     float *x = xmalloc(n * sizeof *x);
-    for (size_t i = 0; i < n; i++) x[i] = v;
+    for (size_t i = 0; i < n; i++)
+        x[i] = v;
     return x;
 }
 
@@ -63,13 +62,15 @@ static float *copy(const float *x, size_t n) {
 // rand_ids fills ids(n) with values in [0, hi) from the shared generator.
 static void rand_ids(int32_t *ids, size_t n, uint64_t seed, int hi) {
     float *u = rnd(n, seed, 0.0f, (float)hi);
-    for (size_t i = 0; i < n; i++) ids[i] = (int32_t)u[i] < hi ? (int32_t)u[i] : hi - 1;
+    for (size_t i = 0; i < n; i++)
+        ids[i] = (int32_t)u[i] < hi ? (int32_t)u[i] : hi - 1;
     free(u);
 }
 
 static double dotd(const float *y, const float *r, size_t n) {
     double s = 0.0;
-    for (size_t i = 0; i < n; i++) s += (double)y[i] * r[i];
+    for (size_t i = 0; i < n; i++)
+        s += (double)y[i] * r[i];
     return s;
 }
 
@@ -106,7 +107,8 @@ static void fd_check(const char *what, const float *grad, float *x, size_t n, lo
                      void *ctx) {
     double *fd = xmalloc(n * sizeof *fd), *g = xmalloc(n * sizeof *g);
     fd_grad(fd, x, n, loss, ctx);
-    for (size_t i = 0; i < n; i++) g[i] = (double)grad[i] - PREFILL;
+    for (size_t i = 0; i < n; i++)
+        g[i] = (double)grad[i] - PREFILL;
     const double e = grad_err(g, fd, n);
     if (getenv("OPS_TEST_VERBOSE")) cr_log_info("%s: fd error %.3g", what, e);
     cr_expect(e < FD_TOL, "%s: gradient error %.3g of its scale exceeds %.1g", what, e, FD_TOL);
@@ -120,7 +122,7 @@ static void expect_close(const char *what, const float *got, const double *want,
         const double err = fabs((double)got[i] - want[i]);
         const int ok = err <= atol + rtol * fabs(want[i]);
         cr_expect(ok, "%s[%zu] = %.9g, want %.9g (err %.3g)", what, i, got[i], want[i], err);
-        if (!ok) return;  // one message per tensor
+        if (!ok) return; // one message per tensor
     }
 }
 
@@ -166,8 +168,7 @@ Test(ops, sgemm_matches_naive_for_all_transposes) {
             ops_sgemm(ta, tb, M, NN, K, 0.5f, a, LD, b, LD, -2.0f, c, LD);
             for (int i = 0; i < M; i++) {
                 for (int j = 0; j < NN; j++)
-                    cr_expect(fabs(c[i * LD + j] - want[i * NN + j]) < 1e-5, "ta=%d tb=%d", ta,
-                              tb);
+                    cr_expect(fabs(c[i * LD + j] - want[i * NN + j]) < 1e-5, "ta=%d tb=%d", ta, tb);
                 for (int j = NN; j < LD; j++)
                     cr_expect_eq(c[i * LD + j], c0[i * LD + j], "padding was written");
             }
@@ -212,14 +213,14 @@ static double enc_loss(void *p) {
 Test(ops, encoder_backward_matches_finite_differences) {
     int32_t inp[N];
     rand_ids(inp, N, 20, V);
-    inp[7] = inp[2];  // a repeated token must collect both rows
+    inp[7] = inp[2]; // a repeated token must collect both rows
     struct enc_ctx x = {inp, rnd(V * C, 21, -1, 1), rnd(T * C, 22, -1, 1), filled(N * C, 0),
                         rnd(N * C, 23, -1, 1)};
     float *dwte = filled(V * C, PREFILL), *dwpe = filled(T * C, PREFILL);
     ops_encoder_backward(dwte, dwpe, x.r, inp, B, T, C);
     fd_check("dwte", dwte, x.wte, V * C, enc_loss, &x);
     fd_check("dwpe", dwpe, x.wpe, T * C, enc_loss, &x);
-    ops_encoder_backward(NULL, NULL, x.r, inp, B, T, C);  // NULL outputs are skipped
+    ops_encoder_backward(NULL, NULL, x.r, inp, B, T, C); // NULL outputs are skipped
     free(x.wte);
     free(x.wpe);
     free(x.out);
@@ -231,16 +232,19 @@ Test(ops, encoder_backward_matches_finite_differences) {
 // ---------------------------------------------------------------------------------------------
 // LayerNorm.
 
-static void ref_layernorm(double *out, double *mean, double *rstd, const float *inp,
-                          const float *w, const float *b, int n_, int c_) {
+static void ref_layernorm(double *out, double *mean, double *rstd, const float *inp, const float *w,
+                          const float *b, int n_, int c_) {
     for (int n = 0; n < n_; n++) {
         const float *x = inp + (size_t)n * c_;
         double m = 0, v = 0;
-        for (int c = 0; c < c_; c++) m += x[c];
+        for (int c = 0; c < c_; c++)
+            m += x[c];
         m /= c_;
-        for (int c = 0; c < c_; c++) v += (x[c] - m) * (x[c] - m);
+        for (int c = 0; c < c_; c++)
+            v += (x[c] - m) * (x[c] - m);
         const double rs = 1.0 / sqrt(v / c_ + 1e-5);
-        for (int c = 0; c < c_; c++) out[(size_t)n * c_ + c] = (x[c] - m) * rs * w[c] + b[c];
+        for (int c = 0; c < c_; c++)
+            out[(size_t)n * c_ + c] = (x[c] - m) * rs * w[c] + b[c];
         mean[n] = m;
         rstd[n] = rs;
     }
@@ -269,9 +273,7 @@ static void check_layernorm_forward(int n_, int c_, uint64_t seed) {
     free(rr);
 }
 
-Test(ops, layernorm_forward_matches_reference) {
-    check_layernorm_forward(N, C, 30);
-}
+Test(ops, layernorm_forward_matches_reference) { check_layernorm_forward(N, C, 30); }
 
 Test(ops, layernorm_forward_matches_reference_on_threaded_sizes) {
     check_layernorm_forward(67, 768, 31);
@@ -290,7 +292,7 @@ static double ln_loss(void *p) {
 
 static struct ln_ctx ln_make(void) {
     return (struct ln_ctx){rnd(N * C, 40, -2, 2), rnd(C, 41, 0.5f, 1.5f), rnd(C, 42, -1, 1),
-                           filled(N * C, 0),      filled(N, 0),          filled(N, 0),
+                           filled(N * C, 0),      filled(N, 0),           filled(N, 0),
                            rnd(N * C, 43, -1, 1)};
 }
 
@@ -306,7 +308,7 @@ static void ln_free(struct ln_ctx *x) {
 
 Test(ops, layernorm_backward_matches_finite_differences) {
     struct ln_ctx x = ln_make();
-    ln_loss(&x);  // saves mean and rstd
+    ln_loss(&x); // saves mean and rstd
     float *dinp = filled(N * C, PREFILL), *dw = filled(C, PREFILL), *db = filled(C, PREFILL);
     ops_layernorm_backward(dinp, dw, db, x.r, x.inp, x.w, x.mean, x.rstd, N, C);
     fd_check("dinp", dinp, x.inp, N * C, ln_loss, &x);
@@ -332,7 +334,7 @@ Test(ops, fd_check_catches_dropped_layernorm_terms) {
     double *fd = xmalloc(N * C * sizeof *fd), *full = xmalloc(N * C * sizeof *full);
     double *no_mean = xmalloc(N * C * sizeof *fd), *no_var = xmalloc(N * C * sizeof *fd);
     fd_grad(fd, x.inp, N * C, ln_loss, &x);
-    ln_loss(&x);  // mean and rstd at the unperturbed input again
+    ln_loss(&x); // mean and rstd at the unperturbed input again
     for (int n = 0; n < N; n++) {
         double mg = 0, mgx = 0;
         for (int c = 0; c < C; c++) {
@@ -375,7 +377,8 @@ static void check_matmul_forward(int with_bias) {
     for (int n = 0; n < N; n++) {
         for (int o = 0; o < OC; o++) {
             double s = with_bias ? bias[o] : 0.0;
-            for (int c = 0; c < C; c++) s += (double)inp[n * C + c] * w[o * C + c];
+            for (int c = 0; c < C; c++)
+                s += (double)inp[n * C + c] * w[o * C + c];
             want[n * OC + o] = s;
         }
     }
@@ -386,13 +389,9 @@ static void check_matmul_forward(int with_bias) {
     free(out);
 }
 
-Test(ops, matmul_forward_matches_reference_with_bias) {
-    check_matmul_forward(1);
-}
+Test(ops, matmul_forward_matches_reference_with_bias) { check_matmul_forward(1); }
 
-Test(ops, matmul_forward_matches_reference_without_bias) {
-    check_matmul_forward(0);
-}
+Test(ops, matmul_forward_matches_reference_without_bias) { check_matmul_forward(0); }
 
 enum { MM_OC = 7 };
 
@@ -447,17 +446,21 @@ static void ref_attention(double *out, double *att, const float *qkv, int b_, in
                 for (int j = 0; j < t_; j++) {
                     const float *k = qkv + ((size_t)b * t_ + j) * 3 * c_ + c_ + h * hs;
                     double s = 0;
-                    for (int i = 0; i < hs; i++) s += (double)q[i] * k[i];
+                    for (int i = 0; i < hs; i++)
+                        s += (double)q[i] * k[i];
                     a[t * t_ + j] = j <= t ? s * scale : -INFINITY;
                     mx = fmax(mx, a[t * t_ + j]);
                 }
                 double sum = 0;
-                for (int j = 0; j < t_; j++) sum += a[t * t_ + j] = exp(a[t * t_ + j] - mx);
-                for (int j = 0; j < t_; j++) a[t * t_ + j] /= sum;
+                for (int j = 0; j < t_; j++)
+                    sum += a[t * t_ + j] = exp(a[t * t_ + j] - mx);
+                for (int j = 0; j < t_; j++)
+                    a[t * t_ + j] /= sum;
                 for (int i = 0; i < hs; i++) {
                     double o = 0;
                     for (int j = 0; j < t_; j++)
-                        o += a[t * t_ + j] * qkv[((size_t)b * t_ + j) * 3 * c_ + 2 * c_ + h * hs + i];
+                        o += a[t * t_ + j] *
+                             qkv[((size_t)b * t_ + j) * 3 * c_ + 2 * c_ + h * hs + i];
                     out[((size_t)b * t_ + t) * c_ + h * hs + i] = o;
                 }
             }
@@ -466,7 +469,8 @@ static void ref_attention(double *out, double *att, const float *qkv, int b_, in
 }
 
 Test(ops, attention_forward_is_causal_softmax_weighted_values) {
-    float *qkv = rnd(N * 3 * C, 70, -2, 2), *out = filled(N * C, 9), *att = filled(B * NH * T * T, 9);
+    float *qkv = rnd(N * 3 * C, 70, -2, 2), *out = filled(N * C, 9),
+          *att = filled(B * NH * T * T, 9);
     ops_attention_forward(out, att, qkv, B, T, C, NH);
     double rout[N * C], ratt[B * NH * T * T];
     ref_attention(rout, ratt, qkv, B, T, C, NH);
@@ -550,7 +554,8 @@ Test(ops, gelu_forward_matches_tanh_definition) {
     enum { M = 48001 };
     float *x = xmalloc(M * sizeof *x), *y = filled(M, 0);
     double *want = xmalloc(M * sizeof *want);
-    for (int i = 0; i < M; i++) x[i] = -12.0f + 24.0f * (float)i / (M - 1);
+    for (int i = 0; i < M; i++)
+        x[i] = -12.0f + 24.0f * (float)i / (M - 1);
     ops_gelu_forward(y, x, M);
     for (int i = 0; i < M; i++) {
         const double xd = x[i];
@@ -559,7 +564,7 @@ Test(ops, gelu_forward_matches_tanh_definition) {
             cr_assert(fabs(want[i] - ref_gelu(xd)) <= 1e-12 * fabs(want[i]), "reference x=%g", xd);
     }
     expect_close("gelu", y, want, M, 1e-8, 1e-6);
-    float maxrel_tanhf = 0;  // against the float tanhf formula where it is well conditioned
+    float maxrel_tanhf = 0; // against the float tanhf formula where it is well conditioned
     for (int i = 0; i < M; i++) {
         if (x[i] < -2.0f) continue;
         const float u = 0.7978845608028654f * (x[i] + 0.044715f * x[i] * x[i] * x[i]);
@@ -567,7 +572,7 @@ Test(ops, gelu_forward_matches_tanh_definition) {
         if (yt != 0.0f) maxrel_tanhf = fmaxf(maxrel_tanhf, fabsf(y[i] - yt) / fabsf(yt));
     }
     cr_expect(maxrel_tanhf < 1e-6f, "relative difference to tanhf %.3g", maxrel_tanhf);
-    ops_gelu_forward(x, x, M);  // in place
+    ops_gelu_forward(x, x, M); // in place
     expect_same_bits("in place", x, y, M);
     free(x);
     free(y);
@@ -602,19 +607,24 @@ Test(ops, gelu_backward_matches_finite_differences) {
 // Elementwise and reductions.
 
 Test(ops, add_acc_scale_zero_do_what_they_say) {
-    enum { M = 70001 };  // odd, and above the threading threshold
+    enum { M = 70001 }; // odd, and above the threading threshold
     float *a = rnd(M, 100, -1, 1), *b = rnd(M, 101, -1, 1), *o = filled(M, 0);
     ops_add(o, a, b, M);
-    for (int i = 0; i < M; i++) cr_assert_eq(o[i], a[i] + b[i], "add i=%d", i);
-    ops_add(a, a, b, M);  // out aliases a
+    for (int i = 0; i < M; i++)
+        cr_assert_eq(o[i], a[i] + b[i], "add i=%d", i);
+    ops_add(a, a, b, M); // out aliases a
     expect_same_bits("add in place", a, o, M);
     ops_acc(o, b, M);
-    for (int i = 0; i < M; i++) cr_assert_eq(o[i], a[i] + b[i], "acc i=%d", i);
+    for (int i = 0; i < M; i++)
+        cr_assert_eq(o[i], a[i] + b[i], "acc i=%d", i);
     ops_scale(o, -0.25f, M);
-    for (int i = 0; i < M; i++) cr_assert_eq(o[i], (a[i] + b[i]) * -0.25f, "scale i=%d", i);
+    for (int i = 0; i < M; i++)
+        cr_assert_eq(o[i], (a[i] + b[i]) * -0.25f, "scale i=%d", i);
     ops_zero(o, M - 3);
-    for (int i = 0; i < M - 3; i++) cr_assert_eq(o[i], 0.0f, "zero i=%d", i);
-    for (int i = M - 3; i < M; i++) cr_assert_neq(o[i], 0.0f, "zero wrote past n at %d", i);
+    for (int i = 0; i < M - 3; i++)
+        cr_assert_eq(o[i], 0.0f, "zero i=%d", i);
+    for (int i = M - 3; i < M; i++)
+        cr_assert_neq(o[i], 0.0f, "zero wrote past n at %d", i);
     free(a);
     free(b);
     free(o);
@@ -624,7 +634,8 @@ Test(ops, sumsq_matches_double_and_ignores_thread_count) {
     enum { M = 1000003 };
     float *x = rnd(M, 110, -3, 3);
     double want = 0;
-    for (int i = 0; i < M; i++) want += (double)x[i] * x[i];
+    for (int i = 0; i < M; i++)
+        want += (double)x[i] * x[i];
     ops_init(1);
     const double s1 = ops_sumsq(x, M);
     ops_init(2);
@@ -644,17 +655,21 @@ static void ref_lse_loss(double *loss, double *probs, const float *logits, const
     for (int n = 0; n < n_; n++) {
         const float *x = logits + (size_t)n * v_;
         double mx = -INFINITY, s = 0;
-        for (int j = 0; j < v_; j++) mx = fmax(mx, x[j]);
-        for (int j = 0; j < v_; j++) s += exp(x[j] - mx);
+        for (int j = 0; j < v_; j++)
+            mx = fmax(mx, x[j]);
+        for (int j = 0; j < v_; j++)
+            s += exp(x[j] - mx);
         const double lse = mx + log(s);
-        for (int j = 0; j < v_; j++) probs[(size_t)n * v_ + j] = exp(x[j] - lse);
+        for (int j = 0; j < v_; j++)
+            probs[(size_t)n * v_ + j] = exp(x[j] - lse);
         loss[n] = tg[n] >= 0 ? lse - x[tg[n]] : 0.0;
     }
 }
 
 Test(ops, softmax_xent_forward_matches_log_sum_exp) {
     float *logits = rnd(N * V, 120, -8, 8), *probs = filled(N * V, 0), *losses = filled(N, 9);
-    for (int j = 0; j < V; j++) logits[3 * V + j] += 70.0f;  // large logits stay finite
+    for (int j = 0; j < V; j++)
+        logits[3 * V + j] += 70.0f; // large logits stay finite
     int32_t tg[N];
     rand_ids(tg, N, 121, V);
     tg[4] = -1;
@@ -663,12 +678,13 @@ Test(ops, softmax_xent_forward_matches_log_sum_exp) {
     double rl[N], rp[N * V];
     ref_lse_loss(rl, rp, logits, tg, N, V);
     expect_close("losses", losses, rl, N, 2e-6, 2e-6);
-    expect_close("probs", probs, rp, N * V, 1e-8, 4e-6);
+    expect_close("probs", probs, rp, N * V, 1e-30, 1e-6);
     cr_expect_eq(losses[4], 0.0f, "ignored target has loss 0");
     cr_expect_eq(losses[8], 0.0f, "ignored target has loss 0");
     for (int n = 0; n < N; n++) {
         double s = 0;
-        for (int j = 0; j < V; j++) s += probs[n * V + j];
+        for (int j = 0; j < V; j++)
+            s += probs[n * V + j];
         cr_expect(fabs(s - 1) < 1e-6, "row %d probs sum to %.9g", n, s);
     }
     // In place (probs aliases logits) gives the same results.
@@ -693,7 +709,8 @@ static double xent_loss(void *p) {
     struct xent_ctx *x = p;
     ops_softmax_xent_forward(x->losses, x->probs, x->logits, x->tg, N, V);
     double s = 0;
-    for (int n = 0; n < N; n++) s += (double)XENT_SCALE * x->losses[n];
+    for (int n = 0; n < N; n++)
+        s += (double)XENT_SCALE * x->losses[n];
     return s;
 }
 
@@ -706,9 +723,10 @@ Test(ops, softmax_xent_backward_matches_finite_differences_and_rows_sum_to_zero)
     float *dl = filled(N * V, 42);
     ops_softmax_xent_backward(dl, x.probs, tg, XENT_SCALE, N, V);
     // It overwrites: shift by PREFILL so fd_check's accumulate convention applies.
-    for (int i = 0; i < N * V; i++) dl[i] += PREFILL;
+    for (int i = 0; i < N * V; i++)
+        dl[i] += PREFILL;
     fd_check("dlogits", dl, x.logits, N * V, xent_loss, &x);
-    xent_loss(&x);  // probs at the unperturbed logits again
+    xent_loss(&x); // probs at the unperturbed logits again
     ops_softmax_xent_backward(dl, x.probs, tg, XENT_SCALE, N, V);
     for (int n = 0; n < N; n++) {
         double s = 0;
@@ -736,9 +754,16 @@ Test(ops, adamw_matches_double_formula_over_steps) {
     float *p = rnd(M, 140, -1, 1), *m = filled(M, 0), *v = filled(M, 0);
     double *pd = xmalloc(M * sizeof *pd), *md = xcalloc(M, sizeof *md);
     double *vd = xcalloc(M, sizeof *vd);
-    for (int i = 0; i < M; i++) pd[i] = p[i];
+    for (int i = 0; i < M; i++)
+        pd[i] = p[i];
     for (int t = 1; t <= 4; t++) {
         float *g = rnd(M, 141 + t, -1, 1);
+        for (int i = 0; i < 8; i++)
+            g[i] = 0.0f; // v = 0: the update is 0, not NaN
+        for (int i = 8; i < 16; i++)
+            g[i] *= 1e4f; // large second moments
+        for (int i = 16; i < 24; i++)
+            g[i] *= 1e-12f; // v below eps^2
         ops_adamw_step(p, g, m, v, M, lr, b1, b2, eps, wd, t);
         for (int i = 0; i < M; i++) {
             md[i] = b1 * md[i] + (1.0 - b1) * g[i];
@@ -789,7 +814,7 @@ enum { DB = 4, DT = 64, DC = 768, DN = DB * DT, DV = 50 };
 static void run_encoder(float **o, int run) {
     (void)run;
     int32_t inp[DN];
-    rand_ids(inp, DN, 150, DV);  // 256 tokens over 50 ids: many repeats
+    rand_ids(inp, DN, 150, DV); // 256 tokens over 50 ids: many repeats
     float *d = rnd((size_t)DN * DC, 151, -1, 1);
     ops_encoder_backward(o[0], o[1], d, inp, DB, DT, DC);
     free(d);
@@ -826,7 +851,8 @@ enum { AT = 32, AC = 96, ANH = 4 };
 
 static void run_attention(float **o, int run) {
     (void)run;
-    float *qkv = rnd((size_t)DB * AT * 3 * AC, 180, -1, 1), *d = rnd((size_t)DB * AT * AC, 181, -1, 1);
+    float *qkv = rnd((size_t)DB * AT * 3 * AC, 180, -1, 1),
+          *d = rnd((size_t)DB * AT * AC, 181, -1, 1);
     float *out = filled((size_t)DB * AT * AC, 0), *att = filled((size_t)DB * ANH * AT * AT, 0);
     float *scratch = filled((size_t)DB * ANH * AT * AT, 0);
     ops_attention_forward(out, att, qkv, DB, AT, AC, ANH);
@@ -870,9 +896,11 @@ Test(ops, encoder_backward_threaded_matches_naive_loop) {
     rand_ids(inp, DN, 150, DV);
     float *d = rnd((size_t)DN * DC, 151, -1, 1), *g = filled((size_t)DV * DC, PREFILL);
     double *want = xmalloc((size_t)DV * DC * sizeof *want);
-    for (size_t i = 0; i < (size_t)DV * DC; i++) want[i] = PREFILL;
+    for (size_t i = 0; i < (size_t)DV * DC; i++)
+        want[i] = PREFILL;
     for (int n = 0; n < DN; n++)
-        for (int c = 0; c < DC; c++) want[(size_t)inp[n] * DC + c] += d[(size_t)n * DC + c];
+        for (int c = 0; c < DC; c++)
+            want[(size_t)inp[n] * DC + c] += d[(size_t)n * DC + c];
     ops_encoder_backward(g, NULL, d, inp, DB, DT, DC);
     expect_close("dwte", g, want, (size_t)DV * DC, 1e-5, 1e-6);
     free(d);

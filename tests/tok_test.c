@@ -14,8 +14,8 @@
 
 TestSuite(tok, .timeout = 30);
 
-#define ENC "data/gpt2-encoder.json"
-#define BPE "data/gpt2-vocab.bpe"
+#define ENC    "data/gpt2-encoder.json"
+#define BPE    "data/gpt2-vocab.bpe"
 #define SHAKES "data/tinyshakespeare.txt"
 
 static tok_tokenizer *gpt2(void) {
@@ -88,9 +88,10 @@ Test(tok, gpt2_roundtrip_of_tinyshakespeare_is_byte_exact_with_known_count) {
     // (the two newlines stay apart because a letter follows them).
     int32_t *ids;
     cr_assert_eq(tok_encode(t, text, n, &ids, &k), ERR_OK);
-    const int32_t head[] = {5962, 22307, 25, 198, 8421, 356, 5120, 597, 2252, 11, 3285, 502, 2740,
-                            13, 198, 198};
-    for (int i = 0; i < 16; i++) cr_assert_eq(ids[i], head[i], "i=%d", i);
+    const int32_t head[] = {5962, 22307, 25,   198, 8421, 356, 5120, 597,
+                            2252, 11,    3285, 502, 2740, 13,  198,  198};
+    for (int i = 0; i < 16; i++)
+        cr_assert_eq(ids[i], head[i], "i=%d", i);
     free(ids);
     tok_destroy(t);
     free(text);
@@ -106,9 +107,9 @@ Test(tok, gpt2_known_encodings) {
         {"Hello world", {15496, 995}, 2},
         {" the", {262}, 1},
         {"Hello, world!", {15496, 11, 995, 0}, 4},
-        {"it's", {270, 338}, 2},            // contraction split: "it" "'s"
+        {"it's", {270, 338}, 2}, // contraction split: "it" "'s"
         {"They're here", {2990, 821, 994}, 3},
-        {"  hello", {220, 23748}, 2},       // \s+(?!\S) leaves one space for " hello"
+        {"  hello", {220, 23748}, 2}, // \s+(?!\S) leaves one space for " hello"
         {"\n\n", {628}, 1},
         {"1234567", {10163, 2231, 3134}, 3}, // one \p{N}+ piece, BPE'd into 123 45 67
         {" caf\xc3\xa9", {40304}, 1},        // " café": UTF-8 bytes map into one token
@@ -147,7 +148,8 @@ Test(tok, gpt2_roundtrip_of_arbitrary_bytes_including_invalid_utf8) {
         buf[i] = (char)(s >> 56);
     }
     check_roundtrip(t, buf, N, NULL);
-    for (int i = 0; i < 256; i++) buf[i] = (char)i; // every byte value, NUL included
+    for (int i = 0; i < 256; i++)
+        buf[i] = (char)i; // every byte value, NUL included
     check_roundtrip(t, buf, 256, NULL);
     check_roundtrip(t, "\xff", 1, NULL);
     const char *broken = "ok \xc3(broken) \xe2\x82 end";
@@ -163,7 +165,8 @@ Test(tok, gpt2_repeated_words_encode_identically_through_the_cache) {
     cr_assert_eq(tok_encode(t, " Coriolanus", 11, &one, &k1), ERR_OK);
     cr_assert_eq(tok_encode(t, " Coriolanus Coriolanus Coriolanus", 33, &many, &km), ERR_OK);
     cr_assert_eq(km, 3 * k1);
-    for (size_t i = 0; i < km; i++) cr_assert_eq(many[i], one[i % k1], "i=%zu", i);
+    for (size_t i = 0; i < km; i++)
+        cr_assert_eq(many[i], one[i % k1], "i=%zu", i);
     free(one);
     free(many);
     // A long single pre-token (one word of 20000 letters) still round-trips.
@@ -252,12 +255,12 @@ Test(tok, missing_files_give_err_io_naming_the_file) {
 Test(tok, malformed_encoder_json_gives_err_format_naming_the_file) {
     char *dir = tu_tmpdir("tok");
     const char *bad[] = {
-        "{\"a\": 0, \"b\": ",         // truncated JSON
-        "[1, 2, 3]",                  // not an object
-        "{\"a\": \"zero\"}",          // id not an integer
-        "{\"a\": 0, \"b\": 0}",       // duplicate id
-        "{\"a\": 0, \"b\": 7}",       // id out of range (hole)
-        "{\"\\u4e00\": 0}",           // code point outside GPT-2's byte map
+        "{\"a\": 0, \"b\": ",   // truncated JSON
+        "[1, 2, 3]",            // not an object
+        "{\"a\": \"zero\"}",    // id not an integer
+        "{\"a\": 0, \"b\": 0}", // duplicate id
+        "{\"a\": 0, \"b\": 7}", // id out of range (hole)
+        "{\"\\u4e00\": 0}",     // code point outside GPT-2's byte map
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char *enc = write_text(dir, "bad.json", bad[i]);

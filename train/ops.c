@@ -31,13 +31,19 @@
 // run a SIMD loop over each (gcc leaves some `parallel for simd` bodies scalar).
 #define EW_BLK ((size_t)8192)
 
-static inline size_t ew_pieces(size_t n) {
-    return (n + EW_BLK - 1) / EW_BLK;
-}
+static inline size_t ew_pieces(size_t n) { return (n + EW_BLK - 1) / EW_BLK; }
 
 static inline size_t ew_end(size_t piece, size_t n) {
     return (piece + 1) * EW_BLK < n ? (piece + 1) * EW_BLK : n;
 }
+
+// MADD(a, b, c) = a * b + c, fused where the target has FMA (it vectorizes either way; without
+// hardware FMA fmaf would be a slow library call).
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA) || defined(__aarch64__)
+#define MADD(a, b, c) fmaf(a, b, c)
+#else
+#define MADD(a, b, c) ((a) * (b) + (c))
+#endif
 
 static int g_threads;
 
@@ -51,9 +57,7 @@ int ops_init(int threads) {
     return threads;
 }
 
-int ops_threads(void) {
-    return g_threads > 0 ? g_threads : omp_get_max_threads();
-}
+int ops_threads(void) { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
 
 const char *ops_blas_name(void) {
 #ifdef USE_ACCELERATE
@@ -71,7 +75,9 @@ const char *ops_blas_name(void) {
         }
         const int par = openblas_get_parallel();
         snprintf(name, sizeof name, "%.*s %s (%s)", len, cfg, openblas_get_corename(),
-                 par == 2 ? "openmp" : par == 1 ? "pthreads" : "serial");
+                 par == 2   ? "openmp"
+                 : par == 1 ? "pthreads"
+                            : "serial");
     }
     return name;
 #endif
@@ -87,31 +93,63 @@ void ops_sgemm(int transa, int transb, int M, int N, int K, float alpha, const f
 // Vectorizable exp. libm's expf only vectorizes under -ffast-math (glibc declares its libmvec
 // variants only then), so this is a plain-C version that gcc and clang turn into SIMD code:
 // e^x = 2^n * e^r with n = round(x / ln2), |r| <= ln2/2, e^r by its degree-7 Taylor polynomial
-// (truncation error < 6e-9 relative), 2^n built in the exponent bits. The argument is clamped
-// to [-87, 87] so the result is always a normal float (no inf, no denormals); that changes
-// e^x only where it is below 1.7e-38, which nothing here can see. Max error ~2 ulp.
+// (truncation error < 6e-9 relative), 2^n built in the exponent bits. |x| is clamped to 87 so
+// the result is always a normal float (no inf, no denormals); that changes e^x only where it is
+// below 1.7e-38 (or, for x > 87, where nothing here can produce it). NaN stays NaN. Max error
+// ~2 ulp. Everything is done with integer ops on the float bits: a float compare-and-select or
+// a float-to-int conversion after one would be left scalar by gcc under -ftrapping-math.
 static inline float exp_clamped(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 87.0f ? 87.0f : x;
-    // Adding 1.5 * 2^23 rounds to the nearest integer (current rounding mode, ties to even).
+    union {
+        float f;
+        int32_t i;
+    } u = {.f = x};
+    const int32_t mag = u.i & 0x7fffffff, e87 = 0x42ae0000; // bits of 87.0f
+    u.i = mag > e87 && mag <= 0x7f800000 ? (u.i & (int32_t)0x80000000) | e87 : u.i;
+    x = u.f;
+    // Adding 1.5 * 2^23 rounds x / ln2 to the nearest integer n (ties to even), which then sits
+    // in the low mantissa bits: bits(t) = bits(1.5 * 2^23) + n.
     const float shifter = 12582912.0f;
-    const float n = (x * 1.44269504088896341f + shifter) - shifter;
+    union {
+        float f;
+        int32_t i;
+    } t = {.f = MADD(x, 1.44269504088896341f, shifter)};
+    const float n = t.f - shifter;
     // ln2 split in two: n * ln2_hi is exact for |n| < 2^11.
-    float r = x - n * 0.693145751953125f;
-    r = r - n * 1.42860682030941723e-6f;
+    float r = MADD(-n, 0.693145751953125f, x);
+    r = MADD(-n, 1.42860682030941723e-6f, r);
     float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    p = MADD(p, r, 1.0f / 720.0f);
+    p = MADD(p, r, 1.0f / 120.0f);
+    p = MADD(p, r, 1.0f / 24.0f);
+    p = MADD(p, r, 1.0f / 6.0f);
+    p = MADD(p, r, 0.5f);
+    p = MADD(p, r, 1.0f);
+    p = MADD(p, r, 1.0f);
     union {
         int32_t i;
         float f;
-    } s = {.i = ((int32_t)n + 127) << 23};
+    } s = {.i = (t.i - 0x4b400000 + 127) << 23};
     return p * s.f;
+}
+
+// sqrt_nonneg: sqrt(v) for v >= 0 (0 gives 0), within ~2 ulp. sqrtf itself stays scalar: gcc
+// keeps a branch to the libm call that sets errno for negative input (-fmath-errno is the
+// default), which blocks vectorizing the AdamW loop and costs 5x there. So: the classic bit-level
+// guess of 1/sqrt(v) (3.4% error), three Newton steps (3.4e-2 -> 1.8e-3 -> 4.6e-6 -> 3e-11,
+// i.e. float rounding), then sqrt(v) = v * (1 / sqrt(v)). For v = 0 the guess stays finite and
+// the product is 0; denormal v gives a rougher result, but AdamW adds eps = 1e-8 >> 1e-19 to it.
+static inline float sqrt_nonneg(float v) {
+    union {
+        float f;
+        int32_t i;
+    } u = {.f = v};
+    u.i = 0x5f3759df - (u.i >> 1);
+    float y = u.f;
+    const float h = 0.5f * v;
+    y = y * MADD(-h * y, y, 1.5f);
+    y = y * MADD(-h * y, y, 1.5f);
+    y = y * MADD(-h * y, y, 1.5f);
+    return v * y;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -128,7 +166,8 @@ void ops_encoder_forward(float *out, const int32_t *inp, const float *wte, const
         const float *restrict e = wte + (size_t)id * C;
         const float *restrict p = wpe + (size_t)(n % T) * C;
 #pragma omp simd
-        for (int c = 0; c < C; c++) o[c] = e[c] + p[c];
+        for (int c = 0; c < C; c++)
+            o[c] = e[c] + p[c];
     }
 }
 
@@ -146,12 +185,14 @@ void ops_encoder_backward(float *dwte, float *dwpe, const float *dout, const int
             if (dwte) {
                 float *restrict g = dwte + (size_t)inp[n] * C;
 #pragma omp simd
-                for (int c = c0; c < c1; c++) g[c] += d[c];
+                for (int c = c0; c < c1; c++)
+                    g[c] += d[c];
             }
             if (dwpe) {
                 float *restrict g = dwpe + (size_t)(n % T) * C;
 #pragma omp simd
-                for (int c = c0; c < c1; c++) g[c] += d[c];
+                for (int c = c0; c < c1; c++)
+                    g[c] += d[c];
             }
         }
     }
@@ -170,7 +211,8 @@ void ops_layernorm_forward(float *out, float *mean, float *rstd, const float *in
         // cancellation of E[x^2] - E[x]^2.
         float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-        for (int c = 0; c < C; c++) s += x[c];
+        for (int c = 0; c < C; c++)
+            s += x[c];
         const float m = s / (float)C;
         float v = 0.0f;
 #pragma omp simd reduction(+ : v)
@@ -180,7 +222,8 @@ void ops_layernorm_forward(float *out, float *mean, float *rstd, const float *in
         }
         const float rs = 1.0f / sqrtf(v / (float)C + 1e-5f);
 #pragma omp simd
-        for (int c = 0; c < C; c++) o[c] = (x[c] - m) * rs * w[c] + b[c];
+        for (int c = 0; c < C; c++)
+            o[c] = (x[c] - m) * rs * w[c] + b[c];
         if (mean) mean[n] = m;
         if (rstd) rstd[n] = rs;
     }
@@ -224,11 +267,13 @@ void ops_layernorm_backward(float *dinp, float *dw, float *db, const float *dout
                 const float m = mean[n], rs = rstd[n];
                 if (dw) {
 #pragma omp simd
-                    for (int c = c0; c < c1; c++) dw[c] += (x[c] - m) * rs * d[c];
+                    for (int c = c0; c < c1; c++)
+                        dw[c] += (x[c] - m) * rs * d[c];
                 }
                 if (db) {
 #pragma omp simd
-                    for (int c = c0; c < c1; c++) db[c] += d[c];
+                    for (int c = c0; c < c1; c++)
+                        db[c] += d[c];
                 }
             }
         }
@@ -244,7 +289,8 @@ void ops_matmul_forward(float *out, const float *inp, const float *w, const floa
     if (bias) {
         // Seed out with the bias rows and let sgemm add onto them (beta = 1): one pass over out.
 #pragma omp parallel for schedule(static) if ((size_t)N * OC >= PAR_MIN)
-        for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, bias, (size_t)OC * sizeof *out);
+        for (int n = 0; n < N; n++)
+            memcpy(out + (size_t)n * OC, bias, (size_t)OC * sizeof *out);
         beta = 1.0f;
     }
     ops_sgemm(0, 1, N, OC, C, 1.0f, inp, C, w, C, beta, out, OC);
@@ -252,8 +298,8 @@ void ops_matmul_forward(float *out, const float *inp, const float *w, const floa
 
 void ops_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                          const float *w, int N, int C, int OC) {
-    if (dinp) ops_sgemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, 1.0f, dinp, C);  // (N,OC)@(OC,C)
-    if (dw) ops_sgemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);    // (OC,N)@(N,C)
+    if (dinp) ops_sgemm(0, 0, N, C, OC, 1.0f, dout, OC, w, C, 1.0f, dinp, C); // (N,OC)@(OC,C)
+    if (dw) ops_sgemm(1, 0, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);   // (OC,N)@(N,C)
     if (dbias) {
         const int nblk = (OC + CBLK - 1) / CBLK;
 #pragma omp parallel for schedule(static) if ((size_t)N * OC >= PAR_MIN)
@@ -262,7 +308,8 @@ void ops_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout
             for (int n = 0; n < N; n++) {
                 const float *restrict d = dout + (size_t)n * OC;
 #pragma omp simd
-                for (int o = o0; o < o1; o++) dbias[o] += d[o];
+                for (int o = o0; o < o1; o++)
+                    dbias[o] += d[o];
             }
         }
     }
@@ -282,7 +329,7 @@ void ops_attention_forward(float *out, float *att, const float *qkv, int B, int 
         const int b = bh / NH, h = bh % NH;
         const float *q = qkv + (size_t)b * T * C3 + (size_t)h * hs;
         const float *k = q + C, *v = q + 2 * C;
-        float *a = att + (size_t)bh * T * T;  // (T, T)
+        float *a = att + (size_t)bh * T * T; // (T, T)
         // Pre-attention scores for all (t, t2); the half above the diagonal is discarded, which
         // wastes some flops but keeps this one sgemm.
         ops_sgemm(0, 1, T, T, hs, scale, q, C3, k, C3, 0.0f, a, T);
@@ -290,7 +337,8 @@ void ops_attention_forward(float *out, float *att, const float *qkv, int B, int 
             float *restrict row = a + (size_t)t * T;
             float mx = row[0];
 #pragma omp simd reduction(max : mx)
-            for (int j = 1; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
+            for (int j = 1; j <= t; j++)
+                mx = row[j] > mx ? row[j] : mx;
             float s = 0.0f;
 #pragma omp simd reduction(+ : s)
             for (int j = 0; j <= t; j++) {
@@ -300,8 +348,10 @@ void ops_attention_forward(float *out, float *att, const float *qkv, int B, int 
             }
             const float inv = 1.0f / s;
 #pragma omp simd
-            for (int j = 0; j <= t; j++) row[j] *= inv;
-            for (int j = t + 1; j < T; j++) row[j] = 0.0f;
+            for (int j = 0; j <= t; j++)
+                row[j] *= inv;
+            for (int j = t + 1; j < T; j++)
+                row[j] = 0.0f;
         }
         // (T, T) @ (T, hs) into columns h*hs.. of out (B, T, C).
         ops_sgemm(0, 0, T, hs, T, 1.0f, a, T, v, C3, 0.0f, out + (size_t)b * T * C + h * hs, C);
@@ -321,8 +371,8 @@ void ops_attention_backward(float *dqkv, float *scratch, const float *dout, cons
         const float *q = qkv + off, *k = q + C, *v = q + 2 * C;
         float *dq = dqkv + off, *dk = dq + C, *dv = dq + 2 * C;
         const float *a = att + (size_t)bh * T * T;
-        const float *d = dout + (size_t)b * T * C + h * hs;  // (T, hs), row stride C
-        float *da = scratch + (size_t)bh * T * T;            // (T, T)
+        const float *d = dout + (size_t)b * T * C + h * hs; // (T, hs), row stride C
+        float *da = scratch + (size_t)bh * T * T;           // (T, T)
         // out = A V  =>  dA = dout V^T, dV += A^T dout.
         ops_sgemm(0, 1, T, T, hs, 1.0f, d, C, v, C3, 0.0f, da, T);
         ops_sgemm(1, 0, T, hs, T, 1.0f, a, T, d, C, 1.0f, dv, C3);
@@ -332,10 +382,13 @@ void ops_attention_backward(float *dqkv, float *scratch, const float *dout, cons
             float *restrict dr = da + (size_t)t * T;
             float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-            for (int j = 0; j <= t; j++) s += ar[j] * dr[j];
+            for (int j = 0; j <= t; j++)
+                s += ar[j] * dr[j];
 #pragma omp simd
-            for (int j = 0; j <= t; j++) dr[j] = ar[j] * (dr[j] - s);
-            for (int j = t + 1; j < T; j++) dr[j] = 0.0f;
+            for (int j = 0; j <= t; j++)
+                dr[j] = ar[j] * (dr[j] - s);
+            for (int j = t + 1; j < T; j++)
+                dr[j] = 0.0f;
         }
         // S = scale Q K^T  =>  dQ += scale dS K, dK += scale dS^T Q.
         ops_sgemm(0, 0, T, hs, T, scale, da, T, k, C3, 1.0f, dq, C3);
@@ -348,7 +401,7 @@ void ops_attention_backward(float *dqkv, float *scratch, const float *dout, cons
 // With 1 + tanh(u) = 2 sigmoid(2u) this is y = x / (1 + e^(-2u)), which needs one exp, has no
 // cancellation for negative x, and vectorizes. dy/dx = s + 2 x s (1 - s) u' with s = sigmoid(2u).
 
-#define GELU_K0 0.7978845608028654f  // sqrt(2/pi)
+#define GELU_K0 0.7978845608028654f // sqrt(2/pi)
 #define GELU_K1 0.044715f
 
 void ops_gelu_forward(float *out, const float *inp, size_t n) {
@@ -392,7 +445,8 @@ void ops_add(float *out, const float *a, const float *b, size_t n) {
     for (size_t pc = 0; pc < ew_pieces(n); pc++) {
         const size_t hi = ew_end(pc, n);
 #pragma omp simd
-        for (size_t i = pc * EW_BLK; i < hi; i++) out[i] = a[i] + b[i];
+        for (size_t i = pc * EW_BLK; i < hi; i++)
+            out[i] = a[i] + b[i];
     }
 }
 
@@ -403,7 +457,8 @@ void ops_acc(float *dst, const float *src, size_t n) {
     for (size_t pc = 0; pc < ew_pieces(n); pc++) {
         const size_t hi = ew_end(pc, n);
 #pragma omp simd
-        for (size_t i = pc * EW_BLK; i < hi; i++) d[i] += s[i];
+        for (size_t i = pc * EW_BLK; i < hi; i++)
+            d[i] += s[i];
     }
 }
 
@@ -413,18 +468,19 @@ void ops_scale(float *x, float s, size_t n) {
     for (size_t pc = 0; pc < ew_pieces(n); pc++) {
         const size_t hi = ew_end(pc, n);
 #pragma omp simd
-        for (size_t i = pc * EW_BLK; i < hi; i++) p[i] *= s;
+        for (size_t i = pc * EW_BLK; i < hi; i++)
+            p[i] *= s;
     }
 }
 
 void ops_zero(float *x, size_t n) {
-    // Fixed 1 MiB pieces, each cleared with memset (which streams large stores).
-    const size_t piece = (size_t)1 << 18;
-    const size_t np = (n + piece - 1) / piece;
-#pragma omp parallel for schedule(static) if (np > 1)
-    for (size_t i = 0; i < np; i++) {
-        const size_t lo = i * piece, len = lo + piece < n ? piece : n - lo;
-        memset(x + lo, 0, len * sizeof *x);
+    // One contiguous range per thread: memset switches to streaming stores only for large
+    // sizes, and 1 MiB pieces ran at a third of the bandwidth.
+    const int nt = n >= PAR_MIN ? omp_get_max_threads() : 1;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int t = 0; t < nt; t++) {
+        const size_t lo = n / nt * t, hi = t == nt - 1 ? n : n / nt * (t + 1);
+        memset(x + lo, 0, (hi - lo) * sizeof *x);
     }
 }
 
@@ -441,11 +497,13 @@ double ops_sumsq(const float *x, size_t n) {
         const size_t hi = lo + len < n ? lo + len : n;
         double s = 0.0;
 #pragma omp simd reduction(+ : s)
-        for (size_t i = lo; i < hi; i++) s += (double)x[i] * (double)x[i];
+        for (size_t i = lo; i < hi; i++)
+            s += (double)x[i] * (double)x[i];
         part[p] = s;
     }
     double s = 0.0;
-    for (int p = 0; p < SUMSQ_PARTS; p++) s += part[p];
+    for (int p = 0; p < SUMSQ_PARTS; p++)
+        s += part[p];
     return s;
 }
 
@@ -458,13 +516,14 @@ void ops_softmax_xent_forward(float *losses, float *probs, const float *logits,
 #pragma omp parallel for schedule(static) if ((size_t)N * V >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *x = logits + (size_t)n * V;
-        float *p = probs + (size_t)n * V;  // may alias x
+        float *p = probs + (size_t)n * V; // may alias x
         const int32_t tgt = targets ? targets[n] : -1;
         ASSERT(tgt < V);
-        const float xt = tgt >= 0 ? x[tgt] : 0.0f;  // read before probs overwrites it
+        const float xt = tgt >= 0 ? x[tgt] : 0.0f; // read before probs overwrites it
         float mx = -INFINITY;
 #pragma omp simd reduction(max : mx)
-        for (int j = 0; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+        for (int j = 0; j < V; j++)
+            mx = x[j] > mx ? x[j] : mx;
         double s = 0.0;
 #pragma omp simd reduction(+ : s)
         for (int j = 0; j < V; j++) {
@@ -474,7 +533,8 @@ void ops_softmax_xent_forward(float *losses, float *probs, const float *logits,
         }
         const float inv = (float)(1.0 / s);
 #pragma omp simd
-        for (int j = 0; j < V; j++) p[j] *= inv;
+        for (int j = 0; j < V; j++)
+            p[j] *= inv;
         // -log p[t] = log(sum e) - (x[t] - max), from the logits rather than the rounded prob.
         if (losses) losses[n] = tgt >= 0 ? (float)(log(s) - ((double)xt - mx)) : 0.0f;
     }
@@ -485,16 +545,17 @@ void ops_softmax_xent_backward(float *dlogits, const float *probs, const int32_t
 #pragma omp parallel for schedule(static) if ((size_t)N * V >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         const float *p = probs + (size_t)n * V;
-        float *d = dlogits + (size_t)n * V;  // may alias p
+        float *d = dlogits + (size_t)n * V; // may alias p
         const int32_t tgt = targets ? targets[n] : -1;
         ASSERT(tgt < V);
         if (tgt < 0) {
             memset(d, 0, (size_t)V * sizeof *d);
             continue;
         }
-        const float pt = p[tgt];  // read before d overwrites it when d aliases p
+        const float pt = p[tgt]; // read before d overwrites it when d aliases p
 #pragma omp simd
-        for (int j = 0; j < V; j++) d[j] = p[j] * scale;
+        for (int j = 0; j < V; j++)
+            d[j] = p[j] * scale;
         d[tgt] = (pt - 1.0f) * scale;
     }
 }
@@ -520,7 +581,7 @@ void ops_adamw_step(float *p, const float *g, float *m, float *v, size_t n, floa
             const float vi = b2 * vv[i] + a2 * gi * gi;
             mm[i] = mi;
             vv[i] = vi;
-            pp[i] -= lr * (mi * c1 / (sqrtf(vi * c2) + eps) + wd * pp[i]);
+            pp[i] -= lr * (mi * c1 / (sqrt_nonneg(vi * c2) + eps) + wd * pp[i]);
         }
     }
 }
