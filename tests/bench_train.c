@@ -40,7 +40,7 @@ static double sgemm_peak_gflops(void) {
         c[i] = 0;
     }
     double best = 0;
-    for (int r = 0; r < 5; r++) {
+    for (int r = 0; r < 10; r++) {
         double t0 = now_s();
         ops_sgemm(0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
         double dt = now_s() - t0;

@@ -101,11 +101,11 @@ void ops_sgemm(int transa, int transb, int M, int N, int K, float alpha, const f
 static inline float exp_clamped(float x) {
     union {
         float f;
-        int32_t i;
-    } u = {.f = x};
-    const int32_t mag = u.i & 0x7fffffff, e87 = 0x42ae0000; // bits of 87.0f
-    u.i = mag > e87 && mag <= 0x7f800000 ? (u.i & (int32_t)0x80000000) | e87 : u.i;
-    x = u.f;
+        uint32_t u;
+    } b = {.f = x};
+    const uint32_t mag = b.u & 0x7fffffffu, e87 = 0x42ae0000u; // bits of 87.0f
+    b.u = mag > e87 && mag <= 0x7f800000u ? (b.u & 0x80000000u) | e87 : b.u;
+    x = b.f;
     // Adding 1.5 * 2^23 rounds x / ln2 to the nearest integer n (ties to even), which then sits
     // in the low mantissa bits: bits(t) = bits(1.5 * 2^23) + n.
     const float shifter = 12582912.0f;
@@ -126,9 +126,9 @@ static inline float exp_clamped(float x) {
     p = MADD(p, r, 1.0f);
     p = MADD(p, r, 1.0f);
     union {
-        int32_t i;
+        uint32_t u;
         float f;
-    } s = {.i = (t.i - 0x4b400000 + 127) << 23};
+    } s = {.u = (uint32_t)(t.i - 0x4b400000 + 127) << 23};
     return p * s.f;
 }
 
@@ -141,10 +141,10 @@ static inline float exp_clamped(float x) {
 static inline float sqrt_nonneg(float v) {
     union {
         float f;
-        int32_t i;
-    } u = {.f = v};
-    u.i = 0x5f3759df - (u.i >> 1);
-    float y = u.f;
+        uint32_t u;
+    } b = {.f = v};
+    b.u = 0x5f3759dfu - (b.u >> 1);
+    float y = b.f;
     const float h = 0.5f * v;
     y = y * MADD(-h * y, y, 1.5f);
     y = y * MADD(-h * y, y, 1.5f);
