@@ -18,7 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DATA_MAGIC 0x4E4B5453u
+#define DATA_MAGIC   0x4E4B5453u
 #define DATA_VERSION 1u
 enum { DATA_U16 = 1, DATA_U32 = 2 };
 

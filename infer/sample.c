@@ -25,7 +25,7 @@ int sample_next(const float *logits, int V, const sample_params *sp, uint64_t dr
     if (sp->temperature <= 0) return argmax(logits, V);
     float *p = scratch, *sorted = scratch + V;
     float mx = logits[argmax(logits, V)];
-    float cut = -INFINITY;  // logits below cut are filtered out
+    float cut = -INFINITY; // logits below cut are filtered out
     if (sp->top_k > 0 && sp->top_k < V) {
         memcpy(sorted, logits, (size_t)V * sizeof(float));
         qsort(sorted, (size_t)V, sizeof(float), cmp_desc);

@@ -40,16 +40,26 @@ int sample_cmd_main(int argc, char **argv) {
             return 0;
         }
         int hv = i + 1 < argc;
-        if (!strcmp(a, "--prompt") && hv) prompt = argv[++i];
-        else if (!strcmp(a, "--tokens") && hv) rc = num_arg(a, argv[++i], 0, 1e7, &ntok);
-        else if (!strcmp(a, "--temperature") && hv) rc = num_arg(a, argv[++i], 0, 100, &temp);
-        else if (!strcmp(a, "--top-k") && hv) rc = num_arg(a, argv[++i], 0, 1e9, &topk);
-        else if (!strcmp(a, "--top-p") && hv) rc = num_arg(a, argv[++i], 0, 1, &topp);
-        else if (!strcmp(a, "--seed") && hv) rc = num_arg(a, argv[++i], 0, 1e18, &seed);
-        else if (!strcmp(a, "--threads") && hv) rc = num_arg(a, argv[++i], 0, 1024, &threads);
-        else if (a[0] == '-') rc = err_set(ERR_INVAL, "unknown option or missing value: '%s'", a);
-        else if (!ckpt) ckpt = a;
-        else rc = err_set(ERR_INVAL, "unexpected argument '%s'", a);
+        if (!strcmp(a, "--prompt") && hv)
+            prompt = argv[++i];
+        else if (!strcmp(a, "--tokens") && hv)
+            rc = num_arg(a, argv[++i], 0, 1e7, &ntok);
+        else if (!strcmp(a, "--temperature") && hv)
+            rc = num_arg(a, argv[++i], 0, 100, &temp);
+        else if (!strcmp(a, "--top-k") && hv)
+            rc = num_arg(a, argv[++i], 0, 1e9, &topk);
+        else if (!strcmp(a, "--top-p") && hv)
+            rc = num_arg(a, argv[++i], 0, 1, &topp);
+        else if (!strcmp(a, "--seed") && hv)
+            rc = num_arg(a, argv[++i], 0, 1e18, &seed);
+        else if (!strcmp(a, "--threads") && hv)
+            rc = num_arg(a, argv[++i], 0, 1024, &threads);
+        else if (a[0] == '-')
+            rc = err_set(ERR_INVAL, "unknown option or missing value: '%s'", a);
+        else if (!ckpt)
+            ckpt = a;
+        else
+            rc = err_set(ERR_INVAL, "unexpected argument '%s'", a);
     }
     if (!rc && !ckpt) rc = err_set(ERR_INVAL, "no checkpoint given (see spartan sample --help)");
     if (rc) {
@@ -78,7 +88,7 @@ int sample_cmd_main(int argc, char **argv) {
     }
     size_t total = n + (size_t)ntok + 1;
     ids = xrealloc(ids, total * sizeof(int32_t));
-    if (n == 0) {  // start from end-of-text, or the first token of the vocabulary
+    if (n == 0) { // start from end-of-text, or the first token of the vocabulary
         ids[0] = tok_eot(tok) >= 0 ? tok_eot(tok) : 0;
         n = 1;
     }

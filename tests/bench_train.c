@@ -45,7 +45,7 @@ static double sgemm_peak_gflops(void) {
         ops_sgemm(0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
         double dt = now_s() - t0;
         double g = 2.0 * n * n * (double)n / dt / 1e9;
-        if (r > 0 && g > best) best = g;  // the first run warms up the thread pool
+        if (r > 0 && g > best) best = g; // the first run warms up the thread pool
     }
     free(a);
     free(b);
@@ -64,9 +64,10 @@ static double time_steps(const cfg_model *mc, int B, int T, int warmup, int step
     gpt_init_params(m, 1);
     optim_adamw *o;
     optim_create(&o, gpt_n_params(m));
-    cfg_train tc = {.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
-                    .grad_clip = 1.0f};
-    int32_t *x = malloc((size_t)B * T * sizeof(int32_t)), *y = malloc((size_t)B * T * sizeof(int32_t));
+    cfg_train tc = {
+        .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f, .grad_clip = 1.0f};
+    int32_t *x = malloc((size_t)B * T * sizeof(int32_t)),
+            *y = malloc((size_t)B * T * sizeof(int32_t));
     for (int i = 0; i < B * T; i++) {
         x[i] = (int32_t)((i * 7919u + 13u) % (unsigned)mc->vocab_size);
         y[i] = (int32_t)((i * 104729u + 7u) % (unsigned)mc->vocab_size);
@@ -120,8 +121,8 @@ int main(void) {
     printf("BENCH sgemm_peak_gflops %.1f\n", peak);
     fflush(stdout);
 
-    cfg_model big = {.n_layer = 12, .n_head = 12, .n_embd = 768, .block_size = 64,
-                     .vocab_size = 50257};
+    cfg_model big = {
+        .n_layer = 12, .n_head = 12, .n_embd = 768, .block_size = 64, .vocab_size = 50257};
     int B = 4, T = 64;
     double flops124, flops;
     double s = time_steps(&big, B, T, 1, quick ? 2 : 5, &flops124);
@@ -134,8 +135,7 @@ int main(void) {
     printf("BENCH train_124m_peak_rss_mb %.0f\n", ru.ru_maxrss / 1024.0);
     fflush(stdout);
 
-    cfg_model tiny = {.n_layer = 4, .n_head = 4, .n_embd = 128, .block_size = 64,
-                      .vocab_size = 65};
+    cfg_model tiny = {.n_layer = 4, .n_head = 4, .n_embd = 128, .block_size = 64, .vocab_size = 65};
     int tb = 32;
     double ts = time_steps(&tiny, tb, T, 3, quick ? 10 : 30, &flops);
     printf("BENCH train_tiny_tok_s %.0f\n", tb * T / ts);
@@ -143,8 +143,10 @@ int main(void) {
     fflush(stdout);
 
     double tt = torch_ms(&tiny, tb, T, 5, quick ? 10 : 20, threads);
-    if (tt > 0) printf("BENCH train_tiny_vs_torch %.2f\n", tt / (ts * 1e3));
-    else printf("BENCH train_tiny_vs_torch skipped (torch unavailable)\n");
+    if (tt > 0)
+        printf("BENCH train_tiny_vs_torch %.2f\n", tt / (ts * 1e3));
+    else
+        printf("BENCH train_tiny_vs_torch skipped (torch unavailable)\n");
     fflush(stdout);
     double tb_ms = torch_ms(&big, B, T, 1, quick ? 2 : 4, threads);
     if (tb_ms > 0) {

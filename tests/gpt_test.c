@@ -52,9 +52,11 @@ static void fixture_open(fixture *f) {
     f->x = malloc(n * sizeof(int32_t));
     f->y = malloc(n * sizeof(int32_t));
     cr_assert_eq(ckpt_read_tensor(f->r, "tokens/x", tmp, 2, shape), ERR_OK, "%s", err_msg());
-    for (size_t i = 0; i < n; i++) f->x[i] = (int32_t)tmp[i];
+    for (size_t i = 0; i < n; i++)
+        f->x[i] = (int32_t)tmp[i];
     cr_assert_eq(ckpt_read_tensor(f->r, "tokens/y", tmp, 2, shape), ERR_OK, "%s", err_msg());
-    for (size_t i = 0; i < n; i++) f->y[i] = (int32_t)tmp[i];
+    for (size_t i = 0; i < n; i++)
+        f->y[i] = (int32_t)tmp[i];
     free(tmp);
 }
 
@@ -104,7 +106,8 @@ Test(gpt, forward_matches_pytorch_logits_and_loss) {
     float *ref = malloc(n * sizeof(float));
     cr_assert_eq(ckpt_read_tensor(f.r, "logits", ref, 3, shape), ERR_OK, "%s", err_msg());
     double worst = 0;
-    for (size_t i = 0; i < n; i++) worst = fmax(worst, fabs(gpt_logits(f.m)[i] - ref[i]));
+    for (size_t i = 0; i < n; i++)
+        worst = fmax(worst, fabs(gpt_logits(f.m)[i] - ref[i]));
     cr_assert(worst <= 1e-4, "logits max abs error %g", worst);
     float ref_loss;
     size_t one = 1;
@@ -144,8 +147,7 @@ Test(gpt, three_adamw_steps_with_clipping_match_pytorch) {
     float lr = (float)attr_f(f.r, "lr");
     float ref_losses[3];
     size_t three = 3;
-    cr_assert_eq(ckpt_read_tensor(f.r, "losses3", ref_losses, 1, &three), ERR_OK, "%s",
-                 err_msg());
+    cr_assert_eq(ckpt_read_tensor(f.r, "losses3", ref_losses, 1, &three), ERR_OK, "%s", err_msg());
     optim_adamw *o;
     optim_create(&o, gpt_n_params(f.m));
     for (int s = 0; s < 3; s++) {
@@ -179,8 +181,8 @@ Test(gpt, three_adamw_steps_with_clipping_match_pytorch) {
     // The same amplification, weaker, reaches entries whose gradient nears zero at step 2 or 3:
     // scripts/make-fixtures measures PyTorch float32 against its own float64 rerun drifting by
     // 6.9e-4 on single entries. So single entries get 2e-3, while the bulk is held to 1e-5: at
-    // most 1% of entries (0.3% here) may exceed it, and the RMS error must stay below 5e-6. A real bug
-    // breaks both (dropping weight decay shifts 0.1-sized weights by 3e-4 over 3 steps; a wrong
+    // most 1% of entries (0.3% here) may exceed it, and the RMS error must stay below 5e-6. A real
+    // bug breaks both (dropping weight decay shifts 0.1-sized weights by 3e-4 over 3 steps; a wrong
     // bias correction moves every entry by ~lr).
     cr_assert(worst <= 2e-3, "parameters after 3 steps: max abs error %g at %s", worst, where);
     cr_assert(over * 100 < n, "%zu of %zu entries differ by more than 1e-5", over, n);
@@ -201,9 +203,10 @@ static gpt_model *tiny_model(int B, int32_t **x, int32_t **y) {
     tu_rand_fill(gpt_params(m), gpt_n_params(m), 7, -0.5f, 0.5f);
     int nv;
     const gpt_view *v = gpt_views(m, &nv);
-    for (int i = 0; i < nv; i++)  // LayerNorm gains around 1
+    for (int i = 0; i < nv; i++) // LayerNorm gains around 1
         if (strstr(v[i].name, "ln_") && strstr(v[i].name, "weight"))
-            for (size_t j = 0; j < v[i].count; j++) gpt_params(m)[v[i].offset + j] += 1.0f;
+            for (size_t j = 0; j < v[i].count; j++)
+                gpt_params(m)[v[i].offset + j] += 1.0f;
     int n = B * mc.block_size;
     *x = malloc(n * sizeof(int32_t));
     *y = malloc(n * sizeof(int32_t));
@@ -292,14 +295,14 @@ Test(gpt, parameter_table_uses_nanogpt_names_and_one_contiguous_slab) {
     const gpt_view *b = gpt_find_view(m, "transformer.h.0.mlp.c_fc.bias");
     cr_assert(b && b->ndim == 1 && b->count == 32 && b->decay == 0);
     size_t off = 0;
-    for (int i = 0; i < nv; i++) {  // views tile the slab in order with no gaps
+    for (int i = 0; i < nv; i++) { // views tile the slab in order with no gaps
         cr_assert_eq(v[i].offset, off, "%s", v[i].name);
         off += v[i].count;
     }
     cr_assert_eq(off, gpt_n_params(m));
     // GPT-2 124M: 124,439,808 parameters with the tied head
-    cfg_model big = {.n_layer = 12, .n_head = 12, .n_embd = 768, .block_size = 1024,
-                     .vocab_size = 50257};
+    cfg_model big = {
+        .n_layer = 12, .n_head = 12, .n_embd = 768, .block_size = 1024, .vocab_size = 50257};
     gpt_model *g;
     cr_assert_eq(gpt_create(&g, &big, 1, 0), ERR_OK);
     cr_assert_eq(gpt_n_params(g), 124439808u);
@@ -317,7 +320,8 @@ Test(gpt, initialisation_follows_nanogpt_and_is_seeded) {
     cr_assert_eq(memcmp(gpt_params(a), gpt_params(b), gpt_n_params(a) * sizeof(float)), 0);
     const gpt_view *wte = gpt_find_view(a, "transformer.wte.weight");
     double s2 = 0;
-    for (size_t j = 0; j < wte->count; j++) s2 += (double)gpt_params(a)[j] * gpt_params(a)[j];
+    for (size_t j = 0; j < wte->count; j++)
+        s2 += (double)gpt_params(a)[j] * gpt_params(a)[j];
     double sd = sqrt(s2 / wte->count);
     cr_assert(fabs(sd - 0.02) < 0.001, "wte std %g", sd);
     const gpt_view *ln = gpt_find_view(a, "transformer.h.1.ln_2.weight");

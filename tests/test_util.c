@@ -57,8 +57,10 @@ int tu_run(const char *cmd, int timeout_s, char **out) {
     }
     buf[len] = 0;
     int st = pclose(p);
-    if (out) *out = buf;
-    else free(buf);
+    if (out)
+        *out = buf;
+    else
+        free(buf);
     if (st == -1) return -1;
     if (WIFEXITED(st)) return WEXITSTATUS(st);
     if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);

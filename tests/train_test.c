@@ -22,14 +22,15 @@
 TestSuite(train, .timeout = 120);
 
 // A model small enough that 20 steps take well under a second.
-#define SMALL "--set model.n_layer=2 --set model.n_embd=32 --set model.n_head=2 " \
-              "--set model.block_size=32 --set train.batch_size=8 --set train.log_interval=5 " \
-              "--set train.eval_interval=10 --set train.eval_iters=2 --set train.threads=2"
+#define SMALL                                                                        \
+    "--set model.n_layer=2 --set model.n_embd=32 --set model.n_head=2 "              \
+    "--set model.block_size=32 --set train.batch_size=8 --set train.log_interval=5 " \
+    "--set train.eval_interval=10 --set train.eval_iters=2 --set train.threads=2"
 
 typedef struct {
-    char *dir;       // temp folder
-    char data[600];  // prepared data folder
-    char out[600];   // train.out_dir
+    char *dir;      // temp folder
+    char data[600]; // prepared data folder
+    char out[600];  // train.out_dir
 } env;
 
 static void env_open(env *e) {
@@ -53,8 +54,8 @@ static void env_close(env *e) {
 // train runs `spartan train configs/tiny.ini SMALL --set data.dir --set out_dir extra`.
 static int train(env *e, const char *extra, char **out) {
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s train configs/tiny.ini " SMALL
-             " --set data.dir=%s --set train.out_dir=%s %s",
+    snprintf(cmd, sizeof cmd,
+             "%s train configs/tiny.ini " SMALL " --set data.dir=%s --set train.out_dir=%s %s",
              tu_spartan(), e->data, e->out, extra);
     return tu_run(cmd, 90, out);
 }
@@ -73,7 +74,8 @@ static int count_lines(const char *path) {
     char *text;
     if (tu_read_file(path, &text, NULL)) return -1;
     int n = 0;
-    for (char *p = text; *p; p++) n += *p == '\n';
+    for (char *p = text; *p; p++)
+        n += *p == '\n';
     free(text);
     return n;
 }
@@ -95,8 +97,8 @@ Test(train, trains_writes_metrics_and_checkpoint_then_eval_and_sample_work) {
     snprintf(path, sizeof path, "%s/ckpt_00000020.h5.tmp", e.out);
     cr_assert_neq(stat(path, &st), 0, "temp file left behind");
 
-    snprintf(cmd, sizeof cmd, "%s eval %s --data %s/val.bin --max-windows 16", tu_spartan(),
-             e.out, e.data);
+    snprintf(cmd, sizeof cmd, "%s eval %s --data %s/val.bin --max-windows 16", tu_spartan(), e.out,
+             e.data);
     rc = tu_run(cmd, 60, &out);
     cr_assert_eq(rc, 0, "eval failed: %s", out);
     char *last = strstr(out, "loss ");
@@ -161,7 +163,8 @@ Test(train, sigint_saves_a_checkpoint_and_exits_cleanly) {
     env_open(&e);
     char cmd[4096], log[700];
     snprintf(log, sizeof log, "%s/log.txt", e.dir);
-    snprintf(cmd, sizeof cmd, "%s train configs/tiny.ini " SMALL
+    snprintf(cmd, sizeof cmd,
+             "%s train configs/tiny.ini " SMALL
              " --set data.dir=%s --set train.out_dir=%s --set train.max_iters=1000000",
              tu_spartan(), e.data, e.out);
     pid_t pid = fork();
@@ -169,18 +172,20 @@ Test(train, sigint_saves_a_checkpoint_and_exits_cleanly) {
     if (pid == 0) {
         freopen(log, "w", stderr);
         char full[4200];
-        snprintf(full, sizeof full, "exec %s", cmd);  // exec: the signal reaches spartan
+        snprintf(full, sizeof full, "exec %s", cmd); // exec: the signal reaches spartan
         execl("/bin/sh", "sh", "-c", full, (char *)NULL);
         _exit(127);
     }
     // wait (bounded) for training to make progress
     char metrics[700];
     snprintf(metrics, sizeof metrics, "%s/metrics.csv", e.out);
-    for (int i = 0; i < 300 && count_lines(metrics) < 5; i++) usleep(100000);
+    for (int i = 0; i < 300 && count_lines(metrics) < 5; i++)
+        usleep(100000);
     cr_assert(count_lines(metrics) >= 5, "training made no progress");
     kill(pid, SIGINT);
     int status = 0;
-    for (int i = 0; i < 300 && waitpid(pid, &status, WNOHANG) == 0; i++) usleep(100000);
+    for (int i = 0; i < 300 && waitpid(pid, &status, WNOHANG) == 0; i++)
+        usleep(100000);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d", status);
     char *text;
     tu_read_file(log, &text, NULL);
@@ -301,7 +306,8 @@ Test(train, bad_data_and_output_folders_give_clear_errors) {
     free(out);
     // unwritable output folder (a path below a regular file)
     write_shard_file(path, DATA_MAGIC, 5000);
-    snprintf(cmd, sizeof cmd, "%s train configs/tiny.ini " SMALL
+    snprintf(cmd, sizeof cmd,
+             "%s train configs/tiny.ini " SMALL
              " --set data.dir=%s --set train.out_dir=%s/train.bin/out --set train.max_iters=2",
              tu_spartan(), e.data, e.data);
     expect_fail(cmd, "train.bin/out");

@@ -24,7 +24,7 @@ typedef struct {
 } cfg_key;
 
 #define K(sec, key, ty, field, d, lo, hi, help) \
-    {sec, key, ty, offsetof(cfg, field), sizeof(((cfg *)0)->field), d, lo, hi, help}
+    { sec, key, ty, offsetof(cfg, field), sizeof(((cfg *)0)->field), d, lo, hi, help }
 
 static const cfg_key keys[] = {
     K("model", "n_layer", CFG_INT, model.n_layer, "4", 1, 96, "transformer blocks L"),
@@ -108,8 +108,8 @@ static int set_value(cfg *c, const cfg_key *k, const char *text, const char *whe
     case CFG_F32: {
         double v = strtod(text, &end);
         if (end == text || *end || errno || !isfinite(v))
-            return err_set(ERR_INVAL, "%s: %s.%s: '%s' is not a number", where, k->section,
-                           k->name, text);
+            return err_set(ERR_INVAL, "%s: %s.%s: '%s' is not a number", where, k->section, k->name,
+                           text);
         if (v < k->lo || v > k->hi)
             return err_set(ERR_INVAL, "%s: %s.%s: %g is out of range [%g, %g]", where, k->section,
                            k->name, v, k->lo, k->hi);
@@ -149,9 +149,9 @@ typedef struct {
     const char *name;
     int rc;
     int lineno;
-    int err_line;      // line of the first error our handler reported
-    FILE *file;        // reading a file, or
-    const char *text;  // reading a string
+    int err_line;     // line of the first error our handler reported
+    FILE *file;       // reading a file, or
+    const char *text; // reading a string
 } ini_ctx;
 
 static char *read_line(char *str, int num, void *stream) {
@@ -180,8 +180,8 @@ static int on_ini(void *user, const char *section, const char *name, const char 
     snprintf(where, sizeof where, "%s:%d", ctx->name, ctx->lineno);
     const cfg_key *k = find_key(section, name);
     if (!k) {
-        ctx->rc = err_set(ERR_INVAL, "%s: unknown key '%s.%s' (see `spartan train --help`)",
-                          where, section, name);
+        ctx->rc = err_set(ERR_INVAL, "%s: unknown key '%s.%s' (see `spartan train --help`)", where,
+                          section, name);
         ctx->err_line = ctx->lineno;
         return 0;
     }

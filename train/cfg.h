@@ -22,29 +22,29 @@ typedef struct cfg_model {
 
 // Optimisation and loop settings (nanoGPT names where nanoGPT has one).
 typedef struct cfg_train {
-    int batch_size;        // micro-batch size B
-    int grad_accum;        // micro-batches per optimizer step
-    int max_iters;         // optimizer steps
-    float learning_rate;   // peak lr
-    float min_lr;          // floor of the cosine decay
-    int warmup_iters;      // linear warmup steps
-    int lr_decay_iters;    // cosine reaches min_lr here (0 = max_iters)
-    float weight_decay;    // decoupled, 2-D weights only
+    int batch_size;      // micro-batch size B
+    int grad_accum;      // micro-batches per optimizer step
+    int max_iters;       // optimizer steps
+    float learning_rate; // peak lr
+    float min_lr;        // floor of the cosine decay
+    int warmup_iters;    // linear warmup steps
+    int lr_decay_iters;  // cosine reaches min_lr here (0 = max_iters)
+    float weight_decay;  // decoupled, 2-D weights only
     float beta1, beta2, eps;
-    float grad_clip;       // global-norm clip (0 = off)
+    float grad_clip; // global-norm clip (0 = off)
     uint64_t seed;
-    int log_interval;      // steps between progress lines
-    int eval_interval;     // steps between val evaluations (0 = only at the end)
-    int eval_iters;        // val batches per evaluation
-    int ckpt_interval;     // steps between checkpoints (0 = only at the end)
-    int keep_ckpts;        // newest interval checkpoints kept (0 = all)
-    int threads;           // OpenMP/BLAS threads (0 = all cores)
-    int rank;              // this peer's rank: selects its data stream
+    int log_interval;  // steps between progress lines
+    int eval_interval; // steps between val evaluations (0 = only at the end)
+    int eval_iters;    // val batches per evaluation
+    int ckpt_interval; // steps between checkpoints (0 = only at the end)
+    int keep_ckpts;    // newest interval checkpoints kept (0 = all)
+    int threads;       // OpenMP/BLAS threads (0 = all cores)
+    int rank;          // this peer's rank: selects its data stream
     char out_dir[CFG_PATH_MAX];
 } cfg_train;
 
 typedef struct cfg_data {
-    char dir[CFG_PATH_MAX];  // a folder written by `spartan data prepare`
+    char dir[CFG_PATH_MAX]; // a folder written by `spartan data prepare`
 } cfg_data;
 
 typedef struct cfg_log {

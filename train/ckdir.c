@@ -40,7 +40,7 @@ static long *list_steps(const char *dir, int *n) {
         steps[(*n)++] = s;
     }
     closedir(d);
-    for (int i = 1; i < *n; i++)  // insertion sort: folders hold few checkpoints
+    for (int i = 1; i < *n; i++) // insertion sort: folders hold few checkpoints
         for (int j = i; j > 0 && steps[j - 1] > steps[j]; j--) {
             long t = steps[j];
             steps[j] = steps[j - 1];

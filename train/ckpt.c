@@ -153,8 +153,7 @@ int ckpt_write_tensor(ckpt_writer *w, const char *name, const float *data, int n
     if (d < 0) h5_why(&why);
     H5Sclose(space);
     if (d < 0)
-        return err_set(ERR_IO, "ckpt: cannot create dataset '%s' in '%s': %s", name, w->tmp,
-                       why.s);
+        return err_set(ERR_IO, "ckpt: cannot create dataset '%s' in '%s': %s", name, w->tmp, why.s);
     // Little-endian float in memory and file: no conversion, the bits go through unchanged.
     herr_t st = count ? H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) : 0;
     if (st < 0) h5_why(&why);
@@ -367,8 +366,7 @@ static int check_in_file(ckpt_reader *r, hid_t d, const char *name) {
     hsize_t bytes = H5Dget_storage_size(d);
     int *fdp = NULL;
     struct stat st;
-    if (H5Fget_vfd_handle(r->file, H5P_DEFAULT, (void **)&fdp) < 0 || !fdp ||
-        fstat(*fdp, &st) != 0)
+    if (H5Fget_vfd_handle(r->file, H5P_DEFAULT, (void **)&fdp) < 0 || !fdp || fstat(*fdp, &st) != 0)
         return ERR_OK; // cannot tell; H5Dread still checks against the stored end of file
     if ((unsigned long long)off + bytes > (unsigned long long)st.st_size)
         return err_set(ERR_FORMAT,
@@ -396,7 +394,8 @@ int ckpt_read_tensor(ckpt_reader *r, const char *name, float *data, int ndim, co
     H5Sget_simple_extent_dims(space, have, NULL);
     H5Sclose(space);
     int same = sn == ndim;
-    for (int i = 0; i < ndim && same; i++) same = have[i] == want[i];
+    for (int i = 0; i < ndim && same; i++)
+        same = have[i] == want[i];
     hid_t t = H5Dget_type(d);
     H5T_class_t cls = H5Tget_class(t);
     H5Tclose(t);
@@ -408,8 +407,7 @@ int ckpt_read_tensor(ckpt_reader *r, const char *name, float *data, int ndim, co
                      fmt_shape(s2, sizeof s2, ndim, want));
     } else if (cls != H5T_FLOAT) {
         // Other float widths are converted by HDF5; integers or strings are not weights.
-        rc = err_set(ERR_FORMAT, "ckpt: dataset '%s' in '%s' is not floating point", name,
-                     r->path);
+        rc = err_set(ERR_FORMAT, "ckpt: dataset '%s' in '%s' is not floating point", name, r->path);
     } else {
         rc = check_in_file(r, d, name);
         if (rc == ERR_OK && count &&
@@ -455,8 +453,8 @@ static int open_attr(ckpt_reader *r, const char *name, int kind, size_t n, hid_t
     }
     if (!ok) {
         H5Aclose(a);
-        return err_set(ERR_FORMAT, "ckpt: attribute '%s' in '%s' is not of type %s", name,
-                       r->path, kind_name(kind));
+        return err_set(ERR_FORMAT, "ckpt: attribute '%s' in '%s' is not of type %s", name, r->path,
+                       kind_name(kind));
     }
     if (np != (hssize_t)n) {
         H5Aclose(a);
@@ -511,8 +509,10 @@ int ckpt_read_attr_str(ckpt_reader *r, const char *name, char **v) {
         hid_t mt = H5Tcopy(ft);
         rc = read_attr_close(r, name, a, mt, s);
         H5Tclose(mt);
-        if (rc == ERR_OK) *v = s;
-        else free(s);
+        if (rc == ERR_OK)
+            *v = s;
+        else
+            free(s);
     }
     H5Tclose(ft);
     return rc;

@@ -19,8 +19,8 @@ int err_set(int code, const char *fmt, ...) {
 const char *err_msg(void) { return err_buf; }
 
 const char *err_str(int code) {
-    static const char *names[ERR_COUNT_] = {"ERR_OK",  "ERR_NOMEM",   "ERR_INVAL",
-                                            "ERR_IO",  "ERR_FORMAT",  "ERR_NET",
+    static const char *names[ERR_COUNT_] = {"ERR_OK",      "ERR_NOMEM",  "ERR_INVAL",
+                                            "ERR_IO",      "ERR_FORMAT", "ERR_NET",
                                             "ERR_TIMEOUT", "ERR_CLOSED", "ERR_PEER"};
     return (code >= 0 && code < ERR_COUNT_) ? names[code] : "ERR_?";
 }

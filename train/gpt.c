@@ -21,25 +21,36 @@
 
 // Parameter tensors of one block, in nanoGPT state-dict order.
 enum {
-    P_LN1W, P_LN1B, P_QKVW, P_QKVB, P_ATTPROJW, P_ATTPROJB, P_LN2W, P_LN2B,
-    P_FCW, P_FCB, P_FCPROJW, P_FCPROJB, P_PER_LAYER
+    P_LN1W,
+    P_LN1B,
+    P_QKVW,
+    P_QKVB,
+    P_ATTPROJW,
+    P_ATTPROJB,
+    P_LN2W,
+    P_LN2B,
+    P_FCW,
+    P_FCB,
+    P_FCPROJW,
+    P_FCPROJB,
+    P_PER_LAYER
 };
 
 static const char *layer_names[P_PER_LAYER] = {
-    "ln_1.weight",      "ln_1.bias",      "attn.c_attn.weight", "attn.c_attn.bias",
-    "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight",     "ln_2.bias",
-    "mlp.c_fc.weight",  "mlp.c_fc.bias",  "mlp.c_proj.weight",  "mlp.c_proj.bias"};
+    "ln_1.weight",        "ln_1.bias",        "attn.c_attn.weight", "attn.c_attn.bias",
+    "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight",        "ln_2.bias",
+    "mlp.c_fc.weight",    "mlp.c_fc.bias",    "mlp.c_proj.weight",  "mlp.c_proj.bias"};
 
 // Activations saved by the forward pass for one layer.
 typedef struct {
-    float *ln1, *ln1_mean, *ln1_rstd;  // (N,C), (N), (N)
-    float *qkv;                        // (N,3C)
-    float *att;                        // (B,NH,T,T) softmax probabilities
-    float *atty;                       // (N,C) attention output, heads concatenated
-    float *res2;                       // (N,C) residual after attention
-    float *ln2, *ln2_mean, *ln2_rstd;  // (N,C), (N), (N)
-    float *fch, *fcg;                  // (N,4C) pre- and post-GELU
-    float *res_out;                    // (N,C) residual after the MLP = next layer's input
+    float *ln1, *ln1_mean, *ln1_rstd; // (N,C), (N), (N)
+    float *qkv;                       // (N,3C)
+    float *att;                       // (B,NH,T,T) softmax probabilities
+    float *atty;                      // (N,C) attention output, heads concatenated
+    float *res2;                      // (N,C) residual after attention
+    float *ln2, *ln2_mean, *ln2_rstd; // (N,C), (N), (N)
+    float *fch, *fcg;                 // (N,4C) pre- and post-GELU
+    float *res_out;                   // (N,C) residual after the MLP = next layer's input
 } layer_acts;
 
 struct gpt_model {
@@ -49,13 +60,13 @@ struct gpt_model {
     int n_views;
     gpt_view *views;
     float *params, *grads;
-    float *acts;  // activation slab
-    float *bwd;   // backward scratch slab
-    float *encoded;                    // (N,C) embeddings = residual input of layer 0
-    layer_acts *layers;                // L entries
-    float *lnf, *lnf_mean, *lnf_rstd;  // (N,C), (N), (N)
-    float *logits;                     // (N,V) logits, then probabilities
-    float *losses;                     // (N)
+    float *acts;                      // activation slab
+    float *bwd;                       // backward scratch slab
+    float *encoded;                   // (N,C) embeddings = residual input of layer 0
+    layer_acts *layers;               // L entries
+    float *lnf, *lnf_mean, *lnf_rstd; // (N,C), (N), (N)
+    float *logits;                    // (N,V) logits, then probabilities
+    float *losses;                    // (N)
     // backward scratch, reused by every layer
     float *dres, *dln, *dqkv, *datty, *dfch, *dfcg, *datt;
     const int32_t *last_x, *last_y;
@@ -97,15 +108,15 @@ static void build_views(gpt_model *m) {
 static inline float *lp(const gpt_model *m, float *slab, int l, int p) {
     return slab + m->views[2 + l * P_PER_LAYER + p].offset;
 }
-#define WTE(m, s) ((s) + (m)->views[0].offset)
-#define WPE(m, s) ((s) + (m)->views[1].offset)
+#define WTE(m, s)  ((s) + (m)->views[0].offset)
+#define WPE(m, s)  ((s) + (m)->views[1].offset)
 #define LNFW(m, s) ((s) + (m)->views[(m)->n_views - 2].offset)
 #define LNFB(m, s) ((s) + (m)->views[(m)->n_views - 1].offset)
 
 // carve hands out consecutive regions of a slab.
 static float *carve(float **cur, size_t n) {
     float *p = *cur;
-    *cur += (n + 15) & ~(size_t)15;  // keep 64-byte alignment
+    *cur += (n + 15) & ~(size_t)15; // keep 64-byte alignment
     return p;
 }
 
@@ -115,8 +126,7 @@ int gpt_create(gpt_model **out, const cfg_model *mc, int max_B, int train) {
     if (mc->vocab_size <= 0 || mc->n_layer <= 0 || mc->n_head <= 0 || mc->n_embd <= 0 ||
         mc->block_size <= 0 || max_B <= 0)
         return err_set(ERR_INVAL, "gpt: invalid model config (L=%d NH=%d C=%d T=%d V=%d B=%d)",
-                       mc->n_layer, mc->n_head, mc->n_embd, mc->block_size, mc->vocab_size,
-                       max_B);
+                       mc->n_layer, mc->n_head, mc->n_embd, mc->block_size, mc->vocab_size, max_B);
     if (mc->n_embd % mc->n_head)
         return err_set(ERR_INVAL, "gpt: n_embd %d is not divisible by n_head %d", mc->n_embd,
                        mc->n_head);
@@ -137,8 +147,8 @@ int gpt_create(gpt_model **out, const cfg_model *mc, int max_B, int train) {
     size_t att = (size_t)max_B * NH * T * T;
     size_t per_layer = 2 * padded(N * C) + 4 * padded(N) + padded(3 * N * C) + padded(att) +
                        3 * padded(N * C) + 2 * padded(4 * N * C);
-    size_t total = padded(N * C) + L * per_layer + padded(N * C) + 2 * padded(N) +
-                   padded(N * V) + padded(N);
+    size_t total =
+        padded(N * C) + L * per_layer + padded(N * C) + 2 * padded(N) + padded(N * V) + padded(N);
     m->acts = xalloc_aligned(total * sizeof(float));
     memset(m->acts, 0, total * sizeof(float));
     float *cur = m->acts;
@@ -168,8 +178,7 @@ int gpt_create(gpt_model **out, const cfg_model *mc, int max_B, int train) {
     ASSERT((size_t)(cur - m->acts) <= total);
 
     if (train) {
-        size_t btotal = 3 * padded(N * C) + padded(3 * N * C) + 2 * padded(4 * N * C) +
-                        padded(att);
+        size_t btotal = 3 * padded(N * C) + padded(3 * N * C) + 2 * padded(4 * N * C) + padded(att);
         m->bwd = xalloc_aligned(btotal * sizeof(float));
         memset(m->bwd, 0, btotal * sizeof(float));
         cur = m->bwd;
@@ -202,11 +211,12 @@ void gpt_init_params(gpt_model *m, uint64_t seed) {
     for (int i = 0; i < m->n_views; i++) {
         const gpt_view *v = &m->views[i];
         float *p = m->params + v->offset;
-        const char *suffix = strrchr(v->name, '.');  // ".weight" or ".bias"
+        const char *suffix = strrchr(v->name, '.'); // ".weight" or ".bias"
         int is_ln = strstr(v->name, ".ln_") != NULL || strstr(v->name, "ln_f") != NULL;
         if (v->ndim == 1) {
             float val = (is_ln && strcmp(suffix, ".weight") == 0) ? 1.0f : 0.0f;
-            for (size_t j = 0; j < v->count; j++) p[j] = val;
+            for (size_t j = 0; j < v->count; j++)
+                p[j] = val;
             continue;
         }
         float std = strstr(v->name, "c_proj.weight") ? proj_std : 0.02f;
@@ -214,7 +224,8 @@ void gpt_init_params(gpt_model *m, uint64_t seed) {
         // does not shift the others' values.
         uint64_t key = rng_hash(seed ^ rng_hash((uint64_t)i + 1));
 #pragma omp parallel for schedule(static)
-        for (size_t j = 0; j < v->count; j++) p[j] = std * rng_normal(key, j);
+        for (size_t j = 0; j < v->count; j++)
+            p[j] = std * rng_normal(key, j);
     }
 }
 
@@ -247,8 +258,8 @@ float gpt_forward(gpt_model *m, const int32_t *x, const int32_t *y, int B, int T
                               lp(m, P, l, P_LN1B), N, C);
         ops_matmul_forward(a->qkv, a->ln1, lp(m, P, l, P_QKVW), lp(m, P, l, P_QKVB), N, C, 3 * C);
         ops_attention_forward(a->atty, a->att, a->qkv, B, T, C, NH);
-        ops_matmul_forward(a->res2, a->atty, lp(m, P, l, P_ATTPROJW), lp(m, P, l, P_ATTPROJB), N,
-                           C, C);
+        ops_matmul_forward(a->res2, a->atty, lp(m, P, l, P_ATTPROJW), lp(m, P, l, P_ATTPROJB), N, C,
+                           C);
         ops_add(a->res2, a->res2, res, (size_t)N * C);
         ops_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, lp(m, P, l, P_LN2W),
                               lp(m, P, l, P_LN2B), N, C);
@@ -292,7 +303,8 @@ void gpt_backward(gpt_model *m, float scale) {
     float *P = m->params, *G = m->grads;
     const int32_t *y = m->last_y;
     int counted = 0;
-    for (int i = 0; i < N; i++) counted += y[i] >= 0;
+    for (int i = 0; i < N; i++)
+        counted += y[i] >= 0;
     float dscale = counted ? scale / (float)counted : 0.0f;
 
     // d(mean loss)/d(logits), in place over the probabilities.
@@ -362,8 +374,7 @@ int gpt_read_slab(const gpt_model *m, ckpt_reader *r, const char *prefix, float 
     return ERR_OK;
 }
 
-static const char *cfg_attr_names[5] = {"n_layer", "n_head", "n_embd", "block_size",
-                                        "vocab_size"};
+static const char *cfg_attr_names[5] = {"n_layer", "n_head", "n_embd", "block_size", "vocab_size"};
 
 int gpt_write_config(const gpt_model *m, ckpt_writer *w) {
     const int vals[5] = {m->cfg.n_layer, m->cfg.n_head, m->cfg.n_embd, m->cfg.block_size,
@@ -387,8 +398,8 @@ int gpt_read_config(ckpt_reader *r, cfg_model *mc) {
         *dst[i] = (int)v;
     }
     if (mc->n_embd % mc->n_head)
-        return err_set(ERR_FORMAT, "checkpoint n_embd %d is not divisible by n_head %d",
-                       mc->n_embd, mc->n_head);
+        return err_set(ERR_FORMAT, "checkpoint n_embd %d is not divisible by n_head %d", mc->n_embd,
+                       mc->n_head);
     return ERR_OK;
 }
 
@@ -410,7 +421,7 @@ int gpt_load(gpt_model **out, const char *path, int max_B, int train, char **tok
     if (!rc && step) rc = ckpt_read_attr_i64(r, "step", &st);
     ckpt_reader_close(r);
     if (rc) {
-        if (!strstr(err_msg(), file)) {  // make sure the message names the file
+        if (!strstr(err_msg(), file)) { // make sure the message names the file
             char msg[1024];
             snprintf(msg, sizeof msg, "%s", err_msg());
             err_set(rc, "%s: %s", file, msg);

@@ -46,7 +46,7 @@ void gpt_init_params(gpt_model *m, uint64_t seed);
 const cfg_model *gpt_config(const gpt_model *m);
 size_t gpt_n_params(const gpt_model *m);
 float *gpt_params(gpt_model *m);
-float *gpt_grads(gpt_model *m);  // NULL unless created with train != 0
+float *gpt_grads(gpt_model *m); // NULL unless created with train != 0
 const gpt_view *gpt_views(const gpt_model *m, int *n);
 const gpt_view *gpt_find_view(const gpt_model *m, const char *name);
 

@@ -15,7 +15,8 @@ int log_get_level(void);
 int log_parse_level(const char *s);
 
 // log_line writes one formatted line if level is enabled. Thread-safe; use the LOG_* macros.
-void log_line(int level, const char *mod, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void log_line(int level, const char *mod, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #define LOG_E(mod, ...) log_line(LOG_ERROR, mod, __VA_ARGS__)
 #define LOG_W(mod, ...) log_line(LOG_WARN, mod, __VA_ARGS__)

@@ -53,8 +53,7 @@ void optim_step(optim_adamw *o, gpt_model *m, const cfg_train *tc, float lr) {
     for (int i = 0; i < nv; i++) {
         const gpt_view *v = &views[i];
         ops_adamw_step(p + v->offset, g + v->offset, o->m + v->offset, o->v + v->offset, v->count,
-                       lr, tc->beta1, tc->beta2, tc->eps, v->decay ? tc->weight_decay : 0.0f,
-                       o->t);
+                       lr, tc->beta1, tc->beta2, tc->eps, v->decay ? tc->weight_decay : 0.0f, o->t);
     }
 }
 

@@ -55,9 +55,12 @@ static int mkdir_p(const char *dir) {
 }
 
 static void fmt_eta(char *buf, size_t n, double s) {
-    if (s >= 3600) snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
-    else if (s >= 60) snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
-    else snprintf(buf, n, "%ds", (int)s);
+    if (s >= 3600)
+        snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
+    else if (s >= 60)
+        snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+    else
+        snprintf(buf, n, "%ds", (int)s);
 }
 
 static int save_ckpt(trainer *t, const cfg *c, int interval) {
@@ -69,7 +72,8 @@ static int save_ckpt(trainer *t, const cfg *c, int interval) {
         return rc;
     }
     LOG_I("train", "checkpoint step=%d path=%s", trainer_step_index(t), path);
-    if (interval && c->train.keep_ckpts > 0) ckdir_prune(c->train.out_dir, c->train.keep_ckpts, path);
+    if (interval && c->train.keep_ckpts > 0)
+        ckdir_prune(c->train.out_dir, c->train.keep_ckpts, path);
     return ERR_OK;
 }
 
@@ -100,8 +104,9 @@ static int parse_train_args(int argc, char **argv, cfg *c, const char **resume) 
                    strncmp(argv[i], "--resume=", 9)) {
             return err_set(ERR_INVAL, "unknown option '%s' (see spartan train --help)", argv[i]);
         } else if (strncmp(argv[i], "--", 2)) {
-            if (config) return err_set(ERR_INVAL, "more than one config given: '%s' and '%s'",
-                                       config, argv[i]);
+            if (config)
+                return err_set(ERR_INVAL, "more than one config given: '%s' and '%s'", config,
+                               argv[i]);
             config = argv[i];
         }
     }
@@ -110,10 +115,14 @@ static int parse_train_args(int argc, char **argv, cfg *c, const char **resume) 
     if (rc) return rc;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--set")) rc = cfg_set(c, argv[++i]);
-        else if (!strncmp(a, "--set=", 6)) rc = cfg_set(c, a + 6);
-        else if (!strcmp(a, "--resume")) *resume = argv[++i];
-        else if (!strncmp(a, "--resume=", 9)) *resume = a + 9;
+        if (!strcmp(a, "--set"))
+            rc = cfg_set(c, argv[++i]);
+        else if (!strncmp(a, "--set=", 6))
+            rc = cfg_set(c, a + 6);
+        else if (!strcmp(a, "--resume"))
+            *resume = argv[++i];
+        else if (!strncmp(a, "--resume=", 9))
+            *resume = a + 9;
         if (rc) return rc;
     }
     return cfg_validate(c);
@@ -165,9 +174,9 @@ int train_cmd_main(int argc, char **argv) {
         fclose(cf);
     }
     const cfg_model *mc = gpt_config(m);
-    LOG_I("train", "model L=%d NH=%d C=%d T=%d V=%d params=%zu threads=%d blas=\"%s\"",
-          mc->n_layer, mc->n_head, mc->n_embd, mc->block_size, mc->vocab_size, gpt_n_params(m),
-          threads, ops_blas_name());
+    LOG_I("train", "model L=%d NH=%d C=%d T=%d V=%d params=%zu threads=%d blas=\"%s\"", mc->n_layer,
+          mc->n_head, mc->n_embd, mc->block_size, mc->vocab_size, gpt_n_params(m), threads,
+          ops_blas_name());
     if (resume) LOG_I("train", "resumed from %s at step %d", resume, trainer_step_index(t));
     free(resume);
 
@@ -227,7 +236,8 @@ int train_cmd_main(int argc, char **argv) {
             last_saved = st.step;
         }
     }
-    if (stop_requested) LOG_W("train", "interrupted at step %d: saving a checkpoint", trainer_step_index(t));
+    if (stop_requested)
+        LOG_W("train", "interrupted at step %d: saving a checkpoint", trainer_step_index(t));
     if (!rc && last_saved != trainer_step_index(t) && save_ckpt(t, ec, 0)) rc = 1;
     if (!rc && !stop_requested && isfinite(val))
         LOG_I("train", "done step=%d val_loss=%.4f", trainer_step_index(t), val);
@@ -263,15 +273,22 @@ int eval_cmd_main(int argc, char **argv) {
             return 0;
         }
         int has_val = i + 1 < argc;
-        if (!strcmp(a, "--data") && has_val) shard_path = argv[++i];
-        else if (!strcmp(a, "--seq-len") && has_val) rc = parse_int_arg(a, argv[++i], 1, &T);
+        if (!strcmp(a, "--data") && has_val)
+            shard_path = argv[++i];
+        else if (!strcmp(a, "--seq-len") && has_val)
+            rc = parse_int_arg(a, argv[++i], 1, &T);
         else if (!strcmp(a, "--max-windows") && has_val)
             rc = parse_int_arg(a, argv[++i], 1, &max_windows);
-        else if (!strcmp(a, "--batch") && has_val) rc = parse_int_arg(a, argv[++i], 1, &batch);
-        else if (!strcmp(a, "--threads") && has_val) rc = parse_int_arg(a, argv[++i], 0, &threads);
-        else if (a[0] == '-') rc = err_set(ERR_INVAL, "unknown option or missing value: '%s'", a);
-        else if (!ckpt) ckpt = a;
-        else rc = err_set(ERR_INVAL, "unexpected argument '%s'", a);
+        else if (!strcmp(a, "--batch") && has_val)
+            rc = parse_int_arg(a, argv[++i], 1, &batch);
+        else if (!strcmp(a, "--threads") && has_val)
+            rc = parse_int_arg(a, argv[++i], 0, &threads);
+        else if (a[0] == '-')
+            rc = err_set(ERR_INVAL, "unknown option or missing value: '%s'", a);
+        else if (!ckpt)
+            ckpt = a;
+        else
+            rc = err_set(ERR_INVAL, "unexpected argument '%s'", a);
     }
     if (!rc && (!ckpt || !shard_path))
         rc = err_set(ERR_INVAL, "need a checkpoint and --data SHARD (see spartan eval --help)");

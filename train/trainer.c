@@ -25,7 +25,7 @@ struct trainer {
     optim_adamw *opt;
     data_shard *train_shard, *val_shard;
     data_loader *train_dl, *val_dl;
-    int32_t *x, *y;  // (B,T) batch buffers
+    int32_t *x, *y; // (B,T) batch buffers
     char *tok_spec;
     int step;
 };
@@ -50,25 +50,25 @@ static int open_data(trainer *t) {
     if (rc) return rc;
     snprintf(path, sizeof path, "%s/train.bin", c->data.dir);
     if ((rc = data_shard_open(&t->train_shard, path))) return rc;
-    if (c->model.vocab_size == 0) t->c.model.vocab_size = vocab;
+    if (c->model.vocab_size == 0)
+        t->c.model.vocab_size = vocab;
     else if (c->model.vocab_size < vocab)
-        return err_set(ERR_INVAL, "model.vocab_size = %d is smaller than the data's vocabulary (%d)",
+        return err_set(ERR_INVAL,
+                       "model.vocab_size = %d is smaller than the data's vocabulary (%d)",
                        c->model.vocab_size, vocab);
     int32_t maxtok = data_shard_max_token(t->train_shard);
     if (maxtok >= t->c.model.vocab_size)
         return err_set(ERR_FORMAT, "%s: token id %d is not below vocab_size %d", path, maxtok,
                        t->c.model.vocab_size);
     int T = c->model.block_size, B = c->train.batch_size;
-    if ((rc = data_loader_create(&t->train_dl, t->train_shard, B, T, c->train.seed,
-                                 c->train.rank)))
+    if ((rc = data_loader_create(&t->train_dl, t->train_shard, B, T, c->train.seed, c->train.rank)))
         return err_set(rc, "%s: %s", path, err_msg());
     snprintf(path, sizeof path, "%s/val.bin", c->data.dir);
     if (path_exists(path)) {
         if ((rc = data_shard_open(&t->val_shard, path))) return rc;
         // Validation batches come from a fixed stream, the same for every peer and every eval.
         if (data_shard_len(t->val_shard) > (size_t)T &&
-            (rc = data_loader_create(&t->val_dl, t->val_shard, B, T, c->train.seed ^ 0x5EEDull,
-                                     0)))
+            (rc = data_loader_create(&t->val_dl, t->val_shard, B, T, c->train.seed ^ 0x5EEDull, 0)))
             return rc;
     }
     return ERR_OK;
@@ -83,15 +83,14 @@ static int load_checkpoint(trainer *t, const char *path) {
     uint64_t data_pos[2];
     rc = gpt_read_config(r, &mc);
     const cfg_model *want = gpt_config(t->model);
-    if (!rc && (mc.n_layer != want->n_layer || mc.n_head != want->n_head ||
-                mc.n_embd != want->n_embd || mc.block_size != want->block_size ||
-                mc.vocab_size != want->vocab_size))
+    if (!rc &&
+        (mc.n_layer != want->n_layer || mc.n_head != want->n_head || mc.n_embd != want->n_embd ||
+         mc.block_size != want->block_size || mc.vocab_size != want->vocab_size))
         rc = err_set(ERR_FORMAT,
                      "%s: checkpoint model (L=%d NH=%d C=%d T=%d V=%d) does not match the "
                      "config (L=%d NH=%d C=%d T=%d V=%d)",
                      path, mc.n_layer, mc.n_head, mc.n_embd, mc.block_size, mc.vocab_size,
-                     want->n_layer, want->n_head, want->n_embd, want->block_size,
-                     want->vocab_size);
+                     want->n_layer, want->n_head, want->n_embd, want->block_size, want->vocab_size);
     if (!rc) rc = gpt_read_slab(t->model, r, "model/", gpt_params(t->model));
     if (!rc) rc = gpt_read_slab(t->model, r, "optim/m/", optim_m(t->opt));
     if (!rc) rc = gpt_read_slab(t->model, r, "optim/v/", optim_v(t->opt));
@@ -104,8 +103,7 @@ static int load_checkpoint(trainer *t, const char *path) {
         return err_set(ERR_FORMAT, "%s: bad step %lld", path, (long long)step);
     if (data_pos[0] != t->c.train.seed)
         return err_set(ERR_INVAL, "%s: checkpoint was trained with seed %llu, config has %llu",
-                       path, (unsigned long long)data_pos[0],
-                       (unsigned long long)t->c.train.seed);
+                       path, (unsigned long long)data_pos[0], (unsigned long long)t->c.train.seed);
     t->step = (int)step;
     optim_set_step_count(t->opt, (int)t_opt);
     data_loader_set_pos(t->train_dl, data_pos[1]);

@@ -13,12 +13,12 @@ typedef struct trainer trainer;
 
 // Figures of the last optimizer step.
 typedef struct trainer_stats {
-    int step;         // steps completed after this one (1-based)
-    float loss;       // mean train loss over the step's micro-batches
-    float lr;         // learning rate used
-    float grad_norm;  // global gradient norm before clipping
-    double ms;        // wall time of the step
-    long tokens;      // tokens processed by the step
+    int step;        // steps completed after this one (1-based)
+    float loss;      // mean train loss over the step's micro-batches
+    float lr;        // learning rate used
+    float grad_norm; // global gradient norm before clipping
+    double ms;       // wall time of the step
+    long tokens;     // tokens processed by the step
 } trainer_stats;
 
 // trainer_create opens the data folder c->data.dir (train.bin, optional val.bin, meta.json),
