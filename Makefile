@@ -76,6 +76,7 @@ else
 Q := @
 endif
 
+.SECONDARY:
 .PHONY: all test bench sanitize run deps lint clean help fixtures check-deps
 all: check-deps $(SPARTAN)
 

@@ -514,7 +514,7 @@ Test(ops, attention_backward_matches_finite_differences) {
     float *dqkv = filled(N * 3 * C, PREFILL), *scratch = filled(B * NH * T * T, 7);
     ops_attention_backward(dqkv, scratch, x.r, x.qkv, x.att, B, T, C, NH);
     // Check q, k and v separately so each has its own gradient scale.
-    double *fd = xmalloc(N * 3 * C * sizeof *fd), *g = xmalloc(N * 3 * C * sizeof *g);
+    double *fd = xmalloc(N * 3 * C * sizeof *fd);
     fd_grad(fd, x.qkv, N * 3 * C, att_loss, &x);
     for (int part = 0; part < 3; part++) {
         double pf[N * C], pg[N * C];
@@ -529,7 +529,6 @@ Test(ops, attention_backward_matches_finite_differences) {
         cr_expect(e < FD_TOL, "d%c: gradient error %.3g exceeds %.1g", "qkv"[part], e, FD_TOL);
     }
     free(fd);
-    free(g);
     free(x.qkv);
     free(x.out);
     free(x.att);
