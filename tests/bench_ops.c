@@ -145,7 +145,7 @@ int main(int argc, char **argv) {
     TIME(t, 3, 1, ops_scale(g, 1.0f, np));
     report_bw("scale", t, 2.0 * np * 4);
     int step = 0;
-    TIME(t, 3, 1, ops_adamw_step(p, g, m, v, np, 6e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, ++step));
+    TIME(t, 3, 1, ops_adamw_step(p, g, m, v, np, 6e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, ++step, 1.0f));
     report_bw("adamw", t, 7.0 * np * 4);
     TIME(t, 3, 1, ops_zero(g, np));
     report_bw("zero", t, 1.0 * np * 4);

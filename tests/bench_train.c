@@ -78,8 +78,8 @@ static double time_steps(const cfg_model *mc, int B, int T, int warmup, int step
         gpt_zero_grad(m);
         gpt_forward(m, x, y, B, T);
         gpt_backward(m, 1.0f);
-        optim_clip_grads(gpt_grads(m), gpt_n_params(m), tc.grad_clip);
-        optim_step(o, m, &tc, 1e-4f);
+        float norm = optim_grad_norm(gpt_grads(m), gpt_n_params(m));
+        optim_step(o, m, &tc, 1e-4f, optim_clip_scale(norm, tc.grad_clip));
         if (s >= warmup) dt[s - warmup] = now_s() - t0;
     }
     qsort(dt, (size_t)steps, sizeof(double), cmp_double);

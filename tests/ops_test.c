@@ -763,7 +763,7 @@ Test(ops, adamw_matches_double_formula_over_steps) {
             g[i] *= 1e4f; // large second moments
         for (int i = 16; i < 24; i++)
             g[i] *= 1e-12f; // v below eps^2
-        ops_adamw_step(p, g, m, v, M, lr, b1, b2, eps, wd, t);
+        ops_adamw_step(p, g, m, v, M, lr, b1, b2, eps, wd, t, 1.0f);
         for (int i = 0; i < M; i++) {
             md[i] = b1 * md[i] + (1.0 - b1) * g[i];
             vd[i] = b2 * vd[i] + (1.0 - b2) * (double)g[i] * g[i];
@@ -798,7 +798,7 @@ Test(ops, adamw_updates_are_accurate_to_float_precision) {
         float *g = rnd(M, 150 + t, -2, 2);
         for (int i = 0; i < M; i++)
             g[i] *= powf(10.0f, (float)(i % 13) - 6.0f); // 1e-6 .. 1e6
-        ops_adamw_step(p, g, m, v, M, lr, b1, b2, eps, 0.0f, t);
+        ops_adamw_step(p, g, m, v, M, lr, b1, b2, eps, 0.0f, t, 1.0f);
         for (int i = 0; i < M; i++) {
             md[i] = b1 * md[i] + (1.0 - b1) * g[i];
             vd[i] = b2 * vd[i] + (1.0 - b2) * (double)g[i] * g[i];
@@ -967,4 +967,25 @@ Test(ops, gelu_backward_is_deterministic) {
 Test(ops, softmax_xent_backward_is_deterministic) {
     const size_t s[] = {8 * 5003};
     twice("xent", run_xent, s, 1, 1);
+}
+
+Test(ops, adamw_gradient_scale_equals_a_prescaled_gradient) {
+    enum { M = 5000 };
+    static float p1[M], p2[M], g[M], gs[M], m1[M], m2[M], v1[M], v2[M];
+    tu_rand_fill(p1, M, 11, -1.0f, 1.0f);
+    memcpy(p2, p1, sizeof p1);
+    tu_rand_fill(g, M, 12, -2.0f, 2.0f);
+    const float s = 0.37f;
+    for (int i = 0; i < M; i++) gs[i] = g[i] * s;
+    for (int t = 1; t <= 3; t++) {
+        ops_adamw_step(p1, g, m1, v1, M, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, t, s);
+        ops_adamw_step(p2, gs, m2, v2, M, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, t, 1.0f);
+    }
+    // g*s is computed inside the kernel exactly as in the prescaled copy, so results are equal
+    cr_assert_eq(memcmp(p1, p2, sizeof p1), 0);
+    cr_assert_eq(memcmp(v1, v2, sizeof v1), 0);
+    // and the scale matters: an unscaled run differs
+    ops_adamw_step(p2, g, m2, v2, M, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 4, 1.0f);
+    ops_adamw_step(p1, g, m1, v1, M, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 4, s);
+    cr_assert_neq(memcmp(p1, p2, sizeof p1), 0);
 }

@@ -565,7 +565,7 @@ void ops_softmax_xent_backward(float *dlogits, const float *probs, const int32_t
 // AdamW. Bias corrections are folded into two scalars computed in double once per call.
 
 void ops_adamw_step(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,
-                    float b2, float eps, float wd, int t) {
+                    float b2, float eps, float wd, int t, float gscale) {
     ASSERT(t >= 1);
     const float c1 = (float)(1.0 / (1.0 - pow(b1, t)));
     const float c2 = (float)(1.0 / (1.0 - pow(b2, t)));
@@ -577,7 +577,7 @@ void ops_adamw_step(float *p, const float *g, float *m, float *v, size_t n, floa
         const size_t hi = ew_end(pc, n);
 #pragma omp simd
         for (size_t i = pc * EW_BLK; i < hi; i++) {
-            const float gi = gg[i];
+            const float gi = gg[i] * gscale;
             const float mi = b1 * mm[i] + a1 * gi;
             const float vi = b2 * vv[i] + a2 * gi * gi;
             mm[i] = mi;

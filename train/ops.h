@@ -87,10 +87,11 @@ double ops_sumsq(const float *x, size_t n);
 void ops_scale(float *x, float s, size_t n);
 
 // ops_adamw_step updates one tensor in place with AdamW (PyTorch semantics, decoupled weight
-// decay): m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2; p -= lr*(m/(1-b1^t) / (sqrt(v/(1-b2^t))
+// decay), on the gradient g*gscale (gscale folds global-norm clipping into this pass; use 1 for
+// none): m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2; p -= lr*(m/(1-b1^t) / (sqrt(v/(1-b2^t))
 // + eps) + wd*p). t is the 1-based step count.
 void ops_adamw_step(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,
-                    float b2, float eps, float wd, int t);
+                    float b2, float eps, float wd, int t, float gscale);
 
 // ops_zero: x(n) = 0, in parallel.
 void ops_zero(float *x, size_t n);

@@ -38,13 +38,20 @@ float *optim_v(optim_adamw *o) { return o->v; }
 int optim_step_count(const optim_adamw *o) { return o->t; }
 void optim_set_step_count(optim_adamw *o, int t) { o->t = t; }
 
+float optim_grad_norm(const float *grads, size_t n) { return (float)sqrt(ops_sumsq(grads, n)); }
+
+float optim_clip_scale(float norm, float max_norm) {
+    return (max_norm > 0 && norm > max_norm) ? max_norm / (norm + 1e-6f) : 1.0f;
+}
+
 float optim_clip_grads(float *grads, size_t n, float max_norm) {
-    float norm = (float)sqrt(ops_sumsq(grads, n));
-    if (max_norm > 0 && norm > max_norm) ops_scale(grads, max_norm / (norm + 1e-6f), n);
+    float norm = optim_grad_norm(grads, n);
+    float s = optim_clip_scale(norm, max_norm);
+    if (s != 1.0f) ops_scale(grads, s, n);
     return norm;
 }
 
-void optim_step(optim_adamw *o, gpt_model *m, const cfg_train *tc, float lr) {
+void optim_step(optim_adamw *o, gpt_model *m, const cfg_train *tc, float lr, float gscale) {
     int nv;
     const gpt_view *views = gpt_views(m, &nv);
     float *p = gpt_params(m), *g = gpt_grads(m);
@@ -53,7 +60,8 @@ void optim_step(optim_adamw *o, gpt_model *m, const cfg_train *tc, float lr) {
     for (int i = 0; i < nv; i++) {
         const gpt_view *v = &views[i];
         ops_adamw_step(p + v->offset, g + v->offset, o->m + v->offset, o->v + v->offset, v->count,
-                       lr, tc->beta1, tc->beta2, tc->eps, v->decay ? tc->weight_decay : 0.0f, o->t);
+                       lr, tc->beta1, tc->beta2, tc->eps, v->decay ? tc->weight_decay : 0.0f, o->t,
+                       gscale);
     }
 }
 

@@ -28,14 +28,22 @@ int optim_step_count(const optim_adamw *o);
 // optim_set_step_count restores t after loading m and v from a checkpoint.
 void optim_set_step_count(optim_adamw *o, int t);
 
-// optim_clip_grads computes the global L2 norm of grads(n) and, when max_norm > 0 and the norm
-// exceeds it, scales grads by max_norm / (norm + 1e-6) exactly as clip_grad_norm_ does. Returns
-// the norm before clipping.
+// optim_grad_norm returns the global L2 norm of grads(n), accumulated in double.
+float optim_grad_norm(const float *grads, size_t n);
+
+// optim_clip_scale returns the factor that clip_grad_norm_ applies for a gradient norm and a
+// max_norm: max_norm / (norm + 1e-6) when max_norm > 0 and norm > max_norm, else 1.
+float optim_clip_scale(float norm, float max_norm);
+
+// optim_clip_grads computes the global L2 norm of grads(n) and scales grads in place by
+// optim_clip_scale, exactly as clip_grad_norm_ does. Returns the norm before clipping. (The
+// trainer folds the scale into optim_step instead, saving one pass over the gradients.)
 float optim_clip_grads(float *grads, size_t n, float max_norm);
 
 // optim_step applies one AdamW step with learning rate lr to every view of the model's params
-// using its grads; weight decay tc->weight_decay applies to views with decay set. Increments t.
-void optim_step(optim_adamw *o, gpt_model *m, const cfg_train *tc, float lr);
+// using its grads times gscale (1, or optim_clip_scale for clipping); weight decay
+// tc->weight_decay applies to views with decay set. Increments t.
+void optim_step(optim_adamw *o, gpt_model *m, const cfg_train *tc, float lr, float gscale);
 
 // optim_lr returns the learning rate for a 0-based step: linear warmup over warmup_iters from
 // lr/warmup to lr, then cosine decay to min_lr at lr_decay_iters (0 = max_iters), then min_lr.

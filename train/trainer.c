@@ -162,8 +162,8 @@ void trainer_step(trainer *t, trainer_stats *st) {
         loss += gpt_forward(t->model, t->x, t->y, B, T);
         gpt_backward(t->model, 1.0f / (float)accum);
     }
-    float norm = optim_clip_grads(gpt_grads(t->model), gpt_n_params(t->model), tc->grad_clip);
-    optim_step(t->opt, t->model, tc, lr);
+    float norm = optim_grad_norm(gpt_grads(t->model), gpt_n_params(t->model));
+    optim_step(t->opt, t->model, tc, lr, optim_clip_scale(norm, tc->grad_clip));
     t->step++;
     st->step = t->step;
     st->loss = (float)(loss / accum);
