@@ -334,3 +334,25 @@ Test(gpt, initialisation_follows_nanogpt_and_is_seeded) {
     gpt_destroy(a);
     gpt_destroy(b);
 }
+
+Test(gpt, inference_model_with_shared_layer_buffers_gives_identical_logits) {
+    ops_init(0);
+    int B = 2, T = 6;
+    int32_t *x, *y;
+    gpt_model *m = tiny_model(B, &x, &y); // training layout: per-layer activations
+    gpt_model *inf;
+    cr_assert_eq(gpt_create(&inf, gpt_config(m), B, 0), ERR_OK, "%s", err_msg());
+    memcpy(gpt_params(inf), gpt_params(m), gpt_n_params(m) * sizeof(float));
+    float l1 = gpt_forward(m, x, y, B, T);
+    float l2 = gpt_forward(inf, x, y, B, T);
+    cr_assert_eq(memcmp(&l1, &l2, sizeof l1), 0, "%g vs %g", l1, l2);
+    gpt_forward(m, x, NULL, B, T);
+    gpt_forward(inf, x, NULL, B, T);
+    size_t n = (size_t)B * T * gpt_config(m)->vocab_size;
+    cr_assert_eq(memcmp(gpt_logits(m), gpt_logits(inf), n * sizeof(float)), 0);
+    cr_assert_null(gpt_grads(inf));
+    free(x);
+    free(y);
+    gpt_destroy(inf);
+    gpt_destroy(m);
+}

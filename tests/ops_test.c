@@ -976,7 +976,8 @@ Test(ops, adamw_gradient_scale_equals_a_prescaled_gradient) {
     memcpy(p2, p1, sizeof p1);
     tu_rand_fill(g, M, 12, -2.0f, 2.0f);
     const float s = 0.37f;
-    for (int i = 0; i < M; i++) gs[i] = g[i] * s;
+    for (int i = 0; i < M; i++)
+        gs[i] = g[i] * s;
     for (int t = 1; t <= 3; t++) {
         ops_adamw_step(p1, g, m1, v1, M, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, t, s);
         ops_adamw_step(p2, gs, m2, v2, M, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, t, 1.0f);

@@ -147,15 +147,22 @@ int gpt_create(gpt_model **out, const cfg_model *mc, int max_B, int train) {
     size_t att = (size_t)max_B * NH * T * T;
     size_t per_layer = 2 * padded(N * C) + 4 * padded(N) + padded(3 * N * C) + padded(att) +
                        3 * padded(N * C) + 2 * padded(4 * N * C);
-    size_t total =
-        padded(N * C) + L * per_layer + padded(N * C) + 2 * padded(N) + padded(N * V) + padded(N);
+    size_t total = padded(N * C) + (train ? L : 1) * per_layer + padded(N * C) + 2 * padded(N) +
+                   padded(N * V) + padded(N);
     m->acts = xalloc_aligned(total * sizeof(float));
     memset(m->acts, 0, total * sizeof(float));
     float *cur = m->acts;
     m->encoded = carve(&cur, N * C);
     m->layers = xcalloc(L, sizeof(layer_acts));
+    // Training keeps every layer's activations for the backward pass. Inference needs only one
+    // layer's worth at a time: all layers share those buffers (res_out is read as the next
+    // layer's input before it is overwritten), which cuts activation memory by a factor of L.
     for (size_t l = 0; l < L; l++) {
         layer_acts *a = &m->layers[l];
+        if (!train && l > 0) {
+            *a = m->layers[0];
+            continue;
+        }
         a->ln1 = carve(&cur, N * C);
         a->ln1_mean = carve(&cur, N);
         a->ln1_rstd = carve(&cur, N);

@@ -29,7 +29,8 @@ typedef struct gpt_view {
 } gpt_view;
 
 // gpt_create allocates a model for config mc with activations for up to max_B sequences of up
-// to mc->block_size tokens, and (when train is nonzero) gradient and backward buffers.
+// to mc->block_size tokens, and (when train is nonzero) gradient and backward buffers. Without
+// train, the layers share one layer's activation buffers (forward only, L times less memory).
 // Parameters are zero until gpt_init_params or gpt_load. On success the caller owns *out
 // (gpt_destroy). Returns ERR_OK or ERR_INVAL for an unusable config (vocab_size 0, ...).
 int gpt_create(gpt_model **out, const cfg_model *mc, int max_B, int train);
