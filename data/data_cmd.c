@@ -14,6 +14,7 @@
 
 #include <jansson.h>
 
+#include "args.h"
 #include "data.h"
 #include "err.h"
 #include "fetch.h"
@@ -25,48 +26,27 @@ static void data_usage(FILE *f) {
                "`spartan data prepare --help` and `spartan data fetch --help` give details.\n");
 }
 
-static void prepare_usage(FILE *f) {
+static void prepare_usage(FILE *f, const args_opt *opts, int n_opts) {
     fprintf(
-        f,
-        "usage: spartan data prepare --tokenizer char|gpt2 [--val-fraction F] INPUT OUTDIR\n\n"
-        "Tokenizes the text file INPUT and writes into OUTDIR (created with its parents):\n"
-        "  train.bin  the first 1-F of the tokens (token shard, format in data/data.h)\n"
-        "  val.bin    the last F of the tokens; with F=0 it is an empty shard (0 tokens),\n"
-        "             so the folder layout never changes, but nothing can be evaluated on it\n"
-        "  meta.json  {\"tokenizer\", \"vocab_size\", \"n_train\", \"n_val\", \"source\", ...}\n\n"
-        "options:\n"
-        "  --tokenizer char|gpt2  char: one token per distinct byte of INPUT (sorted);\n"
-        "                         gpt2: GPT-2 BPE from gpt2-encoder.json/gpt2-vocab.bpe in\n"
-        "                         $SPARTAN_DATA_DIR, <bin>/../data or ./data\n"
-        "  --val-fraction F       fraction of the tokens for val.bin, 0 <= F < 1 (default 0.1)\n"
-        "Prints one summary line: tokens, vocabulary size and seconds.\n");
+        f, "usage: spartan data prepare --tokenizer char|gpt2 [--val-fraction F] INPUT OUTDIR\n\n"
+           "Tokenizes the text file INPUT and writes into OUTDIR (created with its parents):\n"
+           "  train.bin  the first 1-F of the tokens (token shard, format in data/data.h)\n"
+           "  val.bin    the last F of the tokens; with F=0 it is an empty shard (0 tokens),\n"
+           "             so the folder layout never changes, but nothing can be evaluated on it\n"
+           "  meta.json  {\"tokenizer\", \"vocab_size\", \"n_train\", \"n_val\", \"source\", ...}\n"
+           "and prints one summary line: tokens, vocabulary size and seconds.\n\n"
+           "options:\n");
+    args_print_table(f, opts, n_opts);
 }
 
-static void fetch_usage(FILE *f) {
+static void fetch_usage(FILE *f, const args_opt *opts, int n_opts) {
     fprintf(f,
             "usage: spartan data fetch URL --sha256 HEX -o FILE [--retries N] [--quiet]\n\n"
             "Downloads URL to FILE over HTTP(S). Bytes go to FILE.part first; a later run resumes\n"
             "it with a Range request. FILE appears only after its SHA-256 equals HEX. If FILE\n"
             "already has that checksum nothing is downloaded.\n\n"
-            "options:\n"
-            "  --sha256 HEX   expected SHA-256, 64 hex digits (required)\n"
-            "  -o FILE        output path (required)\n"
-            "  --retries N    extra attempts after network errors, resuming (default 2)\n"
-            "  --quiet        no progress on stderr\n");
-}
-
-// opt_value matches `--name VALUE` or `--name=VALUE` at argv[*i]; returns the value (advancing
-// *i past it), or NULL if argv[*i] is another option. *missing is set when VALUE is absent.
-static const char *opt_value(int argc, char **argv, int *i, const char *name, int *missing) {
-    size_t n = strlen(name);
-    if (strncmp(argv[*i], name, n) != 0) return NULL;
-    if (argv[*i][n] == '=') return argv[*i] + n + 1;
-    if (argv[*i][n] != 0) return NULL;
-    if (*i + 1 >= argc) {
-        *missing = 1;
-        return NULL;
-    }
-    return argv[++*i];
+            "options:\n");
+    args_print_table(f, opts, n_opts);
 }
 
 static int mkdir_p(const char *dir) {
@@ -191,50 +171,30 @@ static int prepare(const char *tokenizer, double frac, const char *input, const 
 static int prepare_main(int argc, char **argv) {
     const char *tokenizer = NULL, *pos[2];
     double frac = 0.1;
-    int npos = 0;
-    for (int i = 1; i < argc; i++) {
-        int missing = 0;
-        const char *v;
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            prepare_usage(stdout);
-            return 0;
-        } else if ((v = opt_value(argc, argv, &i, "--tokenizer", &missing))) {
-            if (strcmp(v, "char") && strcmp(v, "gpt2")) {
-                fprintf(stderr,
-                        "spartan data prepare: --tokenizer must be char or gpt2, got "
-                        "'%s'\n",
-                        v);
-                return 2;
-            }
-            tokenizer = v;
-        } else if ((v = opt_value(argc, argv, &i, "--val-fraction", &missing))) {
-            char *end;
-            errno = 0;
-            frac = strtod(v, &end);
-            if (errno || end == v || *end || !isfinite(frac) || frac < 0 || frac >= 1) {
-                fprintf(stderr,
-                        "spartan data prepare: --val-fraction must be a number in "
-                        "[0, 1), got '%s'\n",
-                        v);
-                return 2;
-            }
-        } else if (missing) {
-            fprintf(stderr, "spartan data prepare: %s needs a value\n", argv[i]);
-            return 2;
-        } else if (argv[i][0] == '-' && argv[i][1] != 0) {
-            fprintf(stderr, "spartan data prepare: unknown option '%s' (see --help)\n", argv[i]);
-            return 2;
-        } else if (npos < 2) {
-            pos[npos++] = argv[i];
-        } else {
-            fprintf(stderr, "spartan data prepare: unexpected argument '%s' (see --help)\n",
-                    argv[i]);
-            return 2;
-        }
+    int n_pos = 0;
+    const args_opt opts[] = {
+        {"--tokenizer", NULL, ARGS_STR, &tokenizer, 0, 0, NULL, "char|gpt2",
+         "char: one token per distinct byte of INPUT (sorted);\n"
+         "gpt2: GPT-2 BPE from gpt2-encoder.json/gpt2-vocab.bpe in\n"
+         "$SPARTAN_DATA_DIR, <bin>/../data or ./data (required)"},
+        {"--val-fraction", NULL, ARGS_DOUBLE, &frac, 0, 1, NULL, "F",
+         "fraction of the tokens for val.bin, 0 <= F < 1 (default 0.1)"},
+    };
+    int rc = args_parse(argc, argv, opts, ARGS_COUNT(opts), pos, 2, &n_pos);
+    if (rc == ARGS_HELP) {
+        prepare_usage(stdout, opts, ARGS_COUNT(opts));
+        return 0;
     }
-    if (!tokenizer || npos != 2) {
-        fprintf(stderr, "spartan data prepare: %s (see --help)\n",
-                !tokenizer ? "--tokenizer is required" : "need INPUT and OUTDIR");
+    // What the table cannot say: a choice of two words, and F = 1 (val.bin would take all).
+    if (!rc && tokenizer && strcmp(tokenizer, "char") && strcmp(tokenizer, "gpt2"))
+        rc = err_set(ERR_INVAL, "--tokenizer must be char or gpt2, got '%s'", tokenizer);
+    else if (!rc && frac >= 1)
+        rc = err_set(ERR_INVAL, "--val-fraction must be a number in [0, 1), got %g", frac);
+    else if (!rc && (!tokenizer || n_pos != 2))
+        rc = err_set(ERR_INVAL, "%s",
+                     !tokenizer ? "--tokenizer is required" : "need INPUT and OUTDIR");
+    if (rc) {
+        fprintf(stderr, "spartan data prepare: %s (see --help)\n", err_msg());
         return 2;
     }
     return prepare(tokenizer, frac, pos[0], pos[1]);
@@ -242,50 +202,32 @@ static int prepare_main(int argc, char **argv) {
 
 static int fetch_main(int argc, char **argv) {
     const char *url = NULL, *sha = NULL, *out = NULL;
+    int quiet = 0, n_pos = 0;
     fetch_opts o;
     fetch_opts_default(&o);
-    o.progress = 1;
-    for (int i = 1; i < argc; i++) {
-        int missing = 0;
-        const char *v;
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            fetch_usage(stdout);
-            return 0;
-        } else if (!strcmp(argv[i], "--quiet") || !strcmp(argv[i], "-q")) {
-            o.progress = 0;
-        } else if ((v = opt_value(argc, argv, &i, "--sha256", &missing))) {
-            sha = v;
-        } else if ((v = opt_value(argc, argv, &i, "-o", &missing)) ||
-                   (v = opt_value(argc, argv, &i, "--output", &missing))) {
-            out = v;
-        } else if ((v = opt_value(argc, argv, &i, "--retries", &missing))) {
-            char *end;
-            long r = strtol(v, &end, 10);
-            if (end == v || *end || r < 0 || r > 100) {
-                fprintf(stderr, "spartan data fetch: --retries must be 0..100, got '%s'\n", v);
-                return 2;
-            }
-            o.retries = (int)r;
-        } else if (missing) {
-            fprintf(stderr, "spartan data fetch: %s needs a value\n", argv[i]);
-            return 2;
-        } else if (argv[i][0] == '-') {
-            fprintf(stderr, "spartan data fetch: unknown option '%s' (see --help)\n", argv[i]);
-            return 2;
-        } else if (!url) {
-            url = argv[i];
-        } else {
-            fprintf(stderr, "spartan data fetch: unexpected argument '%s' (see --help)\n", argv[i]);
-            return 2;
-        }
+    const args_opt opts[] = {
+        {"--sha256", NULL, ARGS_STR, &sha, 0, 0, NULL, "HEX",
+         "expected SHA-256, 64 hex digits (required)"},
+        {"--output", "-o", ARGS_STR, &out, 0, 0, NULL, "FILE", "output path (required)"},
+        {"--retries", NULL, ARGS_INT, &o.retries, 0, 100, NULL, "N",
+         "extra attempts after network errors, resuming (default 2)"},
+        {"--quiet", "-q", ARGS_FLAG, &quiet, 0, 0, NULL, NULL, "no progress on stderr"},
+    };
+    int bad = args_parse(argc, argv, opts, ARGS_COUNT(opts), &url, 1, &n_pos);
+    if (bad == ARGS_HELP) {
+        fetch_usage(stdout, opts, ARGS_COUNT(opts));
+        return 0;
     }
-    if (!url || !sha || !out) {
-        fprintf(stderr, "spartan data fetch: %s is required (see --help)\n",
-                !url   ? "URL"
-                : !sha ? "--sha256 HEX"
-                       : "-o FILE");
+    if (!bad && (!url || !sha || !out))
+        bad = err_set(ERR_INVAL, "%s is required",
+                      !url   ? "URL"
+                      : !sha ? "--sha256 HEX"
+                             : "-o FILE");
+    if (bad) {
+        fprintf(stderr, "spartan data fetch: %s (see --help)\n", err_msg());
         return 2;
     }
+    o.progress = !quiet;
     double t0 = now_s();
     int rc = fetch_file(url, sha, out, &o);
     if (rc != ERR_OK) {

@@ -7,63 +7,48 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "args.h"
 #include "err.h"
 #include "gpt.h"
 #include "ops.h"
 #include "sample.h"
 #include "tok.h"
 
-static void usage(FILE *f) {
+static void usage(FILE *f, const args_opt *opts, int n_opts) {
     fprintf(f, "usage: spartan sample CKPT|DIR [--prompt TEXT] [--tokens N] [--temperature X]\n"
                "                      [--top-k K] [--top-p P] [--seed S] [--threads N]\n\n"
-               "Generates N tokens (default 200) after the prompt and prints prompt + text.\n"
-               "Temperature 0 is greedy decoding. Defaults: temperature 0.8, top-k 200, seed 1.\n");
-}
-
-static int num_arg(const char *opt, const char *v, double lo, double hi, double *out) {
-    char *end;
-    double x = strtod(v, &end);
-    if (end == v || *end || x < lo || x > hi)
-        return err_set(ERR_INVAL, "%s: '%s' is not a number in [%g, %g]", opt, v, lo, hi);
-    *out = x;
-    return ERR_OK;
+               "Generates N tokens after the prompt and prints prompt + text.\n\n"
+               "options:\n");
+    args_print_table(f, opts, n_opts);
 }
 
 int sample_cmd_main(int argc, char **argv) {
     const char *ckpt = NULL, *prompt = "";
-    double ntok = 200, temp = 0.8, topk = 200, topp = 1, seed = 1, threads = 0;
-    int rc = 0;
-    for (int i = 1; i < argc && !rc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        }
-        int hv = i + 1 < argc;
-        if (!strcmp(a, "--prompt") && hv)
-            prompt = argv[++i];
-        else if (!strcmp(a, "--tokens") && hv)
-            rc = num_arg(a, argv[++i], 0, 1e7, &ntok);
-        else if (!strcmp(a, "--temperature") && hv)
-            rc = num_arg(a, argv[++i], 0, 100, &temp);
-        else if (!strcmp(a, "--top-k") && hv)
-            rc = num_arg(a, argv[++i], 0, 1e9, &topk);
-        else if (!strcmp(a, "--top-p") && hv)
-            rc = num_arg(a, argv[++i], 0, 1, &topp);
-        else if (!strcmp(a, "--seed") && hv)
-            rc = num_arg(a, argv[++i], 0, 1e18, &seed);
-        else if (!strcmp(a, "--threads") && hv)
-            rc = num_arg(a, argv[++i], 0, 1024, &threads);
-        else if (a[0] == '-')
-            rc = err_set(ERR_INVAL, "unknown option or missing value: '%s'", a);
-        else if (!ckpt)
-            ckpt = a;
-        else
-            rc = err_set(ERR_INVAL, "unexpected argument '%s'", a);
+    int ntok = 200, topk = 200, threads = 0, n_pos = 0;
+    double temp = 0.8, topp = 1;
+    long long seed = 1;
+    const args_opt opts[] = {
+        {"--prompt", NULL, ARGS_STR, &prompt, 0, 0, NULL, "TEXT",
+         "text to continue (default: none)"},
+        {"--tokens", NULL, ARGS_INT, &ntok, 0, 1e7, NULL, "N", "tokens to generate (default 200)"},
+        {"--temperature", NULL, ARGS_DOUBLE, &temp, 0, 100, NULL, "X",
+         "softmax temperature, 0 = greedy (default 0.8)"},
+        {"--top-k", NULL, ARGS_INT, &topk, 0, 1e9, NULL, "K",
+         "draw from the K likeliest tokens, 0 = all (default 200)"},
+        {"--top-p", NULL, ARGS_DOUBLE, &topp, 0, 1, NULL, "P",
+         "draw from the smallest set holding probability P (default 1: all)"},
+        {"--seed", NULL, ARGS_I64, &seed, 0, 1e18, NULL, "S", "random seed (default 1)"},
+        {"--threads", NULL, ARGS_INT, &threads, 0, 1024, NULL, "N",
+         "compute threads, 0 = all cores (default 0)"},
+    };
+    int rc = args_parse(argc, argv, opts, ARGS_COUNT(opts), &ckpt, 1, &n_pos);
+    if (rc == ARGS_HELP) {
+        usage(stdout, opts, ARGS_COUNT(opts));
+        return 0;
     }
-    if (!rc && !ckpt) rc = err_set(ERR_INVAL, "no checkpoint given (see spartan sample --help)");
+    if (!rc && !ckpt) rc = err_set(ERR_INVAL, "no checkpoint given");
     if (rc) {
-        fprintf(stderr, "spartan sample: %s\n", err_msg());
+        fprintf(stderr, "spartan sample: %s (see spartan sample --help)\n", err_msg());
         return 2;
     }
     ops_init((int)threads);

@@ -25,6 +25,7 @@ static const args_opt *find_opt(const args_opt *opts, int n, const char *arg, si
 // parse_int reads a whole decimal integer in [lo, hi]; the bounds are whole doubles, converted
 // once so that the comparison is exact for 64-bit values.
 static int parse_int(const args_opt *o, const char *v, long long *out) {
+    ASSERT(o->lo >= -9e18 && o->hi <= 9e18 && o->lo <= o->hi);
     long long lo = (long long)o->lo, hi = (long long)o->hi;
     char *end;
     errno = 0;
@@ -40,8 +41,7 @@ static int parse_double(const args_opt *o, const char *v, double *out) {
     errno = 0;
     double x = strtod(v, &end);
     if (end == v || *end || errno == ERANGE || !isfinite(x) || x < o->lo || x > o->hi)
-        return err_set(ERR_INVAL, "%s: '%s' is not a number in [%g, %g]", o->name, v, o->lo,
-                       o->hi);
+        return err_set(ERR_INVAL, "%s: '%s' is not a number in [%g, %g]", o->name, v, o->lo, o->hi);
     *out = x;
     return ERR_OK;
 }

@@ -10,6 +10,9 @@
 // be mistaken for an ERR_* code, and non-zero so a caller that only checks `if (rc)` stops.
 enum { ARGS_HELP = -1 };
 
+// ARGS_COUNT is the number of entries of an args_opt array (an array, not a pointer).
+#define ARGS_COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
 typedef enum {
     ARGS_FLAG,   // no value; sets *(int *)dest = 1
     ARGS_STR,    // *(const char **)dest = the value, borrowed from argv

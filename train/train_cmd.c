@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "ckdir.h"
 #include "cmds.h"
 #include "data.h"
@@ -27,14 +28,16 @@ static void on_signal(int sig) {
     stop_requested = 1;
 }
 
-static void train_usage(FILE *f) {
+static void train_usage(FILE *f, const args_opt *opts, int n_opts) {
     fprintf(f,
             "usage: spartan train CONFIG [--set section.key=value ...] [--resume CKPT|DIR]\n\n"
             "Trains GPT-2 on the token shards of data.dir. Progress goes to stderr every\n"
             "train.log_interval steps, val loss every train.eval_interval steps; metrics.csv and\n"
             "checkpoints (ckpt_<step>.h5) go to train.out_dir. Ctrl-C saves a checkpoint and\n"
             "exits; --resume continues bit-exactly from a checkpoint (or a folder's newest).\n\n"
-            "config keys (INI sections [model], [train], [data], [log]):\n");
+            "options:\n");
+    args_print_table(f, opts, n_opts);
+    fprintf(f, "\nconfig keys (INI sections [model], [train], [data], [log]):\n");
     cfg_print_keys(f);
 }
 
@@ -90,56 +93,58 @@ static FILE *open_metrics(const cfg *c, int resumed) {
     return f;
 }
 
-// parse_train_args fills c from CONFIG and --set, and *resume from --resume.
-static int parse_train_args(int argc, char **argv, cfg *c, const char **resume) {
-    const char *config = NULL;
-    *resume = NULL;
-    cfg_defaults(c);
-    // First pass: the config file, so --set overrides it whatever the argument order.
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--set") || !strcmp(argv[i], "--resume")) {
-            if (i + 1 >= argc) return err_set(ERR_INVAL, "%s needs a value", argv[i]);
-            i++;
-        } else if (!strncmp(argv[i], "--", 2) && strncmp(argv[i], "--set=", 6) &&
-                   strncmp(argv[i], "--resume=", 9)) {
-            return err_set(ERR_INVAL, "unknown option '%s' (see spartan train --help)", argv[i]);
-        } else if (strncmp(argv[i], "--", 2)) {
-            if (config)
-                return err_set(ERR_INVAL, "more than one config given: '%s' and '%s'", config,
-                               argv[i]);
-            config = argv[i];
-        }
-    }
-    if (!config) return err_set(ERR_INVAL, "no config file given (see spartan train --help)");
-    int rc = cfg_load_ini(c, config);
-    if (rc) return rc;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--set"))
-            rc = cfg_set(c, argv[++i]);
-        else if (!strncmp(a, "--set=", 6))
-            rc = cfg_set(c, a + 6);
-        else if (!strcmp(a, "--resume"))
-            *resume = argv[++i];
-        else if (!strncmp(a, "--resume=", 9))
-            *resume = a + 9;
-        if (rc) return rc;
-    }
-    return cfg_validate(c);
+// skip_set and apply_set handle --set. The first parse only finds CONFIG; the second applies
+// the assignments on top of the loaded file, so --set wins whatever the argument order.
+static int skip_set(void *c, const char *kv) {
+    (void)c;
+    (void)kv;
+    return ERR_OK;
 }
 
-int train_cmd_main(int argc, char **argv) {
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            train_usage(stdout);
-            return 0;
-        }
-    cfg c;
-    const char *resume_arg;
-    if (parse_train_args(argc, argv, &c, &resume_arg)) {
+static int apply_set(void *c, const char *kv) { return cfg_set(c, kv); }
+
+// parse_train_args fills c from CONFIG and --set, and *resume from --resume. Returns -1 when
+// training should go on, else the exit code: 0 after --help, 2 for a bad command line or config.
+static int parse_train_args(int argc, char **argv, cfg *c, const char **resume) {
+    const char *config[2];
+    int n_config = 0;
+    *resume = NULL;
+    args_opt opts[] = {
+        {"--set", NULL, ARGS_REPEAT, c, 0, 0, skip_set, "SECTION.KEY=VALUE",
+         "override one config key (repeatable; see the keys below)"},
+        {"--resume", NULL, ARGS_STR, resume, 0, 0, NULL, "CKPT|DIR",
+         "continue from a checkpoint, or from the newest one in a folder"},
+    };
+    int rc = args_parse(argc, argv, opts, ARGS_COUNT(opts), config, 2, &n_config);
+    if (rc == ARGS_HELP) {
+        train_usage(stdout, opts, ARGS_COUNT(opts));
+        return 0;
+    }
+    if (!rc && n_config != 1)
+        rc = n_config ? err_set(ERR_INVAL, "more than one config given: '%s' and '%s'", config[0],
+                                config[1])
+                      : err_set(ERR_INVAL, "no config file given");
+    if (rc) {
+        fprintf(stderr, "spartan train: %s (see spartan train --help)\n", err_msg());
+        return 2;
+    }
+    cfg_defaults(c);
+    rc = cfg_load_ini(c, config[0]);
+    opts[0].fn = apply_set;
+    if (!rc) rc = args_parse(argc, argv, opts, ARGS_COUNT(opts), config, 2, &n_config);
+    if (!rc) rc = cfg_validate(c);
+    if (rc) {
         fprintf(stderr, "spartan train: %s\n", err_msg());
         return 2;
     }
+    return -1;
+}
+
+int train_cmd_main(int argc, char **argv) {
+    cfg c;
+    const char *resume_arg;
+    int code = parse_train_args(argc, argv, &c, &resume_arg);
+    if (code >= 0) return code;
     log_set_level(log_parse_level(c.log.level));
     int threads = ops_init(c.train.threads);
     if (mkdir_p(c.train.out_dir)) {
@@ -246,54 +251,39 @@ int train_cmd_main(int argc, char **argv) {
     return rc;
 }
 
-static void eval_usage(FILE *f) {
+static void eval_usage(FILE *f, const args_opt *opts, int n_opts) {
     fprintf(f, "usage: spartan eval CKPT|DIR --data SHARD [--seq-len T] [--max-windows M] "
                "[--batch B] [--threads N]\n\n"
                "Evaluates the windows x = tokens[i*T .. i*T+T-1], y = tokens[i*T+1 .. i*T+T] for\n"
                "i = 0, 1, ... while they fit (T defaults to the model's block_size). The last\n"
-               "line of stdout is `loss <mean cross-entropy over all predicted positions>`.\n");
-}
-
-static int parse_int_arg(const char *opt, const char *v, int lo, int *out) {
-    char *end;
-    long x = strtol(v, &end, 10);
-    if (end == v || *end || x < lo || x > 1 << 30)
-        return err_set(ERR_INVAL, "%s: '%s' is not an integer >= %d", opt, v, lo);
-    *out = (int)x;
-    return ERR_OK;
+               "line of stdout is `loss <mean cross-entropy over all predicted positions>`.\n\n"
+               "options:\n");
+    args_print_table(f, opts, n_opts);
 }
 
 int eval_cmd_main(int argc, char **argv) {
     const char *ckpt = NULL, *shard_path = NULL;
-    int T = 0, max_windows = 0, batch = 8, threads = 0, rc = 0;
-    for (int i = 1; i < argc && !rc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            eval_usage(stdout);
-            return 0;
-        }
-        int has_val = i + 1 < argc;
-        if (!strcmp(a, "--data") && has_val)
-            shard_path = argv[++i];
-        else if (!strcmp(a, "--seq-len") && has_val)
-            rc = parse_int_arg(a, argv[++i], 1, &T);
-        else if (!strcmp(a, "--max-windows") && has_val)
-            rc = parse_int_arg(a, argv[++i], 1, &max_windows);
-        else if (!strcmp(a, "--batch") && has_val)
-            rc = parse_int_arg(a, argv[++i], 1, &batch);
-        else if (!strcmp(a, "--threads") && has_val)
-            rc = parse_int_arg(a, argv[++i], 0, &threads);
-        else if (a[0] == '-')
-            rc = err_set(ERR_INVAL, "unknown option or missing value: '%s'", a);
-        else if (!ckpt)
-            ckpt = a;
-        else
-            rc = err_set(ERR_INVAL, "unexpected argument '%s'", a);
+    int T = 0, max_windows = 0, batch = 8, threads = 0, n_pos = 0;
+    const args_opt opts[] = {
+        {"--data", NULL, ARGS_STR, &shard_path, 0, 0, NULL, "SHARD", "token shard (required)"},
+        {"--seq-len", NULL, ARGS_INT, &T, 1, 1 << 30, NULL, "T",
+         "window length (default: the model's block_size)"},
+        {"--max-windows", NULL, ARGS_INT, &max_windows, 1, 1 << 30, NULL, "M",
+         "evaluate at most the first M windows (default: all)"},
+        {"--batch", NULL, ARGS_INT, &batch, 1, 1 << 30, NULL, "B",
+         "windows per forward pass (default 8)"},
+        {"--threads", NULL, ARGS_INT, &threads, 0, 1 << 30, NULL, "N",
+         "compute threads, 0 = all cores (default 0)"},
+    };
+    int rc = args_parse(argc, argv, opts, ARGS_COUNT(opts), &ckpt, 1, &n_pos);
+    if (rc == ARGS_HELP) {
+        eval_usage(stdout, opts, ARGS_COUNT(opts));
+        return 0;
     }
     if (!rc && (!ckpt || !shard_path))
-        rc = err_set(ERR_INVAL, "need a checkpoint and --data SHARD (see spartan eval --help)");
+        rc = err_set(ERR_INVAL, "need a checkpoint and --data SHARD");
     if (rc) {
-        fprintf(stderr, "spartan eval: %s\n", err_msg());
+        fprintf(stderr, "spartan eval: %s (see spartan eval --help)\n", err_msg());
         return 2;
     }
     ops_init(threads);
