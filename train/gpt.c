@@ -359,26 +359,26 @@ double gpt_flops_per_token(const gpt_model *m, int T) {
     return 6.0 * N + 12.0 * m->cfg.n_layer * m->cfg.n_embd * (double)T;
 }
 
-int gpt_write_slab(const gpt_model *m, ckpt_writer *w, const char *prefix, const float *slab) {
+// slab_io writes (w non-NULL) or reads (r non-NULL) one dataset per view, named prefix + name.
+static int slab_io(const gpt_model *m, const char *prefix, float *slab, ckpt_writer *w,
+                   ckpt_reader *r) {
     for (int i = 0; i < m->n_views; i++) {
         const gpt_view *v = &m->views[i];
         char name[GPT_NAME_MAX + 64];
         snprintf(name, sizeof name, "%s%s", prefix, v->name);
-        int rc = ckpt_write_tensor(w, name, slab + v->offset, v->ndim, v->shape);
+        int rc = w ? ckpt_write_tensor(w, name, slab + v->offset, v->ndim, v->shape)
+                   : ckpt_read_tensor(r, name, slab + v->offset, v->ndim, v->shape);
         if (rc) return rc;
     }
     return ERR_OK;
 }
 
+int gpt_write_slab(const gpt_model *m, ckpt_writer *w, const char *prefix, const float *slab) {
+    return slab_io(m, prefix, (float *)slab, w, NULL); // only read through w
+}
+
 int gpt_read_slab(const gpt_model *m, ckpt_reader *r, const char *prefix, float *slab) {
-    for (int i = 0; i < m->n_views; i++) {
-        const gpt_view *v = &m->views[i];
-        char name[GPT_NAME_MAX + 64];
-        snprintf(name, sizeof name, "%s%s", prefix, v->name);
-        int rc = ckpt_read_tensor(r, name, slab + v->offset, v->ndim, v->shape);
-        if (rc) return rc;
-    }
-    return ERR_OK;
+    return slab_io(m, prefix, slab, NULL, r);
 }
 
 static const char *cfg_attr_names[5] = {"n_layer", "n_head", "n_embd", "block_size", "vocab_size"};
