@@ -91,7 +91,7 @@ help:
 
 # One line per dependency, as llm.c does; stop with an install hint if one is missing.
 check-deps:
-	@$(SHELL) scripts/check-deps || { echo "missing dependencies: run scripts/install-deps"; exit 1; }
+	@VERBOSE=1 $(SHELL) scripts/check-deps || { echo "missing dependencies: run scripts/install-deps (or make run)"; exit 1; }
 
 $(SPARTAN): $(MAIN_OBJ) $(LIB_OBJ)
 	@mkdir -p $(dir $@)
