@@ -12,7 +12,9 @@
 #include "err.h"
 #include "log.h"
 
-typedef enum { CFG_INT, CFG_U64, CFG_F32, CFG_STR, CFG_LEVEL } cfg_type;
+// CFG_STR must not be empty; CFG_STR0 may be; CFG_ENUM takes one of the '|'-separated choices;
+// CFG_BOOL takes true/false, yes/no, on/off or 1/0 into an int.
+typedef enum { CFG_INT, CFG_U64, CFG_F32, CFG_STR, CFG_STR0, CFG_ENUM, CFG_BOOL } cfg_type;
 
 typedef struct {
     const char *section, *name;
@@ -21,10 +23,13 @@ typedef struct {
     const char *def;
     double lo, hi;
     const char *help;
+    const char *choices; // CFG_ENUM only
 } cfg_key;
 
 #define K(sec, key, ty, field, d, lo, hi, help) \
-    { sec, key, ty, offsetof(cfg, field), sizeof(((cfg *)0)->field), d, lo, hi, help }
+    { sec, key, ty, offsetof(cfg, field), sizeof(((cfg *)0)->field), d, lo, hi, help, NULL }
+#define E(sec, key, field, d, choices, help) \
+    { sec, key, CFG_ENUM, offsetof(cfg, field), sizeof(((cfg *)0)->field), d, 0, 0, help, choices }
 
 static const cfg_key keys[] = {
     K("model", "n_layer", CFG_INT, model.n_layer, "4", 1, 96, "transformer blocks L"),
@@ -65,7 +70,27 @@ static const cfg_key keys[] = {
       "where checkpoints and metrics.csv go"),
     K("data", "dir", CFG_STR, data.dir, "data/cache/shakespeare-char", 0, 0,
       "folder written by `spartan data prepare`"),
-    K("log", "level", CFG_LEVEL, log.level, "info", 0, 0, "error, warn, info or debug"),
+    E("log", "level", log.level, "info", "error|warn|info|debug", "log verbosity"),
+    K("sparta", "p", CFG_F32, sparta.p, "0.005", 0, 1,
+      "fraction of parameters averaged per round (0 = off; needs peers)"),
+    K("sparta", "every", CFG_INT, sparta.every, "1", 1, 1e6, "steps between rounds"),
+    E("sparta", "selector", sparta.selector, "random", "random|partitioned",
+      "index sets: uniform without replacement, or cycling disjoint chunks"),
+    E("sparta", "reduce", sparta.reduce, "alltoall", "alltoall|ring",
+      "send values to every peer, or ring all-reduce"),
+    E("sparta", "apply", sparta.apply, "overwrite", "overwrite|correct",
+      "x = mean, or x += mean - x_sent (keeps progress made meanwhile)"),
+    K("sparta", "max_stale", CFG_INT, sparta.max_stale, "15", 0, 1000,
+      "D: apply a round at most D steps late, leaving late peers out"),
+    K("sparta", "sync", CFG_BOOL, sparta.sync, "false", 0, 1,
+      "block until each round completes (deterministic)"),
+    E("sparta", "dtype", sparta.dtype, "fp32", "fp32|bf16", "value type on the wire"),
+    K("sparta", "timeout_ms", CFG_INT, sparta.timeout_ms, "30000", 1, 1e9,
+      "longest wait of a sync round for a missing peer"),
+    K("net", "listen", CFG_STR0, net.listen, "", 0, 0,
+      "bind address host:port (empty = this peer's entry in net.peers)"),
+    K("net", "peers", CFG_STR0, net.peers, "", 0, 0,
+      "every peer's host:port in rank order, comma-separated (empty = alone)"),
 };
 
 #define N_KEYS (sizeof keys / sizeof keys[0])
@@ -75,6 +100,19 @@ static const cfg_key *find_key(const char *section, const char *name) {
         if (strcmp(keys[i].section, section) == 0 && strcmp(keys[i].name, name) == 0)
             return &keys[i];
     return NULL;
+}
+
+// is_choice reports whether text is one of the '|'-separated words of choices.
+static int is_choice(const char *choices, const char *text) {
+    size_t n = strlen(text);
+    for (const char *c = choices; *c;) {
+        const char *bar = strchr(c, '|');
+        size_t len = bar ? (size_t)(bar - c) : strlen(c);
+        if (len == n && strncmp(c, text, n) == 0) return 1;
+        if (!bar) break;
+        c = bar + 1;
+    }
+    return 0;
 }
 
 // set_value parses text into the field of k; where names the origin for messages.
@@ -117,19 +155,33 @@ static int set_value(cfg *c, const cfg_key *k, const char *text, const char *whe
         break;
     }
     case CFG_STR:
+    case CFG_STR0:
         if (strlen(text) >= k->size)
             return err_set(ERR_INVAL, "%s: %s.%s: value is longer than %zu characters", where,
                            k->section, k->name, k->size - 1);
-        if (!text[0])
+        if (!text[0] && k->type == CFG_STR)
             return err_set(ERR_INVAL, "%s: %s.%s: value is empty", where, k->section, k->name);
         strcpy(p, text);
         break;
-    case CFG_LEVEL:
-        if (log_parse_level(text) < 0)
-            return err_set(ERR_INVAL, "%s: %s.%s: '%s' is not one of error, warn, info, debug",
-                           where, k->section, k->name, text);
+    case CFG_ENUM:
+        if (!is_choice(k->choices, text))
+            return err_set(ERR_INVAL, "%s: %s.%s: '%s' is not one of %s", where, k->section,
+                           k->name, text, k->choices);
         strcpy(p, text);
         break;
+    case CFG_BOOL: {
+        static const char *yes[] = {"true", "yes", "on", "1"}, *no[] = {"false", "no", "off", "0"};
+        int v = -1;
+        for (int i = 0; i < 4; i++) {
+            if (strcmp(text, yes[i]) == 0) v = 1;
+            if (strcmp(text, no[i]) == 0) v = 0;
+        }
+        if (v < 0)
+            return err_set(ERR_INVAL, "%s: %s.%s: '%s' is not true or false", where, k->section,
+                           k->name, text);
+        *(int *)p = v;
+        break;
+    }
     }
     return ERR_OK;
 }
@@ -250,8 +302,10 @@ static void format_value(const cfg *c, const cfg_key *k, char *buf, size_t n) {
     case CFG_INT: snprintf(buf, n, "%d", *(const int *)p); break;
     case CFG_U64: snprintf(buf, n, "%llu", (unsigned long long)*(const uint64_t *)p); break;
     case CFG_F32: snprintf(buf, n, "%.9g", *(const float *)p); break;
+    case CFG_BOOL: snprintf(buf, n, "%s", *(const int *)p ? "true" : "false"); break;
     case CFG_STR:
-    case CFG_LEVEL: snprintf(buf, n, "%s", p); break;
+    case CFG_STR0:
+    case CFG_ENUM: snprintf(buf, n, "%s", p); break;
     }
 }
 
@@ -262,7 +316,7 @@ void cfg_write(const cfg *c, FILE *f) {
             section = keys[i].section;
             fprintf(f, "%s[%s]\n", i ? "\n" : "", section);
         }
-        char v[CFG_PATH_MAX + 8];
+        char v[sizeof(((cfg *)0)->net.peers) + 8];
         format_value(c, &keys[i], v, sizeof v);
         fprintf(f, "%s = %s\n", keys[i].name, v);
     }
@@ -282,11 +336,13 @@ char *cfg_to_string(const cfg *c) {
 }
 
 void cfg_print_keys(FILE *f) {
-    static const char *tn[] = {"int", "uint", "float", "string", "level"};
+    static const char *tn[] = {"int", "uint", "float", "string", "string", "enum", "bool"};
     for (size_t i = 0; i < N_KEYS; i++) {
         const cfg_key *k = &keys[i];
         char name[80];
         snprintf(name, sizeof name, "%s.%s", k->section, k->name);
-        fprintf(f, "  %-22s %-6s default %-28s %s\n", name, tn[k->type], k->def, k->help);
+        fprintf(f, "  %-22s %-6s default %-28s %s%s%s%s\n", name, tn[k->type],
+                k->def[0] ? k->def : "\"\"", k->help, k->choices ? " (" : "",
+                k->choices ? k->choices : "", k->choices ? ")" : "");
     }
 }

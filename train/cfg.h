@@ -51,11 +51,33 @@ typedef struct cfg_log {
     char level[16];
 } cfg_log;
 
+// SPARTA: every `every` steps, average a fraction p of all parameters with every peer.
+typedef struct cfg_sparta {
+    float p;           // fraction exchanged per round (0 = off); active only with peers
+    int every;         // steps between rounds
+    char selector[16]; // "random" or "partitioned"
+    char reduce[16];   // "alltoall" or "ring"
+    char apply[16];    // "overwrite" or "correct"
+    int max_stale;     // D: a round is applied at most D steps after it was posted
+    int sync;          // 1: block until each round completes (deterministic; tests)
+    char dtype[8];     // values on the wire: "fp32" or "bf16"
+    int timeout_ms;    // longest wait of a sync round for a missing peer
+} cfg_sparta;
+
+// The peer mesh. peers lists every peer's "host:port" in rank order (this one included);
+// listen is the local bind address (empty: this peer's entry in peers).
+typedef struct cfg_net {
+    char listen[128];
+    char peers[2048];
+} cfg_net;
+
 typedef struct cfg {
     cfg_model model;
     cfg_train train;
     cfg_data data;
     cfg_log log;
+    cfg_sparta sparta;
+    cfg_net net;
 } cfg;
 
 // cfg_defaults fills c with every key's default from the key table. Never fails.

@@ -3,8 +3,11 @@
 #ifndef CMDS_H
 #define CMDS_H
 
-// train_cmd_main runs `spartan train CONFIG [--set k=v ...] [--resume CKPT]`.
-int train_cmd_main(int argc, char **argv);
+#include "sync.h"
+
+// train_cmd_main runs `spartan train CONFIG [--set k=v ...] [--resume CKPT] [--rank R]
+// [--peers LIST]`. sync (may be NULL) builds the peer synchronisation (SPARTA, DiLoCo).
+int train_cmd_main(int argc, char **argv, train_sync_factory sync);
 
 // eval_cmd_main runs `spartan eval CKPT --data SHARD [--seq-len T] [--max-windows M]`.
 int eval_cmd_main(int argc, char **argv);

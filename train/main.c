@@ -4,8 +4,10 @@
 #include <string.h>
 
 #include "cmds.h"
+#include "corr.h"
 #include "data_cmd.h"
 #include "sample_cmd.h"
+#include "sparta.h"
 
 #ifndef SPARTAN_VERSION
 #define SPARTAN_VERSION "0.1.0"
@@ -17,10 +19,16 @@ typedef struct {
     const char *help;
 } command;
 
+// train wires the peer synchronisation (SPARTA) into the trainer, which cannot include it.
+static int train_main(int argc, char **argv) {
+    return train_cmd_main(argc, argv, sparta_sync_factory);
+}
+
 static const command commands[] = {
-    {"train", train_cmd_main, "train a GPT-2 model from an INI config"},
+    {"train", train_main, "train a GPT-2 model from an INI config (alone or with peers)"},
     {"eval", eval_cmd_main, "mean cross-entropy of a checkpoint on a token shard"},
     {"sample", sample_cmd_main, "generate text from a checkpoint"},
+    {"corr", corr_cmd_main, "mean pairwise correlation of checkpoints' parameters"},
     {"data", data_cmd_main, "prepare token shards (data prepare) and download files (data fetch)"},
 };
 

@@ -19,6 +19,8 @@
 #include "gpt.h"
 #include "log.h"
 #include "ops.h"
+#include "rng.h"
+#include "sync.h"
 #include "trainer.h"
 
 static volatile sig_atomic_t stop_requested;
@@ -89,7 +91,9 @@ static FILE *open_metrics(const cfg *c, int resumed) {
         return NULL;
     }
     if (!resumed || ftell(f) == 0)
-        fprintf(f, "step,loss,val_loss,lr,grad_norm,tokens_per_s,ms_per_step,elapsed_s\n");
+        fprintf(f, "step,loss,val_loss,lr,grad_norm,tokens_per_s,ms_per_step,elapsed_s,"
+                   "bytes_sent,bytes_recv,bytes_sent_step,bytes_recv_step,rounds,rounds_late,"
+                   "rounds_dropped,msgs_dropped,stale_mean,stale_max,xchg_ms\n");
     return f;
 }
 
@@ -103,17 +107,30 @@ static int skip_set(void *c, const char *kv) {
 
 static int apply_set(void *c, const char *kv) { return cfg_set(c, kv); }
 
-// parse_train_args fills c from CONFIG and --set, and *resume from --resume. Returns -1 when
+// train_args: what the command line adds to the config.
+typedef struct {
+    const char *resume; // --resume CKPT|DIR
+    const char *peers;  // --peers LIST (overrides net.peers)
+    long long rank;     // --rank R, or -1
+} train_args;
+
+// parse_train_args fills c from CONFIG and --set, and a from the other options. Returns -1 when
 // training should go on, else the exit code: 0 after --help, 2 for a bad command line or config.
-static int parse_train_args(int argc, char **argv, cfg *c, const char **resume) {
+static int parse_train_args(int argc, char **argv, cfg *c, train_args *a) {
     const char *config[2];
     int n_config = 0;
-    *resume = NULL;
+    memset(a, 0, sizeof *a);
+    a->rank = -1;
     args_opt opts[] = {
         {"--set", NULL, ARGS_REPEAT, c, 0, 0, skip_set, "SECTION.KEY=VALUE",
          "override one config key (repeatable; see the keys below)"},
-        {"--resume", NULL, ARGS_STR, resume, 0, 0, NULL, "CKPT|DIR",
+        {"--resume", NULL, ARGS_STR, &a->resume, 0, 0, NULL, "CKPT|DIR",
          "continue from a checkpoint, or from the newest one in a folder"},
+        {"--rank", NULL, ARGS_I64, &a->rank, 0, 1 << 20, NULL, "R",
+         "this peer's rank (else SPARTAN_RANK, RANK, OMPI_COMM_WORLD_RANK, PMI_RANK, MLX_RANK, "
+         "then train.rank)"},
+        {"--peers", NULL, ARGS_STR, &a->peers, 0, 0, NULL, "HOST:PORT,...",
+         "every peer's address in rank order (overrides net.peers)"},
     };
     int rc = args_parse(argc, argv, opts, ARGS_COUNT(opts), config, 2, &n_config);
     if (rc == ARGS_HELP) {
@@ -132,6 +149,12 @@ static int parse_train_args(int argc, char **argv, cfg *c, const char **resume) 
     rc = cfg_load_ini(c, config[0]);
     opts[0].fn = apply_set;
     if (!rc) rc = args_parse(argc, argv, opts, ARGS_COUNT(opts), config, 2, &n_config);
+    if (!rc && a->peers) {
+        if (strlen(a->peers) >= sizeof c->net.peers)
+            rc = err_set(ERR_INVAL, "--peers: list is too long");
+        else
+            snprintf(c->net.peers, sizeof c->net.peers, "%s", a->peers);
+    }
     if (!rc) rc = cfg_validate(c);
     if (rc) {
         fprintf(stderr, "spartan train: %s\n", err_msg());
@@ -140,69 +163,119 @@ static int parse_train_args(int argc, char **argv, cfg *c, const char **resume) 
     return -1;
 }
 
-int train_cmd_main(int argc, char **argv) {
-    cfg c;
-    const char *resume_arg;
-    int code = parse_train_args(argc, argv, &c, &resume_arg);
-    if (code >= 0) return code;
-    log_set_level(log_parse_level(c.log.level));
-    int threads = ops_init(c.train.threads);
-    if (mkdir_p(c.train.out_dir)) {
-        LOG_E("train", "%s", err_msg());
-        return 1;
-    }
-    char *resume = NULL;
-    if (resume_arg && ckdir_resolve(resume_arg, &resume)) {
-        LOG_E("train", "--resume: %s", err_msg());
-        return 1;
-    }
-    trainer *t = NULL;
-    if (trainer_create(&t, &c, resume)) {
-        LOG_E("train", "%s", err_msg());
-        free(resume);
-        return 1;
-    }
-    const cfg *ec = trainer_cfg(t);
-    gpt_model *m = trainer_model(t);
-    FILE *metrics = open_metrics(ec, resume != NULL);
-    if (!metrics) {
-        LOG_E("train", "%s", err_msg());
-        trainer_destroy(t);
-        free(resume);
-        return 1;
-    }
-    char cfg_path[CFG_PATH_MAX + 32];
-    snprintf(cfg_path, sizeof cfg_path, "%s/config.ini", ec->train.out_dir);
-    FILE *cf = fopen(cfg_path, "w");
-    if (cf) {
-        cfg_write(ec, cf);
-        fclose(cf);
-    }
-    const cfg_model *mc = gpt_config(m);
-    LOG_I("train", "model L=%d NH=%d C=%d T=%d V=%d params=%zu threads=%d blas=\"%s\"", mc->n_layer,
-          mc->n_head, mc->n_embd, mc->block_size, mc->vocab_size, gpt_n_params(m), threads,
-          ops_blas_name());
-    if (resume) LOG_I("train", "resumed from %s at step %d", resume, trainer_step_index(t));
-    free(resume);
+// count_peers returns the number of comma-separated entries of net.peers (1 when empty).
+static int count_peers(const char *peers) {
+    if (!peers[0]) return 1;
+    int n = 1;
+    for (const char *p = peers; *p; p++)
+        n += *p == ',';
+    return n;
+}
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+// resolve_rank picks the rank: --rank, then the launchers' environment variables, then
+// train.rank. Returns ERR_OK or ERR_INVAL naming the source of a bad value.
+static int resolve_rank(long long rank_arg, cfg *c, int world) {
+    static const char *vars[] = {"SPARTAN_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK",
+                                 "MLX_RANK"};
+    long long rank = rank_arg;
+    const char *src = "--rank";
+    for (size_t i = 0; rank < 0 && i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (!v || !*v) continue;
+        char *end;
+        rank = strtol(v, &end, 10);
+        src = vars[i];
+        if (*end || rank < 0) return err_set(ERR_INVAL, "%s='%s' is not a rank", vars[i], v);
+    }
+    if (rank < 0) {
+        rank = c->train.rank;
+        src = "train.rank";
+    }
+    if (world > 1 && rank >= world) // alone, the rank only selects the data stream
+        return err_set(ERR_INVAL, "%s = %lld, but net.peers lists %d peer%s", src, rank, world,
+                       world == 1 ? "" : "s");
+    c->train.rank = (int)rank;
+    return ERR_OK;
+}
 
+// run_id identifies a run on the wire: the architecture and the seed.
+static uint64_t run_id(const cfg_model *mc, uint64_t seed) {
+    uint64_t h = rng_hash(seed);
+    const int v[5] = {mc->n_layer, mc->n_head, mc->n_embd, mc->block_size, mc->vocab_size};
+    for (int i = 0; i < 5; i++)
+        h = rng_hash(h ^ (uint64_t)v[i]);
+    return h ? h : 1;
+}
+
+// The training loop's reporting: progress lines over a window of steps, one metrics.csv row per
+// step, with the sync module's counters when peers are configured.
+typedef struct {
+    FILE *csv;
+    double win_ms, win_tok;
+    int win_steps;
+    train_sync_stats prev;
+} reporter;
+
+static void report_step(reporter *r, const cfg_train *tc, const trainer_stats *st, float val,
+                        const train_sync *sync, double elapsed) {
+    train_sync_stats ss;
+    memset(&ss, 0, sizeof ss);
+    if (sync->get_stats) sync->get_stats(sync->ctx, &ss);
+    r->win_ms += st->ms;
+    r->win_tok += (double)st->tokens;
+    r->win_steps++;
+    char vbuf[32] = "";
+    if (isfinite(val)) snprintf(vbuf, sizeof vbuf, "%.6f", val);
+    fprintf(r->csv,
+            "%d,%.6f,%s,%.6g,%.6f,%.1f,%.3f,%.3f,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%.3f,"
+            "%.0f,%.3f\n",
+            st->step, st->loss, vbuf, st->lr, st->grad_norm, st->tokens / (st->ms / 1e3), st->ms,
+            elapsed, (unsigned long long)ss.bytes_sent, (unsigned long long)ss.bytes_recv,
+            (unsigned long long)(ss.bytes_sent - r->prev.bytes_sent),
+            (unsigned long long)(ss.bytes_recv - r->prev.bytes_recv),
+            (unsigned long long)ss.rounds_done, (unsigned long long)ss.rounds_late,
+            (unsigned long long)ss.rounds_dropped, (unsigned long long)ss.msgs_dropped,
+            ss.stale_mean, ss.stale_max, ss.latency_ms);
+    fflush(r->csv);
+    r->prev = ss;
+    int last = st->step == tc->max_iters;
+    if (st->step % tc->log_interval == 0 || last || st->step == 1) {
+        double ms = r->win_ms / r->win_steps;
+        char eta[32], xs[256] = "";
+        fmt_eta(eta, sizeof eta, ms * (tc->max_iters - st->step) / 1e3);
+        if (sync->get_stats)
+            snprintf(xs, sizeof xs,
+                     " sent_mb=%.2f recv_mb=%.2f rounds=%llu late=%llu dropped=%llu bad_msgs=%llu "
+                     "stale=%.1f/%.0f xchg_ms=%.1f",
+                     ss.bytes_sent / 1e6, ss.bytes_recv / 1e6, (unsigned long long)ss.rounds_done,
+                     (unsigned long long)ss.rounds_late, (unsigned long long)ss.rounds_dropped,
+                     (unsigned long long)ss.msgs_dropped, ss.stale_mean, ss.stale_max,
+                     ss.latency_ms);
+        LOG_I("train", "step=%d/%d loss=%.4f lr=%.3e norm=%.3f tok/s=%.0f ms/step=%.1f eta=%s%s",
+              st->step, tc->max_iters, st->loss, st->lr, st->grad_norm,
+              r->win_tok / (r->win_ms / 1e3), ms, eta, xs);
+        r->win_ms = r->win_tok = 0;
+        r->win_steps = 0;
+    }
+    if (isfinite(val)) LOG_I("train", "step=%d val_loss=%.4f", st->step, val);
+}
+
+// train_loop runs steps until max_iters or a signal, with evaluation, reporting and interval
+// checkpoints, then saves the final checkpoint. Returns the exit code.
+static int train_loop(trainer *t, const cfg *ec, FILE *metrics, const train_sync *sync) {
     const cfg_train *tc = &ec->train;
     struct timespec ts0, ts;
     clock_gettime(CLOCK_MONOTONIC, &ts0);
-    double win_ms = 0, win_tok = 0;
-    int win_steps = 0, rc = 0, last_saved = -1;
+    reporter rep = {.csv = metrics};
+    int rc = 0, last_saved = -1;
     float val = NAN;
     while (trainer_step_index(t) < tc->max_iters && !stop_requested) {
         trainer_stats st;
-        trainer_step(t, &st);
-        win_ms += st.ms;
-        win_tok += (double)st.tokens;
-        win_steps++;
+        if (trainer_step(t, &st)) {
+            LOG_E("train", "step=%d: %s", trainer_step_index(t), err_msg());
+            rc = 1;
+            break;
+        }
         clock_gettime(CLOCK_MONOTONIC, &ts);
         double elapsed = (double)(ts.tv_sec - ts0.tv_sec) + (ts.tv_nsec - ts0.tv_nsec) / 1e9;
         int last = st.step == tc->max_iters;
@@ -214,25 +287,7 @@ int train_cmd_main(int argc, char **argv) {
             rc = 1;
             break;
         }
-        double tok_s = st.tokens / (st.ms / 1e3);
-        char vbuf[32] = "";
-        if (do_eval && isfinite(val)) snprintf(vbuf, sizeof vbuf, "%.6f", val);
-        fprintf(metrics, "%d,%.6f,%s,%.6g,%.6f,%.1f,%.3f,%.3f\n", st.step, st.loss, vbuf, st.lr,
-                st.grad_norm, tok_s, st.ms, elapsed);
-        if (st.step % tc->log_interval == 0 || last || st.step == 1) {
-            double ms = win_ms / win_steps;
-            char eta[32];
-            fmt_eta(eta, sizeof eta, ms * (tc->max_iters - st.step) / 1e3);
-            LOG_I("train", "step=%d/%d loss=%.4f lr=%.3e norm=%.3f tok/s=%.0f ms/step=%.1f eta=%s",
-                  st.step, tc->max_iters, st.loss, st.lr, st.grad_norm, win_tok / (win_ms / 1e3),
-                  ms, eta);
-            win_ms = win_tok = 0;
-            win_steps = 0;
-        }
-        if (do_eval && isfinite(val)) {
-            LOG_I("train", "step=%d val_loss=%.4f", st.step, val);
-        }
-        fflush(metrics);
+        report_step(&rep, tc, &st, val, sync, elapsed);
         if (tc->ckpt_interval && st.step % tc->ckpt_interval == 0 && !last) {
             if (save_ckpt(t, ec, 1)) {
                 rc = 1;
@@ -246,7 +301,78 @@ int train_cmd_main(int argc, char **argv) {
     if (!rc && last_saved != trainer_step_index(t) && save_ckpt(t, ec, 0)) rc = 1;
     if (!rc && !stop_requested && isfinite(val))
         LOG_I("train", "done step=%d val_loss=%.4f", trainer_step_index(t), val);
+    return rc;
+}
+
+int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
+    cfg c;
+    train_args a;
+    int code = parse_train_args(argc, argv, &c, &a);
+    if (code >= 0) return code;
+    log_set_level(log_parse_level(c.log.level));
+    int world = count_peers(c.net.peers);
+    if (resolve_rank(a.rank, &c, world)) {
+        fprintf(stderr, "spartan train: %s\n", err_msg());
+        return 2;
+    }
+    int threads = ops_init(c.train.threads);
+    if (mkdir_p(c.train.out_dir)) {
+        LOG_E("train", "%s", err_msg());
+        return 1;
+    }
+    char *resume = NULL;
+    if (a.resume && ckdir_resolve(a.resume, &resume)) {
+        LOG_E("train", "--resume: %s", err_msg());
+        return 1;
+    }
+    trainer *t = NULL;
+    if (trainer_create(&t, &c, resume)) {
+        LOG_E("train", "%s", err_msg());
+        free(resume);
+        return 1;
+    }
+    const cfg *ec = trainer_cfg(t);
+    gpt_model *m = trainer_model(t);
+    train_sync sync;
+    memset(&sync, 0, sizeof sync);
+    if (make_sync && make_sync(&sync, ec, ec->train.rank, world,
+                               run_id(gpt_config(m), ec->train.seed), gpt_n_params(m))) {
+        LOG_E("train", "%s", err_msg());
+        trainer_destroy(t);
+        free(resume);
+        return 1;
+    }
+    trainer_set_sync(t, &sync);
+    FILE *metrics = open_metrics(ec, resume != NULL);
+    if (!metrics) {
+        LOG_E("train", "%s", err_msg());
+        if (sync.destroy) sync.destroy(sync.ctx);
+        trainer_destroy(t);
+        free(resume);
+        return 1;
+    }
+    char cfg_path[CFG_PATH_MAX + 32];
+    snprintf(cfg_path, sizeof cfg_path, "%s/config.ini", ec->train.out_dir);
+    FILE *cf = fopen(cfg_path, "w");
+    if (cf) {
+        cfg_write(ec, cf);
+        fclose(cf);
+    }
+    const cfg_model *mc = gpt_config(m);
+    LOG_I("train", "model L=%d NH=%d C=%d T=%d V=%d params=%zu threads=%d blas=\"%s\" rank=%d/%d",
+          mc->n_layer, mc->n_head, mc->n_embd, mc->block_size, mc->vocab_size, gpt_n_params(m),
+          threads, ops_blas_name(), ec->train.rank, world);
+    if (resume) LOG_I("train", "resumed from %s at step %d", resume, trainer_step_index(t));
+    free(resume);
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    int rc = train_loop(t, ec, metrics, &sync);
     fclose(metrics);
+    if (sync.destroy) sync.destroy(sync.ctx);
     trainer_destroy(t);
     return rc;
 }

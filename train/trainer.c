@@ -28,6 +28,7 @@ struct trainer {
     int32_t *x, *y; // (B,T) batch buffers
     char *tok_spec;
     int step;
+    train_sync sync;
 };
 
 static double now_ms(void) {
@@ -150,7 +151,9 @@ void trainer_destroy(trainer *t) {
     free(t);
 }
 
-void trainer_step(trainer *t, trainer_stats *st) {
+void trainer_set_sync(trainer *t, const train_sync *sync) { t->sync = *sync; }
+
+int trainer_step(trainer *t, trainer_stats *st) {
     double t0 = now_ms();
     const cfg_train *tc = &t->c.train;
     int B = tc->batch_size, T = t->c.model.block_size, accum = tc->grad_accum;
@@ -165,12 +168,16 @@ void trainer_step(trainer *t, trainer_stats *st) {
     float norm = optim_grad_norm(gpt_grads(t->model), gpt_n_params(t->model));
     optim_step(t->opt, t->model, tc, lr, optim_clip_scale(norm, tc->grad_clip));
     t->step++;
+    int rc = ERR_OK;
+    if (t->sync.after_step)
+        rc = t->sync.after_step(t->sync.ctx, gpt_params(t->model), gpt_n_params(t->model), t->step);
     st->step = t->step;
     st->loss = (float)(loss / accum);
     st->lr = lr;
     st->grad_norm = norm;
     st->tokens = (long)B * T * accum;
     st->ms = now_ms() - t0;
+    return rc;
 }
 
 float trainer_eval(trainer *t) {

@@ -8,6 +8,7 @@
 
 #include "cfg.h"
 #include "gpt.h"
+#include "sync.h"
 
 typedef struct trainer trainer;
 
@@ -32,8 +33,13 @@ int trainer_create(trainer **out, const cfg *c, const char *resume_path);
 // trainer_destroy frees the trainer. NULL-safe.
 void trainer_destroy(trainer *t);
 
-// trainer_step runs one optimizer step (grad_accum micro-batches, clipping, AdamW) and fills *st.
-void trainer_step(trainer *t, trainer_stats *st);
+// trainer_set_sync installs the peer synchronisation run after every optimizer step (copied;
+// its ctx stays owned by the caller). Without it the trainer trains alone.
+void trainer_set_sync(trainer *t, const train_sync *sync);
+
+// trainer_step runs one optimizer step (grad_accum micro-batches, clipping, AdamW), then the
+// sync hook, and fills *st. Returns ERR_OK or the sync hook's error.
+int trainer_step(trainer *t, trainer_stats *st);
 
 // trainer_eval returns the mean val loss over eval_iters fixed batches of val.bin (the same
 // batches at every call), or NAN when there is no validation data.

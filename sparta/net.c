@@ -1,0 +1,434 @@
+// net.c: the peer mesh over nng (see net.h). One PAIR v0 socket per remote peer; each socket has
+// one receive aio that re-arms itself and feeds a bounded FIFO shared by all sockets.
+// Invariant: `closed` is only set under mu, and once it is set nothing enters the FIFO and no aio
+// re-arms, so net_mesh_destroy can stop the aios and free whatever is left.
+// Threads: recv_cb and pipe_cb run on nng's threads; net_send/net_recv/stats on the owner thread;
+// net_close from any thread. Every nng call of the project lives in this file.
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/pair0/pair.h>
+
+#include "err.h"
+#include "log.h"
+#include "net.h"
+
+enum {
+    RECONN_MIN_MS = 100,  // first redial after a failed dial or a lost pipe
+    RECONN_MAX_MS = 1000, // nng doubles the wait up to this
+    SEND_BUF_MSGS = 64,   // PAIR v0 send queue; beyond it net_send drops (ERR_PEER)
+    RECV_BUF_MSGS = 16,   // nng-side queue in front of our FIFO (the aio drains it at once)
+    HOST_MAX = 256,
+};
+
+// Besides NET_RECV_QUEUE messages the FIFO holds at most this many payload bytes, so that a
+// burst of 8 MiB messages cannot take 32 GiB.
+#define FIFO_MAX_BYTES ((size_t)512 << 20)
+
+// A message handed out by net_recv is the body of the nng_msg it arrived in, so nothing is copied.
+// MSG_HDR bytes are prepended to the body (nng keeps headroom for that, so usually no move): the
+// nng_msg pointer and a magic, which net_msg_free reads back. The payload keeps its alignment.
+#define MSG_HDR   16
+#define MSG_MAGIC UINT64_C(0x6e65746d73670a31)
+_Static_assert(sizeof(nng_msg *) <= 8, "message header holds one pointer");
+
+typedef struct net_link {
+    struct net_mesh *m;
+    int peer;        // remote rank: every message from this socket is attributed to it
+    nng_socket sock; // id 0 until opened
+    nng_aio *aio;    // the receive loop
+    uint32_t pipe;   // id of the pipe that is up, 0 if none (under m->mu)
+    uint32_t gone;   // last pipe removed before its ADD_POST ran (under m->mu)
+} net_link;
+
+typedef struct fifo_slot {
+    nng_msg *msg; // body = MSG_HDR + payload
+    int peer;
+} fifo_slot;
+
+struct net_mesh {
+    int rank, world;
+    net_link *links;    // (world); links[rank] is unused
+    pthread_mutex_t mu; // guards the FIFO, closed and the links' pipe ids
+    pthread_cond_t cv;  // CLOCK_MONOTONIC; signalled on push and on close
+    fifo_slot *fifo;    // (NET_RECV_QUEUE) ring
+    size_t head, count; // oldest slot, slots in use
+    size_t bytes;       // payload bytes in the FIFO
+    _Atomic int closed; // written under mu; read anywhere
+    _Atomic uint64_t bytes_sent, bytes_recv, msgs_sent, msgs_recv, send_dropped, recv_dropped;
+};
+
+// ---- addresses --------------------------------------------------------------------------------
+
+int net_parse_hostport(const char *addr, char *host, size_t hn, int *port) {
+    ASSERT(host != NULL && hn > 0 && port != NULL);
+    if (!addr) return err_set(ERR_INVAL, "net: address missing (want host:port)");
+    const char *h = addr, *hend, *colon;
+    if (addr[0] == '[') { // "[v6]:port"
+        const char *rb = strchr(addr, ']');
+        if (!rb) return err_set(ERR_INVAL, "net: bad address '%s': missing ']'", addr);
+        if (rb[1] != ':')
+            return err_set(ERR_INVAL, "net: bad address '%s': want [host]:port", addr);
+        h = addr + 1;
+        hend = rb;
+        colon = rb + 1;
+    } else {
+        colon = strrchr(addr, ':');
+        if (!colon) return err_set(ERR_INVAL, "net: bad address '%s': missing ':port'", addr);
+        hend = colon;
+        if (memchr(addr, ':', (size_t)(colon - addr)))
+            return err_set(ERR_INVAL, "net: bad address '%s': put IPv6 hosts in [ ]", addr);
+    }
+    size_t n = (size_t)(hend - h);
+    if (n == 0) return err_set(ERR_INVAL, "net: bad address '%s': missing host", addr);
+    if (n >= hn) return err_set(ERR_INVAL, "net: bad address '%s': host too long", addr);
+    const char *p = colon + 1;
+    long v = 0;
+    int digits = 0;
+    for (; *p >= '0' && *p <= '9' && digits < 6; p++, digits++)
+        v = v * 10 + (*p - '0');
+    if (digits == 0 || *p != '\0' || v < 1 || v > 65535)
+        return err_set(ERR_INVAL, "net: bad address '%s': port must be 1..65535", addr);
+    memcpy(host, h, n);
+    host[n] = '\0';
+    *port = (int)v;
+    return ERR_OK;
+}
+
+// make_url writes "tcp://host:port", bracketing IPv6 hosts again.
+static void make_url(char *url, size_t n, const char *host, int port) {
+    int v6 = strchr(host, ':') != NULL;
+    snprintf(url, n, "tcp://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
+}
+
+// ---- callbacks (nng threads) ------------------------------------------------------------------
+
+// pipe_cb tracks the one live pipe of a PAIR v0 socket. REM_POST also fires for pipes that were
+// rejected (a second dialer) and may run before the ADD_POST of the same pipe, hence `gone`.
+static void pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg) {
+    net_link *l = arg;
+    net_mesh *m = l->m;
+    uint32_t id = (uint32_t)nng_pipe_id(p);
+    int changed = 0;
+    pthread_mutex_lock(&m->mu);
+    if (ev == NNG_PIPE_EV_ADD_POST && id != l->gone) {
+        l->pipe = id;
+        changed = 1;
+    } else if (ev == NNG_PIPE_EV_REM_POST) {
+        if (l->pipe == id) {
+            l->pipe = 0;
+            changed = 1;
+        } else {
+            l->gone = id;
+        }
+    }
+    pthread_mutex_unlock(&m->mu);
+    if (changed)
+        LOG_I("net", "rank=%d peer=%d %s pipe=%u", m->rank, l->peer,
+              ev == NNG_PIPE_EV_ADD_POST ? "up" : "down", id);
+}
+
+// fifo_push takes ownership of msg: queues it for net_recv, or frees it (closed, oversized,
+// queue full).
+static void fifo_push(net_mesh *m, int peer, nng_msg *msg) {
+    size_t len = nng_msg_len(msg);
+    if (len > NET_MAX_MSG) {
+        atomic_fetch_add(&m->recv_dropped, 1);
+        nng_msg_free(msg);
+        return;
+    }
+    unsigned char hdr[MSG_HDR] = {0};
+    uint64_t magic = MSG_MAGIC;
+    memcpy(hdr, &msg, sizeof msg);
+    memcpy(hdr + 8, &magic, sizeof magic);
+    if (nng_msg_insert(msg, hdr, sizeof hdr) != 0) { // out of memory in nng
+        atomic_fetch_add(&m->recv_dropped, 1);
+        nng_msg_free(msg);
+        return;
+    }
+    int keep = 0;
+    pthread_mutex_lock(&m->mu);
+    if (!atomic_load(&m->closed)) {
+        if (m->count < NET_RECV_QUEUE && m->bytes + len <= FIFO_MAX_BYTES) {
+            m->fifo[(m->head + m->count) % NET_RECV_QUEUE] = (fifo_slot){msg, peer};
+            m->count++;
+            m->bytes += len;
+            atomic_fetch_add(&m->msgs_recv, 1);
+            atomic_fetch_add(&m->bytes_recv, len);
+            pthread_cond_signal(&m->cv);
+            keep = 1;
+        } else {
+            atomic_fetch_add(&m->recv_dropped, 1);
+        }
+    }
+    pthread_mutex_unlock(&m->mu);
+    if (!keep) nng_msg_free(msg);
+}
+
+// recv_cb completes one nng_recv_aio and starts the next, until the socket is closed or the aio
+// stopped. A re-arm racing with net_close fails inside nng (closed socket / stopped aio).
+static void recv_cb(void *arg) {
+    net_link *l = arg;
+    net_mesh *m = l->m;
+    int rv = nng_aio_result(l->aio);
+    if (rv == 0) {
+        nng_msg *msg = nng_aio_get_msg(l->aio);
+        nng_aio_set_msg(l->aio, NULL);
+        fifo_push(m, l->peer, msg);
+    } else if (rv == NNG_ECLOSED || rv == NNG_ECANCELED) {
+        return;
+    }
+    if (!atomic_load(&m->closed)) nng_recv_aio(l->sock, l->aio);
+}
+
+// ---- create / destroy -------------------------------------------------------------------------
+
+// link_open opens the socket to peer l->peer, starts its receive loop, and listens on or dials
+// url. On failure the partly opened link is released by net_mesh_destroy.
+static int link_open(net_mesh *m, net_link *l, int do_listen, const char *url) {
+    int rv;
+    if ((rv = nng_pair0_open(&l->sock)) != 0)
+        return err_set(ERR_NET, "net: cannot open socket for peer %d: %s", l->peer,
+                       nng_strerror(rv));
+    if ((rv = nng_socket_set_size(l->sock, NNG_OPT_RECVMAXSZ, (size_t)NET_MAX_MSG + 64)) ||
+        (rv = nng_socket_set_int(l->sock, NNG_OPT_SENDBUF, SEND_BUF_MSGS)) ||
+        (rv = nng_socket_set_int(l->sock, NNG_OPT_RECVBUF, RECV_BUF_MSGS)) ||
+        (rv = nng_pipe_notify(l->sock, NNG_PIPE_EV_ADD_POST, pipe_cb, l)) ||
+        (rv = nng_pipe_notify(l->sock, NNG_PIPE_EV_REM_POST, pipe_cb, l)) ||
+        (rv = nng_aio_alloc(&l->aio, recv_cb, l)))
+        return err_set(ERR_NET, "net: cannot set up socket for peer %d: %s", l->peer,
+                       nng_strerror(rv));
+    nng_recv_aio(l->sock, l->aio);
+    if (do_listen) {
+        if ((rv = nng_listen(l->sock, url, NULL, 0)) != 0)
+            return err_set(ERR_NET, "net: cannot listen on %s (for peer %d): %s", url, l->peer,
+                           nng_strerror(rv));
+        LOG_D("net", "rank=%d listen=%s peer=%d", m->rank, url, l->peer);
+        return ERR_OK;
+    }
+    // Non-blocking start: a peer that is not up yet is redialled every 100 ms .. 1 s.
+    nng_dialer d;
+    if ((rv = nng_dialer_create(&d, l->sock, url)) != 0)
+        return err_set(ERR_INVAL, "net: cannot dial %s (peer %d): %s", url, l->peer,
+                       nng_strerror(rv));
+    if ((rv = nng_dialer_set_ms(d, NNG_OPT_RECONNMINT, RECONN_MIN_MS)) ||
+        (rv = nng_dialer_set_ms(d, NNG_OPT_RECONNMAXT, RECONN_MAX_MS)) ||
+        (rv = nng_dialer_start(d, NNG_FLAG_NONBLOCK)))
+        return err_set(ERR_NET, "net: cannot dial %s (peer %d): %s", url, l->peer,
+                       nng_strerror(rv));
+    LOG_D("net", "rank=%d dial=%s peer=%d", m->rank, url, l->peer);
+    return ERR_OK;
+}
+
+int net_mesh_create(net_mesh **out, int rank, int world, const char *const *peers,
+                    const char *listen) {
+    ASSERT(out != NULL && peers != NULL);
+    *out = NULL;
+    if (world < 1 || rank < 0 || rank >= world)
+        return err_set(ERR_INVAL, "net: rank %d out of range for %d peers", rank, world);
+    // Check every address before any socket exists, so a typo fails cleanly.
+    char host[HOST_MAX];
+    int port, rc;
+    for (int i = 0; i < world; i++) {
+        if (!peers[i]) return err_set(ERR_INVAL, "net: address of peer %d missing", i);
+        if ((rc = net_parse_hostport(peers[i], host, sizeof host, &port))) return rc;
+        if (i > rank && port + rank > 65535)
+            return err_set(ERR_INVAL, "net: peer %d address '%s': port %d + rank %d > 65535", i,
+                           peers[i], port, rank);
+    }
+    const char *la = listen ? listen : peers[rank];
+    char lhost[HOST_MAX];
+    int lport;
+    if ((rc = net_parse_hostport(la, lhost, sizeof lhost, &lport))) return rc;
+    if (lport + rank - 1 > 65535)
+        return err_set(ERR_INVAL, "net: listen address '%s': ports %d..%d exceed 65535", la, lport,
+                       lport + rank - 1);
+
+    net_mesh *m = xcalloc(1, sizeof *m);
+    m->rank = rank;
+    m->world = world;
+    m->links = xcalloc((size_t)world, sizeof *m->links);
+    m->fifo = xmalloc(NET_RECV_QUEUE * sizeof *m->fifo);
+    pthread_mutex_init(&m->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&m->cv, &ca);
+    pthread_condattr_destroy(&ca);
+
+    char url[HOST_MAX + 32];
+    for (int p = 0; p < world && rc == ERR_OK; p++) {
+        if (p == rank) continue;
+        net_link *l = &m->links[p];
+        l->m = m;
+        l->peer = p;
+        if (p < rank) { // p dials us on lport + p
+            make_url(url, sizeof url, lhost, lport + p);
+        } else {                                                    // we dial p on its port + rank
+            net_parse_hostport(peers[p], host, sizeof host, &port); // checked above
+            make_url(url, sizeof url, host, port + rank);
+        }
+        rc = link_open(m, l, p < rank, url);
+    }
+    if (rc != ERR_OK) {
+        char msg[512]; // destroy may log; keep the message for the caller
+        snprintf(msg, sizeof msg, "%s", err_msg());
+        net_mesh_destroy(m);
+        return err_set(rc, "%s", msg);
+    }
+    *out = m;
+    return ERR_OK;
+}
+
+void net_close(net_mesh *m) {
+    if (!m) return;
+    pthread_mutex_lock(&m->mu);
+    int was = atomic_exchange(&m->closed, 1);
+    pthread_cond_broadcast(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+    if (was) return;
+    // nng_close aborts the pending receive (its callback sees NNG_ECLOSED and stops) and returns
+    // only after the pipe callbacks of that socket have run.
+    for (int p = 0; p < m->world; p++)
+        if (nng_socket_id(m->links[p].sock) > 0) nng_close(m->links[p].sock);
+}
+
+void net_mesh_destroy(net_mesh *m) {
+    if (!m) return;
+    net_close(m);
+    for (int p = 0; p < m->world; p++) // waits for a running recv_cb; later re-arms are refused
+        if (m->links[p].aio) nng_aio_stop(m->links[p].aio);
+    for (size_t i = 0; i < m->count; i++)
+        nng_msg_free(m->fifo[(m->head + i) % NET_RECV_QUEUE].msg);
+    for (int p = 0; p < m->world; p++)
+        if (m->links[p].aio) nng_aio_free(m->links[p].aio);
+    pthread_cond_destroy(&m->cv);
+    pthread_mutex_destroy(&m->mu);
+    free(m->fifo);
+    free(m->links);
+    free(m);
+}
+
+// ---- data path --------------------------------------------------------------------------------
+
+int net_connected(net_mesh *m, int peer) {
+    ASSERT(m != NULL);
+    if (peer < 0 || peer >= m->world || peer == m->rank) return 0;
+    pthread_mutex_lock(&m->mu);
+    int up = !atomic_load(&m->closed) && m->links[peer].pipe != 0;
+    pthread_mutex_unlock(&m->mu);
+    return up;
+}
+
+int net_send(net_mesh *m, int peer, const void *data, size_t len) {
+    ASSERT(m != NULL);
+    if (atomic_load(&m->closed)) return err_set(ERR_CLOSED, "net: send to peer %d: closed", peer);
+    if (peer < 0 || peer >= m->world || peer == m->rank)
+        return err_set(ERR_INVAL, "net: send: bad peer %d (rank %d of %d)", peer, m->rank,
+                       m->world);
+    if (len > NET_MAX_MSG)
+        return err_set(ERR_INVAL, "net: send to peer %d: %zu bytes > NET_MAX_MSG (%u)", peer, len,
+                       NET_MAX_MSG);
+    if (len > 0 && !data) return err_set(ERR_INVAL, "net: send to peer %d: NULL data", peer);
+    // PAIR v0 would queue while no pipe is up and deliver stale data later: refuse instead.
+    if (!net_connected(m, peer)) {
+        atomic_fetch_add(&m->send_dropped, 1);
+        return err_set(ERR_PEER, "net: peer %d not connected", peer);
+    }
+    nng_msg *msg;
+    int rv = nng_msg_alloc(&msg, len);
+    if (rv != 0) return err_set(ERR_NOMEM, "net: send to peer %d: %s", peer, nng_strerror(rv));
+    if (len) memcpy(nng_msg_body(msg), data, len);
+    rv = nng_sendmsg(m->links[peer].sock, msg, NNG_FLAG_NONBLOCK);
+    if (rv == 0) { // nng owns msg now
+        atomic_fetch_add(&m->msgs_sent, 1);
+        atomic_fetch_add(&m->bytes_sent, len);
+        return ERR_OK;
+    }
+    nng_msg_free(msg); // on failure we still own it
+    if (rv == NNG_EAGAIN) {
+        atomic_fetch_add(&m->send_dropped, 1);
+        return err_set(ERR_PEER, "net: send queue to peer %d full", peer);
+    }
+    if (rv == NNG_ECLOSED) return err_set(ERR_CLOSED, "net: send to peer %d: closed", peer);
+    atomic_fetch_add(&m->send_dropped, 1);
+    return err_set(ERR_NET, "net: send to peer %d: %s", peer, nng_strerror(rv));
+}
+
+int net_recv(net_mesh *m, int timeout_ms, int *peer, void **data, size_t *len) {
+    ASSERT(m != NULL && peer != NULL && data != NULL && len != NULL);
+    *peer = -1;
+    *data = NULL;
+    *len = 0;
+    struct timespec dl;
+    if (timeout_ms > 0) {
+        clock_gettime(CLOCK_MONOTONIC, &dl);
+        dl.tv_sec += timeout_ms / 1000;
+        dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (dl.tv_nsec >= 1000000000L) {
+            dl.tv_sec++;
+            dl.tv_nsec -= 1000000000L;
+        }
+    }
+    fifo_slot s = {0};
+    int rc, timed_out = 0;
+    pthread_mutex_lock(&m->mu);
+    for (;;) {
+        if (atomic_load(&m->closed)) {
+            rc = ERR_CLOSED;
+            break;
+        }
+        if (m->count > 0) {
+            s = m->fifo[m->head];
+            m->head = (m->head + 1) % NET_RECV_QUEUE;
+            m->count--;
+            m->bytes -= nng_msg_len(s.msg) - MSG_HDR;
+            rc = ERR_OK;
+            break;
+        }
+        if (timeout_ms == 0 || timed_out) {
+            rc = ERR_TIMEOUT;
+            break;
+        }
+        if (timeout_ms < 0)
+            pthread_cond_wait(&m->cv, &m->mu);
+        else
+            timed_out = pthread_cond_timedwait(&m->cv, &m->mu, &dl) == ETIMEDOUT;
+    }
+    pthread_mutex_unlock(&m->mu);
+    if (rc == ERR_CLOSED) return err_set(ERR_CLOSED, "net: receive: closed");
+    if (rc == ERR_TIMEOUT) return err_set(ERR_TIMEOUT, "net: no message within %d ms", timeout_ms);
+    *peer = s.peer;
+    *data = (unsigned char *)nng_msg_body(s.msg) + MSG_HDR;
+    *len = nng_msg_len(s.msg) - MSG_HDR;
+    return ERR_OK;
+}
+
+void net_msg_free(void *data) {
+    if (!data) return;
+    const unsigned char *hdr = (const unsigned char *)data - MSG_HDR;
+    nng_msg *msg;
+    uint64_t magic;
+    memcpy(&msg, hdr, sizeof msg);
+    memcpy(&magic, hdr + 8, sizeof magic);
+    ASSERT(magic == MSG_MAGIC); // not a pointer from net_recv, or freed twice
+    memset((unsigned char *)data - 8, 0, 8);
+    nng_msg_free(msg);
+}
+
+void net_get_stats(net_mesh *m, net_stats *st) {
+    ASSERT(m != NULL && st != NULL);
+    st->bytes_sent = atomic_load(&m->bytes_sent);
+    st->bytes_recv = atomic_load(&m->bytes_recv);
+    st->msgs_sent = atomic_load(&m->msgs_sent);
+    st->msgs_recv = atomic_load(&m->msgs_recv);
+    st->send_dropped = atomic_load(&m->send_dropped);
+    st->recv_dropped = atomic_load(&m->recv_dropped);
+}

@@ -1,0 +1,68 @@
+// net.h: the peer mesh over nng. Every pair of peers shares one nng PAIR (v0) socket on each
+// side, with nng's automatic reconnect, so a restarted peer is picked up again. All nng calls
+// of the project live in net.c. Messages are opaque byte strings of at most NET_MAX_MSG bytes.
+//
+// Addressing: peers are given as "host:port" in rank order. For a pair i < j, rank j listens on
+// port(listen_j) + i and rank i dials host(peer_j):port(peer_j) + i. A peer of rank r therefore
+// listens on ports base .. base + r - 1, and peers on one host need base ports at least P apart.
+//
+// Threads: net_send, net_recv and the stats may be called from any one thread (the exchanger);
+// net_close may be called from another thread to wake a blocked net_recv.
+#ifndef NET_H
+#define NET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define NET_MAX_MSG    (8u << 20) // 8 MiB: larger payloads must be chunked by the caller
+#define NET_RECV_QUEUE 4096       // received messages held for net_recv; newer ones are dropped
+
+typedef struct net_mesh net_mesh;
+
+typedef struct net_stats {
+    uint64_t bytes_sent, bytes_recv; // payload bytes of messages handed to / taken from nng
+    uint64_t msgs_sent, msgs_recv;
+    uint64_t send_dropped; // sends refused (peer not connected or queue full)
+    uint64_t recv_dropped; // arrivals dropped: receive queue full or > NET_MAX_MSG
+} net_stats;
+
+// net_parse_hostport splits "host:port" into host (at most hn bytes incl. NUL) and port.
+// Returns ERR_OK or ERR_INVAL naming the text.
+int net_parse_hostport(const char *addr, char *host, size_t hn, int *port);
+
+// net_mesh_create connects this peer (rank, of world peers) to every other peer. peers[i] is
+// peer i's "host:port"; listen (may be NULL: use peers[rank]) is the local bind address, e.g.
+// "0.0.0.0:5000". Listening starts at once; dials are asynchronous and retried every ~100 ms
+// until the peer is up, so peers may start in any order. On success the caller owns *out
+// (net_mesh_destroy). Returns ERR_OK, ERR_INVAL (bad address, rank) or ERR_NET (cannot listen:
+// the message names the address and nng's reason).
+int net_mesh_create(net_mesh **out, int rank, int world, const char *const *peers,
+                    const char *listen);
+
+// net_send queues len bytes for peer without blocking (the data is copied). Returns ERR_OK,
+// ERR_PEER if that peer is not connected or its queue is full (the message is dropped and
+// counted), ERR_INVAL for a bad peer or len > NET_MAX_MSG, or ERR_CLOSED after net_close.
+int net_send(net_mesh *m, int peer, const void *data, size_t len);
+
+// net_recv waits up to timeout_ms (0 = poll, < 0 = forever) for the next message from any peer.
+// On ERR_OK, *peer is the sender's rank (as known from the socket it arrived on) and *data (of
+// *len bytes) is owned by the caller, released with net_msg_free. Returns ERR_OK, ERR_TIMEOUT,
+// or ERR_CLOSED after net_close.
+int net_recv(net_mesh *m, int timeout_ms, int *peer, void **data, size_t *len);
+
+// net_msg_free releases a message returned by net_recv. NULL-safe.
+void net_msg_free(void *data);
+
+// net_connected returns 1 if the pipe to peer is currently up.
+int net_connected(net_mesh *m, int peer);
+
+// net_get_stats copies the counters (thread-safe).
+void net_get_stats(net_mesh *m, net_stats *st);
+
+// net_close closes every socket and wakes any blocked net_recv with ERR_CLOSED. Idempotent.
+void net_close(net_mesh *m);
+
+// net_mesh_destroy closes (if needed) and frees the mesh. NULL-safe.
+void net_mesh_destroy(net_mesh *m);
+
+#endif

@@ -1,0 +1,564 @@
+// sparta.c: SPARTA sparse parameter averaging (EXO, "SPARTA", sec. 3) with bounded staleness.
+// Round r = step (every sparta.every steps); I_r = select_indices(seed, r); k = round(p*N).
+//   m_r = (sum over present peers q, in rank order, of x_r^q[I_r]) / |present|
+//   overwrite: x[I_r] <- m_r              correct: x[I_r] <- x[I_r] + (m_r - x_r[I_r])
+// applied at the first step boundary where round r is complete, and at the latest at step
+// r + max_stale with the peers whose values arrived (none but our own: the round is dropped).
+//
+// Threads: the trainer thread gathers, posts and applies (the only writer of parameters); the
+// exchanger thread sends posted rounds and files received values into the round's slot. They
+// share the slot table under one mutex. A slot cycles FREE/DONE -> OPEN (values arriving, ours
+// posted or not yet) -> CLOSING (the trainer reads it; the exchanger keeps off) -> DONE.
+#include "sparta.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "err.h"
+#include "log.h"
+#include "net.h"
+#include "select.h"
+#include "wire.h"
+
+enum { S_FREE = 0, S_OPEN, S_CLOSING, S_DONE };
+
+typedef struct {
+    int64_t round; // -1 when never used
+    int state;
+    int posted;    // the trainer has gathered our values
+    int sending;   // the exchanger has taken them to send
+    int sent;      // the exchanger has sent them
+    size_t count;  // values in this round
+    uint32_t *got; // [world] values received per peer (ours = count once posted)
+    float *vals;   // [world][kmax] values per peer
+    double t_post; // when our values were posted (ms, monotonic)
+    double t_done; // when the last peer's values arrived
+} slot;
+
+struct sparta_exchanger {
+    cfg_sparta sc;
+    int rank, world, selector, dtype, correct;
+    uint64_t seed, run_id;
+    size_t n, kmax;
+    net_mesh *mesh;
+    pthread_t thread;
+    int thread_started;
+    atomic_int stop;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int nslots;
+    slot *slots;
+    int64_t last_posted; // newest round posted by the trainer
+    int64_t max_seen;    // newest round seen in a valid message from any peer
+    int64_t offset;      // round = step + offset (0 unless this peer joined a running group)
+    int64_t *peer_last;  // [world] round of the last valid message from each peer (-1: none)
+    // trainer scratch
+    uint32_t *idx;
+    float *mean;
+    int *present;
+    // exchanger scratch
+    uint8_t *sendbuf;
+    int *connected;
+    // counters (under mu)
+    uint64_t rounds_done, rounds_late, rounds_dropped, msgs_dropped, n_applied, n_lat;
+    double stale_sum, stale_max, lat_sum;
+};
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static size_t round_count(const sparta_exchanger *ex, int64_t round) {
+    return select_count(ex->selector, ex->seed, (uint64_t)round, ex->n, ex->kmax);
+}
+
+static float *peer_vals(const sparta_exchanger *ex, slot *s, int peer) {
+    return s->vals + (size_t)peer * ex->kmax;
+}
+
+// slot_reset claims s for round (caller holds mu).
+static void slot_reset(const sparta_exchanger *ex, slot *s, int64_t round) {
+    s->round = round;
+    s->state = S_OPEN;
+    s->posted = s->sending = s->sent = 0;
+    s->count = round_count(ex, round);
+    memset(s->got, 0, (size_t)ex->world * sizeof(uint32_t));
+    s->t_post = s->t_done = 0;
+}
+
+static int slot_complete(const sparta_exchanger *ex, const slot *s) {
+    for (int p = 0; p < ex->world; p++)
+        if (s->got[p] != s->count) return 0;
+    return 1;
+}
+
+// slot_ready: every peer's values are in and ours are on their way, so the slot may be closed
+// (closing it earlier could let the slot be reused before the exchanger sent our values).
+static int slot_ready(const sparta_exchanger *ex, const slot *s) {
+    return s->sent && slot_complete(ex, s);
+}
+
+// ---- exchanger thread ------------------------------------------------------------------------
+
+// send_round sends our values of slot s to every peer, chunked to fit one message each.
+static void send_round(sparta_exchanger *ex, slot *s) {
+    uint32_t per_msg = wire_max_count(ex->dtype, NET_MAX_MSG);
+    const float *own = peer_vals(ex, s, ex->rank);
+    for (int peer = 0; peer < ex->world; peer++) {
+        if (peer == ex->rank) continue;
+        for (size_t off = 0; off < s->count || off == 0; off += per_msg) {
+            wire_header h = {.dtype = (uint16_t)ex->dtype,
+                             .run_id = ex->run_id,
+                             .sender = (uint32_t)ex->rank,
+                             .kind = WIRE_VALUES,
+                             .round = (uint64_t)s->round,
+                             .k = (uint32_t)s->count,
+                             .offset = (uint32_t)off,
+                             .count =
+                                 (uint32_t)(s->count - off < per_msg ? s->count - off : per_msg)};
+            size_t len = wire_encode(ex->sendbuf, &h, own + off);
+            net_send(ex->mesh, peer, ex->sendbuf, len); // a down peer is counted by net
+            if (s->count == 0) break;
+        }
+    }
+}
+
+// file_message validates one received message and files its values (takes mu).
+static void file_message(sparta_exchanger *ex, int peer, const void *msg, size_t len) {
+    wire_header h;
+    int rc = wire_decode(msg, len, ex->run_id, &h);
+    const char *why = rc ? err_msg() : NULL;
+    if (!rc && ((int)h.sender != peer || h.kind != WIRE_VALUES || h.dtype != ex->dtype))
+        why = "sender, kind or dtype does not match";
+    pthread_mutex_lock(&ex->mu);
+    if (!why && h.round < (uint64_t)INT64_MAX / 2) {
+        // Only a peer's plausible progression counts toward catching up, so one stray round
+        // number (even with a valid CRC) cannot make this peer jump.
+        int64_t r = (int64_t)h.round, prev = ex->peer_last[peer];
+        if (prev >= 0 && r > prev && r - prev <= (int64_t)ex->nslots * ex->sc.every &&
+            r > ex->max_seen)
+            ex->max_seen = r;
+        ex->peer_last[peer] = r;
+    }
+    if (!why && (h.round > (uint64_t)INT64_MAX / 2 ||
+                 (int64_t)h.round >= ex->last_posted + ex->nslots - 1 ||
+                 h.k != round_count(ex, (int64_t)h.round)))
+        why = "round or k out of range";
+    slot *s = why ? NULL : &ex->slots[h.round % (uint64_t)ex->nslots];
+    if (s && s->round != (int64_t)h.round) {
+        if (s->state == S_OPEN || s->state == S_CLOSING || s->round > (int64_t)h.round)
+            why = "round no longer open";
+        else
+            slot_reset(ex, s, (int64_t)h.round);
+    }
+    if (!why && s->state != S_OPEN) why = "round already applied";
+    if (!why && s->got[peer] + h.count > s->count) why = "duplicate values";
+    if (why) {
+        ex->msgs_dropped++;
+        pthread_mutex_unlock(&ex->mu);
+        LOG_D("sparta", "dropped message from peer=%d len=%zu: %s", peer, len, why);
+        return;
+    }
+    wire_values(msg, &h, peer_vals(ex, s, peer) + h.offset);
+    s->got[peer] += h.count;
+    if (s->posted && slot_complete(ex, s)) {
+        s->t_done = now_ms();
+        pthread_cond_broadcast(&ex->cv);
+    }
+    pthread_mutex_unlock(&ex->mu);
+}
+
+static void watch_peers(sparta_exchanger *ex) {
+    for (int p = 0; p < ex->world; p++) {
+        if (p == ex->rank) continue;
+        int up = net_connected(ex->mesh, p);
+        if (up == ex->connected[p]) continue;
+        if (up)
+            LOG_I("sparta", "peer=%d connected", p);
+        else
+            LOG_W("sparta", "peer=%d disconnected", p);
+        ex->connected[p] = up;
+    }
+}
+
+static void *exchanger_main(void *arg) {
+    sparta_exchanger *ex = arg;
+    double last_watch = 0;
+    while (!atomic_load(&ex->stop)) {
+        for (;;) { // send every posted round not sent yet
+            slot *s = NULL;
+            pthread_mutex_lock(&ex->mu);
+            for (int i = 0; i < ex->nslots && !s; i++)
+                if (ex->slots[i].state == S_OPEN && ex->slots[i].posted && !ex->slots[i].sending)
+                    s = &ex->slots[i];
+            if (s) s->sending = 1;
+            pthread_mutex_unlock(&ex->mu);
+            if (!s) break;
+            send_round(ex, s); // our values in s are immutable until the slot is closed
+            pthread_mutex_lock(&ex->mu);
+            s->sent = 1;
+            pthread_cond_broadcast(&ex->cv); // a sync round may have been waiting for the send
+            pthread_mutex_unlock(&ex->mu);
+        }
+        int peer;
+        void *msg;
+        size_t len;
+        int rc = net_recv(ex->mesh, 2, &peer, &msg, &len);
+        if (rc == ERR_CLOSED) break;
+        if (rc == ERR_OK) {
+            file_message(ex, peer, msg, len);
+            net_msg_free(msg);
+        }
+        double t = now_ms();
+        if (t - last_watch > 100) {
+            watch_peers(ex);
+            last_watch = t;
+        }
+    }
+    return NULL;
+}
+
+// ---- trainer side ----------------------------------------------------------------------------
+
+// post_round gathers params[I_r] into round r's slot and hands it to the exchanger.
+static void post_round(sparta_exchanger *ex, const float *params, int64_t r) {
+    slot *s = &ex->slots[r % ex->nslots];
+    pthread_mutex_lock(&ex->mu);
+    if (s->round != r || s->state != S_OPEN) slot_reset(ex, s, r);
+    ex->last_posted = r;
+    size_t count = s->count;
+    pthread_mutex_unlock(&ex->mu);
+    // Our row of the slot is written by this thread only, before `posted` is set.
+    select_indices(ex->selector, ex->seed, (uint64_t)r, ex->n, ex->kmax, ex->idx);
+    float *own = peer_vals(ex, s, ex->rank);
+    const uint32_t *idx = ex->idx;
+#pragma omp parallel for schedule(static) if (count > 65536)
+    for (size_t i = 0; i < count; i++)
+        own[i] = params[idx[i]];
+    if (ex->dtype == WIRE_BF16) wire_round_bf16(own, count); // average what the peers receive
+    pthread_mutex_lock(&ex->mu);
+    s->got[ex->rank] = (uint32_t)count;
+    s->posted = 1;
+    s->t_post = now_ms();
+    if (slot_complete(ex, s)) s->t_done = s->t_post;
+    pthread_mutex_unlock(&ex->mu);
+}
+
+// apply_slot averages the present peers' values of a CLOSING slot into params.
+static void apply_slot(sparta_exchanger *ex, slot *s, float *params, int64_t cur, int complete) {
+    int np = 0;
+    for (int p = 0; p < ex->world; p++)
+        if (s->got[p] == s->count) ex->present[np++] = p;
+    if (np < 2) {
+        ex->rounds_dropped++;
+        LOG_D("sparta", "round=%lld dropped at round=%lld: no peer's values arrived in time",
+              (long long)s->round, (long long)cur);
+        return;
+    }
+    size_t count = s->count;
+    select_indices(ex->selector, ex->seed, (uint64_t)s->round, ex->n, ex->kmax, ex->idx);
+    const uint32_t *idx = ex->idx;
+    const float *own = peer_vals(ex, s, ex->rank);
+    float *mean = ex->mean, fnp = (float)np;
+    memcpy(mean, peer_vals(ex, s, ex->present[0]), count * sizeof(float));
+    for (int q = 1; q < np; q++) {
+        const float *v = peer_vals(ex, s, ex->present[q]);
+#pragma omp parallel for schedule(static) if (count > 65536)
+        for (size_t i = 0; i < count; i++)
+            mean[i] += v[i];
+    }
+    if (ex->correct) {
+#pragma omp parallel for schedule(static) if (count > 65536)
+        for (size_t i = 0; i < count; i++)
+            params[idx[i]] += mean[i] / fnp - own[i];
+    } else {
+#pragma omp parallel for schedule(static) if (count > 65536)
+        for (size_t i = 0; i < count; i++)
+            params[idx[i]] = mean[i] / fnp;
+    }
+    double stale = (double)(cur - s->round);
+    ex->n_applied++;
+    ex->stale_sum += stale;
+    if (stale > ex->stale_max) ex->stale_max = stale;
+    if (complete) {
+        ex->rounds_done++;
+        ex->lat_sum += s->t_done - s->t_post;
+        ex->n_lat++;
+    } else {
+        ex->rounds_late++;
+        LOG_D("sparta", "round=%lld applied late at round=%lld with %d of %d peers",
+              (long long)s->round, (long long)cur, np, ex->world);
+    }
+}
+
+// resolve applies, oldest first, the rounds that are complete or past their deadline at the
+// current round cur. force (>= 0) closes that round now whatever its state (a sync round that
+// timed out).
+static void resolve(sparta_exchanger *ex, float *params, int64_t cur, int64_t force) {
+    for (;;) {
+        slot *pick = NULL;
+        int complete = 0;
+        pthread_mutex_lock(&ex->mu);
+        for (int i = 0; i < ex->nslots; i++) {
+            slot *s = &ex->slots[i];
+            if (s->state != S_OPEN || !s->posted) continue;
+            int done = slot_ready(ex, s);
+            if (!done && cur - s->round < ex->sc.max_stale && s->round != force) continue;
+            if (!pick || s->round < pick->round) {
+                pick = s;
+                complete = done;
+            }
+        }
+        if (pick) pick->state = S_CLOSING; // the exchanger keeps off while we read it
+        pthread_mutex_unlock(&ex->mu);
+        if (!pick) return;
+        apply_slot(ex, pick, params, cur, complete);
+        pthread_mutex_lock(&ex->mu);
+        pick->state = S_DONE;
+        pthread_mutex_unlock(&ex->mu);
+    }
+}
+
+// deadline_in returns the absolute CLOCK_REALTIME time timeout_ms from now.
+static struct timespec deadline_in(int timeout_ms) {
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += timeout_ms / 1000;
+    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (dl.tv_nsec >= 1000000000L) {
+        dl.tv_sec++;
+        dl.tv_nsec -= 1000000000L;
+    }
+    return dl;
+}
+
+// wait_complete waits (mu held) until slot s holds round with every peer's values.
+static int wait_complete(sparta_exchanger *ex, slot *s, int64_t round, int timeout_ms) {
+    struct timespec dl = deadline_in(timeout_ms);
+    while (!(s->round == round && s->state == S_OPEN && slot_ready(ex, s)))
+        if (pthread_cond_timedwait(&ex->cv, &ex->mu, &dl) != 0) break;
+    return s->round == round && s->state == S_OPEN && slot_ready(ex, s);
+}
+
+int sparta_wait_round(sparta_exchanger *ex, long round, int timeout_ms) {
+    pthread_mutex_lock(&ex->mu);
+    int done = wait_complete(ex, &ex->slots[round % ex->nslots], round, timeout_ms);
+    pthread_mutex_unlock(&ex->mu);
+    return done;
+}
+
+// catch_up realigns the round counter when the other peers run more than a slot window ahead
+// (this peer joined late or restarted): the next round posted is the newest one seen plus one,
+// rounded up to a multiple of every. Rounds only move forward, so index sets never repeat.
+static void catch_up(sparta_exchanger *ex, long step) {
+    pthread_mutex_lock(&ex->mu);
+    int64_t seen = ex->max_seen;
+    pthread_mutex_unlock(&ex->mu);
+    int64_t cur = step + ex->offset;
+    if (seen <= cur + ex->nslots) return;
+    int64_t next = seen + 1, every = ex->sc.every;
+    next = (next + every - 1) / every * every;
+    ex->offset = next - step;
+    LOG_I("sparta", "peers are at round %lld: continuing at round %lld from step %ld",
+          (long long)seen, (long long)next, step);
+}
+
+int sparta_after_step(sparta_exchanger *ex, float *params, size_t n, long step) {
+    ASSERT(n == ex->n);
+    catch_up(ex, step);
+    int64_t cur = step + ex->offset, force = -1;
+    if (cur % ex->sc.every == 0) {
+        resolve(ex, params, cur, -1); // frees the slot of round cur - nslots if still open
+        post_round(ex, params, cur);
+        if (ex->sc.sync) {
+            pthread_mutex_lock(&ex->mu);
+            int done = wait_complete(ex, &ex->slots[cur % ex->nslots], cur, ex->sc.timeout_ms);
+            pthread_mutex_unlock(&ex->mu);
+            if (!done)
+                LOG_W("sparta",
+                      "round=%lld incomplete after %d ms: applying it with the peers present",
+                      (long long)cur, ex->sc.timeout_ms);
+            force = cur;
+        }
+    }
+    resolve(ex, params, cur, force);
+    return ERR_OK;
+}
+
+void sparta_get_stats(sparta_exchanger *ex, train_sync_stats *st) {
+    net_stats ns;
+    net_get_stats(ex->mesh, &ns);
+    pthread_mutex_lock(&ex->mu);
+    memset(st, 0, sizeof *st);
+    st->bytes_sent = ns.bytes_sent;
+    st->bytes_recv = ns.bytes_recv;
+    st->rounds_done = ex->rounds_done;
+    st->rounds_late = ex->rounds_late;
+    st->rounds_dropped = ex->rounds_dropped;
+    st->msgs_dropped = ex->msgs_dropped;
+    st->stale_mean = ex->n_applied ? ex->stale_sum / (double)ex->n_applied : 0;
+    st->stale_max = ex->stale_max;
+    st->latency_ms = ex->n_lat ? ex->lat_sum / (double)ex->n_lat : 0;
+    pthread_mutex_unlock(&ex->mu);
+}
+
+// ---- lifetime --------------------------------------------------------------------------------
+
+// split_peers copies the comma-separated list into buf and points peers[] into it.
+static int split_peers(const char *list, char *buf, size_t bn, const char **peers, int world) {
+    snprintf(buf, bn, "%s", list);
+    int n = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ')
+            tok++;
+        if (n < world) peers[n] = tok;
+        n++;
+    }
+    if (n != world)
+        return err_set(ERR_INVAL, "net.peers: expected %d addresses, found %d", world, n);
+    return ERR_OK;
+}
+
+// wait_for_peers gives the mesh up to timeout_ms to connect every peer before training starts,
+// so the first rounds are not lost to peers that are still starting. Training goes on after the
+// timeout; missing peers are picked up when they come.
+static void wait_for_peers(sparta_exchanger *ex) {
+    double t0 = now_ms(), last_log = t0;
+    for (;;) {
+        int up = 1;
+        for (int p = 0; p < ex->world; p++)
+            if (p != ex->rank && !net_connected(ex->mesh, p)) up = 0;
+        double t = now_ms();
+        if (up) {
+            LOG_I("sparta", "all %d peers connected after %.0f ms", ex->world, t - t0);
+            return;
+        }
+        if (t - t0 > ex->sc.timeout_ms) {
+            LOG_W("sparta", "not every peer connected after %d ms: starting anyway",
+                  ex->sc.timeout_ms);
+            return;
+        }
+        if (t - last_log > 5000) {
+            LOG_I("sparta", "waiting for peers (%.0f s)", (t - t0) / 1e3);
+            last_log = t;
+        }
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *nc, int rank,
+                  int world, uint64_t seed, uint64_t run_id, size_t n_params) {
+    if (world < 2 || rank < 0 || rank >= world)
+        return err_set(ERR_INVAL, "sparta: rank %d of %d peers", rank, world);
+    if (strcmp(sc->reduce, "alltoall") != 0)
+        return err_set(ERR_INVAL, "sparta.reduce = %s is not available yet (use alltoall)",
+                       sc->reduce);
+    if (n_params > UINT32_MAX)
+        return err_set(ERR_INVAL, "sparta: %zu parameters exceed 32-bit indices", n_params);
+    sparta_exchanger *ex = xcalloc(1, sizeof *ex);
+    ex->sc = *sc;
+    ex->rank = rank;
+    ex->world = world;
+    ex->seed = seed;
+    ex->run_id = run_id;
+    ex->n = n_params;
+    ex->selector = strcmp(sc->selector, "partitioned") == 0 ? SELECT_PARTITIONED : SELECT_RANDOM;
+    ex->dtype = strcmp(sc->dtype, "bf16") == 0 ? WIRE_BF16 : WIRE_FP32;
+    ex->correct = strcmp(sc->apply, "correct") == 0;
+    ex->kmax = select_k(sc->p, n_params);
+    ex->nslots = sc->max_stale + 2;
+    ex->last_posted = 0;
+    pthread_mutex_init(&ex->mu, NULL);
+    pthread_cond_init(&ex->cv, NULL);
+    ex->slots = xcalloc((size_t)ex->nslots, sizeof(slot));
+    for (int i = 0; i < ex->nslots; i++) {
+        ex->slots[i].round = -1;
+        ex->slots[i].got = xcalloc((size_t)world, sizeof(uint32_t));
+        ex->slots[i].vals = xalloc_aligned((size_t)world * ex->kmax * sizeof(float));
+    }
+    ex->idx = xmalloc(ex->kmax * sizeof(uint32_t));
+    ex->mean = xalloc_aligned(ex->kmax * sizeof(float));
+    ex->present = xcalloc((size_t)world, sizeof(int));
+    ex->connected = xcalloc((size_t)world, sizeof(int));
+    ex->peer_last = xmalloc((size_t)world * sizeof(int64_t));
+    for (int p = 0; p < world; p++)
+        ex->peer_last[p] = -1;
+    ex->sendbuf = xmalloc(NET_MAX_MSG);
+
+    char *buf = xmalloc(sizeof nc->peers);
+    const char **peers = xcalloc((size_t)world, sizeof(char *));
+    int rc = split_peers(nc->peers, buf, sizeof nc->peers, peers, world);
+    if (!rc) rc = net_mesh_create(&ex->mesh, rank, world, peers, nc->listen[0] ? nc->listen : NULL);
+    free(peers);
+    free(buf);
+    if (!rc) wait_for_peers(ex);
+    if (!rc && pthread_create(&ex->thread, NULL, exchanger_main, ex) != 0)
+        rc = err_set(ERR_NOMEM, "sparta: cannot start the exchanger thread");
+    if (rc) {
+        sparta_destroy(ex);
+        return rc;
+    }
+    ex->thread_started = 1;
+    LOG_I("sparta",
+          "rank=%d/%d k=%zu (p=%g of %zu) every=%d max_stale=%d selector=%s apply=%s "
+          "dtype=%s sync=%d",
+          rank, world, ex->kmax, sc->p, n_params, sc->every, sc->max_stale, sc->selector, sc->apply,
+          sc->dtype, sc->sync);
+    *out = ex;
+    return ERR_OK;
+}
+
+void sparta_destroy(sparta_exchanger *ex) {
+    if (!ex) return;
+    atomic_store(&ex->stop, 1);
+    if (ex->mesh) net_close(ex->mesh);
+    if (ex->thread_started) pthread_join(ex->thread, NULL);
+    net_mesh_destroy(ex->mesh);
+    for (int i = 0; ex->slots && i < ex->nslots; i++) {
+        free(ex->slots[i].got);
+        free(ex->slots[i].vals);
+    }
+    free(ex->slots);
+    free(ex->idx);
+    free(ex->mean);
+    free(ex->present);
+    free(ex->connected);
+    free(ex->peer_last);
+    free(ex->sendbuf);
+    pthread_mutex_destroy(&ex->mu);
+    pthread_cond_destroy(&ex->cv);
+    free(ex);
+}
+
+// ---- train_sync adapter ----------------------------------------------------------------------
+
+static int sync_after_step(void *ctx, float *params, size_t n, long step) {
+    return sparta_after_step(ctx, params, n, step);
+}
+
+static void sync_stats(void *ctx, train_sync_stats *st) { sparta_get_stats(ctx, st); }
+
+static void sync_destroy(void *ctx) { sparta_destroy(ctx); }
+
+int sparta_sync_factory(train_sync *out, const cfg *c, int rank, int world, uint64_t run_id,
+                        size_t n_params) {
+    memset(out, 0, sizeof *out);
+    if (world < 2 || c->sparta.p <= 0) return ERR_OK;
+    sparta_exchanger *ex;
+    int rc = sparta_create(&ex, &c->sparta, &c->net, rank, world, c->train.seed, run_id, n_params);
+    if (rc) return rc;
+    out->ctx = ex;
+    out->after_step = sync_after_step;
+    out->get_stats = sync_stats;
+    out->destroy = sync_destroy;
+    return ERR_OK;
+}

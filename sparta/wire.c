@@ -1,0 +1,187 @@
+// wire.c: encode and validate SPARTA messages (layout in wire.h). The header is written and read
+// byte by byte in little-endian order, so the format is the same on every host and no field is
+// ever loaded unaligned. The CRC32C covers header bytes [0, 44) and the payload, so a message
+// with any single flipped bit is rejected. Pure functions; any thread.
+#include "wire.h"
+
+#include <isa-l/crc.h>
+#include <limits.h>
+#include <string.h>
+
+#include "err.h"
+
+#define CRC_OFFSET 44
+
+static void put16(unsigned char *p, uint16_t v) {
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+}
+
+static void put32(unsigned char *p, uint32_t v) {
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void put64(unsigned char *p, uint64_t v) {
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint16_t get16(const unsigned char *p) { return (uint16_t)(p[0] | (unsigned)p[1] << 8); }
+
+static uint32_t get32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t get64(const unsigned char *p) { return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32; }
+
+static uint32_t f32_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+static float bits_f32(uint32_t u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+// Round to nearest even: add 0x7FFF plus the lowest kept bit, then truncate. A carry out of the
+// mantissa correctly bumps the exponent (up to infinity). NaNs skip the rounding, which could
+// carry them into infinity, and keep a quiet bit so that truncation cannot leave a zero mantissa.
+static uint16_t f32_to_bf16(float x) {
+    uint32_t u = f32_bits(x);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+static float bf16_to_f32(uint16_t b) { return bits_f32((uint32_t)b << 16); }
+
+// Incremental CRC32C state: ISA-L's crc32_iscsi takes the raw register (no final xor) and an int
+// length, so the standard init/final xor of ~0 is applied by the callers and long inputs are fed
+// in pieces.
+static uint32_t crc_update(uint32_t crc, const void *data, size_t n) {
+    const unsigned char *p = data;
+    while (n > 0) {
+        int piece = n > (size_t)(INT_MAX / 2) ? INT_MAX / 2 : (int)n;
+        crc = crc32_iscsi((unsigned char *)p, piece, crc);
+        p += piece;
+        n -= (size_t)piece;
+    }
+    return crc;
+}
+
+uint32_t wire_crc32c(const void *data, size_t n) { return crc_update(0xFFFFFFFFu, data, n) ^ 0xFFFFFFFFu; }
+
+// The CRC of a message: header bytes before the crc field, then the payload.
+static uint32_t message_crc(const unsigned char *msg, size_t payload_bytes) {
+    uint32_t crc = crc_update(0xFFFFFFFFu, msg, CRC_OFFSET);
+    return crc_update(crc, msg + WIRE_HEADER, payload_bytes) ^ 0xFFFFFFFFu;
+}
+
+size_t wire_value_size(int dtype) {
+    switch (dtype) {
+    case WIRE_FP32: return 4;
+    case WIRE_BF16: return 2;
+    default: return 0;
+    }
+}
+
+uint32_t wire_max_count(int dtype, size_t max_bytes) {
+    size_t size = wire_value_size(dtype);
+    if (size == 0 || max_bytes <= WIRE_HEADER) return 0;
+    size_t n = (max_bytes - WIRE_HEADER) / size;
+    return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
+}
+
+size_t wire_encode(void *buf, const wire_header *h, const float *vals) {
+    size_t size = wire_value_size(h->dtype);
+    ASSERT(size != 0);
+    ASSERT(h->count <= h->k && (uint64_t)h->offset + h->count <= h->k);
+    unsigned char *p = buf;
+    put32(p + 0, WIRE_MAGIC);
+    put16(p + 4, WIRE_VERSION);
+    put16(p + 6, h->dtype);
+    put64(p + 8, h->run_id);
+    put32(p + 16, h->sender);
+    put32(p + 20, h->kind);
+    put64(p + 24, h->round);
+    put32(p + 32, h->k);
+    put32(p + 36, h->offset);
+    put32(p + 40, h->count);
+    unsigned char *q = p + WIRE_HEADER;
+    if (h->dtype == WIRE_FP32) {
+        for (uint32_t i = 0; i < h->count; i++)
+            put32(q + 4 * (size_t)i, f32_bits(vals[i]));
+    } else {
+        for (uint32_t i = 0; i < h->count; i++)
+            put16(q + 2 * (size_t)i, f32_to_bf16(vals[i]));
+    }
+    size_t payload = (size_t)h->count * size;
+    put32(p + CRC_OFFSET, message_crc(p, payload));
+    return WIRE_HEADER + payload;
+}
+
+int wire_decode(const void *msg, size_t len, uint64_t expect_run_id, wire_header *h) {
+    const unsigned char *p = msg;
+    if (len < WIRE_HEADER)
+        return err_set(ERR_FORMAT, "wire: message of %zu bytes is shorter than the %d-byte header",
+                       len, WIRE_HEADER);
+    uint32_t magic = get32(p + 0);
+    if (magic != WIRE_MAGIC)
+        return err_set(ERR_FORMAT, "wire: bad magic 0x%08x (want 0x%08x)", magic, WIRE_MAGIC);
+    uint16_t version = get16(p + 4);
+    if (version != WIRE_VERSION)
+        return err_set(ERR_FORMAT, "wire: unsupported version %u (want %d)", version,
+                       WIRE_VERSION);
+    wire_header d = {
+        .dtype = get16(p + 6),
+        .run_id = get64(p + 8),
+        .sender = get32(p + 16),
+        .kind = get32(p + 20),
+        .round = get64(p + 24),
+        .k = get32(p + 32),
+        .offset = get32(p + 36),
+        .count = get32(p + 40),
+    };
+    size_t size = wire_value_size(d.dtype);
+    if (size == 0) return err_set(ERR_FORMAT, "wire: bad dtype %u", d.dtype);
+    if (d.k == 0 && d.count > 0)
+        return err_set(ERR_FORMAT, "wire: k is 0 but count is %u", d.count);
+    if (d.count > d.k) return err_set(ERR_FORMAT, "wire: count %u exceeds k %u", d.count, d.k);
+    if ((uint64_t)d.offset + d.count > d.k)
+        return err_set(ERR_FORMAT, "wire: offset %u + count %u exceeds k %u", d.offset, d.count,
+                       d.k);
+    uint64_t want = WIRE_HEADER + (uint64_t)d.count * size;
+    if ((uint64_t)len != want)
+        return err_set(ERR_FORMAT, "wire: length %zu does not match count %u (want %llu bytes)",
+                       len, d.count, (unsigned long long)want);
+    uint32_t crc = get32(p + CRC_OFFSET), got = message_crc(p, (size_t)want - WIRE_HEADER);
+    if (crc != got)
+        return err_set(ERR_FORMAT, "wire: crc mismatch (header 0x%08x, computed 0x%08x)", crc,
+                       got);
+    if (expect_run_id != 0 && d.run_id != expect_run_id)
+        return err_set(ERR_PEER, "wire: run_id 0x%016llx from sender %u, want 0x%016llx",
+                       (unsigned long long)d.run_id, d.sender,
+                       (unsigned long long)expect_run_id);
+    *h = d;
+    return ERR_OK;
+}
+
+void wire_values(const void *msg, const wire_header *h, float *dst) {
+    const unsigned char *q = (const unsigned char *)msg + WIRE_HEADER;
+    if (h->dtype == WIRE_FP32) {
+        for (uint32_t i = 0; i < h->count; i++)
+            dst[i] = bits_f32(get32(q + 4 * (size_t)i));
+    } else {
+        ASSERT(h->dtype == WIRE_BF16);
+        for (uint32_t i = 0; i < h->count; i++)
+            dst[i] = bf16_to_f32(get16(q + 2 * (size_t)i));
+    }
+}
+
+void wire_round_bf16(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+}

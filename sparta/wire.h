@@ -1,0 +1,69 @@
+// wire.h: the SPARTA message format. One message per (round, destination, chunk): a 48-byte
+// little-endian header followed by `count` values as fp32 or bf16. Values of a round larger than
+// one message (8 MiB) are split into chunks by offset. Decoding validates everything and never
+// trusts a length from the wire. Pure functions; any thread.
+//
+//   offset size field
+//   0      4    magic    WIRE_MAGIC
+//   4      2    version  WIRE_VERSION
+//   6      2    dtype    WIRE_FP32 or WIRE_BF16
+//   8      8    run_id   hash of the model config and seed (peers of another run are dropped)
+//   16     4    sender   rank
+//   20     4    kind     WIRE_VALUES (SPARTA alltoall), WIRE_RING_RS, WIRE_RING_AG (ring)
+//   24     8    round
+//   32     4    k        values in the whole round
+//   36     4    offset   index of this chunk's first value within the round's k values
+//   40     4    count    values in this message
+//   44     4    crc      CRC32C of header bytes [0, 44) then the payload bytes, so every
+//                        header field is covered too
+//   48          payload  count values (4 or 2 bytes each)
+#ifndef WIRE_H
+#define WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define WIRE_MAGIC 0x41505353u  // "SSPA" as little-endian bytes 53 53 50 41
+#define WIRE_VERSION 1
+#define WIRE_HEADER 48
+enum { WIRE_FP32 = 1, WIRE_BF16 = 2 };
+enum { WIRE_VALUES = 1, WIRE_RING_RS = 2, WIRE_RING_AG = 3 };
+
+typedef struct wire_header {
+    uint16_t dtype;
+    uint64_t run_id;
+    uint32_t sender;
+    uint32_t kind;
+    uint64_t round;
+    uint32_t k, offset, count;
+} wire_header;
+
+// wire_value_size returns 4 for WIRE_FP32, 2 for WIRE_BF16, 0 otherwise.
+size_t wire_value_size(int dtype);
+
+// wire_max_count returns how many values of dtype fit in one message of at most max_bytes.
+uint32_t wire_max_count(int dtype, size_t max_bytes);
+
+// wire_encode writes header h (h->count values) and vals[0 .. h->count) converted to h->dtype
+// (bf16: round to nearest even) into buf, which must hold WIRE_HEADER + count*size bytes, and
+// fills in the CRC. Returns the message length.
+size_t wire_encode(void *buf, const wire_header *h, const float *vals);
+
+// wire_decode validates msg(len): magic, version, dtype, count within k and offset+count <= k,
+// exact length, CRC32C (header and payload), and (if expect_run_id != 0) the run id. On success fills *h and returns
+// ERR_OK; the payload starts at msg + WIRE_HEADER. Otherwise returns ERR_FORMAT with a message
+// naming the bad field (wrong run ids return ERR_PEER).
+int wire_decode(const void *msg, size_t len, uint64_t expect_run_id, wire_header *h);
+
+// wire_values converts a decoded payload of h->count values to float in dst.
+void wire_values(const void *msg, const wire_header *h, float *dst);
+
+// wire_round_bf16 rounds x(n) to bf16 precision in place (round to nearest even), so a peer can
+// average its own values at the precision the others receive them.
+void wire_round_bf16(float *x, size_t n);
+
+// wire_crc32c returns the CRC32C (Castagnoli) of data(n), standard init/final xor
+// ("123456789" -> 0xE3069283).
+uint32_t wire_crc32c(const void *data, size_t n);
+
+#endif

@@ -1,0 +1,39 @@
+// sync.h: the interface between the trainer loop and the modules that synchronise peers
+// (sparta/, diloco/). train/ never includes their headers: train/main.c hands the train command a
+// factory that builds a train_sync, and the loop calls it after every optimizer step. All hooks
+// run on the trainer thread; an implementation may run its own threads behind them.
+#ifndef SYNC_H
+#define SYNC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cfg.h"
+
+// Cumulative counters of a sync module, for the progress line and metrics.csv.
+typedef struct train_sync_stats {
+    uint64_t bytes_sent, bytes_recv; // message bytes handed to / received from the network
+    uint64_t rounds_done;            // rounds applied with every peer's values
+    uint64_t rounds_late;            // rounds applied at the deadline with some peers left out
+    uint64_t rounds_dropped;         // rounds dropped at the deadline (no other peer's values)
+    uint64_t msgs_dropped;           // malformed, foreign, duplicate or too-late messages
+    double stale_mean, stale_max;    // steps between a round and its application
+    double latency_ms;               // mean time from posting a round to its completion
+} train_sync_stats;
+
+typedef struct train_sync {
+    void *ctx;
+    // after_step runs after optimizer step `step` (1-based count of completed steps) and may
+    // read and write params(n). Returns ERR_OK or an error that stops training.
+    int (*after_step)(void *ctx, float *params, size_t n, long step);
+    void (*get_stats)(void *ctx, train_sync_stats *st);
+    void (*destroy)(void *ctx);
+} train_sync;
+
+// A factory builds the sync module for a run: *out is left zeroed (no sync) when the config asks
+// for none. rank and world come from the command line or environment; run_id identifies the run
+// (model config and seed) on the wire. Returns ERR_OK or an error with a message.
+typedef int (*train_sync_factory)(train_sync *out, const cfg *c, int rank, int world,
+                                  uint64_t run_id, size_t n_params);
+
+#endif
