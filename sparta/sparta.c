@@ -30,19 +30,20 @@ enum { S_FREE = 0, S_OPEN, S_CLOSING, S_DONE };
 typedef struct {
     int64_t round; // -1 when never used
     int state;
-    int posted;    // the trainer has gathered our values
-    int sending;   // the exchanger has taken them to send
-    int sent;      // the exchanger has sent them
-    size_t count;  // values in this round
-    uint32_t *got; // [world] values received per peer (ours = count once posted)
-    float *vals;   // [world][kmax] values per peer
-    double t_post; // when our values were posted (ms, monotonic)
-    double t_done; // when the last peer's values arrived
+    int posted;       // the trainer has gathered our values
+    int sending;      // the exchanger has taken them to send
+    int sent;         // the exchanger has sent them
+    size_t count;     // values in this round
+    uint32_t *got;    // [world] values received per peer (ours = count once posted)
+    uint32_t *ag_got; // ring: [world] reduced values received per chunk (all-gather)
+    float *vals;      // [world][kmax] values per peer
+    double t_post;    // when our values were posted (ms, monotonic)
+    double t_done;    // when the last peer's values arrived
 } slot;
 
 struct sparta_exchanger {
     cfg_sparta sc;
-    int rank, world, selector, dtype, correct;
+    int rank, world, selector, dtype, correct, ring;
     uint64_t seed, run_id;
     size_t n, kmax;
     net_mesh *mesh;
@@ -90,13 +91,35 @@ static void slot_reset(const sparta_exchanger *ex, slot *s, int64_t round) {
     s->posted = s->sending = s->sent = 0;
     s->count = round_count(ex, round);
     memset(s->got, 0, (size_t)ex->world * sizeof(uint32_t));
+    memset(s->ag_got, 0, (size_t)ex->world * sizeof(uint32_t));
     s->t_post = s->t_done = 0;
 }
 
+// Ring all-reduce splits a round's values into world chunks; chunk c is [lo(c), lo(c+1)), with
+// lo(c) = floor(c k / P), so no chunk is empty when k >= P.
+static size_t chunk_lo(const sparta_exchanger *ex, const slot *s, int c) {
+    return (size_t)((uint64_t)c * s->count / (uint64_t)ex->world);
+}
+
+static size_t chunk_len(const sparta_exchanger *ex, const slot *s, int c) {
+    return chunk_lo(ex, s, c + 1) - chunk_lo(ex, s, c);
+}
+
+// Rows of a slot's value buffer: one per peer; the ring adds a receive row and a result row.
+static float *ring_recv(const sparta_exchanger *ex, slot *s) {
+    return s->vals + (size_t)ex->world * ex->kmax;
+}
+
+static float *ring_final(const sparta_exchanger *ex, slot *s) {
+    return s->vals + (size_t)(ex->world + 1) * ex->kmax;
+}
+
 static int slot_complete(const sparta_exchanger *ex, const slot *s) {
-    for (int p = 0; p < ex->world; p++)
-        if (s->got[p] != s->count) return 0;
-    return 1;
+    for (int p = 0; p < ex->world; p++) {
+        if (ex->ring && s->ag_got[p] != chunk_len(ex, s, p)) return 0;
+        if (!ex->ring && s->got[p] != s->count) return 0;
+    }
+    return ex->ring ? s->posted : 1;
 }
 
 // slot_ready: every peer's values are in and ours are on their way, so the slot may be closed
@@ -107,27 +130,98 @@ static int slot_ready(const sparta_exchanger *ex, const slot *s) {
 
 // ---- exchanger thread ------------------------------------------------------------------------
 
-// send_round sends our values of slot s to every peer, chunked to fit one message each.
-static void send_round(sparta_exchanger *ex, slot *s) {
+// send_values sends vals[0 .. n) (values lo .. lo+n of round s) to peer as messages of one kind,
+// split to fit NET_MAX_MSG. A down peer is counted by net_ and the values are lost: the round
+// then completes late or not at all, which the deadline handles.
+static void send_values(sparta_exchanger *ex, int peer, uint32_t kind, const slot *s, size_t lo,
+                        size_t n, const float *vals) {
     uint32_t per_msg = wire_max_count(ex->dtype, NET_MAX_MSG);
-    const float *own = peer_vals(ex, s, ex->rank);
-    for (int peer = 0; peer < ex->world; peer++) {
-        if (peer == ex->rank) continue;
-        for (size_t off = 0; off < s->count || off == 0; off += per_msg) {
-            wire_header h = {.dtype = (uint16_t)ex->dtype,
-                             .run_id = ex->run_id,
-                             .sender = (uint32_t)ex->rank,
-                             .kind = WIRE_VALUES,
-                             .round = (uint64_t)s->round,
-                             .k = (uint32_t)s->count,
-                             .offset = (uint32_t)off,
-                             .count =
-                                 (uint32_t)(s->count - off < per_msg ? s->count - off : per_msg)};
-            size_t len = wire_encode(ex->sendbuf, &h, own + off);
-            net_send(ex->mesh, peer, ex->sendbuf, len); // a down peer is counted by net
-            if (s->count == 0) break;
-        }
+    size_t off = 0;
+    do {
+        size_t cnt = n - off < per_msg ? n - off : per_msg;
+        wire_header h = {.dtype = (uint16_t)ex->dtype,
+                         .run_id = ex->run_id,
+                         .sender = (uint32_t)ex->rank,
+                         .kind = kind,
+                         .round = (uint64_t)s->round,
+                         .k = (uint32_t)s->count,
+                         .offset = (uint32_t)(lo + off),
+                         .count = (uint32_t)cnt};
+        size_t len = wire_encode(ex->sendbuf, &h, vals + off);
+        net_send(ex->mesh, peer, ex->sendbuf, len);
+        off += cnt;
+    } while (off < n);
+}
+
+// send_round sends our values of slot s to every peer (alltoall).
+static void send_round(sparta_exchanger *ex, slot *s) {
+    for (int peer = 0; peer < ex->world; peer++)
+        if (peer != ex->rank)
+            send_values(ex, peer, WIRE_VALUES, s, 0, s->count, peer_vals(ex, s, ex->rank));
+}
+
+// ---- ring all-reduce (reduce-scatter, then all-gather) ---------------------------------------
+// Step t of the reduce-scatter: rank q sends chunk (q - t) mod P to q + 1, which adds its own
+// values and passes it on; after P - 1 hops chunk c is the full sum at rank c - 1 (its reducer).
+// The all-gather passes each reduced chunk P - 1 hops around the ring. Every rank receives only
+// from rank - 1 and sends only to rank + 1: 2 (P-1)/P k values each. All calls hold mu and run on
+// the exchanger thread.
+
+static int ring_next(const sparta_exchanger *ex) { return (ex->rank + 1) % ex->world; }
+static int ring_prev(const sparta_exchanger *ex) { return (ex->rank + ex->world - 1) % ex->world; }
+static int ring_reducer(const sparta_exchanger *ex, int c) {
+    return (c + ex->world - 1) % ex->world;
+}
+
+// ring_reduce adds our values to the received partial sum of chunk c and passes it on, or, at
+// its reducer, stores the result and starts its all-gather.
+static void ring_reduce(sparta_exchanger *ex, slot *s, int c) {
+    size_t lo = chunk_lo(ex, s, c), n = chunk_len(ex, s, c);
+    float *acc = ring_recv(ex, s) + lo;
+    const float *own = peer_vals(ex, s, ex->rank) + lo;
+    for (size_t i = 0; i < n; i++)
+        acc[i] += own[i];
+    if (ex->rank == ring_reducer(ex, c)) {
+        memcpy(ring_final(ex, s) + lo, acc, n * sizeof(float));
+        s->ag_got[c] = (uint32_t)n;
+        send_values(ex, ring_next(ex), WIRE_RING_AG, s, lo, n, acc);
+    } else {
+        send_values(ex, ring_next(ex), WIRE_RING_RS, s, lo, n, acc);
     }
+}
+
+// ring_start runs when our values are posted: step 0 sends our own chunk, then every partial
+// sum that arrived before we were ready is reduced.
+static void ring_start(sparta_exchanger *ex, slot *s) {
+    int c0 = ex->rank;
+    send_values(ex, ring_next(ex), WIRE_RING_RS, s, chunk_lo(ex, s, c0), chunk_len(ex, s, c0),
+                peer_vals(ex, s, ex->rank) + chunk_lo(ex, s, c0));
+    for (int c = 0; c < ex->world; c++)
+        if (c != c0 && s->got[c] == chunk_len(ex, s, c)) ring_reduce(ex, s, c);
+}
+
+// ring_file stores a ring message's values; returns why it is dropped, or NULL. A rank receives
+// partial sums (RS) of every chunk but its own, and results (AG) of every chunk but the one it
+// reduces itself.
+static const char *ring_file(sparta_exchanger *ex, slot *s, const wire_header *h, const void *msg) {
+    int c = 0;
+    while (c + 1 < ex->world && chunk_lo(ex, s, c + 1) <= h->offset)
+        c++;
+    size_t lo = chunk_lo(ex, s, c), n = chunk_len(ex, s, c);
+    if (h->offset + h->count > lo + n || h->count == 0) return "ring chunk out of range";
+    int rs = h->kind == WIRE_RING_RS;
+    uint32_t *got = rs ? &s->got[c] : &s->ag_got[c];
+    if ((rs && c == ex->rank) || (!rs && ring_reducer(ex, c) == ex->rank) || *got + h->count > n)
+        return "unexpected or duplicate ring values";
+    wire_values(msg, h, (rs ? ring_recv(ex, s) : ring_final(ex, s)) + h->offset);
+    *got += h->count;
+    if (*got < n) return NULL;
+    if (rs) {
+        if (s->sending) ring_reduce(ex, s, c); // else ring_start does it
+    } else if (ring_next(ex) != ring_reducer(ex, c)) {
+        send_values(ex, ring_next(ex), WIRE_RING_AG, s, lo, n, ring_final(ex, s) + lo);
+    }
+    return NULL;
 }
 
 // file_message validates one received message and files its values (takes mu).
@@ -135,7 +229,10 @@ static void file_message(sparta_exchanger *ex, int peer, const void *msg, size_t
     wire_header h;
     int rc = wire_decode(msg, len, ex->run_id, &h);
     const char *why = rc ? err_msg() : NULL;
-    if (!rc && ((int)h.sender != peer || h.kind != WIRE_VALUES || h.dtype != ex->dtype))
+    int kind_ok = ex->ring
+                      ? (h.kind == WIRE_RING_RS || h.kind == WIRE_RING_AG) && peer == ring_prev(ex)
+                      : h.kind == WIRE_VALUES;
+    if (!rc && ((int)h.sender != peer || !kind_ok || h.dtype != ex->dtype))
         why = "sender, kind or dtype does not match";
     pthread_mutex_lock(&ex->mu);
     if (!why && h.round < (uint64_t)INT64_MAX / 2) {
@@ -159,15 +256,20 @@ static void file_message(sparta_exchanger *ex, int peer, const void *msg, size_t
             slot_reset(ex, s, (int64_t)h.round);
     }
     if (!why && s->state != S_OPEN) why = "round already applied";
-    if (!why && s->got[peer] + h.count > s->count) why = "duplicate values";
+    if (!why && ex->ring)
+        why = ring_file(ex, s, &h, msg);
+    else if (!why && s->got[peer] + h.count > s->count)
+        why = "duplicate values";
     if (why) {
         ex->msgs_dropped++;
         pthread_mutex_unlock(&ex->mu);
         LOG_D("sparta", "dropped message from peer=%d len=%zu: %s", peer, len, why);
         return;
     }
-    wire_values(msg, &h, peer_vals(ex, s, peer) + h.offset);
-    s->got[peer] += h.count;
+    if (!ex->ring) {
+        wire_values(msg, &h, peer_vals(ex, s, peer) + h.offset);
+        s->got[peer] += h.count;
+    }
     if (s->posted && slot_complete(ex, s)) {
         s->t_done = now_ms();
         pthread_cond_broadcast(&ex->cv);
@@ -201,8 +303,10 @@ static void *exchanger_main(void *arg) {
             if (s) s->sending = 1;
             pthread_mutex_unlock(&ex->mu);
             if (!s) break;
-            send_round(ex, s); // our values in s are immutable until the slot is closed
+            if (!ex->ring) send_round(ex, s); // our values in s are immutable until closed
             pthread_mutex_lock(&ex->mu);
+            if (ex->ring) ring_start(ex, s);
+            if (slot_complete(ex, s) && s->t_done == 0) s->t_done = now_ms();
             s->sent = 1;
             pthread_cond_broadcast(&ex->cv); // a sync round may have been waiting for the send
             pthread_mutex_unlock(&ex->mu);
@@ -244,7 +348,7 @@ static void post_round(sparta_exchanger *ex, const float *params, int64_t r) {
         own[i] = params[idx[i]];
     if (ex->dtype == WIRE_BF16) wire_round_bf16(own, count); // average what the peers receive
     pthread_mutex_lock(&ex->mu);
-    s->got[ex->rank] = (uint32_t)count;
+    if (!ex->ring) s->got[ex->rank] = (uint32_t)count;
     s->posted = 1;
     s->t_post = now_ms();
     if (slot_complete(ex, s)) s->t_done = s->t_post;
@@ -254,8 +358,9 @@ static void post_round(sparta_exchanger *ex, const float *params, int64_t r) {
 // apply_slot averages the present peers' values of a CLOSING slot into params.
 static void apply_slot(sparta_exchanger *ex, slot *s, float *params, int64_t cur, int complete) {
     int np = 0;
-    for (int p = 0; p < ex->world; p++)
+    for (int p = 0; p < ex->world && !ex->ring; p++)
         if (s->got[p] == s->count) ex->present[np++] = p;
+    if (ex->ring && complete) np = ex->world; // a ring round is whole or nothing
     if (np < 2) {
         ex->rounds_dropped++;
         LOG_D("sparta", "round=%lld dropped at round=%lld: no peer's values arrived in time",
@@ -267,8 +372,9 @@ static void apply_slot(sparta_exchanger *ex, slot *s, float *params, int64_t cur
     const uint32_t *idx = ex->idx;
     const float *own = peer_vals(ex, s, ex->rank);
     float *mean = ex->mean, fnp = (float)np;
-    memcpy(mean, peer_vals(ex, s, ex->present[0]), count * sizeof(float));
-    for (int q = 1; q < np; q++) {
+    memcpy(mean, ex->ring ? ring_final(ex, s) : peer_vals(ex, s, ex->present[0]),
+           count * sizeof(float));
+    for (int q = 1; q < np && !ex->ring; q++) {
         const float *v = peer_vals(ex, s, ex->present[q]);
 #pragma omp parallel for schedule(static) if (count > 65536)
         for (size_t i = 0; i < count; i++)
@@ -459,9 +565,6 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *n
                   int world, uint64_t seed, uint64_t run_id, size_t n_params) {
     if (world < 2 || rank < 0 || rank >= world)
         return err_set(ERR_INVAL, "sparta: rank %d of %d peers", rank, world);
-    if (strcmp(sc->reduce, "alltoall") != 0)
-        return err_set(ERR_INVAL, "sparta.reduce = %s is not available yet (use alltoall)",
-                       sc->reduce);
     if (n_params > UINT32_MAX)
         return err_set(ERR_INVAL, "sparta: %zu parameters exceed 32-bit indices", n_params);
     sparta_exchanger *ex = xcalloc(1, sizeof *ex);
@@ -474,6 +577,14 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *n
     ex->selector = strcmp(sc->selector, "partitioned") == 0 ? SELECT_PARTITIONED : SELECT_RANDOM;
     ex->dtype = strcmp(sc->dtype, "bf16") == 0 ? WIRE_BF16 : WIRE_FP32;
     ex->correct = strcmp(sc->apply, "correct") == 0;
+    ex->ring = strcmp(sc->reduce, "ring") == 0;
+    if (ex->ring && select_k(sc->p, n_params) < (size_t)world) {
+        free(ex);
+        return err_set(ERR_INVAL,
+                       "sparta.reduce = ring needs at least one value per peer (k = %zu "
+                       "< %d peers): raise sparta.p",
+                       select_k(sc->p, n_params), world);
+    }
     ex->kmax = select_k(sc->p, n_params);
     ex->nslots = sc->max_stale + 2;
     ex->last_posted = 0;
@@ -483,7 +594,9 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *n
     for (int i = 0; i < ex->nslots; i++) {
         ex->slots[i].round = -1;
         ex->slots[i].got = xcalloc((size_t)world, sizeof(uint32_t));
-        ex->slots[i].vals = xalloc_aligned((size_t)world * ex->kmax * sizeof(float));
+        ex->slots[i].ag_got = xcalloc((size_t)world, sizeof(uint32_t));
+        size_t rows = (size_t)world + (ex->ring ? 2 : 0);
+        ex->slots[i].vals = xalloc_aligned(rows * ex->kmax * sizeof(float));
     }
     ex->idx = xmalloc(ex->kmax * sizeof(uint32_t));
     ex->mean = xalloc_aligned(ex->kmax * sizeof(float));
@@ -525,6 +638,7 @@ void sparta_destroy(sparta_exchanger *ex) {
     net_mesh_destroy(ex->mesh);
     for (int i = 0; ex->slots && i < ex->nslots; i++) {
         free(ex->slots[i].got);
+        free(ex->slots[i].ag_got);
         free(ex->slots[i].vals);
     }
     free(ex->slots);
