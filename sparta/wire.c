@@ -33,7 +33,9 @@ static uint32_t get32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-static uint64_t get64(const unsigned char *p) { return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32; }
+static uint64_t get64(const unsigned char *p) {
+    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
+}
 
 static uint32_t f32_bits(float x) {
     uint32_t u;
@@ -72,7 +74,9 @@ static uint32_t crc_update(uint32_t crc, const void *data, size_t n) {
     return crc;
 }
 
-uint32_t wire_crc32c(const void *data, size_t n) { return crc_update(0xFFFFFFFFu, data, n) ^ 0xFFFFFFFFu; }
+uint32_t wire_crc32c(const void *data, size_t n) {
+    return crc_update(0xFFFFFFFFu, data, n) ^ 0xFFFFFFFFu;
+}
 
 // The CRC of a message: header bytes before the crc field, then the payload.
 static uint32_t message_crc(const unsigned char *msg, size_t payload_bytes) {
@@ -133,8 +137,7 @@ int wire_decode(const void *msg, size_t len, uint64_t expect_run_id, wire_header
         return err_set(ERR_FORMAT, "wire: bad magic 0x%08x (want 0x%08x)", magic, WIRE_MAGIC);
     uint16_t version = get16(p + 4);
     if (version != WIRE_VERSION)
-        return err_set(ERR_FORMAT, "wire: unsupported version %u (want %d)", version,
-                       WIRE_VERSION);
+        return err_set(ERR_FORMAT, "wire: unsupported version %u (want %d)", version, WIRE_VERSION);
     wire_header d = {
         .dtype = get16(p + 6),
         .run_id = get64(p + 8),
@@ -159,12 +162,10 @@ int wire_decode(const void *msg, size_t len, uint64_t expect_run_id, wire_header
                        len, d.count, (unsigned long long)want);
     uint32_t crc = get32(p + CRC_OFFSET), got = message_crc(p, (size_t)want - WIRE_HEADER);
     if (crc != got)
-        return err_set(ERR_FORMAT, "wire: crc mismatch (header 0x%08x, computed 0x%08x)", crc,
-                       got);
+        return err_set(ERR_FORMAT, "wire: crc mismatch (header 0x%08x, computed 0x%08x)", crc, got);
     if (expect_run_id != 0 && d.run_id != expect_run_id)
         return err_set(ERR_PEER, "wire: run_id 0x%016llx from sender %u, want 0x%016llx",
-                       (unsigned long long)d.run_id, d.sender,
-                       (unsigned long long)expect_run_id);
+                       (unsigned long long)d.run_id, d.sender, (unsigned long long)expect_run_id);
     *h = d;
     return ERR_OK;
 }

@@ -17,7 +17,7 @@
 
 TestSuite(select, .timeout = 30);
 
-#define SEED 20240611ull
+#define SEED     20240611ull
 #define R_ROUNDS 2000 // rounds in the coverage tests
 
 // ---------------------------------------------------------------------------------------------
@@ -28,7 +28,8 @@ static void check_set(const uint32_t *idx, size_t m, size_t n, const char *what)
     for (size_t i = 1; i < m; i++)
         cr_assert_lt(idx[i - 1], idx[i], "%s: idx[%zu] = %u, idx[%zu] = %u", what, i - 1,
                      idx[i - 1], i, idx[i]);
-    if (m > 0) cr_assert_lt((size_t)idx[m - 1], n, "%s: idx %u out of [0, %zu)", what, idx[m - 1], n);
+    if (m > 0)
+        cr_assert_lt((size_t)idx[m - 1], n, "%s: idx %u out of [0, %zu)", what, idx[m - 1], n);
 }
 
 static uint32_t *pick(int sel, uint64_t seed, uint64_t round, size_t n, size_t k, size_t *m) {
@@ -43,9 +44,12 @@ static uint32_t *pick(int sel, uint64_t seed, uint64_t round, size_t n, size_t k
 static size_t overlap(const uint32_t *a, size_t na, const uint32_t *b, size_t nb) {
     size_t i = 0, j = 0, c = 0;
     while (i < na && j < nb) {
-        if (a[i] < b[j]) i++;
-        else if (a[i] > b[j]) j++;
-        else c++, i++, j++;
+        if (a[i] < b[j])
+            i++;
+        else if (a[i] > b[j])
+            j++;
+        else
+            c++, i++, j++;
     }
     return c;
 }
@@ -110,10 +114,20 @@ Test(select, counts_are_k_or_the_last_partition_chunk) {
 // Set properties.
 
 Test(select, sets_have_k_sorted_distinct_indices_in_range) {
-    size_t cases[][2] = {{1, 1},         {2, 1},        {2, 2},          {3, 2},
-                         {17, 5},        {64, 64},      {65, 65},        {100, 99},
-                         {1000, 50},     {4097, 4000},  {100003, 100003}, {1000000, 5000},
-                         {124439808, 622199},           {UINT32_MAX, 3000}};
+    size_t cases[][2] = {{1, 1},
+                         {2, 1},
+                         {2, 2},
+                         {3, 2},
+                         {17, 5},
+                         {64, 64},
+                         {65, 65},
+                         {100, 99},
+                         {1000, 50},
+                         {4097, 4000},
+                         {100003, 100003},
+                         {1000000, 5000},
+                         {124439808, 622199},
+                         {UINT32_MAX, 3000}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
         for (int sel = 0; sel < 2; sel++)
             for (uint64_t r = 0; r < 3; r++) {
@@ -212,10 +226,10 @@ Test(select, different_rounds_and_seeds_give_different_sets) {
 
 // Each index is selected in a round with probability k/n = 0.05, independently across rounds, so
 // its hit count over R = 2000 rounds is Binomial(2000, 0.05): mean 100, sd 9.7. The bounds are the
-// 5e-10 tails on each side ([46, 165]: the binomial is skewed), so one index fails with probability <= 1e-9
-// and any of n indices with probability <= n * 1e-9 = 1e-6 (union bound). Pearson's chi-square
-// over the n cells is at most chi2(n - 1) in distribution (sampling without replacement within a
-// round lowers the variance by 0.95); the bound n + 7 sqrt(2n) sits 7 sd above its mean
+// 5e-10 tails on each side ([46, 165]: the binomial is skewed), so one index fails with probability
+// <= 1e-9 and any of n indices with probability <= n * 1e-9 = 1e-6 (union bound). Pearson's
+// chi-square over the n cells is at most chi2(n - 1) in distribution (sampling without replacement
+// within a round lowers the variance by 0.95); the bound n + 7 sqrt(2n) sits 7 sd above its mean
 // (Wilson-Hilferty: p < 1e-9 for n = 500 and 1000). Total false-failure probability < 3e-6.
 //
 // coverage_ok judges hit counts of n indices over R rounds of k: every count within the binomial
@@ -231,8 +245,9 @@ static int coverage_ok(const int *hits, size_t n, size_t k, char *why, size_t wh
         chi2 += (hits[i] - mean) * (hits[i] - mean) / mean;
     }
     double bound = (double)n + 7 * sqrt(2.0 * (double)n);
-    snprintf(why, why_len, "n=%zu k=%zu: hits in [%d, %d] (bounds [%d, %d]), chi2 %.1f (bound %.1f)",
-             n, k, min, max, lo, hi, chi2, bound);
+    snprintf(why, why_len,
+             "n=%zu k=%zu: hits in [%d, %d] (bounds [%d, %d]), chi2 %.1f (bound %.1f)", n, k, min,
+             max, lo, hi, chi2, bound);
     if (getenv("SELECT_TEST_VERBOSE")) fprintf(stderr, "%s\n", why);
     return min >= lo && max <= hi && chi2 < bound;
 }
@@ -315,8 +330,8 @@ static void check_partition(size_t n, size_t k, uint64_t seed) {
     unsigned char *seen = xcalloc(n, 1);
     for (uint64_t r = 0; r < chunks; r++) {
         uint32_t *idx = pick(SELECT_PARTITIONED, seed, r, n, k, &m);
-        cr_assert_eq(m, r + 1 < chunks ? k : n - (chunks - 1) * k, "n=%zu k=%zu chunk %llu", n,
-                     k, (unsigned long long)r);
+        cr_assert_eq(m, r + 1 < chunks ? k : n - (chunks - 1) * k, "n=%zu k=%zu chunk %llu", n, k,
+                     (unsigned long long)r);
         check_set(idx, m, n, "partitioned");
         for (size_t i = 0; i < m; i++) {
             cr_assert_eq(seen[idx[i]], 0, "n=%zu k=%zu: index %u in two chunks", n, k, idx[i]);
@@ -335,11 +350,11 @@ static void check_partition(size_t n, size_t k, uint64_t seed) {
 }
 
 Test(select, partitioned_chunks_are_disjoint_and_cover_every_index_once_per_cycle) {
-    check_partition(1000, 50, SEED);    // 20 full chunks
-    check_partition(1003, 50, SEED);    // 20 full chunks and one of 3
-    check_partition(7, 3, SEED);        // tiny domain
-    check_partition(1, 1, SEED);        // single index
-    check_partition(1000003, 5000, 5);  // 201 chunks, the last of 3; radix-sort path
+    check_partition(1000, 50, SEED);   // 20 full chunks
+    check_partition(1003, 50, SEED);   // 20 full chunks and one of 3
+    check_partition(7, 3, SEED);       // tiny domain
+    check_partition(1, 1, SEED);       // single index
+    check_partition(1000003, 5000, 5); // 201 chunks, the last of 3; radix-sort path
 }
 
 Test(select, partitioned_chunks_are_spread_and_depend_on_the_seed) {

@@ -117,8 +117,8 @@ Test(wire, crc32c_matches_a_bitwise_reference_at_every_length_and_alignment) {
         buf[i] = (unsigned char)(i * 131u + (i >> 3));
     for (size_t off = 0; off < 8; off++)
         for (size_t n = 0; n + off <= sizeof buf; n += 1 + n / 16)
-            cr_assert_eq(wire_crc32c(buf + off, n), crc_bitwise(buf + off, n), "off=%zu n=%zu",
-                         off, n);
+            cr_assert_eq(wire_crc32c(buf + off, n), crc_bitwise(buf + off, n), "off=%zu n=%zu", off,
+                         n);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -202,13 +202,13 @@ Test(wire, header_is_little_endian_at_the_documented_offsets) {
     size_t len;
     unsigned char *m = encode(&h, v, &len);
     const unsigned char want[44] = {
-        0x53, 0x53, 0x50, 0x41, 1,    0,    1,    0,    0xEF, 0xCD, 0xAB, 0x89, 0x67, 0x45, 0x23,
-        0x01, 3,    0,    0,    0,    1,    0,    0,    0,    0x88, 0x77, 0x66, 0x55, 0x44, 0x33,
-        0x22, 0x11, 9,    0,    0,    0,    7,    0,    0,    0,    2,    0,    0,    0};
+        0x53, 0x53, 0x50, 0x41, 1, 0, 1, 0, 0xEF, 0xCD, 0xAB, 0x89, 0x67, 0x45, 0x23,
+        0x01, 3,    0,    0,    0, 1, 0, 0, 0,    0x88, 0x77, 0x66, 0x55, 0x44, 0x33,
+        0x22, 0x11, 9,    0,    0, 0, 7, 0, 0,    0,    2,    0,    0,    0};
     for (int i = 0; i < 44; i++)
         cr_assert_eq(m[i], want[i], "byte %d: 0x%02x, want 0x%02x", i, m[i], want[i]);
-    uint32_t crc = (uint32_t)m[44] | (uint32_t)m[45] << 8 | (uint32_t)m[46] << 16 |
-                   (uint32_t)m[47] << 24;
+    uint32_t crc =
+        (uint32_t)m[44] | (uint32_t)m[45] << 8 | (uint32_t)m[46] << 16 | (uint32_t)m[47] << 24;
     unsigned char covered[52];
     memcpy(covered, m, 44);
     memcpy(covered + 44, m + 48, 8);
@@ -238,8 +238,10 @@ Test(wire, bf16_matches_round_to_nearest_even_reference) {
                      (double)v[i], bits(v[i]), bits(back[i]), bits(want));
         cr_assert_eq(bits(back[i]) & 0xFFFFu, 0, "decoded bf16 has low bits");
         if (i >= 512 && i < 1024) {
-            if (fabsf(back[i]) > fabsf(v[i])) ties_up++;
-            else ties_down++;
+            if (fabsf(back[i]) > fabsf(v[i]))
+                ties_up++;
+            else
+                ties_down++;
         }
     }
     cr_assert(ties_up > 100 && ties_down > 100, "ties go both ways: up=%d down=%d", ties_up,
@@ -266,8 +268,8 @@ Test(wire, bf16_ties_go_to_even_and_specials_survive) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         float x = from_bits(cases[i].in);
         wire_round_bf16(&x, 1);
-        cr_assert_eq(bits(x), cases[i].out, "0x%08x -> 0x%08x, want 0x%08x", cases[i].in,
-                     bits(x), cases[i].out);
+        cr_assert_eq(bits(x), cases[i].out, "0x%08x -> 0x%08x, want 0x%08x", cases[i].in, bits(x),
+                     cases[i].out);
     }
     // NaNs whose payload sits only in the dropped bits must not turn into infinities.
     uint32_t nans[] = {0x7F800001u, 0xFF800001u, 0x7FFFFFFFu, 0x7FC00000u, 0xFF80FFFFu};
@@ -421,10 +423,9 @@ Test(wire, every_single_bit_flip_is_rejected) {
         for (size_t bit = 0; bit < 8 * len; bit++) {
             m[bit / 8] ^= (unsigned char)(1u << (bit % 8));
             int rc = wire_decode(m, len, RUN_ID, &d), rc0 = wire_decode(m, len, 0, &d);
-            cr_assert_eq(rc, ERR_FORMAT, "dtype %d, flip of bit %zu (byte %zu): %s", dtypes[t],
-                         bit, bit / 8, err_str(rc));
-            cr_assert_eq(rc0, ERR_FORMAT, "flip of bit %zu is caught without a run-id check",
-                         bit);
+            cr_assert_eq(rc, ERR_FORMAT, "dtype %d, flip of bit %zu (byte %zu): %s", dtypes[t], bit,
+                         bit / 8, err_str(rc));
+            cr_assert_eq(rc0, ERR_FORMAT, "flip of bit %zu is caught without a run-id check", bit);
             m[bit / 8] ^= (unsigned char)(1u << (bit % 8));
         }
         cr_assert_eq(wire_decode(m, len, RUN_ID, &d), ERR_OK, "%s", err_msg());
@@ -460,8 +461,8 @@ Test(wire, random_corruptions_and_truncations_are_rejected) {
             continue;
         }
         int rc = wire_decode(c, n, RUN_ID, &d);
-        cr_assert(rc == ERR_FORMAT || rc == ERR_PEER, "iteration %d (len %zu) accepted: %s", it,
-                  n, err_str(rc));
+        cr_assert(rc == ERR_FORMAT || rc == ERR_PEER, "iteration %d (len %zu) accepted: %s", it, n,
+                  err_str(rc));
         free(c);
     }
     free(m);
