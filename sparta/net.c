@@ -57,6 +57,7 @@ struct net_mesh {
     int rank, world;
     net_link *links;    // (world); links[rank] is unused
     pthread_mutex_t mu; // guards the FIFO, closed and the links' pipe ids
+    int woken;          // set by net_wake, consumed by net_recv
     pthread_cond_t cv;  // CLOCK_MONOTONIC; signalled on push and on close
     fifo_slot *fifo;    // (NET_RECV_QUEUE) ring
     size_t head, count; // oldest slot, slots in use
@@ -362,6 +363,13 @@ int net_send(net_mesh *m, int peer, const void *data, size_t len) {
     return err_set(ERR_NET, "net: send to peer %d: %s", peer, nng_strerror(rv));
 }
 
+void net_wake(net_mesh *m) {
+    pthread_mutex_lock(&m->mu);
+    m->woken = 1;
+    pthread_cond_broadcast(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+}
+
 int net_recv(net_mesh *m, int timeout_ms, int *peer, void **data, size_t *len) {
     ASSERT(m != NULL && peer != NULL && data != NULL && len != NULL);
     *peer = -1;
@@ -383,6 +391,11 @@ int net_recv(net_mesh *m, int timeout_ms, int *peer, void **data, size_t *len) {
     for (;;) {
         if (atomic_load(&m->closed)) {
             rc = ERR_CLOSED;
+            break;
+        }
+        if (m->woken) { // net_wake: return early without a message
+            m->woken = 0;
+            rc = ERR_TIMEOUT;
             break;
         }
         if (m->count > 0) {

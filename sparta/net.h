@@ -50,6 +50,11 @@ int net_send(net_mesh *m, int peer, const void *data, size_t len);
 // or ERR_CLOSED after net_close.
 int net_recv(net_mesh *m, int timeout_ms, int *peer, void **data, size_t *len);
 
+// net_wake makes the current or next net_recv return ERR_TIMEOUT at once, so another thread can
+// get the receiver's attention (the exchanger waits in net_recv for messages and for work).
+// Thread-safe.
+void net_wake(net_mesh *m);
+
 // net_msg_free releases a message returned by net_recv. NULL-safe.
 void net_msg_free(void *data);
 

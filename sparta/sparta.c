@@ -22,8 +22,12 @@
 #include "err.h"
 #include "log.h"
 #include "net.h"
+#include "rng.h"
 #include "select.h"
 #include "wire.h"
+
+// Bump when select.c or the averaging changes what peers compute from the same inputs.
+#define SPARTA_SELECT_VERSION 0x53454c0000000001ull
 
 enum { S_FREE = 0, S_OPEN, S_CLOSING, S_DONE };
 
@@ -314,7 +318,7 @@ static void *exchanger_main(void *arg) {
         int peer;
         void *msg;
         size_t len;
-        int rc = net_recv(ex->mesh, 2, &peer, &msg, &len);
+        int rc = net_recv(ex->mesh, 100, &peer, &msg, &len); // net_wake on new work
         if (rc == ERR_CLOSED) break;
         if (rc == ERR_OK) {
             file_message(ex, peer, msg, len);
@@ -351,6 +355,7 @@ static void post_round(sparta_exchanger *ex, const float *params, int64_t r) {
     if (!ex->ring) s->got[ex->rank] = (uint32_t)count;
     s->posted = 1;
     s->t_post = now_ms();
+    net_wake(ex->mesh); // the exchanger sends it now
     if (slot_complete(ex, s)) s->t_done = s->t_post;
     pthread_mutex_unlock(&ex->mu);
 }
@@ -668,7 +673,9 @@ int sparta_sync_factory(train_sync *out, const cfg *c, int rank, int world, uint
     memset(out, 0, sizeof *out);
     if (world < 2 || c->sparta.p <= 0) return ERR_OK;
     sparta_exchanger *ex;
-    int rc = sparta_create(&ex, &c->sparta, &c->net, rank, world, c->train.seed, run_id, n_params);
+    // Index sets depend on this code: peers on builds that select differently must not mix.
+    uint64_t id = rng_hash(run_id ^ SPARTA_SELECT_VERSION);
+    int rc = sparta_create(&ex, &c->sparta, &c->net, rank, world, c->train.seed, id, n_params);
     if (rc) return rc;
     out->ctx = ex;
     out->after_step = sync_after_step;

@@ -52,10 +52,11 @@ static float bits_f32(uint32_t u) {
 // Round to nearest even: add 0x7FFF plus the lowest kept bit, then truncate. A carry out of the
 // mantissa correctly bumps the exponent (up to infinity). NaNs skip the rounding, which could
 // carry them into infinity, and keep a quiet bit so that truncation cannot leave a zero mantissa.
+// Written as a select rather than a branch so that the payload loops vectorize.
 static uint16_t f32_to_bf16(float x) {
     uint32_t u = f32_bits(x);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x0040u);
-    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16, quiet = (u >> 16) | 0x0040u;
+    return (uint16_t)((u & 0x7FFFFFFFu) > 0x7F800000u ? quiet : rounded);
 }
 
 static float bf16_to_f32(uint16_t b) { return bits_f32((uint32_t)b << 16); }
@@ -114,21 +115,24 @@ size_t wire_encode(void *buf, const wire_header *h, const float *vals) {
     put32(p + 32, h->k);
     put32(p + 36, h->offset);
     put32(p + 40, h->count);
+    // A local count: stores through unsigned char may alias *h, which would stop vectorization.
     unsigned char *q = p + WIRE_HEADER;
+    size_t count = h->count;
     if (h->dtype == WIRE_FP32) {
-        for (uint32_t i = 0; i < h->count; i++)
-            put32(q + 4 * (size_t)i, f32_bits(vals[i]));
+        for (size_t i = 0; i < count; i++)
+            put32(q + 4 * i, f32_bits(vals[i]));
     } else {
-        for (uint32_t i = 0; i < h->count; i++)
-            put16(q + 2 * (size_t)i, f32_to_bf16(vals[i]));
+        for (size_t i = 0; i < count; i++)
+            put16(q + 2 * i, f32_to_bf16(vals[i]));
     }
-    size_t payload = (size_t)h->count * size;
+    size_t payload = count * size;
     put32(p + CRC_OFFSET, message_crc(p, payload));
     return WIRE_HEADER + payload;
 }
 
 int wire_decode(const void *msg, size_t len, uint64_t expect_run_id, wire_header *h) {
     const unsigned char *p = msg;
+    *h = (wire_header){0}; // defined even on failure, for callers that peek at fields
     if (len < WIRE_HEADER)
         return err_set(ERR_FORMAT, "wire: message of %zu bytes is shorter than the %d-byte header",
                        len, WIRE_HEADER);
@@ -172,13 +176,14 @@ int wire_decode(const void *msg, size_t len, uint64_t expect_run_id, wire_header
 
 void wire_values(const void *msg, const wire_header *h, float *dst) {
     const unsigned char *q = (const unsigned char *)msg + WIRE_HEADER;
+    size_t count = h->count;
     if (h->dtype == WIRE_FP32) {
-        for (uint32_t i = 0; i < h->count; i++)
-            dst[i] = bits_f32(get32(q + 4 * (size_t)i));
+        for (size_t i = 0; i < count; i++)
+            dst[i] = bits_f32(get32(q + 4 * i));
     } else {
         ASSERT(h->dtype == WIRE_BF16);
-        for (uint32_t i = 0; i < h->count; i++)
-            dst[i] = bf16_to_f32(get16(q + 2 * (size_t)i));
+        for (size_t i = 0; i < count; i++)
+            dst[i] = bf16_to_f32(get16(q + 2 * i));
     }
 }
 

@@ -50,9 +50,9 @@ uint32_t wire_max_count(int dtype, size_t max_bytes);
 size_t wire_encode(void *buf, const wire_header *h, const float *vals);
 
 // wire_decode validates msg(len): magic, version, dtype, count within k and offset+count <= k,
-// exact length, CRC32C (header and payload), and (if expect_run_id != 0) the run id. On success fills *h and returns
-// ERR_OK; the payload starts at msg + WIRE_HEADER. Otherwise returns ERR_FORMAT with a message
-// naming the bad field (wrong run ids return ERR_PEER).
+// exact length, CRC32C (header and payload), and (if expect_run_id != 0) the run id. On success
+// fills *h and returns ERR_OK; the payload starts at msg + WIRE_HEADER. Otherwise returns
+// ERR_FORMAT with a message naming the bad field (wrong run ids return ERR_PEER), and *h is zeroed.
 int wire_decode(const void *msg, size_t len, uint64_t expect_run_id, wire_header *h);
 
 // wire_values converts a decoded payload of h->count values to float in dst.

@@ -533,3 +533,24 @@ Test(net, raw_pair_socket_injects_bytes_that_arrive_through_recv) {
     nng_close(raw);
     net_mesh_destroy(m);
 }
+
+Test(net, wake_returns_a_blocked_recv_without_a_message) {
+    addrs a;
+    make_addrs(&a);
+    net_mesh *m = mesh(&a, 1, 2);
+    blocked_recv b = {.m = m, .rc = -1};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, recv_forever, &b), 0);
+    sleep_ms(100);
+    double t0 = now_ms();
+    net_wake(m);
+    pthread_join(th, NULL);
+    cr_assert_eq(b.rc, ERR_TIMEOUT);
+    cr_assert(b.t_done - t0 < 500, "woken %.1f ms after net_wake", b.t_done - t0);
+    // a wake is consumed once: the next poll times out normally and the mesh still works
+    int peer;
+    void *data;
+    size_t len;
+    cr_assert_eq(net_recv(m, 0, &peer, &data, &len), ERR_TIMEOUT);
+    net_mesh_destroy(m);
+}

@@ -61,10 +61,13 @@ static void put32(unsigned char *p, uint32_t v) {
 // expect_reject decodes msg(len) and checks the code and that the message names `field`.
 static void expect_reject(const void *msg, size_t len, int code, const char *field) {
     wire_header h;
+    memset(&h, 0xAB, sizeof h);
     int rc = wire_decode(msg, len, RUN_ID, &h);
     cr_assert_eq(rc, code, "want %s naming '%s', got %s: %s", err_str(code), field, err_str(rc),
                  err_msg());
     cr_assert(strstr(err_msg(), field), "message '%s' does not name '%s'", err_msg(), field);
+    cr_assert(h.dtype == 0 && h.run_id == 0 && h.k == 0 && h.count == 0 && h.kind == 0,
+              "header is zeroed on failure");
 }
 
 // A message of 5 values at offset 2 of a round of k = 10, with the given field patched.
