@@ -23,9 +23,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define WIRE_MAGIC 0x41505353u  // "SSPA" as little-endian bytes 53 53 50 41
+#define WIRE_MAGIC   0x41505353u // "SSPA" as little-endian bytes 53 53 50 41
 #define WIRE_VERSION 1
-#define WIRE_HEADER 48
+#define WIRE_HEADER  48
 enum { WIRE_FP32 = 1, WIRE_BF16 = 2 };
 enum { WIRE_VALUES = 1, WIRE_RING_RS = 2, WIRE_RING_AG = 3 };
 

@@ -27,9 +27,10 @@ Test(corr, is_invariant_to_shift_and_scale_on_large_vectors) {
     enum { N = 100000 };
     float *a = malloc(N * sizeof(float)), *b = malloc(N * sizeof(float));
     tu_rand_fill(a, N, 1, -1, 1);
-    for (int i = 0; i < N; i++) b[i] = 3.0f * a[i] + 7.0f;
+    for (int i = 0; i < N; i++)
+        b[i] = 3.0f * a[i] + 7.0f;
     cr_assert_float_eq(corr_pearson(a, b, N), 1.0, 1e-9);
-    tu_rand_fill(b, N, 2, -1, 1);  // independent: near 0 (|r| < 5/sqrt(N) with overwhelming odds)
+    tu_rand_fill(b, N, 2, -1, 1); // independent: near 0 (|r| < 5/sqrt(N) with overwhelming odds)
     cr_assert(fabs(corr_pearson(a, b, N)) < 5.0 / sqrt((double)N));
     free(a);
     free(b);

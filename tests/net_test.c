@@ -19,6 +19,7 @@
 
 #include "err.h"
 #include "net.h"
+#include "test_util.h"
 
 TestSuite(net, .timeout = 30);
 
@@ -33,22 +34,10 @@ static void sleep_ms(int ms) {
     nanosleep(&t, NULL);
 }
 
-// free_base returns a port b such that b .. b+span-1 can all be bound on 127.0.0.1 now.
-static int free_base(int span) {
-    srand((unsigned)(time(NULL) ^ getpid()));
-    for (int attempt = 0; attempt < 200; attempt++) {
-        int base = 20000 + rand() % 40000, ok = 1;
-        for (int i = 0; i < span && ok; i++) {
-            int fd = socket(AF_INET, SOCK_STREAM, 0);
-            struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(base + i))};
-            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-            ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
-            close(fd);
-        }
-        if (ok) return base;
-    }
-    cr_assert_fail("no free ports");
-    return -1;
+static int tu_free_port_base_checked(int span) {
+    int b = tu_free_port_base(span);
+    cr_assert(b > 0, "no free ports");
+    return b;
 }
 
 // Peer r of up to 3 listens on base + 3r .. base + 3r + r - 1.
@@ -60,7 +49,7 @@ typedef struct {
 } addrs;
 
 static void make_addrs(addrs *a) {
-    a->base = free_base(3 * MAXP);
+    a->base = tu_free_port_base_checked(3 * MAXP);
     for (int i = 0; i < MAXP; i++) {
         snprintf(a->addr[i], sizeof a->addr[i], "127.0.0.1:%d", a->base + 3 * i);
         a->peers[i] = a->addr[i];

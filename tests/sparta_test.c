@@ -28,22 +28,11 @@
 
 TestSuite(sparta, .timeout = 120);
 
-// free_base returns a port b such that b .. b+span-1 can all be bound on 127.0.0.1 now.
+// free_base returns a free port base for span ports or fails the test.
 static int free_base(int span) {
-    srand((unsigned)(time(NULL) ^ getpid()));
-    for (int attempt = 0; attempt < 200; attempt++) {
-        int base = 20000 + rand() % 40000, ok = 1;
-        for (int i = 0; i < span && ok; i++) {
-            int fd = socket(AF_INET, SOCK_STREAM, 0);
-            struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(base + i))};
-            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-            ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
-            close(fd);
-        }
-        if (ok) return base;
-    }
-    cr_assert_fail("no free ports");
-    return -1;
+    int b = tu_free_port_base(span);
+    cr_assert(b > 0, "no free ports");
+    return b;
 }
 
 // ---- in-process: one exchanger and a test-controlled peer ------------------------------------
@@ -279,10 +268,8 @@ typedef struct {
 static void cluster_open(cluster *c, int world) {
     c->dir = tu_tmpdir("sparta");
     snprintf(c->data, sizeof c->data, "%s/data", c->dir);
-    char cmd[2048], *out = NULL;
-    snprintf(cmd, sizeof cmd, "%s data prepare --tokenizer char data/tinyshakespeare.txt %s",
-             tu_spartan(), c->data);
-    cr_assert_eq(tu_run(cmd, 60, &out), 0, "%s", out);
+    char *out = NULL;
+    cr_assert_eq(tu_prepare_char_data(c->data, &out), 0, "%s", out);
     free(out);
     int base = free_base(4 * world);
     c->peers[0] = 0;
@@ -331,12 +318,8 @@ static char *peer_log(cluster *c, int rank) {
 }
 
 static float *load(const char *path, size_t *n) {
-    gpt_model *m;
-    cr_assert_eq(gpt_load(&m, path, 1, 0, NULL, NULL), ERR_OK, "%s", err_msg());
-    *n = gpt_n_params(m);
-    float *p = malloc(*n * sizeof(float));
-    memcpy(p, gpt_params(m), *n * sizeof(float));
-    gpt_destroy(m);
+    float *p = tu_load_params(path, n);
+    cr_assert(p, "%s", err_msg());
     return p;
 }
 
@@ -480,7 +463,8 @@ Test(sparta, ring_all_reduce_agrees_and_sends_two_thirds_of_alltoall, .timeout =
     const char *extra = "--set sparta.p=1 --set sparta.sync=true --set sparta.reduce=ring "
                         "--set train.max_iters=2 --set train.ckpt_interval=1 "
                         "--set train.keep_ckpts=0";
-    for (int i = 0; i < P; i++) pid[i] = start_peer(&c, i, extra);
+    for (int i = 0; i < P; i++)
+        pid[i] = start_peer(&c, i, extra);
     for (int i = 0; i < P; i++) {
         int st = wait_exit(pid[i], 120);
         char *log = peer_log(&c, i);

@@ -1,6 +1,10 @@
 // test_util.c: shared test helpers. Single-threaded; called from Criterion test bodies.
 #include "test_util.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +12,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "gpt.h"
 
 char *tu_tmpdir(const char *tag) {
     const char *base = getenv("TMPDIR");
@@ -105,4 +111,37 @@ int tu_files_equal(const char *a, const char *b) {
     free(da);
     free(db);
     return eq;
+}
+
+int tu_free_port_base(int span) {
+    srand((unsigned)(time(NULL) ^ (unsigned)getpid()));
+    for (int attempt = 0; attempt < 200; attempt++) {
+        int base = 20000 + rand() % 40000, ok = 1;
+        for (int i = 0; i < span && ok; i++) {
+            int fd = socket(AF_INET, SOCK_STREAM, 0);
+            struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(base + i))};
+            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+            close(fd);
+        }
+        if (ok) return base;
+    }
+    return -1;
+}
+
+float *tu_load_params(const char *path, size_t *n) {
+    gpt_model *m;
+    if (gpt_load(&m, path, 1, 0, NULL, NULL)) return NULL;
+    *n = gpt_n_params(m);
+    float *p = malloc(*n * sizeof(float));
+    memcpy(p, gpt_params(m), *n * sizeof(float));
+    gpt_destroy(m);
+    return p;
+}
+
+int tu_prepare_char_data(const char *dir, char **out) {
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s data prepare --tokenizer char data/tinyshakespeare.txt %s",
+             tu_spartan(), dir);
+    return tu_run(cmd, 60, out);
 }

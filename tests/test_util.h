@@ -32,4 +32,16 @@ int tu_read_file(const char *path, char **data, size_t *n);
 // tu_files_equal returns 1 if both files exist and have identical bytes.
 int tu_files_equal(const char *a, const char *b);
 
+// tu_free_port_base returns a port b such that b .. b+span-1 can all be bound on 127.0.0.1 at
+// the time of the call (random bases, bounded tries), or -1.
+int tu_free_port_base(int span);
+
+// tu_load_params loads the model parameters of a checkpoint (file or folder); the caller frees
+// the returned array of *n floats. Returns NULL (with err_msg) on failure.
+float *tu_load_params(const char *path, size_t *n);
+
+// tu_prepare_char_data runs `spartan data prepare --tokenizer char` on the bundled
+// tinyshakespeare into dir. Returns 0 on success; *out (may be NULL) gets the output.
+int tu_prepare_char_data(const char *dir, char **out);
+
 #endif

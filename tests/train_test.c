@@ -38,10 +38,8 @@ static void env_open(env *e) {
     cr_assert(e->dir);
     snprintf(e->data, sizeof e->data, "%s/data", e->dir);
     snprintf(e->out, sizeof e->out, "%s/out", e->dir);
-    char cmd[2048], *out = NULL;
-    snprintf(cmd, sizeof cmd, "%s data prepare --tokenizer char data/tinyshakespeare.txt %s",
-             tu_spartan(), e->data);
-    int rc = tu_run(cmd, 60, &out);
+    char *out = NULL;
+    int rc = tu_prepare_char_data(e->data, &out);
     cr_assert_eq(rc, 0, "data prepare failed: %s", out);
     free(out);
 }
@@ -61,12 +59,8 @@ static int train(env *e, const char *extra, char **out) {
 }
 
 static float *load_params(const char *path, size_t *n) {
-    gpt_model *m;
-    cr_assert_eq(gpt_load(&m, path, 1, 0, NULL, NULL), ERR_OK, "%s", err_msg());
-    *n = gpt_n_params(m);
-    float *p = malloc(*n * sizeof(float));
-    memcpy(p, gpt_params(m), *n * sizeof(float));
-    gpt_destroy(m);
+    float *p = tu_load_params(path, n);
+    cr_assert(p, "%s", err_msg());
     return p;
 }
 
