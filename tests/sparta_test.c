@@ -317,6 +317,19 @@ static char *peer_log(cluster *c, int rank) {
     return text;
 }
 
+// run_all starts world peers with the same extra options and requires every one to succeed.
+static void run_all(cluster *c, int world, const char *extra) {
+    pid_t pid[16];
+    for (int i = 0; i < world; i++)
+        pid[i] = start_peer(c, i, extra);
+    for (int i = 0; i < world; i++) {
+        int st = wait_exit(pid[i], 120);
+        char *log = peer_log(c, i);
+        cr_assert_eq(st, 0, "peer %d exited %d:\n%s", i, st, log);
+        free(log);
+    }
+}
+
 static float *load(const char *path, size_t *n) {
     float *p = tu_load_params(path, n);
     cr_assert(p, "%s", err_msg());
@@ -327,17 +340,9 @@ Test(sparta, three_peers_with_full_fraction_stay_bitwise_equal_to_the_mean, .tim
     enum { P = 3, STEPS = 3 };
     cluster c;
     cluster_open(&c, P);
-    pid_t pid[P];
-    const char *extra = "--set sparta.p=1 --set sparta.sync=true --set train.max_iters=3 "
-                        "--set train.ckpt_interval=1 --set train.keep_ckpts=0";
-    for (int i = 0; i < P; i++)
-        pid[i] = start_peer(&c, i, extra);
-    for (int i = 0; i < P; i++) {
-        int st = wait_exit(pid[i], 120);
-        char *log = peer_log(&c, i);
-        cr_assert_eq(st, 0, "peer %d exited %d:\n%s", i, st, log);
-        free(log);
-    }
+    run_all(&c, P,
+            "--set sparta.p=1 --set sparta.sync=true --set train.max_iters=3 "
+            "--set train.ckpt_interval=1 --set train.keep_ckpts=0");
     size_t n = 0;
     for (int s = 1; s <= STEPS; s++) {
         float *x[P];
@@ -459,18 +464,9 @@ Test(sparta, ring_all_reduce_agrees_and_sends_two_thirds_of_alltoall, .timeout =
     enum { P = 3 };
     cluster c;
     cluster_open(&c, P);
-    pid_t pid[P];
-    const char *extra = "--set sparta.p=1 --set sparta.sync=true --set sparta.reduce=ring "
-                        "--set train.max_iters=2 --set train.ckpt_interval=1 "
-                        "--set train.keep_ckpts=0";
-    for (int i = 0; i < P; i++)
-        pid[i] = start_peer(&c, i, extra);
-    for (int i = 0; i < P; i++) {
-        int st = wait_exit(pid[i], 120);
-        char *log = peer_log(&c, i);
-        cr_assert_eq(st, 0, "peer %d exited %d:\n%s", i, st, log);
-        free(log);
-    }
+    run_all(&c, P,
+            "--set sparta.p=1 --set sparta.sync=true --set sparta.reduce=ring "
+            "--set train.max_iters=2 --set train.ckpt_interval=1 --set train.keep_ckpts=0");
     size_t n = 0;
     float *x[P], *own[P];
     char path[800];
