@@ -307,3 +307,65 @@ Test(train, bad_data_and_output_folders_give_clear_errors) {
     expect_fail(cmd, "train.bin/out");
     env_close(&e);
 }
+
+Test(train, rank_comes_from_the_flag_then_the_launchers_environment) {
+    env e;
+    env_open(&e);
+    char *out = NULL, cmd[4096];
+    const char *base = "train configs/tiny.ini " SMALL " --set train.max_iters=1";
+    snprintf(cmd, sizeof cmd, "RANK=3 %s %s --set data.dir=%s --set train.out_dir=%s/a",
+             tu_spartan(), base, e.data, e.dir);
+    cr_assert_eq(tu_run(cmd, 60, &out), 0, "%s", out);
+    cr_assert(strstr(out, "rank=3/1"), "RANK not used: %s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd,
+             "OMPI_COMM_WORLD_RANK=4 SPARTAN_RANK=2 %s %s --set data.dir=%s "
+             "--set train.out_dir=%s/b",
+             tu_spartan(), base, e.data, e.dir);
+    cr_assert_eq(tu_run(cmd, 60, &out), 0, "%s", out);
+    cr_assert(strstr(out, "rank=2/1"), "SPARTAN_RANK must win: %s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "RANK=3 %s %s --rank 1 --set data.dir=%s --set train.out_dir=%s/c",
+             tu_spartan(), base, e.data, e.dir);
+    cr_assert_eq(tu_run(cmd, 60, &out), 0, "%s", out);
+    cr_assert(strstr(out, "rank=1/1"), "--rank must win: %s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "PMI_RANK=x %s %s --set data.dir=%s --set train.out_dir=%s/d",
+             tu_spartan(), base, e.data, e.dir);
+    expect_fail(cmd, "PMI_RANK");
+    snprintf(cmd, sizeof cmd,
+             "%s %s --rank 2 --peers 127.0.0.1:1,127.0.0.1:2 --set data.dir=%s "
+             "--set train.out_dir=%s/e",
+             tu_spartan(), base, e.data, e.dir);
+    expect_fail(cmd, "2 peers");
+    env_close(&e);
+}
+
+Test(train, local_cluster_runs_peers_and_summarises_or_reports_a_failure) {
+    env e;
+    env_open(&e);
+    char *out = NULL, cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             "SPARTAN_BIN=%s scripts/local-cluster 2 configs/tiny.ini --runs %s --name ok " SMALL
+             " --set data.dir=%s --set train.max_iters=6 --set sparta.sync=true",
+             tu_spartan(), e.dir, e.data);
+    cr_assert_eq(tu_run(cmd, 90, &out), 0, "%s", out);
+    cr_assert(strstr(out, "rank 0: exit 0 step 6") && strstr(out, "rank 1: exit 0 step 6"), "%s",
+              out);
+    cr_assert(strstr(out, "rounds 6"), "no completed rounds in the summary: %s", out);
+    free(out);
+    char path[700];
+    snprintf(path, sizeof path, "%s/ok/rank1/ckpt_00000006.h5", e.dir);
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0, "no checkpoint in runs/<name>/rank1");
+    // a peer that fails (rank 1's data folder does not exist) stops the run with its log tail
+    snprintf(cmd, sizeof cmd,
+             "SPARTAN_BIN=%s scripts/local-cluster 2 configs/tiny.ini --runs %s --name bad " SMALL
+             " --set data.dir=%s/missing --set train.max_iters=6",
+             tu_spartan(), e.dir, e.dir);
+    int rc = tu_run(cmd, 90, &out);
+    cr_assert(rc != 0 && rc < 128, "rc %d: %s", rc, out);
+    cr_assert(strstr(out, "log tail") && strstr(out, "missing"), "%s", out);
+    free(out);
+    env_close(&e);
+}
