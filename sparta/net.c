@@ -1,7 +1,9 @@
 // net.c: the peer mesh over nng (see net.h). One PAIR v0 socket per remote peer; each socket has
 // one receive aio that re-arms itself and feeds a bounded FIFO shared by all sockets.
 // Invariant: `closed` is only set under mu, and once it is set nothing enters the FIFO and no aio
-// re-arms, so net_mesh_destroy can stop the aios and free whatever is left.
+// re-arms, so net_mesh_destroy can stop the aios and free whatever is left. nng 1.5.2 (Debian 12)
+// can block forever closing a pipe in the middle of a TCP transfer; net_close works around that
+// (see close_sockets) so that callers never hang.
 // Threads: recv_cb and pipe_cb run on nng's threads; net_send/net_recv/stats on the owner thread;
 // net_close from any thread. Every nng call of the project lives in this file.
 #include <errno.h>
@@ -26,6 +28,8 @@ enum {
     SEND_BUF_MSGS = 64,   // PAIR v0 send queue; beyond it net_send drops (ERR_PEER)
     RECV_BUF_MSGS = 16,   // nng-side queue in front of our FIFO (the aio drains it at once)
     HOST_MAX = 256,
+    QUIESCE_MS = 50,      // net_close: how long to let receives in progress finish
+    CLOSE_WAIT_MS = 3000, // net_close: give up on nng_close after this (the mesh is then leaked)
 };
 
 // Besides NET_RECV_QUEUE messages the FIFO holds at most this many payload bytes, so that a
@@ -63,6 +67,8 @@ struct net_mesh {
     size_t head, count; // oldest slot, slots in use
     size_t bytes;       // payload bytes in the FIFO
     _Atomic int closed; // written under mu; read anywhere
+    int closing_done;   // close_sockets finished (under mu)
+    int wedged;         // nng_close did not return in time: never free this mesh
     _Atomic uint64_t bytes_sent, bytes_recv, msgs_sent, msgs_recv, send_dropped, recv_dropped;
 };
 
@@ -130,6 +136,7 @@ static void pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg) {
             l->gone = id;
         }
     }
+    if (changed) pthread_cond_broadcast(&m->cv); // net_close may wait for pipes to drop
     pthread_mutex_unlock(&m->mu);
     if (changed)
         LOG_I("net", "rank=%d peer=%d %s pipe=%u", m->rank, l->peer,
@@ -288,6 +295,55 @@ int net_mesh_create(net_mesh **out, int rank, int world, const char *const *peer
     return ERR_OK;
 }
 
+static void deadline_after(struct timespec *dl, int ms) {
+    clock_gettime(CLOCK_MONOTONIC, dl);
+    dl->tv_sec += ms / 1000;
+    dl->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (dl->tv_nsec >= 1000000000L) {
+        dl->tv_sec++;
+        dl->tv_nsec -= 1000000000L;
+    }
+}
+
+// quiesce lowers every socket's receive limit to 1 byte, so that each pipe fails at the next
+// message header and is closed by nng itself on its error path, and waits up to QUIESCE_MS for
+// the pipes that are up now to go. Why: nng 1.5.2's TCP transport re-arms its read after a
+// partial read without checking for close (fixed upstream in 1.6.0, nng PR #1636), so closing a
+// socket while a message is arriving can leave the pipe reaper (one per process) blocked for
+// good. Idle pipes stay up for the whole wait; closing them is safe.
+static void quiesce(net_mesh *m) {
+    uint32_t *orig = xcalloc((size_t)m->world, sizeof *orig);
+    for (int p = 0; p < m->world; p++)
+        if (nng_socket_id(m->links[p].sock) > 0)
+            nng_socket_set_size(m->links[p].sock, NNG_OPT_RECVMAXSZ, 1);
+    struct timespec dl;
+    deadline_after(&dl, QUIESCE_MS);
+    pthread_mutex_lock(&m->mu);
+    for (int p = 0; p < m->world; p++)
+        orig[p] = m->links[p].pipe;
+    for (;;) {
+        int up = 0;
+        for (int p = 0; p < m->world; p++)
+            up += orig[p] != 0 && m->links[p].pipe == orig[p];
+        if (!up || pthread_cond_timedwait(&m->cv, &m->mu, &dl) == ETIMEDOUT) break;
+    }
+    pthread_mutex_unlock(&m->mu);
+    free(orig);
+}
+
+// close_sockets runs on a helper thread: nng_close aborts the pending receive (its callback sees
+// NNG_ECLOSED and stops) and returns once the socket's pipes are reaped and their callbacks ran.
+static void *close_sockets(void *arg) {
+    net_mesh *m = arg;
+    for (int p = 0; p < m->world; p++)
+        if (nng_socket_id(m->links[p].sock) > 0) nng_close(m->links[p].sock);
+    pthread_mutex_lock(&m->mu);
+    m->closing_done = 1;
+    pthread_cond_broadcast(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+    return NULL;
+}
+
 void net_close(net_mesh *m) {
     if (!m) return;
     pthread_mutex_lock(&m->mu);
@@ -295,15 +351,38 @@ void net_close(net_mesh *m) {
     pthread_cond_broadcast(&m->cv);
     pthread_mutex_unlock(&m->mu);
     if (was) return;
-    // nng_close aborts the pending receive (its callback sees NNG_ECLOSED and stops) and returns
-    // only after the pipe callbacks of that socket have run.
-    for (int p = 0; p < m->world; p++)
-        if (nng_socket_id(m->links[p].sock) > 0) nng_close(m->links[p].sock);
+    quiesce(m);
+    pthread_t th;
+    if (pthread_create(&th, NULL, close_sockets, m) != 0) {
+        close_sockets(m); // no thread to spare: close inline and hope
+        return;
+    }
+    struct timespec dl;
+    deadline_after(&dl, CLOSE_WAIT_MS);
+    pthread_mutex_lock(&m->mu);
+    while (!m->closing_done && pthread_cond_timedwait(&m->cv, &m->mu, &dl) != ETIMEDOUT) {
+    }
+    int done = m->closing_done;
+    m->wedged = !done;
+    pthread_mutex_unlock(&m->mu);
+    if (done) {
+        pthread_join(th, NULL);
+    } else {
+        pthread_detach(th);
+        LOG_I("net",
+              "rank=%d nng_close blocked for %d ms (nng 1.5.2 close-during-transfer bug); "
+              "leaking the mesh, reconnects in this process may stop",
+              m->rank, CLOSE_WAIT_MS);
+    }
 }
 
 void net_mesh_destroy(net_mesh *m) {
     if (!m) return;
     net_close(m);
+    pthread_mutex_lock(&m->mu);
+    int wedged = m->wedged;
+    pthread_mutex_unlock(&m->mu);
+    if (wedged) return; // nng still holds callbacks into m: leak it rather than crash
     for (int p = 0; p < m->world; p++) // waits for a running recv_cb; later re-arms are refused
         if (m->links[p].aio) nng_aio_stop(m->links[p].aio);
     for (size_t i = 0; i < m->count; i++)
@@ -376,15 +455,7 @@ int net_recv(net_mesh *m, int timeout_ms, int *peer, void **data, size_t *len) {
     *data = NULL;
     *len = 0;
     struct timespec dl;
-    if (timeout_ms > 0) {
-        clock_gettime(CLOCK_MONOTONIC, &dl);
-        dl.tv_sec += timeout_ms / 1000;
-        dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (dl.tv_nsec >= 1000000000L) {
-            dl.tv_sec++;
-            dl.tv_nsec -= 1000000000L;
-        }
-    }
+    if (timeout_ms > 0) deadline_after(&dl, timeout_ms);
     fifo_slot s = {0};
     int rc, timed_out = 0;
     pthread_mutex_lock(&m->mu);

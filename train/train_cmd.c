@@ -244,13 +244,13 @@ static void report_step(reporter *r, const cfg_train *tc, const trainer_stats *s
         char eta[32], xs[256] = "";
         fmt_eta(eta, sizeof eta, ms * (tc->max_iters - st->step) / 1e3);
         if (sync->get_stats)
-            snprintf(xs, sizeof xs,
-                     " sent_mb=%.2f recv_mb=%.2f rounds=%llu late=%llu dropped=%llu bad_msgs=%llu "
-                     "stale=%.1f/%.0f xchg_ms=%.1f",
-                     ss.bytes_sent / 1e6, ss.bytes_recv / 1e6, (unsigned long long)ss.rounds_done,
-                     (unsigned long long)ss.rounds_late, (unsigned long long)ss.rounds_dropped,
-                     (unsigned long long)ss.msgs_dropped, ss.stale_mean, ss.stale_max,
-                     ss.latency_ms);
+            snprintf(
+                xs, sizeof xs,
+                " sent_mb=%.2f recv_mb=%.2f rounds=%llu late=%llu dropped=%llu msgs_dropped=%llu "
+                "stale=%.1f/%.0f xchg_ms=%.1f",
+                ss.bytes_sent / 1e6, ss.bytes_recv / 1e6, (unsigned long long)ss.rounds_done,
+                (unsigned long long)ss.rounds_late, (unsigned long long)ss.rounds_dropped,
+                (unsigned long long)ss.msgs_dropped, ss.stale_mean, ss.stale_max, ss.latency_ms);
         LOG_I("train", "step=%d/%d loss=%.4f lr=%.3e norm=%.3f tok/s=%.0f ms/step=%.1f eta=%s%s",
               st->step, tc->max_iters, st->loss, st->lr, st->grad_norm,
               r->win_tok / (r->win_ms / 1e3), ms, eta, xs);
