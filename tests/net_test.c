@@ -4,13 +4,14 @@
 // plain nng PAIR socket (the SPARTA suite builds its garbage tests on that). Every wait is bounded.
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -459,13 +460,49 @@ Test(net, listening_on_a_taken_port_fails_naming_the_port) {
     net_mesh_destroy(m1);
 }
 
-// ---- raw bytes from a plain nng socket ------------------------------------------------------
+// ---- raw bytes from plain TCP and from a plain nng socket ----------------------------------
 
-static _Atomic int raw_pipes_added;
+// tcp_garbage connects to 127.0.0.1:port, writes n bytes, and returns 1 if the peer then drops
+// the connection (EOF or reset within 3 s), after reading whatever it sends first.
+static int tcp_garbage(int port, const void *bytes, size_t n) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect %d", port);
+    struct timeval tv = {3, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    cr_assert_eq(write(fd, bytes, n), (ssize_t)n);
+    char buf[64];
+    ssize_t r;
+    while ((r = read(fd, buf, sizeof buf)) > 0) {
+    } // the SP handshake reply, if any
+    close(fd);
+    return r == 0 || (r < 0 && errno == ECONNRESET);
+}
 
-static void raw_pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg) {
-    (void)p, (void)ev, (void)arg;
-    raw_pipes_added++;
+Test(net, listener_drops_garbage_connections_and_oversized_length_headers) {
+    addrs a;
+    make_addrs(&a);
+    net_mesh *m = mesh(&a, 1, 2); // listens for rank 0 on base + 3
+    unsigned char junk[256];
+    fill_bytes(junk, sizeof junk, 5);
+    cr_assert(tcp_garbage(a.base + 3, junk, sizeof junk), "garbage handshake not dropped");
+    // A valid PAIR v0 handshake (SP 0 0x0010), then a big-endian length header just over nng's
+    // limit (NET_MAX_MSG + 65) and no body: nng must drop the connection at once rather than
+    // allocate and wait for 8 MiB that never come.
+    const unsigned char hello[16] = {0, 'S', 'P', 0, 0x00, 0x10, 0, 0,
+                                     0, 0,   0,   0, 0,    0x80, 0, 0x41};
+    _Static_assert(NET_MAX_MSG + 65 == 0x800041, "length header above");
+    cr_assert(tcp_garbage(a.base + 3, hello, sizeof hello), "huge length not dropped");
+    int peer;
+    void *data;
+    size_t len;
+    cr_assert_eq(net_recv(m, 100, &peer, &data, &len), ERR_TIMEOUT, "garbage was delivered");
+    net_stats st;
+    net_get_stats(m, &st);
+    cr_assert_eq(st.msgs_recv + st.recv_dropped, 0);
+    net_mesh_destroy(m);
 }
 
 Test(net, raw_pair_socket_injects_bytes_that_arrive_through_recv) {
@@ -475,8 +512,6 @@ Test(net, raw_pair_socket_injects_bytes_that_arrive_through_recv) {
     nng_socket raw;
     cr_assert_eq(nng_pair0_open(&raw), 0);
     cr_assert_eq(nng_socket_set_ms(raw, NNG_OPT_SENDTIMEO, 3000), 0);
-    cr_assert_eq(nng_socket_set_ms(raw, NNG_OPT_RECONNMINT, 50), 0);
-    cr_assert_eq(nng_pipe_notify(raw, NNG_PIPE_EV_ADD_POST, raw_pipe_cb, NULL), 0);
     char url[64];
     snprintf(url, sizeof url, "tcp://127.0.0.1:%d", a.base + 3);
     cr_assert_eq(nng_dial(raw, url, NULL, 0), 0, "%s", url);
@@ -485,6 +520,13 @@ Test(net, raw_pair_socket_injects_bytes_that_arrive_through_recv) {
     fill_bytes(junk, sizeof junk, 99);
     cr_assert_eq(nng_send(raw, junk, sizeof junk, 0), 0);
     cr_assert_eq(nng_send(raw, junk, 0, 0), 0); // empty message
+    // Just over NET_MAX_MSG: nng takes it (its limit is NET_MAX_MSG + 64); net drops and counts it.
+    unsigned char *big = calloc(1, NET_MAX_MSG + 1);
+    cr_assert_not_null(big);
+    cr_assert_eq(nng_send(raw, big, NET_MAX_MSG + 1, 0), 0);
+    free(big);
+    cr_assert_eq(nng_send(raw, "after", 5, 0), 0);
+
     int peer;
     void *data;
     size_t len;
@@ -496,20 +538,6 @@ Test(net, raw_pair_socket_injects_bytes_that_arrive_through_recv) {
     cr_assert_eq(net_recv(m, 3000, &peer, &data, &len), ERR_OK, "%s", err_msg());
     cr_assert_eq(len, 0);
     net_msg_free(data);
-
-    // Just over NET_MAX_MSG: nng takes it (limit + 64), net drops and counts it. Far over: nng
-    // refuses it and drops the connection; the raw dialer reconnects and the next message flows.
-    unsigned char *big = calloc(1, NET_MAX_MSG + 4096);
-    cr_assert_not_null(big);
-    cr_assert_eq(nng_send(raw, big, NET_MAX_MSG + 1, 0), 0);
-    cr_assert_eq(nng_send(raw, big, NET_MAX_MSG + 4096, 0), 0);
-    free(big);
-    double t0 = now_ms();
-    while (raw_pipes_added < 2) { // "after" must not go out on the doomed connection
-        cr_assert(now_ms() - t0 < 5000, "raw socket did not reconnect");
-        sleep_ms(2);
-    }
-    cr_assert_eq(nng_send(raw, "after", 5, 0), 0);
     cr_assert_eq(net_recv(m, 5000, &peer, &data, &len), ERR_OK, "%s", err_msg());
     cr_assert_eq(len, 5, "an oversized message got through (%zu bytes)", len);
     cr_assert_eq(memcmp(data, "after", 5), 0);
@@ -523,23 +551,26 @@ Test(net, raw_pair_socket_injects_bytes_that_arrive_through_recv) {
     net_mesh_destroy(m);
 }
 
-Test(net, wake_returns_a_blocked_recv_without_a_message) {
+// nng 1.5.2 can block forever closing a pipe in the middle of a transfer; net_close must still
+// return in bounded time (it quiesces first and gives up on nng after a few seconds).
+Test(net, destroy_during_large_transfers_returns_in_bounded_time) {
     addrs a;
     make_addrs(&a);
-    net_mesh *m = mesh(&a, 1, 2);
-    blocked_recv b = {.m = m, .rc = -1};
-    pthread_t th;
-    cr_assert_eq(pthread_create(&th, NULL, recv_forever, &b), 0);
-    sleep_ms(100);
+    net_mesh *m[2] = {mesh(&a, 0, 2), mesh(&a, 1, 2)};
+    wait_mesh(m, 2, 5000);
+    unsigned char *buf = calloc(1, NET_MAX_MSG);
+    cr_assert_not_null(buf);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(net_send(m[0], 1, buf, NET_MAX_MSG), ERR_OK);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(net_send(m[1], 0, buf, NET_MAX_MSG), ERR_OK);
+    free(buf);
+    sleep_ms(20); // transfers under way in both directions
     double t0 = now_ms();
-    net_wake(m);
-    pthread_join(th, NULL);
-    cr_assert_eq(b.rc, ERR_TIMEOUT);
-    cr_assert(b.t_done - t0 < 500, "woken %.1f ms after net_wake", b.t_done - t0);
-    // a wake is consumed once: the next poll times out normally and the mesh still works
-    int peer;
-    void *data;
-    size_t len;
-    cr_assert_eq(net_recv(m, 0, &peer, &data, &len), ERR_TIMEOUT);
-    net_mesh_destroy(m);
+    net_mesh_destroy(m[1]);
+    double t1 = now_ms();
+    net_mesh_destroy(m[0]);
+    double t2 = now_ms();
+    cr_log_info("destroy during transfer: %.0f ms, %.0f ms", t1 - t0, t2 - t1);
+    cr_assert(t1 - t0 < 4500 && t2 - t1 < 4500, "destroy took %.0f / %.0f ms", t1 - t0, t2 - t1);
 }
