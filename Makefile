@@ -48,16 +48,25 @@ NNG_LIBS := $(shell $(PKG_CONFIG) --libs nng 2>/dev/null || echo -lnng) -lpthrea
 CRIT_CFLAGS := $(shell $(PKG_CONFIG) --cflags criterion 2>/dev/null)
 CRIT_LIBS := $(shell $(PKG_CONFIG) --libs criterion 2>/dev/null || echo -lcriterion)
 
+# Sanitizer variants build at -O1 so that reports point at the right lines.
+VARIANT ?= rel
+ifneq ($(filter asan tsan,$(VARIANT)),)
+OPT := -O1 -march=native
+endif
 CFLAGS := $(CFLAGS_BASE) $(OPT) $(OMP_CFLAGS) $(BLAS_CFLAGS) $(DEP_CFLAGS)
 LDLIBS := $(BLAS_LIBS) $(DEP_LIBS) $(NNG_LIBS) $(OMP_LIBS) -lm
 
-# Variant: build/rel (default) or build/asan (make sanitize).
-VARIANT ?= rel
+# Variant: build/rel (default), build/asan (make sanitize) or build/tsan (make tsan).
 B := build/$(VARIANT)
 ifeq ($(VARIANT),asan)
-OPT := -O1 -march=native
 CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDLIBS += -fsanitize=address,undefined
+endif
+# TSan: our OpenMP pragmas are compiled out (libgomp is not instrumented and would only give
+# false reports); the threads under test are the exchanger's and nng's.
+ifeq ($(VARIANT),tsan)
+CFLAGS := $(filter-out -fopenmp,$(CFLAGS)) -Wno-unknown-pragmas -fsanitize=thread -fno-omit-frame-pointer
+LDLIBS += -fsanitize=thread -lgomp
 endif
 
 LIB_SRC := $(filter-out train/main.c,$(wildcard train/*.c data/*.c infer/*.c sparta/*.c diloco/*.c))
@@ -77,7 +86,7 @@ Q := @
 endif
 
 .SECONDARY:
-.PHONY: all test bench sanitize run deps lint clean help fixtures check-deps
+.PHONY: all test bench sanitize tsan run deps lint clean help fixtures check-deps
 all: check-deps $(SPARTAN)
 
 help:
@@ -86,6 +95,7 @@ help:
 	@echo "make test       build and run every tests/*_test.c"
 	@echo "make bench      run the benchmarks (BENCH <key> <value> lines)"
 	@echo "make sanitize   run the test suite under ASan+UBSan (build/asan)"
+	@echo "make tsan       run the exchanger stress program under ThreadSanitizer (build/tsan)"
 	@echo "make lint       clang-format check and header-boundary check"
 	@echo "make clean      remove build/ and bin/"
 
@@ -124,6 +134,14 @@ test: check-deps $(SPARTAN) $(TEST_BIN)
 
 sanitize:
 	@$(MAKE) --no-print-directory VARIANT=asan test
+
+# Criterion cannot start under TSan, so the threaded code has a plain stress program.
+tsan:
+	@$(MAKE) --no-print-directory VARIANT=tsan build/tsan/tests/stress_sparta
+	@TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" build/tsan/tests/stress_sparta
+
+$(B)/tests/stress_%: $(B)/tests/stress_%.o $(TU_OBJ) $(LIB_OBJ)
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 bench: check-deps $(SPARTAN) $(BENCH_BIN)
 	@SPARTAN_BIN=$(SPARTAN) $(SHELL) scripts/run-bench $(BENCH_BIN)

@@ -4,6 +4,8 @@
 //   overwrite: x[I_r] <- m_r              correct: x[I_r] <- x[I_r] + (m_r - x_r[I_r])
 // applied at the first step boundary where round r is complete, and at the latest at step
 // r + max_stale with the peers whose values arrived (none but our own: the round is dropped).
+// sparta.reduce = ring replaces the all-to-all exchange by a ring reduce-scatter + all-gather;
+// a ring round is whole or dropped.
 //
 // Threads: the trainer thread gathers, posts and applies (the only writer of parameters); the
 // exchanger thread sends posted rounds and files received values into the round's slot. They
@@ -40,7 +42,7 @@ typedef struct {
     size_t count;     // values in this round
     uint32_t *got;    // [world] values received per peer (ours = count once posted)
     uint32_t *ag_got; // ring: [world] reduced values received per chunk (all-gather)
-    float *vals;      // [world][kmax] values per peer
+    float *vals;      // [world][kmax] values per peer (+ receive and result rows for ring)
     double t_post;    // when our values were posted (ms, monotonic)
     double t_done;    // when the last peer's values arrived
 } slot;
@@ -339,6 +341,10 @@ static void *exchanger_main(void *arg) {
 static void post_round(sparta_exchanger *ex, const float *params, int64_t r) {
     slot *s = &ex->slots[r % ex->nslots];
     pthread_mutex_lock(&ex->mu);
+    // A trainer far ahead of a slow exchanger must not reuse a slot it is still sending from;
+    // sends never block, so this wait is short.
+    while (s->sending && !s->sent)
+        pthread_cond_wait(&ex->cv, &ex->mu);
     if (s->round != r || s->state != S_OPEN) slot_reset(ex, s, r);
     ex->last_posted = r;
     size_t count = s->count;

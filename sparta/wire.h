@@ -1,12 +1,12 @@
 // wire.h: the SPARTA message format. One message per (round, destination, chunk): a 48-byte
-// little-endian header followed by `count` values as fp32 or bf16. Values of a round larger than
-// one message (8 MiB) are split into chunks by offset. Decoding validates everything and never
-// trusts a length from the wire. Pure functions; any thread.
+// little-endian header followed by `count` values as fp32, bf16 or int8. Values of a round larger
+// than one message (8 MiB) are split into chunks by offset. Decoding validates everything and
+// never trusts a length from the wire. Pure functions; any thread.
 //
 //   offset size field
 //   0      4    magic    WIRE_MAGIC
 //   4      2    version  WIRE_VERSION
-//   6      2    dtype    WIRE_FP32 or WIRE_BF16
+//   6      2    dtype    WIRE_FP32, WIRE_BF16 or WIRE_INT8
 //   8      8    run_id   hash of the model config and seed (peers of another run are dropped)
 //   16     4    sender   rank
 //   20     4    kind     WIRE_VALUES (SPARTA alltoall), WIRE_RING_RS, WIRE_RING_AG (ring)
@@ -16,7 +16,16 @@
 //   40     4    count    values in this message
 //   44     4    crc      CRC32C of header bytes [0, 44) then the payload bytes, so every
 //                        header field is covered too
-//   48          payload  count values (4 or 2 bytes each)
+//   48          payload  fp32: count values of 4 bytes; bf16: count values of 2 bytes;
+//                        int8: ceil(count / 4096) fp32 scales, then count int8 values
+//
+// int8 (absmax, one scale per block of WIRE_INT8_BLOCK values, blocks counted from the message's
+// first value): value i of block b decodes to q[i] * scale[b], with q in [-127, 127]. The encoder
+// takes scale = max|block| / 127, moved up by one ulp where needed so that (127 * scale) / 127 ==
+// scale in float; then decoding and encoding again gives the same bytes (forwarding is exact).
+// Round-trip error <= scale / 2 (+ float rounding) <= max|block| / 127 per value. An all-zero
+// block has scale 2^-149 and decodes to zeros; a block holding an inf or NaN has a NaN scale and
+// decodes to NaN everywhere, so non-finite values are never silently lost.
 #ifndef WIRE_H
 #define WIRE_H
 
@@ -26,7 +35,9 @@
 #define WIRE_MAGIC   0x41505353u // "SSPA" as little-endian bytes 53 53 50 41
 #define WIRE_VERSION 1
 #define WIRE_HEADER  48
-enum { WIRE_FP32 = 1, WIRE_BF16 = 2 };
+// WIRE_INT8 is 8 (its bits), not 3: 3 and 4 stay invalid dtypes for older peers and tests.
+enum { WIRE_FP32 = 1, WIRE_BF16 = 2, WIRE_INT8 = 8 };
+#define WIRE_INT8_BLOCK 4096 // int8 values per fp32 scale
 enum { WIRE_VALUES = 1, WIRE_RING_RS = 2, WIRE_RING_AG = 3 };
 
 typedef struct wire_header {
@@ -38,15 +49,21 @@ typedef struct wire_header {
     uint32_t k, offset, count;
 } wire_header;
 
-// wire_value_size returns 4 for WIRE_FP32, 2 for WIRE_BF16, 0 otherwise.
+// wire_value_size returns 4 for WIRE_FP32, 2 for WIRE_BF16, 0 otherwise (also for WIRE_INT8,
+// whose payload is not a whole number of bytes per value: use wire_payload_size).
 size_t wire_value_size(int dtype);
+
+// wire_payload_size returns the payload bytes of count values of dtype: 4 count (fp32),
+// 2 count (bf16), 4 ceil(count / WIRE_INT8_BLOCK) + count (int8), 0 for an unknown dtype.
+size_t wire_payload_size(int dtype, uint32_t count);
 
 // wire_max_count returns how many values of dtype fit in one message of at most max_bytes.
 uint32_t wire_max_count(int dtype, size_t max_bytes);
 
 // wire_encode writes header h (h->count values) and vals[0 .. h->count) converted to h->dtype
-// (bf16: round to nearest even) into buf, which must hold WIRE_HEADER + count*size bytes, and
-// fills in the CRC. Returns the message length.
+// (bf16: round to nearest even; int8: see above) into buf, which must hold
+// WIRE_HEADER + wire_payload_size(dtype, count) bytes, and fills in the CRC. Returns the message
+// length.
 size_t wire_encode(void *buf, const wire_header *h, const float *vals);
 
 // wire_decode validates msg(len): magic, version, dtype, count within k and offset+count <= k,

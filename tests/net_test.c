@@ -1,7 +1,8 @@
 // net_test.c: the nng peer mesh over real TCP on 127.0.0.1: addressing, delivery in all
 // directions with the right sender ranks, start order, reconnect after a restart, drops and
-// stats, size limits, timeouts, close waking a blocked receive, and raw bytes injected by a
-// plain nng PAIR socket (the SPARTA suite builds its garbage tests on that). Every wait is bounded.
+// stats, size limits, timeouts, close waking a blocked receive, garbage TCP clients, destroy during
+// 8 MiB transfers, and raw bytes injected by a plain nng PAIR socket (the SPARTA suite builds its
+// garbage tests on that). Every wait is bounded.
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -246,11 +247,19 @@ Test(net, restarted_peer_is_reconnected_and_receives_again) {
 Test(net, send_to_down_peer_returns_err_peer_quickly_and_is_counted) {
     addrs a;
     make_addrs(&a);
-    net_mesh *m = mesh(&a, 0, 2); // peer 1 never starts
+    // Peer 1 never starts; its port stays bound (not listening) so that nothing else in this
+    // machine can take it while the test runs, and dials to it are refused.
+    int hold = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(a.base + 3))};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(bind(hold, (struct sockaddr *)&sa, sizeof sa), 0, "port %d", a.base + 3);
+    net_mesh *m = mesh(&a, 0, 2);
     char buf[100] = {0};
     double t0 = now_ms();
-    for (int i = 0; i < 10; i++)
-        cr_assert_eq(net_send(m, 1, buf, sizeof buf), ERR_PEER);
+    for (int i = 0; i < 10; i++) {
+        int rc = net_send(m, 1, buf, sizeof buf);
+        cr_assert_eq(rc, ERR_PEER, "send %d: %s %s", i, err_str(rc), err_msg());
+    }
     double dt = now_ms() - t0;
     cr_assert(dt < 50, "10 sends to a down peer took %.1f ms", dt);
     cr_assert(strstr(err_msg(), "peer 1") != NULL, "%s", err_msg());
@@ -263,6 +272,7 @@ Test(net, send_to_down_peer_returns_err_peer_quickly_and_is_counted) {
     cr_assert_eq(net_send(m, 2, buf, 1), ERR_INVAL);
     cr_assert_eq(net_send(m, -1, buf, 1), ERR_INVAL);
     net_mesh_destroy(m);
+    close(hold);
 }
 
 Test(net, max_size_message_arrives_intact_and_larger_send_is_rejected) {
