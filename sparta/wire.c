@@ -1,11 +1,14 @@
 // wire.c: encode and validate SPARTA messages (layout in wire.h). The header is written and read
 // byte by byte in little-endian order, so the format is the same on every host and no field is
 // ever loaded unaligned. The CRC32C covers header bytes [0, 44) and the payload, so a message
-// with any single flipped bit is rejected. Pure functions; any thread.
+// with any single flipped bit is rejected. int8 payloads decode and re-encode to the same bytes
+// (scales are fixed points, see wire.h), which the ring all-reduce relies on. Pure functions.
 #include "wire.h"
 
+#include <float.h>
 #include <isa-l/crc.h>
 #include <limits.h>
+#include <math.h>
 #include <string.h>
 
 #include "err.h"
@@ -93,16 +96,99 @@ size_t wire_value_size(int dtype) {
     }
 }
 
+static int dtype_ok(int dtype) {
+    return dtype == WIRE_FP32 || dtype == WIRE_BF16 || dtype == WIRE_INT8;
+}
+
+static size_t int8_blocks(size_t count) { return (count + WIRE_INT8_BLOCK - 1) / WIRE_INT8_BLOCK; }
+
+size_t wire_payload_size(int dtype, uint32_t count) {
+    if (dtype == WIRE_INT8) return 4 * int8_blocks(count) + count;
+    return wire_value_size(dtype) * count;
+}
+
 uint32_t wire_max_count(int dtype, size_t max_bytes) {
-    size_t size = wire_value_size(dtype);
-    if (size == 0 || max_bytes <= WIRE_HEADER) return 0;
-    size_t n = (max_bytes - WIRE_HEADER) / size;
+    if (!dtype_ok(dtype) || max_bytes <= WIRE_HEADER) return 0;
+    size_t avail = max_bytes - WIRE_HEADER, n;
+    if (dtype == WIRE_INT8) { // whole blocks of 4 + 4096 bytes, then a partial block if it fits
+        size_t full = avail / (4 + WIRE_INT8_BLOCK), rest = avail % (4 + WIRE_INT8_BLOCK);
+        n = full * WIRE_INT8_BLOCK + (rest > 4 ? rest - 4 : 0);
+    } else {
+        n = avail / wire_value_size(dtype);
+    }
     return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
 }
 
+// ---- int8 ------------------------------------------------------------------------------------
+
+// A scale s is a fixed point when (127 s) / 127 == s in float. Decoded values are q s with
+// max |q| = 127, so re-encoding them finds max = 127 s and recomputes exactly s: the bytes repeat.
+// About 0.8% of floats are not fixed points; the next float up always is (checked exhaustively
+// for every s up to FLT_MAX / 127).
+static int scale_is_fixed(float s) {
+    float m = 127.0f * s;
+    return m / 127.0f == s;
+}
+
+// int8_scale returns the scale of the block x(n): the smallest fixed point >= max|x| / 127, at
+// least 2^-149 (the smallest subnormal, so an all-zero block divides by something), or NaN if the
+// block holds an inf or a NaN.
+static float int8_scale(const float *x, size_t n) {
+    float m = 0.0f;
+    int finite = 1;
+    for (size_t i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        finite &= a <= FLT_MAX; // false for inf and NaN
+        m = a > m ? a : m;
+    }
+    if (!finite) return NAN;
+    float s = m / 127.0f;
+    if (s < FLT_TRUE_MIN) s = FLT_TRUE_MIN;
+    if (!scale_is_fixed(s)) s = nextafterf(s, INFINITY);
+    return s;
+}
+
+// int8_encode writes ceil(count / 4096) scales, then count values, to q.
+static void int8_encode(unsigned char *p, const float *vals, size_t count) {
+    size_t nb = int8_blocks(count);
+    signed char *q = (signed char *)(p + 4 * nb);
+    for (size_t b = 0; b < nb; b++) {
+        size_t lo = b * WIRE_INT8_BLOCK,
+               n = count - lo < WIRE_INT8_BLOCK ? count - lo : WIRE_INT8_BLOCK;
+        float s = int8_scale(vals + lo, n);
+        put32(p + 4 * b, f32_bits(s));
+        if (isnan(s)) {
+            memset(q + lo, 0, n);
+            continue;
+        }
+        // |x| / s <= 127 (1 + 2^-22); the clamp only catches that rounding. The reciprocal's
+        // extra rounding moves t by < 127 * 2^-22, which never changes a fixed point's q.
+        float r = 1.0f / s;
+        const float *x = vals + lo;
+        signed char *qb = q + lo;
+        for (size_t i = 0; i < n; i++) {
+            float t = rintf(x[i] * r);
+            t = t > 127.0f ? 127.0f : t;
+            t = t < -127.0f ? -127.0f : t;
+            qb[i] = (signed char)(int)t;
+        }
+    }
+}
+
+static void int8_decode(const unsigned char *p, size_t count, float *dst) {
+    size_t nb = int8_blocks(count);
+    const signed char *q = (const signed char *)(p + 4 * nb);
+    for (size_t b = 0; b < nb; b++) {
+        size_t lo = b * WIRE_INT8_BLOCK,
+               n = count - lo < WIRE_INT8_BLOCK ? count - lo : WIRE_INT8_BLOCK;
+        float s = bits_f32(get32(p + 4 * b));
+        for (size_t i = 0; i < n; i++)
+            dst[lo + i] = (float)q[lo + i] * s;
+    }
+}
+
 size_t wire_encode(void *buf, const wire_header *h, const float *vals) {
-    size_t size = wire_value_size(h->dtype);
-    ASSERT(size != 0);
+    ASSERT(dtype_ok(h->dtype));
     ASSERT(h->count <= h->k && (uint64_t)h->offset + h->count <= h->k);
     unsigned char *p = buf;
     put32(p + 0, WIRE_MAGIC);
@@ -121,11 +207,13 @@ size_t wire_encode(void *buf, const wire_header *h, const float *vals) {
     if (h->dtype == WIRE_FP32) {
         for (size_t i = 0; i < count; i++)
             put32(q + 4 * i, f32_bits(vals[i]));
-    } else {
+    } else if (h->dtype == WIRE_BF16) {
         for (size_t i = 0; i < count; i++)
             put16(q + 2 * i, f32_to_bf16(vals[i]));
+    } else {
+        int8_encode(q, vals, count);
     }
-    size_t payload = count * size;
+    size_t payload = wire_payload_size(h->dtype, h->count);
     put32(p + CRC_OFFSET, message_crc(p, payload));
     return WIRE_HEADER + payload;
 }
@@ -152,15 +240,14 @@ int wire_decode(const void *msg, size_t len, uint64_t expect_run_id, wire_header
         .offset = get32(p + 36),
         .count = get32(p + 40),
     };
-    size_t size = wire_value_size(d.dtype);
-    if (size == 0) return err_set(ERR_FORMAT, "wire: bad dtype %u", d.dtype);
+    if (!dtype_ok(d.dtype)) return err_set(ERR_FORMAT, "wire: bad dtype %u", d.dtype);
     if (d.k == 0 && d.count > 0)
         return err_set(ERR_FORMAT, "wire: k is 0 but count is %u", d.count);
     if (d.count > d.k) return err_set(ERR_FORMAT, "wire: count %u exceeds k %u", d.count, d.k);
     if ((uint64_t)d.offset + d.count > d.k)
         return err_set(ERR_FORMAT, "wire: offset %u + count %u exceeds k %u", d.offset, d.count,
                        d.k);
-    uint64_t want = WIRE_HEADER + (uint64_t)d.count * size;
+    uint64_t want = WIRE_HEADER + (uint64_t)wire_payload_size(d.dtype, d.count);
     if ((uint64_t)len != want)
         return err_set(ERR_FORMAT, "wire: length %zu does not match count %u (want %llu bytes)",
                        len, d.count, (unsigned long long)want);
@@ -180,10 +267,12 @@ void wire_values(const void *msg, const wire_header *h, float *dst) {
     if (h->dtype == WIRE_FP32) {
         for (size_t i = 0; i < count; i++)
             dst[i] = bits_f32(get32(q + 4 * i));
-    } else {
-        ASSERT(h->dtype == WIRE_BF16);
+    } else if (h->dtype == WIRE_BF16) {
         for (size_t i = 0; i < count; i++)
             dst[i] = bf16_to_f32(get16(q + 2 * i));
+    } else {
+        ASSERT(h->dtype == WIRE_INT8);
+        int8_decode(q, count, dst);
     }
 }
 
