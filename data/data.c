@@ -234,13 +234,15 @@ static uint64_t mix64(uint64_t x) {
     return x ^ (x >> 31);
 }
 
-// window_start hashes (seed, rank, pos, b) into [0, span). The modulo bias is below span/2^64,
-// i.e. under 1e-9 for any shard that fits on a disk.
+// window_start hashes (seed, pos, j) into [0, span), where j = rank*B + b is the window's index
+// in the global batch: rank r of a group with micro-batch B takes windows [rB, rB + B) of global
+// batch pos, so one peer with batch P*B draws exactly the union of P peers' batches (what the
+// DDP equivalence needs). The modulo bias is below span/2^64, under 1e-9 for any real shard.
 static uint64_t window_start(const data_loader *dl, uint64_t pos, int b, uint64_t span) {
+    uint64_t j = (uint64_t)(uint32_t)dl->rank * (uint64_t)(uint32_t)dl->B + (uint64_t)(uint32_t)b;
     uint64_t h = mix64(dl->seed);
-    h = mix64(h ^ (uint64_t)(uint32_t)dl->rank);
     h = mix64(h ^ pos);
-    h = mix64(h ^ (uint64_t)(uint32_t)b);
+    h = mix64(h ^ j);
     return h % span;
 }
 

@@ -51,9 +51,11 @@ typedef struct data_loader data_loader;
 
 // data_loader_create draws batches of B windows of T+1 tokens from shard s (borrowed: it must
 // outlive the loader). Window starts are drawn uniformly from [0, len-T-1] by a counter-based
-// PRNG keyed by (seed, rank, position), so the stream is deterministic for a given (seed, rank)
-// and different ranks get different data. Returns ERR_OK, or ERR_INVAL if the shard holds fewer
-// than T+1 tokens (the message says how many are needed). The caller owns *out.
+// PRNG keyed by (seed, position, j), where j = rank*B + b is the window's index in the group's
+// global batch: the stream is deterministic for a given (seed, rank), different ranks get
+// different data, and one loader with batch P*B draws exactly the windows of P loaders of batch B
+// (ranks 0 .. P-1). Returns ERR_OK, or ERR_INVAL if the shard holds fewer than T+1 tokens (the
+// message says how many are needed). The caller owns *out.
 int data_loader_create(data_loader **out, data_shard *s, int B, int T, uint64_t seed, int rank);
 
 // data_loader_next fills x(B,T) with inputs and y(B,T) with the next-token targets, then

@@ -27,7 +27,7 @@ static const char *bin(void) {
 static int free_base(void) {
     srand((unsigned)(time(NULL) ^ getpid()));
     for (;;) {
-        int base = 20000 + rand() % 40000, ok = 1;
+        int base = 10000 + rand() % 22000, ok = 1; // below the ephemeral range (see net.c)
         for (int i = 0; i < 4 && ok; i++) {
             int fd = socket(AF_INET, SOCK_STREAM, 0);
             struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(base + i))};

@@ -116,7 +116,7 @@ int tu_files_equal(const char *a, const char *b) {
 int tu_free_port_base(int span) {
     srand((unsigned)(time(NULL) ^ (unsigned)getpid()));
     for (int attempt = 0; attempt < 200; attempt++) {
-        int base = 20000 + rand() % 40000, ok = 1;
+        int base = 10000 + rand() % 22000, ok = 1; // below the ephemeral range (see net.c)
         for (int i = 0; i < span && ok; i++) {
             int fd = socket(AF_INET, SOCK_STREAM, 0);
             struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(base + i))};
