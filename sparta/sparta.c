@@ -675,9 +675,10 @@ static void sync_stats(void *ctx, train_sync_stats *st) { sparta_get_stats(ctx, 
 static void sync_destroy(void *ctx) { sparta_destroy(ctx); }
 
 int sparta_sync_factory(train_sync *out, const cfg *c, int rank, int world, uint64_t run_id,
-                        size_t n_params) {
+                        const float *params, size_t n_params) {
+    (void)params;
     memset(out, 0, sizeof *out);
-    if (world < 2 || c->sparta.p <= 0) return ERR_OK;
+    if (world < 2 || c->sparta.p <= 0 || strcmp(c->train.mode, "ddp") == 0) return ERR_OK;
     sparta_exchanger *ex;
     // Index sets depend on this code: peers on builds that select differently must not mix.
     uint64_t id = rng_hash(run_id ^ SPARTA_SELECT_VERSION);

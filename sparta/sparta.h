@@ -49,6 +49,6 @@ void sparta_destroy(sparta_exchanger *ex);
 // sparta_sync_factory is a train_sync_factory: SPARTA when net.peers lists more than one peer
 // and sparta.p > 0, else no sync.
 int sparta_sync_factory(train_sync *out, const cfg *c, int rank, int world, uint64_t run_id,
-                        size_t n_params);
+                        const float *params, size_t n_params);
 
 #endif

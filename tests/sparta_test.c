@@ -264,74 +264,33 @@ Test(sparta, bf16_rounds_carry_two_bytes_per_value) {
     "--set train.eval_interval=0 --set train.eval_iters=1 --set train.threads=1 "    \
     "--set sparta.timeout_ms=20000"
 
-typedef struct {
-    char *dir;
-    char data[600];
-    char peers[256];
-} cluster;
+typedef tu_cluster cluster;
 
 static void cluster_open(cluster *c, int world) {
-    c->dir = tu_tmpdir("sparta");
-    snprintf(c->data, sizeof c->data, "%s/data", c->dir);
-    char *out = NULL;
-    cr_assert_eq(tu_prepare_char_data(c->data, &out), 0, "%s", out);
-    free(out);
-    int base = free_base(4 * world);
-    c->peers[0] = 0;
-    for (int i = 0; i < world; i++) {
-        char a[32];
-        snprintf(a, sizeof a, "%s127.0.0.1:%d", i ? "," : "", base + 4 * i);
-        strcat(c->peers, a);
-    }
+    cr_assert_eq(tu_cluster_open(c, world), 0, "cannot set up the cluster");
 }
 
-// start_peer runs one peer in the background with its log in <dir>/rank<i>.log.
 static pid_t start_peer(cluster *c, int rank, const char *extra) {
-    char cmd[4096], log[700];
-    snprintf(log, sizeof log, "%s/rank%d.log", c->dir, rank);
-    snprintf(cmd, sizeof cmd,
-             "exec %s train configs/tiny.ini " SMALL " --set data.dir=%s "
-             "--set train.out_dir=%s/rank%d --peers %s --rank %d %s",
-             tu_spartan(), c->data, c->dir, rank, c->peers, rank, extra);
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        if (!freopen(log, "a", stderr)) _exit(126);
-        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-        _exit(127);
-    }
+    char args[4096];
+    snprintf(args, sizeof args, "configs/tiny.ini " SMALL " %s", extra);
+    pid_t pid = tu_cluster_start(c, rank, args);
+    cr_assert(pid > 0);
     return pid;
 }
 
-// wait_exit waits at most timeout_s for pid and returns its exit status (or -1).
-static int wait_exit(pid_t pid, int timeout_s) {
-    int st;
-    for (int i = 0; i < timeout_s * 20; i++) {
-        if (waitpid(pid, &st, WNOHANG) == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-        usleep(50000);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &st, 0);
-    return -1;
-}
+static int wait_exit(pid_t pid, int timeout_s) { return tu_wait_exit(pid, timeout_s); }
 
-static char *peer_log(cluster *c, int rank) {
-    char path[700], *text = NULL;
-    snprintf(path, sizeof path, "%s/rank%d.log", c->dir, rank);
-    if (tu_read_file(path, &text, NULL)) return strdup("");
-    return text;
-}
+static char *peer_log(cluster *c, int rank) { return tu_cluster_log(c, rank); }
 
 // run_all starts world peers with the same extra options and requires every one to succeed.
 static void run_all(cluster *c, int world, const char *extra) {
-    pid_t pid[16];
-    for (int i = 0; i < world; i++)
-        pid[i] = start_peer(c, i, extra);
-    for (int i = 0; i < world; i++) {
-        int st = wait_exit(pid[i], 120);
-        char *log = peer_log(c, i);
-        cr_assert_eq(st, 0, "peer %d exited %d:\n%s", i, st, log);
-        free(log);
+    char args[4096];
+    snprintf(args, sizeof args, "configs/tiny.ini " SMALL " %s", extra);
+    cr_assert_eq(c->world, world);
+    int bad = tu_cluster_run(c, args, 120);
+    if (bad >= 0) {
+        char *log = tu_cluster_log(c, bad);
+        cr_assert_fail("peer %d failed:\n%s", bad, log);
     }
 }
 
@@ -399,8 +358,7 @@ Test(sparta, three_peers_with_full_fraction_stay_bitwise_equal_to_the_mean, .tim
     cr_assert(fabs(sent_step - want) <= 0.01 * want, "bytes per round %llu, expected %.0f",
               sent_step, want);
     free(csv);
-    tu_rm_rf(c.dir);
-    free(c.dir);
+    tu_cluster_close(&c);
 }
 
 // metrics_value returns column col of the last row of a metrics.csv (or -1).
@@ -461,8 +419,7 @@ Test(sparta, killed_peer_does_not_stall_the_others_and_is_picked_up_again, .time
         kill(pid[i], SIGINT);
         cr_assert_eq(wait_exit(pid[i], 60), 0, "peer %d did not stop cleanly", i);
     }
-    tu_rm_rf(c.dir);
-    free(c.dir);
+    tu_cluster_close(&c);
 }
 
 Test(sparta, ring_all_reduce_agrees_and_sends_two_thirds_of_alltoall, .timeout = 180) {
@@ -513,6 +470,5 @@ Test(sparta, ring_all_reduce_agrees_and_sends_two_thirds_of_alltoall, .timeout =
         free(own[i]);
     }
     free(csv);
-    tu_rm_rf(c.dir);
-    free(c.dir);
+    tu_cluster_close(&c);
 }

@@ -145,3 +145,72 @@ int tu_prepare_char_data(const char *dir, char **out) {
              tu_spartan(), dir);
     return tu_run(cmd, 60, out);
 }
+
+int tu_cluster_open(tu_cluster *c, int world) {
+    memset(c, 0, sizeof *c);
+    c->world = world;
+    c->dir = tu_tmpdir("cluster");
+    if (!c->dir) return -1;
+    snprintf(c->data, sizeof c->data, "%s/data", c->dir);
+    if (tu_prepare_char_data(c->data, NULL) != 0) return -1;
+    int span = 2 * world + 2, base = tu_free_port_base(span * world);
+    if (base < 0) return -1;
+    for (int i = 0; i < world; i++) {
+        char a[32];
+        snprintf(a, sizeof a, "%s127.0.0.1:%d", i ? "," : "", base + span * i);
+        strcat(c->peers, a);
+    }
+    return 0;
+}
+
+int tu_cluster_start(tu_cluster *c, int rank, const char *args) {
+    char cmd[8192], log[700];
+    snprintf(log, sizeof log, "%s/rank%d.log", c->dir, rank);
+    snprintf(cmd, sizeof cmd,
+             "exec %s train %s --set data.dir=%s --set train.out_dir=%s/rank%d --peers %s "
+             "--rank %d",
+             tu_spartan(), args, c->data, c->dir, rank, c->peers, rank);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen(log, "a", stderr)) _exit(126);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    return (int)pid;
+}
+
+int tu_wait_exit(int pid, int timeout_s) {
+    int st;
+    for (int i = 0; i < timeout_s * 20; i++) {
+        if (waitpid(pid, &st, WNOHANG) == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+        usleep(50000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    return -1;
+}
+
+char *tu_cluster_log(tu_cluster *c, int rank) {
+    char path[700], *text = NULL;
+    snprintf(path, sizeof path, "%s/rank%d.log", c->dir, rank);
+    if (tu_read_file(path, &text, NULL)) {
+        text = malloc(1);
+        text[0] = 0;
+    }
+    return text;
+}
+
+int tu_cluster_run(tu_cluster *c, const char *args, int timeout_s) {
+    int pid[64], bad = -1;
+    for (int i = 0; i < c->world; i++)
+        pid[i] = tu_cluster_start(c, i, args);
+    for (int i = 0; i < c->world; i++)
+        if (tu_wait_exit(pid[i], timeout_s) != 0 && bad < 0) bad = i;
+    return bad;
+}
+
+void tu_cluster_close(tu_cluster *c) {
+    tu_rm_rf(c->dir);
+    free(c->dir);
+    c->dir = NULL;
+}

@@ -44,4 +44,35 @@ float *tu_load_params(const char *path, size_t *n);
 // tinyshakespeare into dir. Returns 0 on success; *out (may be NULL) gets the output.
 int tu_prepare_char_data(const char *dir, char **out);
 
+// A group of `spartan train` peer processes on 127.0.0.1 sharing one prepared char dataset.
+// Peer r runs `spartan train ARGS --set data.dir=<data> --set train.out_dir=<dir>/rank<r>
+// --peers <peers> --rank r` with its stderr in <dir>/rank<r>.log. Base ports are 2*world + 2
+// apart (SPARTA ports, then the all-reduce ports).
+typedef struct tu_cluster {
+    char *dir;
+    char data[600];
+    char peers[512];
+    int world;
+} tu_cluster;
+
+// tu_cluster_open makes the folder, prepares the data and picks ports. Returns 0 on success.
+int tu_cluster_open(tu_cluster *c, int world);
+
+// tu_cluster_start starts peer rank in the background and returns its pid (-1 on failure).
+int tu_cluster_start(tu_cluster *c, int rank, const char *args);
+
+// tu_wait_exit waits at most timeout_s for pid and returns its exit status, 128 if it died of a
+// signal, or -1 after killing it at the timeout.
+int tu_wait_exit(int pid, int timeout_s);
+
+// tu_cluster_log returns peer rank's log text (caller frees; "" if none).
+char *tu_cluster_log(tu_cluster *c, int rank);
+
+// tu_cluster_run starts every peer with args and waits for all; returns -1 if every peer exited
+// with status 0, else the first failing rank.
+int tu_cluster_run(tu_cluster *c, const char *args, int timeout_s);
+
+// tu_cluster_close removes the folder and frees c's memory.
+void tu_cluster_close(tu_cluster *c);
+
 #endif

@@ -40,6 +40,7 @@ typedef struct cfg_train {
     int keep_ckpts;    // newest interval checkpoints kept (0 = all)
     int threads;       // OpenMP/BLAS threads (0 = all cores)
     int rank;          // this peer's rank: selects its data stream
+    char mode[8];      // "local" (own optimizer steps) or "ddp" (gradients averaged)
     char out_dir[CFG_PATH_MAX];
 } cfg_train;
 
@@ -64,6 +65,16 @@ typedef struct cfg_sparta {
     int timeout_ms;    // longest wait of a sync round for a missing peer
 } cfg_sparta;
 
+// DiLoCo: every H inner steps, an outer Nesterov step on the pseudo-gradient averaged over peers.
+typedef struct cfg_diloco {
+    int H;          // inner steps per outer step (0 = off)
+    float lr;       // outer learning rate
+    float momentum; // outer momentum mu
+    int nesterov;   // Nesterov momentum (PyTorch SGD semantics)
+    char dtype[8];  // pseudo-gradients on the wire: "fp32", "bf16" or "int8"
+    int timeout_ms; // longest wait for a peer in an all-reduce
+} cfg_diloco;
+
 // The peer mesh. peers lists every peer's "host:port" in rank order (this one included);
 // listen is the local bind address (empty: this peer's entry in peers).
 typedef struct cfg_net {
@@ -77,6 +88,7 @@ typedef struct cfg {
     cfg_data data;
     cfg_log log;
     cfg_sparta sparta;
+    cfg_diloco diloco;
     cfg_net net;
 } cfg;
 

@@ -6,6 +6,8 @@
 #include "cmds.h"
 #include "corr.h"
 #include "data_cmd.h"
+#include "diloco.h"
+#include "err.h"
 #include "sample_cmd.h"
 #include "sparta.h"
 
@@ -19,10 +21,24 @@ typedef struct {
     const char *help;
 } command;
 
-// train wires the peer synchronisation (SPARTA) into the trainer, which cannot include it.
-static int train_main(int argc, char **argv) {
-    return train_cmd_main(argc, argv, sparta_sync_factory);
+// make_sync builds the peer synchronisation of a run from the config: SPARTA and the
+// all-reduce modes (DiLoCo, DDP), chained when both are on. train/ cannot include them itself.
+static int make_sync(train_sync *out, const cfg *c, int rank, int world, uint64_t run_id,
+                     const float *params, size_t n) {
+    train_sync sp, dl;
+    int rc = sparta_sync_factory(&sp, c, rank, world, run_id, params, n);
+    if (rc) return rc;
+    rc = diloco_sync_factory(&dl, c, rank, world, run_id, params, n);
+    if (rc) {
+        if (sp.destroy) sp.destroy(sp.ctx);
+        return rc;
+    }
+    if (sp.ctx && dl.ctx) return train_sync_chain(out, &sp, &dl);
+    *out = sp.ctx ? sp : dl;
+    return ERR_OK;
 }
+
+static int train_main(int argc, char **argv) { return train_cmd_main(argc, argv, make_sync); }
 
 static const command commands[] = {
     {"train", train_main, "train a GPT-2 model from an INI config (alone or with peers)"},

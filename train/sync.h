@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "cfg.h"
+#include "ckpt.h"
 
 // Cumulative counters of a sync module, for the progress line and metrics.csv.
 typedef struct train_sync_stats {
@@ -26,14 +27,27 @@ typedef struct train_sync {
     // after_step runs after optimizer step `step` (1-based count of completed steps) and may
     // read and write params(n). Returns ERR_OK or an error that stops training.
     int (*after_step)(void *ctx, float *params, size_t n, long step);
+    // after_backward runs when a step's gradients grads(n) are complete (every micro-batch),
+    // before clipping and the optimizer step; DDP averages them here. May be NULL.
+    int (*after_backward)(void *ctx, float *grads, size_t n, long step);
+    // save and load write and read the module's state in a checkpoint (DiLoCo: /outer/...).
+    // May be NULL. Return ERR_OK or the ckpt_ error.
+    int (*save)(void *ctx, ckpt_writer *w);
+    int (*load)(void *ctx, ckpt_reader *r);
     void (*get_stats)(void *ctx, train_sync_stats *st);
     void (*destroy)(void *ctx);
 } train_sync;
 
+// train_sync_chain combines two sync modules into one that runs a's hooks, then b's, and sums
+// their counters. Either may be empty (no hooks). On success *out owns both (its destroy
+// destroys them). Returns ERR_OK.
+int train_sync_chain(train_sync *out, const train_sync *a, const train_sync *b);
+
 // A factory builds the sync module for a run: *out is left zeroed (no sync) when the config asks
 // for none. rank and world come from the command line or environment; run_id identifies the run
-// (model config and seed) on the wire. Returns ERR_OK or an error with a message.
+// (model config and seed) on the wire; params(n_params) are the starting parameters (borrowed).
+// Returns ERR_OK or an error with a message.
 typedef int (*train_sync_factory)(train_sync *out, const cfg *c, int rank, int world,
-                                  uint64_t run_id, size_t n_params);
+                                  uint64_t run_id, const float *params, size_t n_params);
 
 #endif

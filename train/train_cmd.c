@@ -335,14 +335,22 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
     gpt_model *m = trainer_model(t);
     train_sync sync;
     memset(&sync, 0, sizeof sync);
-    if (make_sync && make_sync(&sync, ec, ec->train.rank, world,
-                               run_id(gpt_config(m), ec->train.seed), gpt_n_params(m))) {
+    uint64_t id = run_id(gpt_config(m), ec->train.seed);
+    if (make_sync &&
+        make_sync(&sync, ec, ec->train.rank, world, id, gpt_params(m), gpt_n_params(m))) {
         LOG_E("train", "%s", err_msg());
         trainer_destroy(t);
         free(resume);
         return 1;
     }
     trainer_set_sync(t, &sync);
+    if (resume && trainer_load_sync(t, resume)) {
+        LOG_E("train", "%s: %s", resume, err_msg());
+        if (sync.destroy) sync.destroy(sync.ctx);
+        trainer_destroy(t);
+        free(resume);
+        return 1;
+    }
     FILE *metrics = open_metrics(ec, resume != NULL);
     if (!metrics) {
         LOG_E("train", "%s", err_msg());

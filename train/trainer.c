@@ -165,10 +165,14 @@ int trainer_step(trainer *t, trainer_stats *st) {
         loss += gpt_forward(t->model, t->x, t->y, B, T);
         gpt_backward(t->model, 1.0f / (float)accum);
     }
+    int rc = ERR_OK;
+    if (t->sync.after_backward)
+        rc = t->sync.after_backward(t->sync.ctx, gpt_grads(t->model), gpt_n_params(t->model),
+                                    t->step + 1);
+    if (rc) return rc;
     float norm = optim_grad_norm(gpt_grads(t->model), gpt_n_params(t->model));
     optim_step(t->opt, t->model, tc, lr, optim_clip_scale(norm, tc->grad_clip));
     t->step++;
-    int rc = ERR_OK;
     if (t->sync.after_step)
         rc = t->sync.after_step(t->sync.ctx, gpt_params(t->model), gpt_n_params(t->model), t->step);
     st->step = t->step;
@@ -209,12 +213,22 @@ int trainer_save(trainer *t, const char *path) {
     if (!rc) rc = ckpt_write_attr_u64s(w, "rng_state", rng_state, 2);
     if (!rc) rc = ckpt_write_attr_str(w, "tokenizer", t->tok_spec);
     if (!rc) rc = ckpt_write_attr_str(w, "config", text);
+    if (!rc && t->sync.save) rc = t->sync.save(t->sync.ctx, w);
     free(text);
     if (rc) {
         ckpt_writer_abort(w);
         return rc;
     }
     return ckpt_writer_commit(w);
+}
+
+int trainer_load_sync(trainer *t, const char *path) {
+    if (!t->sync.load) return ERR_OK;
+    ckpt_reader *r = NULL;
+    int rc = ckpt_reader_open(&r, path);
+    if (!rc) rc = t->sync.load(t->sync.ctx, r);
+    ckpt_reader_close(r);
+    return rc;
 }
 
 int trainer_step_index(const trainer *t) { return t->step; }

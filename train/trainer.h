@@ -37,6 +37,10 @@ void trainer_destroy(trainer *t);
 // its ctx stays owned by the caller). Without it the trainer trains alone.
 void trainer_set_sync(trainer *t, const train_sync *sync);
 
+// trainer_load_sync restores the sync module's state (e.g. DiLoCo's outer state) from the
+// checkpoint at path, when the module keeps one. Returns ERR_OK or the error naming the file.
+int trainer_load_sync(trainer *t, const char *path);
+
 // trainer_step runs one optimizer step (grad_accum micro-batches, clipping, AdamW), then the
 // sync hook, and fills *st. Returns ERR_OK or the sync hook's error.
 int trainer_step(trainer *t, trainer_stats *st);

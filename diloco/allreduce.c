@@ -1,0 +1,273 @@
+// allreduce.c: the ring all-reduce of allreduce.h. One call runs 2 (P-1) steps as two cursors over
+// the same chunk list: a send cursor (what we owe rank+1) and a receive cursor (what rank-1 owes
+// us). Send (u, c) for u >= 1 forwards what receive (u-1, c) brought, so it waits for it; at most
+// `window` sends run ahead of the receives, which bounds what waits in rank+1's receive queue.
+// Invariant: x is read, never written, until every step is done; w holds the partial sums and
+// results and is copied to x only on success. Threads: one caller per context (the exchanger).
+#include "allreduce.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "err.h"
+#include "log.h"
+#include "wire.h"
+
+// Messages one peer may have sent beyond what it received. In a ring, rank+1's queue can then
+// hold up to about (P+1) * window messages, which must stay below the mesh's receive queue
+// (NET_RECV_QUEUE messages, 512 MiB) and nng's send queue (64): (P+1) * window <= 60.
+enum { WINDOW_MAX = 8, QUEUE_BUDGET = 60, RETRY_MS = 1 };
+
+struct ar_ctx {
+    net_mesh *mesh; // borrowed
+    int rank, world, dtype, window;
+    uint64_t run_id;
+    size_t max_n;
+    size_t chunk;       // values per message, a multiple of WIRE_INT8_BLOCK
+    float *w;           // (max_n) partial sums, then results
+    unsigned char *msg; // (NET_MAX_MSG) the message being sent
+};
+
+// One call's schedule: segment bounds and the two cursors. Step u sends segment r-u and
+// receives segment r-u-1 (mod P); steps u < P-1 are reduce-scatter, the rest all-gather.
+typedef struct cursor {
+    int u;    // step, 0 .. 2P-2 (2P-2 = done)
+    size_t c; // chunk within the step's segment
+} cursor;
+
+typedef struct call {
+    ar_ctx *ctx;
+    const float *x;
+    size_t n;
+    uint64_t tag;
+    int steps; // 2 (P-1)
+    cursor snd, rcv;
+    uint64_t sent, recvd; // messages
+    size_t pending;       // bytes of an encoded message not yet accepted by net_send (0 = none)
+    ar_stats st;
+} call;
+
+static int mod(int a, int p) { return ((a % p) + p) % p; }
+
+static size_t seg_lo(const call *k, int s) {
+    return (size_t)((uint64_t)s * k->n / (uint64_t)k->ctx->world);
+}
+
+static size_t seg_chunks(const call *k, int s) {
+    size_t len = seg_lo(k, s + 1) - seg_lo(k, s);
+    return (len + k->ctx->chunk - 1) / k->ctx->chunk;
+}
+
+static int send_seg(const call *k, int u) { return mod(k->ctx->rank - u, k->ctx->world); }
+static int recv_seg(const call *k, int u) { return mod(k->ctx->rank - u - 1, k->ctx->world); }
+
+// chunk_range gives the first index and the count of chunk c of segment s.
+static void chunk_range(const call *k, int s, size_t c, size_t *lo, uint32_t *count) {
+    size_t a = seg_lo(k, s) + c * k->ctx->chunk, end = seg_lo(k, s + 1);
+    *lo = a;
+    *count = (uint32_t)(end - a < k->ctx->chunk ? end - a : k->ctx->chunk);
+}
+
+// settle moves a cursor past empty segments and finished steps (bounded by the step count).
+static void settle(const call *k, cursor *cur, int sending) {
+    while (cur->u < k->steps &&
+           cur->c >= seg_chunks(k, sending ? send_seg(k, cur->u) : recv_seg(k, cur->u))) {
+        cur->u++;
+        cur->c = 0;
+    }
+}
+
+static void advance(const call *k, cursor *cur, int sending) {
+    cur->c++;
+    settle(k, cur, sending);
+}
+
+static int kind_of(const call *k, int u) {
+    return u < k->ctx->world - 1 ? WIRE_RING_RS : WIRE_RING_AG;
+}
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
+// ---- create / destroy -------------------------------------------------------------------------
+
+int ar_create(ar_ctx **out, net_mesh *mesh, int rank, int world, uint64_t run_id, size_t max_n,
+              int dtype) {
+    ASSERT(out != NULL);
+    *out = NULL;
+    if (!mesh) return err_set(ERR_INVAL, "allreduce: mesh is NULL");
+    if (world < 1 || rank < 0 || rank >= world)
+        return err_set(ERR_INVAL, "allreduce: rank %d out of range for world %d", rank, world);
+    if (dtype != WIRE_FP32 && dtype != WIRE_BF16 && dtype != WIRE_INT8)
+        return err_set(ERR_INVAL, "allreduce: bad dtype %d (want fp32, bf16 or int8)", dtype);
+    if (run_id == 0) return err_set(ERR_INVAL, "allreduce: run_id must be non-zero");
+    if (max_n > UINT32_MAX)
+        return err_set(ERR_INVAL, "allreduce: max_n %zu exceeds the wire's 32-bit k", max_n);
+    ar_ctx *c = xcalloc(1, sizeof *c);
+    c->mesh = mesh;
+    c->rank = rank;
+    c->world = world;
+    c->dtype = dtype;
+    c->run_id = run_id;
+    c->max_n = max_n;
+    c->chunk = wire_max_count(dtype, NET_MAX_MSG) / WIRE_INT8_BLOCK * WIRE_INT8_BLOCK;
+    c->window = QUEUE_BUDGET / (world + 1);
+    c->window = c->window < 1 ? 1 : c->window > WINDOW_MAX ? WINDOW_MAX : c->window;
+    if (world > 1) { // touch every page now: first touches are slow, and ar_mean must not pay
+        c->w = xmalloc((max_n ? max_n : 1) * sizeof *c->w);
+        memset(c->w, 0, (max_n ? max_n : 1) * sizeof *c->w);
+        c->msg = xmalloc(NET_MAX_MSG);
+        memset(c->msg, 0, NET_MAX_MSG);
+    }
+    *out = c;
+    return ERR_OK;
+}
+
+void ar_destroy(ar_ctx *c) {
+    if (!c) return;
+    free(c->w);
+    free(c->msg);
+    free(c);
+}
+
+// ---- one call ---------------------------------------------------------------------------------
+
+// encode_next encodes send (u, c) into ctx->msg. The owner's first all-gather send keeps the
+// decoded values, so that it holds exactly what the other peers will store.
+static void encode_next(call *k) {
+    ar_ctx *c = k->ctx;
+    int u = k->snd.u;
+    size_t lo;
+    uint32_t count;
+    chunk_range(k, send_seg(k, u), k->snd.c, &lo, &count);
+    // Step 0 sends our own values; later reduce-scatter steps forward partial sums and
+    // all-gather steps forward results, both in w.
+    const float *src = u == 0 ? k->x + lo : c->w + lo;
+    wire_header h = {.dtype = (uint16_t)c->dtype,
+                     .run_id = c->run_id,
+                     .sender = (uint32_t)c->rank,
+                     .kind = (uint32_t)kind_of(k, u),
+                     .round = k->tag,
+                     .k = (uint32_t)k->n,
+                     .offset = (uint32_t)lo,
+                     .count = count};
+    k->pending = wire_encode(c->msg, &h, src);
+    if (u == c->world - 1 && c->dtype != WIRE_FP32) wire_values(c->msg, &h, c->w + lo);
+}
+
+// take_message checks that msg is receive (u, c) and applies it, or returns why it is dropped.
+static const char *take_message(call *k, int peer, const void *msg, size_t len) {
+    ar_ctx *c = k->ctx;
+    int prev = mod(c->rank - 1, c->world), u = k->rcv.u;
+    if (peer != prev) return "not from rank-1";
+    wire_header h;
+    if (wire_decode(msg, len, c->run_id, &h) != ERR_OK) return err_msg();
+    if (h.round != k->tag) return "another tag";
+    size_t lo;
+    uint32_t count;
+    chunk_range(k, recv_seg(k, u), k->rcv.c, &lo, &count);
+    if (h.sender != (uint32_t)prev || h.dtype != c->dtype || h.kind != (uint32_t)kind_of(k, u) ||
+        h.k != k->n || h.offset != lo || h.count != count)
+        return "not the expected chunk";
+    float *w = c->w + lo;
+    const float *x = k->x + lo;
+    wire_values(msg, &h, w);
+    if (u < c->world - 2) { // reduce-scatter: received partial sum + our values
+        for (size_t i = 0; i < count; i++)
+            w[i] += x[i];
+    } else if (u == c->world - 2) { // last reduce-scatter step: we own this segment
+        float p = (float)c->world;
+        for (size_t i = 0; i < count; i++)
+            w[i] = (w[i] + x[i]) / p;
+    }
+    return NULL;
+}
+
+// run_call performs the schedule; on ERR_OK every value of w[0, n) is final.
+static int run_call(call *k, int timeout_ms) {
+    ar_ctx *c = k->ctx;
+    double deadline = now_ms() + timeout_ms;
+    settle(k, &k->snd, 1);
+    settle(k, &k->rcv, 0);
+    // Each pass either makes progress (a send or an expected receive, finitely many) or waits
+    // at least until a message arrives or RETRY_MS passes; the deadline ends every wait.
+    while (k->snd.u < k->steps || k->rcv.u < k->steps) {
+        int can_send = k->snd.u < k->steps &&
+                       (k->sent - k->recvd < (uint64_t)c->window || k->rcv.u >= k->steps);
+        if (can_send && k->snd.u > 0) { // forwarding: receive (u-1, c) must be in
+            int du = k->snd.u - 1;
+            can_send = k->rcv.u > du || (k->rcv.u == du && k->rcv.c > k->snd.c);
+        }
+        int retry = 0;
+        if (can_send) {
+            if (!k->pending) encode_next(k);
+            int rc = net_send(c->mesh, mod(c->rank + 1, c->world), c->msg, k->pending);
+            if (rc == ERR_OK) {
+                k->st.bytes_sent += k->pending;
+                k->pending = 0;
+                k->sent++;
+                advance(k, &k->snd, 1);
+                deadline = now_ms() + timeout_ms;
+                continue;
+            }
+            if (rc != ERR_PEER) return rc; // closed or broken
+            retry = 1;                     // rank+1 not connected (yet) or its queue is full
+        }
+        double left = deadline - now_ms();
+        if (left <= 0)
+            return err_set(ERR_TIMEOUT,
+                           "allreduce: rank %d tag %llu: nothing from rank %d / to rank %d "
+                           "for %d ms (step %d of %d)",
+                           c->rank, (unsigned long long)k->tag, mod(c->rank - 1, c->world),
+                           mod(c->rank + 1, c->world), timeout_ms, k->rcv.u, k->steps);
+        int wait = retry ? RETRY_MS : (int)left + 1;
+        if (k->rcv.u >= k->steps) { // only a send is left, and it was refused
+            struct timespec ts = {0, RETRY_MS * 1000000L};
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        int peer;
+        void *msg;
+        size_t len;
+        int rc = net_recv(c->mesh, wait, &peer, &msg, &len);
+        if (rc == ERR_TIMEOUT) continue; // also net_wake: the deadline decides
+        if (rc != ERR_OK) return rc;
+        k->st.bytes_recv += len;
+        const char *why = take_message(k, peer, msg, len);
+        net_msg_free(msg);
+        if (why) {
+            k->st.msgs_dropped++;
+            LOG_D("allreduce", "rank=%d tag=%llu dropped len=%zu from=%d why=%s", c->rank,
+                  (unsigned long long)k->tag, len, peer, why);
+            continue;
+        }
+        k->recvd++;
+        advance(k, &k->rcv, 0);
+        deadline = now_ms() + timeout_ms;
+    }
+    return ERR_OK;
+}
+
+int ar_mean(ar_ctx *c, float *x, size_t n, uint64_t tag, int timeout_ms, ar_stats *st) {
+    ASSERT(c != NULL);
+    double t0 = now_ms();
+    if (st) *st = (ar_stats){0};
+    if (n > c->max_n) return err_set(ERR_INVAL, "allreduce: n %zu exceeds max_n %zu", n, c->max_n);
+    if (n > 0 && !x) return err_set(ERR_INVAL, "allreduce: x is NULL");
+    if (timeout_ms <= 0)
+        return err_set(ERR_INVAL, "allreduce: timeout_ms must be > 0 (got %d)", timeout_ms);
+    if (c->world == 1 || n == 0) return ERR_OK;
+    call k = {.ctx = c, .x = x, .n = n, .tag = tag, .steps = 2 * (c->world - 1)};
+    int rc = run_call(&k, timeout_ms);
+    if (rc == ERR_OK) memcpy(x, c->w, n * sizeof *x);
+    k.st.ms = now_ms() - t0;
+    if (st) *st = k.st;
+    LOG_D("allreduce", "rank=%d tag=%llu n=%zu rc=%s sent=%llu recv=%llu dropped=%llu ms=%.1f",
+          c->rank, (unsigned long long)tag, n, err_str(rc), (unsigned long long)k.st.bytes_sent,
+          (unsigned long long)k.st.bytes_recv, (unsigned long long)k.st.msgs_dropped, k.st.ms);
+    return rc;
+}

@@ -1,0 +1,78 @@
+// allreduce.h: a bandwidth-optimal ring all-reduce (mean) of a flat float vector over the peer
+// mesh, for DiLoCo outer steps and the DDP baseline. Each peer sends and receives
+// 2 (P-1)/P * n values (reduce-scatter, then all-gather), as fp32, bf16 or int8, and every peer
+// ends with bitwise the same result. One context per mesh; ar_mean is called from one thread.
+//
+// Ring: x(n) is cut into P segments, segment s = [floor(s n / P), floor((s+1) n / P)). Rank r
+// receives only from r-1 and sends only to r+1 (mod P). In reduce-scatter step t = 0 .. P-2 it
+// sends segment r-t and adds the values of segment r-t-1 it receives to its own; after P-1 steps
+// rank r holds the sum of segment r+1 and divides it by P. In all-gather step t = 0 .. P-2 it
+// sends segment r+1-t and stores the segment r-t it receives. So segment s is summed in the
+// fixed order ((x_s + x_{s+1}) + ... + x_{s+P-1}) / P (ranks mod P, float arithmetic; each
+// partial sum passes through the wire dtype on every hop).
+//
+// Messages (wire.h): kind WIRE_RING_RS or WIRE_RING_AG, round = the caller's tag, k = n,
+// offset = index in x of the chunk's first value, count = values in the chunk. A segment goes
+// in chunks of C values from its start, C = wire_max_count(dtype, NET_MAX_MSG) rounded down to a
+// multiple of WIRE_INT8_BLOCK (fp32 2,093,056, bf16 4,190,208, int8 8,376,320), so int8 blocks
+// start at multiples of 4096 from the segment's start. Empty segments (n < P) send nothing. The
+// bytes a peer sends in one call are therefore exactly
+//   sum over the P-1 segments s != r+1, then over the P-1 segments s != r+2, of
+//   sum over the chunks c of s of (WIRE_HEADER + wire_payload_size(dtype, count(c))),
+// and it receives the same sum over segments s != r and s != r+1.
+//
+// Identical results: only the owner of a segment (rank s-1) computes its mean; it encodes it
+// once, keeps the DECODED value, and every other peer stores the decoded message. Forwarders
+// re-encode what they decoded, which reproduces the same bytes for every dtype (bf16 values are
+// exact in bf16; int8 scales are fixed points, see wire.h).
+//
+// Error for int8 (bf16 likewise, with max|block| / 127 replaced by |value| * 2^-8): with S_j the
+// partial sum of segment s after j peers as it is encoded on hop j (j = 1 .. P-1) and m the
+// final mean, each value is off the exact mean by at most
+//   (1/P) sum_j max|block of S_j| / 127  +  max|block of m| / 127
+// (the codec's round trip is at most max|block| / 127, in fact half of it).
+#ifndef ALLREDUCE_H
+#define ALLREDUCE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "net.h"
+
+typedef struct ar_ctx ar_ctx;
+
+typedef struct ar_stats {
+    uint64_t bytes_sent;   // message bytes (headers included) handed to the mesh
+    uint64_t bytes_recv;   // message bytes taken from the mesh, dropped messages included
+    uint64_t msgs_dropped; // messages ignored: malformed, another run or tag, unexpected chunk
+    double ms;             // wall time of the call
+} ar_stats;
+
+// ar_create prepares the all-reduce of up to max_n floats for this peer (rank of world) over
+// mesh, which is borrowed (it must outlive the context) and must be dedicated to the all-reduce:
+// ar_mean takes every message that arrives on it. run_id (non-zero) is put in every message and
+// messages of other runs are dropped. dtype is WIRE_FP32, WIRE_BF16 or WIRE_INT8. Every buffer
+// is allocated and touched here: a work vector of max_n floats (results are built there and
+// copied to x only on success) and one message of NET_MAX_MSG bytes. On success the caller owns
+// *out (ar_destroy). Returns ERR_OK or ERR_INVAL naming the bad argument (rank, world, dtype,
+// run_id, max_n > UINT32_MAX).
+int ar_create(ar_ctx **out, net_mesh *mesh, int rank, int world, uint64_t run_id, size_t max_n,
+              int dtype);
+
+// ar_destroy frees the context (not the mesh). NULL-safe.
+void ar_destroy(ar_ctx *c);
+
+// ar_mean replaces x(n) by the mean over all peers of their x(n): the sum in ring order (above),
+// divided by world. Every peer must call it with the same n and tag; tags must differ between
+// calls (e.g. the outer step), because messages carrying another tag, left over from an earlier
+// call or sent early for a later one, are dropped and counted. Blocks until done. timeout_ms
+// (> 0) bounds every wait: ERR_TIMEOUT if for that long no expected message arrives and no send
+// can be queued (a missing or stalled peer). Returns ERR_OK; ERR_TIMEOUT; ERR_CLOSED if the mesh
+// is closed (net_close from another thread aborts a call this way); ERR_NET; or ERR_INVAL for
+// n > max_n or timeout_ms <= 0. On failure x is unchanged and the round is lost (peers may
+// disagree on whether it completed; the caller decides). world == 1 or n == 0: x is left as is
+// and ERR_OK returned at once. st (may be NULL) receives this call's counters, on failure too.
+// Allocates nothing. Not thread-safe: one call at a time per context.
+int ar_mean(ar_ctx *c, float *x, size_t n, uint64_t tag, int timeout_ms, ar_stats *st);
+
+#endif

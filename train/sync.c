@@ -1,0 +1,88 @@
+// sync.c: chaining two peer-synchronisation modules (SPARTA and DiLoCo together): every hook runs
+// the first module's, then the second's. Trainer thread only.
+#include "sync.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+
+typedef struct {
+    train_sync a, b;
+} chain;
+
+static int chain_after_step(void *ctx, float *params, size_t n, long step) {
+    chain *c = ctx;
+    int rc = c->a.after_step ? c->a.after_step(c->a.ctx, params, n, step) : ERR_OK;
+    if (!rc && c->b.after_step) rc = c->b.after_step(c->b.ctx, params, n, step);
+    return rc;
+}
+
+static int chain_after_backward(void *ctx, float *grads, size_t n, long step) {
+    chain *c = ctx;
+    int rc = c->a.after_backward ? c->a.after_backward(c->a.ctx, grads, n, step) : ERR_OK;
+    if (!rc && c->b.after_backward) rc = c->b.after_backward(c->b.ctx, grads, n, step);
+    return rc;
+}
+
+static int chain_save(void *ctx, ckpt_writer *w) {
+    chain *c = ctx;
+    int rc = c->a.save ? c->a.save(c->a.ctx, w) : ERR_OK;
+    if (!rc && c->b.save) rc = c->b.save(c->b.ctx, w);
+    return rc;
+}
+
+static int chain_load(void *ctx, ckpt_reader *r) {
+    chain *c = ctx;
+    int rc = c->a.load ? c->a.load(c->a.ctx, r) : ERR_OK;
+    if (!rc && c->b.load) rc = c->b.load(c->b.ctx, r);
+    return rc;
+}
+
+static void add_stats(train_sync_stats *st, const train_sync_stats *x) {
+    st->bytes_sent += x->bytes_sent;
+    st->bytes_recv += x->bytes_recv;
+    st->rounds_done += x->rounds_done;
+    st->rounds_late += x->rounds_late;
+    st->rounds_dropped += x->rounds_dropped;
+    st->msgs_dropped += x->msgs_dropped;
+    if (x->stale_max > st->stale_max) st->stale_max = x->stale_max;
+    if (x->stale_mean > st->stale_mean) st->stale_mean = x->stale_mean;
+    if (x->latency_ms > st->latency_ms) st->latency_ms = x->latency_ms;
+}
+
+static void chain_stats(void *ctx, train_sync_stats *st) {
+    chain *c = ctx;
+    memset(st, 0, sizeof *st);
+    train_sync_stats x;
+    if (c->a.get_stats) {
+        c->a.get_stats(c->a.ctx, &x);
+        add_stats(st, &x);
+    }
+    if (c->b.get_stats) {
+        c->b.get_stats(c->b.ctx, &x);
+        add_stats(st, &x);
+    }
+}
+
+static void chain_destroy(void *ctx) {
+    chain *c = ctx;
+    if (c->a.destroy) c->a.destroy(c->a.ctx);
+    if (c->b.destroy) c->b.destroy(c->b.ctx);
+    free(c);
+}
+
+int train_sync_chain(train_sync *out, const train_sync *a, const train_sync *b) {
+    chain *c = xcalloc(1, sizeof *c);
+    c->a = *a;
+    c->b = *b;
+    memset(out, 0, sizeof *out);
+    out->ctx = c;
+    out->after_step = chain_after_step;
+    out->after_backward = chain_after_backward;
+    out->save = chain_save;
+    out->load = chain_load;
+    out->get_stats = chain_stats;
+    out->destroy = chain_destroy;
+    return ERR_OK;
+}
