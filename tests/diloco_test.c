@@ -1,0 +1,177 @@
+// diloco_test.c: DiLoCo outer steps and the DDP baseline. The outer optimizer against a
+// reference computed here in double; a single peer with outer lr 1 and no momentum trains
+// bitwise as without DiLoCo; 3 peer processes with H = 1, lr 1, mu 0 average their parameters
+// every step; DDP on 2 peers equals one peer with the doubled batch; and the outer state survives
+// a checkpoint and resume bit-exactly. Peers run on 127.0.0.1 over real TCP.
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "diloco.h"
+#include "err.h"
+#include "test_util.h"
+
+TestSuite(diloco, .timeout = 180);
+
+#define SMALL                                                                            \
+    "configs/tiny.ini --set model.n_layer=2 --set model.n_embd=32 --set model.n_head=2 " \
+    "--set model.block_size=32 --set train.batch_size=8 --set train.eval_interval=0 "    \
+    "--set train.threads=1 --set sparta.p=0 --set diloco.timeout_ms=20000"
+
+Test(diloco, outer_nesterov_steps_match_a_reference_computed_from_the_same_deltas) {
+    enum { N = 257 };
+    float theta[N], buf[N], delta[3][N];
+    double ref[N], rbuf[N];
+    tu_rand_fill(theta, N, 1, -1, 1);
+    for (int s = 0; s < 3; s++)
+        tu_rand_fill(delta[s], N, 10 + s, -0.1f, 0.1f);
+    for (int i = 0; i < N; i++)
+        ref[i] = theta[i];
+    const float lr = 0.7f, mu = 0.9f;
+    for (int s = 0; s < 3; s++) {
+        diloco_outer_update(theta, buf, delta[s], N, lr, mu, 1, s == 0);
+        for (int i = 0; i < N; i++) { // torch.optim.SGD(momentum=mu, nesterov=True)
+            rbuf[i] = s == 0 ? delta[s][i] : mu * rbuf[i] + delta[s][i];
+            ref[i] -= lr * (delta[s][i] + mu * rbuf[i]);
+        }
+    }
+    for (int i = 0; i < N; i++)
+        cr_assert(fabs(theta[i] - ref[i]) < 1e-6, "i=%d %g vs %g", i, theta[i], ref[i]);
+    // without Nesterov the update is lr * buf: a different result
+    float t2[N], b2[N];
+    tu_rand_fill(t2, N, 1, -1, 1);
+    for (int s = 0; s < 3; s++)
+        diloco_outer_update(t2, b2, delta[s], N, lr, mu, 0, s == 0);
+    cr_assert(fabs(t2[0] - theta[0]) > 1e-4, "nesterov switch has no effect");
+}
+
+// load_params is tu_load_params or fails the test.
+static float *load(const char *path, size_t *n) {
+    float *p = tu_load_params(path, n);
+    cr_assert(p, "%s", err_msg());
+    return p;
+}
+
+static void run_alone(const char *dir, const char *data, const char *name, const char *extra) {
+    char cmd[4096], *out = NULL;
+    snprintf(cmd, sizeof cmd, "%s train " SMALL " --set data.dir=%s --set train.out_dir=%s/%s %s",
+             tu_spartan(), data, dir, name, extra);
+    cr_assert_eq(tu_run(cmd, 120, &out), 0, "%s", out);
+    free(out);
+}
+
+Test(diloco, one_peer_with_lr_1_and_no_momentum_trains_bitwise_unchanged) {
+    char *dir = tu_tmpdir("diloco"), data[600], a[700], b[700];
+    snprintf(data, sizeof data, "%s/data", dir);
+    cr_assert_eq(tu_prepare_char_data(data, NULL), 0);
+    run_alone(dir, data, "plain", "--set train.max_iters=8");
+    run_alone(dir, data, "outer",
+              "--set train.max_iters=8 --set diloco.H=2 --set diloco.lr=1 --set diloco.momentum=0");
+    snprintf(a, sizeof a, "%s/plain", dir);
+    snprintf(b, sizeof b, "%s/outer", dir);
+    size_t na, nb;
+    float *pa = load(a, &na), *pb = load(b, &nb);
+    cr_assert_eq(memcmp(pa, pb, na * sizeof(float)), 0, "DiLoCo with lr 1, mu 0 changed training");
+    // and a real outer step (lr 0.7, Nesterov) does change it
+    run_alone(dir, data, "nesterov", "--set train.max_iters=8 --set diloco.H=2");
+    snprintf(b, sizeof b, "%s/nesterov", dir);
+    float *pc = load(b, &nb);
+    cr_assert_neq(memcmp(pa, pc, na * sizeof(float)), 0, "the outer step did nothing");
+    free(pa);
+    free(pb);
+    free(pc);
+    tu_rm_rf(dir);
+    free(dir);
+}
+
+Test(diloco, three_peers_with_h1_lr1_mu0_average_their_parameters_every_step) {
+    enum { P = 3 };
+    tu_cluster c;
+    cr_assert_eq(tu_cluster_open(&c, P), 0);
+    int bad = tu_cluster_run(&c,
+                             SMALL " --set diloco.H=1 --set diloco.lr=1 --set diloco.momentum=0 "
+                                   "--set train.max_iters=2 --set train.ckpt_interval=1 "
+                                   "--set train.keep_ckpts=0",
+                             120);
+    if (bad >= 0) cr_assert_fail("peer %d failed:\n%s", bad, tu_cluster_log(&c, bad));
+    size_t n;
+    char path[800];
+    float *x[P], *own[P];
+    for (int i = 0; i < P; i++) {
+        snprintf(path, sizeof path, "%s/rank%d/ckpt_00000001.h5", c.dir, i);
+        x[i] = load(path, &n);
+        char name[32];
+        snprintf(name, sizeof name, "alone%d", i);
+        char extra[64];
+        snprintf(extra, sizeof extra, "--rank %d --set train.max_iters=1", i);
+        run_alone(c.dir, c.data, name, extra);
+        snprintf(path, sizeof path, "%s/%s", c.dir, name);
+        own[i] = load(path, &n);
+    }
+    for (int i = 1; i < P; i++)
+        cr_assert_eq(memcmp(x[0], x[i], n * sizeof(float)), 0, "peers differ after the outer step");
+    // theta_g - mean(theta_g - x_i) is the mean of the x_i up to float rounding of the deltas
+    double err = 0, norm = 0;
+    for (size_t j = 0; j < n; j++) {
+        double m = ((double)own[0][j] + own[1][j] + own[2][j]) / 3.0;
+        err = fmax(err, fabs(x[0][j] - m));
+        norm = fmax(norm, fabs(m));
+    }
+    cr_assert(err <= 1e-6 * (1 + norm), "max error %g against the directly computed mean", err);
+    for (int i = 0; i < P; i++) {
+        free(x[i]);
+        free(own[i]);
+    }
+    tu_cluster_close(&c);
+}
+
+Test(diloco, ddp_on_two_peers_equals_one_peer_with_the_doubled_batch) {
+    tu_cluster c;
+    cr_assert_eq(tu_cluster_open(&c, 2), 0);
+    int bad = tu_cluster_run(&c, SMALL " --set train.mode=ddp --set train.max_iters=5", 120);
+    if (bad >= 0) cr_assert_fail("peer %d failed:\n%s", bad, tu_cluster_log(&c, bad));
+    run_alone(c.dir, c.data, "single", "--set train.batch_size=16 --set train.max_iters=5");
+    char path[800];
+    size_t n;
+    snprintf(path, sizeof path, "%s/rank0", c.dir);
+    float *a = load(path, &n);
+    snprintf(path, sizeof path, "%s/rank1", c.dir);
+    float *b = load(path, &n);
+    snprintf(path, sizeof path, "%s/single", c.dir);
+    float *s = load(path, &n);
+    cr_assert_eq(memcmp(a, b, n * sizeof(float)), 0, "DDP peers differ");
+    double d2 = 0, s2 = 0;
+    for (size_t j = 0; j < n; j++) {
+        d2 += ((double)a[j] - s[j]) * ((double)a[j] - s[j]);
+        s2 += (double)s[j] * s[j];
+    }
+    // only the float summation order differs (two half-batch means averaged vs one mean)
+    cr_assert(sqrt(d2 / s2) <= 1e-5, "relative difference %g", sqrt(d2 / s2));
+    free(a);
+    free(b);
+    free(s);
+    tu_cluster_close(&c);
+}
+
+Test(diloco, outer_state_is_checkpointed_and_resume_is_bit_exact) {
+    char *dir = tu_tmpdir("diloco"), data[600], a[700], b[700];
+    snprintf(data, sizeof data, "%s/data", dir);
+    cr_assert_eq(tu_prepare_char_data(data, NULL), 0);
+    run_alone(dir, data, "straight", "--set train.max_iters=8 --set diloco.H=3");
+    run_alone(dir, data, "split", "--set train.max_iters=4 --set diloco.H=3");
+    char extra[800];
+    snprintf(extra, sizeof extra, "--set train.max_iters=8 --set diloco.H=3 --resume %s/split",
+             dir);
+    run_alone(dir, data, "split", extra);
+    snprintf(a, sizeof a, "%s/straight/ckpt_00000008.h5", dir);
+    snprintf(b, sizeof b, "%s/split/ckpt_00000008.h5", dir);
+    size_t na, nb;
+    float *pa = load(a, &na), *pb = load(b, &nb);
+    cr_assert_eq(memcmp(pa, pb, na * sizeof(float)), 0, "resume with DiLoCo is not bit-exact");
+    free(pa);
+    free(pb);
+    tu_rm_rf(dir);
+    free(dir);
+}
