@@ -157,7 +157,7 @@ fixtures:
 	@/usr/bin/python3 scripts/make-fixtures
 
 lint:
-	@clang-format --dry-run -Werror train/*.[ch] data/*.[ch] infer/*.[ch] sparta/*.[ch] tests/*.[ch]
+	@clang-format --dry-run -Werror train/*.[ch] data/*.[ch] infer/*.[ch] sparta/*.[ch] diloco/*.[ch] tests/*.[ch]
 	@! grep -nE '#include "(sparta|diloco|srv|net|select|wire|corr)' $(filter-out train/main.c,$(wildcard train/*.[ch])) data/*.[ch] || \
 		{ echo "lint: train/ and data/ must not include higher layers"; exit 1; }
 	@! grep -nE '#include .*(cblas|Accelerate)' $(filter-out train/ops.c,$(wildcard */*.[ch])) || \

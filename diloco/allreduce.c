@@ -195,9 +195,13 @@ static int run_call(call *k, int timeout_ms) {
     settle(k, &k->rcv, 0);
     // Each pass either makes progress (a send or an expected receive, finitely many) or waits
     // at least until a message arrives or RETRY_MS passes; the deadline ends every wait.
+    // No deadlock: a peer that cannot send has sent at least as many messages as it received,
+    // and more (a full window, or its own step-0 chunks ahead of any forward) if its segment is
+    // non-empty. If all peers waited on empty queues, each would have received all its
+    // predecessor sent, so the totals around the ring would be equal: impossible for n >= 1.
     while (k->snd.u < k->steps || k->rcv.u < k->steps) {
         int can_send = k->snd.u < k->steps &&
-                       (k->sent - k->recvd < (uint64_t)c->window || k->rcv.u >= k->steps);
+                       (k->sent < k->recvd + (uint64_t)c->window || k->rcv.u >= k->steps);
         if (can_send && k->snd.u > 0) { // forwarding: receive (u-1, c) must be in
             int du = k->snd.u - 1;
             can_send = k->rcv.u > du || (k->rcv.u == du && k->rcv.c > k->snd.c);

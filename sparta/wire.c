@@ -134,18 +134,26 @@ static int scale_is_fixed(float s) {
 // least 2^-149 (the smallest subnormal, so an all-zero block divides by something), or NaN if the
 // block holds an inf or a NaN.
 static float int8_scale(const float *x, size_t n) {
-    float m = 0.0f;
-    int finite = 1;
+    // The bits of |x| order like |x| itself, inf and NaN above every finite value; an integer
+    // max vectorizes where a float max with NaN semantics does not.
+    uint32_t mb = 0;
     for (size_t i = 0; i < n; i++) {
-        float a = fabsf(x[i]);
-        finite &= a <= FLT_MAX; // false for inf and NaN
-        m = a > m ? a : m;
+        uint32_t a = f32_bits(x[i]) & 0x7FFFFFFFu;
+        mb = a > mb ? a : mb;
     }
-    if (!finite) return NAN;
-    float s = m / 127.0f;
+    if (mb >= 0x7F800000u) return NAN;
+    float s = bits_f32(mb) / 127.0f;
     if (s < FLT_TRUE_MIN) s = FLT_TRUE_MIN;
     if (!scale_is_fixed(s)) s = nextafterf(s, INFINITY);
     return s;
+}
+
+// quantize rounds t (to nearest even) and clamps it to [-127, 127].
+static signed char quantize(float t) {
+    t = rintf(t);
+    t = t > 127.0f ? 127.0f : t;
+    t = t < -127.0f ? -127.0f : t;
+    return (signed char)(int)t;
 }
 
 // int8_encode writes ceil(count / 4096) scales, then count values, to q.
@@ -161,16 +169,18 @@ static void int8_encode(unsigned char *p, const float *vals, size_t count) {
             memset(q + lo, 0, n);
             continue;
         }
-        // |x| / s <= 127 (1 + 2^-22); the clamp only catches that rounding. The reciprocal's
-        // extra rounding moves t by < 127 * 2^-22, which never changes a fixed point's q.
-        float r = 1.0f / s;
+        // |x| / s <= 127 (1 + 2^-22); the clamp only catches that rounding. A reciprocal is
+        // faster than dividing and its extra rounding moves t by < 127 * 2^-22, which never
+        // changes a fixed point's q; but 1 / s overflows for s < 2^-128, so tiny blocks divide.
         const float *x = vals + lo;
         signed char *qb = q + lo;
-        for (size_t i = 0; i < n; i++) {
-            float t = rintf(x[i] * r);
-            t = t > 127.0f ? 127.0f : t;
-            t = t < -127.0f ? -127.0f : t;
-            qb[i] = (signed char)(int)t;
+        if (s >= FLT_MIN) {
+            float r = 1.0f / s;
+            for (size_t i = 0; i < n; i++)
+                qb[i] = quantize(x[i] * r);
+        } else {
+            for (size_t i = 0; i < n; i++)
+                qb[i] = quantize(x[i] / s);
         }
     }
 }

@@ -1,0 +1,621 @@
+// allreduce_test.c: the ring all-reduce on 127.0.0.1. P peers run as threads of one process,
+// each with its own net_mesh and ar_ctx. Results are checked against a simulation of the ring
+// (the documented summation order, each hop through the wire codec: bitwise equal) and against
+// the exact mean in double (fp32 within float rounding; bf16/int8 within the bound stated in
+// allreduce.h), and the bytes against the exact ring volume. Also: the int8 codec, world = 1,
+// a missing peer, stale or foreign messages, bad arguments. Threads: ar_mean runs on peer
+// threads; all assertions run on the test thread.
+#include <criterion/criterion.h>
+
+#include <float.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "allreduce.h"
+#include "err.h"
+#include "net.h"
+#include "test_util.h"
+#include "wire.h"
+
+TestSuite(allreduce, .timeout = 60);
+
+#define RUN_ID  0x5EED0A11ull
+#define MAXP    4
+#define WAIT_MS 20000
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
+// ---- a ring of P in-process peers -------------------------------------------------------------
+
+typedef struct peer {
+    ar_ctx *ctx;
+    float *x;
+    size_t n;
+    uint64_t tag;
+    int timeout_ms, rc;
+    ar_stats st;
+    char msg[256];
+} peer;
+
+typedef struct ring {
+    int world, live; // peers 0 .. live-1 exist; the others never start
+    net_mesh *mesh[MAXP];
+    peer p[MAXP];
+} ring;
+
+// ring_open connects `live` of `world` peers (addresses 127.0.0.1:base + world * rank).
+static void ring_open(ring *r, int world, int live, size_t max_n, int dtype) {
+    memset(r, 0, sizeof *r);
+    r->world = world;
+    r->live = live;
+    int base = tu_free_port_base(world * world);
+    cr_assert(base > 0, "no free ports");
+    char addr[MAXP][32];
+    const char *peers[MAXP];
+    for (int i = 0; i < world; i++) {
+        snprintf(addr[i], sizeof addr[i], "127.0.0.1:%d", base + world * i);
+        peers[i] = addr[i];
+    }
+    for (int i = 0; i < live; i++) {
+        cr_assert_eq(net_mesh_create(&r->mesh[i], i, world, peers, NULL), ERR_OK, "%s", err_msg());
+        cr_assert_eq(ar_create(&r->p[i].ctx, r->mesh[i], i, world, RUN_ID, max_n, dtype), ERR_OK,
+                     "%s", err_msg());
+    }
+}
+
+static void ring_close(ring *r) {
+    for (int i = 0; i < r->live; i++) {
+        ar_destroy(r->p[i].ctx);
+        net_mesh_destroy(r->mesh[i]);
+    }
+}
+
+static void *peer_main(void *arg) {
+    peer *p = arg;
+    p->rc = ar_mean(p->ctx, p->x, p->n, p->tag, p->timeout_ms, &p->st);
+    snprintf(p->msg, sizeof p->msg, "%s", p->rc ? err_msg() : "");
+    return NULL;
+}
+
+// ring_run runs ar_mean(xs[i], n, tag) on every live peer at once and waits for all of them.
+static void ring_run(ring *r, float **xs, size_t n, uint64_t tag, int timeout_ms) {
+    pthread_t th[MAXP];
+    for (int i = 0; i < r->live; i++) {
+        r->p[i].x = xs[i];
+        r->p[i].n = n;
+        r->p[i].tag = tag;
+        r->p[i].timeout_ms = timeout_ms;
+        cr_assert_eq(pthread_create(&th[i], NULL, peer_main, &r->p[i]), 0);
+    }
+    for (int i = 0; i < r->live; i++)
+        pthread_join(th[i], NULL);
+}
+
+static void ring_expect_ok(const ring *r) {
+    for (int i = 0; i < r->live; i++)
+        cr_assert_eq(r->p[i].rc, ERR_OK, "rank %d: %s: %s", i, err_str(r->p[i].rc), r->p[i].msg);
+}
+
+// ---- the ring, re-derived from allreduce.h -----------------------------------------------------
+
+static size_t seg_lo(size_t n, int world, int s) { return (size_t)s * n / (size_t)world; }
+
+// Values per message: the largest multiple of 4096 whose message fits in 8 MiB (the numbers of
+// allreduce.h, checked against the byte sizes here).
+static size_t chunk_values(int dtype) {
+    size_t c = dtype == WIRE_FP32 ? 2093056 : dtype == WIRE_BF16 ? 4190208 : 8376320;
+    return c;
+}
+
+static size_t payload(int dtype, size_t count) {
+    if (dtype == WIRE_FP32) return 4 * count;
+    if (dtype == WIRE_BF16) return 2 * count;
+    return 4 * ((count + 4095) / 4096) + count;
+}
+
+// seg_bytes: every message of segment s, headers included.
+static uint64_t seg_bytes(size_t n, int world, int s, int dtype) {
+    size_t lo = seg_lo(n, world, s), hi = seg_lo(n, world, s + 1), c = chunk_values(dtype);
+    uint64_t b = 0;
+    for (size_t a = lo; a < hi; a += c)
+        b += 48 + payload(dtype, hi - a < c ? hi - a : c);
+    return b;
+}
+
+// expect_bytes: rank r sends every segment but r+1 (reduce-scatter) and every segment but r+2
+// (all-gather), and receives every segment but r and every segment but r+1.
+static void expect_bytes(const ring *r, size_t n, int dtype, const uint64_t *extra_recv) {
+    int P = r->world;
+    for (int k = 0; k < r->live; k++) {
+        uint64_t sent = 0, recv = 0;
+        for (int s = 0; s < P; s++) {
+            uint64_t b = seg_bytes(n, P, s, dtype);
+            sent += (s != (k + 1) % P) * b + (s != (k + 2) % P) * b;
+            recv += (s != k) * b + (s != (k + 1) % P) * b;
+        }
+        if (extra_recv) recv += extra_recv[k];
+        cr_assert_eq(r->p[k].st.bytes_sent, sent, "rank %d: sent %llu bytes, want %llu", k,
+                     (unsigned long long)r->p[k].st.bytes_sent, (unsigned long long)sent);
+        cr_assert_eq(r->p[k].st.bytes_recv, recv, "rank %d: received %llu bytes, want %llu", k,
+                     (unsigned long long)r->p[k].st.bytes_recv, (unsigned long long)recv);
+    }
+}
+
+// codec passes v(len) through one message of dtype and back (the values of one int8 block).
+static void codec(float *v, size_t len, int dtype, unsigned char *buf) {
+    if (dtype == WIRE_FP32) return;
+    wire_header h = {
+        .dtype = (uint16_t)dtype, .run_id = 1, .k = (uint32_t)len, .count = (uint32_t)len};
+    wire_encode(buf, &h, v);
+    wire_values(buf, &h, v);
+}
+
+// check_ring compares every peer's result res[k] with (a) the simulated ring: segment s summed
+// as ((x_s + x_{s+1}) + ...) / P, each hop through the codec, which must match bitwise, and
+// (b) the exact mean in double, within the bound of allreduce.h plus float rounding:
+//   int8: (1/P) sum_hops max|block of S_j| / 127 + max|block of mean| / 127
+//   bf16: (1/P) sum_hops |S_j| 2^-8 + |mean| 2^-8           fp32: float rounding only.
+// Returns the largest error seen relative to its bound (<= 1 on success).
+static double check_ring(float *const *orig, float *const *res, int P, size_t n, int dtype) {
+    enum { BLK = 4096 };
+    float acc[BLK];
+    double hop[BLK], absum[BLK], worst = 0;
+    unsigned char *buf = xmalloc(WIRE_HEADER + 4 * BLK + 64);
+    for (int s = 0; s < P; s++) {
+        size_t lo = seg_lo(n, P, s), hi = seg_lo(n, P, s + 1);
+        for (size_t b0 = lo; b0 < hi; b0 += BLK) { // int8 blocks start every 4096 from lo
+            size_t len = hi - b0 < BLK ? hi - b0 : BLK;
+            for (size_t i = 0; i < len; i++) {
+                acc[i] = orig[s][b0 + i];
+                hop[i] = 0;
+                absum[i] = fabs(acc[i]);
+            }
+            for (int j = 1; j <= P; j++) { // hop j carries S_j; j == P is the final mean
+                if (j == P)
+                    for (size_t i = 0; i < len; i++)
+                        acc[i] /= (float)P;
+                double m = 0;
+                for (size_t i = 0; i < len; i++)
+                    m = fmax(m, fabs(acc[i]));
+                double w = j < P ? 1.0 / P : 1.0;
+                for (size_t i = 0; i < len; i++)
+                    hop[i] += w * (dtype == WIRE_INT8   ? m / 127
+                                   : dtype == WIRE_BF16 ? fabs(acc[i]) / 256
+                                                        : 0);
+                codec(acc, len, dtype, buf);
+                if (j == P) break;
+                const float *x = orig[(s + j) % P] + b0;
+                for (size_t i = 0; i < len; i++) {
+                    acc[i] = acc[i] + x[i];
+                    absum[i] += fabs(x[i]);
+                }
+            }
+            for (size_t i = 0; i < len; i++) {
+                double exact = 0;
+                for (int p = 0; p < P; p++)
+                    exact += orig[p][b0 + i];
+                exact /= P;
+                double bound = hop[i] + 4 * P * FLT_EPSILON * absum[i] / P + 1e-30;
+                for (int k = 0; k < P; k++) {
+                    float got = res[k][b0 + i];
+                    cr_assert(memcmp(&got, &acc[i], sizeof got) == 0,
+                              "rank %d value %zu (segment %d): %.9g, the ring gives %.9g", k,
+                              b0 + i, s, got, acc[i]);
+                }
+                double e = fabs((double)acc[i] - exact);
+                cr_assert(e <= bound, "value %zu: error %.3g exceeds bound %.3g (exact %.9g)",
+                          b0 + i, e, bound, exact);
+                worst = fmax(worst, e / bound);
+            }
+        }
+    }
+    free(buf);
+    return worst;
+}
+
+// The three parts of one check: identical bits on every peer, the ring values, the bytes.
+typedef struct vecs {
+    int P;
+    size_t n;
+    float *orig[MAXP], *x[MAXP];
+} vecs;
+
+static void vecs_fill(vecs *v, int P, size_t n, uint64_t seed) {
+    *v = (vecs){0};
+    v->P = P;
+    v->n = n;
+    for (int p = 0; p < P; p++) {
+        v->orig[p] = xmalloc((n ? n : 1) * sizeof(float));
+        v->x[p] = xmalloc((n ? n : 1) * sizeof(float));
+        tu_rand_fill(v->orig[p], n, seed * 16 + (uint64_t)p, -1, 1);
+        // Blocks of very different magnitudes and a few outliers, so per-block scales matter.
+        for (size_t i = 0; i < n; i++) {
+            size_t blk = i / 4096;
+            v->orig[p][i] *= blk % 3 == 1 ? 1e-3f : blk % 3 == 2 ? 50.0f : 1.0f;
+            if (i % 1009 == 7) v->orig[p][i] *= 20;
+        }
+        memcpy(v->x[p], v->orig[p], n * sizeof(float));
+    }
+}
+
+static void vecs_free(vecs *v) {
+    for (int p = 0; p < v->P; p++) {
+        free(v->orig[p]);
+        free(v->x[p]);
+    }
+}
+
+static void expect_identical(const vecs *v) {
+    for (int p = 1; p < v->P; p++)
+        cr_assert(memcmp(v->x[0], v->x[p], v->n * sizeof(float)) == 0,
+                  "rank %d differs from rank 0", p);
+}
+
+// run_and_check: one all-reduce of fresh vectors on an open ring, every check.
+static double run_and_check(ring *r, size_t n, int dtype, uint64_t tag) {
+    vecs v;
+    vecs_fill(&v, r->world, n, tag);
+    ring_run(r, v.x, n, tag, WAIT_MS);
+    ring_expect_ok(r);
+    expect_identical(&v);
+    double worst = check_ring(v.orig, v.x, r->world, n, dtype);
+    expect_bytes(r, n, dtype, NULL);
+    for (int k = 0; k < r->live; k++)
+        cr_assert_eq(r->p[k].st.msgs_dropped, 0, "rank %d dropped messages", k);
+    vecs_free(&v);
+    return worst;
+}
+
+// ---- the int8 codec
+// ------------------------------------------------------------------------------
+
+Test(allreduce, int8_codec_round_trip_is_within_half_a_step_of_each_block) {
+    enum { N = 3 * 4096 + 123 }; // three full blocks and a partial one
+    static float v[N], back[N], again[N];
+    unsigned char *m = xmalloc(WIRE_HEADER + wire_payload_size(WIRE_INT8, N));
+    unsigned char *m2 = xmalloc(WIRE_HEADER + wire_payload_size(WIRE_INT8, N));
+    float mags[] = {1.0f, 3e-30f, 7e4f, 1e-38f, 1e30f};
+    for (int t = 0; t < 5; t++) {
+        tu_rand_fill(v, N, 100 + (uint64_t)t, -mags[t], mags[t]);
+        v[5000] = 40 * mags[t]; // an outlier in block 1
+        for (size_t i = 2 * 4096; i < 3 * 4096; i++)
+            v[i] = 0; // an all-zero block
+        wire_header h = {.dtype = WIRE_INT8, .run_id = 9, .k = N, .count = N}, d;
+        size_t len = wire_encode(m, &h, v);
+        cr_assert_eq(len, WIRE_HEADER + 4 * 4 + N);
+        cr_assert_eq(wire_decode(m, len, 9, &d), ERR_OK, "%s", err_msg());
+        wire_values(m, &d, back);
+        for (size_t b = 0; b < 4; b++) {
+            size_t lo = b * 4096, hi = lo + 4096 < N ? lo + 4096 : N;
+            double mx = 0;
+            for (size_t i = lo; i < hi; i++)
+                mx = fmax(mx, fabs(v[i]));
+            for (size_t i = lo; i < hi; i++) {
+                double e = fabs((double)back[i] - v[i]);
+                cr_assert(e <= mx / 127, "magnitude %g value %zu: error %g > max/127 = %g", mags[t],
+                          i, e, mx / 127);
+                // (+ 128 smallest subnormals: a subnormal scale is itself rounded)
+                cr_assert(e <= mx / 254 * 1.001 + 128 * FLT_TRUE_MIN,
+                          "magnitude %g value %zu: error %g > half a step %g", mags[t], i, e,
+                          mx / 254);
+            }
+        }
+        for (size_t i = 2 * 4096; i < 3 * 4096; i++)
+            cr_assert(back[i] == 0, "all-zero block decodes to zeros");
+        // Decoding and encoding again repeats the message byte for byte (ring forwarding).
+        cr_assert_eq(wire_encode(m2, &h, back), len);
+        cr_assert(memcmp(m, m2, len) == 0, "magnitude %g: re-encoding changed the bytes", mags[t]);
+        wire_values(m2, &d, again);
+        cr_assert(memcmp(back, again, sizeof back) == 0);
+    }
+    free(m);
+    free(m2);
+}
+
+Test(allreduce, int8_re_encoding_repeats_the_bytes_for_any_block_maximum) {
+    // The scale must be a fixed point of (127 s) / 127; test many maxima over the whole range.
+    enum { N = 64 };
+    float v[N], back[N];
+    unsigned char m[WIRE_HEADER + 4 + N], m2[sizeof m];
+    uint64_t s = 12345;
+    for (int it = 0; it < 200000; it++) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        uint32_t bits = 0x00800000u + (uint32_t)(s % (0x7B000000u - 0x00800000u)); // normal floats
+        float mx;
+        memcpy(&mx, &bits, sizeof mx);
+        tu_rand_fill(v, N, s, -mx, mx);
+        v[s % N] = (s >> 20) & 1 ? mx : -mx;
+        wire_header h = {.dtype = WIRE_INT8, .run_id = 9, .k = N, .count = N};
+        size_t len = wire_encode(m, &h, v);
+        wire_values(m, &h, back);
+        wire_encode(m2, &h, back);
+        cr_assert(memcmp(m, m2, len) == 0, "max %a: re-encoding changed the bytes", (double)mx);
+    }
+}
+
+Test(allreduce, int8_block_with_inf_or_nan_decodes_to_nan_and_others_are_kept) {
+    enum { N = 4096 + 10 };
+    static float v[N], back[N];
+    unsigned char *m = xmalloc(WIRE_HEADER + wire_payload_size(WIRE_INT8, N));
+    tu_rand_fill(v, N, 3, -1, 1);
+    v[10] = INFINITY;
+    v[4096 + 3] = NAN;
+    for (int t = 0; t < 2; t++) {
+        wire_header h = {.dtype = WIRE_INT8, .run_id = 9, .k = N, .count = N};
+        wire_encode(m, &h, v);
+        wire_values(m, &h, back);
+        for (size_t i = 0; i < N; i++)
+            cr_assert(t == 1 && i < 4096 ? fabsf(back[i] - v[i]) <= 1.0f / 127 : isnan(back[i]),
+                      "case %d value %zu: %g", t, i, back[i]);
+        v[10] = 0.5f; // second pass: only the second block is poisoned
+    }
+    free(m);
+}
+
+Test(allreduce, int8_sizes_and_decoding_checks) {
+    cr_assert_eq(wire_payload_size(WIRE_INT8, 0), 0);
+    cr_assert_eq(wire_payload_size(WIRE_INT8, 1), 5);
+    cr_assert_eq(wire_payload_size(WIRE_INT8, 4096), 4100);
+    cr_assert_eq(wire_payload_size(WIRE_INT8, 4097), 4105);
+    cr_assert_eq(wire_payload_size(WIRE_FP32, 10), 40);
+    cr_assert_eq(wire_payload_size(WIRE_BF16, 10), 20);
+    cr_assert_eq(wire_payload_size(3, 10), 0);
+    cr_assert_eq(wire_value_size(WIRE_INT8), 0);
+    size_t mib8 = (size_t)8 << 20;
+    uint32_t c = wire_max_count(WIRE_INT8, mib8);
+    cr_assert_leq(WIRE_HEADER + wire_payload_size(WIRE_INT8, c), mib8);
+    cr_assert_gt(WIRE_HEADER + wire_payload_size(WIRE_INT8, c + 1), mib8);
+    cr_assert_eq(c, 2045u * 4096 + 4056, "max int8 count %u", c);
+    cr_assert_eq(wire_max_count(WIRE_INT8, WIRE_HEADER + 4), 0);
+    cr_assert_eq(wire_max_count(WIRE_INT8, WIRE_HEADER + 5), 1);
+    for (int d = 1; d <= 8; d *= 2) { // the ring's chunk sizes, as documented
+        if (d == 4) continue;
+        size_t ch = chunk_values(d);
+        cr_assert_eq(ch % 4096, 0);
+        cr_assert_leq(WIRE_HEADER + payload(d, ch), mib8);
+        cr_assert_gt(WIRE_HEADER + payload(d, ch + 4096), mib8, "dtype %d", d);
+    }
+    // A valid int8 message; every single bit flip and a wrong length are rejected.
+    float v[7] = {1, -2, 0.5f, 3, 0, -0.25f, 2};
+    unsigned char m[WIRE_HEADER + 4 + 7];
+    wire_header h = {.dtype = WIRE_INT8, .run_id = 9, .k = 20, .offset = 3, .count = 7}, d;
+    size_t len = wire_encode(m, &h, v);
+    cr_assert_eq(len, sizeof m);
+    cr_assert_eq(wire_decode(m, len, 9, &d), ERR_OK, "%s", err_msg());
+    cr_assert_eq(d.dtype, WIRE_INT8);
+    for (size_t bit = 0; bit < 8 * len; bit++) {
+        m[bit / 8] ^= (unsigned char)(1u << (bit % 8));
+        cr_assert_eq(wire_decode(m, len, 9, &d), ERR_FORMAT, "flip of bit %zu accepted", bit);
+        m[bit / 8] ^= (unsigned char)(1u << (bit % 8));
+    }
+    cr_assert_eq(wire_decode(m, len - 1, 9, &d), ERR_FORMAT);
+    cr_assert(strstr(err_msg(), "length"), "%s", err_msg());
+}
+
+// ---- the ring
+// ---------------------------------------------------------------------------------------
+
+Test(allreduce, fp32_mean_is_exact_ring_sum_and_identical_for_2_3_4_peers) {
+    // n not divisible by P, n < P (empty segments), n = 1, and a few blocks.
+    size_t ns[] = {1000, 1001, 1, 2, 3, 10007};
+    for (int P = 2; P <= 4; P++) {
+        ring r;
+        ring_open(&r, P, P, 10007, WIRE_FP32);
+        for (size_t t = 0; t < sizeof ns / sizeof ns[0]; t++) {
+            double worst = run_and_check(&r, ns[t], WIRE_FP32, 100 + t);
+            cr_assert_leq(worst, 1.0, "P %d n %zu", P, ns[t]);
+        }
+        ring_close(&r);
+    }
+}
+
+Test(allreduce, bf16_and_int8_are_identical_on_all_peers_and_within_the_bound) {
+    int dtypes[2] = {WIRE_BF16, WIRE_INT8};
+    for (int d = 0; d < 2; d++) {
+        for (int P = 2; P <= 4; P++) {
+            ring r;
+            ring_open(&r, P, P, 3 * 4096 * 4 + 77, dtypes[d]);
+            size_t ns[] = {3 * 4096 * 4 + 77, 5, 2};
+            for (size_t t = 0; t < 3; t++) {
+                double worst = run_and_check(&r, ns[t], dtypes[d], 7 + t);
+                // With blocks of one value, int8 can be exact; with thousands it never is.
+                if (t == 0) cr_assert_gt(worst, 0.01, "dtype %d P %d: no rounding?", dtypes[d], P);
+            }
+            ring_close(&r);
+        }
+    }
+}
+
+Test(allreduce, segments_of_several_messages_round_trip_fp32_and_int8) {
+    // P = 2 and 6M floats: 3M per segment = 2 fp32 messages. int8 needs 8,376,320 per message:
+    // 17M floats give 2 int8 messages per segment, the second holding a partial block.
+    ring r;
+    ring_open(&r, 2, 2, 6000001, WIRE_FP32);
+    run_and_check(&r, 6000001, WIRE_FP32, 1);
+    ring_close(&r);
+    ring_open(&r, 2, 2, 17000001, WIRE_INT8);
+    run_and_check(&r, 17000001, WIRE_INT8, 1);
+    ring_close(&r);
+}
+
+Test(allreduce, world_of_one_is_a_bitwise_noop) {
+    net_mesh *m;
+    const char *peers[1] = {"127.0.0.1:1"}; // never listened on: a world of one has no links
+    cr_assert_eq(net_mesh_create(&m, 0, 1, peers, NULL), ERR_OK, "%s", err_msg());
+    ar_ctx *c;
+    cr_assert_eq(ar_create(&c, m, 0, 1, RUN_ID, 8, WIRE_INT8), ERR_OK, "%s", err_msg());
+    float x[8] = {1.5f, -0.0f, NAN, INFINITY, 1e-45f, 3, -7, 0.1f}, y[8];
+    memcpy(y, x, sizeof x);
+    ar_stats st;
+    double t0 = now_ms();
+    cr_assert_eq(ar_mean(c, x, 8, 1, 1000, &st), ERR_OK, "%s", err_msg());
+    cr_assert_lt(now_ms() - t0, 50.0);
+    cr_assert(memcmp(x, y, sizeof x) == 0, "x changed");
+    cr_assert(st.bytes_sent == 0 && st.bytes_recv == 0 && st.msgs_dropped == 0);
+    ar_destroy(c);
+    net_mesh_destroy(m);
+}
+
+Test(allreduce, missing_peer_gives_timeout_and_leaves_x_unchanged) {
+    // P = 2 with rank 1 absent, then P = 3 with rank 2 absent: every live peer gives up after
+    // about timeout_ms without progress.
+    for (int P = 2; P <= 3; P++) {
+        ring r;
+        ring_open(&r, P, P - 1, 5000, WIRE_FP32);
+        vecs v;
+        vecs_fill(&v, P - 1, 5000, 3);
+        double t0 = now_ms();
+        ring_run(&r, v.x, 5000, 1, 300);
+        double ms = now_ms() - t0;
+        for (int k = 0; k < P - 1; k++) {
+            cr_assert_eq(r.p[k].rc, ERR_TIMEOUT, "P %d rank %d: %s", P, k, err_str(r.p[k].rc));
+            cr_assert(strstr(r.p[k].msg, "300 ms"), "message: %s", r.p[k].msg);
+            cr_assert(memcmp(v.x[k], v.orig[k], 5000 * sizeof(float)) == 0, "x changed");
+        }
+        cr_assert(ms >= 290 && ms < 1500, "P %d: gave up after %.0f ms, want ~300", P, ms);
+        vecs_free(&v);
+        ring_close(&r);
+    }
+}
+
+Test(allreduce, stale_tag_foreign_run_and_garbage_are_dropped_and_counted) {
+    ring r;
+    ring_open(&r, 2, 2, 3000, WIRE_FP32);
+    double t0 = now_ms();
+    while (!net_connected(r.mesh[0], 1) && now_ms() - t0 < 5000) {
+        struct timespec ts = {0, 5000000};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert(net_connected(r.mesh[0], 1), "peers did not connect");
+    // What rank 0 would send first for tag 6 (an earlier, abandoned call), the same for another
+    // run, and 100 bytes of garbage: all reach rank 1 before the tag-7 call's messages.
+    float vals[1500];
+    tu_rand_fill(vals, 1500, 1, -1, 1);
+    wire_header h = {.dtype = WIRE_FP32,
+                     .run_id = RUN_ID,
+                     .sender = 0,
+                     .kind = WIRE_RING_RS,
+                     .round = 6,
+                     .k = 3000,
+                     .offset = 0,
+                     .count = 1500};
+    unsigned char *buf = xmalloc(WIRE_HEADER + 4 * 1500);
+    size_t l1 = wire_encode(buf, &h, vals);
+    cr_assert_eq(net_send(r.mesh[0], 1, buf, l1), ERR_OK, "%s", err_msg());
+    h.round = 7;
+    h.run_id = RUN_ID + 1;
+    size_t l2 = wire_encode(buf, &h, vals);
+    cr_assert_eq(net_send(r.mesh[0], 1, buf, l2), ERR_OK, "%s", err_msg());
+    memset(buf, 0x5A, 100);
+    cr_assert_eq(net_send(r.mesh[0], 1, buf, 100), ERR_OK, "%s", err_msg());
+    free(buf);
+    vecs v;
+    vecs_fill(&v, 2, 3000, 5);
+    ring_run(&r, v.x, 3000, 7, WAIT_MS);
+    ring_expect_ok(&r);
+    expect_identical(&v);
+    check_ring(v.orig, v.x, 2, 3000, WIRE_FP32);
+    uint64_t extra[2] = {0, l1 + l2 + 100};
+    expect_bytes(&r, 3000, WIRE_FP32, extra);
+    cr_assert_eq(r.p[0].st.msgs_dropped, 0);
+    cr_assert_eq(r.p[1].st.msgs_dropped, 3, "rank 1 dropped %llu",
+                 (unsigned long long)r.p[1].st.msgs_dropped);
+    vecs_free(&v);
+    ring_close(&r);
+}
+
+Test(allreduce, peers_disagreeing_on_n_time_out_instead_of_mixing_values) {
+    ring r;
+    ring_open(&r, 2, 2, 200, WIRE_FP32);
+    vecs v;
+    vecs_fill(&v, 2, 200, 9);
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) {
+        r.p[i] = (peer){
+            .ctx = r.p[i].ctx, .x = v.x[i], .n = 100 + (size_t)i, .tag = 1, .timeout_ms = 300};
+        cr_assert_eq(pthread_create(&th[i], NULL, peer_main, &r.p[i]), 0);
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(r.p[i].rc, ERR_TIMEOUT, "rank %d: %s", i, err_str(r.p[i].rc));
+        cr_assert_gt(r.p[i].st.msgs_dropped, 0, "rank %d dropped nothing", i);
+        cr_assert(memcmp(v.x[i], v.orig[i], 200 * sizeof(float)) == 0, "x changed");
+    }
+    vecs_free(&v);
+    ring_close(&r);
+}
+
+static void *close_later(void *arg) {
+    struct timespec ts = {0, 100 * 1000000L};
+    nanosleep(&ts, NULL);
+    net_close(arg);
+    return NULL;
+}
+
+Test(allreduce, net_close_aborts_a_waiting_call_with_err_closed) {
+    ring r;
+    ring_open(&r, 2, 1, 100, WIRE_FP32); // rank 1 never comes
+    float x[100] = {0};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, close_later, r.mesh[0]), 0);
+    double t0 = now_ms();
+    int rc = ar_mean(r.p[0].ctx, x, 100, 1, 10000, NULL);
+    pthread_join(th, NULL);
+    cr_assert_eq(rc, ERR_CLOSED, "%s: %s", err_str(rc), err_msg());
+    cr_assert_lt(now_ms() - t0, 2000.0);
+    ring_close(&r);
+}
+
+Test(allreduce, bad_arguments_are_rejected_naming_the_argument) {
+    net_mesh *m;
+    const char *peers[2] = {"127.0.0.1:1", "127.0.0.1:2"}; // rank 0 only dials: nothing listens
+    cr_assert_eq(net_mesh_create(&m, 0, 2, peers, NULL), ERR_OK, "%s", err_msg());
+    static int sentinel;
+    ar_ctx *c;
+    struct {
+        net_mesh *mesh;
+        int rank, world;
+        uint64_t run_id;
+        size_t max_n;
+        int dtype;
+        const char *word;
+    } bad[] = {
+        {m, 0, 2, RUN_ID, 10, 3, "dtype"},
+        {m, 0, 2, RUN_ID, 10, 0, "dtype"},
+        {m, 2, 2, RUN_ID, 10, WIRE_FP32, "rank"},
+        {m, -1, 2, RUN_ID, 10, WIRE_FP32, "rank"},
+        {m, 0, 0, RUN_ID, 10, WIRE_FP32, "world"},
+        {m, 0, 2, 0, 10, WIRE_FP32, "run_id"},
+        {m, 0, 2, RUN_ID, (size_t)UINT32_MAX + 1, WIRE_FP32, "max_n"},
+        {NULL, 0, 2, RUN_ID, 10, WIRE_FP32, "mesh"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        c = (ar_ctx *)&sentinel;
+        int rc = ar_create(&c, bad[i].mesh, bad[i].rank, bad[i].world, bad[i].run_id, bad[i].max_n,
+                           bad[i].dtype);
+        cr_assert_eq(rc, ERR_INVAL, "case %zu: %s", i, err_str(rc));
+        cr_assert_null(c, "case %zu: *out is NULL on failure", i);
+        cr_assert(strstr(err_msg(), bad[i].word), "case %zu: '%s' does not name %s", i, err_msg(),
+                  bad[i].word);
+    }
+    cr_assert_eq(ar_create(&c, m, 0, 2, RUN_ID, 10, WIRE_FP32), ERR_OK, "%s", err_msg());
+    float x[11] = {0};
+    cr_assert_eq(ar_mean(c, x, 11, 1, 100, NULL), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "max_n"), "%s", err_msg());
+    cr_assert_eq(ar_mean(c, x, 10, 1, 0, NULL), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "timeout_ms"), "%s", err_msg());
+    cr_assert_eq(ar_mean(c, NULL, 10, 1, 100, NULL), ERR_INVAL);
+    cr_assert_eq(ar_mean(c, x, 0, 1, 100, NULL), ERR_OK, "n = 0 is a no-op");
+    ar_destroy(c);
+    ar_destroy(NULL);
+    net_mesh_destroy(m);
+}
