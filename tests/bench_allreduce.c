@@ -3,6 +3,11 @@
 //   allreduce_gbps        fp32 on the wire: GB/s of the fp32 vector (4 N bytes) per call
 //   allreduce_gbps_bf16   the same vector and measure, bf16 on the wire
 //   allreduce_gbps_int8   the same vector and measure, int8 on the wire
+//   diloco_bytes_vs_ddp_h100_fp32 / _int8   bytes per step of DiLoCo with H = 100 (one all-reduce
+//                         per 100 steps, as measured) over DDP's (one fp32 all-reduce per step)
+//   diloco_outer_step_ms  a 124M outer step: the fp32 all-reduce plus the local passes (delta,
+//                         Nesterov update, copy), and diloco_outer_step_net_fraction, the
+//                         all-reduce's share of it
 // Two peers are threads of this process, each with its own net_mesh on 127.0.0.1; the time of a
 // call is from starting both threads to joining both; the best of REPS calls after one warm-up.
 #include <arpa/inet.h>
@@ -16,6 +21,7 @@
 #include <unistd.h>
 
 #include "allreduce.h"
+#include "diloco.h"
 #include "err.h"
 #include "net.h"
 #include "wire.h"
@@ -34,7 +40,7 @@ static double now_s(void) {
 static int free_base(void) {
     srand((unsigned)(time(NULL) ^ getpid()));
     for (int attempt = 0; attempt < 200; attempt++) {
-        int base = 20000 + rand() % 30000, ok = 1;
+        int base = 10000 + rand() % 22000, ok = 1; // below the ephemeral range (see net.c)
         for (int i = 0; i < 12 && ok; i++) {
             int fd = socket(AF_INET, SOCK_STREAM, 0);
             struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(base + i))};
@@ -62,8 +68,9 @@ static void *peer_main(void *arg) {
     return NULL;
 }
 
-// bench_dtype returns the best GB/s of REPS calls, or a negative value on failure.
-static double bench_dtype(int dtype, float **x, int base) {
+// bench_dtype returns the best GB/s of REPS calls, or a negative value on failure; *bytes gets
+// the bytes rank 0 sent in one call.
+static double bench_dtype(int dtype, float **x, int base, double *bytes) {
     char a0[32], a1[32];
     snprintf(a0, sizeof a0, "127.0.0.1:%d", base);
     snprintf(a1, sizeof a1, "127.0.0.1:%d", base + 2);
@@ -95,6 +102,7 @@ static double bench_dtype(int dtype, float **x, int base) {
                 gbps, (unsigned long long)p[0].st.bytes_sent,
                 (unsigned long long)p[0].st.bytes_recv);
         if (rep > 0 && gbps > best) best = gbps;
+        *bytes = (double)p[0].st.bytes_sent;
     }
 done:
     for (int i = 0; i < 2; i++) {
@@ -126,15 +134,43 @@ int main(void) {
                  {WIRE_BF16, "allreduce_gbps_bf16"},
                  {WIRE_INT8, "allreduce_gbps_int8"}};
     int status = 0;
+    double bytes[3] = {0}, gb[3] = {0};
     for (int r = 0; r < 3; r++) {
         // Each run gets fresh ports: a closed listener's port may linger in TIME_WAIT.
-        double g = bench_dtype(runs[r].dtype, x, base + 4 * r);
+        double g = bench_dtype(runs[r].dtype, x, base + 4 * r, &bytes[r]);
         if (g < 0) {
             status = 1;
             continue;
         }
+        gb[r] = g;
         printf("BENCH %s %.3f\n", runs[r].key, g);
         fflush(stdout);
+    }
+    if (!status) {
+        printf("BENCH diloco_bytes_vs_ddp_h100_fp32 %.5f (1/%.0f)\n", bytes[0] / 100 / bytes[0],
+               100 * bytes[0] / bytes[0]);
+        printf("BENCH diloco_bytes_vs_ddp_h100_int8 %.6f (1/%.0f)\n", bytes[2] / 100 / bytes[0],
+               100 * bytes[0] / bytes[2]);
+        // the local part of an outer step: delta = theta_g - x, the update, x = theta_g
+        float *theta = xmalloc((size_t)N_124M * sizeof(float));
+        float *buf = xmalloc((size_t)N_124M * sizeof(float));
+        memcpy(theta, x[0], (size_t)N_124M * sizeof(float));
+        memset(buf, 0, (size_t)N_124M * sizeof(float));
+        double best = 1e9;
+        for (int rep = 0; rep < 3; rep++) {
+            double t0 = now_s();
+            for (size_t j = 0; j < N_124M; j++)
+                x[1][j] = theta[j] - x[0][j];
+            diloco_outer_update(theta, buf, x[1], N_124M, 0.7f, 0.9f, 1, rep == 0);
+            memcpy(x[0], theta, (size_t)N_124M * sizeof(float));
+            double dt = now_s() - t0;
+            if (dt < best) best = dt;
+        }
+        double net = 4.0 * N_124M / (gb[0] * 1e9);
+        printf("BENCH diloco_outer_step_ms %.0f\n", (net + best) * 1e3);
+        printf("BENCH diloco_outer_step_net_fraction %.2f\n", net / (net + best));
+        free(theta);
+        free(buf);
     }
     free(x[0]);
     free(x[1]);
