@@ -125,7 +125,7 @@ $(B)/tests/%_test.o: tests/%_test.c
 $(B)/tests/%_test: $(B)/tests/%_test.o $(TU_OBJ) $(LIB_OBJ)
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(CRIT_LIBS) $(LDLIBS)
 
-$(B)/tests/bench_%: $(B)/tests/bench_%.o $(LIB_OBJ)
+$(B)/tests/bench_%: $(B)/tests/bench_%.o $(TU_OBJ) $(LIB_OBJ)
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 # Tests run from the repo root with bin/spartan built (some tests run it as a process).

@@ -24,6 +24,7 @@
 #include "diloco.h"
 #include "err.h"
 #include "net.h"
+#include "test_util.h"
 #include "wire.h"
 
 #define N_124M  124439808u
@@ -36,22 +37,8 @@ static double now_s(void) {
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
-// free_base returns a base port with 12 bindable ports on 127.0.0.1, or -1 (bounded tries).
-static int free_base(void) {
-    srand((unsigned)(time(NULL) ^ getpid()));
-    for (int attempt = 0; attempt < 200; attempt++) {
-        int base = 10000 + rand() % 22000, ok = 1; // below the ephemeral range (see net.c)
-        for (int i = 0; i < 12 && ok; i++) {
-            int fd = socket(AF_INET, SOCK_STREAM, 0);
-            struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(base + i))};
-            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-            ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
-            close(fd);
-        }
-        if (ok) return base;
-    }
-    return -1;
-}
+// free_base returns a base port with free ports above it (see tu_free_port_base), or -1.
+static int free_base(void) { return tu_free_port_base(12); }
 
 typedef struct peer {
     ar_ctx *ctx;

@@ -16,6 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "test_util.h"
+
 #define STEPS 300
 #define SKIP  50
 
@@ -24,20 +26,8 @@ static const char *bin(void) {
     return b && *b ? b : "bin/spartan";
 }
 
-static int free_base(void) {
-    srand((unsigned)(time(NULL) ^ getpid()));
-    for (;;) {
-        int base = 10000 + rand() % 22000, ok = 1; // below the ephemeral range (see net.c)
-        for (int i = 0; i < 4 && ok; i++) {
-            int fd = socket(AF_INET, SOCK_STREAM, 0);
-            struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(base + i))};
-            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-            ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
-            close(fd);
-        }
-        if (ok) return base;
-    }
-}
+// free_base returns a base port with free ports above it (see tu_free_port_base), or -1.
+static int free_base(void) { return tu_free_port_base(4); }
 
 // column reads a metrics.csv and returns the mean of column col over rows after SKIP.
 static double column_mean(const char *path, int col) {
