@@ -175,3 +175,43 @@ Test(diloco, outer_state_is_checkpointed_and_resume_is_bit_exact) {
     tu_rm_rf(dir);
     free(dir);
 }
+
+Test(diloco, sparta_and_diloco_run_together) {
+    tu_cluster c;
+    cr_assert_eq(tu_cluster_open(&c, 2), 0);
+    // SMALL turns SPARTA off; switch it back on next to DiLoCo (sync keeps the test exact)
+    int bad = tu_cluster_run(&c,
+                             SMALL " --set sparta.p=0.01 --set sparta.sync=true --set diloco.H=5 "
+                                   "--set train.max_iters=10",
+                             120);
+    if (bad >= 0) cr_assert_fail("peer %d failed:\n%s", bad, tu_cluster_log(&c, bad));
+    char *log = tu_cluster_log(&c, 0);
+    cr_assert(strstr(log, "sparta rank=0/2") && strstr(log, "diloco H=5"), "%s", log);
+    free(log);
+    char path[800];
+    size_t n;
+    snprintf(path, sizeof path, "%s/rank0", c.dir);
+    float *a = load(path, &n);
+    snprintf(path, sizeof path, "%s/rank1", c.dir);
+    float *b = load(path, &n);
+    // the last step is an outer step: both peers end on the same theta_g
+    cr_assert_eq(memcmp(a, b, n * sizeof(float)), 0, "peers differ after the final outer step");
+    snprintf(path, sizeof path, "%s/rank0/metrics.csv", c.dir);
+    char *csv;
+    cr_assert_eq(tu_read_file(path, &csv, NULL), 0);
+    // bytes sent by rank 0: SPARTA, k = round(0.01 N) fp32 values + a header per step; DiLoCo,
+    // 2 outer steps, each a 2-peer ring that sends N values in two messages (allreduce.h)
+    char *last = strstr(csv, "\n10,");
+    cr_assert(last, "no row for step 10");
+    char *p = last + 1;
+    for (int col = 0; col < 8; col++)
+        p = strchr(p, ',') + 1;
+    unsigned long long sent = strtoull(p, NULL, 10);
+    size_t k = (size_t)(0.01 * (double)n + 0.5);
+    unsigned long long want = 10ull * (4 * k + 48) + 2ull * (4 * n + 2 * 48);
+    cr_assert_eq(sent, want, "bytes sent %llu, expected %llu (n = %zu)", sent, want, n);
+    free(csv);
+    free(a);
+    free(b);
+    tu_cluster_close(&c);
+}
