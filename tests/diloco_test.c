@@ -215,3 +215,33 @@ Test(diloco, sparta_and_diloco_run_together) {
     free(b);
     tu_cluster_close(&c);
 }
+
+Test(diloco, first_outer_step_comes_after_exactly_h_steps_and_theta_g_is_its_own_copy) {
+    enum { N = 64, H = 4 };
+    cfg c;
+    cfg_defaults(&c);
+    c.diloco.H = H;
+    float params[N];
+    tu_rand_fill(params, N, 3, -1, 1);
+    diloco *d;
+    cr_assert_eq(diloco_create(&d, &c.diloco, &c.net, 0, 1, 1, params, N), ERR_OK, "%s", err_msg());
+    const float *g = diloco_theta_g(d);
+    cr_assert(g != params && (g + N <= params || params + N <= g), "theta_g aliases the params");
+    float start[N];
+    memcpy(start, params, sizeof params);
+    train_sync_stats st;
+    for (long step = 1; step <= 2 * H; step++) {
+        for (int i = 0; i < N; i++)
+            params[i] += 0.01f; // an inner step
+        cr_assert(memcmp(g, start, sizeof start) == 0 || step > H, "theta_g moved at step %ld",
+                  step);
+        cr_assert_eq(diloco_after_step(d, params, N, step), ERR_OK);
+        diloco_get_stats(d, &st);
+        cr_assert_eq(st.rounds_done, (uint64_t)(step / H), "outer steps after step %ld", step);
+        if (step % H == 0) { // params = theta_g, and theta_g really moved
+            cr_assert_eq(memcmp(params, g, sizeof params), 0);
+            cr_assert_neq(memcmp(g, start, sizeof start), 0, "the outer step did nothing");
+        }
+    }
+    diloco_destroy(d);
+}
