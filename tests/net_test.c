@@ -434,19 +434,25 @@ static void *recv_forever(void *arg) {
     return NULL;
 }
 
-Test(net, close_wakes_a_thread_blocked_in_recv) {
-    addrs a;
-    make_addrs(&a);
-    net_mesh *m = mesh(&a, 1, 2);
+// blocked_recv_woken_by starts a thread blocked in net_recv(forever), calls wake(m) from this
+// thread, checks the receiver returned promptly and returns its result.
+static int blocked_recv_woken_by(net_mesh *m, void (*wake)(net_mesh *)) {
     blocked_recv b = {.m = m, .rc = -1};
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, recv_forever, &b), 0);
     sleep_ms(100);
     double t0 = now_ms();
-    net_close(m);
+    wake(m);
     pthread_join(th, NULL);
-    cr_assert_eq(b.rc, ERR_CLOSED);
-    cr_assert(b.t_done - t0 < 2000, "woken %.1f ms after close", b.t_done - t0);
+    cr_assert(b.t_done - t0 < 2000, "woken %.1f ms after the call", b.t_done - t0);
+    return b.rc;
+}
+
+Test(net, close_wakes_a_thread_blocked_in_recv) {
+    addrs a;
+    make_addrs(&a);
+    net_mesh *m = mesh(&a, 1, 2);
+    cr_assert_eq(blocked_recv_woken_by(m, net_close), ERR_CLOSED);
     net_close(m); // idempotent
     int peer;
     void *data;
@@ -589,15 +595,7 @@ Test(net, wake_returns_a_blocked_recv_without_a_message) {
     addrs a;
     make_addrs(&a);
     net_mesh *m = mesh(&a, 1, 2);
-    blocked_recv b = {.m = m, .rc = -1};
-    pthread_t th;
-    cr_assert_eq(pthread_create(&th, NULL, recv_forever, &b), 0);
-    sleep_ms(100);
-    double t0 = now_ms();
-    net_wake(m);
-    pthread_join(th, NULL);
-    cr_assert_eq(b.rc, ERR_TIMEOUT);
-    cr_assert(b.t_done - t0 < 2000, "woken %.1f ms after net_wake", b.t_done - t0);
+    cr_assert_eq(blocked_recv_woken_by(m, net_wake), ERR_TIMEOUT);
     // a wake is consumed once: the next poll times out normally
     int peer;
     void *data;
