@@ -213,7 +213,8 @@ typedef struct {
     FILE *csv;
     double win_ms, win_tok;
     int win_steps;
-    train_sync_stats prev;
+    train_sync_stats prev;       // counters after the previous step (per-step CSV columns)
+    uint64_t win_sent, win_recv; // counters at the start of the progress window
 } reporter;
 
 static void report_step(reporter *r, const cfg_train *tc, const trainer_stats *st, float val,
@@ -244,17 +245,21 @@ static void report_step(reporter *r, const cfg_train *tc, const trainer_stats *s
         char eta[32], xs[256] = "";
         fmt_eta(eta, sizeof eta, ms * (tc->max_iters - st->step) / 1e3);
         if (sync->get_stats)
-            snprintf(
-                xs, sizeof xs,
-                " sent_mb=%.2f recv_mb=%.2f rounds=%llu late=%llu dropped=%llu msgs_dropped=%llu "
-                "stale=%.1f/%.0f xchg_ms=%.1f",
-                ss.bytes_sent / 1e6, ss.bytes_recv / 1e6, (unsigned long long)ss.rounds_done,
-                (unsigned long long)ss.rounds_late, (unsigned long long)ss.rounds_dropped,
-                (unsigned long long)ss.msgs_dropped, ss.stale_mean, ss.stale_max, ss.latency_ms);
+            snprintf(xs, sizeof xs,
+                     " sent_mb=%.2f recv_mb=%.2f sent_kb/step=%.1f recv_kb/step=%.1f rounds=%llu "
+                     "late=%llu dropped=%llu msgs_dropped=%llu stale=%.1f/%.0f xchg_ms=%.1f",
+                     ss.bytes_sent / 1e6, ss.bytes_recv / 1e6,
+                     (double)(ss.bytes_sent - r->win_sent) / 1e3 / r->win_steps,
+                     (double)(ss.bytes_recv - r->win_recv) / 1e3 / r->win_steps,
+                     (unsigned long long)ss.rounds_done, (unsigned long long)ss.rounds_late,
+                     (unsigned long long)ss.rounds_dropped, (unsigned long long)ss.msgs_dropped,
+                     ss.stale_mean, ss.stale_max, ss.latency_ms);
         LOG_I("train", "step=%d/%d loss=%.4f lr=%.3e norm=%.3f tok/s=%.0f ms/step=%.1f eta=%s%s",
               st->step, tc->max_iters, st->loss, st->lr, st->grad_norm,
               r->win_tok / (r->win_ms / 1e3), ms, eta, xs);
         r->win_ms = r->win_tok = 0;
+        r->win_sent = ss.bytes_sent;
+        r->win_recv = ss.bytes_recv;
         r->win_steps = 0;
     }
     if (isfinite(val)) LOG_I("train", "step=%d val_loss=%.4f", st->step, val);
