@@ -18,6 +18,7 @@
 #include "data.h"
 #include "err.h"
 #include "fetch.h"
+#include "sys.h"
 #include "tok.h"
 
 static void data_usage(FILE *f) {
@@ -47,25 +48,6 @@ static void fetch_usage(FILE *f, const args_opt *opts, int n_opts) {
             "already has that checksum nothing is downloaded.\n\n"
             "options:\n");
     args_print_table(f, opts, n_opts);
-}
-
-static int mkdir_p(const char *dir) {
-    char *buf = xstrdup(dir);
-    int rc = ERR_OK;
-    for (char *p = buf + 1; *p && rc == ERR_OK; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-            rc = err_set(ERR_IO, "cannot create folder '%s': %s", buf, strerror(errno));
-        *p = '/';
-    }
-    struct stat st;
-    if (rc == ERR_OK && mkdir(buf, 0777) != 0 && errno != EEXIST)
-        rc = err_set(ERR_IO, "cannot create folder '%s': %s", buf, strerror(errno));
-    else if (rc == ERR_OK && (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)))
-        rc = err_set(ERR_IO, "'%s' exists and is not a folder", buf);
-    free(buf);
-    return rc;
 }
 
 static int read_text(const char *path, char **text, size_t *n) {
@@ -128,14 +110,8 @@ static int write_meta(const char *dir, const tok_tokenizer *t, size_t n_train, s
     return rc;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int prepare(const char *tokenizer, double frac, const char *input, const char *outdir) {
-    double t0 = now_s();
+    double t0 = (sys_now_ms() / 1e3);
     char *text = NULL;
     size_t n = 0;
     tok_tokenizer *t = NULL;
@@ -150,14 +126,15 @@ static int prepare(const char *tokenizer, double frac, const char *input, const 
     size_t n_train = n_ids - n_val;
     if (rc == ERR_OK && n_train == 0)
         rc = err_set(ERR_INVAL, "'%s' gives %zu tokens, too few for a train split", input, n_ids);
-    if (rc == ERR_OK) rc = mkdir_p(outdir);
+    if (rc == ERR_OK) rc = sys_mkdir_p(outdir);
     if (rc == ERR_OK) rc = data_shard_write(train, ids, n_train);
     if (rc == ERR_OK) rc = data_shard_write(val, ids + n_train, n_val);
     if (rc == ERR_OK) rc = write_meta(outdir, t, n_train, n_val, input, frac);
     if (rc == ERR_OK)
         printf("prepared %s: tokenizer=%s vocab=%d tokens=%zu train=%zu val=%zu bytes=%zu "
                "seconds=%.2f\n",
-               outdir, tokenizer, tok_vocab_size(t), n_ids, n_train, n_val, n, now_s() - t0);
+               outdir, tokenizer, tok_vocab_size(t), n_ids, n_train, n_val, n,
+               (sys_now_ms() / 1e3) - t0);
     else
         fprintf(stderr, "spartan data prepare: %s\n", err_msg());
     free(ids);
@@ -228,14 +205,14 @@ static int fetch_main(int argc, char **argv) {
         return 2;
     }
     o.progress = !quiet;
-    double t0 = now_s();
+    double t0 = (sys_now_ms() / 1e3);
     int rc = fetch_file(url, sha, out, &o);
     if (rc != ERR_OK) {
         const char *m = err_msg();
         fprintf(stderr, "spartan data fetch: %s\n", strncmp(m, "fetch: ", 7) ? m : m + 7);
         return rc == ERR_INVAL ? 2 : 1;
     }
-    printf("fetched %s -> %s sha256=ok seconds=%.2f\n", url, out, now_s() - t0);
+    printf("fetched %s -> %s sha256=ok seconds=%.2f\n", url, out, (sys_now_ms() / 1e3) - t0);
     return 0;
 }
 

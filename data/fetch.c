@@ -22,6 +22,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "sys.h"
 
 void fetch_opts_default(fetch_opts *o) {
     *o = (fetch_opts){.connect_timeout_s = 20,
@@ -62,12 +63,6 @@ int fetch_sha256_file(const char *path, char hex[65]) {
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 // State of one attempt, shared with curl's callbacks.
 typedef struct {
@@ -155,7 +150,7 @@ static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off
     if (!x->started) return 0;
     double have = (double)x->base + (double)dlnow;
     double total = dltotal > 0 ? (double)x->base + (double)dltotal : 0;
-    double t = now_s();
+    double t = (sys_now_ms() / 1e3);
     double rate = (double)dlnow / (t - x->t0 > 1e-3 ? t - x->t0 : 1e-3);
     char hb[32], tb[32], rb[32];
     human(have, hb, sizeof hb);
@@ -214,7 +209,7 @@ static int attempt(const char *url, const char *path, const char *part, const fe
     xfer x = {.url = url, .part = part, .h = h, .range_start = -1};
     x.offset = exists(part) ? file_size(part) : 0;
     x.tty = o->progress && isatty(STDERR_FILENO);
-    x.t0 = now_s();
+    x.t0 = (sys_now_ms() / 1e3);
     char range[32];
     char errbuf[CURL_ERROR_SIZE] = "";
     curl_easy_setopt(h, CURLOPT_URL, url);

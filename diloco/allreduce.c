@@ -12,6 +12,7 @@
 
 #include "err.h"
 #include "log.h"
+#include "sys.h"
 #include "wire.h"
 
 // Messages one peer may have sent beyond what it received. In a ring, rank+1's queue can then
@@ -85,12 +86,6 @@ static void advance(const call *k, cursor *cur, int sending) {
 
 static int kind_of(const call *k, int u) {
     return u < k->ctx->world - 1 ? WIRE_RING_RS : WIRE_RING_AG;
-}
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
 }
 
 // ---- create / destroy -------------------------------------------------------------------------
@@ -190,7 +185,7 @@ static const char *take_message(call *k, int peer, const void *msg, size_t len) 
 // run_call performs the schedule; on ERR_OK every value of w[0, n) is final.
 static int run_call(call *k, int timeout_ms) {
     ar_ctx *c = k->ctx;
-    double deadline = now_ms() + timeout_ms;
+    double deadline = sys_now_ms() + timeout_ms;
     settle(k, &k->snd, 1);
     settle(k, &k->rcv, 0);
     // Each pass either makes progress (a send or an expected receive, finitely many) or waits
@@ -215,13 +210,13 @@ static int run_call(call *k, int timeout_ms) {
                 k->pending = 0;
                 k->sent++;
                 advance(k, &k->snd, 1);
-                deadline = now_ms() + timeout_ms;
+                deadline = sys_now_ms() + timeout_ms;
                 continue;
             }
             if (rc != ERR_PEER) return rc; // closed or broken
             retry = 1;                     // rank+1 not connected (yet) or its queue is full
         }
-        double left = deadline - now_ms();
+        double left = deadline - sys_now_ms();
         if (left <= 0)
             return err_set(ERR_TIMEOUT,
                            "allreduce: rank %d tag %llu: nothing from rank %d / to rank %d "
@@ -251,14 +246,14 @@ static int run_call(call *k, int timeout_ms) {
         }
         k->recvd++;
         advance(k, &k->rcv, 0);
-        deadline = now_ms() + timeout_ms;
+        deadline = sys_now_ms() + timeout_ms;
     }
     return ERR_OK;
 }
 
 int ar_mean(ar_ctx *c, float *x, size_t n, uint64_t tag, int timeout_ms, ar_stats *st) {
     ASSERT(c != NULL);
-    double t0 = now_ms();
+    double t0 = sys_now_ms();
     if (st) *st = (ar_stats){0};
     if (n > c->max_n) return err_set(ERR_INVAL, "allreduce: n %zu exceeds max_n %zu", n, c->max_n);
     if (n > 0 && !x) return err_set(ERR_INVAL, "allreduce: x is NULL");
@@ -268,7 +263,7 @@ int ar_mean(ar_ctx *c, float *x, size_t n, uint64_t tag, int timeout_ms, ar_stat
     call k = {.ctx = c, .x = x, .n = n, .tag = tag, .steps = 2 * (c->world - 1)};
     int rc = run_call(&k, timeout_ms);
     if (rc == ERR_OK) memcpy(x, c->w, n * sizeof *x);
-    k.st.ms = now_ms() - t0;
+    k.st.ms = sys_now_ms() - t0;
     if (st) *st = k.st;
     LOG_D("allreduce", "rank=%d tag=%llu n=%zu rc=%s sent=%llu recv=%llu dropped=%llu ms=%.1f",
           c->rank, (unsigned long long)tag, n, err_str(rc), (unsigned long long)k.st.bytes_sent,

@@ -26,6 +26,7 @@
 #include "net.h"
 #include "rng.h"
 #include "select.h"
+#include "sys.h"
 #include "wire.h"
 
 // Bump when select.c or the averaging changes what peers compute from the same inputs.
@@ -43,6 +44,7 @@ typedef struct {
     uint32_t *got;    // [world] values received per peer (ours = count once posted)
     uint32_t *ag_got; // ring: [world] reduced values received per chunk (all-gather)
     float *vals;      // [world][kmax] values per peer (+ receive and result rows for ring)
+    uint32_t *idx;    // [kmax] the round's indices (set when our values are gathered)
     double t_post;    // when our values were posted (ms, monotonic)
     double t_done;    // when the last peer's values arrived
 } slot;
@@ -65,7 +67,6 @@ struct sparta_exchanger {
     int64_t offset;      // round = step + offset (0 unless this peer joined a running group)
     int64_t *peer_last;  // [world] round of the last valid message from each peer (-1: none)
     // trainer scratch
-    uint32_t *idx;
     float *mean;
     int *present;
     // exchanger scratch
@@ -75,12 +76,6 @@ struct sparta_exchanger {
     uint64_t rounds_done, rounds_late, rounds_dropped, msgs_dropped, n_applied, n_lat;
     double stale_sum, stale_max, lat_sum;
 };
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 static size_t round_count(const sparta_exchanger *ex, int64_t round) {
     return select_count(ex->selector, ex->seed, (uint64_t)round, ex->n, ex->kmax);
@@ -277,7 +272,7 @@ static void file_message(sparta_exchanger *ex, int peer, const void *msg, size_t
         s->got[peer] += h.count;
     }
     if (s->posted && slot_complete(ex, s)) {
-        s->t_done = now_ms();
+        s->t_done = sys_now_ms();
         pthread_cond_broadcast(&ex->cv);
     }
     pthread_mutex_unlock(&ex->mu);
@@ -312,7 +307,7 @@ static void *exchanger_main(void *arg) {
             if (!ex->ring) send_round(ex, s); // our values in s are immutable until closed
             pthread_mutex_lock(&ex->mu);
             if (ex->ring) ring_start(ex, s);
-            if (slot_complete(ex, s) && s->t_done == 0) s->t_done = now_ms();
+            if (slot_complete(ex, s) && s->t_done == 0) s->t_done = sys_now_ms();
             s->sent = 1;
             pthread_cond_broadcast(&ex->cv); // a sync round may have been waiting for the send
             pthread_mutex_unlock(&ex->mu);
@@ -326,7 +321,7 @@ static void *exchanger_main(void *arg) {
             file_message(ex, peer, msg, len);
             net_msg_free(msg);
         }
-        double t = now_ms();
+        double t = sys_now_ms();
         if (t - last_watch > 100) {
             watch_peers(ex);
             last_watch = t;
@@ -350,9 +345,9 @@ static void post_round(sparta_exchanger *ex, const float *params, int64_t r) {
     size_t count = s->count;
     pthread_mutex_unlock(&ex->mu);
     // Our row of the slot is written by this thread only, before `posted` is set.
-    select_indices(ex->selector, ex->seed, (uint64_t)r, ex->n, ex->kmax, ex->idx);
+    select_indices(ex->selector, ex->seed, (uint64_t)r, ex->n, ex->kmax, s->idx);
     float *own = peer_vals(ex, s, ex->rank);
-    const uint32_t *idx = ex->idx;
+    const uint32_t *idx = s->idx;
 #pragma omp parallel for schedule(static) if (count > 65536)
     for (size_t i = 0; i < count; i++)
         own[i] = params[idx[i]];
@@ -360,7 +355,7 @@ static void post_round(sparta_exchanger *ex, const float *params, int64_t r) {
     pthread_mutex_lock(&ex->mu);
     if (!ex->ring) s->got[ex->rank] = (uint32_t)count;
     s->posted = 1;
-    s->t_post = now_ms();
+    s->t_post = sys_now_ms();
     net_wake(ex->mesh); // the exchanger sends it now
     if (slot_complete(ex, s)) s->t_done = s->t_post;
     pthread_mutex_unlock(&ex->mu);
@@ -379,8 +374,7 @@ static void apply_slot(sparta_exchanger *ex, slot *s, float *params, int64_t cur
         return;
     }
     size_t count = s->count;
-    select_indices(ex->selector, ex->seed, (uint64_t)s->round, ex->n, ex->kmax, ex->idx);
-    const uint32_t *idx = ex->idx;
+    const uint32_t *idx = s->idx; // gathered at post time: selection runs once per round
     const float *own = peer_vals(ex, s, ex->rank);
     float *mean = ex->mean, fnp = (float)np;
     memcpy(mean, ex->ring ? ring_final(ex, s) : peer_vals(ex, s, ex->present[0]),
@@ -548,12 +542,12 @@ static int split_peers(const char *list, char *buf, size_t bn, const char **peer
 // so the first rounds are not lost to peers that are still starting. Training goes on after the
 // timeout; missing peers are picked up when they come.
 static void wait_for_peers(sparta_exchanger *ex) {
-    double t0 = now_ms(), last_log = t0;
+    double t0 = sys_now_ms(), last_log = t0;
     for (;;) {
         int up = 1;
         for (int p = 0; p < ex->world; p++)
             if (p != ex->rank && !net_connected(ex->mesh, p)) up = 0;
-        double t = now_ms();
+        double t = sys_now_ms();
         if (up) {
             LOG_I("sparta", "all %d peers connected after %.0f ms", ex->world, t - t0);
             return;
@@ -606,10 +600,11 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *n
         ex->slots[i].round = -1;
         ex->slots[i].got = xcalloc((size_t)world, sizeof(uint32_t));
         ex->slots[i].ag_got = xcalloc((size_t)world, sizeof(uint32_t));
+        ex->slots[i].idx = xmalloc(ex->kmax * sizeof(uint32_t));
         size_t rows = (size_t)world + (ex->ring ? 2 : 0);
         ex->slots[i].vals = xalloc_aligned(rows * ex->kmax * sizeof(float));
     }
-    ex->idx = xmalloc(ex->kmax * sizeof(uint32_t));
+
     ex->mean = xalloc_aligned(ex->kmax * sizeof(float));
     ex->present = xcalloc((size_t)world, sizeof(int));
     ex->connected = xcalloc((size_t)world, sizeof(int));
@@ -650,10 +645,11 @@ void sparta_destroy(sparta_exchanger *ex) {
     for (int i = 0; ex->slots && i < ex->nslots; i++) {
         free(ex->slots[i].got);
         free(ex->slots[i].ag_got);
+        free(ex->slots[i].idx);
         free(ex->slots[i].vals);
     }
     free(ex->slots);
-    free(ex->idx);
+
     free(ex->mean);
     free(ex->present);
     free(ex->connected);

@@ -55,6 +55,10 @@ static double column_mean(const char *path, int col) {
 // the mean bytes sent per step of rank 0.
 static double run_pair(const char *dir, const char *data, float p, double *bytes) {
     int base = free_base();
+    if (base < 0) {
+        fprintf(stderr, "bench_sparta: no free ports\n");
+        exit(1);
+    }
     pid_t pid[2];
     for (int r = 0; r < 2; r++) {
         char cmd[2048];

@@ -21,6 +21,7 @@
 #include "ops.h"
 #include "rng.h"
 #include "sync.h"
+#include "sys.h"
 #include "trainer.h"
 
 static volatile sig_atomic_t stop_requested;
@@ -41,22 +42,6 @@ static void train_usage(FILE *f, const args_opt *opts, int n_opts) {
     args_print_table(f, opts, n_opts);
     fprintf(f, "\nconfig keys (INI sections [model], [train], [data], [log]):\n");
     cfg_print_keys(f);
-}
-
-// mkdir_p creates dir and its parents.
-static int mkdir_p(const char *dir) {
-    char buf[CFG_PATH_MAX];
-    snprintf(buf, sizeof buf, "%s", dir);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-            return err_set(ERR_IO, "cannot create folder '%s': %s", buf, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-        return err_set(ERR_IO, "cannot create folder '%s': %s", buf, strerror(errno));
-    return ERR_OK;
 }
 
 static void fmt_eta(char *buf, size_t n, double s) {
@@ -321,7 +306,7 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
         return 2;
     }
     int threads = ops_init(c.train.threads);
-    if (mkdir_p(c.train.out_dir)) {
+    if (sys_mkdir_p(c.train.out_dir)) {
         LOG_E("train", "%s", err_msg());
         return 1;
     }

@@ -16,6 +16,7 @@
 #include "data.h"
 #include "err.h"
 #include "optim.h"
+#include "sys.h"
 
 #define CKPT_FORMAT_VERSION 1
 
@@ -30,12 +31,6 @@ struct trainer {
     int step;
     train_sync sync;
 };
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 static int path_exists(const char *p) {
     struct stat st;
@@ -154,7 +149,7 @@ void trainer_destroy(trainer *t) {
 void trainer_set_sync(trainer *t, const train_sync *sync) { t->sync = *sync; }
 
 int trainer_step(trainer *t, trainer_stats *st) {
-    double t0 = now_ms();
+    double t0 = sys_now_ms();
     const cfg_train *tc = &t->c.train;
     int B = tc->batch_size, T = t->c.model.block_size, accum = tc->grad_accum;
     float lr = optim_lr(tc, t->step);
@@ -180,7 +175,7 @@ int trainer_step(trainer *t, trainer_stats *st) {
     st->lr = lr;
     st->grad_norm = norm;
     st->tokens = (long)B * T * accum;
-    st->ms = now_ms() - t0;
+    st->ms = sys_now_ms() - t0;
     return rc;
 }
 

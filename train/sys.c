@@ -1,0 +1,35 @@
+// sys.c: the monotonic clock and mkdir -p. No state; any thread.
+#include "sys.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "err.h"
+
+double sys_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+int sys_mkdir_p(const char *dir) {
+    char *buf = xstrdup(dir);
+    int rc = ERR_OK;
+    for (char *p = buf + 1; *p && rc == ERR_OK; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+            rc = err_set(ERR_IO, "cannot create folder '%s': %s", buf, strerror(errno));
+        *p = '/';
+    }
+    struct stat st;
+    if (rc == ERR_OK && mkdir(buf, 0777) != 0 && errno != EEXIST)
+        rc = err_set(ERR_IO, "cannot create folder '%s': %s", buf, strerror(errno));
+    else if (rc == ERR_OK && (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)))
+        rc = err_set(ERR_IO, "'%s' exists and is not a folder", buf);
+    free(buf);
+    return rc;
+}
