@@ -133,7 +133,7 @@ test: check-deps $(SPARTAN) $(TEST_BIN)
 	@SPARTAN_BIN=$(SPARTAN) $(SHELL) scripts/run-tests $(TEST_BIN)
 
 sanitize:
-	@$(MAKE) --no-print-directory VARIANT=asan test
+	@LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp $(MAKE) --no-print-directory VARIANT=asan test
 
 # Criterion cannot start under TSan, so the threaded code has a plain stress program.
 tsan:
