@@ -79,6 +79,7 @@ static int open_mesh(net_mesh **out, const cfg_net *nc, int rank, int world, int
                  port + world);
     }
     if (!rc) rc = net_mesh_create(out, rank, world, peers, listen[0] ? listen : NULL);
+    if (!rc) net_set_link(*out, nc->rate_mbit, nc->delay_ms, nc->loss, 0xD11C0 + (uint64_t)rank);
     free(list);
     free(addr);
     free(peers);

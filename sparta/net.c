@@ -55,7 +55,20 @@ typedef struct net_link {
 typedef struct fifo_slot {
     nng_msg *msg; // body = MSG_HDR + payload
     int peer;
+    double due_ms; // link emulation: not delivered before this monotonic time (0 = at once)
 } fifo_slot;
+
+// Link emulation (net_set_link): the time each emulated wire (sender rank -> receiver rank) is
+// busy until, shared by every mesh of the process, so that the SPARTA and DiLoCo meshes of one
+// peer compete for one link as they would on a real wire.
+#define LINKS_MAX 1024
+static pthread_mutex_t links_mu = PTHREAD_MUTEX_INITIALIZER;
+typedef struct link_busy {
+    int from, to;
+    double busy_until_ms;
+} link_busy;
+static link_busy links_busy[LINKS_MAX];
+static int links_n;
 
 struct net_mesh {
     int rank, world;
@@ -70,7 +83,57 @@ struct net_mesh {
     int closing_done;   // close_sockets finished (under mu)
     int wedged;         // nng_close did not return in time: never free this mesh
     _Atomic uint64_t bytes_sent, bytes_recv, msgs_sent, msgs_recv, send_dropped, recv_dropped;
+    double emu_bytes_per_ms; // link emulation (under mu): 0 = unlimited rate
+    int emu_delay_ms;
+    double emu_loss;
+    uint64_t emu_rng;
+    int emu_on;
 };
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+void net_set_link(net_mesh *m, double rate_mbit, int delay_ms, double loss, uint64_t seed) {
+    ASSERT(m != NULL && rate_mbit >= 0 && delay_ms >= 0 && loss >= 0 && loss <= 1);
+    pthread_mutex_lock(&m->mu);
+    m->emu_bytes_per_ms = rate_mbit * 1e6 / 8 / 1e3;
+    m->emu_delay_ms = delay_ms;
+    m->emu_loss = loss;
+    m->emu_rng = seed * 0x9E3779B97F4A7C15ull + 1;
+    m->emu_on = rate_mbit > 0 || delay_ms > 0 || loss > 0;
+    pthread_mutex_unlock(&m->mu);
+    if (m->emu_on)
+        LOG_I("net", "rank=%d emulated link: %g Mbit/s, %d ms delay, loss %g", m->rank, rate_mbit,
+              delay_ms, loss);
+}
+
+// emu_due returns when a message of len bytes from peer that arrives now is delivered, or -1 if
+// the emulated link loses it. Under m->mu.
+static double emu_due(net_mesh *m, int peer, size_t len) {
+    m->emu_rng ^= m->emu_rng << 13; // xorshift64: only the loss draws use it
+    m->emu_rng ^= m->emu_rng >> 7;
+    m->emu_rng ^= m->emu_rng << 17;
+    if (m->emu_loss > 0 && (double)(m->emu_rng >> 11) * 0x1p-53 < m->emu_loss) return -1;
+    double t = now_ms();
+    if (m->emu_bytes_per_ms > 0) {
+        pthread_mutex_lock(&links_mu);
+        int i = 0;
+        while (i < links_n && !(links_busy[i].from == peer && links_busy[i].to == m->rank))
+            i++;
+        if (i == links_n && links_n < LINKS_MAX)
+            links_busy[links_n++] = (link_busy){peer, m->rank, 0};
+        if (i < links_n) {
+            double start = links_busy[i].busy_until_ms > t ? links_busy[i].busy_until_ms : t;
+            t = start + (double)len / m->emu_bytes_per_ms;
+            links_busy[i].busy_until_ms = t;
+        }
+        pthread_mutex_unlock(&links_mu);
+    }
+    return t + m->emu_delay_ms;
+}
 
 // ---- addresses --------------------------------------------------------------------------------
 
@@ -190,8 +253,11 @@ static void fifo_push(net_mesh *m, int peer, nng_msg *msg) {
     int keep = 0;
     pthread_mutex_lock(&m->mu);
     if (!atomic_load(&m->closed)) {
-        if (m->count < NET_RECV_QUEUE && m->bytes + len <= FIFO_MAX_BYTES) {
-            m->fifo[(m->head + m->count) % NET_RECV_QUEUE] = (fifo_slot){msg, peer};
+        double due = m->emu_on ? emu_due(m, peer, len) : 0;
+        if (due < 0) {
+            atomic_fetch_add(&m->recv_dropped, 1); // lost on the emulated link
+        } else if (m->count < NET_RECV_QUEUE && m->bytes + len <= FIFO_MAX_BYTES) {
+            m->fifo[(m->head + m->count) % NET_RECV_QUEUE] = (fifo_slot){msg, peer, due};
             m->count++;
             m->bytes += len;
             atomic_fetch_add(&m->msgs_recv, 1);
@@ -488,6 +554,28 @@ void net_wake(net_mesh *m) {
     pthread_mutex_unlock(&m->mu);
 }
 
+// fifo_take removes the oldest message that is due (with link emulation, the oldest whose due
+// time has passed; later slots keep their order) into *s and returns 1, or returns 0 and sets
+// *next_due to the earliest due time. Under m->mu, with m->count > 0.
+static int fifo_take(net_mesh *m, fifo_slot *s, double *next_due) {
+    double t = m->emu_on ? now_ms() : 0, first = 0;
+    for (size_t i = 0; i < m->count; i++) {
+        fifo_slot *f = &m->fifo[(m->head + i) % NET_RECV_QUEUE];
+        if (f->due_ms <= t) {
+            *s = *f;
+            for (size_t j = i; j > 0; j--) // close the gap: shift the older slots up by one
+                m->fifo[(m->head + j) % NET_RECV_QUEUE] =
+                    m->fifo[(m->head + j - 1) % NET_RECV_QUEUE];
+            m->head = (m->head + 1) % NET_RECV_QUEUE;
+            m->count--;
+            return 1;
+        }
+        if (first == 0 || f->due_ms < first) first = f->due_ms;
+    }
+    *next_due = first;
+    return 0;
+}
+
 int net_recv(net_mesh *m, int timeout_ms, int *peer, void **data, size_t *len) {
     ASSERT(m != NULL && peer != NULL && data != NULL && len != NULL);
     *peer = -1;
@@ -508,10 +596,8 @@ int net_recv(net_mesh *m, int timeout_ms, int *peer, void **data, size_t *len) {
             rc = ERR_TIMEOUT;
             break;
         }
-        if (m->count > 0) {
-            s = m->fifo[m->head];
-            m->head = (m->head + 1) % NET_RECV_QUEUE;
-            m->count--;
+        double next_due = 0;
+        if (m->count > 0 && fifo_take(m, &s, &next_due)) {
             m->bytes -= nng_msg_len(s.msg) - MSG_HDR;
             rc = ERR_OK;
             break;
@@ -520,10 +606,20 @@ int net_recv(net_mesh *m, int timeout_ms, int *peer, void **data, size_t *len) {
             rc = ERR_TIMEOUT;
             break;
         }
-        if (timeout_ms < 0)
+        if (next_due > 0) { // an emulated message becomes due: wake then (or at the deadline)
+            struct timespec due;
+            deadline_after(&due, (int)(next_due - now_ms()) + 1);
+            if (timeout_ms > 0 &&
+                (dl.tv_sec < due.tv_sec || (dl.tv_sec == due.tv_sec && dl.tv_nsec < due.tv_nsec))) {
+                timed_out = pthread_cond_timedwait(&m->cv, &m->mu, &dl) == ETIMEDOUT;
+            } else {
+                pthread_cond_timedwait(&m->cv, &m->mu, &due);
+            }
+        } else if (timeout_ms < 0) {
             pthread_cond_wait(&m->cv, &m->mu);
-        else
+        } else {
             timed_out = pthread_cond_timedwait(&m->cv, &m->mu, &dl) == ETIMEDOUT;
+        }
     }
     pthread_mutex_unlock(&m->mu);
     if (rc == ERR_CLOSED) return err_set(ERR_CLOSED, "net: receive: closed");

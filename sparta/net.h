@@ -64,6 +64,15 @@ int net_connected(net_mesh *m, int peer);
 // net_get_stats copies the counters (thread-safe).
 void net_get_stats(net_mesh *m, net_stats *st);
 
+// net_set_link turns on link emulation for messages this mesh RECEIVES (use the same settings
+// on every peer): each message from a peer waits until the emulated link from that peer has
+// carried it at rate_mbit (0 = unlimited; the link is shared by every mesh of this process with
+// the same pair of ranks, as one wire would be) and then delay_ms more, and a fraction loss of
+// the messages (seeded by seed) is dropped and counted in recv_dropped. Messages from different
+// peers are delivered in order of their due times, from one peer in order. For experiments on
+// one host without root (a real slow link needs none of this). Call before traffic starts.
+void net_set_link(net_mesh *m, double rate_mbit, int delay_ms, double loss, uint64_t seed);
+
 // net_close closes every socket and wakes any blocked net_recv with ERR_CLOSED. Idempotent.
 void net_close(net_mesh *m);
 

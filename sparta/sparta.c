@@ -420,6 +420,7 @@ static void resolve(sparta_exchanger *ex, float *params, int64_t cur, int64_t fo
         for (int i = 0; i < ex->nslots; i++) {
             slot *s = &ex->slots[i];
             if (s->state != S_OPEN || !s->posted) continue;
+            if (s->round != force && cur - s->round < ex->sc.delay) continue; // forced staleness
             int done = slot_ready(ex, s);
             if (!done && cur - s->round < ex->sc.max_stale && s->round != force) continue;
             if (!pick || s->round < pick->round) {
@@ -496,7 +497,7 @@ int sparta_after_step(sparta_exchanger *ex, float *params, size_t n, long step) 
                 LOG_W("sparta",
                       "round=%lld incomplete after %d ms: applying it with the peers present",
                       (long long)cur, ex->sc.timeout_ms);
-            force = cur;
+            if (ex->sc.delay == 0) force = cur; // else applied sparta.delay steps from now
         }
     }
     resolve(ex, params, cur, force);
@@ -619,6 +620,8 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *n
     if (!rc) rc = net_mesh_create(&ex->mesh, rank, world, peers, nc->listen[0] ? nc->listen : NULL);
     free(peers);
     free(buf);
+    if (!rc)
+        net_set_link(ex->mesh, nc->rate_mbit, nc->delay_ms, nc->loss, 0x5A17A + (uint64_t)rank);
     if (!rc) wait_for_peers(ex);
     if (!rc && pthread_create(&ex->thread, NULL, exchanger_main, ex) != 0)
         rc = err_set(ERR_NOMEM, "sparta: cannot start the exchanger thread");

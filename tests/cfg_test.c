@@ -111,6 +111,17 @@ Test(cfg, validate_checks_heads_divide_width) {
     cr_assert(strstr(err_msg(), "model.n_head"), "%s", err_msg());
 }
 
+Test(cfg, validate_rejects_a_forced_delay_beyond_max_stale) {
+    cfg c;
+    cfg_defaults(&c);
+    c.sparta.max_stale = 5;
+    c.sparta.delay = 5;
+    cr_assert_eq(cfg_validate(&c), ERR_OK, "%s", err_msg());
+    c.sparta.delay = 6;
+    cr_assert_eq(cfg_validate(&c), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "sparta.delay"), "%s", err_msg());
+}
+
 Test(cfg, written_config_parses_back_identically) {
     cfg c, d;
     cfg_defaults(&c);

@@ -603,3 +603,85 @@ Test(net, wake_returns_a_blocked_recv_without_a_message) {
     cr_assert_eq(net_recv(m, 0, &peer, &data, &len), ERR_TIMEOUT);
     net_mesh_destroy(m);
 }
+
+// recv_all receives n messages of m within limit_ms and returns the ms the last one took to
+// arrive after t0; each message's first int must count up from 0 (per-link order).
+static double recv_all(net_mesh *m, int n, double t0, int limit_ms) {
+    for (int i = 0; i < n; i++) {
+        int peer, tag;
+        void *data;
+        size_t len;
+        cr_assert_eq(net_recv(m, limit_ms, &peer, &data, &len), ERR_OK, "msg %d: %s", i, err_msg());
+        memcpy(&tag, data, sizeof tag);
+        net_msg_free(data);
+        cr_assert_eq(tag, i, "message %d arrived as number %d", tag, i);
+    }
+    return now_ms() - t0;
+}
+
+Test(net, emulated_rate_keeps_throughput_within_10_percent_of_its_setting) {
+    addrs a;
+    make_addrs(&a);
+    net_mesh *m[2] = {mesh(&a, 0, 2), mesh(&a, 1, 2)};
+    wait_mesh(m, 2, 5000);
+    net_set_link(m[1], 16, 0, 0, 1); // 16 Mbit/s = 2 MB/s: 20 x 100 kB take 1000 ms
+    enum { N = 20, LEN = 100000 };
+    unsigned char *buf = xcalloc(1, LEN);
+    double t0 = now_ms();
+    for (int i = 0; i < N; i++) {
+        memcpy(buf, &i, sizeof i);
+        cr_assert_eq(net_send(m[0], 1, buf, LEN), ERR_OK, "%s", err_msg());
+    }
+    double ms = recv_all(m[1], N, t0, 5000);
+    cr_expect(ms >= 950 && ms <= 1100, "20 x 100 kB at 16 Mbit/s took %.0f ms, want 1000 +- 10%%",
+              ms);
+    free(buf);
+    net_mesh_destroy(m[0]);
+    net_mesh_destroy(m[1]);
+}
+
+Test(net, emulated_delay_holds_every_message_that_long) {
+    addrs a;
+    make_addrs(&a);
+    net_mesh *m[2] = {mesh(&a, 0, 2), mesh(&a, 1, 2)};
+    wait_mesh(m, 2, 5000);
+    net_set_link(m[1], 0, 150, 0, 1);
+    double t0 = now_ms();
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(net_send(m[0], 1, &i, sizeof i), ERR_OK, "%s", err_msg());
+    int peer;
+    void *data;
+    size_t len;
+    cr_assert_eq(net_recv(m[1], 100, &peer, &data, &len), ERR_TIMEOUT, "arrived before 100 ms");
+    double ms = recv_all(m[1], 3, t0, 2000);
+    cr_expect(ms >= 150 && ms < 300, "3 messages with 150 ms delay arrived after %.0f ms", ms);
+    net_mesh_destroy(m[0]);
+    net_mesh_destroy(m[1]);
+}
+
+Test(net, emulated_loss_drops_about_that_fraction_and_counts_it) {
+    addrs a;
+    make_addrs(&a);
+    net_mesh *m[2] = {mesh(&a, 0, 2), mesh(&a, 1, 2)};
+    wait_mesh(m, 2, 5000);
+    net_set_link(m[1], 0, 0, 0.3, 7);
+    int got = 0, sent = 0;
+    for (int batch = 0; batch < 10; batch++) { // 10 x 30: below the send queue of 64
+        for (int i = 0; i < 30; i++, sent++)
+            cr_assert_eq(net_send(m[0], 1, &sent, sizeof sent), ERR_OK, "%s", err_msg());
+        int peer;
+        void *data;
+        size_t len;
+        while (net_recv(m[1], 50, &peer, &data, &len) == ERR_OK) {
+            net_msg_free(data);
+            got++;
+        }
+    }
+    net_stats st;
+    net_get_stats(m[1], &st);
+    cr_expect(got >= 165 && got <= 255, "%d of 300 arrived with loss 0.3 (want 210 +- 45)", got);
+    cr_expect_eq(st.recv_dropped, (uint64_t)(300 - got), "dropped %llu, lost %d",
+                 (unsigned long long)st.recv_dropped, 300 - got);
+    net_mesh_destroy(m[0]);
+    net_mesh_destroy(m[1]);
+}

@@ -48,6 +48,8 @@ typedef struct {
     float params[NP];
 } rig;
 
+static int rig_delay; // sparta.delay of the next rig_open (0 unless a test sets it)
+
 static void rig_open(rig *r, int max_stale, const char *dtype) {
     memset(r, 0, sizeof *r);
     cfg c;
@@ -55,6 +57,7 @@ static void rig_open(rig *r, int max_stale, const char *dtype) {
     r->sc = c.sparta;
     r->sc.p = 0.1f;
     r->sc.max_stale = max_stale;
+    r->sc.delay = rig_delay;
     r->sc.timeout_ms = 5000;
     snprintf(r->sc.dtype, sizeof r->sc.dtype, "%s", dtype);
     r->run_id = 0xABCDEF12345ull;
@@ -177,6 +180,32 @@ Test(sparta, round_is_applied_when_complete_and_dropped_after_max_stale) {
     cr_assert_eq(sparta_after_step(r.ex, r.params, NP, 8), ERR_OK);
     for (size_t i = 0; i < k; i++)
         cr_assert_neq(r.params[idx2[i]], -2500.0f);
+    rig_close(&r);
+}
+
+Test(sparta, forced_delay_applies_a_complete_round_exactly_delay_steps_after_posting) {
+    rig_delay = 3;
+    rig r;
+    rig_open(&r, 5, "fp32");
+    uint32_t idx1[NP];
+    size_t k = select_indices(SELECT_RANDOM, r.seed, 1, NP, r.k, idx1);
+    float x1[NP];
+    memcpy(x1, r.params, sizeof x1);
+    cr_assert_eq(sparta_after_step(r.ex, r.params, NP, 1), ERR_OK);
+    expect_round_message(&r, 1, x1);
+    send_values(&r, 1, 1000.0f, r.run_id);
+    cr_assert(sparta_wait_round(r.ex, 1, 5000), "round 1 did not complete");
+    for (long s = 2; s <= 3; s++) { // complete, but held back until step 1 + 3
+        cr_assert_eq(sparta_after_step(r.ex, r.params, NP, s), ERR_OK);
+        cr_assert_eq(memcmp(r.params, x1, sizeof x1), 0, "applied at step %ld, before 1 + 3", s);
+    }
+    cr_assert_eq(sparta_after_step(r.ex, r.params, NP, 4), ERR_OK);
+    for (size_t i = 0; i < k; i++)
+        cr_assert_eq(r.params[idx1[i]], (1000.0f + x1[idx1[i]]) / 2.0f, "index %u", idx1[i]);
+    train_sync_stats st;
+    sparta_get_stats(r.ex, &st);
+    cr_assert_eq(st.rounds_done, 1u);
+    cr_assert_float_eq(st.stale_max, 3.0, 1e-9);
     rig_close(&r);
 }
 

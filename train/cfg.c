@@ -84,6 +84,9 @@ static const cfg_key keys[] = {
       "x = mean, or x += mean - x_sent (keeps progress made meanwhile)"),
     K("sparta", "max_stale", CFG_INT, sparta.max_stale, "15", 0, 1000,
       "D: apply a round at most D steps late, leaving late peers out"),
+    K("sparta", "delay", CFG_INT, sparta.delay, "0", 0, 1000,
+      "apply every round exactly this many steps after posting it (forced staleness; "
+      "0 = as soon as complete)"),
     K("sparta", "sync", CFG_BOOL, sparta.sync, "false", 0, 1,
       "block until each round completes (deterministic)"),
     E("sparta", "dtype", sparta.dtype, "fp32", "fp32|bf16", "value type on the wire"),
@@ -101,6 +104,12 @@ static const cfg_key keys[] = {
       "bind address host:port (empty = this peer's entry in net.peers)"),
     K("net", "peers", CFG_STR0, net.peers, "", 0, 0,
       "every peer's host:port in rank order, comma-separated (empty = alone)"),
+    K("net", "rate_mbit", CFG_F32, net.rate_mbit, "0", 0, 1e6,
+      "emulated link: send rate per peer in Mbit/s (0 = unlimited)"),
+    K("net", "delay_ms", CFG_INT, net.delay_ms, "0", 0, 60000,
+      "emulated link: one-way delay added to every message"),
+    K("net", "loss", CFG_F32, net.loss, "0", 0, 1,
+      "emulated link: fraction of data messages dropped at random"),
 };
 
 #define N_KEYS (sizeof keys / sizeof keys[0])
@@ -303,6 +312,9 @@ int cfg_validate(const cfg *c) {
     if (c->train.min_lr > c->train.learning_rate)
         return err_set(ERR_INVAL, "train.min_lr (%g) must not exceed train.learning_rate (%g)",
                        c->train.min_lr, c->train.learning_rate);
+    if (c->sparta.delay > c->sparta.max_stale)
+        return err_set(ERR_INVAL, "sparta.delay (%d) must not exceed sparta.max_stale (%d)",
+                       c->sparta.delay, c->sparta.max_stale);
     return ERR_OK;
 }
 

@@ -60,6 +60,7 @@ typedef struct cfg_sparta {
     char reduce[16];   // "alltoall" or "ring"
     char apply[16];    // "overwrite" or "correct"
     int max_stale;     // D: a round is applied at most D steps after it was posted
+    int delay;         // forced staleness: apply exactly this many steps after posting (0 = asap)
     int sync;          // 1: block until each round completes (deterministic; tests)
     char dtype[8];     // values on the wire: "fp32" or "bf16"
     int timeout_ms;    // longest wait of a sync round for a missing peer
@@ -76,10 +77,14 @@ typedef struct cfg_diloco {
 } cfg_diloco;
 
 // The peer mesh. peers lists every peer's "host:port" in rank order (this one included);
-// listen is the local bind address (empty: this peer's entry in peers).
+// listen is the local bind address (empty: this peer's entry in peers). rate_mbit, delay_ms and
+// loss emulate a slow link inside the transport (for experiments without root or netem).
 typedef struct cfg_net {
     char listen[128];
     char peers[2048];
+    float rate_mbit; // emulated link (net.h): send rate per peer, 0 = unlimited
+    int delay_ms;    // emulated one-way delay per message
+    float loss;      // emulated fraction of data-plane messages dropped
 } cfg_net;
 
 typedef struct cfg {
