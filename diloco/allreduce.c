@@ -18,7 +18,15 @@
 // Messages one peer may have sent beyond what it received. In a ring, rank+1's queue can then
 // hold up to about (P+1) * window messages, which must stay below the mesh's receive queue
 // (NET_RECV_QUEUE messages, 512 MiB) and nng's send queue (64): (P+1) * window <= 60.
-enum { WINDOW_MAX = 8, QUEUE_BUDGET = 60, RETRY_MS = 1 };
+enum { WINDOW_MAX = 8, QUEUE_BUDGET = 60, RETRY_MS = 1, STASH_MAX = 256 };
+
+// A message that arrived during ar_agree for the all-reduce that follows (a faster peer's first
+// ring chunks), kept for run_call.
+typedef struct stashed {
+    int peer;
+    void *data; // from net_recv
+    size_t len;
+} stashed;
 
 struct ar_ctx {
     net_mesh *mesh; // borrowed
@@ -28,7 +36,30 @@ struct ar_ctx {
     size_t chunk;       // values per message, a multiple of WIRE_INT8_BLOCK
     float *w;           // (max_n) partial sums, then results
     unsigned char *msg; // (NET_MAX_MSG) the message being sent
+    stashed stash[STASH_MAX];
+    int n_stash;
+    unsigned char *heard, *got_view, *views; // ar_agree: (world), (world), (world x world)
+    unsigned char *resend;                   // (world) scratch
+    float *flags;                            // (world) a VIEW's payload
 };
+
+// next_message returns the oldest stashed message, else waits up to wait_ms in net_recv.
+static int next_message(ar_ctx *c, int wait_ms, int *peer, void **data, size_t *len) {
+    if (c->n_stash > 0) {
+        *peer = c->stash[0].peer;
+        *data = c->stash[0].data;
+        *len = c->stash[0].len;
+        memmove(c->stash, c->stash + 1, (size_t)--c->n_stash * sizeof *c->stash);
+        return ERR_OK;
+    }
+    return net_recv(c->mesh, wait_ms, peer, data, len);
+}
+
+static void stash_clear(ar_ctx *c) {
+    for (int i = 0; i < c->n_stash; i++)
+        net_msg_free(c->stash[i].data);
+    c->n_stash = 0;
+}
 
 // One call's schedule: segment bounds and the two cursors. Step u sends segment r-u and
 // receives segment r-u-1 (mod P); steps u < P-1 are reduce-scatter, the rest all-gather.
@@ -42,7 +73,9 @@ typedef struct call {
     const float *x;
     size_t n;
     uint64_t tag;
-    int steps; // 2 (P-1)
+    const int *mem; // (np) mesh ranks of the members in ring order; mem[pos] is this peer
+    int pos, np;
+    int steps; // 2 (np-1)
     cursor snd, rcv;
     uint64_t sent, recvd; // messages
     size_t pending;       // bytes of an encoded message not yet accepted by net_send (0 = none)
@@ -52,7 +85,7 @@ typedef struct call {
 static int mod(int a, int p) { return ((a % p) + p) % p; }
 
 static size_t seg_lo(const call *k, int s) {
-    return (size_t)((uint64_t)s * k->n / (uint64_t)k->ctx->world);
+    return (size_t)((uint64_t)s * k->n / (uint64_t)k->np);
 }
 
 static size_t seg_chunks(const call *k, int s) {
@@ -60,8 +93,10 @@ static size_t seg_chunks(const call *k, int s) {
     return (len + k->ctx->chunk - 1) / k->ctx->chunk;
 }
 
-static int send_seg(const call *k, int u) { return mod(k->ctx->rank - u, k->ctx->world); }
-static int recv_seg(const call *k, int u) { return mod(k->ctx->rank - u - 1, k->ctx->world); }
+static int send_seg(const call *k, int u) { return mod(k->pos - u, k->np); }
+static int recv_seg(const call *k, int u) { return mod(k->pos - u - 1, k->np); }
+static int next_rank(const call *k) { return k->mem[mod(k->pos + 1, k->np)]; }
+static int prev_rank(const call *k) { return k->mem[mod(k->pos - 1, k->np)]; }
 
 // chunk_range gives the first index and the count of chunk c of segment s.
 static void chunk_range(const call *k, int s, size_t c, size_t *lo, uint32_t *count) {
@@ -84,9 +119,7 @@ static void advance(const call *k, cursor *cur, int sending) {
     settle(k, cur, sending);
 }
 
-static int kind_of(const call *k, int u) {
-    return u < k->ctx->world - 1 ? WIRE_RING_RS : WIRE_RING_AG;
-}
+static int kind_of(const call *k, int u) { return u < k->np - 1 ? WIRE_RING_RS : WIRE_RING_AG; }
 
 // ---- create / destroy -------------------------------------------------------------------------
 
@@ -95,7 +128,7 @@ int ar_create(ar_ctx **out, net_mesh *mesh, int rank, int world, uint64_t run_id
     ASSERT(out != NULL);
     *out = NULL;
     if (!mesh) return err_set(ERR_INVAL, "allreduce: mesh is NULL");
-    if (world < 1 || rank < 0 || rank >= world)
+    if (world < 1 || world > AR_MAX_WORLD || rank < 0 || rank >= world)
         return err_set(ERR_INVAL, "allreduce: rank %d out of range for world %d", rank, world);
     if (dtype != WIRE_FP32 && dtype != WIRE_BF16 && dtype != WIRE_INT8)
         return err_set(ERR_INVAL, "allreduce: bad dtype %d (want fp32, bf16 or int8)", dtype);
@@ -110,6 +143,11 @@ int ar_create(ar_ctx **out, net_mesh *mesh, int rank, int world, uint64_t run_id
     c->run_id = run_id;
     c->max_n = max_n;
     c->chunk = wire_max_count(dtype, NET_MAX_MSG) / WIRE_INT8_BLOCK * WIRE_INT8_BLOCK;
+    c->heard = xcalloc((size_t)world, 1);
+    c->got_view = xcalloc((size_t)world, 1);
+    c->resend = xcalloc((size_t)world, 1);
+    c->views = xcalloc((size_t)world * (size_t)world, 1);
+    c->flags = xcalloc((size_t)world, sizeof(float));
     c->window = QUEUE_BUDGET / (world + 1);
     c->window = c->window < 1 ? 1 : c->window > WINDOW_MAX ? WINDOW_MAX : c->window;
     if (world > 1) { // touch every page now: first touches are slow, and ar_mean must not pay
@@ -124,6 +162,12 @@ int ar_create(ar_ctx **out, net_mesh *mesh, int rank, int world, uint64_t run_id
 
 void ar_destroy(ar_ctx *c) {
     if (!c) return;
+    stash_clear(c);
+    free(c->heard);
+    free(c->got_view);
+    free(c->resend);
+    free(c->views);
+    free(c->flags);
     free(c->w);
     free(c->msg);
     free(c);
@@ -151,13 +195,13 @@ static void encode_next(call *k) {
                      .offset = (uint32_t)lo,
                      .count = count};
     k->pending = wire_encode(c->msg, &h, src);
-    if (u == c->world - 1 && c->dtype != WIRE_FP32) wire_values(c->msg, &h, c->w + lo);
+    if (u == k->np - 1 && c->dtype != WIRE_FP32) wire_values(c->msg, &h, c->w + lo);
 }
 
 // take_message checks that msg is receive (u, c) and applies it, or returns why it is dropped.
 static const char *take_message(call *k, int peer, const void *msg, size_t len) {
     ar_ctx *c = k->ctx;
-    int prev = mod(c->rank - 1, c->world), u = k->rcv.u;
+    int prev = prev_rank(k), u = k->rcv.u;
     if (peer != prev) return "not from rank-1";
     wire_header h;
     if (wire_decode(msg, len, c->run_id, &h) != ERR_OK) return err_msg();
@@ -171,11 +215,11 @@ static const char *take_message(call *k, int peer, const void *msg, size_t len) 
     float *w = c->w + lo;
     const float *x = k->x + lo;
     wire_values(msg, &h, w);
-    if (u < c->world - 2) { // reduce-scatter: received partial sum + our values
+    if (u < k->np - 2) { // reduce-scatter: received partial sum + our values
         for (size_t i = 0; i < count; i++)
             w[i] += x[i];
-    } else if (u == c->world - 2) { // last reduce-scatter step: we own this segment
-        float p = (float)c->world;
+    } else if (u == k->np - 2) { // last reduce-scatter step: we own this segment
+        float p = (float)k->np;
         for (size_t i = 0; i < count; i++)
             w[i] = (w[i] + x[i]) / p;
     }
@@ -204,7 +248,7 @@ static int run_call(call *k, int timeout_ms) {
         int retry = 0;
         if (can_send) {
             if (!k->pending) encode_next(k);
-            int rc = net_send(c->mesh, mod(c->rank + 1, c->world), c->msg, k->pending);
+            int rc = net_send(c->mesh, next_rank(k), c->msg, k->pending);
             if (rc == ERR_OK) {
                 k->st.bytes_sent += k->pending;
                 k->pending = 0;
@@ -221,8 +265,8 @@ static int run_call(call *k, int timeout_ms) {
             return err_set(ERR_TIMEOUT,
                            "allreduce: rank %d tag %llu: nothing from rank %d / to rank %d "
                            "for %d ms (step %d of %d)",
-                           c->rank, (unsigned long long)k->tag, mod(c->rank - 1, c->world),
-                           mod(c->rank + 1, c->world), timeout_ms, k->rcv.u, k->steps);
+                           c->rank, (unsigned long long)k->tag, prev_rank(k), next_rank(k),
+                           timeout_ms, k->rcv.u, k->steps);
         int wait = retry ? RETRY_MS : (int)left + 1;
         if (k->rcv.u >= k->steps) { // only a send is left, and it was refused
             struct timespec ts = {0, RETRY_MS * 1000000L};
@@ -232,7 +276,7 @@ static int run_call(call *k, int timeout_ms) {
         int peer;
         void *msg;
         size_t len;
-        int rc = net_recv(c->mesh, wait, &peer, &msg, &len);
+        int rc = next_message(c, wait, &peer, &msg, &len);
         if (rc == ERR_TIMEOUT) continue; // also net_wake: the deadline decides
         if (rc != ERR_OK) return rc;
         k->st.bytes_recv += len;
@@ -253,20 +297,191 @@ static int run_call(call *k, int timeout_ms) {
 
 int ar_mean(ar_ctx *c, float *x, size_t n, uint64_t tag, int timeout_ms, ar_stats *st) {
     ASSERT(c != NULL);
+    int all[AR_MAX_WORLD];
+    for (int i = 0; i < c->world && i < AR_MAX_WORLD; i++)
+        all[i] = i;
+    if (c->world > AR_MAX_WORLD)
+        return err_set(ERR_INVAL, "allreduce: world %d > %d", c->world, AR_MAX_WORLD);
+    return ar_mean_group(c, x, n, tag, all, c->world, timeout_ms, st);
+}
+
+int ar_mean_group(ar_ctx *c, float *x, size_t n, uint64_t tag, const int *members, int nm,
+                  int timeout_ms, ar_stats *st) {
+    ASSERT(c != NULL);
     double t0 = sys_now_ms();
     if (st) *st = (ar_stats){0};
     if (n > c->max_n) return err_set(ERR_INVAL, "allreduce: n %zu exceeds max_n %zu", n, c->max_n);
     if (n > 0 && !x) return err_set(ERR_INVAL, "allreduce: x is NULL");
     if (timeout_ms <= 0)
         return err_set(ERR_INVAL, "allreduce: timeout_ms must be > 0 (got %d)", timeout_ms);
-    if (c->world == 1 || n == 0) return ERR_OK;
-    call k = {.ctx = c, .x = x, .n = n, .tag = tag, .steps = 2 * (c->world - 1)};
+    int pos = -1;
+    for (int i = 0; i < nm; i++) {
+        if (members[i] < 0 || members[i] >= c->world || (i > 0 && members[i] <= members[i - 1]))
+            return err_set(ERR_INVAL, "allreduce: members must be ascending ranks < %d", c->world);
+        if (members[i] == c->rank) pos = i;
+    }
+    if (pos < 0) return err_set(ERR_INVAL, "allreduce: rank %d is not among the members", c->rank);
+    if (nm == 1 || n == 0) {
+        stash_clear(c);
+        return ERR_OK;
+    }
+    call k = {.ctx = c,
+              .x = x,
+              .n = n,
+              .tag = tag,
+              .mem = members,
+              .pos = pos,
+              .np = nm,
+              .steps = 2 * (nm - 1)};
     int rc = run_call(&k, timeout_ms);
+    stash_clear(c); // leftovers belong to nobody now
     if (rc == ERR_OK) memcpy(x, c->w, n * sizeof *x);
     k.st.ms = sys_now_ms() - t0;
     if (st) *st = k.st;
     LOG_D("allreduce", "rank=%d tag=%llu n=%zu rc=%s sent=%llu recv=%llu dropped=%llu ms=%.1f",
           c->rank, (unsigned long long)tag, n, err_str(rc), (unsigned long long)k.st.bytes_sent,
           (unsigned long long)k.st.bytes_recv, (unsigned long long)k.st.msgs_dropped, k.st.ms);
+    return rc;
+}
+
+// ---- membership -------------------------------------------------------------------------------
+
+// send_control sends HERE (no values) or VIEW (view(world) as 0/1 flags) for tag to every other
+// peer p with to[p] set; a peer that is not connected simply does not get it.
+static void send_control(ar_ctx *c, int kind, uint64_t tag, const unsigned char *view,
+                         const unsigned char *to, ar_stats *st) {
+    for (int i = 0; i < c->world && view; i++)
+        c->flags[i] = view[i] ? 1.0f : 0.0f;
+    wire_header h = {.dtype = WIRE_FP32,
+                     .run_id = c->run_id,
+                     .sender = (uint32_t)c->rank,
+                     .kind = (uint32_t)kind,
+                     .round = tag,
+                     .k = (uint32_t)c->world,
+                     .offset = 0,
+                     .count = view ? (uint32_t)c->world : 0};
+    size_t len = wire_encode(c->msg, &h, c->flags);
+    for (int p = 0; p < c->world; p++)
+        if (p != c->rank && to[p] && net_send(c->mesh, p, c->msg, len) == ERR_OK)
+            st->bytes_sent += len;
+}
+
+// agree_take files one message received during ar_agree: HERE and VIEW of this tag are recorded,
+// ring messages of this tag are stashed, anything of a later tag sets *ahead. Returns 1 if msg
+// was stashed (ownership passed), else 0 (the caller frees it).
+static int agree_take(ar_ctx *c, uint64_t tag, int peer, void *msg, size_t len, int *ahead,
+                      ar_stats *st) {
+    wire_header h;
+    if (wire_decode(msg, len, c->run_id, &h) != ERR_OK || h.sender != (uint32_t)peer ||
+        h.round < tag) {
+        st->msgs_dropped++;
+        return 0;
+    }
+    if (h.round > tag) {
+        *ahead = 1;
+        return 0;
+    }
+    if (h.kind == WIRE_HERE && h.k == (uint32_t)c->world) {
+        c->heard[peer] = 1;
+    } else if (h.kind == WIRE_VIEW && h.k == (uint32_t)c->world && h.count == h.k) {
+        wire_values(msg, &h, c->flags);
+        for (int i = 0; i < c->world; i++)
+            c->views[(size_t)peer * (size_t)c->world + (size_t)i] = c->flags[i] != 0.0f;
+        c->got_view[peer] = 1;
+        c->heard[peer] = 1;
+    } else if ((h.kind == WIRE_RING_RS || h.kind == WIRE_RING_AG) && c->n_stash < STASH_MAX) {
+        c->stash[c->n_stash++] = (stashed){peer, msg, len};
+        return 1;
+    } else {
+        st->msgs_dropped++;
+    }
+    return 0;
+}
+
+// agree_round sends kind (with view for VIEW) to every peer, then receives until have[p] holds
+// for every peer p != rank with need[p], or the deadline passes. Every RESEND_MS the message goes
+// again to the peers still missing (HERE: to every peer): a pipe may come up late (a restarted
+// peer), and a repeated HERE or VIEW means the same. Returns ERR_OK (either way) or ERR_CLOSED.
+static int agree_round(ar_ctx *c, uint64_t tag, int kind, const unsigned char *view,
+                       const unsigned char *need, const unsigned char *have, double deadline,
+                       int *ahead, ar_stats *st) {
+    enum { RESEND_MS = 50 };
+    send_control(c, kind, tag, view, need, st);
+    double resend = sys_now_ms() + RESEND_MS;
+    for (;;) {
+        int missing = 0;
+        for (int p = 0; p < c->world; p++)
+            missing += p != c->rank && need[p] && !have[p];
+        double now = sys_now_ms(), left = deadline - now;
+        if (!missing || left <= 0) return ERR_OK;
+        if (now >= resend) {
+            // HEREs go to everyone again: a peer we heard may not have heard us yet.
+            for (int p = 0; p < c->world; p++)
+                c->resend[p] = need[p] && (kind == WIRE_HERE || !have[p]);
+            send_control(c, kind, tag, view, c->resend, st);
+            resend = now + RESEND_MS;
+        }
+        int wait = (int)(resend - now) + 1, peer;
+        void *msg;
+        size_t len;
+        int rc = net_recv(c->mesh, wait < left ? wait : (int)left + 1, &peer, &msg, &len);
+        if (rc == ERR_TIMEOUT) continue;
+        if (rc != ERR_OK) return rc;
+        st->bytes_recv += len;
+        if (!agree_take(c, tag, peer, msg, len, ahead, st)) net_msg_free(msg);
+    }
+}
+
+int ar_agree(ar_ctx *c, uint64_t tag, int timeout_ms, int *members, int *nm, int *ahead,
+             ar_stats *st) {
+    ASSERT(c != NULL && members != NULL && nm != NULL && ahead != NULL);
+    ar_stats local = {0};
+    if (!st) st = &local;
+    *st = (ar_stats){0};
+    *ahead = 0;
+    *nm = 0;
+    if (timeout_ms <= 0)
+        return err_set(ERR_INVAL, "allreduce: timeout_ms must be > 0 (got %d)", timeout_ms);
+    double t0 = sys_now_ms();
+    if (c->world == 1) {
+        members[0] = 0;
+        *nm = 1;
+        return ERR_OK;
+    }
+    stash_clear(c);
+    int W = c->world;
+    memset(c->heard, 0, (size_t)W);
+    memset(c->got_view, 0, (size_t)W);
+    unsigned char *all = c->views + (size_t)c->rank * (size_t)W; // our own row: scratch "need"
+    memset(all, 1, (size_t)W);
+    c->heard[c->rank] = 1;
+    // 1. who is here
+    int rc = agree_round(c, tag, WIRE_HERE, NULL, all, c->heard, t0 + timeout_ms, ahead, st);
+    // 2. what each of us saw: our row of views becomes our view V. It goes to every peer (a late
+    // one learns it is out), and we wait for the VIEWs of V's members.
+    if (!rc) {
+        memcpy(all, c->heard, (size_t)W);
+        memset(c->resend, 1, (size_t)W);
+        send_control(c, WIRE_VIEW, tag, all, c->resend, st);
+        rc = agree_round(c, tag, WIRE_VIEW, all, all, c->got_view, sys_now_ms() + timeout_ms, ahead,
+                         st);
+    }
+    if (!rc) {
+        unsigned char *own = all;
+        for (int i = 0; i < W; i++) {
+            int in = own[i] && (i == c->rank || c->got_view[i]);
+            for (int j = 0; j < W && in; j++)
+                if (j != c->rank && own[j] && c->got_view[j] && !c->views[(size_t)j * W + i])
+                    in = 0;
+            if (in) members[(*nm)++] = i;
+        }
+        int self = 0;
+        for (int i = 0; i < *nm; i++)
+            self |= members[i] == c->rank;
+        if (!self) *nm = 0;
+    }
+    st->ms = sys_now_ms() - t0;
+    LOG_D("allreduce", "rank=%d tag=%llu agreed on %d members ahead=%d ms=%.1f", c->rank,
+          (unsigned long long)tag, *nm, *ahead, st->ms);
     return rc;
 }

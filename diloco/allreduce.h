@@ -39,6 +39,8 @@
 
 #include "net.h"
 
+#define AR_MAX_WORLD 256 // peers per mesh
+
 typedef struct ar_ctx ar_ctx;
 
 typedef struct ar_stats {
@@ -74,5 +76,31 @@ void ar_destroy(ar_ctx *c);
 // and ERR_OK returned at once. st (may be NULL) receives this call's counters, on failure too.
 // Allocates nothing. Not thread-safe: one call at a time per context.
 int ar_mean(ar_ctx *c, float *x, size_t n, uint64_t tag, int timeout_ms, ar_stats *st);
+
+// ar_mean_group is ar_mean over the members only: members(nm) are ascending mesh ranks that
+// include this peer, the same list on every member (from ar_agree), and the ring runs over them
+// in that order (positions replace ranks in the schedule above; the mean divides by nm). Other
+// peers' messages are dropped. nm == 1: x is left as is. Same returns as ar_mean, plus ERR_INVAL
+// for a bad member list.
+int ar_mean_group(ar_ctx *c, float *x, size_t n, uint64_t tag, const int *members, int nm,
+                  int timeout_ms, ar_stats *st);
+
+// ar_agree decides with the other peers who takes part in the all-reduce `tag`, so that a
+// missing peer cannot stall it. Two rounds of small messages (wire kinds WIRE_HERE, WIRE_VIEW):
+//   1. send HERE(tag) to every peer; collect HEREs (and VIEWs) until every peer was heard or
+//      timeout_ms passed. The view V is this peer plus those heard.
+//   2. send VIEW(tag, V) to every peer (the ones not heard too: that tells a late peer it is
+//      out); wait up to timeout_ms for the VIEW of each member of V. The members are the peers of
+//      V whose VIEW arrived, intersected with every such VIEW.
+// When every peer that is up is heard within timeout_ms, all of them compute the same members;
+// a peer that dies in between can make them differ, and the all-reduce then times out (the
+// caller may agree again with a new tag). On ERR_OK, members(*nm) holds the ascending ranks, or
+// *nm = 0 when this peer was left out (it arrived after the others had decided). *ahead is set
+// to 1 if a message of a later tag arrived (the others are past this call: this peer is late),
+// else 0. Ring messages of this tag that arrive early are kept for the ar_mean_group that
+// follows; everything else is dropped and counted in st (may be NULL). Returns ERR_OK,
+// ERR_CLOSED or ERR_INVAL. world == 1: members = {0} at once.
+int ar_agree(ar_ctx *c, uint64_t tag, int timeout_ms, int *members, int *nm, int *ahead,
+             ar_stats *st);
 
 #endif

@@ -8,9 +8,17 @@
 // theta_g lives in its own buffer and never aliases the live parameters, the first outer step
 // comes after exactly H inner steps, and every step changes theta_g unless delta = 0: the three
 // bugs of public reference code this avoids. DDP averages the gradients after every backward pass
-// with the same all-reduce. Trainer thread only; the all-reduce blocks.
+// with the same all-reduce.
+// Faults: before each outer step the peers agree on who is present (ar_agree, waiting at most
+// diloco.timeout_ms for each); the present ones average among themselves. A peer that is left
+// out or late, or that (re)starts while the others run, fetches theta_g, the momentum, the outer
+// step count and the inner step from a live peer over a REQ/REP control channel (port of
+// net.peers + 2 world) and continues from there.
+// Threads: the trainer thread runs the steps; nng's thread answers control requests, reading the
+// outer state under mu (the trainer writes it under mu).
 #include "diloco.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,18 +28,47 @@
 #include "err.h"
 #include "log.h"
 #include "net.h"
+#include "sys.h"
 #include "wire.h"
+
+// Control channel messages (little-endian hosts; all our targets are). A request is a ctl_req;
+// a reply is a ctl_rep followed by count floats of theta_g (CTL_THETA) or the momentum
+// (CTL_MOMENTUM) from offset, or none (CTL_STATE).
+enum { CTL_STATE = 1, CTL_THETA = 2, CTL_MOMENTUM = 3 };
+#define CTL_REQ_MAGIC 0x51434C44u // "DLCQ"
+#define CTL_REP_MAGIC 0x52434C44u // "DLCR"
+typedef struct ctl_req {
+    uint32_t magic, op;
+    uint64_t run_id, offset;
+    uint32_t count, pad;
+} ctl_req;
+typedef struct ctl_rep {
+    uint32_t magic, op;
+    uint64_t run_id;
+    int64_t outer_steps, step;
+    uint64_t n, offset;
+    uint32_t count, pad;
+} ctl_rep;
+#define CTL_MAX_COUNT ((NET_MAX_MSG - sizeof(ctl_rep)) / sizeof(float))
 
 struct diloco {
     cfg_diloco dc;
     int rank, world;
+    uint64_t run_id;
     size_t n;
     float *theta_g, *buf, *delta;
-    int64_t outer_steps;
+    pthread_mutex_t mu;  // guards theta_g, buf, outer_steps and step against the control server
+    int64_t outer_steps; // outer steps applied
+    long step;           // inner steps completed (the last after_step)
+    int fetching;        // theta_g and buf are being overwritten: serve nothing
     net_mesh *mesh;
     ar_ctx *ar;
-    uint64_t bytes_sent, bytes_recv, msgs_dropped;
+    net_rep *ctl;                                  // serves our state to joining peers
+    char (*ctl_addr)[160];                         // (world) every peer's control address
+    uint64_t bytes_sent, bytes_recv, msgs_dropped; // everything below, summed
+    uint64_t agree_sent, ctl_sent;                 // of which membership and control requests
     double ms_sum;
+    int members[AR_MAX_WORLD];
 };
 
 void diloco_outer_update(float *theta_g, float *buf, const float *delta, size_t n, float lr,
@@ -50,7 +87,7 @@ static int wire_dtype(const char *s) {
 
 // open_mesh connects the all-reduce mesh: the ports of net.peers shifted by world, so it never
 // meets the SPARTA mesh, and waits up to timeout_ms for every peer.
-static int open_mesh(net_mesh **out, const cfg_net *nc, int rank, int world, int timeout_ms) {
+static int open_mesh(net_mesh **out, char (*ctl)[160], const cfg_net *nc, int rank, int world) {
     char *list = xstrdup(nc->peers), *save = NULL;
     char(*addr)[160] = xcalloc((size_t)world, sizeof *addr);
     const char **peers = xcalloc((size_t)world, sizeof(char *));
@@ -64,6 +101,8 @@ static int open_mesh(net_mesh **out, const cfg_net *nc, int rank, int world, int
         if (!rc && n < world) {
             snprintf(addr[n], sizeof addr[n], strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
                      port + world);
+            snprintf(ctl[n], sizeof ctl[n], strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
+                     port + 2 * world);
             peers[n] = addr[n];
         }
         n++;
@@ -77,35 +116,41 @@ static int open_mesh(net_mesh **out, const cfg_net *nc, int rank, int world, int
         rc = net_parse_hostport(nc->listen, host, sizeof host, &port);
         snprintf(listen, sizeof listen, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
                  port + world);
+        snprintf(ctl[rank], sizeof ctl[rank], strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
+                 port + 2 * world);
     }
     if (!rc) rc = net_mesh_create(out, rank, world, peers, listen[0] ? listen : NULL);
     if (!rc) net_set_link(*out, nc->rate_mbit, nc->delay_ms, nc->loss, 0xD11C0 + (uint64_t)rank);
     free(list);
     free(addr);
     free(peers);
-    if (rc) return rc;
-    struct timespec t0, t;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    return rc;
+}
+
+// wait_connected waits up to timeout_ms for a pipe to every peer (peers may start in any order).
+static void wait_connected(diloco *d, int timeout_ms) {
+    double t0 = sys_now_ms();
     for (;;) {
         int up = 1;
-        for (int p = 0; p < world; p++)
-            if (p != rank && !net_connected(*out, p)) up = 0;
-        if (up) return ERR_OK;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        if ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 > timeout_ms) {
+        for (int p = 0; p < d->world; p++)
+            if (p != d->rank && !net_connected(d->mesh, p)) up = 0;
+        if (up) return;
+        if (sys_now_ms() - t0 > timeout_ms) {
             LOG_W("diloco", "not every peer connected after %d ms: starting anyway", timeout_ms);
-            return ERR_OK;
+            return;
         }
         struct timespec ts = {0, 10 * 1000000L};
         nanosleep(&ts, NULL);
     }
 }
 
-// reduce averages x(n) over the peers and keeps the counters.
-static int reduce(diloco *d, float *x, size_t n, uint64_t tag, const char *what) {
+// reduce averages x(n) over the members(nm) and keeps the counters.
+static int reduce(diloco *d, float *x, size_t n, uint64_t tag, const int *members, int nm,
+                  const char *what) {
     if (!d->ar) return ERR_OK;
     ar_stats st;
-    int rc = ar_mean(d->ar, x, n, tag, d->dc.timeout_ms, &st);
+    int rc = members ? ar_mean_group(d->ar, x, n, tag, members, nm, d->dc.timeout_ms, &st)
+                     : ar_mean(d->ar, x, n, tag, d->dc.timeout_ms, &st);
     d->bytes_sent += st.bytes_sent;
     d->bytes_recv += st.bytes_recv;
     d->msgs_dropped += st.msgs_dropped;
@@ -116,13 +161,190 @@ static int reduce(diloco *d, float *x, size_t n, uint64_t tag, const char *what)
     return ERR_OK;
 }
 
+// ---- control channel -------------------------------------------------------------------------
+
+// serve answers a control request from a joining peer (nng thread).
+static void serve(void *arg, const void *req, size_t len, void **reply, size_t *rlen) {
+    diloco *d = arg;
+    ctl_req q;
+    if (len != sizeof q) return; // empty reply: the asker treats it as an error
+    memcpy(&q, req, sizeof q);
+    if (q.magic != CTL_REQ_MAGIC || q.run_id != d->run_id || q.op < CTL_STATE ||
+        q.op > CTL_MOMENTUM || q.offset > d->n || q.count > CTL_MAX_COUNT ||
+        q.count > d->n - q.offset)
+        return;
+    if (q.op == CTL_STATE) q.count = 0;
+    unsigned char *out = xmalloc(sizeof(ctl_rep) + (size_t)q.count * sizeof(float));
+    ctl_rep r = {.magic = CTL_REP_MAGIC,
+                 .op = q.op,
+                 .run_id = d->run_id,
+                 .n = d->n,
+                 .offset = q.offset,
+                 .count = q.count};
+    pthread_mutex_lock(&d->mu);
+    if (d->fetching) {
+        pthread_mutex_unlock(&d->mu);
+        free(out);
+        return;
+    }
+    r.outer_steps = d->outer_steps;
+    r.step = d->step;
+    const float *src = q.op == CTL_THETA ? d->theta_g : d->buf;
+    if (q.count) memcpy(out + sizeof r, src + q.offset, (size_t)q.count * sizeof(float));
+    pthread_mutex_unlock(&d->mu);
+    memcpy(out, &r, sizeof r);
+    *reply = out;
+    *rlen = sizeof r + (size_t)q.count * sizeof(float);
+}
+
+// ask sends one control request to peer p and checks the reply; on ERR_OK *r holds its header
+// and the values (if any) were copied to dst.
+static int ask(diloco *d, int p, uint32_t op, uint64_t offset, uint32_t count, ctl_rep *r,
+               float *dst, int timeout_ms) {
+    ctl_req q = {
+        .magic = CTL_REQ_MAGIC, .op = op, .run_id = d->run_id, .offset = offset, .count = count};
+    void *reply = NULL;
+    size_t len = 0;
+    int rc = net_request(d->ctl_addr[p], &q, sizeof q, &reply, &len, timeout_ms);
+    if (rc) return rc;
+    d->bytes_sent += sizeof q;
+    d->ctl_sent += sizeof q;
+    d->bytes_recv += len;
+    if (len >= sizeof *r) memcpy(r, reply, sizeof *r);
+    if (len < sizeof *r || r->magic != CTL_REP_MAGIC || r->run_id != d->run_id || r->op != op ||
+        r->n != d->n || r->offset != offset || r->count != (op == CTL_STATE ? 0 : count) ||
+        len != sizeof *r + (size_t)r->count * sizeof(float) || r->outer_steps < 0 || r->step < 0) {
+        free(reply);
+        return err_set(ERR_FORMAT, "diloco: bad control reply from rank %d (%zu bytes)", p, len);
+    }
+    if (r->count && dst) memcpy(dst, (unsigned char *)reply + sizeof *r, r->count * sizeof(float));
+    free(reply);
+    return ERR_OK;
+}
+
+// fetch copies theta_g and the momentum of peer p into our own buffers, chunk by chunk; if the
+// peer takes an outer step meanwhile, it starts over (at most 3 times). On ERR_OK *st holds
+// the peer's state (outer steps and inner step) that the copy belongs to.
+static int fetch(diloco *d, int p, ctl_rep *st) {
+    int timeout = d->dc.timeout_ms;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        int rc = ask(d, p, CTL_STATE, 0, 0, st, NULL, timeout), moved = 0;
+        pthread_mutex_lock(&d->mu); // our own control server stays off the buffers meanwhile
+        d->fetching = 1;
+        pthread_mutex_unlock(&d->mu);
+        for (int op = CTL_THETA; op <= CTL_MOMENTUM && !rc && !moved; op++) {
+            float *dst = op == CTL_THETA ? d->theta_g : d->buf;
+            for (size_t off = 0; off < d->n && !rc && !moved; off += CTL_MAX_COUNT) {
+                size_t cnt = d->n - off < CTL_MAX_COUNT ? d->n - off : CTL_MAX_COUNT;
+                ctl_rep r;
+                rc = ask(d, p, (uint32_t)op, off, (uint32_t)cnt, &r, dst + off, timeout);
+                moved = !rc && r.outer_steps != st->outer_steps;
+            }
+        }
+        pthread_mutex_lock(&d->mu);
+        if (!rc && !moved) {
+            d->outer_steps = st->outer_steps;
+            d->step = (long)st->step;
+            d->fetching = 0;
+        }
+        pthread_mutex_unlock(&d->mu);
+        if (rc) return rc;
+        if (!moved) return ERR_OK;
+    }
+    return err_set(ERR_TIMEOUT, "diloco: rank %d kept moving while its state was copied", p);
+}
+
+// newest asks every connected peer for its state and returns the rank furthest ahead (most outer
+// steps, then most inner steps) with at least min_outer outer steps, or -1; *st receives its
+// state.
+static int newest(diloco *d, int64_t min_outer, ctl_rep *st) {
+    int best = -1;
+    for (int p = 0; p < d->world; p++) {
+        ctl_rep r;
+        if (p == d->rank || !net_connected(d->mesh, p)) continue;
+        if (ask(d, p, CTL_STATE, 0, 0, &r, NULL, d->dc.timeout_ms) != ERR_OK) {
+            LOG_D("diloco", "rank %d did not answer: %s", p, err_msg());
+            continue;
+        }
+        if (r.outer_steps >= min_outer &&
+            (best < 0 || r.outer_steps > st->outer_steps ||
+             (r.outer_steps == st->outer_steps && r.step > st->step))) {
+            best = p;
+            *st = r;
+        }
+    }
+    return best;
+}
+
+// resync takes the outer state after outer step `outer` from a live peer, waiting up to
+// diloco.timeout_ms for one to get there, and sets params = theta_g and *took = 1. *took = 0 if
+// no peer has that state (the caller goes on alone). Returns ERR_OK or the copy's error (our
+// outer state is then incomplete: training must stop).
+static int resync(diloco *d, float *params, int64_t outer, int *took) {
+    double t0 = sys_now_ms();
+    *took = 0;
+    for (;;) {
+        ctl_rep st;
+        int p = newest(d, outer, &st);
+        if (p >= 0) {
+            int rc = fetch(d, p, &st);
+            if (rc) return err_set(rc, "copying the outer state of rank %d: %s", p, err_msg());
+            memcpy(params, d->theta_g, d->n * sizeof(float));
+            LOG_W("diloco", "took the outer state of rank %d: outer step %lld (step %lld)", p,
+                  (long long)st.outer_steps, (long long)st.step);
+            *took = 1;
+            return ERR_OK;
+        }
+        if (sys_now_ms() - t0 > d->dc.timeout_ms) return ERR_OK;
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+int diloco_join(diloco *d, float *params, size_t n, long *step) {
+    ASSERT(n == d->n && d->theta_g);
+    pthread_mutex_lock(&d->mu);
+    d->step = *step;
+    pthread_mutex_unlock(&d->mu);
+    if (d->world == 1) return ERR_OK;
+    ctl_rep st;
+    int p;
+    // A peer in the middle of an outer step (its step is the next multiple of H) is about to
+    // change its state: wait until it is done, or we would start one outer step behind.
+    double t0 = sys_now_ms();
+    for (;;) {
+        // Only a peer with more outer steps is ahead: one that is merely further into the same
+        // outer interval (the group just started, or we restarted before its end) waits for us
+        // at the next outer step, and we catch up there.
+        p = newest(d, d->outer_steps + 1, &st);
+        if (p < 0) return ERR_OK;
+        if (st.step < (st.outer_steps + 1) * (int64_t)d->dc.H) break;
+        // It may be waiting for us (this rank's missing HERE) for two rounds of timeout_ms.
+        if (sys_now_ms() - t0 > 3.0 * d->dc.timeout_ms + 1000)
+            return err_set(ERR_TIMEOUT, "joining: rank %d stayed inside outer step %lld", p,
+                           (long long)st.outer_steps + 1);
+        struct timespec ts = {0, 20 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    int rc = fetch(d, p, &st);
+    if (rc) return err_set(rc, "joining: copying the outer state of rank %d: %s", p, err_msg());
+    memcpy(params, d->theta_g, n * sizeof(float));
+    if (st.step > *step) *step = (long)st.step;
+    LOG_I("diloco",
+          "joined the running peers: outer step %lld from rank %d, continuing at step %ld",
+          (long long)st.outer_steps, p, *step);
+    return ERR_OK;
+}
+
 int diloco_create(diloco **out, const cfg_diloco *dc, const cfg_net *nc, int rank, int world,
                   uint64_t run_id, const float *params, size_t n) {
     diloco *d = xcalloc(1, sizeof *d);
     d->dc = *dc;
     d->rank = rank;
     d->world = world;
+    d->run_id = run_id;
     d->n = n;
+    pthread_mutex_init(&d->mu, NULL);
     if (params) { // DDP needs no outer state
         d->theta_g = xalloc_aligned(n * sizeof(float));
         d->buf = xalloc_aligned(n * sizeof(float));
@@ -133,8 +355,12 @@ int diloco_create(diloco **out, const cfg_diloco *dc, const cfg_net *nc, int ran
     }
     int rc = ERR_OK;
     if (world > 1) {
-        rc = open_mesh(&d->mesh, nc, rank, world, dc->timeout_ms);
+        d->ctl_addr = xcalloc((size_t)world, sizeof *d->ctl_addr);
+        rc = open_mesh(&d->mesh, d->ctl_addr, nc, rank, world);
+        // The control server is up before we wait for the mesh: a peer connected to us can ask.
+        if (!rc && params) rc = net_rep_create(&d->ctl, d->ctl_addr[rank], serve, d);
         if (!rc) rc = ar_create(&d->ar, d->mesh, rank, world, run_id, n, wire_dtype(dc->dtype));
+        if (!rc) wait_connected(d, dc->timeout_ms);
     }
     if (rc) {
         diloco_destroy(d);
@@ -144,16 +370,68 @@ int diloco_create(diloco **out, const cfg_diloco *dc, const cfg_net *nc, int ran
     return ERR_OK;
 }
 
+// outer_reduce averages delta(n) with the peers present for outer step t: agree on the members,
+// then all-reduce among them, trying again with a fresh agreement (a member died in between)
+// up to 3 times. *nm = the number of members (1: alone), or 0 if this peer must take the state
+// of a live peer instead (it was left out or is late). Returns ERR_OK or the error.
+static int outer_reduce(diloco *d, float *delta, size_t n, int64_t t, int *nm_out) {
+    *nm_out = 1;
+    if (d->world == 1) return ERR_OK;
+    int rc = ERR_OK;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        uint64_t tag = (uint64_t)t * 4 + (uint64_t)attempt;
+        int nm = 0, ahead = 0;
+        ar_stats st;
+        rc = ar_agree(d->ar, tag, d->dc.timeout_ms, d->members, &nm, &ahead, &st);
+        d->bytes_sent += st.bytes_sent;
+        d->agree_sent += st.bytes_sent;
+        d->bytes_recv += st.bytes_recv;
+        d->msgs_dropped += st.msgs_dropped;
+        if (rc) return rc;
+        *nm_out = ahead ? 0 : nm;
+        if (ahead || nm == 0) return ERR_OK;
+        if (nm < d->world) {
+            char who[256] = "";
+            for (int i = 0, k = 0; i < d->world; i++) {
+                int in = k < nm && d->members[k] == i;
+                k += in;
+                if (!in) snprintf(who + strlen(who), sizeof who - strlen(who), " %d", i);
+            }
+            LOG_W("diloco", "outer step %lld: %d of %d peers present (missing:%s)", (long long)t,
+                  nm, d->world, who);
+        }
+        if (nm == 1) return ERR_OK;
+        rc = reduce(d, delta, n, tag, d->members, nm, "outer step");
+        if (rc == ERR_OK || rc == ERR_CLOSED) return rc;
+        LOG_W("diloco", "%s: agreeing again", err_msg());
+    }
+    return rc;
+}
+
 int diloco_after_step(diloco *d, float *params, size_t n, long step) {
     ASSERT(n == d->n && d->theta_g);
+    pthread_mutex_lock(&d->mu);
+    d->step = step;
+    pthread_mutex_unlock(&d->mu);
     if (d->dc.H <= 0 || step % d->dc.H != 0) return ERR_OK;
     float *delta = d->delta;
     const float *g = d->theta_g;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++)
         delta[i] = g[i] - params[i];
-    int rc = reduce(d, delta, n, (uint64_t)d->outer_steps + 1, "outer step");
+    int64_t t = d->outer_steps + 1;
+    int nm = 0, took = 0;
+    int rc = outer_reduce(d, delta, n, t, &nm);
     if (rc) return rc;
+    // Left out, late, or alone: if the others took outer step t without us, their state replaces
+    // ours; if nobody did (everyone else is gone), we take it alone.
+    if (nm <= 1 && d->world > 1) {
+        if ((rc = resync(d, params, t, &took))) return rc;
+        if (took) return ERR_OK;
+        LOG_W("diloco", "outer step %lld: no other peer took it within %d ms: taking it alone",
+              (long long)t, d->dc.timeout_ms);
+    }
+    pthread_mutex_lock(&d->mu);
     diloco_outer_update(d->theta_g, d->buf, delta, n, d->dc.lr, d->dc.momentum, d->dc.nesterov,
                         d->outer_steps == 0);
     if (d->world == 1 && d->dc.lr == 1.0f && d->dc.momentum == 0.0f) {
@@ -163,6 +441,7 @@ int diloco_after_step(diloco *d, float *params, size_t n, long step) {
         memcpy(d->theta_g, params, n * sizeof(float));
     }
     d->outer_steps++;
+    pthread_mutex_unlock(&d->mu);
     memcpy(params, d->theta_g, n * sizeof(float));
     LOG_D("diloco", "outer step %lld at step %ld", (long long)d->outer_steps, step);
     return ERR_OK;
@@ -179,11 +458,13 @@ int diloco_save(diloco *d, ckpt_writer *w) {
 int diloco_load(diloco *d, ckpt_reader *r) {
     size_t shape[1] = {d->n};
     int64_t steps = 0;
+    pthread_mutex_lock(&d->mu); // the control server may be asked already
     int rc = ckpt_read_tensor(r, "outer/theta_g", d->theta_g, 1, shape);
     if (!rc) rc = ckpt_read_tensor(r, "outer/momentum", d->buf, 1, shape);
     if (!rc) rc = ckpt_read_attr_i64(r, "outer_steps", &steps);
     if (!rc && steps < 0) rc = err_set(ERR_FORMAT, "outer_steps = %lld", (long long)steps);
     if (!rc) d->outer_steps = steps;
+    pthread_mutex_unlock(&d->mu);
     return rc;
 }
 
@@ -200,8 +481,15 @@ void diloco_get_stats(diloco *d, train_sync_stats *st) {
 
 void diloco_destroy(diloco *d) {
     if (!d) return;
+    if (d->world > 1)
+        LOG_I("diloco", "bytes sent: %llu in all, of which %llu membership and %llu state requests",
+              (unsigned long long)d->bytes_sent, (unsigned long long)d->agree_sent,
+              (unsigned long long)d->ctl_sent);
+    net_rep_destroy(d->ctl);
     ar_destroy(d->ar);
     net_mesh_destroy(d->mesh);
+    free(d->ctl_addr);
+    pthread_mutex_destroy(&d->mu);
     free(d->theta_g);
     free(d->buf);
     free(d->delta);
@@ -216,10 +504,13 @@ static int sync_after_step(void *ctx, float *params, size_t n, long step) {
 
 static int sync_ddp(void *ctx, float *grads, size_t n, long step) {
     diloco *d = ctx;
-    return reduce(d, grads, n, (uint64_t)step, "DDP step");
+    return reduce(d, grads, n, (uint64_t)step, NULL, 0, "DDP step");
 }
 
 static int sync_save(void *ctx, ckpt_writer *w) { return diloco_save(ctx, w); }
+static int sync_join(void *ctx, float *params, size_t n, long *step) {
+    return diloco_join(ctx, params, n, step);
+}
 static int sync_load(void *ctx, ckpt_reader *r) { return diloco_load(ctx, r); }
 
 static void sync_stats(void *ctx, train_sync_stats *st) {
@@ -250,6 +541,7 @@ int diloco_sync_factory(train_sync *out, const cfg *c, int rank, int world, uint
         out->after_step = sync_after_step;
         out->save = sync_save;
         out->load = sync_load;
+        out->join = sync_join;
         LOG_I("diloco", "H=%d lr=%g momentum=%g nesterov=%d dtype=%s peers=%d", c->diloco.H,
               c->diloco.lr, c->diloco.momentum, c->diloco.nesterov, c->diloco.dtype, world);
     }

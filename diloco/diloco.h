@@ -26,17 +26,28 @@ void diloco_outer_update(float *theta_g, float *buf, const float *delta, size_t 
 
 // diloco_create starts DiLoCo for this peer: theta_g is a copy of params(n) (identical on all
 // peers at step 0: same seed), the momentum is zero. With world > 1 it opens its own mesh on the
-// ports of net.peers shifted by world (see README) and waits up to timeout_ms for the peers.
+// ports of net.peers shifted by world and (DiLoCo, not DDP) serves its outer state on the port
+// shifted by 2 world (see README), then waits up to timeout_ms for the peers.
 // Every buffer (theta_g, momentum, delta and the all-reduce's) is allocated here. On success
 // the caller owns *out (diloco_destroy). Returns ERR_OK, ERR_INVAL or ERR_NET.
 int diloco_create(diloco **out, const cfg_diloco *dc, const cfg_net *nc, int rank, int world,
                   uint64_t run_id, const float *params, size_t n);
 
 // diloco_after_step runs the outer step when step is a multiple of H (the first after H inner
-// steps): delta = theta_g - params, all-reduce mean, diloco_outer_update, params = theta_g.
-// Blocks for the all-reduce. Returns ERR_OK or the all-reduce's error (a peer missing longer
-// than timeout_ms: ERR_TIMEOUT).
+// steps): delta = theta_g - params, mean over the peers present, diloco_outer_update,
+// params = theta_g. The peers present are agreed on first (ar_agree), waiting at most
+// diloco.timeout_ms for each; a missing peer is left out. A peer that is itself left out or
+// late takes theta_g from a live peer instead (control channel). Blocks meanwhile. Returns
+// ERR_OK, or ERR_CLOSED / ERR_TIMEOUT / ERR_NET when the peers could not complete the step
+// three times in a row or a state copy failed.
 int diloco_after_step(diloco *d, float *params, size_t n, long step);
+
+// diloco_join runs before the first step of a peer that may be joining a running group: it asks
+// every connected peer for its outer state over the control channel, and if one has taken more
+// outer steps than we have (we restarted, or started late), copies its theta_g, momentum and
+// outer step count, sets params = theta_g and moves *step (completed inner steps) up to that
+// peer's. A fresh start (nobody ahead) changes nothing. Returns ERR_OK or the copy's error.
+int diloco_join(diloco *d, float *params, size_t n, long *step);
 
 // diloco_save writes theta_g and the momentum as outer/theta_g and outer/momentum (1-D, n) and
 // the attribute outer_steps; diloco_load reads them back (sizes must match). ERR_OK or ckpt_'s.

@@ -17,6 +17,8 @@
 
 #include <nng/nng.h>
 #include <nng/protocol/pair0/pair.h>
+#include <nng/protocol/reqrep0/rep.h>
+#include <nng/protocol/reqrep0/req.h>
 
 #include "err.h"
 #include "log.h"
@@ -650,4 +652,129 @@ void net_get_stats(net_mesh *m, net_stats *st) {
     st->msgs_recv = atomic_load(&m->msgs_recv);
     st->send_dropped = atomic_load(&m->send_dropped);
     st->recv_dropped = atomic_load(&m->recv_dropped);
+}
+
+// ---- request/reply ----------------------------------------------------------------------------
+
+// The server runs one aio as a two-state machine: receive a request, send the reply, repeat.
+struct net_rep {
+    nng_socket sock;
+    nng_aio *aio;
+    int sending; // the aio carries a reply (else it waits for a request)
+    net_rep_fn fn;
+    void *arg;
+};
+
+static void rep_cb(void *arg) {
+    net_rep *r = arg;
+    int rv = nng_aio_result(r->aio);
+    if (r->sending) {
+        if (rv != 0) nng_msg_free(nng_aio_get_msg(r->aio)); // not delivered: still ours
+        r->sending = 0;
+        if (rv == NNG_ECLOSED || rv == NNG_ECANCELED) return;
+        nng_recv_aio(r->sock, r->aio);
+        return;
+    }
+    if (rv == NNG_ECLOSED || rv == NNG_ECANCELED) return;
+    if (rv != 0) {
+        nng_recv_aio(r->sock, r->aio);
+        return;
+    }
+    nng_msg *req = nng_aio_get_msg(r->aio);
+    void *reply = NULL;
+    size_t rlen = 0;
+    r->fn(r->arg, nng_msg_body(req), nng_msg_len(req), &reply, &rlen);
+    nng_msg_clear(req); // reuse the request's message (it carries the REP routing header)
+    if (rlen > NET_MAX_MSG || (rlen && nng_msg_append(req, reply, rlen) != 0)) nng_msg_clear(req);
+    free(reply);
+    nng_aio_set_msg(r->aio, req);
+    r->sending = 1;
+    nng_send_aio(r->sock, r->aio);
+}
+
+int net_rep_create(net_rep **out, const char *addr, net_rep_fn fn, void *arg) {
+    ASSERT(out != NULL && fn != NULL);
+    *out = NULL;
+    char host[HOST_MAX], url[HOST_MAX + 32];
+    int port, rc, rv;
+    if ((rc = net_parse_hostport(addr, host, sizeof host, &port))) return rc;
+    make_url(url, sizeof url, host, port);
+    net_rep *r = xcalloc(1, sizeof *r);
+    r->fn = fn;
+    r->arg = arg;
+    if ((rv = nng_rep0_open(&r->sock)) != 0) {
+        free(r);
+        return err_set(ERR_NET, "net: cannot open a reply socket: %s", nng_strerror(rv));
+    }
+    if ((rv = nng_socket_set_size(r->sock, NNG_OPT_RECVMAXSZ, 64 << 10)) ||
+        (rv = nng_aio_alloc(&r->aio, rep_cb, r)) || (rv = nng_listen(r->sock, url, NULL, 0))) {
+        net_rep_destroy(r);
+        return err_set(ERR_NET, "net: cannot serve requests on %s: %s", url, nng_strerror(rv));
+    }
+    nng_recv_aio(r->sock, r->aio);
+    *out = r;
+    return ERR_OK;
+}
+
+void net_rep_destroy(net_rep *r) {
+    if (!r) return;
+    if (r->aio) nng_aio_stop(r->aio); // waits for a callback in progress; later ones are refused
+    nng_close(r->sock);
+    if (r->aio) {
+        if (r->sending) nng_msg_free(nng_aio_get_msg(r->aio));
+        nng_aio_free(r->aio);
+    }
+    free(r);
+}
+
+int net_request(const char *addr, const void *req, size_t len, void **reply, size_t *rlen,
+                int timeout_ms) {
+    ASSERT(reply != NULL && rlen != NULL);
+    *reply = NULL;
+    *rlen = 0;
+    if (timeout_ms <= 0) return err_set(ERR_INVAL, "net: request timeout must be > 0");
+    if (len > NET_MAX_MSG) return err_set(ERR_INVAL, "net: request of %zu bytes too large", len);
+    char host[HOST_MAX], url[HOST_MAX + 32];
+    int port, rc, rv;
+    if ((rc = net_parse_hostport(addr, host, sizeof host, &port))) return rc;
+    make_url(url, sizeof url, host, port);
+    nng_socket sock;
+    if ((rv = nng_req0_open(&sock)) != 0)
+        return err_set(ERR_NET, "net: cannot open a request socket: %s", nng_strerror(rv));
+    nng_dialer d;
+    nng_msg *msg = NULL;
+    // A non-blocking dial is retried every RECONN_MIN_MS while nobody listens; the send and
+    // receive timeouts bound the whole request.
+    if ((rv = nng_socket_set_ms(sock, NNG_OPT_SENDTIMEO, timeout_ms)) ||
+        (rv = nng_socket_set_ms(sock, NNG_OPT_RECVTIMEO, timeout_ms)) ||
+        (rv = nng_socket_set_size(sock, NNG_OPT_RECVMAXSZ, (size_t)NET_MAX_MSG + 64)) ||
+        (rv = nng_dialer_create(&d, sock, url)) ||
+        (rv = nng_dialer_set_ms(d, NNG_OPT_RECONNMINT, RECONN_MIN_MS)) ||
+        (rv = nng_dialer_set_ms(d, NNG_OPT_RECONNMAXT, RECONN_MIN_MS)) ||
+        (rv = nng_dialer_start(d, NNG_FLAG_NONBLOCK)) || (rv = nng_msg_alloc(&msg, len))) {
+        nng_close(sock);
+        return err_set(ERR_NET, "net: request to %s: %s", url, nng_strerror(rv));
+    }
+    if (len) memcpy(nng_msg_body(msg), req, len);
+    double t0 = now_ms();
+    if ((rv = nng_sendmsg(sock, msg, 0)) != 0) {
+        nng_msg_free(msg);
+    } else {
+        int left = timeout_ms - (int)(now_ms() - t0);
+        nng_socket_set_ms(sock, NNG_OPT_RECVTIMEO, left > 1 ? left : 1);
+        msg = NULL;
+        if ((rv = nng_recvmsg(sock, &msg, 0)) == 0) {
+            *rlen = nng_msg_len(msg);
+            if (*rlen) {
+                *reply = xmalloc(*rlen);
+                memcpy(*reply, nng_msg_body(msg), *rlen);
+            }
+            nng_msg_free(msg);
+        }
+    }
+    nng_close(sock);
+    if (rv == NNG_ETIMEDOUT)
+        return err_set(ERR_TIMEOUT, "net: no reply from %s within %d ms", url, timeout_ms);
+    if (rv != 0) return err_set(ERR_NET, "net: request to %s: %s", url, nng_strerror(rv));
+    return ERR_OK;
 }

@@ -79,4 +79,29 @@ void net_close(net_mesh *m);
 // net_mesh_destroy closes (if needed) and frees the mesh. NULL-safe.
 void net_mesh_destroy(net_mesh *m);
 
+// ---- request/reply control channel ----------------------------------------------------------
+// A small REQ/REP channel beside the mesh: a peer serves its state to a peer that (re)joins.
+// Requests and replies are opaque byte strings of at most NET_MAX_MSG bytes.
+
+typedef struct net_rep net_rep;
+
+// net_rep_fn answers one request req(len): it sets *reply to a malloc'd buffer of *rlen bytes
+// (freed by net), or leaves *reply NULL to send an empty reply. Runs on an nng thread, one
+// request at a time per server.
+typedef void (*net_rep_fn)(void *arg, const void *req, size_t len, void **reply, size_t *rlen);
+
+// net_rep_create listens on addr ("host:port") and answers every request with fn(arg, ...) until
+// net_rep_destroy. On success the caller owns *out. Returns ERR_OK, ERR_INVAL (bad address) or
+// ERR_NET (cannot listen: the message names the address).
+int net_rep_create(net_rep **out, const char *addr, net_rep_fn fn, void *arg);
+
+// net_rep_destroy stops serving (waiting for a request in progress) and frees r. NULL-safe.
+void net_rep_destroy(net_rep *r);
+
+// net_request sends req(len) to the server at addr and waits up to timeout_ms (> 0) in all for
+// the reply, which it returns in *reply (malloc'd, caller frees; NULL when empty) and *rlen.
+// Returns ERR_OK, ERR_TIMEOUT (no server there or no answer in time), ERR_INVAL or ERR_NET.
+int net_request(const char *addr, const void *req, size_t len, void **reply, size_t *rlen,
+                int timeout_ms);
+
 #endif

@@ -9,7 +9,8 @@
 //   6      2    dtype    WIRE_FP32, WIRE_BF16 or WIRE_INT8
 //   8      8    run_id   hash of the model config and seed (peers of another run are dropped)
 //   16     4    sender   rank
-//   20     4    kind     WIRE_VALUES (SPARTA alltoall), WIRE_RING_RS, WIRE_RING_AG (ring)
+//   20     4    kind     WIRE_VALUES (SPARTA alltoall), WIRE_RING_RS, WIRE_RING_AG (ring),
+//                        WIRE_HERE, WIRE_VIEW (membership)
 //   24     8    round
 //   32     4    k        values in the whole round
 //   36     4    offset   index of this chunk's first value within the round's k values
@@ -38,7 +39,9 @@
 // WIRE_INT8 is 8 (its bits), not 3: 3 and 4 stay invalid dtypes for older peers and tests.
 enum { WIRE_FP32 = 1, WIRE_BF16 = 2, WIRE_INT8 = 8 };
 #define WIRE_INT8_BLOCK 4096 // int8 values per fp32 scale
-enum { WIRE_VALUES = 1, WIRE_RING_RS = 2, WIRE_RING_AG = 3 };
+// Kinds: SPARTA values; ring all-reduce steps; the all-reduce's membership agreement (allreduce.h:
+// WIRE_HERE carries no values, WIRE_VIEW one 0/1 flag per rank).
+enum { WIRE_VALUES = 1, WIRE_RING_RS = 2, WIRE_RING_AG = 3, WIRE_HERE = 4, WIRE_VIEW = 5 };
 
 typedef struct wire_header {
     uint16_t dtype;

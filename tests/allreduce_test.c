@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "allreduce.h"
 #include "err.h"
@@ -43,6 +44,9 @@ typedef struct peer {
     int timeout_ms, rc;
     ar_stats st;
     char msg[256];
+    int agree;          // ar_agree first, then ar_mean_group over the members
+    int start_after_ms; // sleep this long before starting
+    int members[MAXP], nm, ahead;
 } peer;
 
 typedef struct ring {
@@ -80,7 +84,15 @@ static void ring_close(ring *r) {
 
 static void *peer_main(void *arg) {
     peer *p = arg;
-    p->rc = ar_mean(p->ctx, p->x, p->n, p->tag, p->timeout_ms, &p->st);
+    if (p->start_after_ms) usleep((useconds_t)p->start_after_ms * 1000);
+    if (p->agree) {
+        p->rc = ar_agree(p->ctx, p->tag, p->timeout_ms, p->members, &p->nm, &p->ahead, NULL);
+        if (!p->rc && p->nm > 0)
+            p->rc =
+                ar_mean_group(p->ctx, p->x, p->n, p->tag, p->members, p->nm, p->timeout_ms, &p->st);
+    } else {
+        p->rc = ar_mean(p->ctx, p->x, p->n, p->tag, p->timeout_ms, &p->st);
+    }
     snprintf(p->msg, sizeof p->msg, "%s", p->rc ? err_msg() : "");
     return NULL;
 }
@@ -484,6 +496,95 @@ Test(allreduce, missing_peer_gives_timeout_and_leaves_x_unchanged) {
         vecs_free(&v);
         ring_close(&r);
     }
+}
+
+Test(allreduce, agreement_with_everyone_present_gives_every_rank_and_the_full_mean) {
+    ring r;
+    ring_open(&r, 3, 3, 3000, WIRE_FP32);
+    vecs v;
+    vecs_fill(&v, 3, 3000, 11);
+    for (int i = 0; i < 3; i++)
+        r.p[i].agree = 1;
+    r.p[2].start_after_ms = 100; // a little late, well within the timeout
+    ring_run(&r, v.x, 3000, 7, 3000);
+    ring_expect_ok(&r);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(r.p[i].nm, 3, "rank %d agreed on %d members", i, r.p[i].nm);
+        cr_assert_eq(r.p[i].ahead, 0);
+    }
+    check_ring(v.orig, v.x, 3, 3000, WIRE_FP32);
+    expect_identical(&v);
+    vecs_free(&v);
+    ring_close(&r);
+}
+
+Test(allreduce, agreement_leaves_out_a_dead_peer_and_the_rest_average_among_themselves) {
+    ring r;
+    ring_open(&r, 3, 2, 3000, WIRE_FP32); // rank 2 never starts
+    vecs v;
+    vecs_fill(&v, 2, 3000, 12);
+    for (int i = 0; i < 2; i++)
+        r.p[i].agree = 1;
+    double t0 = now_ms();
+    ring_run(&r, v.x, 3000, 9, 300);
+    double ms = now_ms() - t0;
+    ring_expect_ok(&r);
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(r.p[i].nm, 2, "rank %d agreed on %d members", i, r.p[i].nm);
+        cr_assert(r.p[i].members[0] == 0 && r.p[i].members[1] == 1);
+    }
+    for (size_t j = 0; j < 3000; j++) // two values: the ring sum is exact in either order
+        cr_assert_eq(v.x[0][j], (v.orig[0][j] + v.orig[1][j]) / 2.0f, "j=%zu", j);
+    expect_identical(&v);
+    cr_assert(ms >= 290 && ms < 3000, "waited %.0f ms for the dead peer, want ~300", ms);
+    vecs_free(&v);
+    ring_close(&r);
+}
+
+Test(allreduce, a_peer_arriving_after_the_decision_learns_it_is_out) {
+    ring r;
+    ring_open(&r, 2, 2, 1000, WIRE_FP32);
+    double t0 = now_ms();
+    while (!(net_connected(r.mesh[0], 1) && net_connected(r.mesh[1], 0)) && now_ms() - t0 < 5000)
+        usleep(2000);
+    vecs v;
+    vecs_fill(&v, 2, 1000, 13);
+    r.p[0].agree = r.p[1].agree = 1;
+    r.p[1].start_after_ms = 600; // rank 0 gives up on it after 200 ms
+    ring_run(&r, v.x, 1000, 5, 200);
+    ring_expect_ok(&r);
+    cr_assert_eq(r.p[0].nm, 1, "rank 0 should go on alone, got %d members", r.p[0].nm);
+    cr_assert_eq(r.p[1].nm, 0, "rank 1 should know it was left out, got %d members", r.p[1].nm);
+    cr_assert(memcmp(v.x[0], v.orig[0], 1000 * sizeof(float)) == 0, "alone: x must not change");
+    // the next call: rank 0's later tag tells a peer still at tag 5 that it is behind
+    r.p[1].start_after_ms = 0;
+    int mem[MAXP], nm, ahead;
+    pthread_t th;
+    r.p[0].tag = 6;
+    r.p[0].n = 1000;
+    r.p[0].timeout_ms = 200;
+    r.p[0].start_after_ms = 0;
+    cr_assert_eq(pthread_create(&th, NULL, peer_main, &r.p[0]), 0);
+    usleep(50000);
+    cr_assert_eq(ar_agree(r.p[1].ctx, 5, 400, mem, &nm, &ahead, NULL), ERR_OK, "%s", err_msg());
+    pthread_join(th, NULL);
+    cr_assert_eq(ahead, 1, "a HERE of tag 6 must mark tag 5 as behind");
+    vecs_free(&v);
+    ring_close(&r);
+}
+
+Test(allreduce, group_arguments_are_checked) {
+    ring r;
+    ring_open(&r, 3, 1, 100, WIRE_FP32);
+    float x[100] = {0};
+    int not_me[2] = {1, 2}, unsorted[2] = {1, 0}, too_big[2] = {0, 3};
+    cr_assert_eq(ar_mean_group(r.p[0].ctx, x, 100, 1, not_me, 2, 100, NULL), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "not among"), "%s", err_msg());
+    cr_assert_eq(ar_mean_group(r.p[0].ctx, x, 100, 1, unsorted, 2, 100, NULL), ERR_INVAL);
+    cr_assert_eq(ar_mean_group(r.p[0].ctx, x, 100, 1, too_big, 2, 100, NULL), ERR_INVAL);
+    int alone[1] = {0};
+    cr_assert_eq(ar_mean_group(r.p[0].ctx, x, 100, 1, alone, 1, 100, NULL), ERR_OK);
+    ring_close(&r);
 }
 
 Test(allreduce, stale_tag_foreign_run_and_garbage_are_dropped_and_counted) {

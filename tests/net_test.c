@@ -685,3 +685,58 @@ Test(net, emulated_loss_drops_about_that_fraction_and_counts_it) {
     net_mesh_destroy(m[0]);
     net_mesh_destroy(m[1]);
 }
+
+// reverse_fn answers a request with its bytes reversed; a request "big" gets NET_MAX_MSG bytes.
+static void reverse_fn(void *arg, const void *req, size_t len, void **reply, size_t *rlen) {
+    (*(int *)arg)++;
+    if (len == 3 && memcmp(req, "big", 3) == 0) {
+        *rlen = NET_MAX_MSG;
+        *reply = xmalloc(*rlen);
+        fill_bytes(*reply, *rlen, 5);
+        return;
+    }
+    unsigned char *out = xmalloc(len ? len : 1);
+    for (size_t i = 0; i < len; i++)
+        out[i] = ((const unsigned char *)req)[len - 1 - i];
+    *reply = out;
+    *rlen = len;
+}
+
+Test(net, request_reply_round_trips_small_and_max_size_replies) {
+    char addr[32];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", tu_free_port_base_checked(1));
+    int calls = 0;
+    net_rep *srv = NULL;
+    cr_assert_eq(net_rep_create(&srv, addr, reverse_fn, &calls), ERR_OK, "%s", err_msg());
+    void *reply;
+    size_t rlen;
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(net_request(addr, "abcd", 4, &reply, &rlen, 3000), ERR_OK, "%s", err_msg());
+        cr_assert_eq(rlen, 4u);
+        cr_assert_eq(memcmp(reply, "dcba", 4), 0);
+        free(reply);
+    }
+    cr_assert_eq(net_request(addr, "big", 3, &reply, &rlen, 5000), ERR_OK, "%s", err_msg());
+    cr_assert_eq(rlen, (size_t)NET_MAX_MSG);
+    unsigned char *want = xmalloc(NET_MAX_MSG);
+    fill_bytes(want, NET_MAX_MSG, 5);
+    cr_assert_eq(memcmp(reply, want, NET_MAX_MSG), 0, "8 MiB reply corrupted");
+    free(want);
+    free(reply);
+    cr_assert_eq(calls, 4);
+    net_rep_destroy(srv);
+}
+
+Test(net, request_to_nobody_times_out_in_bounded_time) {
+    char addr[32];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", tu_free_port_base_checked(1));
+    void *reply;
+    size_t rlen;
+    double t0 = now_ms();
+    cr_assert_eq(net_request(addr, "x", 1, &reply, &rlen, 300), ERR_TIMEOUT);
+    double ms = now_ms() - t0;
+    cr_assert(ms >= 250 && ms < 1500, "took %.0f ms for a 300 ms timeout", ms);
+    cr_assert(strstr(err_msg(), addr), "%s", err_msg());
+    cr_assert_null(reply);
+    cr_assert_eq(net_request("nonsense", "x", 1, &reply, &rlen, 300), ERR_INVAL);
+}

@@ -390,26 +390,6 @@ Test(sparta, three_peers_with_full_fraction_stay_bitwise_equal_to_the_mean, .tim
     tu_cluster_close(&c);
 }
 
-// metrics_value returns column col of the last row of a metrics.csv (or -1).
-static double last_metric(const char *path, int col) {
-    char *csv;
-    if (tu_read_file(path, &csv, NULL)) return -1;
-    size_t len = strlen(csv);
-    while (len && csv[len - 1] == '\n')
-        csv[--len] = 0;
-    char *row = strrchr(csv, '\n');
-    double v = -1;
-    if (row) {
-        int c = 0;
-        char *p = row + 1;
-        for (; *p && c < col; p++)
-            if (*p == ',') c++;
-        if (c == col) v = strtod(p, NULL);
-    }
-    free(csv);
-    return v;
-}
-
 Test(sparta, killed_peer_does_not_stall_the_others_and_is_picked_up_again, .timeout = 180) {
     enum { P = 3 };
     cluster c;
@@ -423,27 +403,27 @@ Test(sparta, killed_peer_does_not_stall_the_others_and_is_picked_up_again, .time
     char m0[700];
     snprintf(m0, sizeof m0, "%s/rank0/metrics.csv", c.dir);
     // rounds complete with every peer (column 12 = rounds)
-    for (int i = 0; i < 600 && last_metric(m0, 12) < 20; i++)
+    for (int i = 0; i < 600 && tu_last_metric(m0, 12) < 20; i++)
         usleep(50000);
-    cr_assert(last_metric(m0, 12) >= 20, "rounds never completed");
+    cr_assert(tu_last_metric(m0, 12) >= 20, "rounds never completed");
     kill(pid[2], SIGKILL);
     waitpid(pid[2], NULL, 0);
-    double step_at_kill = last_metric(m0, 0);
+    double step_at_kill = tu_last_metric(m0, 0);
     // the others keep stepping: 50 more steps within a bounded time
-    for (int i = 0; i < 600 && last_metric(m0, 0) < step_at_kill + 50; i++)
+    for (int i = 0; i < 600 && tu_last_metric(m0, 0) < step_at_kill + 50; i++)
         usleep(50000);
-    cr_assert(last_metric(m0, 0) >= step_at_kill + 50, "rank 0 stalled after the kill");
-    double late_before = last_metric(m0, 13) + last_metric(m0, 14);
+    cr_assert(tu_last_metric(m0, 0) >= step_at_kill + 50, "rank 0 stalled after the kill");
+    double late_before = tu_last_metric(m0, 13) + tu_last_metric(m0, 14);
     cr_assert(late_before > 0, "no late or dropped rounds counted while a peer was dead");
     char *log = peer_log(&c, 0);
     cr_assert(strstr(log, "peer=2 disconnected"), "the loss was not logged:\n%s", log);
     free(log);
     // restart rank 2: rounds complete with all peers again
-    double done_before = last_metric(m0, 12);
+    double done_before = tu_last_metric(m0, 12);
     pid[2] = start_peer(&c, 2, extra);
-    for (int i = 0; i < 600 && last_metric(m0, 12) < done_before + 10; i++)
+    for (int i = 0; i < 600 && tu_last_metric(m0, 12) < done_before + 10; i++)
         usleep(50000);
-    cr_assert(last_metric(m0, 12) >= done_before + 10, "restarted peer was not picked up");
+    cr_assert(tu_last_metric(m0, 12) >= done_before + 10, "restarted peer was not picked up");
     for (int i = 0; i < P; i++) {
         kill(pid[i], SIGINT);
         cr_assert_eq(wait_exit(pid[i], 60), 0, "peer %d did not stop cleanly", i);

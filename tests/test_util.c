@@ -214,3 +214,22 @@ void tu_cluster_close(tu_cluster *c) {
     free(c->dir);
     c->dir = NULL;
 }
+
+double tu_last_metric(const char *path, int col) {
+    char *csv;
+    if (tu_read_file(path, &csv, NULL)) return -1;
+    size_t len = strlen(csv);
+    while (len && csv[len - 1] == '\n')
+        csv[--len] = 0;
+    char *row = strrchr(csv, '\n');
+    double v = -1;
+    if (row) {
+        int c = 0;
+        char *p = row + 1;
+        for (; *p && c < col; p++)
+            if (*p == ',') c++;
+        if (c == col) v = strtod(p, NULL);
+    }
+    free(csv);
+    return v;
+}

@@ -39,6 +39,13 @@ static int chain_load(void *ctx, ckpt_reader *r) {
     return rc;
 }
 
+static int chain_join(void *ctx, float *params, size_t n, long *step) {
+    chain *c = ctx;
+    int rc = c->a.join ? c->a.join(c->a.ctx, params, n, step) : ERR_OK;
+    if (!rc && c->b.join) rc = c->b.join(c->b.ctx, params, n, step);
+    return rc;
+}
+
 static void add_stats(train_sync_stats *st, const train_sync_stats *x) {
     st->bytes_sent += x->bytes_sent;
     st->bytes_recv += x->bytes_recv;
@@ -82,6 +89,7 @@ int train_sync_chain(train_sync *out, const train_sync *a, const train_sync *b) 
     out->after_backward = chain_after_backward;
     out->save = chain_save;
     out->load = chain_load;
+    out->join = chain_join;
     out->get_stats = chain_stats;
     out->destroy = chain_destroy;
     return ERR_OK;

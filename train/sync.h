@@ -34,6 +34,11 @@ typedef struct train_sync {
     // May be NULL. Return ERR_OK or the ckpt_ error.
     int (*save)(void *ctx, ckpt_writer *w);
     int (*load)(void *ctx, ckpt_reader *r);
+    // join runs once before the first step (after a resume's state is loaded): a peer that joins
+    // a running group takes the group's state from a live peer, overwriting params(n), and may
+    // move *step (completed steps) forward; the trainer then continues from *step. May be NULL.
+    // Returns ERR_OK or an error that stops training.
+    int (*join)(void *ctx, float *params, size_t n, long *step);
     void (*get_stats)(void *ctx, train_sync_stats *st);
     void (*destroy)(void *ctx);
 } train_sync;

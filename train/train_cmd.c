@@ -334,16 +334,15 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
         return 1;
     }
     trainer_set_sync(t, &sync);
+    FILE *metrics = NULL;
     if (resume && trainer_load_sync(t, resume)) {
         LOG_E("train", "%s: %s", resume, err_msg());
-        if (sync.destroy) sync.destroy(sync.ctx);
-        trainer_destroy(t);
-        free(resume);
-        return 1;
-    }
-    FILE *metrics = open_metrics(ec, resume != NULL);
-    if (!metrics) {
+    } else if (trainer_join(t)) {
+        LOG_E("train", "joining the peers: %s", err_msg());
+    } else if (!(metrics = open_metrics(ec, resume != NULL))) {
         LOG_E("train", "%s", err_msg());
+    }
+    if (!metrics) {
         if (sync.destroy) sync.destroy(sync.ctx);
         trainer_destroy(t);
         free(resume);

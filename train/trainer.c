@@ -148,6 +148,19 @@ void trainer_destroy(trainer *t) {
 
 void trainer_set_sync(trainer *t, const train_sync *sync) { t->sync = *sync; }
 
+int trainer_join(trainer *t) {
+    if (!t->sync.join) return ERR_OK;
+    long step = t->step;
+    int rc = t->sync.join(t->sync.ctx, gpt_params(t->model), gpt_n_params(t->model), &step);
+    if (rc) return rc;
+    if (step != t->step) {
+        ASSERT(step >= 0 && step <= INT32_MAX);
+        t->step = (int)step;
+        data_loader_set_pos(t->train_dl, (uint64_t)step * (uint64_t)t->c.train.grad_accum);
+    }
+    return ERR_OK;
+}
+
 int trainer_step(trainer *t, trainer_stats *st) {
     double t0 = sys_now_ms();
     const cfg_train *tc = &t->c.train;

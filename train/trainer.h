@@ -41,6 +41,11 @@ void trainer_set_sync(trainer *t, const train_sync *sync);
 // checkpoint at path, when the module keeps one. Returns ERR_OK or the error naming the file.
 int trainer_load_sync(trainer *t, const char *path);
 
+// trainer_join runs the sync module's join hook (a peer joining a running group adopts its
+// parameters and step); when the step moves, the data stream continues from that step's
+// position. Call once, after trainer_load_sync. Returns ERR_OK or the hook's error.
+int trainer_join(trainer *t);
+
 // trainer_step runs one optimizer step (grad_accum micro-batches, clipping, AdamW), then the
 // sync hook, and fills *st. Returns ERR_OK or the sync hook's error.
 int trainer_step(trainer *t, trainer_stats *st);
