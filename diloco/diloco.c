@@ -307,29 +307,25 @@ int diloco_join(diloco *d, float *params, size_t n, long *step) {
     d->step = *step;
     pthread_mutex_unlock(&d->mu);
     if (d->world == 1) return ERR_OK;
+    // Only a peer with more outer steps is ahead: one that is merely further into the same
+    // outer interval (the group just started, or we restarted before its end) waits for us at
+    // the next outer step, and we catch up there.
     ctl_rep st;
-    int p;
-    // A peer in the middle of an outer step (its step is the next multiple of H) is about to
-    // change its state: wait until it is done, or we would start one outer step behind.
-    double t0 = sys_now_ms();
-    for (;;) {
-        // Only a peer with more outer steps is ahead: one that is merely further into the same
-        // outer interval (the group just started, or we restarted before its end) waits for us
-        // at the next outer step, and we catch up there.
-        p = newest(d, d->outer_steps + 1, &st);
-        if (p < 0) return ERR_OK;
-        if (st.step < (st.outer_steps + 1) * (int64_t)d->dc.H) break;
-        // It may be waiting for us (this rank's missing HERE) for two rounds of timeout_ms.
-        if (sys_now_ms() - t0 > 3.0 * d->dc.timeout_ms + 1000)
-            return err_set(ERR_TIMEOUT, "joining: rank %d stayed inside outer step %lld", p,
-                           (long long)st.outer_steps + 1);
-        struct timespec ts = {0, 20 * 1000000L};
-        nanosleep(&ts, NULL);
-    }
+    int p = newest(d, d->outer_steps + 1, &st);
+    if (p < 0) return ERR_OK;
     int rc = fetch(d, p, &st);
     if (rc) return err_set(rc, "joining: copying the outer state of rank %d: %s", p, err_msg());
     memcpy(params, d->theta_g, n * sizeof(float));
-    if (st.step > *step) *step = (long)st.step;
+    // Between outer steps k and k+1 the peer is at a step s < (k+1) H: continue from s, and we
+    // arrive at outer step k+1 with it. Inside outer step k+1 (s = (k+1) H: it may be waiting
+    // for us) its theta_g is still that of step k: start from k H and take part in k+1 with H
+    // steps of our own, in time if H steps take less than diloco.timeout_ms; if not, we are
+    // late, take the others' state then, and are in step from there on.
+    int64_t H = d->dc.H, k = st.outer_steps;
+    *step = (long)(st.step < (k + 1) * H ? st.step : k * H);
+    pthread_mutex_lock(&d->mu);
+    d->step = *step;
+    pthread_mutex_unlock(&d->mu);
     LOG_I("diloco",
           "joined the running peers: outer step %lld from rank %d, continuing at step %ld",
           (long long)st.outer_steps, p, *step);
