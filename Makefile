@@ -130,7 +130,7 @@ $(B)/tests/bench_%: $(B)/tests/bench_%.o $(TU_OBJ) $(LIB_OBJ)
 
 # Tests run from the repo root with bin/spartan built (some tests run it as a process).
 test: check-deps $(SPARTAN) $(TEST_BIN)
-	@SPARTAN_BIN=$(SPARTAN) $(SHELL) scripts/run-tests $(TEST_BIN)
+	@SPARTAN_BIN=$(SPARTAN) $(SHELL) scripts/run-tests $(TEST_BIN) $(wildcard tests/*.sh)
 
 sanitize:
 	@LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp $(MAKE) --no-print-directory VARIANT=asan test

@@ -14,6 +14,11 @@ attn: qkv = c_attn(x) (B, T, 3C) packed q|k|v; per head att = softmax(q k^T / sq
 positions t' > t masked to -inf; y = att v, heads re-joined, then c_proj. No dropout anywhere.
 mlp: c_proj(gelu_tanh(c_fc(x))), c_fc (4C, C). LayerNorm eps 1e-5, with weight and bias.
 Linear weights are stored (out, in) as in torch (y = x W^T + b).
+
+Incremental decoding (forward_cached, the baseline of infer/kv.c): a cache holds, per layer, the
+keys and values of every position fed so far, (B, NH, block_size, hs) each. A call feeds the
+tokens at positions pos .. pos+T-1, writes their keys and values into the cache, lets each attend
+to positions 0 .. its own, and returns the logits of the last new token only.
 """
 import math
 
@@ -64,6 +69,22 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)     # heads side by side again
         return self.c_proj(y)
 
+    def forward_cached(self, x, kv, pos):
+        """x (B, T, C) at positions pos .. pos+T-1; kv = (k, v), each (B, NH, block_size, hs),
+        receives this call's keys and values. Returns (B, T, C) like forward."""
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)     # (B, NH, T, hs)
+        kc, vc = kv
+        kc[:, :, pos:pos + T] = k.view(B, T, self.n_head, hs).transpose(1, 2)
+        vc[:, :, pos:pos + T] = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        k, v = kc[:, :, :pos + T], vc[:, :, :pos + T]        # (B, NH, pos+T, hs)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, NH, T, pos+T)
+        att = att.masked_fill(~self.mask[:, :, pos:pos + T, :pos + T], float("-inf"))
+        y = F.softmax(att, dim=-1) @ v                        # (B, NH, T, hs)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
 
 class MLP(nn.Module):
     def __init__(self, cfg):
@@ -85,6 +106,10 @@ class Block(nn.Module):
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))   # pre-LN residual
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_cached(self, x, kv, pos):
+        x = x + self.attn.forward_cached(self.ln_1(x), kv, pos)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -132,6 +157,25 @@ class GPT(nn.Module):
             return logits, None
         loss = F.cross_entropy(logits.view(B * T, -1), targets.view(B * T))
         return logits, loss
+
+    def new_cache(self, B):
+        """An empty KV cache for B sequences: per layer (k, v), each (B, NH, block_size, hs)."""
+        c = self.config
+        shape = (B, c.n_head, c.block_size, c.n_embd // c.n_head)
+        return [(torch.zeros(shape), torch.zeros(shape)) for _ in range(c.n_layer)]
+
+    def forward_cached(self, idx, cache, pos):
+        """idx (B, T) int64: the tokens at positions pos .. pos+T-1 of sequences whose first pos
+        keys and values are in cache (from new_cache). Adds these T and returns the logits of the
+        last one, (B, V). Call under torch.no_grad()."""
+        B, T = idx.shape
+        if pos + T > self.config.block_size:
+            raise ValueError(f"GPT: position {pos + T} exceeds block_size={self.config.block_size}")
+        tr = self.transformer
+        x = tr.wte(idx) + tr.wpe(torch.arange(pos, pos + T, device=idx.device))
+        for block, kv in zip(tr.h, cache):
+            x = block.forward_cached(x, kv, pos)
+        return F.linear(tr.ln_f(x[:, -1]), tr.wte.weight)     # (B, V)
 
     def num_params(self, exclude_wpe=False):
         n = sum(p.numel() for p in self.parameters())

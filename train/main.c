@@ -9,6 +9,7 @@
 #include "diloco.h"
 #include "err.h"
 #include "sample_cmd.h"
+#include "serve_cmd.h"
 #include "sparta.h"
 
 #ifndef SPARTAN_VERSION
@@ -44,6 +45,7 @@ static const command commands[] = {
     {"train", train_main, "train a GPT-2 model from an INI config (alone or with peers)"},
     {"eval", eval_cmd_main, "mean cross-entropy of a checkpoint on a token shard"},
     {"sample", sample_cmd_main, "generate text from a checkpoint"},
+    {"serve", serve_cmd_main, "serve a checkpoint over HTTP (OpenAI and Ollama APIs, chat page)"},
     {"corr", corr_cmd_main, "mean pairwise correlation of checkpoints' parameters"},
     {"data", data_cmd_main, "prepare token shards (data prepare) and download files (data fetch)"},
 };

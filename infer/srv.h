@@ -1,0 +1,43 @@
+// srv.h: `spartan serve`'s HTTP server: OpenAI-compatible (/v1/completions,
+// /v1/chat/completions, /v1/models) and Ollama-compatible (/api/generate, /api/chat, /api/tags)
+// endpoints, /health, Prometheus /metrics and a chat page at /, over libmicrohttpd. Requests are
+// decoded by one scheduler thread with continuous batching on a KV-cache engine (kv.h); a folder
+// is polled and its newest checkpoint hot-reloaded while requests in flight finish on the old
+// weights. srv_create/srv_destroy are called from one thread; the server runs its own threads.
+#ifndef SRV_H
+#define SRV_H
+
+#include <stdint.h>
+
+typedef struct srv_server srv_server;
+
+// srv_config: the server's settings. Zero fields take the default in brackets.
+typedef struct srv_config {
+    const char *host;       // address to bind: an IPv4/IPv6 literal or a name ["127.0.0.1"]
+    int port;               // TCP port, 0 = an ephemeral port (see srv_port) [0]
+    const char *api_key;    // if non-NULL and non-empty, "Authorization: Bearer KEY" is required
+                            // on every endpoint except /health
+    int threads;            // compute threads of the scheduler (OpenMP/BLAS), 0 = all cores
+    int max_batch;          // sequences decoded together (KV slots) [8]
+    int reload_ms;          // poll interval of a checkpoint folder, < 0 = never [1000]
+    const char *model_name; // name in /v1/models and /api/tags [basename of the path, no .h5]
+} srv_config;
+
+// srv_create loads the checkpoint at path (a file, or a folder: its newest complete
+// ckpt_*.h5, then polled for newer ones), binds host:port and starts serving. c may be NULL for
+// all defaults; its strings are copied. On success the caller owns *out (srv_destroy). Returns
+// ERR_OK, the errors of gpt_load / tok_from_spec (naming the file), ERR_INVAL for a bad setting
+// (naming it) or ERR_NET when the address cannot be bound.
+int srv_create(srv_server **out, const char *path, const srv_config *c);
+
+// srv_port returns the bound TCP port (useful with port 0).
+int srv_port(const srv_server *s);
+
+// srv_step returns the "step" attribute of the checkpoint new requests are served by.
+int64_t srv_step(const srv_server *s);
+
+// srv_destroy stops accepting requests, ends streams in flight, joins the threads and frees
+// everything. NULL-safe.
+void srv_destroy(srv_server *s);
+
+#endif
