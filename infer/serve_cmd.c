@@ -33,7 +33,7 @@ int serve_cmd_main(int argc, char **argv) {
         {"--port", "-p", ARGS_INT, &port, 0, 65535, NULL, "P",
          "TCP port, 0 = any free port (default 8080)"},
         {"--api-key", NULL, ARGS_STR, &key, 0, 0, NULL, "KEY",
-         "require 'Authorization: Bearer KEY' (all but /health and /)\n"
+         "require 'Authorization: Bearer KEY' (all but /health; the page: /?key=KEY)\n"
          "(default: $SPARTAN_API_KEY, else no key)"},
         {"--threads", NULL, ARGS_INT, &threads, 0, 1024, NULL, "N",
          "compute threads, 0 = all cores (default 0)"},

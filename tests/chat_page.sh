@@ -36,11 +36,12 @@ ckpt=${1:-}
 if [ -z "$ckpt" ]; then # a small char-level model, trained just enough to spell a little
     "$bin" data prepare --tokenizer char data/tinyshakespeare.txt "$tmp/data" >/dev/null 2>&1 ||
         fail "data prepare"
-    timeout 120 "$bin" train configs/tiny.ini --set data.dir="$tmp/data" \
-        --set train.out_dir="$tmp/run" --set model.n_layer=2 --set model.n_embd=64 \
-        --set model.n_head=2 --set train.batch_size=16 --set train.max_iters=150 \
+    # small enough to train in seconds even under ASan on a loaded machine
+    timeout 300 "$bin" train configs/tiny.ini --set data.dir="$tmp/data" \
+        --set train.out_dir="$tmp/run" --set model.n_layer=1 --set model.n_embd=32 \
+        --set model.n_head=2 --set train.batch_size=8 --set train.max_iters=300 \
         --set train.warmup_iters=10 --set train.eval_interval=0 --set train.eval_iters=1 \
-        --set train.log_interval=150 --set train.threads=2 >"$tmp/train.log" 2>&1 ||
+        --set train.log_interval=300 --set train.threads=2 >"$tmp/train.log" 2>&1 ||
         fail "training the test model: $(tail -3 "$tmp/train.log")"
     ckpt="$tmp/run"
 fi
@@ -182,7 +183,7 @@ got = json.loads(r["result"]["value"])
 want = json.loads(os.environ["EXPECTED"])
 if got["done"] != "1" or got["cls"] != "msg assistant":
     fail("the page shows an error: %r" % got["text"])
-if got["text"] != want or not want:
+if got["text"] != want or not want.strip():
     fail("page answer %r != API answer %r" % (got["text"], want))
 shot = call(2, "Page.captureScreenshot", format="png")
 open(os.environ["PNG"], "wb").write(base64.b64decode(shot["data"]))
