@@ -123,6 +123,11 @@ static int slot_complete(const sparta_exchanger *ex, const slot *s) {
     return ex->ring ? s->posted : 1;
 }
 
+// slot_of returns the slot of round r (rounds are multiples of every).
+static slot *slot_of(sparta_exchanger *ex, int64_t r) {
+    return &ex->slots[(r / ex->sc.every) % ex->nslots];
+}
+
 // slot_ready: every peer's values are in and ours are on their way, so the slot may be closed
 // (closing it earlier could let the slot be reused before the exchanger sent our values).
 static int slot_ready(const sparta_exchanger *ex, const slot *s) {
@@ -246,10 +251,10 @@ static void file_message(sparta_exchanger *ex, int peer, const void *msg, size_t
         ex->peer_last[peer] = r;
     }
     if (!why && (h.round > (uint64_t)INT64_MAX / 2 ||
-                 (int64_t)h.round >= ex->last_posted + ex->nslots - 1 ||
+                 (int64_t)h.round >= ex->last_posted + (int64_t)(ex->nslots - 1) * ex->sc.every ||
                  h.k != round_count(ex, (int64_t)h.round)))
         why = "round or k out of range";
-    slot *s = why ? NULL : &ex->slots[h.round % (uint64_t)ex->nslots];
+    slot *s = why ? NULL : slot_of(ex, (int64_t)h.round);
     if (s && s->round != (int64_t)h.round) {
         if (s->state == S_OPEN || s->state == S_CLOSING || s->round > (int64_t)h.round)
             why = "round no longer open";
@@ -334,7 +339,7 @@ static void *exchanger_main(void *arg) {
 
 // post_round gathers params[I_r] into round r's slot and hands it to the exchanger.
 static void post_round(sparta_exchanger *ex, const float *params, int64_t r) {
-    slot *s = &ex->slots[r % ex->nslots];
+    slot *s = slot_of(ex, r);
     pthread_mutex_lock(&ex->mu);
     // A trainer far ahead of a slow exchanger must not reuse a slot it is still sending from;
     // sends never block, so this wait is short.
@@ -461,7 +466,7 @@ static int wait_complete(sparta_exchanger *ex, slot *s, int64_t round, int timeo
 
 int sparta_wait_round(sparta_exchanger *ex, long round, int timeout_ms) {
     pthread_mutex_lock(&ex->mu);
-    int done = wait_complete(ex, &ex->slots[round % ex->nslots], round, timeout_ms);
+    int done = wait_complete(ex, slot_of(ex, round), round, timeout_ms);
     pthread_mutex_unlock(&ex->mu);
     return done;
 }
@@ -474,7 +479,7 @@ static void catch_up(sparta_exchanger *ex, long step) {
     int64_t seen = ex->max_seen;
     pthread_mutex_unlock(&ex->mu);
     int64_t cur = step + ex->offset;
-    if (seen <= cur + ex->nslots) return;
+    if (seen <= cur + (int64_t)ex->nslots * ex->sc.every) return;
     int64_t next = seen + 1, every = ex->sc.every;
     next = (next + every - 1) / every * every;
     ex->offset = next - step;
@@ -491,7 +496,7 @@ int sparta_after_step(sparta_exchanger *ex, float *params, size_t n, long step) 
         post_round(ex, params, cur);
         if (ex->sc.sync) {
             pthread_mutex_lock(&ex->mu);
-            int done = wait_complete(ex, &ex->slots[cur % ex->nslots], cur, ex->sc.timeout_ms);
+            int done = wait_complete(ex, slot_of(ex, cur), cur, ex->sc.timeout_ms);
             pthread_mutex_unlock(&ex->mu);
             if (!done)
                 LOG_W("sparta",
@@ -592,7 +597,9 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *n
                        select_k(sc->p, n_params), world);
     }
     ex->kmax = select_k(sc->p, n_params);
-    ex->nslots = sc->max_stale + 2;
+    // Rounds still open (posted in the last max_stale steps), one a faster peer has posted ahead
+    // of us, and one spare: max_stale / every + 3.
+    ex->nslots = sc->max_stale / sc->every + 3;
     ex->last_posted = 0;
     pthread_mutex_init(&ex->mu, NULL);
     pthread_cond_init(&ex->cv, NULL);

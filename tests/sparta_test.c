@@ -329,6 +329,40 @@ static float *load(const char *path, size_t *n) {
     return p;
 }
 
+// sync_run runs P = 3 peers with sync rounds and extra settings; every round must complete
+// (metrics.csv column 12) without a timeout and without a catch-up jump.
+static void sync_run(const char *extra, int steps, int rounds) {
+    cluster c;
+    cluster_open(&c, 3);
+    char args[1024];
+    snprintf(args, sizeof args,
+             "--set sparta.p=0.05 --set sparta.sync=true --set sparta.timeout_ms=20000 "
+             "--set train.max_iters=%d %s",
+             steps, extra);
+    double t0 = tu_now_ms();
+    run_all(&c, 3, args);
+    double s = (tu_now_ms() - t0) / 1e3;
+    for (int i = 0; i < 3; i++) {
+        char path[700];
+        snprintf(path, sizeof path, "%s/rank%d/metrics.csv", c.dir, i);
+        cr_assert_eq(tu_last_metric(path, 12), rounds, "rank %d: %s: rounds", i, extra);
+        char *log = tu_cluster_log(&c, i);
+        cr_assert(!strstr(log, "continuing at round") && !strstr(log, "incomplete after"),
+                  "rank %d: %s:\n%s", i, extra, log);
+        free(log);
+    }
+    cr_assert(s < 15, "%s: %d steps took %.1f s (a round waited for its timeout)", extra, steps, s);
+    tu_cluster_close(&c);
+}
+
+Test(sparta, sync_rounds_complete_with_max_stale_0_and_with_every_beyond_the_slot_window,
+     .timeout = 180) {
+    // max_stale = 0: a peer one round ahead must not have its values refused
+    sync_run("--set sparta.max_stale=0", 20, 20);
+    // every = 20 > max_stale + 2: rounds 20 steps apart are neighbours, not a jump ahead
+    sync_run("--set sparta.every=20 --set sparta.max_stale=15", 60, 3);
+}
+
 Test(sparta, three_peers_with_full_fraction_stay_bitwise_equal_to_the_mean, .timeout = 180) {
     enum { P = 3, STEPS = 3 };
     cluster c;

@@ -233,3 +233,9 @@ double tu_last_metric(const char *path, int col) {
     free(csv);
     return v;
 }
+
+double tu_now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}

@@ -72,6 +72,9 @@ char *tu_cluster_log(tu_cluster *c, int rank);
 // with status 0, else the first failing rank.
 int tu_cluster_run(tu_cluster *c, const char *args, int timeout_s);
 
+// tu_now_ms returns a monotonic clock in milliseconds.
+double tu_now_ms(void);
+
 // tu_last_metric returns column col (0 = step) of the last row of the metrics.csv at path, or -1
 // if there is none yet.
 double tu_last_metric(const char *path, int col);

@@ -12,4 +12,8 @@ int train_cmd_main(int argc, char **argv, train_sync_factory sync);
 // eval_cmd_main runs `spartan eval CKPT --data SHARD [--seq-len T] [--max-windows M]`.
 int eval_cmd_main(int argc, char **argv);
 
+// avg_cmd_main runs `spartan avg OUT CKPT CKPT... [--base CKPT]` (train/avg_cmd.c): writes the
+// element-wise mean of the checkpoints' /model/ weights, with the first's (or --base's) rest.
+int avg_cmd_main(int argc, char **argv);
+
 #endif

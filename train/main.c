@@ -47,6 +47,7 @@ static const command commands[] = {
     {"sample", sample_cmd_main, "generate text from a checkpoint"},
     {"serve", serve_cmd_main, "serve a checkpoint over HTTP (OpenAI and Ollama APIs, chat page)"},
     {"corr", corr_cmd_main, "mean pairwise correlation of checkpoints' parameters"},
+    {"avg", avg_cmd_main, "element-wise mean of checkpoints' weights, as a checkpoint"},
     {"data", data_cmd_main, "prepare token shards (data prepare) and download files (data fetch)"},
 };
 

@@ -1,0 +1,183 @@
+// bench_exp.c: the experiment runner's cost to the peers, printed as `BENCH <key> <value>` lines.
+//   exp_runner_overhead      per-peer tokens/s under experiments/run divided by that of a plain
+//                            scripts/local-cluster run of the same config (median of ROUNDS;
+//                            target >= 0.97, i.e. within 3%)
+//   exp_runner_tok_s, exp_local_cluster_tok_s   the two rates (means over the rounds)
+//   exp_record_s             the runner's recording time after training (evals, avg, corr)
+// Each round starts both at once, 2 peers each, of configs/experiments/sparta_p005_async.ini, so
+// that load from other work on this shared machine hits both alike (sequential runs differed by up
+// to 2x from one run to the next). Rates are taken over the common wall-clock window in which every
+// peer of both is past SKIP steps and none has finished, from the absolute timestamps of the
+// progress lines (every 10 steps) in the peers' logs; they include the runner's checkpoint writes
+// (every 50 steps). The cluster runs the runner's effective config without those checkpoints; the
+// runner uses its default netns mode (namespaces when root).
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "test_util.h"
+
+#define STEPS  600
+#define SKIP   50
+#define ROUNDS 3
+#define MAXPTS (STEPS / 10 + 8)
+
+// A peer's progress: absolute time (s since midnight) at steps 1, 10, 20, ...
+typedef struct {
+    double t[MAXPTS];
+    int step[MAXPTS];
+    int n;
+} progress;
+
+static int read_progress(const char *log_path, progress *p) {
+    char *text = NULL;
+    size_t len;
+    p->n = 0;
+    if (tu_read_file(log_path, &text, &len)) return -1;
+    for (char *line = text; line && *line && p->n < MAXPTS;) {
+        int hh, mm, step;
+        double ss;
+        char *step_at = strstr(line, " I train step=");
+        char *eol = strchr(line, '\n');
+        if (step_at && (!eol || step_at < eol) && strchr(step_at, '/') &&
+            sscanf(line, "%d:%d:%lf", &hh, &mm, &ss) == 3 &&
+            sscanf(step_at, " I train step=%d/", &step) == 1) {
+            p->t[p->n] = hh * 3600.0 + mm * 60.0 + ss;
+            p->step[p->n++] = step;
+        }
+        line = eol ? eol + 1 : NULL;
+    }
+    free(text);
+    return p->n >= 2 ? 0 : -1;
+}
+
+// time_at returns the time at which the peer reached step (first logged point at or after it).
+static double time_at(const progress *p, int step) {
+    for (int i = 0; i < p->n; i++)
+        if (p->step[i] >= step) return p->t[i];
+    return NAN;
+}
+
+// steps_at interpolates the step count at time t.
+static double steps_at(const progress *p, double t) {
+    for (int i = 1; i < p->n; i++)
+        if (p->t[i] >= t) {
+            double f = (t - p->t[i - 1]) / (p->t[i] - p->t[i - 1]);
+            return p->step[i - 1] + f * (p->step[i] - p->step[i - 1]);
+        }
+    return NAN;
+}
+
+static void run_or_die(const char *cmd, int timeout_s) {
+    char *out = NULL;
+    int rc = tu_run(cmd, timeout_s, &out);
+    if (rc) {
+        fprintf(stderr, "bench_exp: `%s` failed (%d):\n%s\n", cmd, rc, out);
+        exit(1);
+    }
+    free(out);
+}
+
+static pid_t start_bg(const char *cmd) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen("/dev/null", "w", stdout)) _exit(127);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static int wait_ok(pid_t pid) {
+    int st;
+    return waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int main(void) {
+    char *dir = tu_tmpdir("bench_exp"), data[700], cmd[8000], path[1200];
+    snprintf(data, sizeof data, "%s/d", dir);
+    if (tu_prepare_char_data(data, NULL)) {
+        fprintf(stderr, "bench_exp: cannot prepare data\n");
+        return 1;
+    }
+    const double tokens_per_step = 16 * 64; // common.ini: batch_size 16, block_size 64
+    // A short runner run writes the effective config the cluster runs (and warms the caches).
+    snprintf(
+        cmd, sizeof cmd,
+        "exec env SPARTAN_BIN=%s python3 experiments/run sparta_p005_async --peers 2 --steps %d "
+        "--quiet --out %s/cfg --set data.dir=%s --set train.log_interval=10",
+        tu_spartan(), STEPS, dir, data);
+    run_or_die(cmd, 600);
+    double ratio[ROUNDS], runner = 0, cluster = 0, record_s = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        snprintf(cmd, sizeof cmd,
+                 "exec env SPARTAN_BIN=%s python3 scripts/local-cluster 2 %s/cfg/config.ini "
+                 "--name lc%d --runs %s --set train.ckpt_interval=0",
+                 tu_spartan(), dir, round, dir);
+        pid_t lc = start_bg(cmd);
+        snprintf(cmd, sizeof cmd,
+                 "exec env SPARTAN_BIN=%s python3 experiments/run sparta_p005_async --peers 2 "
+                 "--steps %d --quiet --out %s/run%d --set data.dir=%s --set train.log_interval=10",
+                 tu_spartan(), STEPS, dir, round, data);
+        pid_t rn = start_bg(cmd);
+        if (!wait_ok(lc) || !wait_ok(rn)) {
+            fprintf(stderr, "bench_exp: round %d: a run failed (see %s)\n", round, dir);
+            return 1;
+        }
+        progress p[4]; // cluster rank 0, 1; runner rank 0, 1
+        for (int i = 0; i < 4; i++) {
+            if (i < 2)
+                snprintf(path, sizeof path, "%s/lc%d/rank%d/train.log", dir, round, i);
+            else
+                snprintf(path, sizeof path, "%s/run%d/rank%d/train.log", dir, round, i - 2);
+            if (read_progress(path, &p[i])) {
+                fprintf(stderr, "bench_exp: no progress lines in %s\n", path);
+                return 1;
+            }
+        }
+        double t0 = -INFINITY, t1 = INFINITY;
+        for (int i = 0; i < 4; i++) {
+            t0 = fmax(t0, time_at(&p[i], SKIP));
+            t1 = fmin(t1, p[i].t[p[i].n - 1]);
+        }
+        if (!(t1 - t0 > 1.0)) {
+            fprintf(stderr, "bench_exp: round %d: the runs overlapped for only %.2f s\n", round,
+                    t1 - t0);
+            return 1;
+        }
+        double rate[2] = {0, 0};
+        for (int i = 0; i < 4; i++)
+            rate[i / 2] +=
+                (steps_at(&p[i], t1) - steps_at(&p[i], t0)) * tokens_per_step / (t1 - t0) / 2;
+        ratio[round] = rate[1] / rate[0];
+        cluster += rate[0] / ROUNDS;
+        runner += rate[1] / ROUNDS;
+        char *meta = NULL;
+        size_t n;
+        snprintf(path, sizeof path, "%s/run%d/run.json", dir, round);
+        if (!tu_read_file(path, &meta, &n) && strstr(meta, "\"record_wall_s\": "))
+            record_s += strtod(strstr(meta, "\"record_wall_s\": ") + 17, NULL) / ROUNDS;
+        free(meta);
+        fprintf(stderr,
+                "bench_exp: round %d: %.1f s together: local-cluster %.0f tok/s/peer, runner "
+                "%.0f (%.3f)\n",
+                round, t1 - t0, rate[0], rate[1], ratio[round]);
+    }
+    qsort(ratio, ROUNDS, sizeof(double), cmp_double);
+    printf("BENCH exp_local_cluster_tok_s %.0f\n", cluster);
+    printf("BENCH exp_runner_tok_s %.0f\n", runner);
+    printf("BENCH exp_runner_overhead %.4f\n", ratio[ROUNDS / 2]);
+    printf("BENCH exp_record_s %.2f\n", record_s);
+    tu_rm_rf(dir);
+    free(dir);
+    return 0;
+}
