@@ -19,8 +19,9 @@ typedef struct sparta_exchanger sparta_exchanger;
 // sparta_create connects to the world peers listed in nc->peers (this one is peers[rank]) and
 // starts the exchanger thread for a model of n_params parameters. seed keys the index sets;
 // run_id tags every message (messages of another run are dropped). Buffers for
-// max_stale / every + 3 rounds are allocated here, once. On success the caller owns *out (sparta_destroy). Returns
-// ERR_OK, ERR_INVAL (bad config, world < 2) or ERR_NET (cannot listen). Trainer thread only.
+// max_stale / every + 3 rounds are allocated here, once. On success the caller owns *out
+// (sparta_destroy). Returns ERR_OK, ERR_INVAL (bad config, world < 2) or ERR_NET (cannot listen).
+// Trainer thread only.
 int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *nc, int rank,
                   int world, uint64_t seed, uint64_t run_id, size_t n_params);
 

@@ -97,11 +97,6 @@ static int wait_ok(pid_t pid) {
     return waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 int main(void) {
     char *dir = tu_tmpdir("bench_exp"), data[700], cmd[8000], path[1200];
     snprintf(data, sizeof data, "%s/d", dir);
@@ -172,7 +167,7 @@ int main(void) {
                 "%.0f (%.3f)\n",
                 round, t1 - t0, rate[0], rate[1], ratio[round]);
     }
-    qsort(ratio, ROUNDS, sizeof(double), cmp_double);
+    qsort(ratio, ROUNDS, sizeof(double), tu_cmp_double);
     printf("BENCH exp_local_cluster_tok_s %.0f\n", cluster);
     printf("BENCH exp_runner_tok_s %.0f\n", runner);
     printf("BENCH exp_runner_overhead %.4f\n", ratio[ROUNDS / 2]);

@@ -8,6 +8,7 @@
 
 #include "err.h"
 #include "select.h"
+#include "test_util.h"
 
 #define N_124M 124439808u
 #define REPS   100
@@ -16,11 +17,6 @@ static double now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return 1e3 * (double)ts.tv_sec + 1e-6 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 // time_ms fills res[0] with the median and res[1] with the minimum time of select_indices.
@@ -33,7 +29,7 @@ static int time_ms(int selector, size_t k, uint32_t *out, double res[2]) {
         t[r] = now_ms() - t0;
         if (m != k || out[m - 1] >= N_124M) return -1;
     }
-    qsort(t, REPS, sizeof t[0], cmp_double);
+    qsort(t, REPS, sizeof t[0], tu_cmp_double);
     res[0] = t[REPS / 2];
     res[1] = t[0];
     return 0;

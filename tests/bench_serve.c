@@ -22,27 +22,12 @@
 #include "kv.h"
 #include "ops.h"
 #include "sample.h"
+#include "test_util.h"
 
 #define SLOTS  8
 #define PROMPT 16 // decode benchmarks start after a prompt of this length
 #define TTFT_P 64
 #define LONG_P 960 // long-context decoding starts here (a multiple of TTFT_P)
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *x, int n) {
-    qsort(x, (size_t)n, sizeof *x, cmp_double);
-    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
-}
 
 static void check(int rc, const char *what) {
     if (rc == ERR_OK) return;
@@ -61,7 +46,7 @@ static double read_bw_gb_s(void) {
         x[i] = 1.0f;
     double best = 0, check_sum = 0;
     for (int r = 0; r < 6; r++) {
-        double t0 = now_s(), tot = 0;
+        double t0 = tu_now_s(), tot = 0;
 #pragma omp parallel for schedule(static) reduction(+ : tot)
         for (size_t b = 0; b < n; b += 16384) {
             float acc[64] = {0};
@@ -75,7 +60,7 @@ static double read_bw_gb_s(void) {
                 s += acc[j];
             tot += s;
         }
-        double dt = now_s() - t0;
+        double dt = tu_now_s() - t0;
         if (r > 0 && n * sizeof(float) / dt / 1e9 > best) best = n * sizeof(float) / dt / 1e9;
         check_sum = tot;
     }
@@ -127,14 +112,14 @@ int main(void) {
     const cfg_model mc = {
         .n_layer = 12, .n_head = 12, .n_embd = 768, .block_size = 1024, .vocab_size = 50257};
     const int V = mc.vocab_size;
-    double t0 = now_s();
+    double t0 = tu_now_s();
     gpt_model *m = NULL;
     check(gpt_create(&m, &mc, 1, 0), "gpt_create");
     gpt_init_params(m, 1);
     kv_engine *e = NULL;
     check(kv_create(&e, m, SLOTS, TTFT_P > SLOTS ? TTFT_P : SLOTS), "kv_create");
     fprintf(stderr, "bench_serve: model + engine (%d slots x %d positions) ready in %.1f s\n",
-            SLOTS, mc.block_size, now_s() - t0);
+            SLOTS, mc.block_size, tu_now_s() - t0);
 
     // Bytes one decoded token must read: every parameter once (wte twice as embedding row and
     // lm_head, but the row is negligible), except wpe, of which it reads one row.
@@ -157,13 +142,13 @@ int main(void) {
         fill_tokens(prompt, TTFT_P, V, (unsigned)r);
         const int32_t *tp = prompt;
         int n = TTFT_P;
-        double a = now_s();
+        double a = tu_now_s();
         check(kv_step(e, 1, &s, &tp, &n, logits), "kv_step (prefill)");
         (void)sample_next(logits, V, &greedy, 0, scratch); // the first token
-        if (r > 0) ttft[r - 1] = now_s() - a;
+        if (r > 0) ttft[r - 1] = tu_now_s() - a;
         kv_slot_close(e, s);
     }
-    const double ttft_ms = median(ttft, ttft_runs) * 1e3;
+    const double ttft_ms = tu_median(ttft, ttft_runs) * 1e3;
     printf("BENCH serve_ttft_ms_124m %.1f\n", ttft_ms);
     fflush(stdout);
 
@@ -180,10 +165,10 @@ int main(void) {
         for (int i = 0; i < warm + steps; i++) {
             const int32_t *tt = &tok;
             int one = 1;
-            double a = now_s();
+            double a = tu_now_s();
             check(kv_step(e, 1, &s, &tt, &one, logits), "kv_step (decode)");
             tok = (int32_t)sample_next(logits, V, &greedy, (uint64_t)i, scratch);
-            double d = now_s() - a;
+            double d = tu_now_s() - a;
             if (i >= warm) {
                 dt[i - warm] = d;
                 total += d;
@@ -193,7 +178,7 @@ int main(void) {
         fprintf(stderr, "bench_serve: single stream: %d tokens in %.2f s (%.1f tok/s overall)\n",
                 steps, total, steps / total);
     }
-    const double single = 1.0 / median(dt, steps);
+    const double single = 1.0 / tu_median(dt, steps);
     printf("BENCH serve_decode_tok_s_124m %.1f\n", single);
     printf("BENCH serve_decode_frac_of_bw_limit %.2f\n", single / limit);
     fflush(stdout);
@@ -201,26 +186,27 @@ int main(void) {
     // Long context: fill a slot to LONG_P positions in TTFT_P-token steps, then decode.
     {
         int s = kv_slot_open(e);
-        double a = now_s();
+        double a = tu_now_s();
         for (int p = 0; p < LONG_P; p += TTFT_P) {
             fill_tokens(prompt, TTFT_P, V, 300 + (unsigned)p);
             const int32_t *tp = prompt;
             int n = TTFT_P;
             check(kv_step(e, 1, &s, &tp, &n, logits), "kv_step (long prefill)");
         }
-        const double fill = now_s() - a;
+        const double fill = tu_now_s() - a;
         int32_t tok = (int32_t)sample_next(logits, V, &greedy, 0, scratch);
         for (int i = 0; i < warm + long_steps; i++) {
             const int32_t *tt = &tok;
             int one = 1;
-            double b = now_s();
+            double b = tu_now_s();
             check(kv_step(e, 1, &s, &tt, &one, logits), "kv_step (long decode)");
             tok = (int32_t)sample_next(logits, V, &greedy, (uint64_t)i, scratch);
-            if (i >= warm) dt[i - warm] = now_s() - b;
+            if (i >= warm) dt[i - warm] = tu_now_s() - b;
         }
         kv_slot_close(e, s);
         printf("BENCH serve_prefill_tok_s_124m %.0f\n", LONG_P / fill);
-        printf("BENCH serve_decode_tok_s_124m_pos%d %.1f\n", LONG_P, 1.0 / median(dt, long_steps));
+        printf("BENCH serve_decode_tok_s_124m_pos%d %.1f\n", LONG_P,
+               1.0 / tu_median(dt, long_steps));
         fflush(stdout);
     }
 
@@ -242,17 +228,17 @@ int main(void) {
             tp[i] = &tok[i];
         }
         for (int it = 0; it < 4 + agg_steps; it++) {
-            double a = now_s();
+            double a = tu_now_s();
             check(kv_step(e, SLOTS, slot, tp, ntok, logits), "kv_step (batched decode)");
             for (int i = 0; i < SLOTS; i++)
                 tok[i] =
                     (int32_t)sample_next(logits + (size_t)i * V, V, &greedy, (uint64_t)it, scratch);
-            if (it >= 4) adt[it - 4] = now_s() - a;
+            if (it >= 4) adt[it - 4] = tu_now_s() - a;
         }
         for (int i = 0; i < SLOTS; i++)
             kv_slot_close(e, slot[i]);
     }
-    const double agg = SLOTS / median(adt, agg_steps);
+    const double agg = SLOTS / tu_median(adt, agg_steps);
     printf("BENCH serve_agg_tok_s_124m_c%d %.1f\n", SLOTS, agg);
     printf("BENCH serve_agg_vs_single_c%d %.2f\n", SLOTS, agg / single);
     fflush(stdout);

@@ -17,17 +17,7 @@
 #include "gpt.h"
 #include "ops.h"
 #include "optim.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
+#include "test_util.h"
 
 static double sgemm_peak_gflops(void) {
     const int n = 2048;
@@ -41,9 +31,9 @@ static double sgemm_peak_gflops(void) {
     }
     double best = 0;
     for (int r = 0; r < 10; r++) {
-        double t0 = now_s();
+        double t0 = tu_now_s();
         ops_sgemm(0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
-        double dt = now_s() - t0;
+        double dt = tu_now_s() - t0;
         double g = 2.0 * n * n * (double)n / dt / 1e9;
         if (r > 0 && g > best) best = g; // the first run warms up the thread pool
     }
@@ -74,15 +64,15 @@ static double time_steps(const cfg_model *mc, int B, int T, int warmup, int step
     }
     double *dt = malloc((size_t)steps * sizeof(double));
     for (int s = 0; s < warmup + steps; s++) {
-        double t0 = now_s();
+        double t0 = tu_now_s();
         gpt_zero_grad(m);
         gpt_forward(m, x, y, B, T);
         gpt_backward(m, 1.0f);
         float norm = optim_grad_norm(gpt_grads(m), gpt_n_params(m));
         optim_step(o, m, &tc, 1e-4f, optim_clip_scale(norm, tc.grad_clip));
-        if (s >= warmup) dt[s - warmup] = now_s() - t0;
+        if (s >= warmup) dt[s - warmup] = tu_now_s() - t0;
     }
-    qsort(dt, (size_t)steps, sizeof(double), cmp_double);
+    qsort(dt, (size_t)steps, sizeof(double), tu_cmp_double);
     double med = dt[steps / 2];
     *flops_per_step = gpt_flops_per_token(m, T) * B * T;
     free(dt);

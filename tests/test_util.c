@@ -239,3 +239,15 @@ double tu_now_ms(void) {
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
 }
+
+double tu_now_s(void) { return tu_now_ms() / 1e3; }
+
+int tu_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double tu_median(double *x, int n) {
+    qsort(x, (size_t)n, sizeof *x, tu_cmp_double);
+    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}

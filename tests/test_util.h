@@ -75,6 +75,15 @@ int tu_cluster_run(tu_cluster *c, const char *args, int timeout_s);
 // tu_now_ms returns a monotonic clock in milliseconds.
 double tu_now_ms(void);
 
+// tu_now_s returns a monotonic clock in seconds.
+double tu_now_s(void);
+
+// tu_cmp_double orders doubles ascending (for qsort).
+int tu_cmp_double(const void *a, const void *b);
+
+// tu_median sorts x(n) (n >= 1) in place and returns its median.
+double tu_median(double *x, int n);
+
 // tu_last_metric returns column col (0 = step) of the last row of the metrics.csv at path, or -1
 // if there is none yet.
 double tu_last_metric(const char *path, int col);
