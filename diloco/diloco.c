@@ -85,8 +85,18 @@ static int wire_dtype(const char *s) {
     return strcmp(s, "int8") == 0 ? WIRE_INT8 : strcmp(s, "bf16") == 0 ? WIRE_BF16 : WIRE_FP32;
 }
 
-// open_mesh connects the all-reduce mesh: the ports of net.peers shifted by world, so it never
-// meets the SPARTA mesh, and waits up to timeout_ms for every peer.
+// shift_addr writes "host:port" of addr with the port moved up by shift into out (size 160).
+static int shift_addr(char *out, const char *addr, int shift) {
+    char host[128];
+    int port;
+    int rc = net_parse_hostport(addr, host, sizeof host, &port);
+    if (!rc) snprintf(out, 160, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port + shift);
+    return rc;
+}
+
+// open_mesh creates the all-reduce mesh on the ports of net.peers shifted by world, so it never
+// meets the SPARTA mesh, and fills ctl(world) with every peer's control address (shifted by
+// 2 world; ours from net.listen when set).
 static int open_mesh(net_mesh **out, char (*ctl)[160], const cfg_net *nc, int rank, int world) {
     char *list = xstrdup(nc->peers), *save = NULL;
     char(*addr)[160] = xcalloc((size_t)world, sizeof *addr);
@@ -95,30 +105,17 @@ static int open_mesh(net_mesh **out, char (*ctl)[160], const cfg_net *nc, int ra
     for (char *tok = strtok_r(list, ",", &save); tok && !rc; tok = strtok_r(NULL, ",", &save)) {
         while (*tok == ' ')
             tok++;
-        char host[128];
-        int port;
-        rc = net_parse_hostport(tok, host, sizeof host, &port);
-        if (!rc && n < world) {
-            snprintf(addr[n], sizeof addr[n], strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
-                     port + world);
-            snprintf(ctl[n], sizeof ctl[n], strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
-                     port + 2 * world);
+        if (n < world) {
             peers[n] = addr[n];
+            if (!(rc = shift_addr(addr[n], tok, world))) rc = shift_addr(ctl[n], tok, 2 * world);
         }
         n++;
     }
     if (!rc && n != world)
         rc = err_set(ERR_INVAL, "net.peers: expected %d addresses, found %d", world, n);
     char listen[160] = "";
-    if (!rc && nc->listen[0]) {
-        char host[128];
-        int port;
-        rc = net_parse_hostport(nc->listen, host, sizeof host, &port);
-        snprintf(listen, sizeof listen, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
-                 port + world);
-        snprintf(ctl[rank], sizeof ctl[rank], strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
-                 port + 2 * world);
-    }
+    if (!rc && nc->listen[0] && !(rc = shift_addr(listen, nc->listen, world)))
+        rc = shift_addr(ctl[rank], nc->listen, 2 * world);
     if (!rc) rc = net_mesh_create(out, rank, world, peers, listen[0] ? listen : NULL);
     if (!rc) net_set_link(*out, nc->rate_mbit, nc->delay_ms, nc->loss, 0xD11C0 + (uint64_t)rank);
     free(list);
