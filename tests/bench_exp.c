@@ -3,12 +3,15 @@
 //                            scripts/local-cluster run of the same config (median of ROUNDS;
 //                            target >= 0.97, i.e. within 3%)
 //   exp_runner_tok_s, exp_local_cluster_tok_s   the two rates (means over the rounds)
+//   exp_runner_overhead_of_means                 their ratio
 //   exp_record_s             the runner's recording time after training (evals, avg, corr)
-// Each round starts both at once, 2 peers each, of configs/experiments/sparta_p005_async.ini, so
-// that load from other work on this shared machine hits both alike (sequential runs differed by up
-// to 2x from one run to the next). Rates are taken over the common wall-clock window in which every
-// peer of both is past SKIP steps and none has finished, from the absolute timestamps of the
-// progress lines (every 10 steps) in the peers' logs; they include the runner's checkpoint writes
+// Each round runs a plain local-cluster and then the runner, 2 peers each (one core per peer, so
+// neither run is oversubscribed), of configs/experiments/sparta_p005_async.ini; the ratio of each
+// adjacent pair cancels slow drifts in the machine's load, and the median over the rounds drops a
+// disturbed pair. (Running both at once, 4 processes on 2 cores, made single rounds swing by
+// +-25% depending on which run the scheduler favoured.) Rates are taken over the wall-clock window
+// in which both peers of a run are past SKIP steps and neither has finished, from the absolute
+// timestamps of the progress lines (every 10 steps); they include the runner's checkpoint writes
 // (every 50 steps). The cluster runs the runner's effective config without those checkpoints; the
 // runner uses its default netns mode (namespaces when root).
 #include <math.h>
@@ -23,7 +26,7 @@
 
 #define STEPS  600
 #define SKIP   50
-#define ROUNDS 3
+#define ROUNDS 5
 #define MAXPTS (STEPS / 10 + 8)
 
 // A peer's progress: absolute time (s since midnight) at steps 1, 10, 20, ...
@@ -114,45 +117,46 @@ int main(void) {
     run_or_die(cmd, 600);
     double ratio[ROUNDS], runner = 0, cluster = 0, record_s = 0;
     for (int round = 0; round < ROUNDS; round++) {
-        snprintf(cmd, sizeof cmd,
-                 "exec env SPARTAN_BIN=%s python3 scripts/local-cluster 2 %s/cfg/config.ini "
-                 "--name lc%d --runs %s --set train.ckpt_interval=0",
-                 tu_spartan(), dir, round, dir);
-        pid_t lc = start_bg(cmd);
-        snprintf(cmd, sizeof cmd,
-                 "exec env SPARTAN_BIN=%s python3 experiments/run sparta_p005_async --peers 2 "
-                 "--steps %d --quiet --out %s/run%d --set data.dir=%s --set train.log_interval=10",
-                 tu_spartan(), STEPS, dir, round, data);
-        pid_t rn = start_bg(cmd);
-        if (!wait_ok(lc) || !wait_ok(rn)) {
-            fprintf(stderr, "bench_exp: round %d: a run failed (see %s)\n", round, dir);
-            return 1;
-        }
-        progress p[4]; // cluster rank 0, 1; runner rank 0, 1
-        for (int i = 0; i < 4; i++) {
-            if (i < 2)
-                snprintf(path, sizeof path, "%s/lc%d/rank%d/train.log", dir, round, i);
+        double rate[2]; // local-cluster, runner: tokens/s per peer
+        for (int who = 0; who < 2; who++) {
+            if (who == 0)
+                snprintf(cmd, sizeof cmd,
+                         "exec env SPARTAN_BIN=%s python3 scripts/local-cluster 2 "
+                         "%s/cfg/config.ini --name lc%d --runs %s --set train.ckpt_interval=0",
+                         tu_spartan(), dir, round, dir);
             else
-                snprintf(path, sizeof path, "%s/run%d/rank%d/train.log", dir, round, i - 2);
-            if (read_progress(path, &p[i])) {
-                fprintf(stderr, "bench_exp: no progress lines in %s\n", path);
+                snprintf(cmd, sizeof cmd,
+                         "exec env SPARTAN_BIN=%s python3 experiments/run sparta_p005_async "
+                         "--peers 2 --steps %d --quiet --out %s/run%d --set data.dir=%s "
+                         "--set train.log_interval=10",
+                         tu_spartan(), STEPS, dir, round, data);
+            if (!wait_ok(start_bg(cmd))) {
+                fprintf(stderr, "bench_exp: round %d: a run failed (see %s)\n", round, dir);
                 return 1;
             }
+            progress p[2];
+            for (int i = 0; i < 2; i++) {
+                if (who == 0)
+                    snprintf(path, sizeof path, "%s/lc%d/rank%d/train.log", dir, round, i);
+                else
+                    snprintf(path, sizeof path, "%s/run%d/rank%d/train.log", dir, round, i);
+                if (read_progress(path, &p[i])) {
+                    fprintf(stderr, "bench_exp: no progress lines in %s\n", path);
+                    return 1;
+                }
+            }
+            // the window in which both peers are past SKIP steps and neither has finished
+            double t0 = fmax(time_at(&p[0], SKIP), time_at(&p[1], SKIP));
+            double t1 = fmin(p[0].t[p[0].n - 1], p[1].t[p[1].n - 1]);
+            if (!(t1 - t0 > 1.0)) {
+                fprintf(stderr, "bench_exp: round %d: a window of only %.2f s\n", round, t1 - t0);
+                return 1;
+            }
+            rate[who] = 0;
+            for (int i = 0; i < 2; i++)
+                rate[who] +=
+                    (steps_at(&p[i], t1) - steps_at(&p[i], t0)) * tokens_per_step / (t1 - t0) / 2;
         }
-        double t0 = -INFINITY, t1 = INFINITY;
-        for (int i = 0; i < 4; i++) {
-            t0 = fmax(t0, time_at(&p[i], SKIP));
-            t1 = fmin(t1, p[i].t[p[i].n - 1]);
-        }
-        if (!(t1 - t0 > 1.0)) {
-            fprintf(stderr, "bench_exp: round %d: the runs overlapped for only %.2f s\n", round,
-                    t1 - t0);
-            return 1;
-        }
-        double rate[2] = {0, 0};
-        for (int i = 0; i < 4; i++)
-            rate[i / 2] +=
-                (steps_at(&p[i], t1) - steps_at(&p[i], t0)) * tokens_per_step / (t1 - t0) / 2;
         ratio[round] = rate[1] / rate[0];
         cluster += rate[0] / ROUNDS;
         runner += rate[1] / ROUNDS;
@@ -163,14 +167,14 @@ int main(void) {
             record_s += strtod(strstr(meta, "\"record_wall_s\": ") + 17, NULL) / ROUNDS;
         free(meta);
         fprintf(stderr,
-                "bench_exp: round %d: %.1f s together: local-cluster %.0f tok/s/peer, runner "
-                "%.0f (%.3f)\n",
-                round, t1 - t0, rate[0], rate[1], ratio[round]);
+                "bench_exp: round %d: local-cluster %.0f tok/s/peer, then runner %.0f (%.3f)\n",
+                round, rate[0], rate[1], ratio[round]);
     }
     qsort(ratio, ROUNDS, sizeof(double), tu_cmp_double);
     printf("BENCH exp_local_cluster_tok_s %.0f\n", cluster);
     printf("BENCH exp_runner_tok_s %.0f\n", runner);
     printf("BENCH exp_runner_overhead %.4f\n", ratio[ROUNDS / 2]);
+    printf("BENCH exp_runner_overhead_of_means %.4f\n", runner / cluster);
     printf("BENCH exp_record_s %.2f\n", record_s);
     tu_rm_rf(dir);
     free(dir);
