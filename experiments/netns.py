@@ -3,6 +3,7 @@
 
     python3 experiments/netns.py selftest [--rate-mbit R] [--mbytes M]
     python3 experiments/netns.py sweep
+    python3 experiments/netns.py available     # "ok" (exit 0), or why not (exit 1)
 
 Peer i lives in namespace <prefix>-<i> with one interface, eth0 = 10.213.0.(i+1)/24. Its veth
 partner v<i> sits in a hub namespace <prefix>-h, enslaved to the bridge br0, so every peer reaches
@@ -51,8 +52,19 @@ def available():
     r = _ip("netns", "add", name, check=False)
     if r.returncode != 0:
         return False, f"ip netns add failed: {r.stderr.strip()}"
+    # a container may allow namespaces but not veth pairs or qdiscs: try both inside it
+    why = ""
+    r = _ip("-n", name, "link", "add", "p0", "type", "veth", "peer", "name", "p1", check=False)
+    if r.returncode != 0:
+        why = f"ip link add type veth failed: {r.stderr.strip()}"
+    else:
+        r = subprocess.run(["tc", "-n", name, "qdisc", "add", "dev", "p0", "root", "tbf", "rate",
+                            "10mbit", "burst", "32kbit", "latency", "50ms"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            why = f"tc qdisc add tbf failed: {r.stderr.strip()}"
     _ip("netns", "del", name, check=False)
-    return True, ""
+    return not why, why
 
 
 def list_netns():
@@ -220,6 +232,10 @@ def main(argv):
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2
+    if argv[0] == "available":
+        ok, why = available()
+        print("ok" if ok else f"unavailable: {why}")
+        return 0 if ok else 1
     if argv[0] == "sweep":
         for name in sweep():
             print(f"removed {name}")
