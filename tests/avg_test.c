@@ -18,12 +18,8 @@ typedef struct {
 } fixture;
 
 static void fx_open(fixture *f) {
-    f->dir = tu_tmpdir("avg");
-    cr_assert(f->dir);
-    char path[1024], *out = NULL;
-    snprintf(path, sizeof path, "%s/d", f->dir);
-    cr_assert_eq(tu_prepare_char_data(path, &out), 0, "%s", out);
-    free(out);
+    f->dir = tu_data_tmpdir("avg");
+    cr_assert(f->dir, "cannot prepare the test data");
 }
 
 // fx_train trains the model named name with the given seed and extra --set arguments for

@@ -80,6 +80,20 @@ static double wait_mesh(net_mesh **m, int world, int limit_ms) {
     }
 }
 
+// pair_open connects two meshes (ranks 0 and 1) on free ports and waits for both pipes.
+static void pair_open(net_mesh *m[2]) {
+    addrs a;
+    make_addrs(&a);
+    m[0] = mesh(&a, 0, 2);
+    m[1] = mesh(&a, 1, 2);
+    wait_mesh(m, 2, 5000);
+}
+
+static void pair_close(net_mesh *m[2]) {
+    net_mesh_destroy(m[0]);
+    net_mesh_destroy(m[1]);
+}
+
 // exchange sends n tagged messages from every rank to every other rank and checks that each
 // arrives once, in order, attributed to the right sender.
 static void exchange(net_mesh **m, int world, int n) {
@@ -276,10 +290,8 @@ Test(net, send_to_down_peer_returns_err_peer_quickly_and_is_counted) {
 }
 
 Test(net, max_size_message_arrives_intact_and_larger_send_is_rejected) {
-    addrs a;
-    make_addrs(&a);
-    net_mesh *m[2] = {mesh(&a, 0, 2), mesh(&a, 1, 2)};
-    wait_mesh(m, 2, 5000);
+    net_mesh *m[2];
+    pair_open(m);
     unsigned char *buf = malloc(NET_MAX_MSG + 1);
     cr_assert_not_null(buf);
     fill_bytes(buf, NET_MAX_MSG + 1, 42);
@@ -298,15 +310,12 @@ Test(net, max_size_message_arrives_intact_and_larger_send_is_rejected) {
     net_msg_free(data);
     net_msg_free(NULL);
     free(buf);
-    net_mesh_destroy(m[0]);
-    net_mesh_destroy(m[1]);
+    pair_close(m);
 }
 
 Test(net, stats_count_messages_and_bytes_exactly) {
-    addrs a;
-    make_addrs(&a);
-    net_mesh *m[2] = {mesh(&a, 0, 2), mesh(&a, 1, 2)};
-    wait_mesh(m, 2, 5000);
+    net_mesh *m[2];
+    pair_open(m);
     static unsigned char buf[(1 << 20) + 3];
     fill_bytes(buf, sizeof buf, 7);
     const size_t sizes[] = {0, 1, 100, 4096, 65536, sizeof buf};
@@ -343,15 +352,12 @@ Test(net, stats_count_messages_and_bytes_exactly) {
     cr_assert_eq(s0.msgs_recv, 1);
     cr_assert_eq(s0.bytes_recv, 300);
     cr_assert_eq(s0.send_dropped + s1.send_dropped + s0.recv_dropped + s1.recv_dropped, 0);
-    net_mesh_destroy(m[0]);
-    net_mesh_destroy(m[1]);
+    pair_close(m);
 }
 
 Test(net, full_receive_queue_drops_new_messages_and_counts_them) {
-    addrs a;
-    make_addrs(&a);
-    net_mesh *m[2] = {mesh(&a, 0, 2), mesh(&a, 1, 2)};
-    wait_mesh(m, 2, 5000);
+    net_mesh *m[2];
+    pair_open(m);
     const int extra = 50, total = NET_RECV_QUEUE + extra;
     double t0 = now_ms();
     for (int seq = 0; seq < total;) { // the send queue (64) may fill up: retry briefly
@@ -392,8 +398,7 @@ Test(net, full_receive_queue_drops_new_messages_and_counts_them) {
         sleep_ms(2);
         net_get_stats(m[1], &st);
     } while (st.msgs_recv < NET_RECV_QUEUE + 5);
-    net_mesh_destroy(m[0]);
-    net_mesh_destroy(m[1]);
+    pair_close(m);
 }
 
 // ---- waiting and closing --------------------------------------------------------------------
@@ -570,10 +575,8 @@ Test(net, raw_pair_socket_injects_bytes_that_arrive_through_recv) {
 // nng 1.5.2 can block forever closing a pipe in the middle of a transfer; net_close must still
 // return in bounded time (it quiesces first and gives up on nng after a few seconds).
 Test(net, destroy_during_large_transfers_returns_in_bounded_time) {
-    addrs a;
-    make_addrs(&a);
-    net_mesh *m[2] = {mesh(&a, 0, 2), mesh(&a, 1, 2)};
-    wait_mesh(m, 2, 5000);
+    net_mesh *m[2];
+    pair_open(m);
     unsigned char *buf = calloc(1, NET_MAX_MSG);
     cr_assert_not_null(buf);
     for (int i = 0; i < 4; i++)
@@ -620,10 +623,8 @@ static double recv_all(net_mesh *m, int n, double t0, int limit_ms) {
 }
 
 Test(net, emulated_rate_keeps_throughput_within_10_percent_of_its_setting) {
-    addrs a;
-    make_addrs(&a);
-    net_mesh *m[2] = {mesh(&a, 0, 2), mesh(&a, 1, 2)};
-    wait_mesh(m, 2, 5000);
+    net_mesh *m[2];
+    pair_open(m);
     net_set_link(m[1], 16, 0, 0, 1); // 16 Mbit/s = 2 MB/s: 20 x 100 kB take 1000 ms
     enum { N = 20, LEN = 100000 };
     unsigned char *buf = xcalloc(1, LEN);
@@ -636,15 +637,12 @@ Test(net, emulated_rate_keeps_throughput_within_10_percent_of_its_setting) {
     cr_expect(ms >= 950 && ms <= 1100, "20 x 100 kB at 16 Mbit/s took %.0f ms, want 1000 +- 10%%",
               ms);
     free(buf);
-    net_mesh_destroy(m[0]);
-    net_mesh_destroy(m[1]);
+    pair_close(m);
 }
 
 Test(net, emulated_delay_holds_every_message_that_long) {
-    addrs a;
-    make_addrs(&a);
-    net_mesh *m[2] = {mesh(&a, 0, 2), mesh(&a, 1, 2)};
-    wait_mesh(m, 2, 5000);
+    net_mesh *m[2];
+    pair_open(m);
     net_set_link(m[1], 0, 150, 0, 1);
     double t0 = now_ms();
     for (int i = 0; i < 3; i++)
@@ -655,15 +653,12 @@ Test(net, emulated_delay_holds_every_message_that_long) {
     cr_assert_eq(net_recv(m[1], 100, &peer, &data, &len), ERR_TIMEOUT, "arrived before 100 ms");
     double ms = recv_all(m[1], 3, t0, 2000);
     cr_expect(ms >= 150 && ms < 300, "3 messages with 150 ms delay arrived after %.0f ms", ms);
-    net_mesh_destroy(m[0]);
-    net_mesh_destroy(m[1]);
+    pair_close(m);
 }
 
 Test(net, emulated_loss_drops_about_that_fraction_and_counts_it) {
-    addrs a;
-    make_addrs(&a);
-    net_mesh *m[2] = {mesh(&a, 0, 2), mesh(&a, 1, 2)};
-    wait_mesh(m, 2, 5000);
+    net_mesh *m[2];
+    pair_open(m);
     net_set_link(m[1], 0, 0, 0.3, 7);
     int got = 0, sent = 0;
     for (int batch = 0; batch < 10; batch++) { // 10 x 30: below the send queue of 64
@@ -682,8 +677,7 @@ Test(net, emulated_loss_drops_about_that_fraction_and_counts_it) {
     cr_expect(got >= 165 && got <= 255, "%d of 300 arrived with loss 0.3 (want 210 +- 45)", got);
     cr_expect_eq(st.recv_dropped, (uint64_t)(300 - got), "dropped %llu, lost %d",
                  (unsigned long long)st.recv_dropped, 300 - got);
-    net_mesh_destroy(m[0]);
-    net_mesh_destroy(m[1]);
+    pair_close(m);
 }
 
 // reverse_fn answers a request with its bytes reversed; a request "big" gets NET_MAX_MSG bytes.

@@ -251,3 +251,18 @@ double tu_median(double *x, int n) {
     qsort(x, (size_t)n, sizeof *x, tu_cmp_double);
     return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
 }
+
+char *tu_data_tmpdir(const char *tag) {
+    char *dir = tu_tmpdir(tag), path[1024], *out = NULL;
+    if (!dir) return NULL;
+    snprintf(path, sizeof path, "%s/d", dir);
+    if (tu_prepare_char_data(path, &out) != 0) {
+        fprintf(stderr, "%s: preparing data: %s\n", tag, out ? out : "?");
+        free(out);
+        tu_rm_rf(dir);
+        free(dir);
+        return NULL;
+    }
+    free(out);
+    return dir;
+}

@@ -10,6 +10,11 @@
 // storage per call slot is not used: the caller owns the returned string and frees it).
 char *tu_tmpdir(const char *tag);
 
+// tu_data_tmpdir is tu_tmpdir(tag) with the bundled text prepared as char-level shards in
+// "<dir>/d" (tu_prepare_char_data). Returns the directory (caller frees), or NULL with the
+// failure printed to stderr.
+char *tu_data_tmpdir(const char *tag);
+
 // tu_rm_rf removes a directory tree (best effort).
 void tu_rm_rf(const char *path);
 
