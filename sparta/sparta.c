@@ -37,16 +37,18 @@ enum { S_FREE = 0, S_OPEN, S_CLOSING, S_DONE };
 typedef struct {
     int64_t round; // -1 when never used
     int state;
-    int posted;       // the trainer has gathered our values
-    int sending;      // the exchanger has taken them to send
-    int sent;         // the exchanger has sent them
-    size_t count;     // values in this round
-    uint32_t *got;    // [world] values received per peer (ours = count once posted)
-    uint32_t *ag_got; // ring: [world] reduced values received per chunk (all-gather)
-    float *vals;      // [world][kmax] values per peer (+ receive and result rows for ring)
-    uint32_t *idx;    // [kmax] the round's indices (set when our values are gathered)
-    double t_post;    // when our values were posted (ms, monotonic)
-    double t_done;    // when the last peer's values arrived
+    int posted;        // the trainer has gathered our values
+    int sending;       // the exchanger has taken them to send
+    int sent;          // the exchanger has sent them
+    size_t count;      // values in this round
+    uint32_t *got;     // [world] values received per peer (ours = count once posted)
+    uint32_t *ag_got;  // ring: [world] reduced values received per chunk (all-gather)
+    float *vals;       // [world][kmax] values per peer (+ receive and result rows for ring)
+    uint32_t *idx;     // [kmax] the round's indices (set when our values are gathered)
+    int64_t post_step; // this peer's step when our values were posted (staleness is counted
+                       // in our own steps, so a catch-up jump of the round counter is not)
+    double t_post;     // when our values were posted (ms, monotonic)
+    double t_done;     // when the last peer's values arrived
 } slot;
 
 struct sparta_exchanger {
@@ -338,7 +340,7 @@ static void *exchanger_main(void *arg) {
 // ---- trainer side ----------------------------------------------------------------------------
 
 // post_round gathers params[I_r] into round r's slot and hands it to the exchanger.
-static void post_round(sparta_exchanger *ex, const float *params, int64_t r) {
+static void post_round(sparta_exchanger *ex, const float *params, int64_t r, long step) {
     slot *s = slot_of(ex, r);
     pthread_mutex_lock(&ex->mu);
     // A trainer far ahead of a slow exchanger must not reuse a slot it is still sending from;
@@ -360,6 +362,7 @@ static void post_round(sparta_exchanger *ex, const float *params, int64_t r) {
     pthread_mutex_lock(&ex->mu);
     if (!ex->ring) s->got[ex->rank] = (uint32_t)count;
     s->posted = 1;
+    s->post_step = step;
     s->t_post = sys_now_ms();
     net_wake(ex->mesh); // the exchanger sends it now
     if (slot_complete(ex, s)) s->t_done = s->t_post;
@@ -367,15 +370,15 @@ static void post_round(sparta_exchanger *ex, const float *params, int64_t r) {
 }
 
 // apply_slot averages the present peers' values of a CLOSING slot into params.
-static void apply_slot(sparta_exchanger *ex, slot *s, float *params, int64_t cur, int complete) {
+static void apply_slot(sparta_exchanger *ex, slot *s, float *params, long step, int complete) {
     int np = 0;
     for (int p = 0; p < ex->world && !ex->ring; p++)
         if (s->got[p] == s->count) ex->present[np++] = p;
     if (ex->ring && complete) np = ex->world; // a ring round is whole or nothing
     if (np < 2) {
         ex->rounds_dropped++;
-        LOG_D("sparta", "round=%lld dropped at round=%lld: no peer's values arrived in time",
-              (long long)s->round, (long long)cur);
+        LOG_D("sparta", "round=%lld dropped at step=%ld: no peer's values arrived in time",
+              (long long)s->round, step);
         return;
     }
     size_t count = s->count;
@@ -399,7 +402,7 @@ static void apply_slot(sparta_exchanger *ex, slot *s, float *params, int64_t cur
         for (size_t i = 0; i < count; i++)
             params[idx[i]] = mean[i] / fnp;
     }
-    double stale = (double)(cur - s->round);
+    double stale = (double)(step - s->post_step);
     ex->n_applied++;
     ex->stale_sum += stale;
     if (stale > ex->stale_max) ex->stale_max = stale;
@@ -409,15 +412,16 @@ static void apply_slot(sparta_exchanger *ex, slot *s, float *params, int64_t cur
         ex->n_lat++;
     } else {
         ex->rounds_late++;
-        LOG_D("sparta", "round=%lld applied late at round=%lld with %d of %d peers",
-              (long long)s->round, (long long)cur, np, ex->world);
+        LOG_D("sparta", "round=%lld applied late at step=%ld with %d of %d peers",
+              (long long)s->round, step, np, ex->world);
     }
 }
 
-// resolve applies, oldest first, the rounds that are complete or past their deadline at the
-// current round cur. force (>= 0) closes that round now whatever its state (a sync round that
-// timed out).
-static void resolve(sparta_exchanger *ex, float *params, int64_t cur, int64_t force) {
+// resolve applies, oldest first, the rounds that are complete or past their deadline at this
+// peer's step (deadlines count our own steps since the round was posted). force (>= 0) closes
+// that round now whatever its state (a sync round that timed out); all closes every open round
+// (before a catch-up jump of the round counter).
+static void resolve(sparta_exchanger *ex, float *params, long step, int64_t force, int all) {
     for (;;) {
         slot *pick = NULL;
         int complete = 0;
@@ -425,9 +429,11 @@ static void resolve(sparta_exchanger *ex, float *params, int64_t cur, int64_t fo
         for (int i = 0; i < ex->nslots; i++) {
             slot *s = &ex->slots[i];
             if (s->state != S_OPEN || !s->posted) continue;
-            if (s->round != force && cur - s->round < ex->sc.delay) continue; // forced staleness
+            int64_t age = step - s->post_step;
+            int forced = all || s->round == force;
+            if (!forced && age < ex->sc.delay) continue; // forced staleness
             int done = slot_ready(ex, s);
-            if (!done && cur - s->round < ex->sc.max_stale && s->round != force) continue;
+            if (!done && age < ex->sc.max_stale && !forced) continue;
             if (!pick || s->round < pick->round) {
                 pick = s;
                 complete = done;
@@ -436,7 +442,7 @@ static void resolve(sparta_exchanger *ex, float *params, int64_t cur, int64_t fo
         if (pick) pick->state = S_CLOSING; // the exchanger keeps off while we read it
         pthread_mutex_unlock(&ex->mu);
         if (!pick) return;
-        apply_slot(ex, pick, params, cur, complete);
+        apply_slot(ex, pick, params, step, complete);
         pthread_mutex_lock(&ex->mu);
         pick->state = S_DONE;
         pthread_mutex_unlock(&ex->mu);
@@ -473,8 +479,10 @@ int sparta_wait_round(sparta_exchanger *ex, long round, int timeout_ms) {
 
 // catch_up realigns the round counter when the other peers run more than a slot window ahead
 // (this peer joined late or restarted): the next round posted is the newest one seen plus one,
-// rounded up to a multiple of every. Rounds only move forward, so index sets never repeat.
-static void catch_up(sparta_exchanger *ex, long step) {
+// rounded up to a multiple of every. Rounds only move forward, so index sets never repeat. The
+// rounds still open are closed first (applied with the peers present, or dropped), at their
+// staleness in our own steps: after the jump their slots belong to other rounds.
+static void catch_up(sparta_exchanger *ex, float *params, long step) {
     pthread_mutex_lock(&ex->mu);
     int64_t seen = ex->max_seen;
     pthread_mutex_unlock(&ex->mu);
@@ -482,6 +490,7 @@ static void catch_up(sparta_exchanger *ex, long step) {
     if (seen <= cur + (int64_t)ex->nslots * ex->sc.every) return;
     int64_t next = seen + 1, every = ex->sc.every;
     next = (next + every - 1) / every * every;
+    resolve(ex, params, step, -1, 1);
     ex->offset = next - step;
     LOG_I("sparta", "peers are at round %lld: continuing at round %lld from step %ld",
           (long long)seen, (long long)next, step);
@@ -489,11 +498,11 @@ static void catch_up(sparta_exchanger *ex, long step) {
 
 int sparta_after_step(sparta_exchanger *ex, float *params, size_t n, long step) {
     ASSERT(n == ex->n);
-    catch_up(ex, step);
+    catch_up(ex, params, step);
     int64_t cur = step + ex->offset, force = -1;
     if (cur % ex->sc.every == 0) {
-        resolve(ex, params, cur, -1); // frees the slot of round cur - nslots if still open
-        post_round(ex, params, cur);
+        resolve(ex, params, step, -1, 0); // frees the slot of round cur - nslots if still open
+        post_round(ex, params, cur, step);
         if (ex->sc.sync) {
             pthread_mutex_lock(&ex->mu);
             int done = wait_complete(ex, slot_of(ex, cur), cur, ex->sc.timeout_ms);
@@ -505,7 +514,7 @@ int sparta_after_step(sparta_exchanger *ex, float *params, size_t n, long step) 
             if (ex->sc.delay == 0) force = cur; // else applied sparta.delay steps from now
         }
     }
-    resolve(ex, params, cur, force);
+    resolve(ex, params, step, force, 0);
     return ERR_OK;
 }
 

@@ -183,6 +183,34 @@ Test(sparta, round_is_applied_when_complete_and_dropped_after_max_stale) {
     rig_close(&r);
 }
 
+// A peer far ahead makes this one jump its round counter (catch_up). Rounds still open are
+// applied before the jump, at their staleness in this peer's own steps: the jump itself must
+// not count as staleness (it used to: stale_max 21-35 with max_stale 15 on 3 oversubscribed
+// peers).
+Test(sparta, catch_up_jump_does_not_count_as_staleness) {
+    rig r;
+    rig_open(&r, 5, "fp32"); // 8 slots
+    for (long s = 1; s <= 3; s++)
+        cr_assert_eq(sparta_after_step(r.ex, r.params, NP, s), ERR_OK);
+    // the peer sends rounds 1 .. 40 in order: 1..3 complete ours, 10.. are beyond our window
+    for (long round = 1; round <= 40; round++)
+        send_values(&r, round, 1000.0f, r.run_id);
+    train_sync_stats st;
+    sparta_get_stats(r.ex, &st);
+    for (int i = 0; i < 1000 && st.msgs_dropped < 31; i++) { // rounds 10..40 filed (dropped)
+        usleep(10000);
+        sparta_get_stats(r.ex, &st);
+    }
+    cr_assert_geq(st.msgs_dropped, 31u, "the peer's rounds did not arrive");
+    cr_assert_eq(st.rounds_done, 0u);
+    cr_assert_eq(sparta_after_step(r.ex, r.params, NP, 4), ERR_OK); // jumps to round ~41
+    sparta_get_stats(r.ex, &st);
+    cr_assert_eq(st.rounds_done, 3u, "rounds 1..3 are applied at the jump");
+    cr_assert_leq(st.stale_max, 5.0, "staleness %.0f beyond max_stale 5", st.stale_max);
+    cr_assert_float_eq(st.stale_max, 3.0, 1e-9); // round 1, posted at step 1, applied at step 4
+    rig_close(&r);
+}
+
 Test(sparta, forced_delay_applies_a_complete_round_exactly_delay_steps_after_posting) {
     rig_delay = 3;
     rig r;
