@@ -22,10 +22,11 @@
 TestSuite(train, .timeout = 120);
 
 // A model small enough that 20 steps take well under a second.
-#define SMALL                                                                        \
+#define SMALL_ANY_THREADS                                                            \
     "--set model.n_layer=2 --set model.n_embd=32 --set model.n_head=2 "              \
     "--set model.block_size=32 --set train.batch_size=8 --set train.log_interval=5 " \
-    "--set train.eval_interval=10 --set train.eval_iters=2 --set train.threads=2"
+    "--set train.eval_interval=10 --set train.eval_iters=2"
+#define SMALL SMALL_ANY_THREADS " --set train.threads=2"
 
 typedef struct {
     char *dir;      // temp folder
@@ -346,7 +347,8 @@ Test(train, local_cluster_runs_peers_and_summarises_or_reports_a_failure) {
     env_open(&e);
     char *out = NULL, cmd[4096];
     snprintf(cmd, sizeof cmd,
-             "SPARTAN_BIN=%s scripts/local-cluster 2 configs/tiny.ini --runs %s --name ok " SMALL
+             "SPARTAN_BIN=%s scripts/local-cluster 2 configs/tiny.ini --runs %s --name "
+             "ok " SMALL_ANY_THREADS
              " --set data.dir=%s --set train.max_iters=6 --set sparta.sync=true",
              tu_spartan(), e.dir, e.data);
     cr_assert_eq(tu_run(cmd, 90, &out), 0, "%s", out);
@@ -358,6 +360,18 @@ Test(train, local_cluster_runs_peers_and_summarises_or_reports_a_failure) {
     snprintf(path, sizeof path, "%s/ok/rank1/ckpt_00000006.h5", e.dir);
     struct stat st;
     cr_assert_eq(stat(path, &st), 0, "no checkpoint in runs/<name>/rank1");
+    // the cores are divided among the peers: threads = cores / 2 (at least 1) each
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    char want[64];
+    snprintf(want, sizeof want, " threads=%ld ", cores / 2 > 1 ? cores / 2 : 1);
+    for (int r = 0; r < 2; r++) {
+        char *log = NULL;
+        size_t n = 0;
+        snprintf(path, sizeof path, "%s/ok/rank%d/train.log", e.dir, r);
+        cr_assert_eq(tu_read_file(path, &log, &n), 0, "no %s", path);
+        cr_assert(strstr(log, want), "rank %d does not run%s: %s", r, want, log);
+        free(log);
+    }
     // a peer that fails (rank 1's data folder does not exist) stops the run with its log tail
     snprintf(cmd, sizeof cmd,
              "SPARTAN_BIN=%s scripts/local-cluster 2 configs/tiny.ini --runs %s --name bad " SMALL
