@@ -86,22 +86,29 @@ Q := @
 endif
 
 .SECONDARY:
-.PHONY: all test bench sanitize tsan run deps lint clean help fixtures check-deps
+.PHONY: all test run-tests bench sanitize tsan run deps deps-test lint clean help fixtures \
+	check-deps check-deps-test
 all: check-deps $(SPARTAN)
 
 help:
 	@echo "make            build bin/spartan"
 	@echo "make run        install deps if needed, build, train configs/tiny.ini, print a sample"
-	@echo "make test       build and run every tests/*_test.c"
+	@echo "make test       install the test deps if needed, build and run every tests/*_test.c"
+	@echo "make deps       install the build and run-time deps (scripts/install-deps run)"
+	@echo "make deps-test  also Criterion, gnuplot and Chromium (scripts/install-deps test)"
 	@echo "make bench      run the benchmarks (BENCH <key> <value> lines)"
 	@echo "make sanitize   run the test suite under ASan+UBSan (build/asan)"
 	@echo "make tsan       run the exchanger stress program under ThreadSanitizer (build/tsan)"
 	@echo "make lint       clang-format check and header-boundary check"
 	@echo "make clean      remove build/ and bin/"
 
-# One line per dependency, as llm.c does; stop with an install hint if one is missing.
+# One line per dependency, as llm.c does; stop with an install hint if one is missing. The run
+# set is what bin/spartan needs; the test set adds Criterion and gnuplot (scripts/check-deps).
 check-deps:
-	@VERBOSE=1 $(SHELL) scripts/check-deps || { echo "missing dependencies: run scripts/install-deps (or make run)"; exit 1; }
+	@VERBOSE=1 $(SHELL) scripts/check-deps run || { echo "missing dependencies: run scripts/install-deps (or make deps)"; exit 1; }
+
+check-deps-test:
+	@VERBOSE=1 $(SHELL) scripts/check-deps test || { echo "missing test dependencies: run scripts/install-deps test (or make deps-test)"; exit 1; }
 
 $(SPARTAN): $(MAIN_OBJ) $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -128,8 +135,12 @@ $(B)/tests/%_test: $(B)/tests/%_test.o $(TU_OBJ) $(LIB_OBJ)
 $(B)/tests/bench_%: $(B)/tests/bench_%.o $(TU_OBJ) $(LIB_OBJ)
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
-# Tests run from the repo root with bin/spartan built (some tests run it as a process).
-test: check-deps $(SPARTAN) $(TEST_BIN)
+# Tests run from the repo root with bin/spartan built (some tests run it as a process). The
+# build runs in a second make, so that pkg-config sees what deps-test has just installed.
+test: deps-test
+	@$(MAKE) --no-print-directory run-tests
+
+run-tests: check-deps-test $(SPARTAN) $(TEST_BIN)
 	@SPARTAN_BIN=$(SPARTAN) $(SHELL) scripts/run-tests $(TEST_BIN) $(wildcard tests/*.sh)
 
 sanitize:
@@ -152,7 +163,10 @@ run: deps
 	@$(SHELL) scripts/quickstart
 
 deps:
-	@$(SHELL) scripts/install-deps
+	@$(SHELL) scripts/install-deps run
+
+deps-test:
+	@$(SHELL) scripts/install-deps test
 
 fixtures:
 	@/usr/bin/python3 scripts/make-fixtures

@@ -32,8 +32,9 @@ static void prepare_usage(FILE *f, const args_opt *opts, int n_opts) {
         f, "usage: spartan data prepare --tokenizer char|gpt2 [--val-fraction F] INPUT OUTDIR\n\n"
            "Tokenizes the text file INPUT and writes into OUTDIR (created with its parents):\n"
            "  train.bin  the first 1-F of the tokens (token shard, format in data/data.h)\n"
-           "  val.bin    the last F of the tokens; with F=0 it is an empty shard (0 tokens),\n"
-           "             so the folder layout never changes, but nothing can be evaluated on it\n"
+           "  val.bin    the last F of the tokens; with F=0 (or a split of 0 tokens) there is\n"
+           "             no val.bin, an old one in OUTDIR is removed, and training skips\n"
+           "             evaluation\n"
            "  meta.json  {\"tokenizer\", \"vocab_size\", \"n_train\", \"n_val\", \"source\", ...}\n"
            "and prints one summary line: tokens, vocabulary size and seconds.\n\n"
            "options:\n");
@@ -128,13 +129,17 @@ static int prepare(const char *tokenizer, double frac, const char *input, const 
         rc = err_set(ERR_INVAL, "'%s' gives %zu tokens, too few for a train split", input, n_ids);
     if (rc == ERR_OK) rc = sys_mkdir_p(outdir);
     if (rc == ERR_OK) rc = data_shard_write(train, ids, n_train);
-    if (rc == ERR_OK) rc = data_shard_write(val, ids + n_train, n_val);
+    // No val split, no val.bin: the trainer then skips evaluation. An old val.bin would be
+    // evaluated as if it came from this text, so it goes.
+    if (rc == ERR_OK && n_val) rc = data_shard_write(val, ids + n_train, n_val);
+    if (rc == ERR_OK && !n_val && unlink(val) != 0 && errno != ENOENT)
+        rc = err_set(ERR_IO, "cannot remove the old '%s': %s", val, strerror(errno));
     if (rc == ERR_OK) rc = write_meta(outdir, t, n_train, n_val, input, frac);
     if (rc == ERR_OK)
-        printf("prepared %s: tokenizer=%s vocab=%d tokens=%zu train=%zu val=%zu bytes=%zu "
+        printf("prepared %s: tokenizer=%s vocab=%d tokens=%zu train=%zu val=%zu%s bytes=%zu "
                "seconds=%.2f\n",
-               outdir, tokenizer, tok_vocab_size(t), n_ids, n_train, n_val, n,
-               (sys_now_ms() / 1e3) - t0);
+               outdir, tokenizer, tok_vocab_size(t), n_ids, n_train, n_val,
+               n_val ? "" : " (no val.bin)", n, (sys_now_ms() / 1e3) - t0);
     else
         fprintf(stderr, "spartan data prepare: %s\n", err_msg());
     free(ids);
@@ -155,7 +160,8 @@ static int prepare_main(int argc, char **argv) {
          "gpt2: GPT-2 BPE from gpt2-encoder.json/gpt2-vocab.bpe in\n"
          "$SPARTAN_DATA_DIR, <bin>/../data or ./data (required)"},
         {"--val-fraction", NULL, ARGS_DOUBLE, &frac, 0, 1, NULL, "F",
-         "fraction of the tokens for val.bin, 0 <= F < 1 (default 0.1)"},
+         "fraction of the tokens for val.bin, 0 <= F < 1 (default 0.1;\n"
+         "0: no val.bin)"},
     };
     int rc = args_parse(argc, argv, opts, ARGS_COUNT(opts), pos, 2, &n_pos);
     if (rc == ARGS_HELP) {

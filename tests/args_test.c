@@ -290,6 +290,9 @@ Test(args, every_subcommand_exits_2_on_a_bad_command_line_and_0_on_help) {
          "--retries: '101' is not an integer in [0, 100]"},
         {"data fetch http://127.0.0.1:9/x --sha256 00 --output", 2, "--output needs a value"},
         {"data fetch --help", 0, "-o, --output FILE"},
+        {"plot", 2, "need a run folder"},
+        {"plot a b", 2, "unexpected argument 'b'"},
+        {"plot --help", 0, "-o, --output OUT.png"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const cli_case *c = &cases[i];

@@ -133,3 +133,51 @@ Test(cfg, written_config_parses_back_identically) {
     cr_assert_eq(memcmp(&c, &d, sizeof c), 0);
     free(text);
 }
+
+// printed returns what fn printed into a temporary file (caller frees).
+static char *printed(void (*fn)(FILE *)) {
+    FILE *f = tmpfile();
+    cr_assert(f);
+    fn(f);
+    long n = ftell(f);
+    rewind(f);
+    char *s = calloc(1, (size_t)n + 1);
+    cr_assert_eq(fread(s, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    return s;
+}
+
+Test(cfg, train_help_lists_every_section_of_the_key_table_and_no_other) {
+    char *keys = printed(cfg_print_keys), *sections = printed(cfg_print_sections);
+    int n_keys = 0;
+    for (char *line = keys; *line;) { // "  section.key  type default ..."
+        char sec[64], want[70];
+        cr_assert_eq(sscanf(line, " %63[^.]", sec), 1, "%s", line);
+        snprintf(want, sizeof want, "[%s]", sec);
+        cr_assert(strstr(sections, want), "key line '%.40s' but sections are: %s", line, sections);
+        n_keys++;
+        char *nl = strchr(line, '\n');
+        line = nl ? nl + 1 : line + strlen(line);
+    }
+    cr_assert_gt(n_keys, 40, "the key table is printed: %s", keys);
+    // Each listed section has a key, and none is listed twice.
+    for (char *s = strchr(sections, '['); s; s = strchr(s + 1, '[')) {
+        char sec[64], key[70];
+        cr_assert_eq(sscanf(s, "[%63[^]]", sec), 1);
+        snprintf(key, sizeof key, "  %s.", sec);
+        cr_assert(strstr(keys, key), "section [%s] has no key", sec);
+        snprintf(key, sizeof key, "[%s]", sec);
+        cr_assert(!strstr(s + 1, key), "[%s] listed twice: %s", sec, sections);
+    }
+    // And `spartan train --help` shows that list.
+    char cmd[1024], *out = NULL, want[600];
+    snprintf(cmd, sizeof cmd, "%s train --help", tu_spartan());
+    cr_assert_eq(tu_run(cmd, 20, &out), 0, "%s", out);
+    snprintf(want, sizeof want, "config keys (INI sections %s):", sections);
+    cr_assert(strstr(out, want), "want '%s' in:\n%s", want, out);
+    cr_assert(strstr(out, "[sparta]") && strstr(out, "[diloco]") && strstr(out, "[net]"), "%s",
+              out);
+    free(out);
+    free(keys);
+    free(sections);
+}

@@ -427,19 +427,65 @@ Test(data, prepare_gpt2_on_tinyshakespeare_writes_shards_and_meta) {
     free(dir);
 }
 
-Test(data, prepare_with_zero_val_fraction_writes_an_empty_val_shard) {
+// count_of returns how many times needle occurs in hay.
+static int count_of(const char *hay, const char *needle) {
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
+        n++;
+    return n;
+}
+
+Test(data, zero_val_fraction_writes_no_val_shard_and_training_skips_eval_once, .timeout = 90) {
     char *dir = tu_tmpdir("data");
     char *in = path_in(dir, "in.txt");
-    cr_assert_eq(tu_write_file(in, "abcabc", 6), 0);
+    char text[2000];
+    for (size_t i = 0; i < sizeof text - 1; i++)
+        text[i] = "abcd efgh\n"[i % 10];
+    cr_assert_eq(tu_write_file(in, text, sizeof text - 1), 0);
     char *out = path_in(dir, "out");
+    char *va = path_in(out, "val.bin"), *tr = path_in(out, "train.bin");
+    // A first prepare with a val split, then F = 0 into the same folder: its val.bin must go.
+    const char *with_val[] = {"data", "prepare", "--val-fraction", "0.5", "--tokenizer", "char",
+                              in,     out};
+    cr_assert_eq(run_data_cmd(8, with_val), 0, "%s", err_msg());
+    cr_assert_gt(fsize(va), 32);
     const char *argv[] = {"data", "prepare", "--val-fraction", "0", "--tokenizer", "char", in, out};
     cr_assert_eq(run_data_cmd(8, argv), 0, "%s", err_msg());
-    char *va = path_in(out, "val.bin"), *tr = path_in(out, "train.bin");
-    size_t nv, nt;
-    free(read_shard(va, &nv));
+    cr_assert_eq(fsize(va), -1, "F = 0 writes no val.bin and leaves no old one");
+    size_t nt;
     free(read_shard(tr, &nt));
-    cr_assert_eq(nv, 0);
-    cr_assert_eq(nt, 6);
+    cr_assert_eq(nt, sizeof text - 1, "every token goes to train.bin");
+    char *meta = path_in(out, "meta.json"), *m = NULL;
+    cr_assert_eq(tu_read_file(meta, &m, NULL), 0);
+    cr_assert(strstr(m, "\"n_val\": 0"), "%s", m);
+    free(m);
+    free(meta);
+
+    // Training on it evaluates nothing and says so once, even with an eval every step.
+    char cmd[2048], *log = NULL;
+    snprintf(cmd, sizeof cmd,
+             "%s train configs/tiny.ini --set data.dir=%s --set train.out_dir=%s/run "
+             "--set model.n_layer=1 --set model.n_embd=16 --set model.n_head=2 "
+             "--set model.block_size=16 --set train.batch_size=4 --set train.max_iters=3 "
+             "--set train.eval_interval=1 --set train.threads=1",
+             tu_spartan(), out, dir);
+    cr_assert_eq(tu_run(cmd, 60, &log), 0, "%s", log);
+    cr_assert_eq(count_of(log, "evaluation skipped"), 1, "%s", log);
+    cr_assert(strstr(log, "no val shard") && strstr(log, va), "%s", log);
+    cr_assert(!strstr(log, "val_loss="), "%s", log);
+    free(log);
+    char *csv = NULL, path[1024];
+    snprintf(path, sizeof path, "%s/run/metrics.csv", dir);
+    cr_assert_eq(tu_read_file(path, &csv, NULL), 0);
+    cr_assert(strstr(csv, "\n3,") && count_of(csv, ",,") >= 3, "val_loss cells stay empty: %s",
+              csv);
+    free(csv);
+    // A val.bin too short for one window (an old empty one) is skipped the same way, by name.
+    cr_assert_eq(data_shard_write(va, NULL, 0), ERR_OK);
+    cr_assert_eq(tu_run(cmd, 60, &log), 0, "%s", log);
+    cr_assert_eq(count_of(log, "evaluation skipped"), 1, "%s", log);
+    cr_assert(strstr(log, "holds 0 tokens") && strstr(log, va), "%s", log);
+    free(log);
     free(va);
     free(tr);
     free(in);
@@ -489,7 +535,7 @@ Test(data, spartan_binary_prepares_and_reports_errors) {
     char cmd[1024], *out = NULL;
     snprintf(cmd, sizeof cmd, "%s data prepare --help", tu_spartan());
     cr_assert_eq(tu_run(cmd, 10, &out), 0, "%s", out);
-    cr_assert(strstr(out, "--val-fraction") && strstr(out, "empty"), "%s", out);
+    cr_assert(strstr(out, "--val-fraction") && strstr(out, "no val.bin"), "%s", out);
     free(out);
     snprintf(cmd, sizeof cmd, "%s data prepare --tokenizer char /nonexistent/x.txt %s/o",
              tu_spartan(), dir);

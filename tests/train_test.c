@@ -309,6 +309,27 @@ Test(train, bad_data_and_output_folders_give_clear_errors) {
     env_close(&e);
 }
 
+Test(train, missing_data_folder_error_says_how_to_prepare_it) {
+    char *dir = tu_tmpdir("train"), cmd[4096], want[1024];
+    cr_assert(dir);
+    snprintf(cmd, sizeof cmd,
+             "%s train configs/tiny.ini --set data.dir=%s/nodata --set train.out_dir=%s/out",
+             tu_spartan(), dir, dir);
+    snprintf(want, sizeof want,
+             "`bin/spartan data prepare --tokenizer char data/tinyshakespeare.txt %s/nodata`", dir);
+    expect_fail(cmd, want);
+    // A folder that exists but was never prepared, with the GPT-2 vocabulary: the BPE tokenizer.
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p %s/empty && %s train configs/gpt2-124m.ini --set data.dir=%s/empty "
+             "--set train.out_dir=%s/out",
+             dir, tu_spartan(), dir, dir);
+    snprintf(want, sizeof want,
+             "`bin/spartan data prepare --tokenizer gpt2 data/tinyshakespeare.txt %s/empty`", dir);
+    expect_fail(cmd, want);
+    tu_rm_rf(dir);
+    free(dir);
+}
+
 Test(train, rank_comes_from_the_flag_then_the_launchers_environment) {
     env e;
     env_open(&e);

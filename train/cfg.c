@@ -368,3 +368,12 @@ void cfg_print_keys(FILE *f) {
                 k->choices ? k->choices : "", k->choices ? ")" : "");
     }
 }
+
+void cfg_print_sections(FILE *f) {
+    for (size_t i = 0; i < N_KEYS; i++) {
+        size_t j = 0;
+        while (j < i && strcmp(keys[j].section, keys[i].section))
+            j++;
+        if (j == i) fprintf(f, "%s[%s]", i ? ", " : "", keys[i].section);
+    }
+}

@@ -126,4 +126,8 @@ int cfg_parse_string(cfg *c, const char *text, const char *name);
 // cfg_print_keys writes the key table (section.key, type, default, range, help) to f.
 void cfg_print_keys(FILE *f);
 
+// cfg_print_sections writes every INI section of the key table once, in table order, as
+// "[model], [train], ..." (no newline) to f, so help text never lists fewer sections than keys.
+void cfg_print_sections(FILE *f);
+
 #endif

@@ -8,6 +8,7 @@
 #include "data_cmd.h"
 #include "diloco.h"
 #include "err.h"
+#include "plot_cmd.h"
 #include "sample_cmd.h"
 #include "serve_cmd.h"
 #include "sparta.h"
@@ -49,6 +50,7 @@ static const command commands[] = {
     {"corr", corr_cmd_main, "mean pairwise correlation of checkpoints' parameters"},
     {"avg", avg_cmd_main, "element-wise mean of checkpoints' weights, as a checkpoint"},
     {"data", data_cmd_main, "prepare token shards (data prepare) and download files (data fetch)"},
+    {"plot", plot_cmd_main, "draw a run's metrics.csv into a PNG (gnuplot)"},
 };
 
 static void usage(FILE *f) {

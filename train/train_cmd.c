@@ -40,7 +40,9 @@ static void train_usage(FILE *f, const args_opt *opts, int n_opts) {
             "exits; --resume continues bit-exactly from a checkpoint (or a folder's newest).\n\n"
             "options:\n");
     args_print_table(f, opts, n_opts);
-    fprintf(f, "\nconfig keys (INI sections [model], [train], [data], [log]):\n");
+    fprintf(f, "\nconfig keys (INI sections ");
+    cfg_print_sections(f);
+    fprintf(f, "):\n");
     cfg_print_keys(f);
 }
 

@@ -15,6 +15,7 @@
 #include "ckpt.h"
 #include "data.h"
 #include "err.h"
+#include "log.h"
 #include "optim.h"
 #include "sys.h"
 
@@ -37,11 +38,19 @@ static int path_exists(const char *p) {
     return stat(p, &st) == 0;
 }
 
-// open_data opens the prepared folder: meta.json, train.bin and (if present) val.bin.
+// open_data opens the prepared folder: meta.json, train.bin and (if present) val.bin. Without a
+// val shard long enough for one window, evaluation is skipped, said once at INFO.
 static int open_data(trainer *t) {
     const cfg *c = &t->c;
     char path[CFG_PATH_MAX + 32];
     int vocab = 0;
+    snprintf(path, sizeof path, "%s/meta.json", c->data.dir);
+    if (!path_exists(path)) // not prepared: say how to prepare it (configs/*.ini say the same)
+        return err_set(ERR_IO,
+                       "data.dir '%s' holds no prepared data (no meta.json); prepare it with "
+                       "`bin/spartan data prepare --tokenizer %s data/tinyshakespeare.txt %s` "
+                       "(any text file will do; see `spartan data prepare --help`)",
+                       c->data.dir, c->model.vocab_size >= 50257 ? "gpt2" : "char", c->data.dir);
     int rc = data_meta_read(c->data.dir, &t->tok_spec, &vocab);
     if (rc) return rc;
     snprintf(path, sizeof path, "%s/train.bin", c->data.dir);
@@ -60,14 +69,18 @@ static int open_data(trainer *t) {
     if ((rc = data_loader_create(&t->train_dl, t->train_shard, B, T, c->train.seed, c->train.rank)))
         return err_set(rc, "%s: %s", path, err_msg());
     snprintf(path, sizeof path, "%s/val.bin", c->data.dir);
-    if (path_exists(path)) {
-        if ((rc = data_shard_open(&t->val_shard, path))) return rc;
-        // Validation batches come from a fixed stream, the same for every peer and every eval.
-        if (data_shard_len(t->val_shard) > (size_t)T &&
-            (rc = data_loader_create(&t->val_dl, t->val_shard, B, T, c->train.seed ^ 0x5EEDull, 0)))
-            return rc;
+    if (!path_exists(path)) {
+        LOG_I("train", "no val shard (%s): evaluation skipped", path);
+        return ERR_OK;
     }
-    return ERR_OK;
+    if ((rc = data_shard_open(&t->val_shard, path))) return rc;
+    if (data_shard_len(t->val_shard) <= (size_t)T) {
+        LOG_I("train", "%s holds %zu tokens, fewer than one window (%d): evaluation skipped", path,
+              data_shard_len(t->val_shard), T + 1);
+        return ERR_OK;
+    }
+    // Validation batches come from a fixed stream, the same for every peer and every eval.
+    return data_loader_create(&t->val_dl, t->val_shard, B, T, c->train.seed ^ 0x5EEDull, 0);
 }
 
 static int load_checkpoint(trainer *t, const char *path) {
