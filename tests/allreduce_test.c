@@ -521,6 +521,12 @@ Test(allreduce, agreement_with_everyone_present_gives_every_rank_and_the_full_me
 Test(allreduce, agreement_leaves_out_a_dead_peer_and_the_rest_average_among_themselves) {
     ring r;
     ring_open(&r, 3, 2, 3000, WIRE_FP32); // rank 2 never starts
+    // The live ranks must see each other before the 300 ms agreement starts: on a loaded machine
+    // the pipes can take longer than that to come up (1 of 5 runs failed with "1 members").
+    double tc = now_ms();
+    while (!(net_connected(r.mesh[0], 1) && net_connected(r.mesh[1], 0)) && now_ms() - tc < 10000)
+        usleep(2000);
+    cr_assert(net_connected(r.mesh[0], 1) && net_connected(r.mesh[1], 0), "ranks 0, 1 not up");
     vecs v;
     vecs_fill(&v, 2, 3000, 12);
     for (int i = 0; i < 2; i++)
