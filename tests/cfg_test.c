@@ -54,6 +54,23 @@ Test(cfg, unknown_key_names_file_line_and_key) {
     free(p);
 }
 
+Test(cfg, unknown_key_suggests_the_closest_one) {
+    char *p = write_ini("[train]\nlearnig_rate = 0.1\n");
+    cfg c;
+    cfg_defaults(&c);
+    cr_assert_eq(cfg_load_ini(&c, p), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "did you mean 'train.learning_rate'?"), "%s", err_msg());
+    free(p);
+    // the right name in the wrong section, a typo from --set, and nothing close
+    cr_assert_eq(cfg_set(&c, "train.p=0.1"), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "did you mean 'sparta.p'?"), "%s", err_msg());
+    cr_assert_eq(cfg_set(&c, "sparta.max_stail=3"), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "did you mean 'sparta.max_stale'?"), "%s", err_msg());
+    cr_assert_eq(cfg_set(&c, "zzz.qqqqqq=1"), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "unknown key 'zzz.qqqqqq'") && !strstr(err_msg(), "did you mean"),
+              "%s", err_msg());
+}
+
 Test(cfg, wrong_type_is_an_error_naming_the_key) {
     char *p = write_ini("[model]\nn_layer = two\n");
     cfg c;

@@ -467,7 +467,7 @@ Test(data, zero_val_fraction_writes_no_val_shard_and_training_skips_eval_once, .
              "%s train configs/tiny.ini --set data.dir=%s --set train.out_dir=%s/run "
              "--set model.n_layer=1 --set model.n_embd=16 --set model.n_head=2 "
              "--set model.block_size=16 --set train.batch_size=4 --set train.max_iters=3 "
-             "--set train.eval_interval=1 --set train.threads=1",
+             "--set train.eval_interval=1 --set train.threads=1 --overwrite",
              tu_spartan(), out, dir);
     cr_assert_eq(tu_run(cmd, 60, &log), 0, "%s", log);
     cr_assert_eq(count_of(log, "evaluation skipped"), 1, "%s", log);

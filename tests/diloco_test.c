@@ -289,7 +289,11 @@ Test(diloco, killed_peer_does_not_stop_outer_steps_and_rejoins_with_the_same_the
     char *log = tu_cluster_log(&c, 0);
     cr_assert(strstr(log, "2 of 3 peers present (missing: 2)"), "%s", log);
     free(log);
-    pid[2] = tu_cluster_start(&c, 2, args); // a fresh start: nothing to resume from
+    // A fresh start (nothing to resume from) in its old folder, so the earlier run's
+    // metrics.csv goes: --overwrite.
+    char again[1024];
+    snprintf(again, sizeof again, "%s --overwrite", args);
+    pid[2] = tu_cluster_start(&c, 2, again);
     for (int i = 0; i < P; i++)
         cr_assert_eq(tu_wait_exit(pid[i], 120), 0, "peer %d failed:\n%s", i, tu_cluster_log(&c, i));
     log = tu_cluster_log(&c, 2);

@@ -480,9 +480,11 @@ Test(sparta, killed_peer_does_not_stall_the_others_and_is_picked_up_again, .time
     char *log = peer_log(&c, 0);
     cr_assert(strstr(log, "peer=2 disconnected"), "the loss was not logged:\n%s", log);
     free(log);
-    // restart rank 2: rounds complete with all peers again
+    // restart rank 2 afresh in its folder: rounds complete with all peers again
     double done_before = tu_last_metric(m0, 12);
-    pid[2] = start_peer(&c, 2, extra);
+    char again[1024];
+    snprintf(again, sizeof again, "%s --overwrite", extra);
+    pid[2] = start_peer(&c, 2, again);
     for (int i = 0; i < 600 && tu_last_metric(m0, 12) < done_before + 10; i++)
         usleep(50000);
     cr_assert(tu_last_metric(m0, 12) >= done_before + 10, "restarted peer was not picked up");

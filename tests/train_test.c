@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ckdir.h"
 #include "ckpt.h"
 #include "data.h"
 #include "err.h"
@@ -112,6 +113,37 @@ Test(train, trains_writes_metrics_and_checkpoint_then_eval_and_sample_work) {
     cr_assert_str_eq(out, again, "sampling with the same seed must repeat");
     free(out);
     free(again);
+    env_close(&e);
+}
+
+// A fresh run into a folder that holds another run stops and names --resume and --overwrite;
+// without the guard the old run's newer ckpt_8 would be picked over the new run's ckpt_2.
+Test(train, fresh_run_into_a_used_folder_is_refused_unless_overwrite) {
+    env e;
+    env_open(&e);
+    char *out = NULL, path[700];
+    int rc = train(&e, "--set train.max_iters=8", &out);
+    cr_assert_eq(rc, 0, "%s", out);
+    free(out);
+    rc = train(&e, "--set train.max_iters=2", &out);
+    cr_assert_eq(rc, 2, "rc %d: %s", rc, out);
+    cr_assert(strstr(out, "already holds a run") && strstr(out, "up to step 8") &&
+                  strstr(out, "--resume") && strstr(out, "--overwrite"),
+              "%s", out);
+    free(out);
+    snprintf(path, sizeof path, "%s/metrics.csv", e.out);
+    cr_assert_eq(count_lines(path), 9, "the refused run touched metrics.csv");
+    rc = train(&e, "--set train.max_iters=2 --overwrite", &out);
+    cr_assert_eq(rc, 0, "%s", out);
+    free(out);
+    cr_assert_eq(count_lines(path), 3, "metrics.csv: header + 2 rows of the new run");
+    struct stat st;
+    snprintf(path, sizeof path, "%s/ckpt_00000008.h5", e.out);
+    cr_assert_neq(stat(path, &st), 0, "the old run's checkpoint is still there");
+    char *newest = NULL;
+    cr_assert_eq(ckdir_resolve(e.out, &newest), ERR_OK, "%s", err_msg());
+    cr_assert(strstr(newest, "ckpt_00000002.h5"), "newest is %s", newest);
+    free(newest);
     env_close(&e);
 }
 

@@ -121,6 +121,53 @@ static const cfg_key *find_key(const char *section, const char *name) {
     return NULL;
 }
 
+// edit_distance is the Levenshtein distance of a and b (each at most 63 bytes; longer ones count
+// as far apart), for "did you mean" hints.
+static int edit_distance(const char *a, const char *b) {
+    size_t n = strlen(a), m = strlen(b);
+    if (n > 63 || m > 63) return 1 << 20;
+    int row[64];
+    for (size_t j = 0; j <= m; j++)
+        row[j] = (int)j;
+    for (size_t i = 1; i <= n; i++) {
+        int diag = row[0];
+        row[0] = (int)i;
+        for (size_t j = 1; j <= m; j++) {
+            int up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best) best = up + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            diag = up;
+            row[j] = best;
+        }
+    }
+    return row[m];
+}
+
+// unknown_key sets ERR_INVAL for an unknown section.name at where, with the closest key of the
+// table as a hint when one is close (a typo, or the right name in another section).
+static int unknown_key(const char *where, const char *section, const char *name) {
+    char full[160];
+    snprintf(full, sizeof full, "%s.%s", section, name);
+    const cfg_key *best = NULL;
+    int best_d = 1 << 20;
+    for (size_t i = 0; i < N_KEYS; i++) {
+        char cand[160];
+        snprintf(cand, sizeof cand, "%s.%s", keys[i].section, keys[i].name);
+        int d = strcmp(keys[i].name, name) == 0 ? 1 : edit_distance(full, cand);
+        if (d < best_d) {
+            best_d = d;
+            best = &keys[i];
+        }
+    }
+    int limit = strlen(full) > 12 ? 3 : 2;
+    if (best && best_d <= limit)
+        return err_set(ERR_INVAL,
+                       "%s: unknown key '%s': did you mean '%s.%s'? (see `spartan "
+                       "train --help`)",
+                       where, full, best->section, best->name);
+    return err_set(ERR_INVAL, "%s: unknown key '%s' (see `spartan train --help`)", where, full);
+}
+
 // is_choice reports whether text is one of the '|'-separated words of choices.
 static int is_choice(const char *choices, const char *text) {
     size_t n = strlen(text);
@@ -251,8 +298,7 @@ static int on_ini(void *user, const char *section, const char *name, const char 
     snprintf(where, sizeof where, "%s:%d", ctx->name, ctx->lineno);
     const cfg_key *k = find_key(section, name);
     if (!k) {
-        ctx->rc = err_set(ERR_INVAL, "%s: unknown key '%s.%s' (see `spartan train --help`)", where,
-                          section, name);
+        ctx->rc = unknown_key(where, section, name);
         ctx->err_line = ctx->lineno;
         return 0;
     }
@@ -301,7 +347,7 @@ int cfg_set(cfg *c, const char *assignment) {
     memcpy(name, dot + 1, ln);
     name[ln] = 0;
     const cfg_key *k = find_key(section, name);
-    if (!k) return err_set(ERR_INVAL, "--set: unknown key '%s.%s'", section, name);
+    if (!k) return unknown_key("--set", section, name);
     return set_value(c, k, eq + 1, "--set");
 }
 

@@ -69,6 +69,14 @@ int ckdir_resolve(const char *path, char **out) {
     return ERR_OK;
 }
 
+int ckdir_count(const char *dir, long *newest) {
+    int n;
+    long *steps = list_steps(dir, &n);
+    if (n > 0 && newest) *newest = steps[n - 1];
+    free(steps);
+    return n;
+}
+
 int ckdir_prune(const char *dir, int keep, const char *except_path) {
     int n, removed = 0;
     long *steps = list_steps(dir, &n);

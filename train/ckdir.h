@@ -14,8 +14,12 @@ void ckdir_name(char *buf, size_t n, const char *dir, long step);
 // if the folder holds no checkpoint (the message names the folder).
 int ckdir_resolve(const char *path, char **out);
 
-// ckdir_prune deletes the oldest checkpoints in dir so that at most keep remain (keep > 0),
-// never deleting except_path. Returns the number removed.
+// ckdir_count returns the number of checkpoints in dir (0 if it does not exist) and, when there
+// is one and newest is not NULL, the newest one's step in *newest.
+int ckdir_count(const char *dir, long *newest);
+
+// ckdir_prune deletes the oldest checkpoints in dir so that at most keep remain (keep = 0 deletes
+// them all), never deleting except_path (may be NULL). Returns the number removed.
 int ckdir_prune(const char *dir, int keep, const char *except_path);
 
 #endif

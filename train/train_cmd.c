@@ -33,7 +33,8 @@ static void on_signal(int sig) {
 
 static void train_usage(FILE *f, const args_opt *opts, int n_opts) {
     fprintf(f,
-            "usage: spartan train CONFIG [--set section.key=value ...] [--resume CKPT|DIR]\n\n"
+            "usage: spartan train CONFIG [--set section.key=value ...] [--resume CKPT|DIR]\n"
+            "       [--overwrite] [--peers HOST:PORT,...] [--rank R]\n\n"
             "Trains GPT-2 on the token shards of data.dir. Progress goes to stderr every\n"
             "train.log_interval steps, val loss every train.eval_interval steps; metrics.csv and\n"
             "checkpoints (ckpt_<step>.h5) go to train.out_dir. Ctrl-C saves a checkpoint and\n"
@@ -99,6 +100,7 @@ typedef struct {
     const char *resume; // --resume CKPT|DIR
     const char *peers;  // --peers LIST (overrides net.peers)
     long long rank;     // --rank R, or -1
+    int overwrite;      // --overwrite: replace an earlier run in train.out_dir
 } train_args;
 
 // parse_train_args fills c from CONFIG and --set, and a from the other options. Returns -1 when
@@ -118,6 +120,9 @@ static int parse_train_args(int argc, char **argv, cfg *c, train_args *a) {
          "then train.rank)"},
         {"--peers", NULL, ARGS_STR, &a->peers, 0, 0, NULL, "HOST:PORT,...",
          "every peer's address in rank order (overrides net.peers)"},
+        {"--overwrite", NULL, ARGS_FLAG, &a->overwrite, 0, 0, NULL, NULL,
+         "start afresh in a train.out_dir that holds an earlier run (its checkpoints and "
+         "metrics.csv are deleted)"},
     };
     int rc = args_parse(argc, argv, opts, ARGS_COUNT(opts), config, 2, &n_config);
     if (rc == ARGS_HELP) {
@@ -296,6 +301,43 @@ static int train_loop(trainer *t, const cfg *ec, FILE *metrics, const train_sync
     return rc;
 }
 
+// check_out_dir keeps a fresh run from mixing with an earlier one in the same folder (its newer
+// checkpoints would be picked by sample, serve and --resume, and metrics.csv would be lost
+// without a word). Returns -1 to go on, else the exit code. --overwrite deletes the old run.
+static int check_out_dir(const char *dir, int overwrite) {
+    char path[CFG_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/metrics.csv", dir);
+    struct stat st;
+    int has_csv = stat(path, &st) == 0 && st.st_size > 0;
+    long newest = 0;
+    int n = ckdir_count(dir, &newest);
+    if (!has_csv && n == 0) return -1;
+    char what[128];
+    if (n > 0)
+        snprintf(what, sizeof what, "%d checkpoint%s up to step %ld%s", n, n == 1 ? "" : "s",
+                 newest, has_csv ? " and metrics.csv" : "");
+    else
+        snprintf(what, sizeof what, "metrics.csv");
+    if (!overwrite) {
+        fprintf(stderr,
+                "spartan train: %s already holds a run (%s): pass --resume %s to continue it, "
+                "--overwrite to start afresh (deleting it), or another train.out_dir\n",
+                dir, what, dir);
+        return 2;
+    }
+    int removed = ckdir_prune(dir, 0, NULL);
+    if (has_csv && unlink(path) != 0) {
+        LOG_E("train", "--overwrite: cannot delete '%s': %s", path, strerror(errno));
+        return 1;
+    }
+    if (removed != n) {
+        LOG_E("train", "--overwrite: deleted %d of the %d checkpoints in %s", removed, n, dir);
+        return 1;
+    }
+    LOG_I("train", "--overwrite: deleted the earlier run in %s (%s)", dir, what);
+    return -1;
+}
+
 int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
     cfg c;
     train_args a;
@@ -312,6 +354,7 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
         LOG_E("train", "%s", err_msg());
         return 1;
     }
+    if (!a.resume && (code = check_out_dir(c.train.out_dir, a.overwrite)) >= 0) return code;
     char *resume = NULL;
     if (a.resume && ckdir_resolve(a.resume, &resume)) {
         LOG_E("train", "--resume: %s", err_msg());
