@@ -3,7 +3,9 @@
 // endpoints, /health, Prometheus /metrics and a chat page at /, over libmicrohttpd. Requests are
 // decoded by one scheduler thread with continuous batching on a KV-cache engine (kv.h); a folder
 // is polled and its newest checkpoint hot-reloaded while requests in flight finish on the old
-// weights. srv_create/srv_destroy are called from one thread; the server runs its own threads.
+// weights. A stream whose client reads slower than it is generated pauses (backpressure): a
+// stalled client holds its slot and about stream_buffer bytes, never the whole generation.
+// srv_create/srv_destroy are called from one thread; the server runs its own threads.
 #ifndef SRV_H
 #define SRV_H
 
@@ -21,6 +23,9 @@ typedef struct srv_config {
     int max_batch;          // sequences decoded together (KV slots) [8]
     int reload_ms;          // poll interval of a checkpoint folder, < 0 = never [1000]
     const char *model_name; // name in /v1/models and /api/tags [basename of the path, no .h5]
+    int stream_buffer;      // bytes of a stream's events that may wait for a slow client; at
+                            // this many its generation pauses until the client reads. Also
+                            // each connection's socket send buffer [65536]
 } srv_config;
 
 // srv_create loads the checkpoint at path (a file, or a folder: its newest complete
