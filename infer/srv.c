@@ -447,12 +447,13 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
     char msg[512];
-    (void)cls;
     vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
     while (n && msg[n - 1] == '\n')
         msg[--n] = 0;
     LOG_D("srv", "microhttpd: %s", msg);
+    srv_server *s = cls; // kept for a failed start (read only after MHD_start_daemon returns)
+    snprintf(s->mhd_err, sizeof s->mhd_err, "%s", msg);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -535,6 +536,20 @@ static int start_daemon(srv_server *s, int port) {
     snprintf(ps, sizeof ps, "%d", port);
     int g = getaddrinfo(s->host, ps, &hints, &ai);
     if (g) return err_set(ERR_INVAL, "--host '%s': %s", s->host, gai_strerror(g));
+    // libmicrohttpd's start says only that it failed: bind the address once ourselves (with
+    // SO_REUSEADDR, as libmicrohttpd does) to report the reason, e.g. "Address already in use".
+    char where[300];
+    snprintf(where, sizeof where, "%s%s%s:%d", strchr(s->host, ':') ? "[" : "", s->host,
+             strchr(s->host, ':') ? "]" : "", port);
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        freeaddrinfo(ai);
+        return err_set(ERR_NET, "cannot listen on %s: %s", where, strerror(e));
+    }
+    close(fd);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
@@ -544,9 +559,9 @@ static int start_daemon(srv_server *s, int port) {
                               MHD_OPTION_CONNECTION_LIMIT, 1000u, MHD_OPTION_CONNECTION_TIMEOUT,
                               600u, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, MHD_OPTION_END);
     freeaddrinfo(ai);
-    if (!s->mhd)
-        return err_set(ERR_NET, "cannot listen on %s:%d (address in use or not local?)", s->host,
-                       port);
+    if (!s->mhd) // the address was free a moment ago: give libmicrohttpd's last message
+        return err_set(ERR_NET, "cannot listen on %s: %s", where,
+                       s->mhd_err[0] ? s->mhd_err : "libmicrohttpd failed to start");
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
     s->port = info ? info->port : port;
     return ERR_OK;

@@ -32,7 +32,8 @@ typedef struct srv_config {
 // ckpt_*.h5, then polled for newer ones), binds host:port and starts serving. c may be NULL for
 // all defaults; its strings are copied. On success the caller owns *out (srv_destroy). Returns
 // ERR_OK, the errors of gpt_load / tok_from_spec (naming the file), ERR_INVAL for a bad setting
-// (naming it) or ERR_NET when the address cannot be bound.
+// (naming it) or ERR_NET when the address cannot be bound ("cannot listen on HOST:PORT: " and
+// the reason, e.g. "Address already in use").
 int srv_create(srv_server **out, const char *path, const srv_config *c);
 
 // srv_port returns the bound TCP port (useful with port 0).

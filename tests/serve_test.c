@@ -6,6 +6,7 @@
 // char-level tokenizer. Each test runs its own server in its own (forked) process.
 #include <criterion/criterion.h>
 #include <curl/curl.h>
+#include <errno.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <signal.h>
@@ -1188,7 +1189,10 @@ Test(serve, create_fails_cleanly_on_bad_settings_busy_port_or_corrupt_checkpoint
     cr_assert_eq(srv_create(&s, ck, NULL), ERR_OK, "%s", err_msg());
     c = (srv_config){.port = srv_port(s)};
     cr_assert_eq(srv_create(&s2, ck, &c), ERR_NET);
-    cr_assert(strstr(err_msg(), "cannot listen"), "%s", err_msg());
+    char want[128];
+    snprintf(want, sizeof want, "cannot listen on 127.0.0.1:%d: %s", srv_port(s),
+             strerror(EADDRINUSE));
+    cr_assert_str_eq(err_msg(), want);
     srv_destroy(s);
 }
 
@@ -1229,6 +1233,14 @@ Test(serve, spartan_serve_process_starts_answers_and_stops_on_sigterm, .init = s
         if (!port) usleep(10000);
     }
     cr_assert(port > 0, "no URL line from spartan serve");
+    // a second server on the same port names the address and the reason
+    snprintf(cmd, sizeof cmd, "%s serve %s --port %d", tu_spartan(), ck, port);
+    cr_assert_eq(tu_run(cmd, 10, &out), 1, "%s", out);
+    char want[128];
+    snprintf(want, sizeof want, "spartan serve: cannot listen on 127.0.0.1:%d: %s\n", port,
+             strerror(EADDRINUSE));
+    cr_assert(strstr(out, want), "%s", out);
+    free(out);
     server sv;
     snprintf(sv.base, sizeof sv.base, "http://127.0.0.1:%d", port);
     json_t *j = post(&sv, "/v1/completions", "{\"prompt\":\"hi\",\"max_tokens\":4}", 200);
