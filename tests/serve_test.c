@@ -1249,3 +1249,50 @@ Test(serve, spartan_serve_process_starts_answers_and_stops_on_sigterm, .init = s
     kill(pid, SIGTERM);
     cr_assert_eq(tu_wait_exit(pid, 10), 0, "spartan serve must exit 0 on SIGTERM");
 }
+
+// wait_file_has waits until the file at path contains want and returns its text (caller frees);
+// fails the test after timeout_ms.
+static char *wait_file_has(const char *path, const char *want, int timeout_ms) {
+    double t0 = tu_now_ms();
+    for (;;) {
+        char *text = NULL;
+        if (!tu_read_file(path, &text, NULL) && strstr(text, want)) return text;
+        cr_assert(tu_now_ms() - t0 < timeout_ms, "no '%s' in %s after %d ms:\n%s", want, path,
+                  timeout_ms, text ? text : "");
+        free(text);
+        usleep(10000);
+    }
+}
+
+Test(serve, truncated_checkpoint_in_a_served_folder_is_refused_with_one_clean_line, .init = setup,
+     .fini = teardown) {
+    char dir[600], p[700], err[700], *data;
+    size_t n;
+    snprintf(dir, sizeof dir, "%s/run", g_dir);
+    cr_assert_eq(sys_mkdir_p(dir), ERR_OK);
+    snprintf(p, sizeof p, "%s/ckpt_00000001.h5", dir);
+    write_ckpt(p, 2, 32, 64, 7, 0.4f, 1);
+    snprintf(err, sizeof err, "%s/serve.err", g_dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen("/dev/null", "w", stdout) || !freopen(err, "w", stderr)) _exit(126);
+        execl(tu_spartan(), tu_spartan(), "serve", dir, "--port", "0", "--threads", "1",
+              "--reload-ms", "20", (char *)NULL);
+        _exit(127);
+    }
+    free(wait_file_has(err, "serving model=", 15000));
+    // the first half of a valid checkpoint, renamed in as the newest
+    cr_assert_eq(tu_read_file(p, &data, &n), 0);
+    char tmp[700], to[700];
+    snprintf(tmp, sizeof tmp, "%s/cut.tmp", g_dir);
+    snprintf(to, sizeof to, "%s/ckpt_00000002.h5", dir);
+    cr_assert_eq(tu_write_file(tmp, data, n / 2), 0);
+    cr_assert_eq(rename(tmp, to), 0);
+    free(data);
+    char *text = wait_file_has(err, "reload refused:", 15000);
+    kill(pid, SIGTERM);
+    cr_assert_eq(tu_wait_exit(pid, 10), 0, "spartan serve must exit 0 on SIGTERM");
+    cr_assert(strstr(text, "ckpt_00000002.h5"), "%s", text);
+    cr_assert(!strstr(text, "HDF5-DIAG"), "HDF5's own error printing leaked:\n%s", text);
+    free(text);
+}
