@@ -646,12 +646,13 @@ void srv_destroy(srv_server *s) {
     if (s->reloader_started) pthread_join(s->reloader, NULL);
     if (s->sched_started) pthread_join(s->sched, NULL); // ends every request, resumes them
     // Let the resumed connections send their last bytes: libmicrohttpd must not be stopped
-    // with a suspended connection. Bounded, in case a client stopped reading.
-    for (int i = 0; i < 2000; i++) {
+    // with a suspended connection. At most 2 s (a deadline, not a count of sleeps, which load
+    // stretches), in case a client stopped reading.
+    for (double until = sys_now_ms() + 2000;;) {
         pthread_mutex_lock(&s->mu);
         int n = s->n_conn_reqs;
         pthread_mutex_unlock(&s->mu);
-        if (n == 0 || !s->mhd) break;
+        if (n == 0 || !s->mhd || sys_now_ms() > until) break;
         usleep(1000);
     }
     if (s->mhd) MHD_stop_daemon(s->mhd);
