@@ -1004,7 +1004,7 @@ static char *greedy(const server *sv, int max_tokens) {
 // switched weights halfway.
 Test(serve, hot_reload_swaps_in_newer_checkpoint_and_refuses_a_corrupt_one, .init = setup,
      .fini = teardown, .timeout = 60) {
-    enum { N = 1000, WAIT_MS = 15000 };
+    enum { N = 500, WAIT_MS = 15000 };
     char dir[600], stage[600], p[700], to[700];
     snprintf(dir, sizeof dir, "%s/run", g_dir);
     snprintf(stage, sizeof stage, "%s/stage", g_dir);
