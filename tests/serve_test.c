@@ -36,6 +36,7 @@ static const char VOCAB[] = "\n !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNO
                             "[\\]^_`abcdefghijklmnopqrstuvwxyz{|}";
 
 static char *g_dir;
+static pid_t g_child; // a `spartan serve` process a failed assertion would otherwise leave running
 
 static void setup(void) {
     log_set_level(LOG_WARN);
@@ -45,6 +46,10 @@ static void setup(void) {
 }
 
 static void teardown(void) {
+    if (g_child > 0) {
+        kill(g_child, SIGKILL);
+        waitpid(g_child, NULL, 0);
+    }
     tu_rm_rf(g_dir);
     free(g_dir);
     curl_global_cleanup();
@@ -1210,6 +1215,7 @@ Test(serve, spartan_serve_process_starts_answers_and_stops_on_sigterm, .init = s
               (char *)NULL);
         _exit(127);
     }
+    g_child = pid;
     int port = 0;
     for (int i = 0; i < 1000 && !port; i++) {
         char *text = NULL;
@@ -1235,6 +1241,7 @@ Test(serve, spartan_serve_process_starts_answers_and_stops_on_sigterm, .init = s
     cr_assert_eq(jint(j, "usage.completion_tokens"), 4);
     json_decref(j);
     kill(pid, SIGTERM);
+    g_child = 0; // reaped (or killed at the timeout) by tu_wait_exit
     cr_assert_eq(tu_wait_exit(pid, 10), 0, "spartan serve must exit 0 on SIGTERM");
 }
 
@@ -1268,6 +1275,7 @@ Test(serve, truncated_checkpoint_in_a_served_folder_is_refused_with_one_clean_li
               "--reload-ms", "20", (char *)NULL);
         _exit(127);
     }
+    g_child = pid;
     free(wait_file_has(err, "serving model=", 15000));
     // the first half of a valid checkpoint, renamed in as the newest
     cr_assert_eq(tu_read_file(p, &data, &n), 0);
@@ -1279,6 +1287,7 @@ Test(serve, truncated_checkpoint_in_a_served_folder_is_refused_with_one_clean_li
     free(data);
     char *text = wait_file_has(err, "reload refused:", 15000);
     kill(pid, SIGTERM);
+    g_child = 0; // reaped (or killed at the timeout) by tu_wait_exit
     cr_assert_eq(tu_wait_exit(pid, 10), 0, "spartan serve must exit 0 on SIGTERM");
     cr_assert(strstr(text, "ckpt_00000002.h5"), "%s", text);
     cr_assert(!strstr(text, "HDF5-DIAG"), "HDF5's own error printing leaked:\n%s", text);
