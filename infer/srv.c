@@ -4,7 +4,8 @@
 // daemon thread, bound to the current model (one reference each, so a reload never frees
 // weights in use) and queued for the scheduler (srv_sched.c). A stream's bytes reach the socket
 // through a content-reader callback that suspends the connection when it has nothing to send;
-// the scheduler resumes it. Threads: caller (create/destroy), daemon, scheduler, reloader.
+// the scheduler resumes it, and pauses a stream whose unsent bytes reach stream_buffer.
+// Threads: caller (create/destroy), daemon, scheduler, reloader.
 #include "srv.h"
 
 #include <errno.h>
@@ -208,8 +209,9 @@ static int authorized(const srv_server *s, struct MHD_Connection *c, int ep) {
     return diff == 0;
 }
 
-// stream_reader hands a stream's formatted bytes to libmicrohttpd; with nothing to send it
-// suspends the connection until the scheduler resumes it (srv_sched.c deliver).
+// stream_reader hands a stream's formatted bytes to libmicrohttpd (which calls it only when the
+// socket can take more); with nothing to send it suspends the connection until the scheduler
+// resumes it (srv_sched.c deliver).
 static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max) {
     srv_req *r = cls;
     srv_server *s = r->srv;
@@ -220,6 +222,8 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *out, size_t max) {
         if (n > max) n = max;
         memcpy(out, r->out + r->out_off, n);
         r->out_off += n;
+        if (r->paused && r->out_len - r->out_off < s->stream_buffer)
+            pthread_cond_signal(&s->wake); // the client caught up: generate again
         pthread_mutex_unlock(&s->mu);
         return (ssize_t)n;
     }
@@ -354,9 +358,9 @@ static enum MHD_Result dispatch(srv_server *s, struct MHD_Connection *c, conn_ct
     case SRV_EP_TAGS: body = srv_api_tags(s, m); break;
     default: { // SRV_EP_METRICS
         int64_t step = m->step;
-        int active = s->n_active, queued = s->n_queued;
+        int active = s->n_active, queued = s->n_queued, paused = s->n_paused;
         pthread_mutex_unlock(&s->mu);
-        body = srv_metrics_render(&s->metrics, step, active, queued, s->max_batch);
+        body = srv_metrics_render(&s->metrics, step, active, queued, paused, s->max_batch);
         // this scrape is counted after rendering: it shows up in the next one
         return reply(s, c, ep, 200, "text/plain; version=0.0.4", body);
     }
@@ -427,14 +431,29 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     *con_cls = NULL;
 }
 
+// on_connection caps each connection's socket send buffer at stream_buffer. Otherwise Linux grows
+// it up to tcp_wmem's 4 MiB, which holds a whole generation for a client that stopped reading,
+// and the scheduler's backpressure (srv_sched.c) would never see it.
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe) {
+    srv_server *s = cls;
+    (void)socket_context;
+    if (toe != MHD_CONNECTION_NOTIFY_STARTED) return;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    int n = (int)s->stream_buffer;
+    if (ci) setsockopt(ci->connect_fd, SOL_SOCKET, SO_SNDBUF, &n, sizeof n); // best effort
+}
+
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
     char msg[512];
-    (void)cls;
     vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
     while (n && msg[n - 1] == '\n')
         msg[--n] = 0;
     LOG_D("srv", "microhttpd: %s", msg);
+    srv_server *s = cls; // kept for a failed start (read only after MHD_start_daemon returns)
+    snprintf(s->mhd_err, sizeof s->mhd_err, "%s", msg);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -484,6 +503,7 @@ static void *reload_main(void *arg) {
             srv_model_release(s, old);
             srv_metrics_add(&s->metrics, SRV_M_RELOADS, 1);
         }
+        srv_metrics_add(&s->metrics, SRV_M_RELOAD_POLLS, 1); // counted once its outcome shows
     }
     pthread_mutex_unlock(&s->mu);
     free(refused);
@@ -516,18 +536,32 @@ static int start_daemon(srv_server *s, int port) {
     snprintf(ps, sizeof ps, "%d", port);
     int g = getaddrinfo(s->host, ps, &hints, &ai);
     if (g) return err_set(ERR_INVAL, "--host '%s': %s", s->host, gai_strerror(g));
+    // libmicrohttpd's start says only that it failed: bind the address once ourselves (with
+    // SO_REUSEADDR, as libmicrohttpd does) to report the reason, e.g. "Address already in use".
+    char where[300];
+    snprintf(where, sizeof where, "%s%s%s:%d", strchr(s->host, ':') ? "[" : "", s->host,
+             strchr(s->host, ':') ? "]" : "", port);
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        freeaddrinfo(ai);
+        return err_set(ERR_NET, "cannot listen on %s: %s", where, strerror(e));
+    }
+    close(fd);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    s->mhd =
-        MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
-                         ai->ai_addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                         MHD_OPTION_CONNECTION_LIMIT, 1000u, MHD_OPTION_CONNECTION_TIMEOUT, 600u,
-                         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, MHD_OPTION_END);
+    s->mhd = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, s,
+                              MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_NOTIFY_COMPLETED,
+                              on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                              MHD_OPTION_CONNECTION_LIMIT, 1000u, MHD_OPTION_CONNECTION_TIMEOUT,
+                              600u, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, MHD_OPTION_END);
     freeaddrinfo(ai);
-    if (!s->mhd)
-        return err_set(ERR_NET, "cannot listen on %s:%d (address in use or not local?)", s->host,
-                       port);
+    if (!s->mhd) // the address was free a moment ago: give libmicrohttpd's last message
+        return err_set(ERR_NET, "cannot listen on %s: %s", where,
+                       s->mhd_err[0] ? s->mhd_err : "libmicrohttpd failed to start");
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
     s->port = info ? info->port : port;
     return ERR_OK;
@@ -541,6 +575,8 @@ int srv_create(srv_server **out, const char *path, const srv_config *c) {
     if (c->max_batch < 0 || c->max_batch > 4096)
         return err_set(ERR_INVAL, "max_batch %d is not in [1, 4096]", c->max_batch);
     if (c->threads < 0) return err_set(ERR_INVAL, "threads %d is negative", c->threads);
+    if (c->stream_buffer < 0)
+        return err_set(ERR_INVAL, "stream_buffer %d is negative", c->stream_buffer);
     struct stat st;
     if (stat(path, &st) != 0) return err_set(ERR_IO, "%s: %s", path, strerror(errno));
     srv_server *s = xcalloc(1, sizeof *s);
@@ -552,6 +588,7 @@ int srv_create(srv_server **out, const char *path, const srv_config *c) {
     s->threads = c->threads;
     s->max_batch = c->max_batch ? c->max_batch : 8;
     s->reload_ms = c->reload_ms ? c->reload_ms : 1000;
+    s->stream_buffer = c->stream_buffer ? (size_t)c->stream_buffer : 65536;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->wake, NULL);
     pthread_cond_init(&s->rwake, NULL);
@@ -609,12 +646,13 @@ void srv_destroy(srv_server *s) {
     if (s->reloader_started) pthread_join(s->reloader, NULL);
     if (s->sched_started) pthread_join(s->sched, NULL); // ends every request, resumes them
     // Let the resumed connections send their last bytes: libmicrohttpd must not be stopped
-    // with a suspended connection. Bounded, in case a client stopped reading.
-    for (int i = 0; i < 2000; i++) {
+    // with a suspended connection. At most 2 s (a deadline, not a count of sleeps, which load
+    // stretches), in case a client stopped reading.
+    for (double until = sys_now_ms() + 2000;;) {
         pthread_mutex_lock(&s->mu);
         int n = s->n_conn_reqs;
         pthread_mutex_unlock(&s->mu);
-        if (n == 0 || !s->mhd) break;
+        if (n == 0 || !s->mhd || sys_now_ms() > until) break;
         usleep(1000);
     }
     if (s->mhd) MHD_stop_daemon(s->mhd);

@@ -3,7 +3,9 @@
 // endpoints, /health, Prometheus /metrics and a chat page at /, over libmicrohttpd. Requests are
 // decoded by one scheduler thread with continuous batching on a KV-cache engine (kv.h); a folder
 // is polled and its newest checkpoint hot-reloaded while requests in flight finish on the old
-// weights. srv_create/srv_destroy are called from one thread; the server runs its own threads.
+// weights. A stream whose client reads slower than it is generated pauses (backpressure): a
+// stalled client holds its slot and about stream_buffer bytes, never the whole generation.
+// srv_create/srv_destroy are called from one thread; the server runs its own threads.
 #ifndef SRV_H
 #define SRV_H
 
@@ -21,13 +23,17 @@ typedef struct srv_config {
     int max_batch;          // sequences decoded together (KV slots) [8]
     int reload_ms;          // poll interval of a checkpoint folder, < 0 = never [1000]
     const char *model_name; // name in /v1/models and /api/tags [basename of the path, no .h5]
+    int stream_buffer;      // bytes of a stream's events that may wait for a slow client; at
+                            // this many its generation pauses until the client reads. Also
+                            // each connection's socket send buffer [65536]
 } srv_config;
 
 // srv_create loads the checkpoint at path (a file, or a folder: its newest complete
 // ckpt_*.h5, then polled for newer ones), binds host:port and starts serving. c may be NULL for
 // all defaults; its strings are copied. On success the caller owns *out (srv_destroy). Returns
 // ERR_OK, the errors of gpt_load / tok_from_spec (naming the file), ERR_INVAL for a bad setting
-// (naming it) or ERR_NET when the address cannot be bound.
+// (naming it) or ERR_NET when the address cannot be bound ("cannot listen on HOST:PORT: " and
+// the reason, e.g. "Address already in use").
 int srv_create(srv_server **out, const char *path, const srv_config *c);
 
 // srv_port returns the bound TCP port (useful with port 0).

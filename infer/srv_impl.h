@@ -87,6 +87,8 @@ struct srv_req {
     int done;      // the scheduler is finished with it (out or body is complete)
     int suspended; // the connection is suspended, waiting for bytes (resume it)
     int conn_gone; // libmicrohttpd is done with the connection (answered or client left)
+    int paused;    // written by the scheduler: a stream not decoded while stream_buffer bytes
+                   // wait for its client (the reader wakes the scheduler when it takes them)
     int refs;      // the connection's and the scheduler's
 };
 
@@ -103,6 +105,7 @@ enum {
     SRV_M_CANCELLED,
     SRV_M_RELOADS,
     SRV_M_RELOAD_FAILS,
+    SRV_M_RELOAD_POLLS,
     SRV_M_COUNT
 };
 
@@ -116,13 +119,16 @@ typedef struct srv_metrics {
 struct srv_server {
     char *path, *host, *api_key, *name;
     int is_dir, threads, max_batch, reload_ms, port;
+    size_t stream_buffer; // unsent stream bytes at which a generation pauses
     struct MHD_Daemon *mhd;
+    char mhd_err[256]; // libmicrohttpd's last log message (explains a failed start)
     pthread_mutex_t mu;
     pthread_cond_t wake;  // scheduler: work arrived or stop
     pthread_cond_t rwake; // reloader: stop
     srv_model *cur;       // shared: the model new requests bind to
     srv_req *q_head, *q_tail;
     int n_queued, n_active; // shared: waiting and decoding requests
+    int n_paused;           // shared: active streams paused for their client
     int stopping;           // shared
     int n_conn_reqs;        // shared: connections with a generation request attached
     uint64_t next_id;       // shared
@@ -171,7 +177,8 @@ void srv_metrics_request(srv_metrics *m, int ep, int status);
 void srv_metrics_token(srv_metrics *m, double ttft_s, double gap_s); // < 0: not measured
 void srv_metrics_add(srv_metrics *m, int counter, uint64_t n);
 // srv_metrics_render returns the Prometheus text (caller frees).
-char *srv_metrics_render(srv_metrics *m, int64_t step, int active, int queued, int max_batch);
+char *srv_metrics_render(srv_metrics *m, int64_t step, int active, int queued, int paused,
+                         int max_batch);
 
 // chat_page.c
 extern const char srv_chat_page[];

@@ -81,7 +81,8 @@ static void put_gauge(FILE *f, const char *name, const char *help, long long v) 
     fprintf(f, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, v);
 }
 
-char *srv_metrics_render(srv_metrics *m, int64_t step, int active, int queued, int max_batch) {
+char *srv_metrics_render(srv_metrics *m, int64_t step, int active, int queued, int paused,
+                         int max_batch) {
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
@@ -112,6 +113,8 @@ char *srv_metrics_render(srv_metrics *m, int64_t step, int active, int queued, i
     put_counter(f, "spartan_reloads_total", "Checkpoints hot-reloaded.", m->count[SRV_M_RELOADS]);
     put_counter(f, "spartan_reload_failures_total", "Newer checkpoints refused (corrupt).",
                 m->count[SRV_M_RELOAD_FAILS]);
+    put_counter(f, "spartan_reload_polls_total", "Checks of the checkpoint folder for a newer one.",
+                m->count[SRV_M_RELOAD_POLLS]);
     put_hist(f, "spartan_ttft_seconds", "Time from request to first token.", &m->ttft);
     put_hist(f, "spartan_token_latency_seconds", "Time between consecutive tokens of a stream.",
              &m->tpot);
@@ -120,6 +123,8 @@ char *srv_metrics_render(srv_metrics *m, int64_t step, int active, int queued, i
               (long long)step);
     put_gauge(f, "spartan_active_slots", "Sequences being decoded.", active);
     put_gauge(f, "spartan_queued_requests", "Requests waiting for a slot.", queued);
+    put_gauge(f, "spartan_paused_streams",
+              "Streams paused until their client reads what was generated.", paused);
     put_gauge(f, "spartan_max_batch", "Decode slots.", max_batch);
     fclose(f);
     return text;

@@ -4,8 +4,11 @@
 // within the step's token budget. Each request whose logits are ready samples its next token
 // (sample_next, draw index = tokens generated so far, as `spartan sample` does), checks
 // end-of-text, stop strings, max_tokens and the end of the context, and hands the text that can
-// no longer be part of a stop string to its connection. Only this thread calls kv_* and touches
-// the "scheduler" fields of srv_req; it takes srv_server.mu only to exchange requests and bytes.
+// no longer be part of a stop string to its connection. A stream with stream_buffer bytes still
+// unsent is paused (skipped) until its client reads them, so a slow client bounds its own
+// generation instead of growing its buffer; with nothing runnable the thread sleeps until a
+// request, a reader or a hang-up wakes it. Only this thread calls kv_* and touches the
+// "scheduler" fields of srv_req; it takes srv_server.mu only to exchange requests and bytes.
 #include <stdlib.h>
 #include <string.h>
 
@@ -156,7 +159,8 @@ static void step_model(srv_server *s, sched *q, srv_model *m) {
     for (int pass = 0; pass < 2; pass++) // decodes first, then prompt chunks
         for (int i = 0; i < q->na; i++) {
             srv_req *r = q->act[i];
-            if (r->model != m || (pass == 0) != (r->fed == r->n_prompt) || budget <= 0) continue;
+            if (r->model != m || r->paused || (pass == 0) != (r->fed == r->n_prompt) || budget <= 0)
+                continue;
             int k = pass == 0 ? 1 : r->n_prompt - r->fed;
             if (k > budget) k = budget;
             m->slots[n] = r->slot;
@@ -238,8 +242,10 @@ static void deliver(srv_server *s, sched *q) {
         MHD_resume_connection(q->resume[i]);
 }
 
-// admit (under mu) drops requests whose client left and fills free slots from the queue.
-static void admit(srv_server *s, sched *q) {
+// admit (under mu) drops requests whose client left, fills free slots from the queue and pauses
+// the streams whose client has not taken stream_buffer bytes yet. Returns how many active
+// requests can be decoded now.
+static int admit(srv_server *s, sched *q) {
     int kept = 0;
     for (int i = 0; i < q->na; i++) {
         srv_req *r = q->act[i];
@@ -269,6 +275,13 @@ static void admit(srv_server *s, sched *q) {
         q->act[q->na++] = r;
     }
     s->n_active = q->na;
+    s->n_paused = 0;
+    for (int i = 0; i < q->na; i++) {
+        srv_req *r = q->act[i];
+        r->paused = r->stream && r->out_len - r->out_off >= s->stream_buffer;
+        s->n_paused += r->paused;
+    }
+    return q->na - s->n_paused;
 }
 
 // shutdown_all (under mu) ends every active and queued request and returns the connections to
@@ -298,7 +311,7 @@ static int shutdown_all(srv_server *s, sched *q) {
     s->q_head = s->q_tail = NULL;
     s->n_queued = 0;
     q->na = 0;
-    s->n_active = 0;
+    s->n_active = s->n_paused = 0;
     return nres;
 }
 
@@ -315,7 +328,7 @@ void *srv_sched_main(void *arg) {
     q.resume = xcalloc(cap, sizeof(struct MHD_Connection *));
     for (;;) {
         pthread_mutex_lock(&s->mu);
-        while (!s->stopping && q.na == 0 && !s->q_head)
+        while (!s->stopping && admit(s, &q) == 0)
             pthread_cond_wait(&s->wake, &s->mu);
         if (s->stopping) {
             if (cap < (size_t)(q.na + s->n_queued)) {
@@ -328,7 +341,6 @@ void *srv_sched_main(void *arg) {
                 MHD_resume_connection(q.resume[i]);
             break;
         }
-        admit(s, &q);
         pthread_mutex_unlock(&s->mu);
         // one kv_step per distinct model (two only while a reload drains the old one)
         for (int i = 0; i < q.na; i++) {

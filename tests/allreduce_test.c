@@ -10,6 +10,7 @@
 #include <float.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,8 +45,10 @@ typedef struct peer {
     int timeout_ms, rc;
     ar_stats st;
     char msg[256];
-    int agree;          // ar_agree first, then ar_mean_group over the members
-    int start_after_ms; // sleep this long before starting
+    int agree;               // ar_agree first, then ar_mean_group over the members
+    int start_after_ms;      // sleep this long before starting
+    const atomic_int *after; // if set, start only once it is non-zero (another peer's done)
+    atomic_int done;         // set when this peer's call has returned
     int members[MAXP], nm, ahead;
 } peer;
 
@@ -85,6 +88,8 @@ static void ring_close(ring *r) {
 static void *peer_main(void *arg) {
     peer *p = arg;
     if (p->start_after_ms) usleep((useconds_t)p->start_after_ms * 1000);
+    while (p->after && !atomic_load(p->after))
+        usleep(1000);
     if (p->agree) {
         p->rc = ar_agree(p->ctx, p->tag, p->timeout_ms, p->members, &p->nm, &p->ahead, NULL);
         if (!p->rc && p->nm > 0)
@@ -94,6 +99,7 @@ static void *peer_main(void *arg) {
         p->rc = ar_mean(p->ctx, p->x, p->n, p->tag, p->timeout_ms, &p->st);
     }
     snprintf(p->msg, sizeof p->msg, "%s", p->rc ? err_msg() : "");
+    atomic_store(&p->done, 1);
     return NULL;
 }
 
@@ -556,22 +562,27 @@ Test(allreduce, a_peer_arriving_after_the_decision_learns_it_is_out) {
     vecs v;
     vecs_fill(&v, 2, 1000, 13);
     r.p[0].agree = r.p[1].agree = 1;
-    r.p[1].start_after_ms = 600; // rank 0 gives up on it after 200 ms
+    r.p[1].after = &r.p[0].done; // rank 1 starts once rank 0 has given up on it (200 ms)
     ring_run(&r, v.x, 1000, 5, 200);
     ring_expect_ok(&r);
     cr_assert_eq(r.p[0].nm, 1, "rank 0 should go on alone, got %d members", r.p[0].nm);
     cr_assert_eq(r.p[1].nm, 0, "rank 1 should know it was left out, got %d members", r.p[1].nm);
     cr_assert(memcmp(v.x[0], v.orig[0], 1000 * sizeof(float)) == 0, "alone: x must not change");
     // the next call: rank 0's later tag tells a peer still at tag 5 that it is behind
-    r.p[1].start_after_ms = 0;
     int mem[MAXP], nm, ahead;
     pthread_t th;
+    net_stats st0;
+    net_get_stats(r.mesh[0], &st0);
+    uint64_t sent = st0.msgs_sent;
     r.p[0].tag = 6;
     r.p[0].n = 1000;
     r.p[0].timeout_ms = 200;
-    r.p[0].start_after_ms = 0;
     cr_assert_eq(pthread_create(&th, NULL, peer_main, &r.p[0]), 0);
-    usleep(50000);
+    // rank 1 looks once rank 0's HERE of tag 6 is on its way (not after a guessed sleep)
+    for (t0 = now_ms(); st0.msgs_sent == sent; net_get_stats(r.mesh[0], &st0)) {
+        cr_assert(now_ms() - t0 < 10000, "rank 0 sent nothing for tag 6");
+        usleep(1000);
+    }
     cr_assert_eq(ar_agree(r.p[1].ctx, 5, 400, mem, &nm, &ahead, NULL), ERR_OK, "%s", err_msg());
     pthread_join(th, NULL);
     cr_assert_eq(ahead, 1, "a HERE of tag 6 must mark tag 5 as behind");

@@ -2,6 +2,9 @@
 // denormals), atomic commit/abort through "<path>.tmp", and clear ERR_IO / ERR_FORMAT errors for
 // missing, garbage, truncated and mismatched files. One temp directory per test (Criterion forks).
 #include <criterion/criterion.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -350,6 +353,47 @@ Test(ckpt, truncated_file_is_format_error) {
     cr_assert_eq(tu_write_file(half, bytes, 2048), 0);
     assert_open_format_error(half);
     free(bytes);
+}
+
+// open_half runs on a thread of its own: it opens "<path>" expecting a truncated file.
+static void *open_half(void *path) {
+    ckpt_reader *r = NULL;
+    int rc = ckpt_reader_open(&r, path);
+    if (rc == ERR_OK) ckpt_reader_close(r);
+    return (void *)(intptr_t)rc;
+}
+
+// HDF5 keeps its automatic error printing per thread (thread-safe builds): a thread other than
+// the first to call ckpt_ (as the server's reload thread is) must not print HDF5-DIAG stacks.
+Test(ckpt, errors_on_a_second_thread_print_nothing) {
+    char path[1024], half[1024], log[1024];
+    in_dir(path, "full.h5");
+    in_dir(half, "half.h5");
+    in_dir(log, "stderr.txt");
+    enum { N = 64 * 1024 };
+    static float big[N];
+    write_two(path, big, N); // this thread calls ckpt_ first
+    char *bytes;
+    size_t n;
+    cr_assert_eq(tu_read_file(path, &bytes, &n), 0);
+    cr_assert_eq(tu_write_file(half, bytes, n / 2), 0);
+    free(bytes);
+    fflush(stderr);
+    int saved = dup(2), fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    cr_assert(saved >= 0 && fd >= 0 && dup2(fd, 2) == 2);
+    pthread_t th;
+    void *rc = NULL;
+    cr_assert_eq(pthread_create(&th, NULL, open_half, half), 0);
+    pthread_join(th, &rc);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    close(fd);
+    cr_assert_eq((int)(intptr_t)rc, ERR_FORMAT);
+    char *text;
+    cr_assert_eq(tu_read_file(log, &text, &n), 0);
+    cr_assert_eq(n, 0, "the second thread printed:\n%s", text);
+    free(text);
 }
 
 Test(ckpt, reading_data_cut_off_after_open_is_format_error) {

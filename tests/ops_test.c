@@ -4,11 +4,14 @@
 // enough to take the OpenMP paths. Each test runs in its own Criterion process.
 #include <criterion/criterion.h>
 
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "err.h"
 #include "ops.h"
@@ -491,13 +494,31 @@ Test(ops, attention_forward_is_causal_softmax_weighted_values) {
     free(att);
 }
 
-Test(ops, attention_rejects_heads_that_do_not_divide_channels, .signal = SIGABRT) {
-    float qkv[3 * 10], out[10], att[1];
-    memset(qkv, 0, sizeof qkv);
-    // The expected ASSERT prints one line before it aborts: keep it out of a passing run's output
-    // (this test runs in its own Criterion child, so its stderr is ours to close).
-    cr_assert_not_null(freopen("/dev/null", "w", stderr));
-    ops_attention_forward(out, att, qkv, 1, 1, 10, 3);
+// The ASSERT aborts. It runs in a child whose stderr goes to a file, so that the test checks the
+// message and the passing suite's output stays clean.
+Test(ops, attention_rejects_heads_that_do_not_divide_channels) {
+    char *dir = tu_tmpdir("ops"), log[1024];
+    cr_assert(dir);
+    snprintf(log, sizeof log, "%s/stderr.txt", dir);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0 || dup2(fd, 2) < 0) _exit(126);
+        float qkv[3 * 10], out[10], att[1];
+        memset(qkv, 0, sizeof qkv);
+        ops_attention_forward(out, att, qkv, 1, 1, 10, 3);
+        _exit(0);
+    }
+    int st = 0;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "wait status %#x, want SIGABRT", st);
+    char *text = NULL;
+    cr_assert_eq(tu_read_file(log, &text, NULL), 0);
+    cr_assert(strstr(text, "spartan: assertion failed: NH > 0 && C % NH == 0"), "stderr: %s", text);
+    free(text);
+    tu_rm_rf(dir);
+    free(dir);
 }
 
 struct att_ctx {

@@ -358,7 +358,9 @@ static float *load(const char *path, size_t *n) {
 }
 
 // sync_run runs P = 3 peers with sync rounds and extra settings; every round must complete
-// (metrics.csv column 12) without a timeout and without a catch-up jump.
+// (metrics.csv column 12) without a timeout and without a catch-up jump. A round that waited for
+// its timeout logs "incomplete after": the log tells, not the wall time (which depends on the
+// machine).
 static void sync_run(const char *extra, int steps, int rounds) {
     cluster c;
     cluster_open(&c, 3);
@@ -367,9 +369,7 @@ static void sync_run(const char *extra, int steps, int rounds) {
              "--set sparta.p=0.05 --set sparta.sync=true --set sparta.timeout_ms=20000 "
              "--set train.max_iters=%d %s",
              steps, extra);
-    double t0 = tu_now_ms();
     run_all(&c, 3, args);
-    double s = (tu_now_ms() - t0) / 1e3;
     for (int i = 0; i < 3; i++) {
         char path[700];
         snprintf(path, sizeof path, "%s/rank%d/metrics.csv", c.dir, i);
@@ -379,7 +379,6 @@ static void sync_run(const char *extra, int steps, int rounds) {
                   "rank %d: %s:\n%s", i, extra, log);
         free(log);
     }
-    cr_assert(s < 15, "%s: %d steps took %.1f s (a round waited for its timeout)", extra, steps, s);
     tu_cluster_close(&c);
 }
 

@@ -1,8 +1,9 @@
 // ckpt.c: HDF5 checkpoints: named contiguous float32 datasets plus root attributes, written to
 // "<path>.tmp", closed, fsync'ed and renamed. Invariant: the final path only ever holds a complete,
 // fsync'ed file, and every failure of a writer removes its temp file. HDF5's own error printing is
-// off; failures carry the file, the object and HDF5's innermost error text. Single-threaded: the
-// serial HDF5 build is not thread-safe, so callers serialize all ckpt_ calls.
+// off on every calling thread; failures carry the file, the object and HDF5's innermost error
+// text. Single-threaded: a serial HDF5 build is not thread-safe, so callers serialize all ckpt_
+// calls, from whichever thread.
 #include "ckpt.h"
 
 #include <errno.h>
@@ -34,12 +35,16 @@ typedef struct {
     char s[320];
 } h5_detail;
 
+// h5_init opens the library and turns HDF5's automatic error printing off for the calling
+// thread. Thread-safe builds of HDF5 keep that setting per thread (with the thread's error
+// stack), so every ckpt_ entry point calls this: turned off once, on the first thread only, it
+// left other threads (the server's reload thread) printing HDF5-DIAG stacks to stderr.
 static void h5_init(void) {
-    static int done;
-    if (done) return;
-    H5open();
+    static _Thread_local int quiet;
+    if (quiet) return;
+    H5open(); // idempotent
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    done = 1;
+    quiet = 1;
 }
 
 static herr_t walk_cb(unsigned n, const H5E_error2_t *e, void *data) {
@@ -91,9 +96,9 @@ static hid_t make_fapl(void) {
 }
 
 int ckpt_writer_open(ckpt_writer **out, const char *path) {
+    h5_init();
     ASSERT(out && path);
     *out = NULL;
-    h5_init();
     size_t n = strlen(path);
     char *tmp = xmalloc(n + 5);
     memcpy(tmp, path, n);
@@ -139,6 +144,7 @@ int ckpt_writer_open(ckpt_writer **out, const char *path) {
 
 int ckpt_write_tensor(ckpt_writer *w, const char *name, const float *data, int ndim,
                       const size_t *shape) {
+    h5_init();
     ASSERT(w && name && shape && ndim >= 1 && ndim <= CKPT_MAX_DIMS);
     hsize_t dims[CKPT_MAX_DIMS];
     size_t count = 1;
@@ -188,6 +194,7 @@ static int write_attr(ckpt_writer *w, const char *name, hid_t ftype, hid_t mtype
 }
 
 int ckpt_write_attr_i64(ckpt_writer *w, const char *name, int64_t v) {
+    h5_init();
     hid_t space = H5Screate(H5S_SCALAR);
     int rc = write_attr(w, name, H5T_STD_I64LE, H5T_NATIVE_INT64, space, &v);
     H5Sclose(space);
@@ -195,6 +202,7 @@ int ckpt_write_attr_i64(ckpt_writer *w, const char *name, int64_t v) {
 }
 
 int ckpt_write_attr_f64(ckpt_writer *w, const char *name, double v) {
+    h5_init();
     hid_t space = H5Screate(H5S_SCALAR);
     int rc = write_attr(w, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, space, &v);
     H5Sclose(space);
@@ -212,6 +220,7 @@ static hid_t vlen_str_type(void) {
 }
 
 int ckpt_write_attr_str(ckpt_writer *w, const char *name, const char *v) {
+    h5_init();
     ASSERT(v);
     hid_t space = H5Screate(H5S_SCALAR);
     hid_t t = vlen_str_type();
@@ -222,6 +231,7 @@ int ckpt_write_attr_str(ckpt_writer *w, const char *name, const char *v) {
 }
 
 int ckpt_write_attr_u64s(ckpt_writer *w, const char *name, const uint64_t *v, size_t n) {
+    h5_init();
     ASSERT(v || n == 0);
     hsize_t dim = n;
     // An empty array has a null dataspace (h5py shows h5py.Empty); a zero-length simple one
@@ -241,6 +251,7 @@ static void writer_free(ckpt_writer *w) {
 }
 
 int ckpt_writer_commit(ckpt_writer *w) {
+    h5_init();
     ASSERT(w);
     int rc = ERR_OK;
     h5_detail why;
@@ -264,6 +275,7 @@ int ckpt_writer_commit(ckpt_writer *w) {
 }
 
 void ckpt_writer_abort(ckpt_writer *w) {
+    h5_init();
     if (!w) return;
     H5Fclose(w->file);
     unlink(w->tmp);
@@ -271,9 +283,9 @@ void ckpt_writer_abort(ckpt_writer *w) {
 }
 
 int ckpt_reader_open(ckpt_reader **out, const char *path) {
+    h5_init();
     ASSERT(out && path);
     *out = NULL;
-    h5_init();
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return err_set(ERR_IO, "ckpt: cannot open '%s': %s", path, strerror(errno));
     struct stat st;
@@ -339,6 +351,7 @@ static int open_dataset(ckpt_reader *r, const char *name, hid_t *out) {
 }
 
 int ckpt_has(ckpt_reader *r, const char *name) {
+    h5_init();
     ASSERT(r && name);
     if (!link_exists(r->file, name)) return 0;
     hid_t o = H5Oopen(r->file, name, H5P_DEFAULT);
@@ -377,6 +390,7 @@ static int check_in_file(ckpt_reader *r, hid_t d, const char *name) {
 }
 
 int ckpt_read_tensor(ckpt_reader *r, const char *name, float *data, int ndim, const size_t *shape) {
+    h5_init();
     ASSERT(r && name && shape && ndim >= 1 && ndim <= CKPT_MAX_DIMS);
     hid_t d;
     int rc = open_dataset(r, name, &d);
@@ -476,18 +490,21 @@ static int read_attr_close(ckpt_reader *r, const char *name, hid_t a, hid_t mtyp
 }
 
 int ckpt_read_attr_i64(ckpt_reader *r, const char *name, int64_t *v) {
+    h5_init();
     hid_t a;
     int rc = open_attr(r, name, KIND_I64, 1, &a);
     return rc ? rc : read_attr_close(r, name, a, H5T_NATIVE_INT64, v);
 }
 
 int ckpt_read_attr_f64(ckpt_reader *r, const char *name, double *v) {
+    h5_init();
     hid_t a;
     int rc = open_attr(r, name, KIND_F64, 1, &a);
     return rc ? rc : read_attr_close(r, name, a, H5T_NATIVE_DOUBLE, v);
 }
 
 int ckpt_read_attr_str(ckpt_reader *r, const char *name, char **v) {
+    h5_init();
     ASSERT(v);
     *v = NULL;
     hid_t a;
@@ -519,6 +536,7 @@ int ckpt_read_attr_str(ckpt_reader *r, const char *name, char **v) {
 }
 
 int ckpt_read_attr_u64s(ckpt_reader *r, const char *name, uint64_t *v, size_t n) {
+    h5_init();
     ASSERT(v || n == 0);
     hid_t a;
     int rc = open_attr(r, name, KIND_U64S, n, &a);
@@ -531,6 +549,7 @@ int ckpt_read_attr_u64s(ckpt_reader *r, const char *name, uint64_t *v, size_t n)
 }
 
 void ckpt_reader_close(ckpt_reader *r) {
+    h5_init();
     if (!r) return;
     H5Fclose(r->file);
     free(r->path);

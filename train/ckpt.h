@@ -1,8 +1,9 @@
 // ckpt.h: HDF5 checkpoints as named float32 tensors plus root attributes. It stores flat arrays
 // and knows nothing of GPT-2: callers name datasets ("model/transformer.wte.weight") and give
 // shapes. Writes go to "<path>.tmp", are fsync'ed and renamed, so a half-written checkpoint
-// never sits at the final path. HDF5's automatic error printing is turned off; its failures map
-// to ERR_IO / ERR_FORMAT with the file and dataset named. Not thread-safe: one thread at a time.
+// never sits at the final path. HDF5's automatic error printing is turned off on every thread
+// that calls ckpt_; its failures map to ERR_IO / ERR_FORMAT with the file and dataset named.
+// Not thread-safe: any thread, but one at a time.
 #ifndef CKPT_H
 #define CKPT_H
 
