@@ -26,6 +26,7 @@
 
 #include "allreduce.h"
 #include "err.h"
+#include "hello.h"
 #include "log.h"
 #include "net.h"
 #include "sys.h"
@@ -68,6 +69,7 @@ struct diloco {
     uint64_t bytes_sent, bytes_recv, msgs_dropped; // everything below, summed
     uint64_t agree_sent, ctl_sent;                 // of which membership and control requests
     double ms_sum;
+    uint64_t exchanges; // outer steps (or DDP steps) shared with at least one other peer
     int members[AR_MAX_WORLD];
 };
 
@@ -133,7 +135,7 @@ static void wait_connected(diloco *d, int timeout_ms) {
             if (p != d->rank && !net_connected(d->mesh, p)) up = 0;
         if (up) return;
         if (sys_now_ms() - t0 > timeout_ms) {
-            LOG_W("diloco", "not every peer connected after %d ms: starting anyway", timeout_ms);
+            LOG_I("diloco", "not every peer connected after %d ms", timeout_ms); // see handshake
             return;
         }
         struct timespec ts = {0, 10 * 1000000L};
@@ -414,13 +416,18 @@ int diloco_after_step(diloco *d, float *params, size_t n, long step) {
         delta[i] = g[i] - params[i];
     int64_t t = d->outer_steps + 1;
     int nm = 0, took = 0;
+    double t0 = sys_now_ms();
+    uint64_t sent0 = d->bytes_sent;
     int rc = outer_reduce(d, delta, n, t, &nm);
     if (rc) return rc;
     // Left out, late, or alone: if the others took outer step t without us, their state replaces
     // ours; if nobody did (everyone else is gone), we take it alone.
     if (nm <= 1 && d->world > 1) {
         if ((rc = resync(d, params, t, &took))) return rc;
-        if (took) return ERR_OK;
+        if (took) {
+            d->exchanges++;
+            return ERR_OK;
+        }
         LOG_W("diloco", "outer step %lld: no other peer took it within %d ms: taking it alone",
               (long long)t, d->dc.timeout_ms);
     }
@@ -436,7 +443,10 @@ int diloco_after_step(diloco *d, float *params, size_t n, long step) {
     d->outer_steps++;
     pthread_mutex_unlock(&d->mu);
     memcpy(params, d->theta_g, n * sizeof(float));
-    LOG_D("diloco", "outer step %lld at step %ld", (long long)d->outer_steps, step);
+    if (nm > 1) d->exchanges++;
+    LOG_I("diloco", "outer step=%lld at step=%ld peers=%d/%d sent_mb=%.2f ms=%.0f",
+          (long long)d->outer_steps, step, nm > 1 ? nm : 1, d->world,
+          (double)(d->bytes_sent - sent0) / 1e6, sys_now_ms() - t0);
     return ERR_OK;
 }
 
@@ -465,19 +475,27 @@ const float *diloco_theta_g(const diloco *d) { return d->theta_g; }
 
 void diloco_get_stats(diloco *d, train_sync_stats *st) {
     memset(st, 0, sizeof *st);
+    st->modes = d->theta_g ? TRAIN_SYNC_DILOCO : TRAIN_SYNC_DDP;
+    st->exchanges = d->exchanges;
     st->bytes_sent = d->bytes_sent;
     st->bytes_recv = d->bytes_recv;
     st->msgs_dropped = d->msgs_dropped;
-    st->rounds_done = (uint64_t)d->outer_steps;
-    st->latency_ms = d->outer_steps ? d->ms_sum / (double)d->outer_steps : 0;
+    st->outer_steps = d->theta_g ? (uint64_t)d->outer_steps : 0;
+    uint64_t calls = d->theta_g ? (uint64_t)d->outer_steps : d->exchanges;
+    st->latency_ms = calls ? d->ms_sum / (double)calls : 0;
 }
 
 void diloco_destroy(diloco *d) {
     if (!d) return;
-    if (d->world > 1)
-        LOG_I("diloco", "bytes sent: %llu in all, of which %llu membership and %llu state requests",
-              (unsigned long long)d->bytes_sent, (unsigned long long)d->agree_sent,
-              (unsigned long long)d->ctl_sent);
+    if (d->world > 1 && d->theta_g)
+        LOG_I("diloco",
+              "done outer_steps=%lld shared=%llu sent_mb=%.2f (membership %llu bytes, state "
+              "requests %llu bytes)",
+              (long long)d->outer_steps, (unsigned long long)d->exchanges, d->bytes_sent / 1e6,
+              (unsigned long long)d->agree_sent, (unsigned long long)d->ctl_sent);
+    else if (d->world > 1)
+        LOG_I("ddp", "done steps_averaged=%llu sent_mb=%.2f", (unsigned long long)d->exchanges,
+              d->bytes_sent / 1e6);
     net_rep_destroy(d->ctl);
     ar_destroy(d->ar);
     net_mesh_destroy(d->mesh);
@@ -489,6 +507,12 @@ void diloco_destroy(diloco *d) {
     free(d);
 }
 
+int diloco_handshake(diloco *d, const char *hello, const char *peers, int allow_alone) {
+    if (d->world < 2) return ERR_OK;
+    return hello_start(d->mesh, d->rank, d->world, peers, hello, d->dc.timeout_ms, allow_alone,
+                       d->theta_g ? "diloco" : "ddp", NULL);
+}
+
 // ---- train_sync adapters ---------------------------------------------------------------------
 
 static int sync_after_step(void *ctx, float *params, size_t n, long step) {
@@ -497,7 +521,9 @@ static int sync_after_step(void *ctx, float *params, size_t n, long step) {
 
 static int sync_ddp(void *ctx, float *grads, size_t n, long step) {
     diloco *d = ctx;
-    return reduce(d, grads, n, (uint64_t)step, NULL, 0, "DDP step");
+    int rc = reduce(d, grads, n, (uint64_t)step, NULL, 0, "DDP step");
+    if (!rc && d->world > 1) d->exchanges++;
+    return rc;
 }
 
 static int sync_save(void *ctx, ckpt_writer *w) { return diloco_save(ctx, w); }
@@ -506,11 +532,7 @@ static int sync_join(void *ctx, float *params, size_t n, long *step) {
 }
 static int sync_load(void *ctx, ckpt_reader *r) { return diloco_load(ctx, r); }
 
-static void sync_stats(void *ctx, train_sync_stats *st) {
-    diloco *d = ctx;
-    diloco_get_stats(d, st);
-    if (!d->theta_g) st->rounds_done = 0; // DDP: no outer steps
-}
+static void sync_stats(void *ctx, train_sync_stats *st) { diloco_get_stats(ctx, st); }
 
 static void sync_destroy(void *ctx) { diloco_destroy(ctx); }
 
@@ -525,6 +547,12 @@ int diloco_sync_factory(train_sync *out, const cfg *c, int rank, int world, uint
     int rc = diloco_create(&d, &c->diloco, &c->net, rank, world, run_id ^ 0xD11C0ull,
                            ddp ? NULL : params, n_params);
     if (rc) return rc;
+    char hello[NET_HELLO_MAX];
+    hello_text(c, world, hello, sizeof hello);
+    if ((rc = diloco_handshake(d, hello, c->net.peers, c->net.allow_alone))) {
+        diloco_destroy(d);
+        return rc;
+    }
     out->ctx = d;
     out->get_stats = sync_stats;
     out->destroy = sync_destroy;

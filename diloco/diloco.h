@@ -57,8 +57,14 @@ int diloco_load(diloco *d, ckpt_reader *r);
 // diloco_theta_g returns the global parameters (owned by d; never aliases the live params).
 const float *diloco_theta_g(const diloco *d);
 
-// diloco_get_stats fills bytes sent/received and rounds_done = outer steps taken.
+// diloco_get_stats fills the modes (DiLoCo or DDP), bytes sent/received, the outer steps taken and
+// the exchanges shared with another peer (outer steps, or DDP steps).
 void diloco_get_stats(diloco *d, train_sync_stats *st);
+
+// diloco_handshake checks the peers of the all-reduce mesh as sparta_handshake does (hello.h),
+// waiting at most diloco.timeout_ms. No-op alone. Trainer thread, once, right after
+// diloco_create. Returns ERR_OK or ERR_PEER.
+int diloco_handshake(diloco *d, const char *hello, const char *peers, int allow_alone);
 
 // diloco_destroy closes the mesh and frees everything. NULL-safe.
 void diloco_destroy(diloco *d);

@@ -7,13 +7,18 @@
 // Threads: recv_cb and pipe_cb run on nng's threads; net_send/net_recv/stats on the owner thread;
 // net_close from any thread. Every nng call of the project lives in this file.
 #include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <nng/nng.h>
 #include <nng/protocol/pair0/pair.h>
@@ -30,6 +35,7 @@ enum {
     SEND_BUF_MSGS = 64,   // PAIR v0 send queue; beyond it net_send drops (ERR_PEER)
     RECV_BUF_MSGS = 16,   // nng-side queue in front of our FIFO (the aio drains it at once)
     HOST_MAX = 256,
+    PROBE_MS = 1000,      // net_diagnose: longest wait for a TCP connect
     QUIESCE_MS = 50,      // net_close: how long to let receives in progress finish
     CLOSE_WAIT_MS = 3000, // net_close: give up on nng_close after this (the mesh is then leaked)
 };
@@ -45,9 +51,19 @@ enum {
 #define MSG_MAGIC UINT64_C(0x6e65746d73670a31)
 _Static_assert(sizeof(nng_msg *) <= 8, "message header holds one pointer");
 
+// A hello (net_set_hello) is NET_HELLO_MAGIC followed by the blob; it never reaches net_recv.
+#define HELLO_MAGIC_LEN 8
+static const char hello_magic[HELLO_MAGIC_LEN] = {'S', 'P', 'N', 'H', 'E', 'L', 'O', '1'};
+
 typedef struct net_link {
     struct net_mesh *m;
-    int peer;        // remote rank: every message from this socket is attributed to it
+    int peer;             // remote rank: every message from this socket is attributed to it
+    int dials;            // we dial the peer (else it dials us)
+    char host[HOST_MAX];  // the host and port we dial, or the peer's own entry of the list
+    int port;             // (diagnostics only)
+    int listen_port;      // the port the peer dials on us (when !dials)
+    unsigned char *hello; // the peer's hello on the current pipe (under m->mu), or NULL
+    size_t hello_len;
     nng_socket sock; // id 0 until opened
     nng_aio *aio;    // the receive loop
     uint32_t pipe;   // id of the pipe that is up, 0 if none (under m->mu)
@@ -90,6 +106,8 @@ struct net_mesh {
     double emu_loss;
     uint64_t emu_rng;
     int emu_on;
+    unsigned char *hello; // our hello with its magic (under mu), or NULL
+    size_t hello_len;
 };
 
 static double now_ms(void) {
@@ -227,8 +245,18 @@ static void pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg) {
             l->gone = id;
         }
     }
+    if (changed && ev == NNG_PIPE_EV_REM_POST) { // a new pipe says hello again
+        free(l->hello);
+        l->hello = NULL;
+        l->hello_len = 0;
+    }
+    nng_msg *hello = NULL;
+    if (changed && ev == NNG_PIPE_EV_ADD_POST && m->hello &&
+        nng_msg_alloc(&hello, m->hello_len) == 0)
+        memcpy(nng_msg_body(hello), m->hello, m->hello_len);
     if (changed) pthread_cond_broadcast(&m->cv); // net_close may wait for pipes to drop
     pthread_mutex_unlock(&m->mu);
+    if (hello && nng_sendmsg(l->sock, hello, NNG_FLAG_NONBLOCK) != 0) nng_msg_free(hello);
     if (changed)
         LOG_I("net", "rank=%d peer=%d %s pipe=%u", m->rank, l->peer,
               ev == NNG_PIPE_EV_ADD_POST ? "up" : "down", id);
@@ -283,7 +311,23 @@ static void recv_cb(void *arg) {
     if (rv == 0) {
         nng_msg *msg = nng_aio_get_msg(l->aio);
         nng_aio_set_msg(l->aio, NULL);
-        fifo_push(m, l->peer, msg);
+        size_t len = nng_msg_len(msg);
+        if (len >= HELLO_MAGIC_LEN && len <= NET_HELLO_MAX + HELLO_MAGIC_LEN &&
+            !memcmp(nng_msg_body(msg), hello_magic, HELLO_MAGIC_LEN)) {
+            size_t n = len - HELLO_MAGIC_LEN;
+            unsigned char *copy = xmalloc(n + 1);
+            memcpy(copy, (unsigned char *)nng_msg_body(msg) + HELLO_MAGIC_LEN, n);
+            copy[n] = 0;
+            nng_msg_free(msg);
+            pthread_mutex_lock(&m->mu);
+            free(l->hello);
+            l->hello = copy;
+            l->hello_len = n;
+            pthread_cond_broadcast(&m->cv);
+            pthread_mutex_unlock(&m->mu);
+        } else {
+            fifo_push(m, l->peer, msg);
+        }
     } else if (rv == NNG_ECLOSED || rv == NNG_ECANCELED) {
         return;
     }
@@ -372,10 +416,15 @@ int net_mesh_create(net_mesh **out, int rank, int world, const char *const *peer
         net_link *l = &m->links[p];
         l->m = m;
         l->peer = p;
+        net_parse_hostport(peers[p], host, sizeof host, &port); // checked above
+        snprintf(l->host, sizeof l->host, "%s", host);
+        l->dials = p > rank;
         if (p < rank) { // p dials us on lport + p
+            l->port = port;
+            l->listen_port = lport + p;
             make_url(url, sizeof url, lhost, lport + p);
-        } else { // we dial p on its port + rank (the address was checked above)
-            net_parse_hostport(peers[p], host, sizeof host, &port);
+        } else { // we dial p on its port + rank
+            l->port = port + rank;
             make_url(url, sizeof url, host, port + rank);
         }
         rc = link_open(m, l, p < rank, url);
@@ -499,7 +548,10 @@ void net_mesh_destroy(net_mesh *m) {
     pthread_cond_destroy(&m->cv);
     pthread_mutex_destroy(&m->mu);
     free(m->fifo);
+    for (int p = 0; p < m->world; p++)
+        free(m->links[p].hello);
     free(m->links);
+    free(m->hello);
     free(m);
 }
 
@@ -512,6 +564,118 @@ int net_connected(net_mesh *m, int peer) {
     int up = !atomic_load(&m->closed) && m->links[peer].pipe != 0;
     pthread_mutex_unlock(&m->mu);
     return up;
+}
+
+void net_set_hello(net_mesh *m, const void *data, size_t len) {
+    ASSERT(m != NULL && len <= NET_HELLO_MAX && (data || !len));
+    pthread_mutex_lock(&m->mu);
+    free(m->hello);
+    m->hello = xmalloc(len + HELLO_MAGIC_LEN);
+    memcpy(m->hello, hello_magic, HELLO_MAGIC_LEN);
+    if (len) memcpy(m->hello + HELLO_MAGIC_LEN, data, len);
+    m->hello_len = len + HELLO_MAGIC_LEN;
+    pthread_mutex_unlock(&m->mu);
+    // Pipes that came up before now get it here; later ones in pipe_cb (a peer may get it twice).
+    for (int p = 0; p < m->world; p++) {
+        if (p == m->rank || !net_connected(m, p)) continue;
+        nng_msg *msg;
+        if (nng_msg_alloc(&msg, m->hello_len) != 0) continue;
+        pthread_mutex_lock(&m->mu);
+        memcpy(nng_msg_body(msg), m->hello, m->hello_len);
+        pthread_mutex_unlock(&m->mu);
+        if (nng_sendmsg(m->links[p].sock, msg, NNG_FLAG_NONBLOCK) != 0) nng_msg_free(msg);
+    }
+}
+
+int net_peer_hello(net_mesh *m, int peer, char *buf, size_t cap) {
+    ASSERT(m != NULL && buf != NULL && cap > 0);
+    buf[0] = 0;
+    if (peer < 0 || peer >= m->world || peer == m->rank) return -1;
+    pthread_mutex_lock(&m->mu);
+    net_link *l = &m->links[peer];
+    int n = -1;
+    if (l->hello && l->pipe) {
+        size_t k = l->hello_len < cap - 1 ? l->hello_len : cap - 1;
+        memcpy(buf, l->hello, k);
+        buf[k] = 0;
+        n = (int)k;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return n;
+}
+
+// probe_tcp tries a TCP connect to host:port for at most PROBE_MS and describes the outcome.
+static void probe_tcp(const char *host, int port, char *buf, size_t n) {
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+    int g = getaddrinfo(host, ps, &hints, &ai);
+    if (g != 0) {
+        snprintf(buf, n, "cannot resolve host '%s': %s", host, gai_strerror(g));
+        return;
+    }
+    int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol), err = 0;
+    if (fd < 0) {
+        snprintf(buf, n, "cannot open a socket: %s", strerror(errno));
+        freeaddrinfo(ai);
+        return;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    int rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
+    freeaddrinfo(ai);
+    if (rc != 0 && errno == EINPROGRESS) {
+        struct pollfd pf = {.fd = fd, .events = POLLOUT};
+        rc = poll(&pf, 1, PROBE_MS);
+        if (rc == 0) {
+            close(fd);
+            snprintf(buf, n, "no answer from %s:%d within %d ms (host down, or a firewall?)", host,
+                     port, PROBE_MS);
+            return;
+        }
+        socklen_t el = sizeof err;
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+        rc = err ? -1 : 0;
+    } else if (rc != 0) {
+        err = errno;
+    }
+    close(fd);
+    if (rc == 0)
+        snprintf(buf, n,
+                 "%s:%d accepts connections, but no peer link came up (another program "
+                 "on that port?)",
+                 host, port);
+    else if (err == ECONNREFUSED)
+        snprintf(buf, n, "connection to %s:%d refused (is the peer started?)", host, port);
+    else
+        snprintf(buf, n, "cannot connect to %s:%d: %s", host, port, strerror(err));
+}
+
+void net_diagnose(net_mesh *m, int peer, char *buf, size_t n) {
+    ASSERT(m != NULL && buf != NULL && n > 0);
+    if (peer < 0 || peer >= m->world || peer == m->rank) {
+        snprintf(buf, n, "no such peer");
+        return;
+    }
+    net_link *l = &m->links[peer];
+    if (net_connected(m, peer)) {
+        snprintf(buf, n, "connected");
+        return;
+    }
+    if (l->dials) {
+        probe_tcp(l->host, l->port, buf, n);
+        return;
+    }
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+    int g = getaddrinfo(l->host, NULL, &hints, &ai);
+    if (ai) freeaddrinfo(ai);
+    if (g != 0)
+        snprintf(buf, n, "its host '%s' does not resolve here (%s), and it has not dialled in",
+                 l->host, gai_strerror(g));
+    else
+        snprintf(buf, n,
+                 "it has not dialled in on port %d (is it started, and can it reach this "
+                 "host?)",
+                 l->listen_port);
 }
 
 int net_send(net_mesh *m, int peer, const void *data, size_t len) {

@@ -61,6 +61,27 @@ void net_msg_free(void *data);
 // net_connected returns 1 if the pipe to peer is currently up.
 int net_connected(net_mesh *m, int peer);
 
+// ---- hello and diagnostics -------------------------------------------------------------------
+// A hello is a small blob (at most NET_HELLO_MAX bytes) that each side sends as the first message
+// on every new pipe, so a peer learns who is on the other end without the other side's receiving
+// thread taking part. Hellos never reach net_recv and are not counted in net_stats. A message
+// that starts with the 8 bytes "SPNHELO1" is taken for a hello, so payloads must not.
+#define NET_HELLO_MAX 4096
+
+// net_set_hello sets this mesh's hello (copied) and sends it on the pipes already up; every pipe
+// that comes up later gets it too. Call once after net_mesh_create. Thread-safe.
+void net_set_hello(net_mesh *m, const void *data, size_t len);
+
+// net_peer_hello copies the hello the peer sent on its current pipe into buf (at most cap - 1
+// bytes, NUL-terminated) and returns its length, or -1 if the peer is not connected or has sent
+// none on this pipe (a new pipe clears it). Thread-safe.
+int net_peer_hello(net_mesh *m, int peer, char *buf, size_t cap);
+
+// net_diagnose writes why peer is not connected into buf (n bytes): its host does not resolve,
+// the connection is refused, nothing answers within a second, or (for a peer that dials us) it has
+// not dialled in. Blocks up to about a second for a TCP probe. "connected" if it is. Thread-safe.
+void net_diagnose(net_mesh *m, int peer, char *buf, size_t n);
+
 // net_get_stats copies the counters (thread-safe).
 void net_get_stats(net_mesh *m, net_stats *st);
 

@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "err.h"
+#include "hello.h"
 #include "log.h"
 #include "net.h"
 #include "rng.h"
@@ -74,8 +75,12 @@ struct sparta_exchanger {
     // exchanger scratch
     uint8_t *sendbuf;
     int *connected;
+    int *hello_seen; // [world] the peer's hello on its current pipe was checked
+    char *hello;     // ours (set by sparta_handshake), NULL before
+    char *theirs;    // (NET_HELLO_MAX + 1) scratch
     // counters (under mu)
     uint64_t rounds_done, rounds_late, rounds_dropped, msgs_dropped, n_applied, n_lat;
+    uint64_t msgs_filed; // valid values filed from peers
     double stale_sum, stale_max, lat_sum;
 };
 
@@ -278,6 +283,7 @@ static void file_message(sparta_exchanger *ex, int peer, const void *msg, size_t
         wire_values(msg, &h, peer_vals(ex, s, peer) + h.offset);
         s->got[peer] += h.count;
     }
+    ex->msgs_filed++;
     if (s->posted && slot_complete(ex, s)) {
         s->t_done = sys_now_ms();
         pthread_cond_broadcast(&ex->cv);
@@ -285,10 +291,27 @@ static void file_message(sparta_exchanger *ex, int peer, const void *msg, size_t
     pthread_mutex_unlock(&ex->mu);
 }
 
+// check_hello logs, once per connection, a peer that joined with another configuration: its
+// values are refused anyway (another run id or k), and this says why. Exchanger thread.
+static void check_hello(sparta_exchanger *ex, int p) {
+    pthread_mutex_lock(&ex->mu);
+    const char *mine = ex->hello; // set once by sparta_handshake, immutable after
+    pthread_mutex_unlock(&ex->mu);
+    if (!mine || ex->hello_seen[p] ||
+        net_peer_hello(ex->mesh, p, ex->theirs, NET_HELLO_MAX + 1) < 0)
+        return;
+    ex->hello_seen[p] = 1;
+    char diff[1024];
+    if (hello_diff(mine, ex->theirs, diff, sizeof diff))
+        LOG_E("sparta", "peer=%d runs another configuration (%s): its values are refused", p, diff);
+}
+
 static void watch_peers(sparta_exchanger *ex) {
     for (int p = 0; p < ex->world; p++) {
         if (p == ex->rank) continue;
         int up = net_connected(ex->mesh, p);
+        if (up) check_hello(ex, p);
+        if (!up) ex->hello_seen[p] = 0;
         if (up == ex->connected[p]) continue;
         if (up)
             LOG_I("sparta", "peer=%d connected", p);
@@ -523,6 +546,8 @@ void sparta_get_stats(sparta_exchanger *ex, train_sync_stats *st) {
     net_get_stats(ex->mesh, &ns);
     pthread_mutex_lock(&ex->mu);
     memset(st, 0, sizeof *st);
+    st->modes = TRAIN_SYNC_SPARTA;
+    st->exchanges = ex->rounds_done + ex->rounds_late + ex->msgs_filed;
     st->bytes_sent = ns.bytes_sent;
     st->bytes_recv = ns.bytes_recv;
     st->rounds_done = ex->rounds_done;
@@ -567,9 +592,8 @@ static void wait_for_peers(sparta_exchanger *ex) {
             LOG_I("sparta", "all %d peers connected after %.0f ms", ex->world, t - t0);
             return;
         }
-        if (t - t0 > ex->sc.timeout_ms) {
-            LOG_W("sparta", "not every peer connected after %d ms: starting anyway",
-                  ex->sc.timeout_ms);
+        if (t - t0 > ex->sc.timeout_ms) { // sparta_handshake names them and says why
+            LOG_I("sparta", "not every peer connected after %d ms", ex->sc.timeout_ms);
             return;
         }
         if (t - last_log > 5000) {
@@ -625,6 +649,8 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *n
     ex->mean = xalloc_aligned(ex->kmax * sizeof(float));
     ex->present = xcalloc((size_t)world, sizeof(int));
     ex->connected = xcalloc((size_t)world, sizeof(int));
+    ex->hello_seen = xcalloc((size_t)world, sizeof(int));
+    ex->theirs = xmalloc(NET_HELLO_MAX + 1);
     ex->peer_last = xmalloc((size_t)world * sizeof(int64_t));
     for (int p = 0; p < world; p++)
         ex->peer_last[p] = -1;
@@ -672,11 +698,25 @@ void sparta_destroy(sparta_exchanger *ex) {
     free(ex->mean);
     free(ex->present);
     free(ex->connected);
+    free(ex->hello_seen);
+    free(ex->hello);
+    free(ex->theirs);
     free(ex->peer_last);
     free(ex->sendbuf);
     pthread_mutex_destroy(&ex->mu);
     pthread_cond_destroy(&ex->cv);
     free(ex);
+}
+
+int sparta_handshake(sparta_exchanger *ex, const char *hello, const char *peers, int allow_alone) {
+    int rc = hello_start(ex->mesh, ex->rank, ex->world, peers, hello, ex->sc.timeout_ms,
+                         allow_alone, "sparta", NULL);
+    if (rc) return rc;
+    char *copy = xstrdup(hello);
+    pthread_mutex_lock(&ex->mu); // the exchanger reads it in check_hello
+    ex->hello = copy;
+    pthread_mutex_unlock(&ex->mu);
+    return ERR_OK;
 }
 
 // ---- train_sync adapter ----------------------------------------------------------------------
@@ -699,6 +739,12 @@ int sparta_sync_factory(train_sync *out, const cfg *c, int rank, int world, uint
     uint64_t id = rng_hash(run_id ^ SPARTA_SELECT_VERSION);
     int rc = sparta_create(&ex, &c->sparta, &c->net, rank, world, c->train.seed, id, n_params);
     if (rc) return rc;
+    char hello[NET_HELLO_MAX];
+    hello_text(c, world, hello, sizeof hello);
+    if ((rc = sparta_handshake(ex, hello, c->net.peers, c->net.allow_alone))) {
+        sparta_destroy(ex);
+        return rc;
+    }
     out->ctx = ex;
     out->after_step = sync_after_step;
     out->get_stats = sync_stats;

@@ -25,6 +25,14 @@ typedef struct sparta_exchanger sparta_exchanger;
 int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *nc, int rank,
                   int world, uint64_t seed, uint64_t run_id, size_t n_params);
 
+// sparta_handshake checks the peers (hello.h): it sends hello (this peer's hello_text) to every
+// peer, waits up to sparta.timeout_ms for theirs, and fails with ERR_PEER naming a peer whose
+// configuration differs, or when no peer answered and allow_alone is 0; peers that are missing
+// are logged with the reason. Afterwards the exchanger logs, once per connection, a peer that
+// joins with another configuration. peers is net.peers (for the names in messages). Trainer
+// thread, once, right after sparta_create. Returns ERR_OK or ERR_PEER.
+int sparta_handshake(sparta_exchanger *ex, const char *hello, const char *peers, int allow_alone);
+
 // sparta_after_step runs after optimizer step `step`. The current round is cur = step (plus a
 // fixed offset once a peer that joined a running group has caught up with the others' rounds).
 // If cur is a multiple of every it gathers params[I_cur] and posts round cur; then it applies, in

@@ -434,3 +434,37 @@ Test(train, local_cluster_runs_peers_and_summarises_or_reports_a_failure) {
     free(out);
     env_close(&e);
 }
+
+// Peers of one host share its cores: train.threads = 0 divides them, and an explicit count that
+// oversubscribes the host is warned about.
+Test(train, peers_on_one_host_divide_the_cores_and_oversubscription_is_warned) {
+    tu_cluster c;
+    cr_assert_eq(tu_cluster_open(&c, 2), 0);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    char want[64], args[2048];
+    snprintf(want, sizeof want, " threads=%ld ", cores / 2 > 1 ? cores / 2 : 1);
+    snprintf(args, sizeof args,
+             "configs/tiny.ini " SMALL_ANY_THREADS
+             " --set train.threads=0 --set train.max_iters=3");
+    int bad = tu_cluster_run(&c, args, 90);
+    cr_assert_eq(bad, -1, "peer %d failed:\n%s", bad, tu_cluster_log(&c, bad < 0 ? 0 : bad));
+    for (int r = 0; r < 2; r++) {
+        char *log = tu_cluster_log(&c, r);
+        cr_assert(strstr(log, want), "rank %d does not run%s:\n%s", r, want, log);
+        cr_assert(!strstr(log, "threads on"), "rank %d warned:\n%s", r, log);
+        free(log);
+    }
+    snprintf(args, sizeof args,
+             "configs/tiny.ini " SMALL_ANY_THREADS
+             " --set train.threads=%ld --set train.max_iters=3"
+             " --overwrite",
+             cores);
+    bad = tu_cluster_run(&c, args, 90);
+    cr_assert_eq(bad, -1, "peer %d failed", bad);
+    char *log = tu_cluster_log(&c, 0);
+    char warn[128];
+    snprintf(warn, sizeof warn, "%ld threads on %ld cores", 2 * cores, cores);
+    cr_assert(strstr(log, warn), "no oversubscription warning (%s):\n%s", warn, log);
+    free(log);
+    tu_cluster_close(&c);
+}

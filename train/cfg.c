@@ -64,7 +64,8 @@ static const cfg_key keys[] = {
       "steps between checkpoints (0 = end only)"),
     K("train", "keep_ckpts", CFG_INT, train.keep_ckpts, "3", 0, 1e6,
       "interval checkpoints kept (0 = all)"),
-    K("train", "threads", CFG_INT, train.threads, "0", 0, 1024, "compute threads (0 = all cores)"),
+    K("train", "threads", CFG_INT, train.threads, "0", 0, 1024,
+      "compute threads (0 = the cores, divided among the peers of net.peers on this host)"),
     K("train", "rank", CFG_INT, train.rank, "0", 0, 1 << 20, "peer rank (selects the data stream)"),
     E("train", "mode", train.mode, "local", "local|ddp",
       "local steps (SPARTA/DiLoCo sync them), or DDP: gradients averaged every step"),
@@ -110,6 +111,9 @@ static const cfg_key keys[] = {
       "emulated link: one-way delay added to every message"),
     K("net", "loss", CFG_F32, net.loss, "0", 0, 1,
       "emulated link: fraction of data messages dropped at random"),
+    K("net", "allow_alone", CFG_BOOL, net.allow_alone, "false", 0, 1,
+      "train even if no peer can be reached (else such a run stops at start-up, and one that "
+      "never exchanged exits with status 1)"),
 };
 
 #define N_KEYS (sizeof keys / sizeof keys[0])
@@ -413,6 +417,36 @@ void cfg_print_keys(FILE *f) {
                 k->def[0] ? k->def : "\"\"", k->help, k->choices ? " (" : "",
                 k->choices ? k->choices : "", k->choices ? ")" : "");
     }
+}
+
+// Keys outside [model] that peers must agree on: they decide the data order, the init and what
+// the exchanges compute. Per-peer behaviour (threads, max_stale, timeouts, apply) may differ.
+static const char *const shared_keys[] = {
+    "train.seed",      "train.mode",      "sparta.p",        "sparta.every",
+    "sparta.selector", "sparta.reduce",   "sparta.dtype",    "diloco.H",
+    "diloco.lr",       "diloco.momentum", "diloco.nesterov", "diloco.dtype",
+};
+
+size_t cfg_shared_write(const cfg *c, char *buf, size_t n) {
+    ASSERT(buf != NULL && n > 0);
+    size_t len = 0;
+    buf[0] = 0;
+    for (size_t i = 0; i < N_KEYS; i++) {
+        char full[160], val[CFG_PATH_MAX + 8];
+        snprintf(full, sizeof full, "%s.%s", keys[i].section, keys[i].name);
+        int shared = strcmp(keys[i].section, "model") == 0;
+        for (size_t j = 0; !shared && j < sizeof shared_keys / sizeof shared_keys[0]; j++)
+            shared = strcmp(full, shared_keys[j]) == 0;
+        if (!shared) continue;
+        format_value(c, &keys[i], val, sizeof val);
+        int w = snprintf(buf + len, n - len, "%s=%s\n", full, val);
+        if (w < 0 || (size_t)w >= n - len) {
+            len = n - 1;
+            break;
+        }
+        len += (size_t)w;
+    }
+    return len;
 }
 
 void cfg_print_sections(FILE *f) {

@@ -85,6 +85,7 @@ typedef struct cfg_net {
     float rate_mbit; // emulated link (net.h): send rate per peer, 0 = unlimited
     int delay_ms;    // emulated one-way delay per message
     float loss;      // emulated fraction of data-plane messages dropped
+    int allow_alone; // a run may start and end without ever reaching a peer
 } cfg_net;
 
 typedef struct cfg {
@@ -125,6 +126,11 @@ int cfg_parse_string(cfg *c, const char *text, const char *name);
 
 // cfg_print_keys writes the key table (section.key, type, default, range, help) to f.
 void cfg_print_keys(FILE *f);
+
+// cfg_shared_write writes the settings that every peer of one run must share (the model, the seed,
+// the mode and what decides the SPARTA and DiLoCo exchanges) into buf (n bytes) as
+// "section.key=value" lines, in table order, and returns the length (truncated at n - 1).
+size_t cfg_shared_write(const cfg *c, char *buf, size_t n);
 
 // cfg_print_sections writes every INI section of the key table once, in table order, as
 // "[model], [train], ..." (no newline) to f, so help text never lists fewer sections than keys.

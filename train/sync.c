@@ -47,6 +47,9 @@ static int chain_join(void *ctx, float *params, size_t n, long *step) {
 }
 
 static void add_stats(train_sync_stats *st, const train_sync_stats *x) {
+    st->modes |= x->modes;
+    st->exchanges += x->exchanges;
+    st->outer_steps += x->outer_steps;
     st->bytes_sent += x->bytes_sent;
     st->bytes_recv += x->bytes_recv;
     st->rounds_done += x->rounds_done;

@@ -11,15 +11,23 @@
 #include "cfg.h"
 #include "ckpt.h"
 
+// What a sync module does, so the progress line shows only its own fields.
+enum { TRAIN_SYNC_SPARTA = 1, TRAIN_SYNC_DILOCO = 2, TRAIN_SYNC_DDP = 4 };
+
 // Cumulative counters of a sync module, for the progress line and metrics.csv.
 typedef struct train_sync_stats {
+    unsigned modes;       // TRAIN_SYNC_* bits of the modules behind these counters
+    uint64_t exchanges;   // exchanges with at least one other peer: SPARTA rounds applied or values
+                          // received, DiLoCo outer steps shared, DDP steps averaged
+    uint64_t outer_steps; // DiLoCo outer steps taken
     uint64_t bytes_sent, bytes_recv; // message bytes handed to / received from the network
-    uint64_t rounds_done;            // rounds applied with every peer's values
+    uint64_t rounds_done;            // SPARTA rounds applied with every peer's values
     uint64_t rounds_late;            // rounds applied at the deadline with some peers left out
     uint64_t rounds_dropped;         // rounds dropped at the deadline (no other peer's values)
     uint64_t msgs_dropped;           // malformed, foreign, duplicate or too-late messages
     double stale_mean, stale_max;    // steps between a round and its application
-    double latency_ms;               // mean time from posting a round to its completion
+    double latency_ms; // mean time of an exchange: SPARTA from posting a round to its completion,
+                       // DiLoCo an outer all-reduce, DDP a gradient all-reduce
 } train_sync_stats;
 
 typedef struct train_sync {

@@ -1,4 +1,4 @@
-// sys.c: the monotonic clock and mkdir -p. No state; any thread.
+// sys.c: the monotonic clock, a sleep and mkdir -p. No state; any thread.
 #include "sys.h"
 
 #include <errno.h>
@@ -13,6 +13,12 @@ double sys_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+void sys_sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
 }
 
 int sys_mkdir_p(const char *dir) {

@@ -7,6 +7,9 @@
 // anything).
 double sys_now_ms(void);
 
+// sys_sleep_ms sleeps ms milliseconds (>= 0), resuming after signals.
+void sys_sleep_ms(int ms);
+
 // sys_mkdir_p creates dir and its missing parents (mode 0777 before the umask). Returns ERR_OK,
 // or ERR_IO naming the folder that cannot be created or the path that exists but is not a folder.
 int sys_mkdir_p(const char *dir);

@@ -81,7 +81,7 @@ static FILE *open_metrics(const cfg *c, int resumed) {
     if (!resumed || ftell(f) == 0)
         fprintf(f, "step,loss,val_loss,lr,grad_norm,tokens_per_s,ms_per_step,elapsed_s,"
                    "bytes_sent,bytes_recv,bytes_sent_step,bytes_recv_step,rounds,rounds_late,"
-                   "rounds_dropped,msgs_dropped,stale_mean,stale_max,xchg_ms\n");
+                   "rounds_dropped,msgs_dropped,stale_mean,stale_max,xchg_ms,outer_steps\n");
     return f;
 }
 
@@ -164,6 +164,64 @@ static int count_peers(const char *peers) {
     return n;
 }
 
+// entry_host copies the host of the i-th "host:port" entry of peers into buf ("" if none).
+static void entry_host(const char *peers, int i, char *buf, size_t n) {
+    buf[0] = 0;
+    for (int k = 0; *peers; k++) {
+        while (*peers == ' ')
+            peers++;
+        const char *comma = strchr(peers, ','), *end = comma ? comma : peers + strlen(peers);
+        if (k == i) {
+            const char *colon = end;
+            while (colon > peers && *colon != ':')
+                colon--;
+            const char *h = peers;
+            if (*h == '[' && colon > h && colon[-1] == ']') { // [v6]:port
+                h++;
+                colon--;
+            }
+            snprintf(buf, n, "%.*s", (int)(colon > h ? colon - h : 0), h);
+            return;
+        }
+        if (!comma) return;
+        peers = comma + 1;
+    }
+}
+
+static int is_loopback(const char *h) {
+    return !strncmp(h, "127.", 4) || !strcmp(h, "localhost") || !strcmp(h, "::1");
+}
+
+// local_peers counts the peers of net.peers on this peer's host (this one included): the same
+// host name as our own entry, or loopback like it.
+static int local_peers(const char *peers, int world, int rank) {
+    char mine[256], h[256];
+    entry_host(peers, rank, mine, sizeof mine);
+    int n = 0;
+    for (int i = 0; i < world; i++) {
+        entry_host(peers, i, h, sizeof h);
+        n += !strcmp(h, mine) || (is_loopback(h) && is_loopback(mine));
+    }
+    return n > 0 ? n : 1;
+}
+
+// pick_threads: train.threads = 0 divides the cores among the peers of this host, so peers
+// started on one machine do not oversubscribe it (3 peers with all cores each on 2 cores ran
+// 5.5x slower, and most SPARTA rounds went late); an explicit count that oversubscribes is
+// warned about.
+static int pick_threads(const cfg *c, int world) {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores < 1) cores = 1;
+    int local = world > 1 ? local_peers(c->net.peers, world, c->train.rank) : 1;
+    if (c->train.threads == 0) return local > 1 ? (int)(cores / local > 1 ? cores / local : 1) : 0;
+    if ((long)c->train.threads * local > cores)
+        LOG_W("train",
+              "train.threads = %d on each of the %d peers of this host: %ld threads on %ld cores "
+              "(train.threads = 0 divides them)",
+              c->train.threads, local, (long)c->train.threads * local, cores);
+    return c->train.threads;
+}
+
 // resolve_rank picks the rank: --rank, then the launchers' environment variables, then
 // train.rank. Returns ERR_OK or ERR_INVAL naming the source of a bad value.
 static int resolve_rank(long long rank_arg, cfg *c, int world) {
@@ -209,6 +267,29 @@ typedef struct {
     uint64_t win_sent, win_recv; // counters at the start of the progress window
 } reporter;
 
+// progress_fields writes the sync part of a progress line: bytes for every mode, then only the
+// fields of the modes that run (SPARTA rounds, DiLoCo outer steps, DDP all-reduce time).
+static void progress_fields(char *xs, size_t n, const train_sync_stats *ss, const reporter *r) {
+    size_t len = (size_t)snprintf(xs, n,
+                                  " sent_mb=%.2f recv_mb=%.2f sent_kb/step=%.1f "
+                                  "recv_kb/step=%.1f",
+                                  ss->bytes_sent / 1e6, ss->bytes_recv / 1e6,
+                                  (double)(ss->bytes_sent - r->win_sent) / 1e3 / r->win_steps,
+                                  (double)(ss->bytes_recv - r->win_recv) / 1e3 / r->win_steps);
+    if (len < n && (ss->modes & TRAIN_SYNC_SPARTA))
+        len += (size_t)snprintf(
+            xs + len, n - len, " rounds=%llu late=%llu dropped=%llu stale=%.1f/%.0f xchg_ms=%.1f",
+            (unsigned long long)ss->rounds_done, (unsigned long long)ss->rounds_late,
+            (unsigned long long)ss->rounds_dropped, ss->stale_mean, ss->stale_max, ss->latency_ms);
+    if (len < n && (ss->modes & TRAIN_SYNC_DILOCO))
+        len +=
+            (size_t)snprintf(xs + len, n - len, " outer=%llu", (unsigned long long)ss->outer_steps);
+    if (len < n && (ss->modes & TRAIN_SYNC_DDP))
+        len += (size_t)snprintf(xs + len, n - len, " allreduce_ms=%.1f", ss->latency_ms);
+    if (len < n)
+        snprintf(xs + len, n - len, " msgs_dropped=%llu", (unsigned long long)ss->msgs_dropped);
+}
+
 static void report_step(reporter *r, const cfg_train *tc, const trainer_stats *st, float val,
                         const train_sync *sync, double elapsed) {
     train_sync_stats ss;
@@ -221,14 +302,14 @@ static void report_step(reporter *r, const cfg_train *tc, const trainer_stats *s
     if (isfinite(val)) snprintf(vbuf, sizeof vbuf, "%.6f", val);
     fprintf(r->csv,
             "%d,%.6f,%s,%.6g,%.6f,%.1f,%.3f,%.3f,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%.3f,"
-            "%.0f,%.3f\n",
+            "%.0f,%.3f,%llu\n",
             st->step, st->loss, vbuf, st->lr, st->grad_norm, st->tokens / (st->ms / 1e3), st->ms,
             elapsed, (unsigned long long)ss.bytes_sent, (unsigned long long)ss.bytes_recv,
             (unsigned long long)(ss.bytes_sent - r->prev.bytes_sent),
             (unsigned long long)(ss.bytes_recv - r->prev.bytes_recv),
             (unsigned long long)ss.rounds_done, (unsigned long long)ss.rounds_late,
             (unsigned long long)ss.rounds_dropped, (unsigned long long)ss.msgs_dropped,
-            ss.stale_mean, ss.stale_max, ss.latency_ms);
+            ss.stale_mean, ss.stale_max, ss.latency_ms, (unsigned long long)ss.outer_steps);
     fflush(r->csv);
     r->prev = ss;
     int last = st->step == tc->max_iters;
@@ -236,16 +317,7 @@ static void report_step(reporter *r, const cfg_train *tc, const trainer_stats *s
         double ms = r->win_ms / r->win_steps;
         char eta[32], xs[256] = "";
         fmt_eta(eta, sizeof eta, ms * (tc->max_iters - st->step) / 1e3);
-        if (sync->get_stats)
-            snprintf(xs, sizeof xs,
-                     " sent_mb=%.2f recv_mb=%.2f sent_kb/step=%.1f recv_kb/step=%.1f rounds=%llu "
-                     "late=%llu dropped=%llu msgs_dropped=%llu stale=%.1f/%.0f xchg_ms=%.1f",
-                     ss.bytes_sent / 1e6, ss.bytes_recv / 1e6,
-                     (double)(ss.bytes_sent - r->win_sent) / 1e3 / r->win_steps,
-                     (double)(ss.bytes_recv - r->win_recv) / 1e3 / r->win_steps,
-                     (unsigned long long)ss.rounds_done, (unsigned long long)ss.rounds_late,
-                     (unsigned long long)ss.rounds_dropped, (unsigned long long)ss.msgs_dropped,
-                     ss.stale_mean, ss.stale_max, ss.latency_ms);
+        if (sync->get_stats) progress_fields(xs, sizeof xs, &ss, r);
         LOG_I("train", "step=%d/%d loss=%.4f lr=%.3e norm=%.3f tok/s=%.0f ms/step=%.1f eta=%s%s",
               st->step, tc->max_iters, st->loss, st->lr, st->grad_norm,
               r->win_tok / (r->win_ms / 1e3), ms, eta, xs);
@@ -258,8 +330,9 @@ static void report_step(reporter *r, const cfg_train *tc, const trainer_stats *s
 }
 
 // train_loop runs steps until max_iters or a signal, with evaluation, reporting and interval
-// checkpoints, then saves the final checkpoint. Returns the exit code.
-static int train_loop(trainer *t, const cfg *ec, FILE *metrics, const train_sync *sync) {
+// checkpoints, then saves the final checkpoint. With peers (world > 1), a run that never exchanged
+// with one fails unless net.allow_alone. Returns the exit code.
+static int train_loop(trainer *t, const cfg *ec, FILE *metrics, const train_sync *sync, int world) {
     const cfg_train *tc = &ec->train;
     struct timespec ts0, ts;
     clock_gettime(CLOCK_MONOTONIC, &ts0);
@@ -298,6 +371,15 @@ static int train_loop(trainer *t, const cfg *ec, FILE *metrics, const train_sync
     if (!rc && last_saved != trainer_step_index(t) && save_ckpt(t, ec, 0)) rc = 1;
     if (!rc && !stop_requested && isfinite(val))
         LOG_I("train", "done step=%d val_loss=%.4f", trainer_step_index(t), val);
+    if (!rc && !stop_requested && world > 1 && sync->get_stats && !ec->net.allow_alone) {
+        train_sync_stats ss;
+        sync->get_stats(sync->ctx, &ss);
+        if (ss.exchanges == 0) {
+            LOG_E("train", "no exchange with any peer happened in this run: it trained alone "
+                           "(set net.allow_alone = true if that is intended)");
+            rc = 1;
+        }
+    }
     return rc;
 }
 
@@ -349,7 +431,7 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
         fprintf(stderr, "spartan train: %s\n", err_msg());
         return 2;
     }
-    int threads = ops_init(c.train.threads);
+    int threads = ops_init(pick_threads(&c, world));
     if (sys_mkdir_p(c.train.out_dir)) {
         LOG_E("train", "%s", err_msg());
         return 1;
@@ -412,7 +494,7 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    int rc = train_loop(t, ec, metrics, &sync);
+    int rc = train_loop(t, ec, metrics, &sync, world);
     fclose(metrics);
     if (sync.destroy) sync.destroy(sync.ctx);
     trainer_destroy(t);

@@ -1,0 +1,132 @@
+// hello.c: the start-up handshake (see hello.h). Hellos are "key=value" lines; the comparison is
+// by key, so a peer of a newer build with an extra key is named with it rather than misread.
+#include "hello.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "err.h"
+#include "log.h"
+#include "sys.h"
+
+void hello_text(const cfg *c, int world, char *buf, size_t n) {
+    ASSERT(buf != NULL && n >= 256);
+    size_t len = cfg_shared_write(c, buf, n);
+    snprintf(buf + len, n - len, "world=%d\n", world);
+}
+
+// find_value returns the value of key in text (a pointer into text, length in *vn), or NULL.
+static const char *find_value(const char *text, const char *key, size_t kn, size_t *vn) {
+    for (const char *line = text; *line;) {
+        const char *end = strchr(line, '\n');
+        size_t ln = end ? (size_t)(end - line) : strlen(line);
+        if (ln > kn && line[kn] == '=' && !strncmp(line, key, kn)) {
+            *vn = ln - kn - 1;
+            return line + kn + 1;
+        }
+        if (!end) break;
+        line = end + 1;
+    }
+    return NULL;
+}
+
+// diff_one compares the value of one key (key[0 .. kn)) in a and b; on a difference it appends
+// "key = <b's> there, <a's> here" to out (a_is_mine: a is ours) and returns 1.
+static int diff_one(const char *key, size_t kn, const char *a, const char *b, int a_is_mine,
+                    char *out, size_t n) {
+    size_t an = 0, bn = 0;
+    const char *av = find_value(a, key, kn, &an), *bv = find_value(b, key, kn, &bn);
+    if (av && bv && an == bn && !memcmp(av, bv, an)) return 0;
+    const char *mine = a_is_mine ? av : bv, *theirs = a_is_mine ? bv : av;
+    size_t mn = a_is_mine ? an : bn, tn = a_is_mine ? bn : an;
+    size_t len = strlen(out);
+    snprintf(out + len, n - len, "%s%.*s = %.*s there, %.*s here", len ? "; " : "", (int)kn, key,
+             theirs ? (int)tn : 6, theirs ? theirs : "(none)", mine ? (int)mn : 6,
+             mine ? mine : "(none)");
+    return 1;
+}
+
+int hello_diff(const char *mine, const char *theirs, char *out, size_t n) {
+    ASSERT(mine != NULL && theirs != NULL && out != NULL && n > 0);
+    out[0] = 0;
+    int diffs = 0;
+    for (int pass = 0; pass < 2; pass++) { // our keys, then keys only they have
+        const char *text = pass ? theirs : mine, *other = pass ? mine : theirs;
+        for (const char *line = text; *line;) {
+            const char *end = strchr(line, '\n'), *eq = strchr(line, '=');
+            size_t ln = end ? (size_t)(end - line) : strlen(line);
+            if (eq && (size_t)(eq - line) < ln) {
+                size_t kn = (size_t)(eq - line), vn;
+                if (!pass)
+                    diffs += diff_one(line, kn, mine, theirs, 1, out, n);
+                else if (!find_value(other, line, kn, &vn))
+                    diffs += diff_one(line, kn, other, text, 1, out, n);
+            }
+            if (!end) break;
+            line = end + 1;
+        }
+    }
+    return diffs;
+}
+
+// peer_name writes peer i's entry of the comma-separated list peers into buf.
+static void peer_name(const char *peers, int i, char *buf, size_t n) {
+    snprintf(buf, n, "?");
+    for (int k = 0; peers && *peers; k++) {
+        while (*peers == ' ')
+            peers++;
+        const char *comma = strchr(peers, ',');
+        size_t len = comma ? (size_t)(comma - peers) : strlen(peers);
+        if (k == i) {
+            snprintf(buf, n, "%.*s", (int)len, peers);
+            return;
+        }
+        if (!comma) return;
+        peers = comma + 1;
+    }
+}
+
+int hello_start(net_mesh *m, int rank, int world, const char *peers, const char *mine,
+                int timeout_ms, int allow_alone, const char *who, int *n_ok) {
+    ASSERT(m != NULL && mine != NULL && who != NULL);
+    net_set_hello(m, mine, strlen(mine));
+    static char theirs[NET_HELLO_MAX + 1];
+    double t0 = sys_now_ms();
+    int ok = 0;
+    for (;;) { // wait for the hellos of the connected peers (sent on pipe-up: milliseconds)
+        int waiting = 0;
+        for (int p = 0; p < world; p++)
+            waiting += p != rank && net_connected(m, p) && net_peer_hello(m, p, theirs, 2) < 0;
+        if (!waiting || sys_now_ms() - t0 > timeout_ms) break;
+        sys_sleep_ms(5);
+    }
+    for (int p = 0; p < world; p++) {
+        if (p == rank) continue;
+        char name[160], why[512];
+        peer_name(peers, p, name, sizeof name);
+        if (net_peer_hello(m, p, theirs, sizeof theirs) >= 0) {
+            char diff[1024];
+            if (hello_diff(mine, theirs, diff, sizeof diff))
+                return err_set(ERR_PEER,
+                               "peer %d (%s) runs another configuration: %s. Every peer of a run "
+                               "needs the same [model], train.seed, train.mode and exchange "
+                               "settings",
+                               p, name, diff);
+            ok++;
+            continue;
+        }
+        if (net_connected(m, p))
+            snprintf(why, sizeof why, "connected, but sent no handshake (an older spartan?)");
+        else
+            net_diagnose(m, p, why, sizeof why);
+        LOG_W(who, "peer %d (%s) not connected: %s", p, name, why);
+    }
+    if (n_ok) *n_ok = ok;
+    if (ok == 0 && world > 1 && !allow_alone)
+        return err_set(ERR_PEER, "no peer could be reached (the reasons are above); set "
+                                 "net.allow_alone = true to train alone anyway");
+    if (ok < world - 1)
+        LOG_W(who, "starting with %d of %d other peers; the others are picked up when they come",
+              ok, world - 1);
+    return ERR_OK;
+}
