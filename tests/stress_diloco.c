@@ -78,9 +78,9 @@ int main(void) {
     train_sync_stats st;
     for (int i = 0; i < P - 1; i++) {
         diloco_get_stats(peers[i].d, &st);
-        if (st.rounds_done != STEPS / H) {
+        if (st.outer_steps != STEPS / H) {
             fprintf(stderr, "rank %d took %llu outer steps, want %d\n", i,
-                    (unsigned long long)st.rounds_done, STEPS / H);
+                    (unsigned long long)st.outer_steps, STEPS / H);
             bad = 1;
         }
     }
