@@ -12,7 +12,7 @@
 // drifts in the machine's load, the alternating order cancels a drift within the pair, and the
 // median over the rounds drops a disturbed pair. (Running both at once, 4 processes on 2 cores,
 // made single rounds swing by +-25% depending on which run the scheduler favoured.) 5 rounds
-// (about 1 minute each on 2 cores), 3 under BENCH_QUICK=1; BENCH_ROUNDS or BENCH_ROUNDS_EXP sets
+// (about 30 s each on 2 cores), 3 under BENCH_QUICK=1; BENCH_ROUNDS or BENCH_ROUNDS_EXP sets
 // it. Rates are taken over the wall-clock window in which both peers of a run are past SKIP steps
 // and neither has finished, from the absolute timestamps of the progress lines (every 10 steps);
 // they include the runner's checkpoint writes (every 50 steps). The cluster runs the runner's
