@@ -1,19 +1,23 @@
 // bench_exp.c: the experiment runner's cost to the peers, printed as `BENCH <key> <value>` lines.
 //   exp_runner_overhead      per-peer tokens/s under experiments/run divided by that of a plain
-//                            scripts/local-cluster run of the same config (median of ROUNDS;
-//                            target >= 0.97, i.e. within 3%)
+//                            scripts/local-cluster run of the same config (median over the
+//                            rounds; target >= 0.97, i.e. within 3%), and
+//                            exp_runner_overhead_spread, the rounds' range and IQR
 //   exp_runner_tok_s, exp_local_cluster_tok_s   the two rates (means over the rounds)
 //   exp_runner_overhead_of_means                 their ratio
 //   exp_record_s             the runner's recording time after training (evals, avg, corr)
-// Each round runs a plain local-cluster and then the runner, 2 peers each (one core per peer, so
-// neither run is oversubscribed), of configs/experiments/sparta_p005_async.ini; the ratio of each
-// adjacent pair cancels slow drifts in the machine's load, and the median over the rounds drops a
-// disturbed pair. (Running both at once, 4 processes on 2 cores, made single rounds swing by
-// +-25% depending on which run the scheduler favoured.) Rates are taken over the wall-clock window
-// in which both peers of a run are past SKIP steps and neither has finished, from the absolute
-// timestamps of the progress lines (every 10 steps); they include the runner's checkpoint writes
-// (every 50 steps). The cluster runs the runner's effective config without those checkpoints; the
-// runner uses its default netns mode (namespaces when root).
+// Each round runs a plain local-cluster and the runner, 2 peers each (one core per peer, so
+// neither run is oversubscribed), of configs/experiments/sparta_p005_async.ini, the cluster first
+// in even rounds and the runner first in odd ones; the ratio of each adjacent pair cancels slow
+// drifts in the machine's load, the alternating order cancels a drift within the pair, and the
+// median over the rounds drops a disturbed pair. (Running both at once, 4 processes on 2 cores,
+// made single rounds swing by +-25% depending on which run the scheduler favoured.) 5 rounds
+// (about 30 s each on 2 cores), 3 under BENCH_QUICK=1; BENCH_ROUNDS or BENCH_ROUNDS_EXP sets
+// it. Rates are taken over the wall-clock window in which both peers of a run are past SKIP steps
+// and neither has finished, from the absolute timestamps of the progress lines (every 10 steps);
+// they include the runner's checkpoint writes (every 50 steps). The cluster runs the runner's
+// effective config without those checkpoints; the runner uses its default netns mode (namespaces
+// when root).
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -22,11 +26,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "err.h"
 #include "test_util.h"
 
 #define STEPS  600
 #define SKIP   50
-#define ROUNDS 5
 #define MAXPTS (STEPS / 10 + 8)
 
 // A peer's progress: absolute time (s since midnight) at steps 1, 10, 20, ...
@@ -115,10 +119,12 @@ int main(void) {
         "--quiet --out %s/cfg --set data.dir=%s --set train.log_interval=10",
         tu_spartan(), STEPS, dir, data);
     run_or_die(cmd, 600);
-    double ratio[ROUNDS], runner = 0, cluster = 0, record_s = 0;
-    for (int round = 0; round < ROUNDS; round++) {
+    const int rounds = tu_bench_rounds("exp", 5, 3);
+    double *ratio = xmalloc((size_t)rounds * sizeof(double)), runner = 0, cluster = 0, record_s = 0;
+    for (int round = 0; round < rounds; round++) {
         double rate[2]; // local-cluster, runner: tokens/s per peer
-        for (int who = 0; who < 2; who++) {
+        for (int k = 0; k < 2; k++) {
+            const int who = (round + k) % 2;
             if (who == 0)
                 snprintf(cmd, sizeof cmd,
                          "exec env SPARTAN_BIN=%s python3 scripts/local-cluster 2 "
@@ -158,24 +164,25 @@ int main(void) {
                     (steps_at(&p[i], t1) - steps_at(&p[i], t0)) * tokens_per_step / (t1 - t0) / 2;
         }
         ratio[round] = rate[1] / rate[0];
-        cluster += rate[0] / ROUNDS;
-        runner += rate[1] / ROUNDS;
+        cluster += rate[0] / rounds;
+        runner += rate[1] / rounds;
         char *meta = NULL;
         size_t n;
         snprintf(path, sizeof path, "%s/run%d/run.json", dir, round);
         if (!tu_read_file(path, &meta, &n) && strstr(meta, "\"record_wall_s\": "))
-            record_s += strtod(strstr(meta, "\"record_wall_s\": ") + 17, NULL) / ROUNDS;
+            record_s += strtod(strstr(meta, "\"record_wall_s\": ") + 17, NULL) / rounds;
         free(meta);
         fprintf(stderr,
-                "bench_exp: round %d: local-cluster %.0f tok/s/peer, then runner %.0f (%.3f)\n",
-                round, rate[0], rate[1], ratio[round]);
+                "bench_exp: round %d (%s first): local-cluster %.0f tok/s/peer, runner %.0f "
+                "(%.3f)\n",
+                round, round % 2 ? "runner" : "local-cluster", rate[0], rate[1], ratio[round]);
     }
-    qsort(ratio, ROUNDS, sizeof(double), tu_cmp_double);
     printf("BENCH exp_local_cluster_tok_s %.0f\n", cluster);
     printf("BENCH exp_runner_tok_s %.0f\n", runner);
-    printf("BENCH exp_runner_overhead %.4f\n", ratio[ROUNDS / 2]);
+    tu_bench_ratio("exp_runner_overhead", ratio, rounds, 4);
     printf("BENCH exp_runner_overhead_of_means %.4f\n", runner / cluster);
     printf("BENCH exp_record_s %.2f\n", record_s);
+    free(ratio);
     tu_rm_rf(dir);
     free(dir);
     return 0;

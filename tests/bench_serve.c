@@ -1,17 +1,26 @@
 // bench_serve.c: KV-cache decoding benchmarks (infer/kv.h), printed as `BENCH <key> <value>` lines.
-//   serve_bw_gb_s                  streaming read bandwidth: sum over 512 MiB on all threads
+//   serve_bw_gb_s                  streaming read bandwidth: sum over 512 MiB on all threads, the
+//                                  best pass of the run (6 first, then 2 in each round)
 //   serve_bw_limit_tok_s_124m      that bandwidth / bytes of weights one decoded token reads
 //   serve_decode_tok_s_124m        one stream, greedy, 1 token per kv_step (1 / median step)
-//   serve_decode_frac_of_bw_limit  the line above over the bandwidth bound
+//   serve_decode_frac_of_bw_limit  each round's decode rate over the bandwidth bound
 //   serve_ttft_ms_124m             64-token prompt: prefill + first logits + sample (median)
 //   serve_prefill_tok_s_124m       prompt tokens/s filling a slot to position 960 in 64-token steps
 //   serve_decode_tok_s_124m_pos960 one stream decoding at positions 960..1023 (long context)
 //   serve_agg_tok_s_124m_c8        8 streams, one kv_step of 8 entries x 1 token (8 / median)
 //   serve_agg_vs_single_c8         aggregate over single-stream tokens/s
-//   serve_decode_vs_torch          against scripts/bench-torch --decode (PyTorch KV cache)
-// Model: GPT-2 124M (L12 NH12 C768, block_size 1024, V 50257), random init. Medians resist the
-// other processes of a shared machine. BENCH_QUICK=1 times fewer steps; BENCH_NO_TORCH=1 skips
-// the PyTorch run.
+//   serve_decode_vs_torch          against PyTorch's KV-cache decoding (scripts/bench-torch)
+// Model: GPT-2 124M (L12 NH12 C768, block_size 1024, V 50257), random init.
+// The three ratios come from interleaved rounds (tu_interleave). Each round runs, in an order that
+// rotates from round to round: one stream (a fresh slot, a 16-token prompt, 4 untimed and 24 timed
+// decode steps), 8 streams (8 fresh slots, 2 untimed and 12 timed batched steps), two bandwidth
+// passes, and the same single-stream round in a persistent PyTorch process (bench-torch --serve,
+// told over a pipe). Each round gives each ratio once; `X` is the median over the rounds and
+// `X_spread` their range and IQR. The decode and aggregate tokens/s are medians over every timed
+// step of every round. The bandwidth bound uses the best pass of the run: load only slows a pass,
+// and the best of a round's two passes swung between 18 and 50 GB/s on the shared machine. 7 rounds
+// (about 25 s), 3 under BENCH_QUICK=1; BENCH_ROUNDS or BENCH_ROUNDS_SERVE sets it. BENCH_NO_TORCH=1
+// leaves PyTorch out.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,38 +44,61 @@ static void check(int rc, const char *what) {
     exit(1);
 }
 
-// read_bw_gb_s returns the best of several timed sums over a 512 MiB buffer (GB/s). Each
-// thread keeps 64 independent partial sums, so the loop is limited by memory, not by the
-// latency of one chain of additions.
-static double read_bw_gb_s(void) {
-    const size_t n = (size_t)128 << 20; // floats
-    float *x = xalloc_aligned(n * sizeof(float));
-    ops_zero(x, n);
-    for (size_t i = 0; i < n; i += 1024)
-        x[i] = 1.0f;
-    double best = 0, check_sum = 0;
-    for (int r = 0; r < 6; r++) {
-        double t0 = tu_now_s(), tot = 0;
+// A 512 MiB buffer of floats for streaming-read bandwidth passes.
+typedef struct bw_buf {
+    float *x;
+    size_t n;
+} bw_buf;
+
+static void bw_init(bw_buf *b) {
+    b->n = (size_t)128 << 20; // floats
+    b->x = xalloc_aligned(b->n * sizeof(float));
+    ops_zero(b->x, b->n);
+    for (size_t i = 0; i < b->n; i += 1024)
+        b->x[i] = 1.0f;
+}
+
+// bw_pass sums the buffer once on all threads and returns GB/s. Each thread keeps 64 independent
+// partial sums, so the loop is limited by memory, not by the latency of one chain of additions.
+static double bw_pass(const bw_buf *b) {
+    const size_t n = b->n;
+    const float *x = b->x;
+    double t0 = tu_now_s(), tot = 0;
 #pragma omp parallel for schedule(static) reduction(+ : tot)
-        for (size_t b = 0; b < n; b += 16384) {
-            float acc[64] = {0};
-            for (size_t i = b; i < b + 16384; i += 64) {
+    for (size_t blk = 0; blk < n; blk += 16384) {
+        float acc[64] = {0};
+        for (size_t i = blk; i < blk + 16384; i += 64) {
 #pragma omp simd
-                for (int j = 0; j < 64; j++)
-                    acc[j] += x[i + j];
-            }
-            float s = 0;
             for (int j = 0; j < 64; j++)
-                s += acc[j];
-            tot += s;
+                acc[j] += x[i + j];
         }
-        double dt = tu_now_s() - t0;
-        if (r > 0 && n * sizeof(float) / dt / 1e9 > best) best = n * sizeof(float) / dt / 1e9;
-        check_sum = tot;
+        float s = 0;
+        for (int j = 0; j < 64; j++)
+            s += acc[j];
+        tot += s;
     }
-    if (check_sum != (double)(n / 1024)) fprintf(stderr, "bench_serve: bad bandwidth sum\n");
-    free(x);
+    double dt = tu_now_s() - t0;
+    if (tot != (double)(n / 1024)) fprintf(stderr, "bench_serve: bad bandwidth sum\n");
+    return n * sizeof(float) / dt / 1e9;
+}
+
+// read_bw_gb_s returns the best of 5 passes after a warm-up pass (GB/s).
+static double read_bw_gb_s(const bw_buf *b) {
+    double best = 0;
+    for (int r = 0; r < 6; r++) {
+        double g = bw_pass(b);
+        if (r > 0 && g > best) best = g;
+    }
     return best;
+}
+
+// bw_run is a tu_side run: n passes into v as GB/s (the round's figure is the best of them).
+static int bw_run(void *ctx, int warm, int n, double *v) {
+    for (int i = 0; i < warm + n; i++) {
+        double g = bw_pass(ctx);
+        if (i >= warm) v[i - warm] = g;
+    }
+    return 0;
 }
 
 // fill_tokens writes n deterministic pseudo-random token ids into t.
@@ -75,29 +107,107 @@ static void fill_tokens(int32_t *t, int n, int V, unsigned seed) {
         t[i] = (int32_t)(((unsigned)i * 7919u + seed * 104729u + 13u) % (unsigned)V);
 }
 
-// torch_decode_tok_s runs scripts/bench-torch in decode mode and returns 1 / its median seconds
-// per token (the statistic used for ours), or -1 if torch is unavailable or the run fails.
-static double torch_decode_tok_s(const cfg_model *mc, int steps, int threads) {
-    if (getenv("BENCH_NO_TORCH")) return -1;
-    char cmd[512];
-    snprintf(cmd, sizeof cmd,
-             "scripts/bench-torch --n-layer %d --n-head %d --n-embd %d --block-size %d "
-             "--vocab %d --prompt %d --decode %d --warmup 4 --threads %d 2>/dev/null",
-             mc->n_layer, mc->n_head, mc->n_embd, mc->block_size, mc->vocab_size, PROMPT, steps,
-             threads);
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    char line[256];
-    double overall = -1, ms = -1;
-    while (fgets(line, sizeof line, p)) {
-        sscanf(line, "torch_decode_tok_s %lf", &overall);
-        sscanf(line, "torch_decode_ms_tok %lf", &ms); // absent on torch_unavailable
+// What the decode rounds need: the engine, the scratch buffers and the sampler.
+typedef struct dec_ctx {
+    kv_engine *e;
+    float *logits, *scratch;
+    sample_params greedy;
+    int V;
+} dec_ctx;
+
+// single_run is a tu_side run: a fresh slot, the PROMPT-token prompt, warm untimed and n timed
+// greedy decode steps (seconds each) into v.
+static int single_run(void *ctx, int warm, int n, double *v) {
+    dec_ctx *d = ctx;
+    int32_t prompt[PROMPT];
+    int s = kv_slot_open(d->e), np = PROMPT;
+    fill_tokens(prompt, PROMPT, d->V, 100);
+    const int32_t *tp = prompt;
+    check(kv_step(d->e, 1, &s, &tp, &np, d->logits), "kv_step (prompt)");
+    int32_t tok = (int32_t)sample_next(d->logits, d->V, &d->greedy, 0, d->scratch);
+    for (int i = 0; i < warm + n; i++) {
+        const int32_t *tt = &tok;
+        int one = 1;
+        double a = tu_now_s();
+        check(kv_step(d->e, 1, &s, &tt, &one, d->logits), "kv_step (decode)");
+        tok = (int32_t)sample_next(d->logits, d->V, &d->greedy, (uint64_t)i, d->scratch);
+        if (i >= warm) v[i - warm] = tu_now_s() - a;
     }
-    pclose(p);
-    if (ms <= 0) return -1;
-    fprintf(stderr, "bench_serve: torch decode median %.1f ms/tok, %.2f tok/s overall\n", ms,
-            overall);
-    return 1e3 / ms;
+    kv_slot_close(d->e, s);
+    return 0;
+}
+
+// agg_run is a tu_side run: SLOTS fresh slots with their prompts, then warm untimed and n timed
+// kv_steps of SLOTS entries x 1 token (seconds each) into v.
+static int agg_run(void *ctx, int warm, int n, double *v) {
+    dec_ctx *d = ctx;
+    int slot[SLOTS], ntok[SLOTS];
+    int32_t tok[SLOTS], prompt[PROMPT];
+    const int32_t *tp[SLOTS];
+    for (int i = 0; i < SLOTS; i++) {
+        slot[i] = kv_slot_open(d->e);
+        int np = PROMPT;
+        fill_tokens(prompt, PROMPT, d->V, 200 + (unsigned)i);
+        const int32_t *p = prompt;
+        check(kv_step(d->e, 1, &slot[i], &p, &np, d->logits), "kv_step (prompt)");
+        tok[i] = (int32_t)sample_next(d->logits, d->V, &d->greedy, 0, d->scratch);
+        ntok[i] = 1;
+        tp[i] = &tok[i];
+    }
+    for (int it = 0; it < warm + n; it++) {
+        double a = tu_now_s();
+        check(kv_step(d->e, SLOTS, slot, tp, ntok, d->logits), "kv_step (batched decode)");
+        for (int i = 0; i < SLOTS; i++)
+            tok[i] = (int32_t)sample_next(d->logits + (size_t)i * d->V, d->V, &d->greedy,
+                                          (uint64_t)it, d->scratch);
+        if (it >= warm) v[it - warm] = tu_now_s() - a;
+    }
+    for (int i = 0; i < SLOTS; i++)
+        kv_slot_close(d->e, slot[i]);
+    return 0;
+}
+
+// torch_open starts a persistent scripts/bench-torch --serve (decode only) for model mc and waits
+// until it is ready. Returns 0, or -1 if torch is unavailable or it failed.
+static int torch_open(tu_proc *p, const cfg_model *mc, int threads) {
+    if (getenv("BENCH_NO_TORCH")) return -1;
+    char cmd[512], line[256];
+    snprintf(cmd, sizeof cmd,
+             "exec scripts/bench-torch --serve --n-layer %d --n-head %d --n-embd %d "
+             "--block-size %d --vocab %d --prompt %d --threads %d 2>/dev/null",
+             mc->n_layer, mc->n_head, mc->n_embd, mc->block_size, mc->vocab_size, PROMPT, threads);
+    if (tu_proc_start(p, cmd)) return -1;
+    if (tu_proc_read(p, line, sizeof line) || strcmp(line, "ready") != 0) {
+        tu_proc_stop(p);
+        return -1;
+    }
+    return 0;
+}
+
+// torch_run is a tu_side run: the single-stream round of single_run in PyTorch, seconds per
+// decode step into v.
+static int torch_run(void *ctx, int warm, int n, double *v) {
+    char cmd[64], line[16384];
+    snprintf(cmd, sizeof cmd, "decode %d %d", warm, n);
+    if (tu_proc_ask(ctx, cmd, line, sizeof line) || strncmp(line, "ms ", 3) != 0) {
+        fprintf(stderr, "bench_serve: bench-torch answered '%s'\n", line);
+        return -1;
+    }
+    const char *c = line + 2;
+    for (int i = 0; i < n; i++) {
+        char *end;
+        v[i] = strtod(c, &end) / 1e3;
+        if (end == c) return -1;
+        c = end;
+    }
+    return 0;
+}
+
+static double max_of(const double *x, int n) {
+    double m = x[0];
+    for (int i = 1; i < n; i++)
+        if (x[i] > m) m = x[i];
+    return m;
 }
 
 int main(void) {
@@ -105,9 +215,9 @@ int main(void) {
     const int threads = ops_init(0);
     fprintf(stderr, "bench_serve: threads=%d blas=\"%s\"\n", threads, ops_blas_name());
 
-    const double bw = read_bw_gb_s();
-    printf("BENCH serve_bw_gb_s %.2f\n", bw);
-    fflush(stdout);
+    bw_buf bwb;
+    bw_init(&bwb);
+    double bw = read_bw_gb_s(&bwb);
 
     const cfg_model mc = {
         .n_layer = 12, .n_head = 12, .n_embd = 768, .block_size = 1024, .vocab_size = 50257};
@@ -125,13 +235,11 @@ int main(void) {
     // lm_head, but the row is negligible), except wpe, of which it reads one row.
     const double wbytes =
         (double)(gpt_n_params(m) - gpt_find_view(m, "transformer.wpe.weight")->count) * 4;
-    const double limit = bw * 1e9 / wbytes;
-    printf("BENCH serve_bw_limit_tok_s_124m %.1f\n", limit);
-    fflush(stdout);
-
-    float *logits = xalloc_aligned((size_t)SLOTS * V * sizeof(float));
-    float *scratch = xmalloc(2 * (size_t)V * sizeof(float));
-    const sample_params greedy = {.temperature = 0, .top_k = 0, .top_p = 1, .seed = 1};
+    dec_ctx d = {.e = e,
+                 .logits = xalloc_aligned((size_t)SLOTS * V * sizeof(float)),
+                 .scratch = xmalloc(2 * (size_t)V * sizeof(float)),
+                 .greedy = {.temperature = 0, .top_k = 0, .top_p = 1, .seed = 1},
+                 .V = V};
     int32_t prompt[TTFT_P];
 
     // Time to first token: prefill TTFT_P tokens, logits of the last, greedy sample.
@@ -143,8 +251,8 @@ int main(void) {
         const int32_t *tp = prompt;
         int n = TTFT_P;
         double a = tu_now_s();
-        check(kv_step(e, 1, &s, &tp, &n, logits), "kv_step (prefill)");
-        (void)sample_next(logits, V, &greedy, 0, scratch); // the first token
+        check(kv_step(e, 1, &s, &tp, &n, d.logits), "kv_step (prefill)");
+        (void)sample_next(d.logits, V, &d.greedy, 0, d.scratch); // the first token
         if (r > 0) ttft[r - 1] = tu_now_s() - a;
         kv_slot_close(e, s);
     }
@@ -152,38 +260,64 @@ int main(void) {
     printf("BENCH serve_ttft_ms_124m %.1f\n", ttft_ms);
     fflush(stdout);
 
-    // Single stream: prompt, 8 untimed decode steps, then `steps` timed ones.
-    const int steps = quick ? 32 : 96, warm = 8, long_steps = mc.block_size - LONG_P - warm;
-    double *dt = xmalloc((size_t)(steps > long_steps ? steps : long_steps) * sizeof(double));
-    {
-        int s = kv_slot_open(e), n = PROMPT;
-        fill_tokens(prompt, PROMPT, V, 100);
-        const int32_t *tp = prompt;
-        check(kv_step(e, 1, &s, &tp, &n, logits), "kv_step (prompt)");
-        int32_t tok = (int32_t)sample_next(logits, V, &greedy, 0, scratch);
-        double total = 0;
-        for (int i = 0; i < warm + steps; i++) {
-            const int32_t *tt = &tok;
-            int one = 1;
-            double a = tu_now_s();
-            check(kv_step(e, 1, &s, &tt, &one, logits), "kv_step (decode)");
-            tok = (int32_t)sample_next(logits, V, &greedy, (uint64_t)i, scratch);
-            double d = tu_now_s() - a;
-            if (i >= warm) {
-                dt[i - warm] = d;
-                total += d;
-            }
-        }
-        kv_slot_close(e, s);
-        fprintf(stderr, "bench_serve: single stream: %d tokens in %.2f s (%.1f tok/s overall)\n",
-                steps, total, steps / total);
+    // Interleaved rounds: one stream, 8 streams, bandwidth, PyTorch's one stream.
+    const int rounds = tu_bench_rounds("serve", 7, 3);
+    tu_proc py;
+    const int have_torch = torch_open(&py, &mc, threads) == 0;
+    tu_side sides[4] = {{"single_s", single_run, &d, 4, 24, NULL, NULL},
+                        {"c8_s", agg_run, &d, 2, 12, NULL, NULL},
+                        {"bw_gb_s", bw_run, &bwb, 0, 2, NULL, NULL},
+                        {"torch_s", torch_run, &py, 4, 24, NULL, NULL}};
+    const int n_sides = have_torch ? 4 : 3;
+    for (int i = 0; i < n_sides; i++) {
+        sides[i].all = xmalloc((size_t)rounds * sides[i].n * sizeof(double));
+        sides[i].med = xmalloc((size_t)rounds * sizeof(double));
     }
-    const double single = 1.0 / tu_median(dt, steps);
+    fprintf(stderr, "bench_serve: %d rounds\n", rounds);
+    if (tu_interleave(sides, n_sides, rounds)) return 1;
+    const double bw_best = max_of(sides[2].all, rounds * sides[2].n);
+    if (bw_best > bw) bw = bw_best;
+    const double limit = bw * 1e9 / wbytes;
+    printf("BENCH serve_bw_gb_s %.2f\n", bw);
+    printf("BENCH serve_bw_limit_tok_s_124m %.1f\n", limit);
+    double *frac = xmalloc((size_t)rounds * sizeof(double));
+    double *agg_vs = xmalloc((size_t)rounds * sizeof(double));
+    double *vs_torch = xmalloc((size_t)rounds * sizeof(double));
+    for (int r = 0; r < rounds; r++) {
+        const double rate = 1.0 / sides[0].med[r];
+        frac[r] = rate / limit;
+        agg_vs[r] = SLOTS / sides[1].med[r] / rate;
+        if (have_torch) vs_torch[r] = sides[3].med[r] / sides[0].med[r];
+    }
+    const double single = 1.0 / tu_spread_of(sides[0].all, rounds * sides[0].n).median;
     printf("BENCH serve_decode_tok_s_124m %.1f\n", single);
-    printf("BENCH serve_decode_frac_of_bw_limit %.2f\n", single / limit);
+    tu_bench_ratio("serve_decode_frac_of_bw_limit", frac, rounds, 2);
+    const double agg = SLOTS / tu_spread_of(sides[1].all, rounds * sides[1].n).median;
+    printf("BENCH serve_agg_tok_s_124m_c%d %.1f\n", SLOTS, agg);
+    char key[64];
+    snprintf(key, sizeof key, "serve_agg_vs_single_c%d", SLOTS);
+    tu_bench_ratio(key, agg_vs, rounds, 2);
+    if (have_torch) {
+        const double tt = 1.0 / tu_spread_of(sides[3].all, rounds * sides[3].n).median;
+        printf("BENCH torch_decode_tok_s_124m %.2f\n", tt);
+        tu_bench_ratio("serve_decode_vs_torch", vs_torch, rounds, 2);
+        tu_proc_stop(&py);
+    } else {
+        printf("BENCH serve_decode_vs_torch skipped (torch unavailable)\n");
+    }
     fflush(stdout);
+    for (int i = 0; i < n_sides; i++) {
+        free(sides[i].all);
+        free(sides[i].med);
+    }
+    free(frac);
+    free(agg_vs);
+    free(vs_torch);
+    free(bwb.x);
 
     // Long context: fill a slot to LONG_P positions in TTFT_P-token steps, then decode.
+    const int warm = 8, long_steps = mc.block_size - LONG_P - warm;
+    double *dt = xmalloc((size_t)long_steps * sizeof(double));
     {
         int s = kv_slot_open(e);
         double a = tu_now_s();
@@ -191,16 +325,16 @@ int main(void) {
             fill_tokens(prompt, TTFT_P, V, 300 + (unsigned)p);
             const int32_t *tp = prompt;
             int n = TTFT_P;
-            check(kv_step(e, 1, &s, &tp, &n, logits), "kv_step (long prefill)");
+            check(kv_step(e, 1, &s, &tp, &n, d.logits), "kv_step (long prefill)");
         }
         const double fill = tu_now_s() - a;
-        int32_t tok = (int32_t)sample_next(logits, V, &greedy, 0, scratch);
+        int32_t tok = (int32_t)sample_next(d.logits, V, &d.greedy, 0, d.scratch);
         for (int i = 0; i < warm + long_steps; i++) {
             const int32_t *tt = &tok;
             int one = 1;
             double b = tu_now_s();
-            check(kv_step(e, 1, &s, &tt, &one, logits), "kv_step (long decode)");
-            tok = (int32_t)sample_next(logits, V, &greedy, (uint64_t)i, scratch);
+            check(kv_step(e, 1, &s, &tt, &one, d.logits), "kv_step (long decode)");
+            tok = (int32_t)sample_next(d.logits, V, &d.greedy, (uint64_t)i, d.scratch);
             if (i >= warm) dt[i - warm] = tu_now_s() - b;
         }
         kv_slot_close(e, s);
@@ -210,52 +344,10 @@ int main(void) {
         fflush(stdout);
     }
 
-    // SLOTS streams advancing together: one kv_step of SLOTS entries x 1 token.
-    const int agg_steps = quick ? 16 : 48;
-    double *adt = xmalloc((size_t)agg_steps * sizeof(double));
-    {
-        int slot[SLOTS], ntok[SLOTS];
-        int32_t tok[SLOTS];
-        const int32_t *tp[SLOTS];
-        for (int i = 0; i < SLOTS; i++) {
-            slot[i] = kv_slot_open(e);
-            int n = PROMPT;
-            fill_tokens(prompt, PROMPT, V, 200 + (unsigned)i);
-            const int32_t *p = prompt;
-            check(kv_step(e, 1, &slot[i], &p, &n, logits), "kv_step (prompt)");
-            tok[i] = (int32_t)sample_next(logits, V, &greedy, 0, scratch);
-            ntok[i] = 1;
-            tp[i] = &tok[i];
-        }
-        for (int it = 0; it < 4 + agg_steps; it++) {
-            double a = tu_now_s();
-            check(kv_step(e, SLOTS, slot, tp, ntok, logits), "kv_step (batched decode)");
-            for (int i = 0; i < SLOTS; i++)
-                tok[i] =
-                    (int32_t)sample_next(logits + (size_t)i * V, V, &greedy, (uint64_t)it, scratch);
-            if (it >= 4) adt[it - 4] = tu_now_s() - a;
-        }
-        for (int i = 0; i < SLOTS; i++)
-            kv_slot_close(e, slot[i]);
-    }
-    const double agg = SLOTS / tu_median(adt, agg_steps);
-    printf("BENCH serve_agg_tok_s_124m_c%d %.1f\n", SLOTS, agg);
-    printf("BENCH serve_agg_vs_single_c%d %.2f\n", SLOTS, agg / single);
-    fflush(stdout);
-
     kv_destroy(e);
     gpt_destroy(m);
-    free(logits);
-    free(scratch);
+    free(d.logits);
+    free(d.scratch);
     free(dt);
-    free(adt);
-
-    const double tt = torch_decode_tok_s(&mc, quick ? 16 : 48, threads);
-    if (tt > 0) {
-        printf("BENCH torch_decode_tok_s_124m %.2f\n", tt);
-        printf("BENCH serve_decode_vs_torch %.2f\n", single / tt);
-    } else {
-        printf("BENCH serve_decode_vs_torch skipped (torch unavailable)\n");
-    }
     return 0;
 }

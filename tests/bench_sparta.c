@@ -1,10 +1,18 @@
 // bench_sparta.c: SPARTA cost, printed as `BENCH <key> <value>` lines.
 //   sparta_overhead      per-peer tokens/s of 2 local peers exchanging p = 0.005 every step,
-//                        divided by the same 2 peers with the exchange off (same run)
+//                        divided by the same 2 peers with the exchange off: the median over
+//                        interleaved rounds, and sparta_overhead_spread their range and IQR
+//   sparta_tok_s_off/on  the two rates (medians over the rounds)
 //   sparta_bytes_vs_ddp  bytes sent per step and peer, relative to a full fp32 gradient ring
 //                        all-reduce with the same P: 2 (P-1)/P * 4 N bytes
 // Peers are real `spartan train` processes on 127.0.0.1 (1 thread each) training the tiny config
 // on the bundled tinyshakespeare; the first steps (start-up, connection) are not counted.
+// Each round runs the pair with the exchange off and then on, or on and then off (the order
+// alternates from round to round), STEPS steps each, and gives one ratio, so load that drifts over
+// the minutes of the benchmark hits both runs of a round alike. Each run is a fresh pair of
+// processes: the trainer takes no commands, and start-up is outside the SKIP window anyway.
+// 5 rounds (about 3.5 minutes on 2 cores), 3 under BENCH_QUICK=1; BENCH_ROUNDS or
+// BENCH_ROUNDS_SPARTA sets it.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -16,10 +24,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "err.h"
 #include "test_util.h"
 
-#define STEPS 300
-#define SKIP  50
+#define STEPS 150
+#define SKIP  30
 
 static const char *bin(void) {
     const char *b = getenv("SPARTAN_BIN");
@@ -53,7 +62,7 @@ static double column_mean(const char *path, int col) {
 
 // run_pair trains 2 peers with the given p and returns the mean per-peer tokens/s; *bytes gets
 // the mean bytes sent per step of rank 0.
-static double run_pair(const char *dir, const char *data, float p, double *bytes) {
+static double run_pair(const char *dir, const char *data, int round, float p, double *bytes) {
     int base = free_base();
     if (base < 0) {
         fprintf(stderr, "bench_sparta: no free ports\n");
@@ -64,11 +73,11 @@ static double run_pair(const char *dir, const char *data, float p, double *bytes
         char cmd[2048];
         snprintf(
             cmd, sizeof cmd,
-            "exec %s train configs/tiny.ini --set data.dir=%s --set train.out_dir=%s/p%g_r%d "
+            "exec %s train configs/tiny.ini --set data.dir=%s --set train.out_dir=%s/%d_p%g_r%d "
             "--set train.max_iters=%d --set train.eval_interval=0 --set train.threads=1 "
             "--set train.log_interval=1000 --set sparta.p=%g --peers 127.0.0.1:%d,127.0.0.1:%d "
-            "--rank %d 2>%s/p%g_r%d.log",
-            bin(), data, dir, p, r, STEPS, p, base, base + 2, r, dir, p, r);
+            "--rank %d 2>%s/%d_p%g_r%d.log",
+            bin(), data, dir, round, p, r, STEPS, p, base, base + 2, r, dir, round, p, r);
         pid[r] = fork();
         if (pid[r] == 0) {
             execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
@@ -88,7 +97,7 @@ static double run_pair(const char *dir, const char *data, float p, double *bytes
     double tok = 0;
     for (int r = 0; r < 2; r++) {
         char path[1024];
-        snprintf(path, sizeof path, "%s/p%g_r%d/metrics.csv", dir, p, r);
+        snprintf(path, sizeof path, "%s/%d_p%g_r%d/metrics.csv", dir, round, p, r);
         tok += column_mean(path, 5) / 2;            // tokens_per_s
         if (r == 0) *bytes = column_mean(path, 10); // bytes_sent_step
     }
@@ -104,12 +113,28 @@ int main(void) {
              "%s data prepare --tokenizer char data/tinyshakespeare.txt %s >/dev/null", bin(),
              data);
     if (system(cmd) != 0) return 1;
-    double b_off, b_on;
-    double off = run_pair(dir, data, 0.0f, &b_off);
-    double on = run_pair(dir, data, 0.005f, &b_on);
-    printf("BENCH sparta_tok_s_off %.0f\n", off);
-    printf("BENCH sparta_tok_s_on %.0f\n", on);
-    printf("BENCH sparta_overhead %.3f\n", on / off);
+    const int rounds = tu_bench_rounds("sparta", 5, 3);
+    double *off = xmalloc((size_t)rounds * sizeof(double)),
+           *on = xmalloc((size_t)rounds * sizeof(double)),
+           *ratio = xmalloc((size_t)rounds * sizeof(double));
+    double b_off, b_on = 0;
+    for (int r = 0; r < rounds; r++) {
+        for (int j = 0; j < 2; j++) {
+            if ((r + j) % 2 == 0)
+                off[r] = run_pair(dir, data, r, 0.0f, &b_off);
+            else
+                on[r] = run_pair(dir, data, r, 0.005f, &b_on);
+        }
+        ratio[r] = on[r] / off[r];
+        fprintf(stderr, "bench_sparta: round %d/%d (%s first): off %.0f on %.0f tok/s (%.3f)\n",
+                r + 1, rounds, r % 2 ? "on" : "off", off[r], on[r], ratio[r]);
+    }
+    printf("BENCH sparta_tok_s_off %.0f\n", tu_spread_of(off, rounds).median);
+    printf("BENCH sparta_tok_s_on %.0f\n", tu_spread_of(on, rounds).median);
+    tu_bench_ratio("sparta_overhead", ratio, rounds, 3);
+    free(off);
+    free(on);
+    free(ratio);
     // the tiny model's parameter count, read back from a checkpoint-free formula: N is printed in
     // the peer's log; recompute it the same way as gpt_create for L4 C128 T64 V65
     double C = 128, L = 4, V = 65, T = 64;

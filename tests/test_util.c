@@ -1,10 +1,13 @@
-// test_util.c: shared test helpers. Single-threaded; called from Criterion test bodies.
+// test_util.c: shared test helpers. Single-threaded; called from Criterion test bodies and the
+// benchmark programs.
 #include "test_util.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <ctype.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -265,4 +268,143 @@ char *tu_data_tmpdir(const char *tag) {
     }
     free(out);
     return dir;
+}
+
+int tu_bench_rounds(const char *name, int def, int def_quick) {
+    char var[128] = "BENCH_ROUNDS_";
+    size_t k = strlen(var);
+    for (const char *c = name; *c && k + 1 < sizeof var; c++)
+        var[k++] = (char)toupper((unsigned char)*c);
+    var[k] = 0;
+    const char *vals[2] = {getenv(var), getenv("BENCH_ROUNDS")};
+    for (int i = 0; i < 2; i++) {
+        if (!vals[i] || !*vals[i]) continue;
+        char *end;
+        long r = strtol(vals[i], &end, 10);
+        if (*end == 0 && r >= 1 && r <= 1000) return (int)r;
+        fprintf(stderr, "bench: ignoring %s=%s (want 1..1000)\n", i ? "BENCH_ROUNDS" : var,
+                vals[i]);
+    }
+    return getenv("BENCH_QUICK") ? def_quick : def;
+}
+
+int tu_interleave(tu_side *sides, int n_sides, int rounds) {
+    for (int r = 0; r < rounds; r++) {
+        char line[512];
+        int len = snprintf(line, sizeof line, "bench: round %d/%d:", r + 1, rounds);
+        for (int j = 0; j < n_sides; j++) {
+            tu_side *s = &sides[(r + j) % n_sides];
+            double *v = s->all + (size_t)r * s->n;
+            if (s->run(s->ctx, s->warm, s->n, v)) {
+                fprintf(stderr, "bench: round %d: side %s failed\n", r + 1, s->name);
+                return -1;
+            }
+            s->med[r] = tu_spread_of(v, s->n).median;
+            if (len < (int)sizeof line)
+                len +=
+                    snprintf(line + len, sizeof line - (size_t)len, " %s %.4g", s->name, s->med[r]);
+        }
+        fprintf(stderr, "%s\n", line);
+    }
+    return 0;
+}
+
+// quantile of sorted x(n) at q in [0, 1], interpolating linearly between order statistics.
+static double quantile(const double *x, int n, double q) {
+    double pos = q * (n - 1);
+    int i = (int)pos;
+    if (i >= n - 1) return x[n - 1];
+    return x[i] + (pos - i) * (x[i + 1] - x[i]);
+}
+
+tu_spread tu_spread_of(const double *x, int n) {
+    double *s = malloc((size_t)n * sizeof *s);
+    memcpy(s, x, (size_t)n * sizeof *s);
+    qsort(s, (size_t)n, sizeof *s, tu_cmp_double);
+    tu_spread r = {.median = quantile(s, n, 0.5),
+                   .q1 = quantile(s, n, 0.25),
+                   .q3 = quantile(s, n, 0.75),
+                   .min = s[0],
+                   .max = s[n - 1],
+                   .n = n};
+    free(s);
+    return r;
+}
+
+double tu_bench_ratio(const char *key, const double *x, int n, int decimals) {
+    tu_spread s = tu_spread_of(x, n);
+    char vals[2048];
+    int len = 0;
+    for (int i = 0; i < n && len < (int)sizeof vals; i++)
+        len += snprintf(vals + len, sizeof vals - (size_t)len, " %.*f", decimals + 1, x[i]);
+    fprintf(stderr, "bench: %s per round:%s\n", key, vals);
+    printf("BENCH %s %.*f\n", key, decimals, s.median);
+    printf("BENCH %s_spread %.*f-%.*f (iqr %.*f-%.*f, %d rounds)\n", key, decimals, s.min, decimals,
+           s.max, decimals, s.q1, decimals, s.q3, n);
+    fflush(stdout);
+    return s.median;
+}
+
+int tu_proc_start(tu_proc *p, const char *cmd) {
+    int in[2], out[2]; // in: parent -> child stdin; out: child stdout -> parent
+    memset(p, 0, sizeof *p);
+    p->pid = -1;
+    if (pipe(in)) return -1;
+    if (pipe(out)) {
+        close(in[0]);
+        close(in[1]);
+        return -1;
+    }
+    // The parent's ends must not leak into this or a later child, or EOF would never come.
+    fcntl(in[1], F_SETFD, FD_CLOEXEC);
+    fcntl(out[0], F_SETFD, FD_CLOEXEC);
+    signal(SIGPIPE, SIG_IGN);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) { // only async-signal-safe calls until exec
+        dup2(in[0], 0);
+        dup2(out[1], 1);
+        close(in[0]);
+        close(out[1]);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    if (pid < 0) {
+        close(in[1]);
+        close(out[0]);
+        return -1;
+    }
+    p->pid = (int)pid;
+    p->to = fdopen(in[1], "w");
+    p->from = fdopen(out[0], "r");
+    if (!p->to || !p->from) {
+        tu_proc_stop(p);
+        return -1;
+    }
+    return 0;
+}
+
+int tu_proc_read(tu_proc *p, char *buf, size_t n) {
+    if (!p->from || !fgets(buf, (int)n, p->from)) return -1;
+    buf[strcspn(buf, "\n")] = 0;
+    return 0;
+}
+
+int tu_proc_ask(tu_proc *p, const char *line, char *buf, size_t n) {
+    if (!p->to || fprintf(p->to, "%s\n", line) < 0 || fflush(p->to)) return -1;
+    return tu_proc_read(p, buf, n);
+}
+
+int tu_proc_stop(tu_proc *p) {
+    if (p->to) fclose(p->to);
+    if (p->from) fclose(p->from);
+    p->to = p->from = NULL;
+    if (p->pid <= 0) return -1;
+    int st;
+    pid_t w = waitpid(p->pid, &st, 0);
+    p->pid = -1;
+    if (w < 0) return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
 }

@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 // tu_tmpdir creates a fresh directory under $TMPDIR (or /tmp) and returns its path (static
 // storage per call slot is not used: the caller owns the returned string and frees it).
@@ -88,6 +89,75 @@ int tu_cmp_double(const void *a, const void *b);
 
 // tu_median sorts x(n) (n >= 1) in place and returns its median.
 double tu_median(double *x, int n);
+
+// Interleaved benchmark rounds (tests/bench_*.c). A ratio between two systems (ours and PyTorch,
+// exchange on and off, ...) is measured in rounds: each round runs every side for a few
+// repetitions, the side that goes first rotates from round to round (A B, B A, A B, ...), and each
+// round gives one ratio. Load that drifts over minutes then hits both sides of a round alike, and
+// the median over the rounds drops a round that a burst of load disturbed.
+
+// tu_bench_rounds returns the number of rounds for the benchmark called name: $BENCH_ROUNDS_<NAME>
+// (name upper-cased), else $BENCH_ROUNDS, else def_quick under $BENCH_QUICK and def otherwise.
+// A value outside 1..1000 is ignored.
+int tu_bench_rounds(const char *name, int def, int def_quick);
+
+// One side of an interleaved comparison. run(ctx, warm, n, v) does warm untimed repetitions, then
+// n measured ones, and writes the n measurements (usually seconds) to v; it returns 0, or -1 when
+// the side failed (tu_interleave then stops). The caller owns all[rounds * n] and med[rounds];
+// tu_interleave fills all[r * n + i] with repetition i of round r and med[r] with the median of
+// round r.
+typedef struct tu_side {
+    const char *name;
+    int (*run)(void *ctx, int warm, int n, double *v);
+    void *ctx;
+    int warm, n;
+    double *all, *med;
+} tu_side;
+
+// tu_interleave runs rounds rounds over the n_sides sides, round r starting with side r % n_sides
+// and going on in order, and logs each round's medians to stderr. Returns 0, or -1 if a side
+// failed.
+int tu_interleave(tu_side *sides, int n_sides, int rounds);
+
+// Summary of a set of per-round values: median, quartiles (linear interpolation between order
+// statistics) and extremes.
+typedef struct tu_spread {
+    double median, q1, q3, min, max;
+    int n;
+} tu_spread;
+
+// tu_spread_of summarises x(n), n >= 1, without modifying x.
+tu_spread tu_spread_of(const double *x, int n);
+
+// tu_bench_ratio prints the per-round values x(n) as two lines with `decimals` digits:
+//   BENCH <key> <median>
+//   BENCH <key>_spread <min>-<max> (iqr <q1>-<q3>, <n> rounds)
+// and the values themselves to stderr. Returns the median.
+double tu_bench_ratio(const char *key, const double *x, int n, int decimals);
+
+// A child process driven over pipes, one request line in and one reply line out (the persistent
+// PyTorch baseline, scripts/bench-torch --serve). The caller owns the struct; tu_proc_stop
+// releases what tu_proc_start acquired.
+typedef struct tu_proc {
+    int pid;
+    FILE *to, *from;
+} tu_proc;
+
+// tu_proc_start runs `sh -c cmd` with its stdin fed from p->to and its stdout read through
+// p->from; stderr is inherited. SIGPIPE is ignored from then on, so a child that died shows as a
+// failed write or EOF. Returns 0, or -1.
+int tu_proc_start(tu_proc *p, const char *cmd);
+
+// tu_proc_read reads the child's next output line into buf(n), without the newline. Returns 0,
+// or -1 at EOF.
+int tu_proc_read(tu_proc *p, char *buf, size_t n);
+
+// tu_proc_ask writes line and a newline to the child, then reads its reply as tu_proc_read does.
+int tu_proc_ask(tu_proc *p, const char *line, char *buf, size_t n);
+
+// tu_proc_stop closes the child's stdin (a line-driven child exits at EOF), waits for it and
+// returns its exit status (128 + signal if killed), or -1. NULL-safe on a zeroed struct.
+int tu_proc_stop(tu_proc *p);
 
 // tu_last_metric returns column col (0 = step) of the last row of the metrics.csv at path, or -1
 // if there is none yet.
