@@ -547,7 +547,9 @@ void sparta_get_stats(sparta_exchanger *ex, train_sync_stats *st) {
     pthread_mutex_lock(&ex->mu);
     memset(st, 0, sizeof *st);
     st->modes = TRAIN_SYNC_SPARTA;
-    st->exchanges = ex->rounds_done + ex->rounds_late + ex->msgs_filed;
+    // Values sent to a connected peer count too: a peer that finishes its last step before
+    // the others send their first round (a short run on a busy host) still exchanged.
+    st->exchanges = ex->rounds_done + ex->rounds_late + ex->msgs_filed + ns.msgs_sent;
     st->bytes_sent = ns.bytes_sent;
     st->bytes_recv = ns.bytes_recv;
     st->rounds_done = ex->rounds_done;

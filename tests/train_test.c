@@ -460,7 +460,7 @@ Test(train, peers_on_one_host_divide_the_cores_and_oversubscription_is_warned) {
              " --overwrite",
              cores);
     bad = tu_cluster_run(&c, args, 90);
-    cr_assert_eq(bad, -1, "peer %d failed", bad);
+    cr_assert_eq(bad, -1, "peer %d failed:\n%s", bad, tu_cluster_log(&c, bad < 0 ? 0 : bad));
     char *log = tu_cluster_log(&c, 0);
     char warn[128];
     snprintf(warn, sizeof warn, "%ld threads on %ld cores", 2 * cores, cores);

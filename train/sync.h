@@ -17,8 +17,9 @@ enum { TRAIN_SYNC_SPARTA = 1, TRAIN_SYNC_DILOCO = 2, TRAIN_SYNC_DDP = 4 };
 // Cumulative counters of a sync module, for the progress line and metrics.csv.
 typedef struct train_sync_stats {
     unsigned modes;       // TRAIN_SYNC_* bits of the modules behind these counters
-    uint64_t exchanges;   // exchanges with at least one other peer: SPARTA rounds applied or values
-                          // received, DiLoCo outer steps shared, DDP steps averaged
+    uint64_t exchanges;   // exchanges with at least one other peer: SPARTA rounds applied, values
+                          // received or sent to a connected peer, DiLoCo outer steps shared, DDP
+                          // steps averaged
     uint64_t outer_steps; // DiLoCo outer steps taken
     uint64_t bytes_sent, bytes_recv; // message bytes handed to / received from the network
     uint64_t rounds_done;            // SPARTA rounds applied with every peer's values
