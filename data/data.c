@@ -2,7 +2,7 @@
 // Invariant: a shard is an immutable read-only mapping validated at open; the loader's window
 // starts are a pure function of (seed, rank, batch position, row), so data_loader_set_pos
 // reproduces any point of the stream exactly. A loader belongs to one thread (the trainer).
-#include "data.h"
+#include "data/data.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -15,7 +15,7 @@
 
 #include <jansson.h>
 
-#include "err.h"
+#include "train/base/err.h"
 
 #define HEADER_BYTES 32
 

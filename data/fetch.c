@@ -3,7 +3,7 @@
 // matched and the data was fsynced, so a reader never sees a partial or wrong FILE.
 // Any thread may call fetch_file; all transfer state lives in the call (curl's global init runs
 // once through pthread_once).
-#include "fetch.h"
+#include "data/fetch.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -20,9 +20,9 @@
 #include <curl/curl.h>
 #include <openssl/evp.h>
 
-#include "err.h"
-#include "log.h"
-#include "sys.h"
+#include "train/base/err.h"
+#include "train/base/log.h"
+#include "train/base/sys.h"
 
 void fetch_opts_default(fetch_opts *o) {
     *o = (fetch_opts){.connect_timeout_s = 20,

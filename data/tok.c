@@ -3,7 +3,7 @@
 // and decode with one instance at once; all per-call state (regex match data, the pre-token
 // cache, BPE scratch) lives in a stack-held encode context. GPT-2 encoding is byte exact:
 // decode(encode(x)) == x for any bytes x, including invalid UTF-8.
-#include "tok.h"
+#include "data/tok.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -19,7 +19,7 @@
 #include <mach-o/dyld.h>
 #endif
 
-#include "err.h"
+#include "train/base/err.h"
 
 #define EOT_TEXT "<|endoftext|>"
 #define EOT_LEN  (sizeof EOT_TEXT - 1)

@@ -16,7 +16,7 @@
 // net.peers + 2 world) and continues from there.
 // Threads: the trainer thread runs the steps; nng's thread answers control requests, reading the
 // outer state under mu (the trainer writes it under mu).
-#include "diloco.h"
+#include "diloco/diloco.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -24,13 +24,13 @@
 #include <string.h>
 #include <time.h>
 
-#include "allreduce.h"
-#include "err.h"
-#include "hello.h"
-#include "log.h"
-#include "net.h"
-#include "sys.h"
-#include "wire.h"
+#include "sparta/peer/allreduce.h"
+#include "sparta/peer/hello.h"
+#include "sparta/peer/net.h"
+#include "sparta/peer/wire.h"
+#include "train/base/err.h"
+#include "train/base/log.h"
+#include "train/base/sys.h"
 
 // Control channel messages (little-endian hosts; all our targets are). A request is a ctl_req;
 // a reply is a ctl_rep followed by count floats of theta_g (CTL_THETA) or the momentum

@@ -10,9 +10,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cfg.h"
-#include "ckpt.h"
-#include "sync.h"
+#include "train/base/cfg.h"
+#include "train/ckpt.h"
+#include "train/sync.h"
 
 typedef struct diloco diloco;
 

@@ -1,7 +1,7 @@
 // chat_page.c: the chat page served at GET / (static HTML and JavaScript, no external files).
 // It streams answers from /v1/chat/completions (SSE) and appends each delta as it arrives;
 // ?prompt=TEXT sends a prompt on load (tests/chat_page.sh). Read-only data: any thread.
-#include "srv_impl.h"
+#include "infer/srv_impl.h"
 
 const char srv_chat_page[] =
     "<!doctype html>\n"

@@ -4,7 +4,7 @@
 // buffer is allocated and touched in kv_create. One caller thread; kernels use OpenMP inside.
 // A step is gpt_forward's layer chain (see gpt.c) over the N new tokens of all entries as rows;
 // at small N the matmuls use the weight-streaming kernel below instead of sgemm.
-#include "kv.h"
+#include "infer/kv.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -17,8 +17,8 @@
 #include <immintrin.h>
 #endif
 
-#include "err.h"
-#include "ops.h"
+#include "train/base/err.h"
+#include "train/ops.h"
 
 // Below this many floats of work a loop runs on the calling thread (as in ops.c).
 #define PAR_MIN 32768

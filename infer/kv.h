@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gpt.h"
+#include "train/gpt.h"
 
 typedef struct kv_engine kv_engine;
 

@@ -1,12 +1,12 @@
 // sample.c: temperature / top-k / top-p sampling from one row of logits. The random draw is a
 // pure function of (seed, draw index), so the same request reproduces the same text.
-#include "sample.h"
+#include "infer/sample.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "rng.h"
+#include "train/base/rng.h"
 
 static int argmax(const float *x, int n) {
     int best = 0;

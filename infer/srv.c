@@ -6,7 +6,7 @@
 // through a content-reader callback that suspends the connection when it has nothing to send;
 // the scheduler resumes it, and pauses a stream whose unsent bytes reach stream_buffer.
 // Threads: caller (create/destroy), daemon, scheduler, reloader.
-#include "srv.h"
+#include "infer/srv.h"
 
 #include <errno.h>
 #include <netdb.h>
@@ -19,12 +19,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ckdir.h"
-#include "err.h"
-#include "log.h"
-#include "rng.h"
-#include "srv_impl.h"
-#include "sys.h"
+#include "infer/srv_impl.h"
+#include "train/base/ckdir.h"
+#include "train/base/err.h"
+#include "train/base/log.h"
+#include "train/base/rng.h"
+#include "train/base/sys.h"
 
 // Per-connection state of one HTTP request (libmicrohttpd's con_cls).
 typedef struct {

@@ -11,8 +11,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "err.h"
-#include "srv_impl.h"
+#include "infer/srv_impl.h"
+#include "train/base/err.h"
 
 static int is_ollama(int ep) { return ep == SRV_EP_GENERATE || ep == SRV_EP_OCHAT; }
 static int is_chat(int ep) { return ep == SRV_EP_CHAT || ep == SRV_EP_OCHAT; }

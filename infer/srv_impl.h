@@ -11,11 +11,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gpt.h"
-#include "kv.h"
-#include "sample.h"
-#include "srv.h"
-#include "tok.h"
+#include "data/tok.h"
+#include "infer/kv.h"
+#include "infer/sample.h"
+#include "infer/srv.h"
+#include "train/gpt.h"
 
 #define SRV_MAX_BODY  (1 << 20) // request bodies above 1 MiB get 413
 #define SRV_MAX_STOP  5         // 4 from the request plus the chat template's own

@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
-#include "srv_impl.h"
+#include "infer/srv_impl.h"
+#include "train/base/err.h"
 
 // Histogram bucket upper bounds in seconds (the +Inf bucket is the count).
 static const double bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,

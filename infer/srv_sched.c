@@ -12,11 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
-#include "log.h"
-#include "ops.h"
-#include "srv_impl.h"
-#include "sys.h"
+#include "infer/srv_impl.h"
+#include "train/base/err.h"
+#include "train/base/log.h"
+#include "train/base/sys.h"
+#include "train/ops.h"
 
 // gen_put appends n bytes to the request's generated text.
 static void gen_put(srv_req *r, const char *p, size_t n) {

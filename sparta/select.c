@@ -5,13 +5,13 @@
 // arithmetic only, so every host derives the same sets. Output is sorted by an LSD radix sort in a
 // thread-local scratch buffer that grows once per thread and is freed at thread exit. Pure
 // function of its arguments; any thread.
-#include "select.h"
+#include "sparta/select.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
+#include "train/base/err.h"
 
 // Six rounds. Four give a strong pseudo-random permutation only asymptotically (Luby-Rackoff);
 // with the 3-bit halves of n = 64 they measurably bias which indices are picked together, while

@@ -11,7 +11,7 @@
 // exchanger thread sends posted rounds and files received values into the round's slot. They
 // share the slot table under one mutex. A slot cycles FREE/DONE -> OPEN (values arriving, ours
 // posted or not yet) -> CLOSING (the trainer reads it; the exchanger keeps off) -> DONE.
-#include "sparta.h"
+#include "sparta/sparta.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -21,14 +21,14 @@
 #include <string.h>
 #include <time.h>
 
-#include "err.h"
-#include "hello.h"
-#include "log.h"
-#include "net.h"
-#include "rng.h"
-#include "select.h"
-#include "sys.h"
-#include "wire.h"
+#include "sparta/peer/hello.h"
+#include "sparta/peer/net.h"
+#include "sparta/peer/wire.h"
+#include "sparta/select.h"
+#include "train/base/err.h"
+#include "train/base/log.h"
+#include "train/base/rng.h"
+#include "train/base/sys.h"
 
 // Bump when select.c or the averaging changes what peers compute from the same inputs.
 #define SPARTA_SELECT_VERSION 0x53454c0000000001ull

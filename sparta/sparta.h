@@ -11,8 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cfg.h"
-#include "sync.h"
+#include "train/base/cfg.h"
+#include "train/sync.h"
 
 typedef struct sparta_exchanger sparta_exchanger;
 

@@ -17,11 +17,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "allreduce.h"
-#include "err.h"
-#include "net.h"
-#include "test_util.h"
-#include "wire.h"
+#include "sparta/peer/allreduce.h"
+#include "sparta/peer/net.h"
+#include "sparta/peer/wire.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
 
 TestSuite(allreduce, .timeout = 60);
 

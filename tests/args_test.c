@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "args.h"
-#include "err.h"
-#include "test_util.h"
+#include "tests/test_util.h"
+#include "train/base/args.h"
+#include "train/base/err.h"
 
 TestSuite(args, .timeout = 30);
 

@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ckpt.h"
-#include "test_util.h"
+#include "tests/test_util.h"
+#include "train/ckpt.h"
 
 TestSuite(avg, .timeout = 60);
 

@@ -1,5 +1,5 @@
-// bench_allreduce.c: speed of the ring all-reduce (diloco/allreduce.h) on the GPT-2 124M vector,
-// printed as `BENCH <key> <value>` lines:
+// bench_allreduce.c: speed of the ring all-reduce (sparta/peer/allreduce.h) on the GPT-2 124M
+// vector, printed as `BENCH <key> <value>` lines:
 //   allreduce_gbps        fp32 on the wire: GB/s of the fp32 vector (4 N bytes) per call
 //   allreduce_gbps_bf16   the same vector and measure, bf16 on the wire
 //   allreduce_gbps_int8   the same vector and measure, int8 on the wire
@@ -20,12 +20,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "allreduce.h"
-#include "diloco.h"
-#include "err.h"
-#include "net.h"
-#include "test_util.h"
-#include "wire.h"
+#include "diloco/diloco.h"
+#include "sparta/peer/allreduce.h"
+#include "sparta/peer/net.h"
+#include "sparta/peer/wire.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
 
 #define N_124M  124439808u
 #define REPS    3

@@ -6,10 +6,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "data.h"
-#include "err.h"
-#include "test_util.h"
-#include "tok.h"
+#include "data/data.h"
+#include "data/tok.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
 
 static char *read_file(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");

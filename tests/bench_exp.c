@@ -26,8 +26,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "err.h"
-#include "test_util.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
 
 #define STEPS  600
 #define SKIP   50

@@ -10,8 +10,8 @@
 
 #include <omp.h>
 
-#include "err.h"
-#include "ops.h"
+#include "train/base/err.h"
+#include "train/ops.h"
 
 enum { B = 4, T = 64, C = 768, NH = 12, V = 50257, N = B * T };
 

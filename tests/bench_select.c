@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "err.h"
-#include "select.h"
-#include "test_util.h"
+#include "sparta/select.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
 
 #define N_124M 124439808u
 #define REPS   100

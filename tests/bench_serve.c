@@ -26,12 +26,12 @@
 #include <string.h>
 #include <time.h>
 
-#include "err.h"
-#include "gpt.h"
-#include "kv.h"
-#include "ops.h"
-#include "sample.h"
-#include "test_util.h"
+#include "infer/kv.h"
+#include "infer/sample.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
+#include "train/gpt.h"
+#include "train/ops.h"
 
 #define SLOTS  8
 #define PROMPT 16 // decode benchmarks start after a prompt of this length
@@ -187,20 +187,7 @@ static int torch_open(tu_proc *p, const cfg_model *mc, int threads) {
 // torch_run is a tu_side run: the single-stream round of single_run in PyTorch, seconds per
 // decode step into v.
 static int torch_run(void *ctx, int warm, int n, double *v) {
-    char cmd[64], line[16384];
-    snprintf(cmd, sizeof cmd, "decode %d %d", warm, n);
-    if (tu_proc_ask(ctx, cmd, line, sizeof line) || strncmp(line, "ms ", 3) != 0) {
-        fprintf(stderr, "bench_serve: bench-torch answered '%s'\n", line);
-        return -1;
-    }
-    const char *c = line + 2;
-    for (int i = 0; i < n; i++) {
-        char *end;
-        v[i] = strtod(c, &end) / 1e3;
-        if (end == c) return -1;
-        c = end;
-    }
-    return 0;
+    return tu_torch_times(ctx, "decode", warm, n, v);
 }
 
 static double max_of(const double *x, int n) {

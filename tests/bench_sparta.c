@@ -24,8 +24,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "err.h"
-#include "test_util.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
 
 #define STEPS 150
 #define SKIP  30

@@ -26,11 +26,11 @@
 #include <sys/resource.h>
 #include <time.h>
 
-#include "err.h"
-#include "gpt.h"
-#include "ops.h"
-#include "optim.h"
-#include "test_util.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
+#include "train/gpt.h"
+#include "train/ops.h"
+#include "train/optim.h"
 
 static double sgemm_peak_gflops(void) {
     const int n = 2048;
@@ -123,28 +123,9 @@ static int torch_open(tu_proc *p, const cfg_model *mc, int B, int T, int warmup,
     return 0;
 }
 
-// parse_ms reads a bench-torch reply "ms t1 ... tn" (milliseconds) into v (seconds).
-static int parse_ms(const char *line, int n, double *v) {
-    if (strncmp(line, "ms ", 3) != 0) return -1;
-    const char *c = line + 2;
-    for (int i = 0; i < n; i++) {
-        char *end;
-        v[i] = strtod(c, &end) / 1e3;
-        if (end == c) return -1;
-        c = end;
-    }
-    return 0;
-}
-
 // torch_run is a tu_side run over the persistent PyTorch process.
 static int torch_run(void *ctx, int warm, int n, double *v) {
-    char cmd[64], line[16384];
-    snprintf(cmd, sizeof cmd, "train %d %d", warm, n);
-    if (tu_proc_ask(ctx, cmd, line, sizeof line) || parse_ms(line, n, v)) {
-        fprintf(stderr, "bench: bench-torch answered '%s'\n", line);
-        return -1;
-    }
-    return 0;
+    return tu_torch_times(ctx, "train", warm, n, v);
 }
 
 // sgemm_run is a tu_side run: n sgemm 2048^3 calls into v as GFLOP/s (the round's peak is the

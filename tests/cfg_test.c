@@ -4,9 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cfg.h"
-#include "err.h"
-#include "test_util.h"
+#include "tests/test_util.h"
+#include "train/base/cfg.h"
+#include "train/base/err.h"
 
 TestSuite(cfg, .timeout = 30);
 

@@ -11,9 +11,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "ckpt.h"
-#include "err.h"
-#include "test_util.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
+#include "train/ckpt.h"
 
 static char *dir;
 

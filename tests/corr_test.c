@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "corr.h"
-#include "test_util.h"
+#include "tests/test_util.h"
+#include "train/cmd/corr_cmd.h"
 
 TestSuite(corr, .timeout = 60);
 

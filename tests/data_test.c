@@ -7,11 +7,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "data.h"
-#include "data_cmd.h"
-#include "err.h"
-#include "test_util.h"
-#include "tok.h"
+#include "data/data.h"
+#include "data/tok.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
+#include "train/cmd/data_cmd.h"
 
 TestSuite(data, .timeout = 30);
 

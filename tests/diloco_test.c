@@ -12,9 +12,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "diloco.h"
-#include "err.h"
-#include "test_util.h"
+#include "diloco/diloco.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
 
 TestSuite(diloco, .timeout = 180);
 

@@ -12,9 +12,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ckpt.h"
-#include "gpt.h"
-#include "test_util.h"
+#include "tests/test_util.h"
+#include "train/ckpt.h"
+#include "train/gpt.h"
 
 TestSuite(exp, .timeout = 60);
 

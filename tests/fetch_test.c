@@ -14,9 +14,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "err.h"
-#include "fetch.h"
-#include "test_util.h"
+#include "data/fetch.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
 
 enum { BODY_N = 300000 };
 

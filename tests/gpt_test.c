@@ -7,12 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ckpt.h"
-#include "err.h"
-#include "gpt.h"
-#include "ops.h"
-#include "optim.h"
-#include "test_util.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
+#include "train/ckpt.h"
+#include "train/gpt.h"
+#include "train/ops.h"
+#include "train/optim.h"
 
 TestSuite(gpt, .timeout = 60);
 

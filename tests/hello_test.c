@@ -7,12 +7,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "cfg.h"
-#include "err.h"
-#include "hello.h"
-#include "net.h"
-#include "sys.h"
-#include "test_util.h"
+#include "sparta/peer/hello.h"
+#include "sparta/peer/net.h"
+#include "tests/test_util.h"
+#include "train/base/cfg.h"
+#include "train/base/err.h"
+#include "train/base/sys.h"
 
 TestSuite(hello, .timeout = 120);
 

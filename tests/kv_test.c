@@ -7,12 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
-#include "gpt.h"
-#include "kv.h"
-#include "ops.h"
-#include "sample.h"
-#include "test_util.h"
+#include "infer/kv.h"
+#include "infer/sample.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
+#include "train/gpt.h"
+#include "train/ops.h"
 
 TestSuite(kv, .timeout = 60);
 

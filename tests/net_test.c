@@ -19,9 +19,9 @@
 #include <nng/nng.h>
 #include <nng/protocol/pair0/pair.h>
 
-#include "err.h"
-#include "net.h"
-#include "test_util.h"
+#include "sparta/peer/net.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
 
 TestSuite(net, .timeout = 30);
 

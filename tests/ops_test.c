@@ -13,9 +13,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "err.h"
-#include "ops.h"
-#include "test_util.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
+#include "train/ops.h"
 
 #define B  2
 #define T  5

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "test_util.h"
+#include "tests/test_util.h"
 
 TestSuite(plot, .timeout = 120);
 
@@ -19,7 +19,7 @@ TestSuite(plot, .timeout = 120);
     "--set model.block_size=32 --set train.batch_size=8 --set train.threads=1 "          \
     "--set train.eval_iters=2"
 
-// The header spartan train writes (train/train_cmd.c); rows below follow it field for field.
+// The header spartan train writes (train/cmd/train_cmd.c); rows below follow it field for field.
 #define HEADER                                                                                   \
     "step,loss,val_loss,lr,grad_norm,tokens_per_s,ms_per_step,elapsed_s,bytes_sent,bytes_recv,"  \
     "bytes_sent_step,bytes_recv_step,rounds,rounds_late,rounds_dropped,msgs_dropped,stale_mean," \

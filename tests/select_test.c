@@ -12,8 +12,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "err.h"
-#include "select.h"
+#include "sparta/select.h"
+#include "train/base/err.h"
 
 TestSuite(select, .timeout = 30);
 

@@ -20,14 +20,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ckpt.h"
-#include "err.h"
-#include "gpt.h"
-#include "log.h"
-#include "srv.h"
-#include "sys.h"
-#include "test_util.h"
-#include "tok.h"
+#include "data/tok.h"
+#include "infer/srv.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
+#include "train/base/log.h"
+#include "train/base/sys.h"
+#include "train/ckpt.h"
+#include "train/gpt.h"
 
 TestSuite(serve, .timeout = 30);
 

@@ -17,14 +17,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cfg.h"
-#include "err.h"
-#include "gpt.h"
-#include "net.h"
-#include "select.h"
-#include "sparta.h"
-#include "test_util.h"
-#include "wire.h"
+#include "sparta/peer/net.h"
+#include "sparta/peer/wire.h"
+#include "sparta/select.h"
+#include "sparta/sparta.h"
+#include "tests/test_util.h"
+#include "train/base/cfg.h"
+#include "train/base/err.h"
+#include "train/gpt.h"
 
 TestSuite(sparta, .timeout = 120);
 

@@ -9,11 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cfg.h"
-#include "diloco.h"
-#include "err.h"
-#include "log.h"
-#include "test_util.h"
+#include "diloco/diloco.h"
+#include "tests/test_util.h"
+#include "train/base/cfg.h"
+#include "train/base/err.h"
+#include "train/base/log.h"
 
 enum { P = 3, N = 20000, H = 5, STEPS = 60 };
 

@@ -1,6 +1,6 @@
 // test_util.c: shared test helpers. Single-threaded; called from Criterion test bodies and the
 // benchmark programs.
-#include "test_util.h"
+#include "tests/test_util.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -16,7 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "gpt.h"
+#include "train/gpt.h"
 
 char *tu_tmpdir(const char *tag) {
     const char *base = getenv("TMPDIR");
@@ -395,6 +395,21 @@ int tu_proc_read(tu_proc *p, char *buf, size_t n) {
 int tu_proc_ask(tu_proc *p, const char *line, char *buf, size_t n) {
     if (!p->to || fprintf(p->to, "%s\n", line) < 0 || fflush(p->to)) return -1;
     return tu_proc_read(p, buf, n);
+}
+
+int tu_torch_times(tu_proc *p, const char *verb, int warm, int n, double *v) {
+    char cmd[64], line[16384];
+    snprintf(cmd, sizeof cmd, "%s %d %d", verb, warm, n);
+    int bad = tu_proc_ask(p, cmd, line, sizeof line) || strncmp(line, "ms ", 3) != 0;
+    const char *c = line + 2;
+    for (int i = 0; i < n && !bad; i++) {
+        char *end;
+        v[i] = strtod(c, &end) / 1e3;
+        bad = end == c;
+        c = end;
+    }
+    if (bad) fprintf(stderr, "bench: bench-torch answered '%s' to '%s'\n", line, cmd);
+    return bad ? -1 : 0;
 }
 
 int tu_proc_stop(tu_proc *p) {

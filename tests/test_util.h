@@ -155,6 +155,10 @@ int tu_proc_read(tu_proc *p, char *buf, size_t n);
 // tu_proc_ask writes line and a newline to the child, then reads its reply as tu_proc_read does.
 int tu_proc_ask(tu_proc *p, const char *line, char *buf, size_t n);
 
+// tu_torch_times asks a `scripts/bench-torch --serve` child for "VERB warm n" (train, decode) and
+// reads its reply "ms t1 ... tn" into v(n) as seconds. Returns 0, or -1 after printing the reply.
+int tu_torch_times(tu_proc *p, const char *verb, int warm, int n, double *v);
+
 // tu_proc_stop closes the child's stdin (a line-driven child exits at EOF), waits for it and
 // returns its exit status (128 + signal if killed), or -1. NULL-safe on a zeroed struct.
 int tu_proc_stop(tu_proc *p);

@@ -8,9 +8,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "err.h"
-#include "test_util.h"
-#include "tok.h"
+#include "data/tok.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
 
 TestSuite(tok, .timeout = 30);
 

@@ -13,12 +13,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ckdir.h"
-#include "ckpt.h"
-#include "data.h"
-#include "err.h"
-#include "gpt.h"
-#include "test_util.h"
+#include "data/data.h"
+#include "tests/test_util.h"
+#include "train/base/ckdir.h"
+#include "train/base/err.h"
+#include "train/ckpt.h"
+#include "train/gpt.h"
 
 TestSuite(train, .timeout = 120);
 

@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
-#include "test_util.h"
-#include "wire.h"
+#include "sparta/peer/wire.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
 
 TestSuite(wire, .timeout = 30);
 

@@ -4,7 +4,7 @@
 // off on every calling thread; failures carry the file, the object and HDF5's innermost error
 // text. Single-threaded: a serial HDF5 build is not thread-safe, so callers serialize all ckpt_
 // calls, from whichever thread.
-#include "ckpt.h"
+#include "train/ckpt.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -15,7 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "err.h"
+#include "train/base/err.h"
 
 struct ckpt_writer {
     hid_t file;

@@ -7,17 +7,17 @@
 //   res2 = res[l] + c_proj(atty);  ln2 = ln_2(res2);  fch = c_fc(ln2) (N,4C);  fcg = gelu(fch)
 //   res[l+1] = res2 + mlp.c_proj(fcg)
 // then lnf = ln_f(res[L]) and logits = lnf @ wte^T (N,V), the tied lm_head.
-#include "gpt.h"
+#include "train/gpt.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "ckdir.h"
-#include "err.h"
-#include "ops.h"
-#include "rng.h"
+#include "train/base/ckdir.h"
+#include "train/base/err.h"
+#include "train/base/rng.h"
+#include "train/ops.h"
 
 // Parameter tensors of one block, in nanoGPT state-dict order.
 enum {

@@ -11,8 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cfg.h"
-#include "ckpt.h"
+#include "train/base/cfg.h"
+#include "train/ckpt.h"
 
 #define GPT_NAME_MAX 64
 

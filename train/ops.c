@@ -3,7 +3,7 @@
 // over rows or channel blocks with SIMD inner loops. Invariants: no allocation, backward kernels
 // accumulate (+=), and every reduction runs in a fixed order, so results are bitwise
 // reproducible for a given thread count. Trainer thread only (kernels fork OpenMP teams).
-#include "ops.h"
+#include "train/ops.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -17,7 +17,7 @@
 #include <cblas.h>
 #endif
 
-#include "err.h"
+#include "train/base/err.h"
 
 // Below this many floats of work a kernel runs on the calling thread: forking the team costs a
 // few microseconds, more than the work itself.

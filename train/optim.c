@@ -1,13 +1,13 @@
 // optim.c: AdamW over the parameter slab, view by view so that weight decay follows the view's
 // decay flag; the per-element update is ops_adamw_step. Trainer thread only.
-#include "optim.h"
+#include "train/optim.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
-#include "ops.h"
+#include "train/base/err.h"
+#include "train/ops.h"
 
 struct optim_adamw {
     size_t n;

@@ -7,8 +7,8 @@
 
 #include <stddef.h>
 
-#include "cfg.h"
-#include "gpt.h"
+#include "train/base/cfg.h"
+#include "train/gpt.h"
 
 typedef struct optim_adamw optim_adamw;
 

@@ -1,11 +1,11 @@
 // sync.c: chaining two peer-synchronisation modules (SPARTA and DiLoCo together): every hook runs
 // the first module's, then the second's. Trainer thread only.
-#include "sync.h"
+#include "train/sync.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
+#include "train/base/err.h"
 
 typedef struct {
     train_sync a, b;

@@ -1,6 +1,6 @@
 // sync.h: the interface between the trainer loop and the modules that synchronise peers
-// (sparta/, diloco/). train/ never includes their headers: train/main.c hands the train command a
-// factory that builds a train_sync, and the loop calls it after every optimizer step. All hooks
+// (sparta/, diloco/). train/ never includes their headers: train/cmd/main.c hands the train command
+// a factory that builds a train_sync, and the loop calls it after every optimizer step. All hooks
 // run on the trainer thread; an implementation may run its own threads behind them.
 #ifndef SYNC_H
 #define SYNC_H
@@ -8,8 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cfg.h"
-#include "ckpt.h"
+#include "train/base/cfg.h"
+#include "train/ckpt.h"
 
 // What a sync module does, so the progress line shows only its own fields.
 enum { TRAIN_SYNC_SPARTA = 1, TRAIN_SYNC_DILOCO = 2, TRAIN_SYNC_DDP = 4 };

@@ -2,7 +2,7 @@
 // optimizer, batch buffers) is allocated in trainer_create; trainer_step allocates nothing.
 // Resume is bit-exact because the data stream is a pure function of (seed, rank, position) and
 // the checkpoint holds parameters, both AdamW moments, the step and the data position.
-#include "trainer.h"
+#include "train/trainer.h"
 
 #include <errno.h>
 #include <math.h>
@@ -12,12 +12,12 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "ckpt.h"
-#include "data.h"
-#include "err.h"
-#include "log.h"
-#include "optim.h"
-#include "sys.h"
+#include "data/data.h"
+#include "train/base/err.h"
+#include "train/base/log.h"
+#include "train/base/sys.h"
+#include "train/ckpt.h"
+#include "train/optim.h"
 
 #define CKPT_FORMAT_VERSION 1
 

@@ -6,9 +6,9 @@
 
 #include <stdint.h>
 
-#include "cfg.h"
-#include "gpt.h"
-#include "sync.h"
+#include "train/base/cfg.h"
+#include "train/gpt.h"
+#include "train/sync.h"
 
 typedef struct trainer trainer;
 

@@ -3,15 +3,15 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cmds.h"
-#include "corr.h"
-#include "data_cmd.h"
-#include "diloco.h"
-#include "err.h"
-#include "plot_cmd.h"
-#include "sample_cmd.h"
-#include "serve_cmd.h"
-#include "sparta.h"
+#include "diloco/diloco.h"
+#include "sparta/sparta.h"
+#include "train/base/err.h"
+#include "train/cmd/cmds.h"
+#include "train/cmd/corr_cmd.h"
+#include "train/cmd/data_cmd.h"
+#include "train/cmd/plot_cmd.h"
+#include "train/cmd/sample_cmd.h"
+#include "train/cmd/serve_cmd.h"
 
 #ifndef SPARTAN_VERSION
 #define SPARTAN_VERSION "0.1.0"

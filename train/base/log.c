@@ -1,6 +1,6 @@
 // log.c: leveled one-line logging. The level is set once at start-up; log_line may be called
 // from any thread because each line is formatted into a local buffer and written in one call.
-#include "log.h"
+#include "train/base/log.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -1,18 +1,18 @@
 // sample_cmd.c: `spartan sample`: load a checkpoint, encode the prompt with the checkpoint's
 // tokenizer, and generate tokens by re-running the forward pass over the last block_size tokens
 // (no KV cache here; `spartan serve` decodes incrementally). Main thread only.
-#include "sample_cmd.h"
+#include "train/cmd/sample_cmd.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "args.h"
-#include "err.h"
-#include "gpt.h"
-#include "ops.h"
-#include "sample.h"
-#include "tok.h"
+#include "data/tok.h"
+#include "infer/sample.h"
+#include "train/base/args.h"
+#include "train/base/err.h"
+#include "train/gpt.h"
+#include "train/ops.h"
 
 static void usage(FILE *f, const args_opt *opts, int n_opts) {
     fprintf(f, "usage: spartan sample CKPT|DIR [--prompt TEXT] [--tokens N] [--temperature X]\n"

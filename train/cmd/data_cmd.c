@@ -1,7 +1,7 @@
-// data/data_cmd.c: `spartan data prepare` (text -> train.bin, val.bin, meta.json) and
+// train/cmd/data_cmd.c: `spartan data prepare` (text -> train.bin, val.bin, meta.json) and
 // `spartan data fetch` (checksummed, resumable download). Main thread only. Exit codes: 0 ok,
 // 1 runtime failure (message on stderr), 2 bad command line.
-#include "data_cmd.h"
+#include "train/cmd/data_cmd.h"
 
 #include <errno.h>
 #include <math.h>
@@ -14,12 +14,12 @@
 
 #include <jansson.h>
 
-#include "args.h"
-#include "data.h"
-#include "err.h"
-#include "fetch.h"
-#include "sys.h"
-#include "tok.h"
+#include "data/data.h"
+#include "data/fetch.h"
+#include "data/tok.h"
+#include "train/base/args.h"
+#include "train/base/err.h"
+#include "train/base/sys.h"
 
 static void data_usage(FILE *f) {
     fprintf(f, "usage: spartan data prepare --tokenizer char|gpt2 [--val-fraction F] INPUT OUTDIR\n"

@@ -3,7 +3,7 @@
 #ifndef CMDS_H
 #define CMDS_H
 
-#include "sync.h"
+#include "train/sync.h"
 
 // train_cmd_main runs `spartan train CONFIG [--set k=v ...] [--resume CKPT] [--rank R]
 // [--peers LIST]`. sync (may be NULL) builds the peer synchronisation (SPARTA, DiLoCo).
@@ -12,7 +12,7 @@ int train_cmd_main(int argc, char **argv, train_sync_factory sync);
 // eval_cmd_main runs `spartan eval CKPT --data SHARD [--seq-len T] [--max-windows M]`.
 int eval_cmd_main(int argc, char **argv);
 
-// avg_cmd_main runs `spartan avg OUT CKPT CKPT... [--base CKPT]` (train/avg_cmd.c): writes the
+// avg_cmd_main runs `spartan avg OUT CKPT CKPT... [--base CKPT]` (train/cmd/avg_cmd.c): writes the
 // element-wise mean of the checkpoints' /model/ weights, with the first's (or --base's) rest.
 int avg_cmd_main(int argc, char **argv);
 

@@ -1,6 +1,6 @@
 // ckdir.c: checkpoint folder naming, newest-checkpoint lookup and pruning. The step is parsed
 // from the file name, so ordering does not depend on modification times.
-#include "ckdir.h"
+#include "train/base/ckdir.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "err.h"
+#include "train/base/err.h"
 
 void ckdir_name(char *buf, size_t n, const char *dir, long step) {
     snprintf(buf, n, "%s/ckpt_%08ld.h5", dir, step);

@@ -1,7 +1,7 @@
 // serve_cmd.c: `spartan serve`: parse the options, start the server (srv.h) and wait for
 // SIGINT/SIGTERM, then shut it down cleanly. The signals are blocked before any thread starts,
 // so every thread inherits the mask and only the main thread receives them (sigwait).
-#include "serve_cmd.h"
+#include "train/cmd/serve_cmd.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -9,10 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "args.h"
-#include "err.h"
-#include "log.h"
-#include "srv.h"
+#include "infer/srv.h"
+#include "train/base/args.h"
+#include "train/base/err.h"
+#include "train/base/log.h"
 
 static void usage(FILE *f, const args_opt *opts, int n_opts) {
     fprintf(f, "usage: spartan serve CKPT|DIR [--host H] [--port P] [--api-key KEY] [--threads N]\n"

@@ -37,7 +37,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "net.h"
+#include "sparta/peer/net.h"
 
 #define AR_MAX_WORLD 256 // peers per mesh
 

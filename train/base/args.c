@@ -1,7 +1,7 @@
 // args.c: the option-table parser behind every subcommand's command line. One left-to-right pass
 // over argv; the only state is the caller's destinations, so parsing the same argv twice (as
 // `spartan train` does) gives the same result. No allocation; any thread, on distinct data.
-#include "args.h"
+#include "train/base/args.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
+#include "train/base/err.h"
 
 // find_opt returns the option whose name or alias is the first len bytes of arg, or NULL.
 static const args_opt *find_opt(const args_opt *opts, int n, const char *arg, size_t len) {

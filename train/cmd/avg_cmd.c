@@ -8,13 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "args.h"
-#include "ckdir.h"
-#include "ckpt.h"
-#include "cmds.h"
-#include "err.h"
-#include "gpt.h"
-#include "ops.h"
+#include "train/base/args.h"
+#include "train/base/ckdir.h"
+#include "train/base/err.h"
+#include "train/ckpt.h"
+#include "train/cmd/cmds.h"
+#include "train/gpt.h"
+#include "train/ops.h"
 
 #define AVG_MAX_INPUTS 1024
 

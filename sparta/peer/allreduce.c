@@ -4,16 +4,16 @@
 // `window` sends run ahead of the receives, which bounds what waits in rank+1's receive queue.
 // Invariant: x is read, never written, until every step is done; w holds the partial sums and
 // results and is copied to x only on success. Threads: one caller per context (the exchanger).
-#include "allreduce.h"
+#include "sparta/peer/allreduce.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "err.h"
-#include "log.h"
-#include "sys.h"
-#include "wire.h"
+#include "sparta/peer/wire.h"
+#include "train/base/err.h"
+#include "train/base/log.h"
+#include "train/base/sys.h"
 
 // Messages one peer may have sent beyond what it received. In a ring, rank+1's queue can then
 // hold up to about (P+1) * window messages, which must stay below the mesh's receive queue

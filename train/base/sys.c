@@ -1,5 +1,5 @@
 // sys.c: the monotonic clock, a sleep and mkdir -p. No state; any thread.
-#include "sys.h"
+#include "train/base/sys.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -7,7 +7,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "err.h"
+#include "train/base/err.h"
 
 double sys_now_ms(void) {
     struct timespec ts;

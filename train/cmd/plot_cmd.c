@@ -2,7 +2,7 @@
 // on every line, numbers or empty cells), keeps the columns of the panel table below, writes a
 // gnuplot script with one inline datablock per series and runs gnuplot on it as a child process.
 // Main thread only. Spawning is safe here because this command never starts nng.
-#include "plot_cmd.h"
+#include "train/cmd/plot_cmd.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -17,8 +17,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "args.h"
-#include "err.h"
+#include "train/base/args.h"
+#include "train/base/err.h"
 
 extern char **environ;
 

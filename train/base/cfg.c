@@ -1,7 +1,7 @@
 // cfg.c: the key table and INI parsing (libinih). Every key is one row: section, name, type,
 // offset into `cfg`, default text, range and help, as in redis's config table. Unknown keys,
 // wrong types and out-of-range values are errors that name file:line and the key.
-#include "cfg.h"
+#include "train/base/cfg.h"
 
 #include <errno.h>
 #include <ini.h>
@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
-#include "log.h"
+#include "train/base/err.h"
+#include "train/base/log.h"
 
 // CFG_STR must not be empty; CFG_STR0 may be; CFG_ENUM takes one of the '|'-separated choices;
 // CFG_BOOL takes true/false, yes/no, on/off or 1/0 into an int.

@@ -8,8 +8,8 @@
 
 #include <stddef.h>
 
-#include "cfg.h"
-#include "net.h"
+#include "sparta/peer/net.h"
+#include "train/base/cfg.h"
 
 // hello_text writes this peer's hello into buf (n bytes, n >= 256): the shared settings of c and
 // "world=<peers>", one key=value line each.

@@ -3,7 +3,7 @@
 // ever loaded unaligned. The CRC32C covers header bytes [0, 44) and the payload, so a message
 // with any single flipped bit is rejected. int8 payloads decode and re-encode to the same bytes
 // (scales are fixed points, see wire.h), which the ring all-reduce relies on. Pure functions.
-#include "wire.h"
+#include "sparta/peer/wire.h"
 
 #include <float.h>
 #include <isa-l/crc.h>
@@ -11,7 +11,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "err.h"
+#include "train/base/err.h"
 
 #define CRC_OFFSET 44
 

@@ -1,5 +1,5 @@
 // err.c: thread-local error messages and the aborting allocators. Any thread may call these.
-#include "err.h"
+#include "train/base/err.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -1,7 +1,7 @@
-// corr.h: agreement between peers' parameters: the Pearson correlation of flattened parameter
+// corr_cmd.h: agreement between peers' parameters: the Pearson correlation of flattened parameter
 // vectors, and `spartan corr CKPT CKPT...` (mean over all pairs). Pure functions; any thread.
-#ifndef CORR_H
-#define CORR_H
+#ifndef CORR_CMD_H
+#define CORR_CMD_H
 
 #include <stddef.h>
 

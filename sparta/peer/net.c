@@ -25,9 +25,9 @@
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/protocol/reqrep0/req.h>
 
-#include "err.h"
-#include "log.h"
-#include "net.h"
+#include "sparta/peer/net.h"
+#include "train/base/err.h"
+#include "train/base/log.h"
 
 enum {
     RECONN_MIN_MS = 100,  // first redial after a failed dial or a lost pipe

@@ -1,13 +1,13 @@
 // hello.c: the start-up handshake (see hello.h). Hellos are "key=value" lines; the comparison is
 // by key, so a peer of a newer build with an extra key is named with it rather than misread.
-#include "hello.h"
+#include "sparta/peer/hello.h"
 
 #include <stdio.h>
 #include <string.h>
 
-#include "err.h"
-#include "log.h"
-#include "sys.h"
+#include "train/base/err.h"
+#include "train/base/log.h"
+#include "train/base/sys.h"
 
 void hello_text(const cfg *c, int world, char *buf, size_t n) {
     ASSERT(buf != NULL && n >= 256);

@@ -11,18 +11,18 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "args.h"
-#include "ckdir.h"
-#include "cmds.h"
-#include "data.h"
-#include "err.h"
-#include "gpt.h"
-#include "log.h"
-#include "ops.h"
-#include "rng.h"
-#include "sync.h"
-#include "sys.h"
-#include "trainer.h"
+#include "data/data.h"
+#include "train/base/args.h"
+#include "train/base/ckdir.h"
+#include "train/base/err.h"
+#include "train/base/log.h"
+#include "train/base/rng.h"
+#include "train/base/sys.h"
+#include "train/cmd/cmds.h"
+#include "train/gpt.h"
+#include "train/ops.h"
+#include "train/sync.h"
+#include "train/trainer.h"
 
 static volatile sig_atomic_t stop_requested;
 

@@ -1,16 +1,16 @@
-// corr.c: Pearson correlation of peers' flattened parameters (`spartan corr`). The vectors are
+// corr_cmd.c: Pearson correlation of peers' flattened parameters (`spartan corr`). The vectors are
 // the checkpoints' parameter slabs in the model's fixed view order, the tied lm_head once.
-#include "corr.h"
+#include "train/cmd/corr_cmd.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "args.h"
-#include "err.h"
-#include "gpt.h"
-#include "ops.h"
+#include "train/base/args.h"
+#include "train/base/err.h"
+#include "train/gpt.h"
+#include "train/ops.h"
 
 double corr_pearson(const float *a, const float *b, size_t n) {
     double sa = 0, sb = 0;

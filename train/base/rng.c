@@ -1,5 +1,5 @@
 // rng.c: the out-of-line part of rng.h (Box-Muller). Pure functions; any thread.
-#include "rng.h"
+#include "train/base/rng.h"
 
 #include <math.h>
 
