@@ -11,34 +11,10 @@
 #include <math.h>
 #include <string.h>
 
+#include "sparta/peer/le.h"
 #include "train/base/err.h"
 
 #define CRC_OFFSET 44
-
-static void put16(unsigned char *p, uint16_t v) {
-    p[0] = (unsigned char)v;
-    p[1] = (unsigned char)(v >> 8);
-}
-
-static void put32(unsigned char *p, uint32_t v) {
-    for (int i = 0; i < 4; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static void put64(unsigned char *p, uint64_t v) {
-    for (int i = 0; i < 8; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint16_t get16(const unsigned char *p) { return (uint16_t)(p[0] | (unsigned)p[1] << 8); }
-
-static uint32_t get32(const unsigned char *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get64(const unsigned char *p) {
-    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
-}
 
 static uint32_t f32_bits(float x) {
     uint32_t u;
@@ -164,7 +140,7 @@ static void int8_encode(unsigned char *p, const float *vals, size_t count) {
         size_t lo = b * WIRE_INT8_BLOCK,
                n = count - lo < WIRE_INT8_BLOCK ? count - lo : WIRE_INT8_BLOCK;
         float s = int8_scale(vals + lo, n);
-        put32(p + 4 * b, f32_bits(s));
+        le_put32(p + 4 * b, f32_bits(s));
         if (isnan(s)) {
             memset(q + lo, 0, n);
             continue;
@@ -191,7 +167,7 @@ static void int8_decode(const unsigned char *p, size_t count, float *dst) {
     for (size_t b = 0; b < nb; b++) {
         size_t lo = b * WIRE_INT8_BLOCK,
                n = count - lo < WIRE_INT8_BLOCK ? count - lo : WIRE_INT8_BLOCK;
-        float s = bits_f32(get32(p + 4 * b));
+        float s = bits_f32(le_get32(p + 4 * b));
         for (size_t i = 0; i < n; i++)
             dst[lo + i] = (float)q[lo + i] * s;
     }
@@ -201,30 +177,30 @@ size_t wire_encode(void *buf, const wire_header *h, const float *vals) {
     ASSERT(dtype_ok(h->dtype));
     ASSERT(h->count <= h->k && (uint64_t)h->offset + h->count <= h->k);
     unsigned char *p = buf;
-    put32(p + 0, WIRE_MAGIC);
-    put16(p + 4, WIRE_VERSION);
-    put16(p + 6, h->dtype);
-    put64(p + 8, h->run_id);
-    put32(p + 16, h->sender);
-    put32(p + 20, h->kind);
-    put64(p + 24, h->round);
-    put32(p + 32, h->k);
-    put32(p + 36, h->offset);
-    put32(p + 40, h->count);
+    le_put32(p + 0, WIRE_MAGIC);
+    le_put16(p + 4, WIRE_VERSION);
+    le_put16(p + 6, h->dtype);
+    le_put64(p + 8, h->run_id);
+    le_put32(p + 16, h->sender);
+    le_put32(p + 20, h->kind);
+    le_put64(p + 24, h->round);
+    le_put32(p + 32, h->k);
+    le_put32(p + 36, h->offset);
+    le_put32(p + 40, h->count);
     // A local count: stores through unsigned char may alias *h, which would stop vectorization.
     unsigned char *q = p + WIRE_HEADER;
     size_t count = h->count;
     if (h->dtype == WIRE_FP32) {
         for (size_t i = 0; i < count; i++)
-            put32(q + 4 * i, f32_bits(vals[i]));
+            le_put32(q + 4 * i, f32_bits(vals[i]));
     } else if (h->dtype == WIRE_BF16) {
         for (size_t i = 0; i < count; i++)
-            put16(q + 2 * i, f32_to_bf16(vals[i]));
+            le_put16(q + 2 * i, f32_to_bf16(vals[i]));
     } else {
         int8_encode(q, vals, count);
     }
     size_t payload = wire_payload_size(h->dtype, h->count);
-    put32(p + CRC_OFFSET, message_crc(p, payload));
+    le_put32(p + CRC_OFFSET, message_crc(p, payload));
     return WIRE_HEADER + payload;
 }
 
@@ -234,21 +210,21 @@ int wire_decode(const void *msg, size_t len, uint64_t expect_run_id, wire_header
     if (len < WIRE_HEADER)
         return err_set(ERR_FORMAT, "wire: message of %zu bytes is shorter than the %d-byte header",
                        len, WIRE_HEADER);
-    uint32_t magic = get32(p + 0);
+    uint32_t magic = le_get32(p + 0);
     if (magic != WIRE_MAGIC)
         return err_set(ERR_FORMAT, "wire: bad magic 0x%08x (want 0x%08x)", magic, WIRE_MAGIC);
-    uint16_t version = get16(p + 4);
+    uint16_t version = le_get16(p + 4);
     if (version != WIRE_VERSION)
         return err_set(ERR_FORMAT, "wire: unsupported version %u (want %d)", version, WIRE_VERSION);
     wire_header d = {
-        .dtype = get16(p + 6),
-        .run_id = get64(p + 8),
-        .sender = get32(p + 16),
-        .kind = get32(p + 20),
-        .round = get64(p + 24),
-        .k = get32(p + 32),
-        .offset = get32(p + 36),
-        .count = get32(p + 40),
+        .dtype = le_get16(p + 6),
+        .run_id = le_get64(p + 8),
+        .sender = le_get32(p + 16),
+        .kind = le_get32(p + 20),
+        .round = le_get64(p + 24),
+        .k = le_get32(p + 32),
+        .offset = le_get32(p + 36),
+        .count = le_get32(p + 40),
     };
     if (!dtype_ok(d.dtype)) return err_set(ERR_FORMAT, "wire: bad dtype %u", d.dtype);
     if (d.k == 0 && d.count > 0)
@@ -261,7 +237,7 @@ int wire_decode(const void *msg, size_t len, uint64_t expect_run_id, wire_header
     if ((uint64_t)len != want)
         return err_set(ERR_FORMAT, "wire: length %zu does not match count %u (want %llu bytes)",
                        len, d.count, (unsigned long long)want);
-    uint32_t crc = get32(p + CRC_OFFSET), got = message_crc(p, (size_t)want - WIRE_HEADER);
+    uint32_t crc = le_get32(p + CRC_OFFSET), got = message_crc(p, (size_t)want - WIRE_HEADER);
     if (crc != got)
         return err_set(ERR_FORMAT, "wire: crc mismatch (header 0x%08x, computed 0x%08x)", crc, got);
     if (expect_run_id != 0 && d.run_id != expect_run_id)
@@ -276,10 +252,10 @@ void wire_values(const void *msg, const wire_header *h, float *dst) {
     size_t count = h->count;
     if (h->dtype == WIRE_FP32) {
         for (size_t i = 0; i < count; i++)
-            dst[i] = bits_f32(get32(q + 4 * i));
+            dst[i] = bits_f32(le_get32(q + 4 * i));
     } else if (h->dtype == WIRE_BF16) {
         for (size_t i = 0; i < count; i++)
-            dst[i] = bf16_to_f32(get16(q + 2 * i));
+            dst[i] = bf16_to_f32(le_get16(q + 2 * i));
     } else {
         ASSERT(h->dtype == WIRE_INT8);
         int8_decode(q, count, dst);

@@ -1,0 +1,1526 @@
+// peer.c: the peer layer (see peer.h). One nng byte stream per pair of members, framed by
+// frame.h. Each link has a reader thread (handshake, then frames into the channel queues) and a
+// writer thread (frames out of the link's send queues, channel order first); the acceptor takes
+// new streams and the maintainer dials, reaps dead links and, with link emulation, a third
+// thread delivers frames when they are due.
+// Invariant: everything below `mu` in peer_group and link (queues, view, by_rank, counters) is
+// read and written under g->mu only; the streams are used by their link's two threads only, and
+// closed (never freed) by others. A link is freed only by the maintainer or destroy, after both
+// of its threads have been joined.
+#include "sparta/peer/peer.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <nng/nng.h>
+
+#include "sparta/peer/hello.h"
+#include "sparta/peer/le.h"
+#include "train/base/err.h"
+#include "train/base/log.h"
+#include "train/base/sys.h"
+
+enum {
+    DIAL_MIN_MS = 100,        // first redial after a failed dial or a lost link
+    DIAL_MAX_MS = 1000,       // the wait doubles up to this
+    DIAL_TIMEOUT_MS = 1000,   // one dial attempt
+    MAINT_MS = 50,            // the maintainer's longest sleep
+    MAX_PENDING = 32,         // connections still in their handshake; more are closed at once
+    HELLO_MAX = 65536,        // the largest SYS payload
+    RECVQ_MSGS = 4096,        // messages queued per channel for peer_recv
+    POOL_MAX = 64,            // spare message buffers kept for reuse
+    WRITE_TIMEOUT_MS = 60000, // a stream that takes no byte for this long is taken as dead
+};
+#define RECVQ_BYTES    ((size_t)512 << 20) // per channel
+#define POOL_MAX_BYTES ((size_t)256 << 20)
+
+// SYS messages: the first payload byte.
+enum { SYS_HELLO = 1, SYS_REFUSE = 2, SYS_REDIRECT = 3, SYS_VIEW = 4 };
+// Link states.
+enum { L_HANDSHAKE, L_UP, L_DEAD };
+// A frame to send: copied (owned) or the caller's memory (peer_send_wait), which the caller's
+// stack holds until state is F_DONE.
+enum { F_QUEUED, F_WRITING, F_DONE };
+
+// Send queue bound per link and channel (frames); RING and STATE senders wait instead.
+static const int sendq_cap[PEER_NCH] = {64, 256, 64, 4, 4};
+// Whether a full receive queue drops (1) or holds the reader back (0).
+static const int recv_drops[PEER_NCH] = {1, 1, 1, 0, 0};
+static const char *const ch_name[PEER_NCH] = {"sys", "control", "sparta", "ring", "state"};
+
+typedef struct out_frame {
+    struct out_frame *next;
+    unsigned char hdr[FRAME_HEADER];
+    const void *data;
+    uint32_t len;
+    int ch;
+    peer_msg *owned; // a pool buffer holding a copy, or NULL (caller's memory)
+    int state, rc;
+} out_frame;
+
+typedef struct emu_item {
+    struct emu_item *next;
+    double due;
+    struct plink *l;
+    peer_msg *m;
+} emu_item;
+
+typedef struct plink {
+    peer_group *g;
+    nng_stream *s;
+    pthread_t rd, wr;
+    nng_aio *raio, *waio;     // the reader's and the writer's (stopped to abort them)
+    int dial_rank;            // the rank we dialled (static, or a view member), else -1
+    int hint;                 // joining: the rank of the member we dialled
+    int joining;              // we dialled the rendezvous address to join
+    int rank;                 // the member's rank once up (-1 before)
+    uint64_t member;          // its member id once its hello came
+    char addr[PEER_ADDR_MAX]; // the address it listens on, as it said (or we fixed up)
+    char remote[64];          // the IP the stream comes from
+    char build[64];
+    int state;
+    int threads_done; // reader and writer have exited (count)
+    int writing;      // the channel of the frame being written, or -1
+    int in_pending;   // counted in g->pending (until its handshake ends)
+    out_frame *qh[PEER_NCH], *qt[PEER_NCH];
+    int qn[PEER_NCH];
+    pthread_cond_t wcv; // the writer waits for frames
+    double emu_free;    // emulation: when the emulated wire from this member is free
+    uint64_t emu_rng;
+    struct plink *next;
+} plink;
+
+struct peer_group {
+    peer_opts o;
+    char *listen_url, *join_url, *shared, *build, *tag;
+    char self_addr[PEER_ADDR_MAX];
+    uint64_t id, settings_hash;
+    int is_static, world;
+    nng_stream_listener *lst;
+    pthread_t acc, maint, emu;
+    int emu_on;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv; // links, view, completions, join progress
+    int stop;
+    int rank; // -1 until joined
+    plink *links;
+    int pending;
+    plink *by_rank[PEER_MAX_MEMBERS];
+    peer_member mem[PEER_MAX_MEMBERS]; // the view: mem[r].rank == r when present
+    int present[PEER_MAX_MEMBERS];
+    uint64_t epoch;
+    double next_dial[PEER_MAX_MEMBERS];
+    int dial_wait[PEER_MAX_MEMBERS];
+    char dial_err[PEER_MAX_MEMBERS][192];
+    char refusal[PEER_MAX_MEMBERS][528];
+    // rendezvous progress
+    int join_done, join_self;
+    char join_err[300];
+    double join_next;
+    // receive queues
+    peer_msg *rh[PEER_NCH], *rt[PEER_NCH];
+    int rn[PEER_NCH], rwake[PEER_NCH];
+    size_t rbytes[PEER_NCH];
+    pthread_cond_t rcv[PEER_NCH];
+    // spare buffers
+    peer_msg *pool;
+    int pool_n;
+    size_t pool_bytes;
+    emu_item *eh;
+    peer_stats st;
+};
+
+// ---- small helpers -------------------------------------------------------------------------
+
+static void cv_init(pthread_cond_t *c) {
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+#ifndef __APPLE__
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+#endif
+    pthread_cond_init(c, &a);
+    pthread_condattr_destroy(&a);
+}
+
+// cv_wait_until waits on c until signalled or sys_now_ms() reaches deadline (< 0: no deadline).
+// Returns ETIMEDOUT once the deadline has passed.
+static int cv_wait_until(pthread_cond_t *c, pthread_mutex_t *m, double deadline) {
+    if (deadline < 0) return pthread_cond_wait(c, m);
+    double left = deadline - sys_now_ms();
+    if (left <= 0) return ETIMEDOUT;
+    struct timespec ts;
+#ifdef __APPLE__
+    ts.tv_sec = (time_t)(left / 1e3);
+    ts.tv_nsec = (long)((left - (double)ts.tv_sec * 1e3) * 1e6);
+    return pthread_cond_timedwait_relative_np(c, m, &ts);
+#else
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double ns = (double)ts.tv_nsec + left * 1e6;
+    ts.tv_sec += (time_t)(ns / 1e9);
+    ts.tv_nsec = (long)(ns - (double)(time_t)(ns / 1e9) * 1e9);
+    return pthread_cond_timedwait(c, m, &ts);
+#endif
+}
+
+static double deadline_of(int timeout_ms) {
+    return timeout_ms < 0 ? -1.0 : sys_now_ms() + timeout_ms;
+}
+
+static uint64_t fnv1a(const char *s) {
+    uint64_t h = 1469598103934665603ull;
+    for (; s && *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static uint64_t random_id(void) {
+    uint64_t id = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f || fread(&id, sizeof id, 1, f) != 1) id = 0;
+    if (f) fclose(f);
+    if (!id) id = ((uint64_t)getpid() << 32) ^ (uint64_t)(sys_now_ms() * 1e3) ^ (uint64_t)&id;
+    return id ? id : 1;
+}
+
+// to_url turns "host:port" into "tcp://host:port"; a URL stays as it is.
+static char *to_url(const char *addr) {
+    if (strstr(addr, "://")) return xstrdup(addr);
+    size_t n = strlen(addr) + 8;
+    char *u = xmalloc(n);
+    snprintf(u, n, "tcp://%s", addr);
+    return u;
+}
+
+static int addr_ok(const char *addr, const char *what) {
+    if (!addr || !*addr) return err_set(ERR_INVAL, "peer: %s: empty address", what);
+    if (strlen(addr) >= PEER_ADDR_MAX)
+        return err_set(ERR_INVAL, "peer: %s '%s': longer than %d bytes", what, addr,
+                       PEER_ADDR_MAX - 1);
+    if (strstr(addr, "://")) return ERR_OK;
+    const char *colon = strrchr(addr, ':');
+    char *end;
+    long port = colon ? strtol(colon + 1, &end, 10) : -1;
+    if (!colon || colon[1] == 0 || *end || port < 0 || port > 65535)
+        return err_set(ERR_INVAL, "peer: %s '%s': not host:port", what, addr);
+    return ERR_OK;
+}
+
+// wildcard_host: "0.0.0.0:P", ":P", "[::]:P" listen everywhere, so others cannot dial them.
+static int wildcard_host(const char *addr) {
+    return !strncmp(addr, "0.0.0.0:", 8) || addr[0] == ':' || !strncmp(addr, "[::]:", 5) ||
+           !strncmp(addr, "tcp://0.0.0.0:", 14);
+}
+
+static const char *tag(peer_group *g) { return g->tag; }
+
+// ---- message buffers -----------------------------------------------------------------------
+
+// msg_get returns a message with room for len bytes: a spare one when one is big enough (so
+// the steady state touches no fresh memory), else a new one. Under mu.
+static peer_msg *msg_get(peer_group *g, size_t len) {
+    peer_msg **pp = &g->pool, *best = NULL, **bestp = NULL;
+    for (; *pp; pp = &(*pp)->next_)
+        if ((*pp)->cap_ >= len && (!best || (*pp)->cap_ < best->cap_)) {
+            best = *pp;
+            bestp = pp;
+        }
+    if (best) {
+        *bestp = best->next_;
+        g->pool_n--;
+        g->pool_bytes -= best->cap_;
+        best->next_ = NULL;
+        best->len = len;
+        return best;
+    }
+    peer_msg *m = xcalloc(1, sizeof *m);
+    m->cap_ = len ? len : 1;
+    m->data = xmalloc(m->cap_);
+    m->len = len;
+    return m;
+}
+
+static void msg_put(peer_group *g, peer_msg *m) {
+    if (!m) return;
+    if (g->pool_n >= POOL_MAX || g->pool_bytes + m->cap_ > POOL_MAX_BYTES) {
+        // keep the larger buffers: drop the smallest spare if it is smaller than this one
+        free(m->data);
+        free(m);
+        return;
+    }
+    m->next_ = g->pool;
+    g->pool = m;
+    g->pool_n++;
+    g->pool_bytes += m->cap_;
+}
+
+// ---- stream I/O ----------------------------------------------------------------------------
+
+// stream_io moves all of iov[0..n) through s (send or receive), continuing after partial
+// transfers. timeout_ms bounds each step (< 0: none). Returns 0 or the nng error.
+static int stream_io(nng_stream *s, nng_aio *aio, nng_iov *iov, int n, int send, int timeout_ms) {
+    nng_iov v[4];
+    memcpy(v, iov, (size_t)n * sizeof *v);
+    int first = 0;
+    while (first < n) {
+        nng_aio_set_iov(aio, (unsigned)(n - first), v + first);
+        nng_aio_set_timeout(aio, timeout_ms < 0 ? NNG_DURATION_INFINITE : timeout_ms);
+        if (send)
+            nng_stream_send(s, aio);
+        else
+            nng_stream_recv(s, aio);
+        nng_aio_wait(aio);
+        int rv = nng_aio_result(aio);
+        if (rv) return rv;
+        size_t done = nng_aio_count(aio);
+        if (done == 0) return NNG_ECLOSED;
+        while (first < n && done >= v[first].iov_len) {
+            done -= v[first].iov_len;
+            first++;
+        }
+        if (first < n) {
+            v[first].iov_buf = (char *)v[first].iov_buf + done;
+            v[first].iov_len -= done;
+        }
+    }
+    return 0;
+}
+
+// ---- view ----------------------------------------------------------------------------------
+
+static int view_connected(peer_group *g) {
+    int n = 0;
+    for (int r = 0; r < PEER_MAX_MEMBERS; r++)
+        if (g->present[r] && (r == g->rank || g->by_rank[r])) n++;
+    return n;
+}
+
+static int lowest_present(peer_group *g) {
+    for (int r = 0; r < PEER_MAX_MEMBERS; r++)
+        if (g->present[r]) return r;
+    return -1;
+}
+
+static void set_member(peer_group *g, int r, uint64_t id, const char *addr) {
+    g->present[r] = 1;
+    g->mem[r].rank = r;
+    g->mem[r].id = id;
+    snprintf(g->mem[r].addr, sizeof g->mem[r].addr, "%s", addr);
+}
+
+// ---- sending -------------------------------------------------------------------------------
+
+// enqueue puts f on l's queue for its channel. Under mu. Returns ERR_OK or ERR_PEER (full).
+static int enqueue(plink *l, out_frame *f) {
+    if (l->qn[f->ch] >= sendq_cap[f->ch] && f->owned) return ERR_PEER;
+    f->next = NULL;
+    if (l->qt[f->ch])
+        l->qt[f->ch]->next = f;
+    else
+        l->qh[f->ch] = f;
+    l->qt[f->ch] = f;
+    l->qn[f->ch]++;
+    pthread_cond_signal(&l->wcv);
+    return ERR_OK;
+}
+
+// send_copy queues a copy of data(len) on ch to l. Under mu.
+static int send_copy(peer_group *g, plink *l, int ch, const void *data, size_t len) {
+    if (l->state == L_DEAD || l->qn[ch] >= sendq_cap[ch]) return ERR_PEER;
+    peer_msg *m = msg_get(g, len);
+    if (len) memcpy(m->data, data, len);
+    out_frame *f = xcalloc(1, sizeof *f);
+    f->ch = ch;
+    f->data = m->data;
+    f->len = (uint32_t)len;
+    f->owned = m;
+    if (enqueue(l, f)) {
+        msg_put(g, m);
+        free(f);
+        return ERR_PEER;
+    }
+    return ERR_OK;
+}
+
+// link_abort closes l's stream and stops both aios, so that a transfer in progress, or one that
+// starts later, fails at once (closing the stream alone does not always wake a receive that
+// started around the close). Not under mu.
+static void link_abort(plink *l) {
+    nng_stream_close(l->s);
+    if (l->raio) nng_aio_stop(l->raio);
+    if (l->waio) nng_aio_stop(l->waio);
+}
+
+static void *writer_main(void *arg) {
+    plink *l = arg;
+    peer_group *g = l->g;
+    nng_aio *aio = l->waio;
+    uint32_t seq = 0;
+    pthread_mutex_lock(&g->mu);
+    while (aio) {
+        int ch = 0;
+        while (ch < PEER_NCH && !l->qh[ch])
+            ch++;
+        if (l->state == L_DEAD) break;
+        if (ch == PEER_NCH) {
+            pthread_cond_wait(&l->wcv, &g->mu);
+            continue;
+        }
+        out_frame *f = l->qh[ch];
+        l->qh[ch] = f->next;
+        if (!l->qh[ch]) l->qt[ch] = NULL;
+        l->qn[ch]--;
+        f->state = F_WRITING;
+        l->writing = ch;
+        pthread_mutex_unlock(&g->mu);
+        frame_encode(f->hdr, (uint8_t)ch, seq++, f->data, f->len);
+        nng_iov iov[2] = {{f->hdr, FRAME_HEADER}, {(void *)f->data, f->len}};
+        int rv = stream_io(l->s, aio, iov, f->len ? 2 : 1, 1, WRITE_TIMEOUT_MS);
+        pthread_mutex_lock(&g->mu);
+        l->writing = -1;
+        if (!rv) {
+            g->st.msgs_sent[ch]++;
+            g->st.bytes_sent[ch] += f->len;
+        }
+        if (ch == PEER_CH_SYS) pthread_cond_broadcast(&g->cv); // a refusal may wait for it
+        if (f->owned) {
+            msg_put(g, f->owned);
+            free(f);
+        } else {
+            f->rc = rv ? ERR_PEER : ERR_OK;
+            f->state = F_DONE;
+            pthread_cond_broadcast(&g->cv);
+        }
+        if (rv) {
+            if (l->state != L_DEAD)
+                LOG_D(tag(g), "link to rank=%d: send failed: %s", l->rank, nng_strerror(rv));
+            l->state = L_DEAD;
+            pthread_mutex_unlock(&g->mu);
+            link_abort(l); // wakes the reader
+            pthread_mutex_lock(&g->mu);
+        }
+    }
+    // fail what is left: copies are freed, waiting callers are told
+    for (int ch = 0; ch < PEER_NCH; ch++) {
+        while (l->qh[ch]) {
+            out_frame *f = l->qh[ch];
+            l->qh[ch] = f->next;
+            if (f->owned) {
+                g->st.send_dropped[ch]++;
+                msg_put(g, f->owned);
+                free(f);
+            } else {
+                f->rc = ERR_PEER;
+                f->state = F_DONE;
+            }
+        }
+        l->qt[ch] = NULL;
+        l->qn[ch] = 0;
+    }
+    l->threads_done++;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+    return NULL;
+}
+
+// ---- SYS messages --------------------------------------------------------------------------
+
+typedef struct hello {
+    uint64_t run_id, member, settings_hash;
+    int rank, world, joining;
+    char build[64], addr[PEER_ADDR_MAX];
+    const char *shared; // points into the payload (NUL-terminated copy made by the parser)
+} hello;
+
+// hello_encode: type, u32 reserved, u64 run_id, u64 member, u64 settings_hash, i32 rank,
+// u32 world, u8 joining, then three u16-length strings: build, addr, shared (u32 length).
+static size_t hello_encode(peer_group *g, unsigned char *p, size_t cap) {
+    size_t bl = strlen(g->build), al = strlen(g->self_addr), sl = strlen(g->shared);
+    size_t need = 1 + 4 + 24 + 4 + 4 + 1 + 2 + bl + 2 + al + 4 + sl;
+    if (need > cap) return 0;
+    unsigned char *q = p;
+    *q++ = SYS_HELLO;
+    le_put32(q, 0), q += 4;
+    le_put64(q, g->o.run_id), q += 8;
+    le_put64(q, g->id), q += 8;
+    le_put64(q, g->settings_hash), q += 8;
+    le_put32(q, (uint32_t)g->rank), q += 4;
+    le_put32(q, (uint32_t)(g->is_static ? g->world : 0)), q += 4;
+    *q++ = (unsigned char)(g->rank < 0 ? 1 : 0);
+    le_put16(q, (uint16_t)bl), q += 2;
+    memcpy(q, g->build, bl), q += bl;
+    le_put16(q, (uint16_t)al), q += 2;
+    memcpy(q, g->self_addr, al), q += al;
+    le_put32(q, (uint32_t)sl), q += 4;
+    memcpy(q, g->shared, sl), q += sl;
+    return (size_t)(q - p);
+}
+
+// take_str reads a length-prefixed string (lenbytes 2 or 4) of at most cap - 1 bytes.
+static int take_str(const unsigned char **p, const unsigned char *end, int lenbytes, char *out,
+                    size_t cap) {
+    if (end - *p < lenbytes) return -1;
+    size_t n = lenbytes == 2 ? le_get16(*p) : le_get32(*p);
+    *p += lenbytes;
+    if ((size_t)(end - *p) < n || n >= cap) return -1;
+    memcpy(out, *p, n);
+    out[n] = 0;
+    *p += n;
+    return 0;
+}
+
+static int hello_parse(const unsigned char *p, size_t len, hello *h, char *shared, size_t scap) {
+    const unsigned char *end = p + len;
+    memset(h, 0, sizeof *h);
+    if (len < 1 + 4 + 24 + 9 || p[0] != SYS_HELLO) return -1;
+    p += 5;
+    h->run_id = le_get64(p), p += 8;
+    h->member = le_get64(p), p += 8;
+    h->settings_hash = le_get64(p), p += 8;
+    h->rank = (int32_t)le_get32(p), p += 4;
+    h->world = (int)le_get32(p), p += 4;
+    h->joining = *p++;
+    if (take_str(&p, end, 2, h->build, sizeof h->build) ||
+        take_str(&p, end, 2, h->addr, sizeof h->addr) || take_str(&p, end, 4, shared, scap))
+        return -1;
+    h->shared = shared;
+    return p == end ? 0 : -1;
+}
+
+static void send_sys_text(peer_group *g, plink *l, int type, const char *text) {
+    unsigned char buf[512];
+    size_t n = strlen(text);
+    if (n > sizeof buf - 1) n = sizeof buf - 1;
+    buf[0] = (unsigned char)type;
+    memcpy(buf + 1, text, n);
+    send_copy(g, l, PEER_CH_SYS, buf, n + 1);
+}
+
+// view_encode: type, u64 epoch, i32 your rank (-1: a broadcast), u32 n, then per member
+// i32 rank, u64 id, u16-length addr. Under mu.
+static size_t view_encode(peer_group *g, unsigned char *p, size_t cap, int your_rank) {
+    unsigned char *q = p, *end = p + cap;
+    *q++ = SYS_VIEW;
+    le_put64(q, g->epoch), q += 8;
+    le_put32(q, (uint32_t)your_rank), q += 4;
+    unsigned char *np = q;
+    q += 4;
+    uint32_t n = 0;
+    for (int r = 0; r < PEER_MAX_MEMBERS; r++) {
+        if (!g->present[r]) continue;
+        size_t al = strlen(g->mem[r].addr);
+        if ((size_t)(end - q) < 14 + al) return 0;
+        le_put32(q, (uint32_t)r), q += 4;
+        le_put64(q, g->mem[r].id), q += 8;
+        le_put16(q, (uint16_t)al), q += 2;
+        memcpy(q, g->mem[r].addr, al), q += al;
+        n++;
+    }
+    le_put32(np, n);
+    return (size_t)(q - p);
+}
+
+static void broadcast_view(peer_group *g, plink *except) {
+    unsigned char *buf = xmalloc(HELLO_MAX);
+    size_t n = view_encode(g, buf, HELLO_MAX, -1);
+    for (int r = 0; r < PEER_MAX_MEMBERS && n; r++)
+        if (g->by_rank[r] && g->by_rank[r] != except)
+            send_copy(g, g->by_rank[r], PEER_CH_SYS, buf, n);
+    free(buf);
+}
+
+// view_apply installs a view from the coordinator. Under mu. Returns the rank it assigns us
+// (or -1), or -2 if the message is malformed.
+static int view_apply(peer_group *g, const unsigned char *p, size_t len) {
+    const unsigned char *end = p + len;
+    if (len < 17) return -2;
+    uint64_t epoch = le_get64(p + 1);
+    int yours = (int32_t)le_get32(p + 9);
+    uint32_t n = le_get32(p + 13);
+    p += 17;
+    if (n > PEER_MAX_MEMBERS || (yours < -1 || yours >= PEER_MAX_MEMBERS)) return -2;
+    int present[PEER_MAX_MEMBERS] = {0};
+    peer_member mem[PEER_MAX_MEMBERS];
+    for (uint32_t i = 0; i < n; i++) {
+        if (end - p < 14) return -2;
+        int r = (int32_t)le_get32(p);
+        uint64_t id = le_get64(p + 4);
+        p += 12;
+        char addr[PEER_ADDR_MAX];
+        if (r < 0 || r >= PEER_MAX_MEMBERS || take_str(&p, end, 2, addr, sizeof addr)) return -2;
+        present[r] = 1;
+        mem[r].rank = r;
+        mem[r].id = id;
+        snprintf(mem[r].addr, sizeof mem[r].addr, "%s", addr);
+    }
+    if (p != end) return -2;
+    if (epoch <= g->epoch && g->rank >= 0) return yours; // an old view
+    g->epoch = epoch;
+    for (int r = 0; r < PEER_MAX_MEMBERS; r++) {
+        g->present[r] = present[r];
+        if (present[r]) g->mem[r] = mem[r];
+    }
+    pthread_cond_broadcast(&g->cv);
+    return yours;
+}
+
+// ---- the handshake -------------------------------------------------------------------------
+
+// link_register makes l the link of rank r. Under mu.
+static void link_register(peer_group *g, plink *l, int r) {
+    l->rank = r;
+    l->state = L_UP;
+    g->by_rank[r] = l;
+    if (l->in_pending) g->pending--;
+    l->in_pending = 0;
+    g->refusal[r][0] = 0;
+    g->dial_err[r][0] = 0;
+    g->dial_wait[r] = 0;
+    if (g->is_static) g->epoch++;
+    LOG_I(tag(g), "rank=%d member=%016" PRIx64 " up: rank=%d member=%016" PRIx64 " addr=%s%s%s",
+          g->rank, g->id, r, l->member, l->addr, l->dial_rank >= 0 ? " (dialled)" : "",
+          strcmp(l->build, g->build) ? " build differs" : "");
+    if (strcmp(l->build, g->build))
+        LOG_W(tag(g), "rank=%d runs build '%s', this peer '%s'", r, l->build, g->build);
+    pthread_cond_broadcast(&g->cv);
+}
+
+// refuse: tell the other side why and close. Under mu.
+static void refuse(peer_group *g, plink *l, int rank, const char *why) {
+    g->st.refused++;
+    LOG_W(tag(g), "refused %s (member %016" PRIx64 "): %s", l->addr[0] ? l->addr : l->remote,
+          l->member, why);
+    if (rank >= 0 && rank < PEER_MAX_MEMBERS)
+        snprintf(g->refusal[rank], sizeof g->refusal[rank], "refused: %s", why);
+    send_sys_text(g, l, SYS_REFUSE, why);
+}
+
+// handle_hello checks the other side's hello and decides what l becomes. Under mu. Returns 0 if
+// the link goes on (up, or waiting for a view as a joiner), -1 to close it.
+static int handle_hello(peer_group *g, plink *l, const hello *h) {
+    char why[512];
+    l->member = h->member;
+    snprintf(l->build, sizeof l->build, "%s", h->build);
+    if (h->member == g->id) { // we reached ourselves: the join address is ours
+        if (l->joining) g->join_self = 1;
+        pthread_cond_broadcast(&g->cv);
+        return -1;
+    }
+    // the address it listens on, as others can dial it
+    if (wildcard_host(h->addr) && l->remote[0]) {
+        const char *port = strrchr(h->addr, ':');
+        snprintf(l->addr, sizeof l->addr, "%s%s", l->remote, port ? port : "");
+    } else {
+        snprintf(l->addr, sizeof l->addr, "%s", h->addr);
+    }
+    if (g->o.run_id && h->run_id != g->o.run_id) {
+        snprintf(why, sizeof why, "run id %016" PRIx64 " there, %016" PRIx64 " here", h->run_id,
+                 g->o.run_id);
+        refuse(g, l, h->rank, why);
+        return -1;
+    }
+    if (h->settings_hash != g->settings_hash) {
+        char diff[400];
+        int nd = hello_diff(g->shared, h->shared, diff, sizeof diff);
+        snprintf(why, sizeof why, "settings differ: %s", nd ? diff : "(hash only)");
+        refuse(g, l, h->rank, why);
+        return -1;
+    }
+    if (g->is_static) {
+        if (h->joining || h->world != g->world || h->rank < 0 || h->rank >= g->world ||
+            h->rank == g->rank) {
+            snprintf(why, sizeof why, "rank %d of %d there, rank %d of %d here", h->rank, h->world,
+                     g->rank, g->world);
+            refuse(g, l, h->rank >= 0 && h->rank < g->world ? h->rank : -1, why);
+            return -1;
+        }
+        if (l->dial_rank >= 0 && h->rank != l->dial_rank) {
+            snprintf(why, sizeof why, "rank %d answered at rank %d's address %s", h->rank,
+                     l->dial_rank, l->addr);
+            refuse(g, l, l->dial_rank, why);
+            return -1;
+        }
+        plink *old = g->by_rank[h->rank];
+        if (old && old->state == L_UP) {
+            if (old->member == h->member) return -1; // a second link to the same member
+            snprintf(why, sizeof why, "rank %d is held by a live member (%016" PRIx64 ")", h->rank,
+                     old->member);
+            refuse(g, l, -1, why);
+            return -1;
+        }
+        link_register(g, l, h->rank);
+        return 0;
+    }
+    // a rendezvous group
+    if (l->joining) { // we dialled to join: a view, a redirect or a refusal follows
+        l->hint = h->rank;
+        return 0;
+    }
+    if (h->joining) {
+        if (g->rank < 0) {
+            refuse(g, l, -1, "this peer has not joined the group yet");
+            return -1;
+        }
+        int coord = lowest_present(g);
+        if (coord != g->rank) {
+            unsigned char buf[1 + PEER_ADDR_MAX];
+            size_t al = strlen(g->mem[coord].addr);
+            buf[0] = SYS_REDIRECT;
+            memcpy(buf + 1, g->mem[coord].addr, al);
+            send_copy(g, l, PEER_CH_SYS, buf, al + 1);
+            return -1;
+        }
+        int r = h->rank >= 0 && h->rank < PEER_MAX_MEMBERS && !g->present[h->rank] ? h->rank : -1;
+        for (int i = 0; r < 0 && i < PEER_MAX_MEMBERS; i++)
+            if (!g->present[i]) r = i;
+        if (r < 0) {
+            refuse(g, l, -1, "the group is full");
+            return -1;
+        }
+        g->epoch++;
+        set_member(g, r, h->member, l->addr);
+        LOG_I(tag(g), "rank=%d gives rank=%d to member %016" PRIx64 " at %s (epoch %" PRIu64 ")",
+              g->rank, r, h->member, l->addr, g->epoch);
+        unsigned char *buf = xmalloc(HELLO_MAX);
+        size_t n = view_encode(g, buf, HELLO_MAX, r);
+        if (n) send_copy(g, l, PEER_CH_SYS, buf, n);
+        free(buf);
+        link_register(g, l, r);
+        broadcast_view(g, l);
+        return 0;
+    }
+    // a member dials us after a view: it must be in the view with that id
+    if (h->rank < 0 || h->rank >= PEER_MAX_MEMBERS || !g->present[h->rank] ||
+        g->mem[h->rank].id != h->member) {
+        // it may know a newer view than we do: let it redial
+        snprintf(why, sizeof why, "rank %d (member %016" PRIx64 ") is not in view %" PRIu64,
+                 h->rank, h->member, g->epoch);
+        LOG_D(tag(g), "%s", why);
+        return -1;
+    }
+    plink *old = g->by_rank[h->rank];
+    if (old && old->state == L_UP) return -1;
+    link_register(g, l, h->rank);
+    return 0;
+}
+
+// ---- receiving -----------------------------------------------------------------------------
+
+// deliver puts m on its channel's queue. Under mu; may wait (RING, STATE) for room.
+static void deliver(peer_group *g, plink *l, peer_msg *m) {
+    int ch = m->channel;
+    while (!recv_drops[ch] && !g->stop && l->state != L_DEAD &&
+           (g->rn[ch] >= RECVQ_MSGS || g->rbytes[ch] + m->len > RECVQ_BYTES))
+        cv_wait_until(&g->rcv[ch], &g->mu, sys_now_ms() + MAINT_MS);
+    if (g->stop || g->rn[ch] >= RECVQ_MSGS || g->rbytes[ch] + m->len > RECVQ_BYTES) {
+        g->st.recv_dropped[ch]++;
+        msg_put(g, m);
+        return;
+    }
+    m->next_ = NULL;
+    if (g->rt[ch])
+        g->rt[ch]->next_ = m;
+    else
+        g->rh[ch] = m;
+    g->rt[ch] = m;
+    g->rn[ch]++;
+    g->rbytes[ch] += m->len;
+    g->st.msgs_recv[ch]++;
+    g->st.bytes_recv[ch] += m->len;
+    pthread_cond_broadcast(&g->rcv[ch]);
+}
+
+// emulate holds m until the emulated wire from l has carried it (see peer.h). Under mu.
+static void emulate(peer_group *g, plink *l, peer_msg *m) {
+    double now = sys_now_ms();
+    double start = l->emu_free > now ? l->emu_free : now;
+    double tx =
+        g->o.rate_mbit > 0 ? (double)(m->len + FRAME_HEADER) * 8.0 / (g->o.rate_mbit * 1e3) : 0.0;
+    l->emu_free = start + tx;
+    l->emu_rng = l->emu_rng * 6364136223846793005ull + 1442695040888963407ull;
+    if (g->o.loss > 0 && (double)(l->emu_rng >> 11) / 9007199254740992.0 < g->o.loss) {
+        g->st.recv_dropped[m->channel]++;
+        msg_put(g, m);
+    } else {
+        emu_item *it = xcalloc(1, sizeof *it);
+        it->due = l->emu_free + g->o.delay_ms;
+        it->l = l;
+        it->m = m;
+        emu_item **pp = &g->eh;
+        while (*pp && (*pp)->due <= it->due)
+            pp = &(*pp)->next;
+        it->next = *pp;
+        *pp = it;
+        pthread_cond_broadcast(&g->cv);
+    }
+    // the link reads no faster than the emulated wire carries
+    while (!g->stop && l->state != L_DEAD && l->emu_free > sys_now_ms())
+        cv_wait_until(&g->cv, &g->mu, l->emu_free);
+}
+
+static void *emu_main(void *arg) {
+    peer_group *g = arg;
+    pthread_mutex_lock(&g->mu);
+    while (!g->stop) {
+        if (!g->eh) {
+            pthread_cond_wait(&g->cv, &g->mu);
+            continue;
+        }
+        if (g->eh->due > sys_now_ms()) {
+            cv_wait_until(&g->cv, &g->mu, g->eh->due);
+            continue;
+        }
+        emu_item *it = g->eh;
+        g->eh = it->next;
+        deliver(g, it->l, it->m);
+        free(it);
+    }
+    pthread_mutex_unlock(&g->mu);
+    return NULL;
+}
+
+// link_down takes l out of the view's links. Under mu.
+static void link_down(peer_group *g, plink *l) {
+    if (l->in_pending) g->pending--;
+    l->in_pending = 0;
+    l->state = L_DEAD;
+    pthread_cond_signal(&l->wcv);
+    if (l->rank < 0 || g->by_rank[l->rank] != l) return;
+    g->by_rank[l->rank] = NULL;
+    LOG_I(tag(g), "rank=%d link to rank=%d down", g->rank, l->rank);
+    if (g->is_static) {
+        g->epoch++;
+    } else if (!g->stop && lowest_present(g) == g->rank) {
+        // the coordinator takes a member that left out of the view
+        g->present[l->rank] = 0;
+        g->epoch++;
+        LOG_I(tag(g), "rank=%d: rank=%d left (epoch %" PRIu64 ")", g->rank, l->rank, g->epoch);
+        broadcast_view(g, NULL);
+    }
+    g->next_dial[l->rank] = sys_now_ms() + DIAL_MIN_MS;
+    pthread_cond_broadcast(&g->cv);
+}
+
+// drain_sys lets a refusal or a redirect go out (at most 200 ms) before the stream closes.
+// Under mu.
+static void drain_sys(peer_group *g, plink *l) {
+    double dl = sys_now_ms() + 200;
+    while ((l->qh[PEER_CH_SYS] || l->writing == PEER_CH_SYS) && l->state != L_DEAD &&
+           cv_wait_until(&g->cv, &g->mu, dl) != ETIMEDOUT)
+        ;
+}
+
+static void *reader_main(void *arg) {
+    plink *l = arg;
+    peer_group *g = l->g;
+    nng_aio *aio = l->raio;
+    char *shared = xmalloc(HELLO_MAX);
+    unsigned char hdr[FRAME_HEADER];
+    uint32_t seq = 0;
+    int handshake = 1;
+    while (aio) {
+        nng_iov iov = {hdr, FRAME_HEADER};
+        int rv = stream_io(l->s, aio, &iov, 1, 0, handshake ? g->o.handshake_ms : -1);
+        if (rv) {
+            pthread_mutex_lock(&g->mu);
+            if (handshake && !g->stop) {
+                g->st.strangers++;
+                LOG_D(tag(g), "closed a connection from %s without a hello: %s", l->remote,
+                      nng_strerror(rv));
+            }
+            pthread_mutex_unlock(&g->mu);
+            break;
+        }
+        frame_header h;
+        int drc = frame_decode(hdr, &h);
+        int bad = drc ? 1 : h.seq != seq ? 2 : 0;
+        if (!bad && handshake && (h.channel != PEER_CH_SYS || h.len > HELLO_MAX)) bad = 3;
+        if (bad) {
+            pthread_mutex_lock(&g->mu);
+            if (handshake && drc == ERR_PEER) { // another protocol: say so in ours
+                char why[160];
+                snprintf(why, sizeof why, "%s", err_msg() + strlen("frame: "));
+                refuse(g, l, -1, why);
+                drain_sys(g, l);
+            } else if (handshake) {
+                g->st.strangers++;
+            } else {
+                g->st.bad_header++;
+            }
+            LOG_D(tag(g), "closing the stream from %s: %s", l->remote,
+                  bad == 1   ? err_msg()
+                  : bad == 2 ? "frame out of sequence"
+                             : "no hello first");
+            pthread_mutex_unlock(&g->mu);
+            break;
+        }
+        seq++;
+        pthread_mutex_lock(&g->mu);
+        peer_msg *m = msg_get(g, h.len);
+        pthread_mutex_unlock(&g->mu);
+        iov = (nng_iov){m->data, h.len};
+        rv = h.len ? stream_io(l->s, aio, &iov, 1, 0, handshake ? g->o.handshake_ms : -1) : 0;
+        pthread_mutex_lock(&g->mu);
+        if (rv) {
+            if (handshake) g->st.strangers++;
+            msg_put(g, m);
+            pthread_mutex_unlock(&g->mu);
+            break;
+        }
+        if (!frame_payload_ok(&h, m->data)) {
+            g->st.bad_crc++;
+            LOG_D(tag(g), "dropped a %s frame from %s: payload CRC mismatch", ch_name[h.channel],
+                  l->remote);
+            msg_put(g, m);
+            int stop = handshake; // a hello must be intact
+            if (stop) g->st.strangers++;
+            pthread_mutex_unlock(&g->mu);
+            if (stop) break;
+            continue;
+        }
+        m->channel = h.channel;
+        m->from = l->rank;
+        m->member = l->member;
+        int close_it = 0;
+        if (h.channel == PEER_CH_SYS) {
+            const unsigned char *p = m->data;
+            int type = h.len ? p[0] : 0;
+            if (handshake) {
+                hello he;
+                if (hello_parse(p, h.len, &he, shared, HELLO_MAX)) {
+                    g->st.strangers++;
+                    close_it = 1;
+                } else {
+                    close_it = handle_hello(g, l, &he) != 0;
+                    handshake = 0;
+                }
+            } else if (type == SYS_VIEW) {
+                int yours = view_apply(g, p, h.len);
+                if (yours == -2) {
+                    g->st.recv_dropped[PEER_CH_SYS]++;
+                } else if (l->joining && g->rank < 0 && yours >= 0) {
+                    g->rank = yours;
+                    g->join_done = 1;
+                    l->joining = 0;
+                    if (l->hint >= 0 && l->hint < PEER_MAX_MEMBERS && g->present[l->hint])
+                        link_register(g, l, l->hint);
+                    pthread_cond_broadcast(&g->cv);
+                }
+            } else if (type == SYS_REFUSE || type == SYS_REDIRECT) {
+                char text[PEER_ADDR_MAX + 300];
+                size_t n = h.len - 1 < sizeof text - 1 ? h.len - 1 : sizeof text - 1;
+                memcpy(text, p + 1, n);
+                text[n] = 0;
+                if (type == SYS_REFUSE) {
+                    LOG_W(tag(g), "%s refused this peer: %s", l->addr[0] ? l->addr : l->remote,
+                          text);
+                    int r = l->rank >= 0 ? l->rank : l->dial_rank;
+                    if (r >= 0) snprintf(g->refusal[r], sizeof g->refusal[r], "refused: %s", text);
+                    if (l->joining) snprintf(g->join_err, sizeof g->join_err, "refused: %s", text);
+                } else if (l->joining && n > 0) {
+                    LOG_I(tag(g), "%s redirects the join to %s", l->addr, text);
+                    free(g->join_url);
+                    g->join_url = to_url(text);
+                    g->join_next = 0;
+                }
+                close_it = 1;
+            } else {
+                g->st.recv_dropped[PEER_CH_SYS]++;
+            }
+            msg_put(g, m);
+        } else if (l->state != L_UP || h.channel >= PEER_NCH) {
+            g->st.recv_dropped[h.channel < PEER_NCH ? h.channel : PEER_CH_SYS]++;
+            msg_put(g, m);
+        } else if (g->emu_on) {
+            emulate(g, l, m);
+        } else {
+            deliver(g, l, m);
+        }
+        pthread_mutex_unlock(&g->mu);
+        if (close_it) {
+            pthread_mutex_lock(&g->mu);
+            drain_sys(g, l);
+            pthread_mutex_unlock(&g->mu);
+            break;
+        }
+    }
+    pthread_mutex_lock(&g->mu);
+    link_down(g, l);
+    pthread_mutex_unlock(&g->mu);
+    link_abort(l);
+    pthread_mutex_lock(&g->mu);
+    l->threads_done++;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+    free(shared);
+    return NULL;
+}
+
+// ---- links ---------------------------------------------------------------------------------
+
+// link_start wraps stream s (dialled to dial_rank, or accepted when -1) in a link, queues our
+// hello and starts its threads. Under mu. Takes s.
+static void link_start(peer_group *g, nng_stream *s, int dial_rank, int joining) {
+    if (g->pending >= MAX_PENDING || g->stop) {
+        g->st.strangers++;
+        nng_stream_close(s);
+        nng_stream_free(s);
+        return;
+    }
+    plink *l = xcalloc(1, sizeof *l);
+    l->g = g;
+    l->s = s;
+    l->dial_rank = dial_rank;
+    l->joining = joining;
+    l->rank = -1;
+    l->state = L_HANDSHAKE;
+    l->writing = -1;
+    l->emu_rng = g->o.seed ^ ((uint64_t)(dial_rank + 7) * 0x9E3779B97F4A7C15ull) ^ g->id;
+    cv_init(&l->wcv);
+    nng_sockaddr sa;
+    if (nng_stream_get_addr(s, NNG_OPT_REMADDR, &sa) == 0 && sa.s_family == NNG_AF_INET) {
+        const unsigned char *ip = (const unsigned char *)&sa.s_in.sa_addr;
+        snprintf(l->remote, sizeof l->remote, "%u.%u.%u.%u", ip[0], ip[1], ip[2], ip[3]);
+    } else {
+        snprintf(l->remote, sizeof l->remote, "%s", "local");
+    }
+    if (nng_aio_alloc(&l->raio, NULL, NULL) || nng_aio_alloc(&l->waio, NULL, NULL)) {
+        if (l->raio) nng_aio_free(l->raio);
+        nng_stream_close(s);
+        nng_stream_free(s);
+        pthread_cond_destroy(&l->wcv);
+        free(l);
+        return;
+    }
+    g->pending++;
+    l->in_pending = 1;
+    l->next = g->links;
+    g->links = l;
+    unsigned char *hb = xmalloc(HELLO_MAX);
+    size_t n = hello_encode(g, hb, HELLO_MAX);
+    ASSERT(n > 0);
+    send_copy(g, l, PEER_CH_SYS, hb, n);
+    free(hb);
+    if (pthread_create(&l->rd, NULL, reader_main, l)) {
+        l->state = L_DEAD;
+        l->threads_done = 1;
+        nng_stream_close(s);
+    }
+    if (pthread_create(&l->wr, NULL, writer_main, l)) l->threads_done++;
+}
+
+static void link_free(plink *l) {
+    pthread_cond_destroy(&l->wcv);
+    nng_aio_free(l->raio);
+    nng_aio_free(l->waio);
+    nng_stream_free(l->s);
+    free(l);
+}
+
+// reap joins and frees the links whose threads have both finished. Under mu (dropped while
+// joining).
+static void reap(peer_group *g) {
+    for (plink **pp = &g->links; *pp;) {
+        plink *l = *pp;
+        if (l->threads_done < 2) {
+            pp = &l->next;
+            continue;
+        }
+        *pp = l->next;
+        pthread_mutex_unlock(&g->mu);
+        pthread_join(l->rd, NULL);
+        pthread_join(l->wr, NULL);
+        link_free(l);
+        pthread_mutex_lock(&g->mu);
+        pp = &g->links; // the list may have changed meanwhile
+    }
+}
+
+static void *acceptor_main(void *arg) {
+    peer_group *g = arg;
+    nng_aio *aio;
+    if (nng_aio_alloc(&aio, NULL, NULL)) return NULL;
+    for (;;) {
+        nng_stream_listener_accept(g->lst, aio);
+        nng_aio_wait(aio);
+        int rv = nng_aio_result(aio);
+        pthread_mutex_lock(&g->mu);
+        int stop = g->stop;
+        if (!rv) link_start(g, nng_aio_get_output(aio, 0), -1, 0);
+        pthread_mutex_unlock(&g->mu);
+        if (stop || rv == NNG_ECLOSED) break;
+        if (rv) sys_sleep_ms(10); // e.g. out of file descriptors: do not spin
+    }
+    nng_aio_free(aio);
+    return NULL;
+}
+
+// dial connects to url within DIAL_TIMEOUT_MS. Returns the stream or NULL with why in err.
+static nng_stream *dial(const char *url, char *err, size_t n) {
+    nng_stream_dialer *d;
+    nng_aio *aio;
+    nng_stream *s = NULL;
+    int rv = nng_stream_dialer_alloc(&d, url);
+    if (rv) {
+        snprintf(err, n, "bad address %s: %s", url, nng_strerror(rv));
+        return NULL;
+    }
+    if ((rv = nng_aio_alloc(&aio, NULL, NULL)) == 0) {
+        nng_aio_set_timeout(aio, DIAL_TIMEOUT_MS);
+        nng_stream_dialer_dial(d, aio);
+        nng_aio_wait(aio);
+        rv = nng_aio_result(aio);
+        if (!rv) s = nng_aio_get_output(aio, 0);
+        nng_aio_free(aio);
+    }
+    nng_stream_dialer_free(d);
+    if (rv) {
+        const char *why = rv == NNG_ECONNREFUSED ? "connection refused"
+                          : rv == NNG_ETIMEDOUT  ? "no answer within a second"
+                          : rv == NNG_EADDRINVAL ? "the host does not resolve"
+                                                 : nng_strerror(rv);
+        snprintf(err, n, "%s", why);
+    }
+    return s;
+}
+
+static int has_link(peer_group *g, int r) {
+    for (plink *l = g->links; l; l = l->next)
+        if (l->state != L_DEAD && (l->rank == r || l->dial_rank == r)) return 1;
+    return 0;
+}
+
+static int joining_link(peer_group *g) {
+    for (plink *l = g->links; l; l = l->next)
+        if (l->state != L_DEAD && l->joining) return 1;
+    return 0;
+}
+
+// maint_dial makes one dial the maintainer owes, if any is due. Under mu (dropped to dial).
+static void maint_dial(peer_group *g) {
+    double now = sys_now_ms();
+    if (g->rank < 0) { // joining: dial the rendezvous address
+        if (g->join_done || g->join_self || g->join_err[0] || joining_link(g) || now < g->join_next)
+            return;
+        char *url = xstrdup(g->join_url), err[160];
+        g->join_next = now + 200;
+        pthread_mutex_unlock(&g->mu);
+        nng_stream *s = dial(url, err, sizeof err);
+        pthread_mutex_lock(&g->mu);
+        if (s)
+            link_start(g, s, -1, 1);
+        else
+            snprintf(g->dial_err[0], sizeof g->dial_err[0], "%s: %s", url, err);
+        free(url);
+        return;
+    }
+    for (int r = 0; r < g->rank; r++) {
+        if (!g->present[r] || has_link(g, r) || now < g->next_dial[r]) continue;
+        if (g->is_static && g->refusal[r][0] && now < g->next_dial[r] + 1000) continue;
+        char *url = to_url(g->mem[r].addr), err[160];
+        int w = g->dial_wait[r] ? g->dial_wait[r] * 2 : DIAL_MIN_MS;
+        g->dial_wait[r] = w > DIAL_MAX_MS ? DIAL_MAX_MS : w;
+        g->next_dial[r] = now + g->dial_wait[r];
+        pthread_mutex_unlock(&g->mu);
+        nng_stream *s = dial(url, err, sizeof err);
+        pthread_mutex_lock(&g->mu);
+        if (s && !has_link(g, r)) {
+            link_start(g, s, r, 0);
+        } else if (s) {
+            nng_stream_close(s);
+            nng_stream_free(s);
+        } else {
+            snprintf(g->dial_err[r], sizeof g->dial_err[r], "%s", err);
+        }
+        free(url);
+        return; // one dial per pass, so that reaping and stop stay prompt
+    }
+}
+
+static void *maint_main(void *arg) {
+    peer_group *g = arg;
+    pthread_mutex_lock(&g->mu);
+    while (!g->stop) {
+        reap(g);
+        maint_dial(g);
+        if (!g->stop) cv_wait_until(&g->cv, &g->mu, sys_now_ms() + MAINT_MS);
+    }
+    pthread_mutex_unlock(&g->mu);
+    return NULL;
+}
+
+// ---- the group -----------------------------------------------------------------------------
+
+static int listen_on(peer_group *g) {
+    int rv = nng_stream_listener_alloc(&g->lst, g->listen_url);
+    if (!rv) rv = nng_stream_listener_listen(g->lst);
+    if (rv)
+        return err_set(ERR_NET, "peer: cannot listen on %s: %s", g->listen_url, nng_strerror(rv));
+    if (!strncmp(g->listen_url, "tcp://", 6)) {
+        int port = 0;
+        nng_stream_listener_get_int(g->lst, NNG_OPT_TCP_BOUND_PORT, &port);
+        const char *hp = g->listen_url + 6, *colon = strrchr(hp, ':');
+        snprintf(g->self_addr, sizeof g->self_addr, "%.*s:%d", (int)(colon - hp), hp, port);
+    } else {
+        snprintf(g->self_addr, sizeof g->self_addr, "%s", g->listen_url);
+    }
+    return ERR_OK;
+}
+
+int peer_group_create(peer_group **out, const peer_opts *o) {
+    *out = NULL;
+    int rc = addr_ok(o->listen, "listen address");
+    if (rc) return rc;
+    int is_static = o->peers != NULL;
+    if (is_static == (o->join != NULL))
+        return err_set(ERR_INVAL, "peer: give either a peer list or a join address");
+    if (is_static) {
+        if (o->world < 1 || o->world > PEER_MAX_MEMBERS || o->rank < 0 || o->rank >= o->world)
+            return err_set(ERR_INVAL, "peer: rank %d of %d peers (at most %d)", o->rank, o->world,
+                           PEER_MAX_MEMBERS);
+        for (int i = 0; i < o->world; i++) {
+            char what[32];
+            snprintf(what, sizeof what, "peer %d", i);
+            if ((rc = addr_ok(o->peers[i], what))) return rc;
+        }
+    } else {
+        if ((rc = addr_ok(o->join, "join address"))) return rc;
+        if (o->want_rank < -1 || o->want_rank >= PEER_MAX_MEMBERS)
+            return err_set(ERR_INVAL, "peer: rank %d out of range", o->want_rank);
+    }
+    peer_group *g = xcalloc(1, sizeof *g);
+    g->o = *o;
+    g->o.handshake_ms = o->handshake_ms > 0 ? o->handshake_ms : 2000;
+    g->o.join_ms = o->join_ms > 0 ? o->join_ms : 10000;
+    g->tag = xstrdup(o->tag ? o->tag : "peer");
+    g->shared = xstrdup(o->shared ? o->shared : "");
+    g->build = xstrdup(o->build ? o->build : "");
+    g->listen_url = to_url(o->listen);
+    g->join_url = o->join ? to_url(o->join) : NULL;
+    g->settings_hash = fnv1a(g->shared);
+    g->id = random_id();
+    g->is_static = is_static;
+    g->world = is_static ? o->world : 0;
+    g->rank = is_static ? o->rank : -1;
+    g->emu_on = o->rate_mbit > 0 || o->delay_ms > 0 || o->loss > 0;
+    pthread_mutex_init(&g->mu, NULL);
+    cv_init(&g->cv);
+    for (int c = 0; c < PEER_NCH; c++)
+        cv_init(&g->rcv[c]);
+    if ((rc = listen_on(g))) {
+        peer_group_destroy(g);
+        return rc;
+    }
+    if (is_static) {
+        for (int i = 0; i < o->world; i++)
+            set_member(g, i, i == o->rank ? g->id : 0, i == o->rank ? g->self_addr : o->peers[i]);
+        g->epoch = 1;
+    }
+    int started = 0;
+    if (!pthread_create(&g->acc, NULL, acceptor_main, g)) started |= 1;
+    if (!pthread_create(&g->maint, NULL, maint_main, g)) started |= 2;
+    if (g->emu_on && !pthread_create(&g->emu, NULL, emu_main, g)) started |= 4;
+    if (started != (g->emu_on ? 7 : 3)) {
+        peer_group_destroy(g);
+        return err_set(ERR_NOMEM, "peer: cannot start threads");
+    }
+    if (!is_static) {
+        pthread_mutex_lock(&g->mu);
+        double dl = sys_now_ms() + g->o.join_ms;
+        while (!g->join_done && !g->join_self && !g->join_err[0] &&
+               cv_wait_until(&g->cv, &g->mu, dl) != ETIMEDOUT)
+            ;
+        if (g->join_self && !g->join_done) { // we are the join address: found the group
+            g->rank = o->want_rank >= 0 ? o->want_rank : 0;
+            set_member(g, g->rank, g->id, o->join);
+            g->epoch = 1;
+            g->join_done = 1;
+            LOG_I(tag(g), "rank=%d member=%016" PRIx64 " founds the group at %s", g->rank, g->id,
+                  o->join);
+        }
+        int done = g->join_done;
+        char why[400];
+        snprintf(why, sizeof why, "%s", g->join_err[0] ? g->join_err : g->dial_err[0]);
+        pthread_mutex_unlock(&g->mu);
+        if (!done) {
+            peer_group_destroy(g);
+            return why[0] && !strncmp(why, "refused", 7)
+                       ? err_set(ERR_PEER, "peer: joining %s: %s", o->join, why)
+                       : err_set(ERR_TIMEOUT, "peer: no group at %s after %d ms%s%s", o->join,
+                                 o->join_ms > 0 ? o->join_ms : 10000, why[0] ? ": " : "", why);
+        }
+        LOG_I(tag(g), "rank=%d joined (epoch %" PRIu64 ", %d members)", g->rank, g->epoch,
+              view_connected(g));
+    }
+    *out = g;
+    return ERR_OK;
+}
+
+void peer_group_destroy(peer_group *g) {
+    if (!g) return;
+    pthread_mutex_lock(&g->mu);
+    g->stop = 1;
+    pthread_cond_broadcast(&g->cv);
+    for (int c = 0; c < PEER_NCH; c++)
+        pthread_cond_broadcast(&g->rcv[c]);
+    pthread_mutex_unlock(&g->mu);
+    if (g->lst) nng_stream_listener_close(g->lst);
+    if (g->acc) pthread_join(g->acc, NULL);
+    if (g->maint) pthread_join(g->maint, NULL);
+    if (g->emu) pthread_join(g->emu, NULL);
+    pthread_mutex_lock(&g->mu);
+    for (plink *l = g->links; l; l = l->next) {
+        l->state = L_DEAD;
+        pthread_cond_signal(&l->wcv);
+    }
+    pthread_mutex_unlock(&g->mu);
+    // no thread adds links now (the acceptor and the maintainer have stopped)
+    for (plink *l = g->links; l; l = l->next)
+        link_abort(l);
+    pthread_mutex_lock(&g->mu);
+    while (g->links) {
+        plink *l = g->links;
+        g->links = l->next;
+        pthread_mutex_unlock(&g->mu);
+        pthread_join(l->rd, NULL);
+        pthread_join(l->wr, NULL);
+        link_free(l);
+        pthread_mutex_lock(&g->mu);
+    }
+    pthread_mutex_unlock(&g->mu);
+    if (g->lst) nng_stream_listener_free(g->lst);
+    for (emu_item *it = g->eh, *nx; it; it = nx) {
+        nx = it->next;
+        free(it->m->data);
+        free(it->m);
+        free(it);
+    }
+    for (int c = 0; c < PEER_NCH; c++) {
+        for (peer_msg *m = g->rh[c], *nx; m; m = nx) {
+            nx = m->next_;
+            free(m->data);
+            free(m);
+        }
+        pthread_cond_destroy(&g->rcv[c]);
+    }
+    for (peer_msg *m = g->pool, *nx; m; m = nx) {
+        nx = m->next_;
+        free(m->data);
+        free(m);
+    }
+    pthread_cond_destroy(&g->cv);
+    pthread_mutex_destroy(&g->mu);
+    free(g->listen_url);
+    free(g->join_url);
+    free(g->shared);
+    free(g->build);
+    free(g->tag);
+    free(g);
+}
+
+const char *peer_self_addr(peer_group *g) { return g->self_addr; }
+
+int peer_rank(peer_group *g) {
+    pthread_mutex_lock(&g->mu);
+    int r = g->rank;
+    pthread_mutex_unlock(&g->mu);
+    return r;
+}
+
+void peer_get_view(peer_group *g, peer_view *v) {
+    pthread_mutex_lock(&g->mu);
+    v->epoch = g->epoch;
+    v->self = g->rank;
+    v->n = 0;
+    for (int r = 0; r < PEER_MAX_MEMBERS; r++) {
+        if (!g->present[r]) continue;
+        v->m[v->n] = g->mem[r];
+        v->m[v->n].connected = r == g->rank || g->by_rank[r] != NULL;
+        v->n++;
+    }
+    pthread_mutex_unlock(&g->mu);
+}
+
+static int all_refused(peer_group *g) {
+    if (!g->is_static || g->world < 2) return 0;
+    for (int r = 0; r < g->world; r++)
+        if (r != g->rank && !g->refusal[r][0]) return 0;
+    return 1;
+}
+
+int peer_wait_view(peer_group *g, int n, int timeout_ms) {
+    double dl = deadline_of(timeout_ms);
+    pthread_mutex_lock(&g->mu);
+    int have;
+    while ((have = view_connected(g)) < n && !g->stop && !all_refused(g) &&
+           cv_wait_until(&g->cv, &g->mu, dl) != ETIMEDOUT)
+        ;
+    have = view_connected(g);
+    pthread_mutex_unlock(&g->mu);
+    return have;
+}
+
+int peer_connected(peer_group *g, int rank) {
+    if (rank < 0 || rank >= PEER_MAX_MEMBERS) return 0;
+    pthread_mutex_lock(&g->mu);
+    int up = rank == g->rank || (g->by_rank[rank] && g->by_rank[rank]->state == L_UP);
+    pthread_mutex_unlock(&g->mu);
+    return up;
+}
+
+static int check_send(peer_group *g, int rank, int ch, size_t len) {
+    if (ch <= PEER_CH_SYS || ch >= PEER_NCH)
+        return err_set(ERR_INVAL, "peer: send: bad channel %d", ch);
+    if (rank < 0 || rank >= PEER_MAX_MEMBERS || rank == g->rank)
+        return err_set(ERR_INVAL, "peer: send: bad rank %d (this is rank %d)", rank, g->rank);
+    if (len > FRAME_MAX_PAYLOAD)
+        return err_set(ERR_INVAL, "peer: send to rank %d: %zu bytes > %u", rank, len,
+                       FRAME_MAX_PAYLOAD);
+    return ERR_OK;
+}
+
+int peer_send(peer_group *g, int rank, int ch, const void *data, size_t len) {
+    int rc = check_send(g, rank, ch, len);
+    if (rc) return rc;
+    if (len && !data) return err_set(ERR_INVAL, "peer: send: NULL data");
+    pthread_mutex_lock(&g->mu);
+    plink *l = g->by_rank[rank];
+    if (g->stop)
+        rc = err_set(ERR_CLOSED, "peer: send: closed");
+    else if (!l || l->state != L_UP)
+        rc = err_set(ERR_PEER, "peer: rank %d not connected", rank);
+    else if (send_copy(g, l, ch, data, len))
+        rc = err_set(ERR_PEER, "peer: %s queue to rank %d full", ch_name[ch], rank);
+    if (rc && rc != ERR_CLOSED) g->st.send_dropped[ch]++;
+    pthread_mutex_unlock(&g->mu);
+    return rc;
+}
+
+int peer_send_wait(peer_group *g, int rank, int ch, const void *data, size_t len, int timeout_ms) {
+    int rc = check_send(g, rank, ch, len);
+    if (rc) return rc;
+    out_frame f = {.ch = ch, .data = data, .len = (uint32_t)len, .state = F_QUEUED};
+    double dl = deadline_of(timeout_ms);
+    pthread_mutex_lock(&g->mu);
+    plink *l = g->by_rank[rank];
+    if (g->stop) {
+        pthread_mutex_unlock(&g->mu);
+        return err_set(ERR_CLOSED, "peer: send: closed");
+    }
+    if (!l || l->state != L_UP) {
+        g->st.send_dropped[ch]++;
+        pthread_mutex_unlock(&g->mu);
+        return err_set(ERR_PEER, "peer: rank %d not connected", rank);
+    }
+    // wait for room in the channel's queue, then for the writer
+    while (l->qn[ch] >= sendq_cap[ch] && l->state != L_DEAD && !g->stop &&
+           cv_wait_until(&g->cv, &g->mu, dl) != ETIMEDOUT)
+        ;
+    if (l->qn[ch] >= sendq_cap[ch] || l->state == L_DEAD || g->stop) {
+        rc = l->state == L_DEAD || g->stop
+                 ? err_set(ERR_PEER, "peer: link to rank %d went down", rank)
+                 : err_set(ERR_TIMEOUT, "peer: %s queue to rank %d full for %d ms", ch_name[ch],
+                           rank, timeout_ms);
+        g->st.send_dropped[ch]++;
+        pthread_mutex_unlock(&g->mu);
+        return rc;
+    }
+    enqueue(l, &f);
+    while (f.state != F_DONE) {
+        int timed_out = cv_wait_until(&g->cv, &g->mu, f.state == F_QUEUED ? dl : -1) == ETIMEDOUT;
+        if (timed_out && f.state == F_QUEUED) { // take it back out of the queue
+            out_frame **pp = &l->qh[ch], *prev = NULL;
+            while (*pp && *pp != &f) {
+                prev = *pp;
+                pp = &(*pp)->next;
+            }
+            if (*pp) {
+                *pp = f.next;
+                if (l->qt[ch] == &f) l->qt[ch] = prev;
+                l->qn[ch]--;
+            }
+            g->st.send_dropped[ch]++;
+            pthread_mutex_unlock(&g->mu);
+            return err_set(ERR_TIMEOUT, "peer: send to rank %d still queued after %d ms", rank,
+                           timeout_ms);
+        }
+    }
+    rc = f.rc;
+    pthread_mutex_unlock(&g->mu);
+    return rc ? err_set(ERR_PEER, "peer: link to rank %d went down during a send", rank) : ERR_OK;
+}
+
+int peer_recv(peer_group *g, int ch, int timeout_ms, peer_msg **out) {
+    *out = NULL;
+    if (ch <= PEER_CH_SYS || ch >= PEER_NCH)
+        return err_set(ERR_INVAL, "peer: recv: bad channel %d", ch);
+    double dl = deadline_of(timeout_ms);
+    pthread_mutex_lock(&g->mu);
+    while (!g->rh[ch] && !g->stop && !g->rwake[ch] && timeout_ms != 0 &&
+           cv_wait_until(&g->rcv[ch], &g->mu, dl) != ETIMEDOUT)
+        ;
+    int rc = ERR_OK;
+    if (g->rh[ch]) {
+        peer_msg *m = g->rh[ch];
+        g->rh[ch] = m->next_;
+        if (!g->rh[ch]) g->rt[ch] = NULL;
+        g->rn[ch]--;
+        g->rbytes[ch] -= m->len;
+        m->next_ = NULL;
+        *out = m;
+        pthread_cond_broadcast(&g->rcv[ch]); // a reader may wait for room
+    } else if (g->stop) {
+        rc = err_set(ERR_CLOSED, "peer: recv: closed");
+    } else {
+        g->rwake[ch] = 0;
+        rc =
+            err_set(ERR_TIMEOUT, "peer: recv: nothing on %s within %d ms", ch_name[ch], timeout_ms);
+    }
+    if (*out) g->rwake[ch] = 0;
+    pthread_mutex_unlock(&g->mu);
+    return rc;
+}
+
+void peer_msg_free(peer_group *g, peer_msg *m) {
+    if (!m) return;
+    pthread_mutex_lock(&g->mu);
+    msg_put(g, m);
+    pthread_mutex_unlock(&g->mu);
+}
+
+void peer_wake(peer_group *g, int ch) {
+    if (ch <= PEER_CH_SYS || ch >= PEER_NCH) return;
+    pthread_mutex_lock(&g->mu);
+    g->rwake[ch] = 1;
+    pthread_cond_broadcast(&g->rcv[ch]);
+    pthread_mutex_unlock(&g->mu);
+}
+
+void peer_diagnose(peer_group *g, int rank, char *buf, size_t n) {
+    pthread_mutex_lock(&g->mu);
+    if (rank < 0 || rank >= PEER_MAX_MEMBERS || !g->present[rank])
+        snprintf(buf, n, "rank %d is not in the view", rank);
+    else if (rank == g->rank || (g->by_rank[rank] && g->by_rank[rank]->state == L_UP))
+        snprintf(buf, n, "connected");
+    else if (g->refusal[rank][0])
+        snprintf(buf, n, "%s", g->refusal[rank]);
+    else if (rank < g->rank)
+        snprintf(buf, n, "%s: %s", g->mem[rank].addr,
+                 g->dial_err[rank][0] ? g->dial_err[rank] : "no hello yet");
+    else
+        snprintf(buf, n, "%s has not dialled in (the higher rank of a pair dials)",
+                 g->mem[rank].addr);
+    pthread_mutex_unlock(&g->mu);
+}
+
+void peer_get_stats(peer_group *g, peer_stats *st) {
+    pthread_mutex_lock(&g->mu);
+    *st = g->st;
+    pthread_mutex_unlock(&g->mu);
+}

@@ -1,0 +1,167 @@
+// peer.h: the peer layer. A process is one member of a group: it listens on one address, holds
+// one stream to every other member (nng's byte streams: tcp://, ipc://), and moves messages on
+// named channels over it. Every frame has one header with CRCs (frame.h). A connection becomes a
+// member's link only after a handshake within a short deadline (run id, member id, protocol,
+// build, the hash of the settings every peer must share); a stranger or a mismatched peer is
+// closed and never takes a member's place. Membership is a view with an epoch number.
+//
+// Joining: with a static list (peer_opts.peers) member i is rank i and the higher rank of a pair
+// dials the lower. With a rendezvous address (peer_opts.join) a process dials that address: if
+// the hello that answers carries its own member id, it is that address and founds the group;
+// otherwise the group's coordinator (its lowest rank; others redirect to it) gives it the lowest
+// free rank (or the one it asks for), and sends the new view to every member, each of which dials
+// the members of lower rank. So every process can be given the same --join address.
+//
+// Channels: PEER_CH_SYS is the layer's own. Sends go out in channel order (control before SPARTA
+// before the ring and state transfers), one frame at a time, so a small message waits for at most
+// one frame (FRAME_MAX_PAYLOAD) of a bulk transfer. Each channel has its own bounded queues;
+// CONTROL and SPARTA drop what does not fit (counted), RING and STATE hold the sender back.
+//
+// Link emulation (peer_opts.rate_mbit, delay_ms, loss) applies to received frames per link: a
+// frame is delivered once the emulated wire from that member has carried it and delay_ms more
+// have passed, and the link reads no faster than the rate (so the sender feels it, as on a real
+// slow link). It has no state outside the group.
+//
+// Threads: every function may be called from any thread unless said otherwise; the group runs
+// its own threads (an acceptor, a maintainer that dials, a reader and a writer per link).
+#ifndef PEER_H
+#define PEER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sparta/peer/frame.h"
+
+#define PEER_MAX_MEMBERS 256
+#define PEER_ADDR_MAX    160
+
+enum {
+    PEER_CH_SYS = 0,     // handshake, join, views: never delivered to users
+    PEER_CH_CONTROL = 1, // small control messages (agreement, state requests)
+    PEER_CH_SPARTA = 2,  // SPARTA's values
+    PEER_CH_RING = 3,    // the ring all-reduce
+    PEER_CH_STATE = 4,   // bulk state for a joining member
+    PEER_NCH = 5
+};
+
+typedef struct peer_group peer_group;
+
+typedef struct peer_opts {
+    const char *listen; // this process's address: "host:port" (tcp; port 0 picks one), or a URL
+                        // "tcp://...", "ipc:///path"
+    // A static group: peers[i] is member i's address (world of them) and this process is rank.
+    const char *const *peers;
+    int world, rank;
+    // Or a rendezvous: the address of any member (or this process's own: it founds the group).
+    const char *join;
+    int want_rank;      // with join: -1 for the lowest free rank, else this one
+    int join_ms;        // with join: how long to wait for the group (0: 10000)
+    uint64_t run_id;    // peers of another run are refused (0: not checked)
+    const char *shared; // the settings every peer must share, one key=value line each (hello.h);
+                        // a peer whose text differs is refused, naming the keys. May be NULL.
+    const char *build;  // this build ("0.1.0"); a peer of another build is logged, not refused
+    int handshake_ms;   // a connection without a valid hello by then is closed (0: 2000)
+    double rate_mbit;   // link emulation: 0 = off (unlimited)
+    int delay_ms;
+    double loss; // fraction of received frames dropped (counted in recv_dropped)
+    uint64_t seed;
+    const char *tag; // module name in log lines (NULL: "peer")
+} peer_opts;
+
+// A member as the view knows it.
+typedef struct peer_member {
+    int rank;
+    uint64_t id;              // random, chosen when the process started
+    char addr[PEER_ADDR_MAX]; // where it listens ("host:port" or a URL)
+    int connected;            // this process holds a live link to it (1 for itself)
+} peer_member;
+
+typedef struct peer_view {
+    uint64_t epoch; // grows with every change: a join or a leave (a static group: a link up or
+                    // down)
+    int self;       // this process's rank
+    int n;          // members, in rank order
+    peer_member m[PEER_MAX_MEMBERS];
+} peer_view;
+
+typedef struct peer_msg {
+    int from;        // the sender's rank
+    uint64_t member; // the sender's member id
+    int channel;
+    void *data; // len bytes, owned by the message
+    size_t len;
+    size_t cap_; // internal: the buffer's capacity
+    struct peer_msg *next_;
+} peer_msg;
+
+typedef struct peer_stats {
+    uint64_t msgs_sent[PEER_NCH], bytes_sent[PEER_NCH]; // payload bytes handed to a stream
+    uint64_t msgs_recv[PEER_NCH], bytes_recv[PEER_NCH]; // delivered to a channel's queue
+    uint64_t send_dropped[PEER_NCH]; // refused: not connected, or the queue was full
+    uint64_t recv_dropped[PEER_NCH]; // queue full, emulated loss, or not for a user channel
+    uint64_t bad_crc;                // frames whose payload CRC failed (dropped)
+    uint64_t bad_header;             // streams closed because a header was bad (framing lost)
+    uint64_t refused;                // handshakes refused: another run, settings or protocol
+    uint64_t strangers;              // connections closed without a valid hello in time
+} peer_stats;
+
+// peer_group_create starts this process's membership: it listens on o->listen, then joins (see
+// the top of this file). With a static list it returns at once (links come up as peers start);
+// with a rendezvous it returns once it has a rank, or fails after o->join_ms. Strings in o are
+// copied. On success the caller owns *out (peer_group_destroy). Returns ERR_OK, ERR_INVAL (bad
+// address, rank or world, naming it), ERR_NET (cannot listen: the address and nng's reason),
+// ERR_TIMEOUT (no group at the join address), ERR_PEER (the group refused this process: why).
+int peer_group_create(peer_group **out, const peer_opts *o);
+
+// peer_group_destroy closes every link and the listener, joins the threads and frees g and any
+// message still queued. Messages handed out by peer_recv must be freed before. NULL-safe.
+void peer_group_destroy(peer_group *g);
+
+// peer_self_addr returns this process's address as others dial it ("127.0.0.1:40123" when the
+// port was 0). Valid until destroy.
+const char *peer_self_addr(peer_group *g);
+
+// peer_rank returns this process's rank.
+int peer_rank(peer_group *g);
+
+// peer_get_view copies the current view into *v.
+void peer_get_view(peer_group *g, peer_view *v);
+
+// peer_wait_view waits up to timeout_ms (< 0: forever) until the view has at least n members
+// with a live link (this process included) and returns that count; on timeout it returns what
+// there is. A static group that every other member refused returns at once.
+int peer_wait_view(peer_group *g, int n, int timeout_ms);
+
+// peer_connected returns 1 if this process holds a live link to rank.
+int peer_connected(peer_group *g, int rank);
+
+// peer_send copies data(len) into channel ch's queue for rank and returns without waiting.
+// Returns ERR_OK, ERR_PEER (rank not connected, or its queue is full: dropped and counted),
+// ERR_INVAL (bad rank or channel, len > FRAME_MAX_PAYLOAD) or ERR_CLOSED (being destroyed).
+int peer_send(peer_group *g, int rank, int ch, const void *data, size_t len);
+
+// peer_send_wait sends data(len) on ch to rank without copying it: it returns once the frame has
+// been written to the stream (the caller may then reuse data), or with ERR_TIMEOUT if it was
+// still queued after timeout_ms (< 0: no limit), or ERR_PEER if the link went down first.
+int peer_send_wait(peer_group *g, int rank, int ch, const void *data, size_t len, int timeout_ms);
+
+// peer_recv waits up to timeout_ms (0: poll; < 0: forever) for the next message on channel ch
+// from any member. On ERR_OK the caller owns *out (peer_msg_free). Returns ERR_OK, ERR_TIMEOUT
+// (also after peer_wake) or ERR_CLOSED.
+int peer_recv(peer_group *g, int ch, int timeout_ms, peer_msg **out);
+
+// peer_msg_free returns a received message's buffer to the group for reuse. NULL-safe.
+void peer_msg_free(peer_group *g, peer_msg *m);
+
+// peer_wake makes the current or next peer_recv on ch return ERR_TIMEOUT at once.
+void peer_wake(peer_group *g, int ch);
+
+// peer_diagnose writes into buf (n bytes) why rank has no live link: the handshake was refused
+// (and why), its address does not resolve, the connection is refused, nothing answers, or (a rank
+// that dials us) it has not dialled in. "connected" when it has one.
+void peer_diagnose(peer_group *g, int rank, char *buf, size_t n);
+
+// peer_get_stats copies the counters.
+void peer_get_stats(peer_group *g, peer_stats *st);
+
+#endif

@@ -1,0 +1,700 @@
+// peer_test.c: the peer layer. Over ipc:// where no TCP port is the point (static groups,
+// channels, the handshake's refusals, rendezvous and views), over tcp://127.0.0.1 where it is
+// (port 0, strangers that connect first, garbage, truncated and bad-CRC frames on every channel,
+// a link that answers slowly). Every wait is bounded and waits for an event.
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "sparta/peer/frame.h"
+#include "sparta/peer/le.h"
+#include "sparta/peer/peer.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
+
+TestSuite(peer, .timeout = 40);
+
+static const char *SHARED = "model.n_layer=2\ntrain.seed=1\n";
+
+// group_of makes member rank of a static group over the addresses addr[0..world).
+static peer_group *group_of(const char *const *addr, int world, int rank, const char *shared) {
+    peer_opts o = {.listen = addr[rank],
+                   .peers = addr,
+                   .world = world,
+                   .rank = rank,
+                   .run_id = 42,
+                   .shared = shared ? shared : SHARED,
+                   .build = "test",
+                   .tag = "peer-test"};
+    peer_group *g;
+    cr_assert_eq(peer_group_create(&g, &o), ERR_OK, "%s", err_msg());
+    return g;
+}
+
+static void ipc_addrs(const char *dir, int n, char addr[][PEER_ADDR_MAX], const char **ptr) {
+    for (int i = 0; i < n; i++) {
+        snprintf(addr[i], PEER_ADDR_MAX, "ipc://%s/p%d", dir, i);
+        ptr[i] = addr[i];
+    }
+}
+
+static peer_msg *recv_on(peer_group *g, int ch) {
+    peer_msg *m = NULL;
+    int rc = peer_recv(g, ch, 10000, &m);
+    cr_assert_eq(rc, ERR_OK, "recv on %d: %s", ch, err_msg());
+    return m;
+}
+
+Test(peer, a_static_group_delivers_on_every_channel_with_sender_ranks) {
+    char *dir = tu_tmpdir("peer");
+    char addr[3][PEER_ADDR_MAX];
+    const char *a[3];
+    ipc_addrs(dir, 3, addr, a);
+    peer_group *g[3];
+    for (int i = 2; i >= 0; i--) // any start order
+        g[i] = group_of(a, 3, i, NULL);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(peer_wait_view(g[i], 3, 10000), 3, "rank %d sees fewer than 3", i);
+    for (int ch = PEER_CH_CONTROL; ch < PEER_NCH; ch++)
+        for (int s = 0; s < 3; s++)
+            for (int d = 0; d < 3; d++) {
+                if (s == d) continue;
+                char text[64];
+                snprintf(text, sizeof text, "ch%d %d->%d", ch, s, d);
+                cr_assert_eq(peer_send(g[s], d, ch, text, strlen(text) + 1), ERR_OK, "%s",
+                             err_msg());
+            }
+    for (int ch = PEER_CH_CONTROL; ch < PEER_NCH; ch++)
+        for (int d = 0; d < 3; d++) {
+            int seen = 0;
+            for (int k = 0; k < 2; k++) {
+                peer_msg *m = recv_on(g[d], ch);
+                char want[64];
+                snprintf(want, sizeof want, "ch%d %d->%d", ch, m->from, d);
+                cr_assert_str_eq(m->data, want);
+                cr_assert_eq(m->channel, ch);
+                seen |= 1 << m->from;
+                peer_msg_free(g[d], m);
+            }
+            cr_assert_eq(seen, 7 & ~(1 << d), "rank %d ch %d heard from %x", d, ch, seen);
+        }
+    peer_view v;
+    peer_get_view(g[1], &v);
+    cr_assert_eq(v.n, 3);
+    cr_assert_eq(v.self, 1);
+    for (int i = 0; i < 3; i++)
+        cr_assert(v.m[i].connected && v.m[i].rank == i);
+    // nothing else is queued, and a poll says so at once
+    peer_msg *m;
+    cr_assert_eq(peer_recv(g[0], PEER_CH_SPARTA, 0, &m), ERR_TIMEOUT);
+    peer_stats st;
+    peer_get_stats(g[0], &st);
+    cr_assert_eq(st.msgs_recv[PEER_CH_SPARTA], 2);
+    cr_assert_eq(st.bad_crc + st.bad_header + st.refused + st.strangers, 0);
+    for (int i = 0; i < 3; i++)
+        peer_group_destroy(g[i]);
+    tu_rm_rf(dir);
+    free(dir);
+}
+
+Test(peer, a_restarted_member_is_taken_back) {
+    char *dir = tu_tmpdir("peer");
+    char addr[2][PEER_ADDR_MAX];
+    const char *a[2];
+    ipc_addrs(dir, 2, addr, a);
+    peer_group *g0 = group_of(a, 2, 0, NULL), *g1 = group_of(a, 2, 1, NULL);
+    cr_assert_eq(peer_wait_view(g0, 2, 10000), 2);
+    peer_view v;
+    peer_get_view(g0, &v);
+    uint64_t e0 = v.epoch;
+    peer_group_destroy(g1);
+    for (int i = 0; i < 200 && peer_connected(g0, 1); i++)
+        peer_wait_view(g0, 3, 50); // wakes on every view change
+    cr_assert(!peer_connected(g0, 1), "rank 1's link outlived it");
+    g1 = group_of(a, 2, 1, NULL);
+    cr_assert_eq(peer_wait_view(g0, 2, 10000), 2, "the restarted rank 1 was not taken back");
+    cr_assert_eq(peer_wait_view(g1, 2, 10000), 2);
+    peer_get_view(g0, &v);
+    cr_assert_geq(v.epoch, e0 + 2, "epoch %llu after a leave and a join (was %llu)",
+                  (unsigned long long)v.epoch, (unsigned long long)e0);
+    cr_assert_eq(peer_send(g1, 0, PEER_CH_CONTROL, "back", 5), ERR_OK);
+    peer_msg *m = recv_on(g0, PEER_CH_CONTROL);
+    cr_assert_str_eq(m->data, "back");
+    peer_msg_free(g0, m);
+    peer_group_destroy(g0);
+    peer_group_destroy(g1);
+    tu_rm_rf(dir);
+    free(dir);
+}
+
+// Two peers whose shared settings differ: each refuses the other, and both name the key.
+Test(peer, a_peer_with_other_settings_or_run_is_refused_naming_the_field_on_both_sides) {
+    char *dir = tu_tmpdir("peer");
+    char addr[3][PEER_ADDR_MAX];
+    const char *a[3];
+    ipc_addrs(dir, 3, addr, a);
+    peer_group *g0 = group_of(a, 3, 0, NULL), *g1 = group_of(a, 3, 1, NULL);
+    peer_group *g2 = group_of(a, 3, 2, "model.n_layer=2\ntrain.seed=7\n");
+    cr_assert_eq(peer_wait_view(g0, 2, 10000), 2);
+    // rank 2 is refused by both and gives up waiting at once
+    cr_assert_eq(peer_wait_view(g2, 3, 10000), 1);
+    char why[600];
+    peer_diagnose(g2, 0, why, sizeof why);
+    cr_assert(strstr(why, "refused") && strstr(why, "train.seed"), "rank 2 about 0: %s", why);
+    peer_diagnose(g0, 2, why, sizeof why);
+    cr_assert(strstr(why, "refused") && strstr(why, "train.seed"), "rank 0 about 2: %s", why);
+    // the good pair still exchanges
+    cr_assert_eq(peer_send(g0, 1, PEER_CH_SPARTA, "ok", 3), ERR_OK);
+    peer_msg *m = recv_on(g1, PEER_CH_SPARTA);
+    peer_msg_free(g1, m);
+    peer_stats st;
+    peer_get_stats(g0, &st);
+    cr_assert_geq(st.refused, 1);
+    peer_group_destroy(g2);
+    // another run id
+    peer_opts o = {.listen = a[2],
+                   .peers = a,
+                   .world = 3,
+                   .rank = 2,
+                   .run_id = 43,
+                   .shared = SHARED,
+                   .build = "test"};
+    cr_assert_eq(peer_group_create(&g2, &o), ERR_OK, "%s", err_msg());
+    cr_assert_eq(peer_wait_view(g2, 3, 10000), 1);
+    peer_diagnose(g2, 1, why, sizeof why);
+    cr_assert(strstr(why, "run id"), "%s", why);
+    peer_group_destroy(g2);
+    peer_group_destroy(g1);
+    peer_group_destroy(g0);
+    tu_rm_rf(dir);
+    free(dir);
+}
+
+// ---- rendezvous ----------------------------------------------------------------------------
+
+static peer_group *joiner(const char *listen, const char *join, int want) {
+    peer_opts o = {.listen = listen,
+                   .join = join,
+                   .want_rank = want,
+                   .run_id = 42,
+                   .shared = SHARED,
+                   .build = "test",
+                   .tag = "peer-test"};
+    peer_group *g;
+    cr_assert_eq(peer_group_create(&g, &o), ERR_OK, "%s", err_msg());
+    return g;
+}
+
+static void views_agree(peer_group **g, int n) {
+    peer_view v0, v;
+    for (int tries = 0; tries < 400; tries++) {
+        int ok = 1;
+        peer_get_view(g[0], &v0);
+        for (int i = 0; i < n && ok; i++) {
+            ok = peer_wait_view(g[i], n, 10000) == n;
+            peer_get_view(g[i], &v);
+            ok = ok && v.epoch == v0.epoch && v.n == n;
+        }
+        if (ok) return;
+        peer_wait_view(g[0], n + 1, 25); // wait for a change
+    }
+    cr_assert_fail("the views did not agree");
+}
+
+Test(peer, every_peer_given_one_join_address_forms_one_group) {
+    char *dir = tu_tmpdir("peer");
+    char addr[5][PEER_ADDR_MAX];
+    const char *a[5];
+    ipc_addrs(dir, 5, addr, a);
+    // the founder is the one whose address is the join address; the others start at once
+    peer_group *g[5];
+    g[0] = joiner(a[0], a[0], -1);
+    for (int i = 1; i < 4; i++)
+        g[i] = joiner(a[i], a[0], -1);
+    views_agree(g, 4);
+    int seen[4] = {0};
+    for (int i = 0; i < 4; i++) {
+        int r = peer_rank(g[i]);
+        cr_assert(r >= 0 && r < 4 && !seen[r], "rank %d given twice or out of range", r);
+        seen[r] = 1;
+    }
+    cr_assert_eq(peer_rank(g[0]), 0, "the founder is rank 0");
+    // a fifth joins later, through a member that is not the coordinator
+    int via = peer_rank(g[2]) ? 2 : 1;
+    g[4] = joiner(a[4], a[via], -1);
+    cr_assert_eq(peer_rank(g[4]), 4, "the joiner got rank %d", peer_rank(g[4]));
+    views_agree(g, 5);
+    // everyone can reach everyone
+    for (int s = 0; s < 5; s++)
+        for (int d = 0; d < 5; d++)
+            if (s != d) {
+                int rd = peer_rank(g[d]);
+                cr_assert_eq(peer_send(g[s], rd, PEER_CH_CONTROL, &s, sizeof s), ERR_OK, "%s",
+                             err_msg());
+            }
+    for (int d = 0; d < 5; d++)
+        for (int k = 0; k < 4; k++)
+            peer_msg_free(g[d], recv_on(g[d], PEER_CH_CONTROL));
+    // a member leaves: the coordinator takes it out of the view; a new joiner gets its rank
+    int gone = peer_rank(g[2]);
+    peer_view v;
+    peer_get_view(g[0], &v);
+    uint64_t epoch = v.epoch;
+    peer_group_destroy(g[2]);
+    for (int i = 0; i < 400; i++) {
+        peer_get_view(g[0], &v);
+        if (v.n == 4) break;
+        peer_wait_view(g[0], 6, 25);
+    }
+    cr_assert_eq(v.n, 4, "the view still has %d members", v.n);
+    cr_assert_gt(v.epoch, epoch);
+    g[2] = joiner(a[2], a[0], -1);
+    cr_assert_eq(peer_rank(g[2]), gone, "the lowest free rank is %d, got %d", gone,
+                 peer_rank(g[2]));
+    views_agree(g, 5);
+    for (int i = 0; i < 5; i++)
+        peer_group_destroy(g[i]);
+    tu_rm_rf(dir);
+    free(dir);
+}
+
+Test(peer, a_join_without_a_group_times_out_naming_the_address) {
+    char *dir = tu_tmpdir("peer");
+    char me[PEER_ADDR_MAX], there[PEER_ADDR_MAX];
+    snprintf(me, sizeof me, "ipc://%s/me", dir);
+    snprintf(there, sizeof there, "ipc://%s/nobody", dir);
+    peer_opts o = {.listen = me, .join = there, .want_rank = -1, .join_ms = 500, .shared = SHARED};
+    peer_group *g;
+    cr_assert_eq(peer_group_create(&g, &o), ERR_TIMEOUT);
+    cr_assert(strstr(err_msg(), "nobody"), "%s", err_msg());
+    tu_rm_rf(dir);
+    free(dir);
+}
+
+// ---- TCP: strangers and garbage ------------------------------------------------------------
+
+static int tcp_connect(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    return fd;
+}
+
+// read_to_end reads what the other side sends until it closes (bounded by a 10 s receive
+// timeout) and returns 1 if it closed, 0 if it was still open.
+static int read_to_end(int fd) {
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[4096];
+    for (;;) {
+        ssize_t r = read(fd, buf, sizeof buf);
+        if (r == 0) return 1;
+        if (r < 0) return 0;
+    }
+}
+
+static int port_of(peer_group *g) { return atoi(strrchr(peer_self_addr(g), ':') + 1); }
+
+static void write_all(int fd, const void *p, size_t n) {
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        cr_assert_gt(w, 0);
+        p = (const char *)p + w;
+        n -= (size_t)w;
+    }
+}
+
+// pair_tcp makes a static pair on 127.0.0.1 with rank 0 on an ephemeral port; before rank 1
+// starts, strangers(fd) may connect to rank 0 first.
+static void pair_tcp(peer_group **g0, peer_group **g1, void (*strangers)(int port, void *),
+                     void *arg, int handshake_ms) {
+    const char *a[2] = {"127.0.0.1:0", "127.0.0.1:0"};
+    peer_opts o = {.listen = a[0],
+                   .peers = a,
+                   .world = 2,
+                   .rank = 0,
+                   .run_id = 42,
+                   .shared = SHARED,
+                   .build = "test",
+                   .handshake_ms = handshake_ms};
+    cr_assert_eq(peer_group_create(g0, &o), ERR_OK, "%s", err_msg());
+    if (strangers) strangers(port_of(*g0), arg);
+    char a0[PEER_ADDR_MAX];
+    snprintf(a0, sizeof a0, "%s", peer_self_addr(*g0));
+    const char *b[2] = {a0, "127.0.0.1:0"};
+    o.listen = b[1];
+    o.peers = b;
+    o.rank = 1;
+    cr_assert_eq(peer_group_create(g1, &o), ERR_OK, "%s", err_msg());
+    cr_assert_eq(peer_wait_view(*g0, 2, 10000), 2, "the real pair did not connect");
+    cr_assert_eq(peer_wait_view(*g1, 2, 10000), 2);
+}
+
+typedef struct {
+    int fds[3];
+} strangers;
+
+// Three strangers connect first: one speaks nng's SP header and garbage, one sends garbage that
+// looks like nothing, one sends nothing at all and keeps its connection open.
+static void connect_strangers(int port, void *arg) {
+    strangers *s = arg;
+    static const unsigned char sp[8] = {0, 'S', 'P', 0, 0, 0x10, 0, 0}; // SP, PAIR v0
+    s->fds[0] = tcp_connect(port);
+    write_all(s->fds[0], sp, sizeof sp);
+    char junk[4096];
+    memset(junk, 0xA5, sizeof junk);
+    write_all(s->fds[0], junk, sizeof junk);
+    s->fds[1] = tcp_connect(port);
+    write_all(s->fds[1], junk, 100);
+    s->fds[2] = tcp_connect(port);
+}
+
+Test(peer, strangers_that_connect_first_do_not_stop_two_real_peers) {
+    strangers s;
+    peer_group *g0, *g1;
+    pair_tcp(&g0, &g1, connect_strangers, &s, 300);
+    for (int i = 0; i < 20; i++) {
+        cr_assert_eq(peer_send(g1, 0, PEER_CH_SPARTA, &i, sizeof i), ERR_OK, "%s", err_msg());
+        peer_msg *m = recv_on(g0, PEER_CH_SPARTA);
+        cr_assert_eq(*(int *)m->data, i);
+        peer_msg_free(g0, m);
+    }
+    // the silent one is closed after the handshake deadline: its read sees the end
+    cr_assert(read_to_end(s.fds[2]), "the silent stranger's connection stayed open");
+    peer_stats st;
+    peer_get_stats(g0, &st);
+    cr_assert_geq(st.strangers, 2, "strangers %llu", (unsigned long long)st.strangers);
+    for (int i = 0; i < 3; i++)
+        close(s.fds[i]);
+    peer_group_destroy(g1);
+    peer_group_destroy(g0);
+}
+
+// A client that completes a real handshake and then sends, on every channel, a frame with a bad
+// payload CRC (dropped, counted, the stream goes on), then a truncated frame, then a bad header
+// (the stream is closed, counted). The real pair is not disturbed.
+static int handshake_as(int port, const peer_group *peer_for_rank, int rank) {
+    (void)peer_for_rank;
+    int fd = tcp_connect(port);
+    // a hello as peer.c writes it, for rank `rank` of 3 with the same run and settings
+    unsigned char p[512], *q = p;
+    *q++ = 1; // SYS_HELLO
+    le_put32(q, 0), q += 4;
+    le_put64(q, 42), q += 8;
+    le_put64(q, 0x1234567), q += 8; // member id
+    uint64_t h = 1469598103934665603ull;
+    for (const char *s = SHARED; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    le_put64(q, h), q += 8;
+    le_put32(q, (uint32_t)rank), q += 4;
+    le_put32(q, 2), q += 4;
+    *q++ = 0;
+    le_put16(q, 4), q += 2;
+    memcpy(q, "test", 4), q += 4;
+    le_put16(q, 11), q += 2;
+    memcpy(q, "127.0.0.1:1", 11), q += 11;
+    le_put32(q, (uint32_t)strlen(SHARED)), q += 4;
+    memcpy(q, SHARED, strlen(SHARED)), q += strlen(SHARED);
+    unsigned char hdr[FRAME_HEADER];
+    frame_encode(hdr, PEER_CH_SYS, 0, p, (uint32_t)(q - p));
+    write_all(fd, hdr, sizeof hdr);
+    write_all(fd, p, (size_t)(q - p));
+    return fd;
+}
+
+Test(peer, bad_crc_truncated_and_bad_header_frames_are_dropped_and_counted) {
+    // rank 0 of a pair; the "client" takes rank 1's place first, sends its garbage, then leaves,
+    // and the real rank 1 connects afterwards
+    const char *a[2] = {"127.0.0.1:0", "127.0.0.1:0"};
+    peer_opts o = {.listen = a[0],
+                   .peers = a,
+                   .world = 2,
+                   .rank = 0,
+                   .run_id = 42,
+                   .shared = SHARED,
+                   .build = "test"};
+    peer_group *g0;
+    cr_assert_eq(peer_group_create(&g0, &o), ERR_OK, "%s", err_msg());
+    int fd = handshake_as(port_of(g0), g0, 1);
+    cr_assert_eq(peer_wait_view(g0, 2, 10000), 2, "the crafted hello was not taken");
+    uint32_t seq = 1;
+    unsigned char hdr[FRAME_HEADER], payload[64];
+    memset(payload, 7, sizeof payload);
+    for (int ch = 0; ch < PEER_NCH; ch++) {
+        frame_encode(hdr, (uint8_t)ch, seq++, payload, sizeof payload);
+        payload[0] ^= 1; // the payload no longer matches its CRC
+        write_all(fd, hdr, sizeof hdr);
+        write_all(fd, payload, sizeof payload);
+        payload[0] ^= 1;
+    }
+    // one good frame after them proves the stream went on
+    frame_encode(hdr, PEER_CH_CONTROL, seq++, "good", 5);
+    write_all(fd, hdr, sizeof hdr);
+    write_all(fd, "good", 5);
+    peer_msg *m = recv_on(g0, PEER_CH_CONTROL);
+    cr_assert_str_eq(m->data, "good");
+    peer_msg_free(g0, m);
+    peer_stats st;
+    peer_get_stats(g0, &st);
+    cr_assert_eq(st.bad_crc, PEER_NCH, "bad_crc %llu", (unsigned long long)st.bad_crc);
+    cr_assert_eq(st.msgs_recv[PEER_CH_CONTROL], 1);
+    // a bad header: framing is lost, the stream is closed
+    frame_encode(hdr, PEER_CH_SPARTA, seq++, payload, sizeof payload);
+    hdr[9] ^= 0x40; // the length, under the header CRC
+    write_all(fd, hdr, sizeof hdr);
+    cr_assert(read_to_end(fd), "the stream with a bad header stayed open");
+    close(fd);
+    peer_get_stats(g0, &st);
+    cr_assert_eq(st.bad_header, 1);
+    // a truncated frame: the client dies in the middle of a payload
+    fd = handshake_as(port_of(g0), g0, 1);
+    for (int i = 0; i < 400 && !peer_connected(g0, 1); i++)
+        peer_wait_view(g0, 2, 25);
+    frame_encode(hdr, PEER_CH_RING, 1, payload, sizeof payload);
+    write_all(fd, hdr, sizeof hdr);
+    write_all(fd, payload, 10);
+    close(fd);
+    for (int i = 0; i < 400 && peer_connected(g0, 1); i++)
+        peer_wait_view(g0, 3, 25);
+    cr_assert(!peer_connected(g0, 1));
+    peer_get_stats(g0, &st);
+    cr_assert_eq(st.msgs_recv[PEER_CH_RING], 0, "a truncated frame was delivered");
+    // the real rank 1 still gets in
+    char a0[PEER_ADDR_MAX];
+    snprintf(a0, sizeof a0, "%s", peer_self_addr(g0));
+    const char *b[2] = {a0, "127.0.0.1:0"};
+    o.listen = b[1];
+    o.peers = b;
+    o.rank = 1;
+    peer_group *g1;
+    cr_assert_eq(peer_group_create(&g1, &o), ERR_OK, "%s", err_msg());
+    cr_assert_eq(peer_wait_view(g0, 2, 10000), 2);
+    cr_assert_eq(peer_wait_view(g1, 2, 10000), 2);
+    cr_assert_eq(peer_send(g1, 0, PEER_CH_SPARTA, "real", 5), ERR_OK);
+    m = recv_on(g0, PEER_CH_SPARTA);
+    cr_assert_str_eq(m->data, "real");
+    peer_msg_free(g0, m);
+    peer_group_destroy(g1);
+    peer_group_destroy(g0);
+}
+
+Test(peer, a_hello_of_another_protocol_version_is_refused_naming_both_versions) {
+    peer_group *g0;
+    const char *a[2] = {"127.0.0.1:0", "127.0.0.1:0"};
+    peer_opts o = {.listen = a[0],
+                   .peers = a,
+                   .world = 2,
+                   .rank = 0,
+                   .run_id = 42,
+                   .shared = SHARED,
+                   .build = "test"};
+    cr_assert_eq(peer_group_create(&g0, &o), ERR_OK, "%s", err_msg());
+    int fd = tcp_connect(port_of(g0));
+    unsigned char hdr[FRAME_HEADER];
+    frame_encode(hdr, PEER_CH_SYS, 0, "x", 1);
+    le_put16(hdr + 4, FRAME_VERSION + 1);
+    le_put32(hdr + 20, frame_crc32c(hdr, 20));
+    write_all(fd, hdr, sizeof hdr);
+    write_all(fd, "x", 1);
+    // the answer is a refusal in our protocol that names both versions, then the end
+    unsigned char in[FRAME_HEADER + 600];
+    size_t got = 0;
+    for (;;) {
+        ssize_t r = read(fd, in + got, sizeof in - got);
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    close(fd);
+    // skip our hello, find the refusal
+    size_t off = 0;
+    int found = 0;
+    while (off + FRAME_HEADER <= got) {
+        frame_header h;
+        cr_assert_eq(frame_decode(in + off, &h), ERR_OK);
+        if (h.len && in[off + FRAME_HEADER] == 2) { // SYS_REFUSE
+            char text[600] = {0};
+            memcpy(text, in + off + FRAME_HEADER + 1, h.len - 1);
+            char want[64];
+            snprintf(want, sizeof want, "protocol version %d there, %d here", FRAME_VERSION + 1,
+                     FRAME_VERSION);
+            cr_assert(strstr(text, want), "refusal: %s", text);
+            found = 1;
+        }
+        off += FRAME_HEADER + h.len;
+    }
+    cr_assert(found, "no refusal came back (%zu bytes)", got);
+    peer_stats st;
+    peer_get_stats(g0, &st);
+    cr_assert_eq(st.refused, 1);
+    peer_group_destroy(g0);
+}
+
+// ---- bulk transfers and priorities ---------------------------------------------------------
+
+typedef struct {
+    peer_group *g;
+    int to, n;
+    size_t len;
+    unsigned char *buf;
+    int rc;
+} bulk_arg;
+
+static void *bulk_sender(void *p) {
+    bulk_arg *b = p;
+    for (int i = 0; i < b->n && !b->rc; i++) {
+        b->buf[0] = (unsigned char)i;
+        b->rc = peer_send_wait(b->g, b->to, PEER_CH_RING, b->buf, b->len, 20000);
+    }
+    return NULL;
+}
+
+// On an emulated 200 Mbit/s link one 8 MiB frame takes about 0.34 s. A small SPARTA message sent
+// while 6 such frames are queued must arrive before the third of them: it waits for at most the
+// one in flight.
+Test(peer, a_small_message_overtakes_queued_bulk_frames) {
+    char *dir = tu_tmpdir("peer");
+    char addr[2][PEER_ADDR_MAX];
+    const char *a[2];
+    ipc_addrs(dir, 2, addr, a);
+    peer_opts o = {.listen = a[0],
+                   .peers = a,
+                   .world = 2,
+                   .rank = 0,
+                   .run_id = 42,
+                   .shared = SHARED,
+                   .rate_mbit = 200};
+    peer_group *g0, *g1;
+    cr_assert_eq(peer_group_create(&g0, &o), ERR_OK, "%s", err_msg());
+    o.listen = a[1];
+    o.rank = 1;
+    cr_assert_eq(peer_group_create(&g1, &o), ERR_OK, "%s", err_msg());
+    cr_assert_eq(peer_wait_view(g1, 2, 10000), 2);
+    bulk_arg b = {.g = g1, .to = 0, .n = 6, .len = FRAME_MAX_PAYLOAD};
+    b.buf = calloc(1, b.len);
+    pthread_t t;
+    pthread_create(&t, NULL, bulk_sender, &b);
+    // wait until the first bulk frame has arrived, so that the rest are queued or in flight
+    peer_msg *m = recv_on(g0, PEER_CH_RING);
+    cr_assert_eq(((unsigned char *)m->data)[0], 0);
+    peer_msg_free(g0, m);
+    cr_assert_eq(peer_send(g1, 0, PEER_CH_SPARTA, "urgent", 7), ERR_OK);
+    int bulk_before = 0;
+    for (;;) {
+        peer_msg *s = NULL;
+        if (peer_recv(g0, PEER_CH_SPARTA, 0, &s) == ERR_OK) {
+            cr_assert_str_eq(s->data, "urgent");
+            peer_msg_free(g0, s);
+            break;
+        }
+        if (peer_recv(g0, PEER_CH_RING, 50, &m) == ERR_OK) {
+            bulk_before++;
+            peer_msg_free(g0, m);
+        }
+        cr_assert_leq(bulk_before, 1, "the small message waited behind %d bulk frames",
+                      bulk_before);
+    }
+    for (int i = 1 + bulk_before; i < 6; i++) {
+        m = recv_on(g0, PEER_CH_RING);
+        cr_assert_eq(((unsigned char *)m->data)[0], i, "bulk frames out of order");
+        peer_msg_free(g0, m);
+    }
+    pthread_join(t, NULL);
+    cr_assert_eq(b.rc, ERR_OK, "%s", err_msg());
+    free(b.buf);
+    peer_group_destroy(g1);
+    peer_group_destroy(g0);
+    tu_rm_rf(dir);
+    free(dir);
+}
+
+// The emulated link carries no faster than its rate (a lower bound, so no luck is involved), and
+// a loss of 0.5 drops about half of the frames, counted.
+Test(peer, link_emulation_limits_the_rate_and_drops_the_lost_fraction) {
+    char *dir = tu_tmpdir("peer");
+    char addr[2][PEER_ADDR_MAX];
+    const char *a[2];
+    ipc_addrs(dir, 2, addr, a);
+    peer_opts o = {.listen = a[0],
+                   .peers = a,
+                   .world = 2,
+                   .rank = 0,
+                   .shared = SHARED,
+                   .rate_mbit = 40,
+                   .delay_ms = 30};
+    peer_group *g0, *g1;
+    cr_assert_eq(peer_group_create(&g0, &o), ERR_OK, "%s", err_msg());
+    o.listen = a[1];
+    o.rank = 1;
+    o.rate_mbit = 0;
+    o.delay_ms = 0;
+    o.loss = 0.5;
+    o.seed = 3;
+    cr_assert_eq(peer_group_create(&g1, &o), ERR_OK, "%s", err_msg());
+    cr_assert_eq(peer_wait_view(g0, 2, 10000), 2);
+    cr_assert_eq(peer_wait_view(g1, 2, 10000), 2);
+    // 1 MB to rank 0 at 40 Mbit/s takes at least 0.2 s, plus 30 ms of delay
+    static unsigned char buf[1 << 18];
+    double t0 = tu_now_ms();
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(peer_send_wait(g1, 0, PEER_CH_RING, buf, sizeof buf, 10000), ERR_OK);
+    peer_msg *m;
+    for (int i = 0; i < 4; i++)
+        peer_msg_free(g0, recv_on(g0, PEER_CH_RING));
+    double ms = tu_now_ms() - t0, least = 4.0 * (sizeof buf + FRAME_HEADER) * 8 / 40e3 + 30;
+    cr_assert_geq(ms, least * 0.99, "1 MB took %.1f ms, the emulated link needs %.1f", ms, least);
+    // rank 1 loses about half of what it receives
+    for (int i = 0; i < 200; i++)
+        cr_assert_eq(peer_send_wait(g0, 1, PEER_CH_RING, &i, sizeof i, 10000), ERR_OK);
+    peer_stats st;
+    uint64_t got = 0, lost = 0;
+    for (int i = 0; i < 400 && got + lost < 200; i++) { // wakes on each arrival
+        if (peer_recv(g1, PEER_CH_RING, 50, &m) == ERR_OK) peer_msg_free(g1, m);
+        peer_get_stats(g1, &st);
+        got = st.msgs_recv[PEER_CH_RING];
+        lost = st.recv_dropped[PEER_CH_RING];
+    }
+    cr_assert_eq(got + lost, 200);
+    cr_assert(lost > 60 && lost < 140, "lost %llu of 200", (unsigned long long)lost);
+    peer_group_destroy(g1);
+    peer_group_destroy(g0);
+    tu_rm_rf(dir);
+    free(dir);
+}
+
+Test(peer, bad_arguments_are_named) {
+    peer_group *g;
+    peer_opts o = {.listen = "nohostport", .join = "x:1"};
+    cr_assert_eq(peer_group_create(&g, &o), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "nohostport"), "%s", err_msg());
+    const char *a[2] = {"127.0.0.1:0", "127.0.0.1:99999"};
+    peer_opts s = {.listen = a[0], .peers = a, .world = 2, .rank = 0};
+    cr_assert_eq(peer_group_create(&g, &s), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "99999"), "%s", err_msg());
+    s.peers = NULL;
+    cr_assert_eq(peer_group_create(&g, &s), ERR_INVAL);
+    s.peers = a;
+    s.rank = 2;
+    cr_assert_eq(peer_group_create(&g, &s), ERR_INVAL);
+    // a busy address names nng's reason
+    s.rank = 0;
+    a[1] = "127.0.0.1:1";
+    cr_assert_eq(peer_group_create(&g, &s), ERR_OK, "%s", err_msg());
+    char busy[PEER_ADDR_MAX];
+    snprintf(busy, sizeof busy, "%s", peer_self_addr(g));
+    peer_group *g2;
+    peer_opts t = {.listen = busy, .join = busy, .want_rank = -1};
+    cr_assert_eq(peer_group_create(&g2, &t), ERR_NET);
+    cr_assert(strstr(err_msg(), busy), "%s", err_msg());
+    char why[300];
+    peer_diagnose(g, 1, why, sizeof why);
+    cr_assert(strstr(why, "dialled"), "%s", why); // rank 1 dials rank 0
+    peer_group_destroy(g);
+}
