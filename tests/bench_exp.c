@@ -17,7 +17,7 @@
 // and neither has finished, from the absolute timestamps of the progress lines (every 10 steps);
 // they include the runner's checkpoint writes (every 50 steps). The cluster runs the runner's
 // effective config without those checkpoints; the runner uses its default netns mode (namespaces
-// when root).
+// when root) and --keep, so that its peers' logs stay (in <out>/scratch/).
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -133,7 +133,7 @@ int main(void) {
             else
                 snprintf(cmd, sizeof cmd,
                          "exec env SPARTAN_BIN=%s python3 experiments/run sparta_p005_async "
-                         "--peers 2 --steps %d --quiet --out %s/run%d --set data.dir=%s "
+                         "--peers 2 --steps %d --quiet --keep --out %s/run%d --set data.dir=%s "
                          "--set train.log_interval=10",
                          tu_spartan(), STEPS, dir, round, data);
             if (!wait_ok(start_bg(cmd))) {
@@ -145,7 +145,7 @@ int main(void) {
                 if (who == 0)
                     snprintf(path, sizeof path, "%s/lc%d/rank%d/train.log", dir, round, i);
                 else
-                    snprintf(path, sizeof path, "%s/run%d/rank%d/train.log", dir, round, i);
+                    snprintf(path, sizeof path, "%s/run%d/scratch/rank%d/train.log", dir, round, i);
                 if (read_progress(path, &p[i])) {
                     fprintf(stderr, "bench_exp: no progress lines in %s\n", path);
                     return 1;

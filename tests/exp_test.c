@@ -50,6 +50,35 @@ static char *read_text(const char *dir, const char *name) {
     return tu_read_file(path, &data, &n) == 0 ? data : NULL;
 }
 
+// sh_out runs cmd and returns its output (caller frees), failing the test if cmd fails.
+static char *sh_out(const char *cmd) {
+    char *out = NULL;
+    int rc = tu_run(cmd, 30, &out);
+    cr_assert_eq(rc, 0, "%s: %s", cmd, out ? out : "");
+    return out;
+}
+
+// listing returns the files under dir (relative, sorted, one a line; caller frees), to four
+// levels: <dir>/scratch/init/shared/ckpt_*.h5 is the deepest a run writes.
+static char *listing(const char *dir) {
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "cd %s && find . -maxdepth 4 -type f | cut -c3- | LC_ALL=C sort",
+             dir);
+    return sh_out(cmd);
+}
+
+// run_json prints the Python expression expr over m, the parsed <dir>/run.json with its objects
+// as attributes (m.ranks[0].log.done.step), and returns the output (caller frees). The shell
+// gets expr inside "...": no quotes, $ or backslash in it.
+static char *run_json(const char *dir, const char *expr) {
+    char cmd[2000];
+    snprintf(cmd, sizeof cmd,
+             "python3 -c \"import json, sys, types; m = json.load(open(sys.argv[1]), "
+             "object_hook=lambda d: types.SimpleNamespace(**d)); print(%s)\" %s/run.json",
+             expr, dir);
+    return sh_out(cmd);
+}
+
 // split_csv splits line (modified in place) at commas into at most max fields, keeping empty
 // fields (strtok would merge them).
 static int split_csv(char *line, char **fields, int max) {
@@ -144,17 +173,26 @@ Test(exp, quick_run_writes_every_column_of_every_recorded_step, .timeout = 120) 
     cr_assert_gt(csv_field(csv, 5, "bytes_sent_r1"), csv_field(csv, 1, "bytes_sent_r1"));
     cr_assert_gt(csv_field(csv, 1, "bytes_sent_r1"), 0);
     free(csv);
-    // provenance and peers' logs; the checkpoints are gone, and [experiment] is not for peers
+    // the run folder keeps only what the report reads: no logs, config copies or checkpoints
+    char *files = listing(dir);
+    cr_assert_str_eq(files, "config.ini\nmetrics.csv\nrun.json\n");
+    free(files);
+    // one config, the peers' ([experiment] is not for peers: its keys are in run.json)
     char *meta = read_text(dir, "run.json"), *conf = read_text(dir, "config.ini");
     cr_assert(meta && strstr(meta, "\"git_commit\"") && strstr(meta, "\"seed\": 1337"), "%s", meta);
     cr_assert(conf && strstr(conf, "[sparta]") && !strstr(conf, "[experiment]"), "%s", conf);
     cr_assert(strstr(conf, "ckpt_interval = 10"), "%s", conf);
-    char *log = read_text(dir, "rank1/train.log");
-    cr_assert(log && strstr(log, "step=50/50"), "%s", log);
-    snprintf(f.cmd, sizeof f.cmd, "ls %s/rank0 %s/rank1 | grep -c ckpt_", dir, dir);
-    cr_assert_eq(tu_run(f.cmd, 10, &out), 1, "checkpoints left behind: %s", out);
-    free(out);
-    free(meta), free(conf), free(log);
+    // run.json: what ran, how it ended, and the peers' logs in summary
+    char *got = run_json(dir, "m.status, m.exit_codes, m.experiment.label, m.command.split()[:2], "
+                              "m.started <= m.finished, m.total_wall_s > 0");
+    cr_assert_str_eq(got, "ok [0, 0] SPARTA p=0.005 async ['experiments/run', "
+                          "'sparta_p005_async'] True True\n");
+    free(got);
+    got = run_json(dir, "[r.log.last_step.step for r in m.ranks], "
+                        "[r.log.done.step for r in m.ranks], m.ranks[1].argv[1]");
+    cr_assert_str_eq(got, "['50/50', '50/50'] [50, 50] train\n");
+    free(got);
+    free(meta), free(conf);
     fx_close(&f);
 }
 
@@ -168,11 +206,31 @@ Test(exp, recorded_corr_and_mean_model_loss_match_the_tools, .timeout = 120) {
     snprintf(dir, sizeof dir, "%s/k", f.dir);
     char *csv = read_text(dir, "metrics.csv");
     cr_assert(csv);
+    // --keep keeps the scratch folder whole: per peer its log, the config copy and metrics.csv
+    // that spartan writes, and every checkpoint; the step-0 state too
+    char *files = listing(dir);
+    const char *top = "config.ini\nmetrics.csv\nrun.json\nscratch/";
+    cr_assert(!strncmp(files, top, strlen(top)), "%s", files);
+    static const char *kept[] = {"scratch/init/shared/ckpt_00000000.h5\n",
+                                 "scratch/rank0/ckpt_00000050.h5\n",
+                                 "scratch/rank1/ckpt_00000010.h5\n",
+                                 "scratch/rank0/config.ini\n",
+                                 "scratch/rank1/metrics.csv\n",
+                                 "scratch/rank0/train.log\n",
+                                 "scratch/rank1/train.log\n"};
+    for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++)
+        cr_assert(strstr(files, kept[i]), "no %s in\n%s", kept[i], files);
+    free(files);
+    char *log = read_text(dir, "scratch/rank1/train.log");
+    cr_assert(log && strstr(log, "step=50/50"), "%s", log);
+    free(log);
     // step 30 is row 3: recompute it from the kept checkpoints with the tools themselves, with
     // one thread as the runner does (the loss sums in another order on two)
     snprintf(f.cmd, sizeof f.cmd,
-             "%s corr --threads 1 %s/rank0/ckpt_00000030.h5 %s/rank1/ckpt_00000030.h5 | tail -1 && "
-             "%s avg %s/m.h5 %s/rank0/ckpt_00000030.h5 %s/rank1/ckpt_00000030.h5 >/dev/null && "
+             "%s corr --threads 1 %s/scratch/rank0/ckpt_00000030.h5 "
+             "%s/scratch/rank1/ckpt_00000030.h5 | tail -1 && "
+             "%s avg %s/m.h5 %s/scratch/rank0/ckpt_00000030.h5 %s/scratch/rank1/ckpt_00000030.h5 "
+             ">/dev/null && "
              "%s eval %s/m.h5 --threads 1 --data %s/d/val.bin --max-windows 32 | tail -1",
              tu_spartan(), dir, dir, tu_spartan(), dir, dir, dir, tu_spartan(), dir, f.dir);
     cr_assert_eq(tu_run(f.cmd, 60, &out), 0, "%s", out);
@@ -247,6 +305,21 @@ Test(exp, peer_with_a_bad_config_value_fails_the_run_with_its_log_tail, .timeout
     cr_assert(strstr(out, "rank 1 exited with status 2"), "%s", out);
     cr_assert(strstr(out, "log tail") && strstr(out, "train.batch_size"), "%s", out);
     free(out);
+    // run.json says how it ended; the checkpoints are gone, the logs stay to show why
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/bad", f.dir);
+    char *got = run_json(dir, "m.status, m.exit_codes[1]");
+    cr_assert_str_eq(got, "failed 2\n");
+    free(got);
+    got = run_json(dir, "m.error");
+    cr_assert(strstr(got, "rank 1 exited with status 2") && strstr(got, "train.batch_size"), "%s",
+              got);
+    free(got);
+    char *files = listing(dir);
+    const char *top = "config.ini\nrun.json\nscratch/"; // no metrics.csv: nothing to report
+    cr_assert(!strncmp(files, top, strlen(top)), "%s", files);
+    cr_assert(strstr(files, "scratch/rank1/train.log\n") && !strstr(files, ".h5"), "%s", files);
+    free(files);
     fx_close(&f);
 }
 
@@ -277,11 +350,11 @@ static int wait_status(pid_t pid, int timeout_s) {
     return -1;
 }
 
-// wait_running waits until <dir>/rank1/metrics.csv has a row (training is under way) and
-// returns the peers' pids from run.json.
+// wait_running waits until <dir>/scratch/rank1/metrics.csv has a row (training is under way)
+// and returns the peers' pids from run.json.
 static void wait_running(const char *dir, int *pids, int n, int timeout_s) {
     char path[1024];
-    snprintf(path, sizeof path, "%s/rank1/metrics.csv", dir);
+    snprintf(path, sizeof path, "%s/scratch/rank1/metrics.csv", dir);
     for (int i = 0; i < timeout_s * 20; i++) {
         char *m = NULL;
         size_t len;
