@@ -122,7 +122,7 @@ struct peer_group {
     char refusal[PEER_MAX_MEMBERS][528];
     // rendezvous progress
     int join_done, join_self;
-    char join_err[300];
+    char join_err[600];
     double join_next;
     // receive queues
     peer_msg *rh[PEER_NCH], *rt[PEER_NCH];
@@ -1245,7 +1245,7 @@ int peer_group_create(peer_group **out, const peer_opts *o) {
                   o->join);
         }
         int done = g->join_done;
-        char why[400];
+        char why[640];
         snprintf(why, sizeof why, "%s", g->join_err[0] ? g->join_err : g->dial_err[0]);
         pthread_mutex_unlock(&g->mu);
         if (!done) {

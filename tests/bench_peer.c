@@ -1,0 +1,211 @@
+// bench_peer.c: the peer layer's data plane and handshake over loopback, as `BENCH` lines:
+//   peer_stream_vs_tcp     one 512 MB transfer through the peer layer (8 MiB frames on the ring
+//                          channel, sender waiting for each frame, receiver taking and freeing
+//                          them) over the same bytes through a plain TCP socket (8 MiB writes and
+//                          reads), interleaved rounds, median and spread
+//   peer_stream_gbps       the peer layer's rate (GB/s, median over the rounds)
+//   tcp_stream_gbps        the plain socket's rate in the same rounds
+//   peer_handshake_ms      from creating rank 1 of a pair (rank 0 up) to both seeing the link
+//                          (median over HS_REPS)
+// The two ends are threads of this process.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "sparta/peer/peer.h"
+#include "tests/test_util.h"
+#include "train/base/err.h"
+
+#define TOTAL   ((size_t)512 << 20)
+#define CHUNK   ((size_t)FRAME_MAX_PAYLOAD)
+#define HS_REPS 15
+
+static unsigned char *sbuf, *rbuf;
+
+// ---- plain TCP ------------------------------------------------------------------------------
+
+typedef struct {
+    int lfd;
+    size_t got;
+} tcp_sink;
+
+static void *tcp_recv_main(void *p) {
+    tcp_sink *s = p;
+    int fd = accept(s->lfd, NULL, NULL);
+    while (fd >= 0 && s->got < TOTAL) {
+        ssize_t r = read(fd, rbuf, CHUNK);
+        if (r <= 0) break;
+        s->got += (size_t)r;
+    }
+    if (fd >= 0) {
+        (void)!write(fd, "k", 1);
+        close(fd);
+    }
+    return NULL;
+}
+
+static int tcp_run(void *ctx, int warm, int n, double *v) {
+    (void)ctx;
+    for (int i = -warm; i < n; i++) {
+        int l = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+        setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        struct sockaddr_in sa = {.sin_family = AF_INET};
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t sl = sizeof sa;
+        if (bind(l, (struct sockaddr *)&sa, sizeof sa) || listen(l, 1) ||
+            getsockname(l, (struct sockaddr *)&sa, &sl))
+            return -1;
+        tcp_sink s = {.lfd = l};
+        pthread_t t;
+        pthread_create(&t, NULL, tcp_recv_main, &s);
+        int c = socket(AF_INET, SOCK_STREAM, 0);
+        if (connect(c, (struct sockaddr *)&sa, sizeof sa)) return -1;
+        double t0 = tu_now_s();
+        for (size_t sent = 0; sent < TOTAL;) {
+            ssize_t w = write(c, sbuf, CHUNK < TOTAL - sent ? CHUNK : TOTAL - sent);
+            if (w <= 0) return -1;
+            sent += (size_t)w;
+        }
+        char k;
+        if (read(c, &k, 1) != 1) return -1;
+        double dt = tu_now_s() - t0;
+        pthread_join(t, NULL);
+        close(c);
+        close(l);
+        if (s.got != TOTAL) return -1;
+        if (i >= 0) v[i] = dt;
+    }
+    return 0;
+}
+
+// ---- the peer layer -------------------------------------------------------------------------
+
+typedef struct {
+    peer_group *g[2];
+} pair;
+
+typedef struct {
+    peer_group *g;
+    size_t got;
+    int rc;
+} peer_sink;
+
+static void *peer_recv_main(void *p) {
+    peer_sink *s = p;
+    while (s->got < TOTAL) {
+        peer_msg *m;
+        if ((s->rc = peer_recv(s->g, PEER_CH_RING, 30000, &m))) break;
+        s->got += m->len;
+        peer_msg_free(s->g, m);
+    }
+    return NULL;
+}
+
+static int pair_open(pair *p) {
+    const char *a[2] = {"127.0.0.1:0", "127.0.0.1:0"};
+    peer_opts o = {.listen = a[0], .peers = a, .world = 2, .rank = 0, .run_id = 1};
+    if (peer_group_create(&p->g[0], &o)) return -1;
+    char a0[PEER_ADDR_MAX];
+    snprintf(a0, sizeof a0, "%s", peer_self_addr(p->g[0]));
+    const char *b[2] = {a0, "127.0.0.1:0"};
+    o.listen = b[1];
+    o.peers = b;
+    o.rank = 1;
+    if (peer_group_create(&p->g[1], &o)) return -1;
+    if (peer_wait_view(p->g[0], 2, 10000) != 2 || peer_wait_view(p->g[1], 2, 10000) != 2) return -1;
+    return 0;
+}
+
+static int peer_run(void *ctx, int warm, int n, double *v) {
+    pair *p = ctx;
+    for (int i = -warm; i < n; i++) {
+        peer_sink s = {.g = p->g[0]};
+        pthread_t t;
+        pthread_create(&t, NULL, peer_recv_main, &s);
+        double t0 = tu_now_s();
+        int rc = 0;
+        for (size_t sent = 0; sent < TOTAL && !rc; sent += CHUNK)
+            rc = peer_send_wait(p->g[1], 0, PEER_CH_RING, sbuf, CHUNK, 30000);
+        pthread_join(t, NULL);
+        double dt = tu_now_s() - t0;
+        if (rc || s.rc || s.got != TOTAL) {
+            fprintf(stderr, "bench_peer: transfer failed: %s\n", err_msg());
+            return -1;
+        }
+        if (i >= 0) v[i] = dt;
+    }
+    return 0;
+}
+
+static double handshake_ms(void) {
+    double ms[HS_REPS];
+    for (int i = 0; i < HS_REPS; i++) {
+        const char *a[2] = {"127.0.0.1:0", "127.0.0.1:0"};
+        peer_opts o = {.listen = a[0],
+                       .peers = a,
+                       .world = 2,
+                       .rank = 0,
+                       .run_id = 1,
+                       .shared = "model.n_layer=12\n"};
+        peer_group *g0, *g1;
+        if (peer_group_create(&g0, &o)) return -1;
+        char a0[PEER_ADDR_MAX];
+        snprintf(a0, sizeof a0, "%s", peer_self_addr(g0));
+        const char *b[2] = {a0, "127.0.0.1:0"};
+        o.listen = b[1];
+        o.peers = b;
+        o.rank = 1;
+        double t0 = tu_now_ms();
+        if (peer_group_create(&g1, &o)) return -1;
+        int ok = peer_wait_view(g1, 2, 10000) == 2 && peer_wait_view(g0, 2, 10000) == 2;
+        ms[i] = tu_now_ms() - t0;
+        peer_group_destroy(g1);
+        peer_group_destroy(g0);
+        if (!ok) return -1;
+    }
+    return tu_median(ms, HS_REPS);
+}
+
+int main(void) {
+    sbuf = malloc(CHUNK);
+    rbuf = malloc(CHUNK);
+    memset(sbuf, 1, CHUNK);
+    memset(rbuf, 0, CHUNK);
+    pair p;
+    if (pair_open(&p)) {
+        fprintf(stderr, "bench_peer: %s\n", err_msg());
+        return 1;
+    }
+    int rounds = tu_bench_rounds("peer", 7, 3), reps = 1;
+    double *all = calloc((size_t)(2 * rounds * reps), sizeof(double));
+    double *med = calloc((size_t)(2 * rounds), sizeof(double));
+    tu_side sides[2] = {
+        {"peer", peer_run, &p, 1, reps, all, med},
+        {"tcp", tcp_run, NULL, 1, reps, all + rounds * reps, med + rounds},
+    };
+    if (tu_interleave(sides, 2, rounds)) return 1;
+    double ratio[64], pg[64], tg[64];
+    for (int r = 0; r < rounds; r++) {
+        ratio[r] = med[rounds + r] / med[r]; // tcp time / peer time = peer rate / tcp rate
+        pg[r] = TOTAL / med[r] / 1e9;
+        tg[r] = TOTAL / med[rounds + r] / 1e9;
+    }
+    tu_bench_ratio("peer_stream_vs_tcp", ratio, rounds, 3);
+    printf("BENCH peer_stream_gbps %.2f\n", tu_median(pg, rounds));
+    printf("BENCH tcp_stream_gbps %.2f\n", tu_median(tg, rounds));
+    peer_group_destroy(p.g[1]);
+    peer_group_destroy(p.g[0]);
+    double hs = handshake_ms();
+    if (hs < 0) return 1;
+    printf("BENCH peer_handshake_ms %.2f\n", hs);
+    free(all);
+    free(med);
+    free(sbuf);
+    free(rbuf);
+    return 0;
+}
