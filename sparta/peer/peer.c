@@ -49,7 +49,7 @@ enum { L_HANDSHAKE, L_UP, L_DEAD };
 enum { F_QUEUED, F_WRITING, F_DONE };
 
 // Send queue bound per link and channel (frames); RING and STATE senders wait instead.
-static const int sendq_cap[PEER_NCH] = {64, 256, 64, 4, 4};
+static const int sendq_cap[PEER_NCH] = {64, 256, 64, 16, 4};
 // Whether a full receive queue drops (1) or holds the reader back (0).
 static const int recv_drops[PEER_NCH] = {1, 1, 1, 0, 0};
 static const char *const ch_name[PEER_NCH] = {"sys", "control", "sparta", "ring", "state"};
@@ -825,6 +825,10 @@ static void *reader_main(void *arg) {
     uint32_t seq = 0;
     int handshake = 1;
     while (aio) {
+        pthread_mutex_lock(&g->mu);
+        int dead = l->state == L_DEAD;
+        pthread_mutex_unlock(&g->mu);
+        if (dead) break;
         nng_iov iov = {hdr, FRAME_HEADER};
         int rv = stream_io(l->s, aio, &iov, 1, 0, handshake ? g->o.handshake_ms : -1);
         if (rv) {
@@ -1262,15 +1266,24 @@ int peer_group_create(peer_group **out, const peer_opts *o) {
     return ERR_OK;
 }
 
-void peer_group_destroy(peer_group *g) {
-    if (!g) return;
+void peer_group_close(peer_group *g) {
     pthread_mutex_lock(&g->mu);
     g->stop = 1;
     pthread_cond_broadcast(&g->cv);
     for (int c = 0; c < PEER_NCH; c++)
         pthread_cond_broadcast(&g->rcv[c]);
+    for (plink *l = g->links; l; l = l->next) {
+        l->state = L_DEAD;
+        pthread_cond_signal(&l->wcv);
+        nng_stream_close(l->s);
+    }
     pthread_mutex_unlock(&g->mu);
     if (g->lst) nng_stream_listener_close(g->lst);
+}
+
+void peer_group_destroy(peer_group *g) {
+    if (!g) return;
+    peer_group_close(g);
     if (g->acc) pthread_join(g->acc, NULL);
     if (g->maint) pthread_join(g->maint, NULL);
     if (g->emu) pthread_join(g->emu, NULL);

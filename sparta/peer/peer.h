@@ -113,6 +113,11 @@ typedef struct peer_stats {
 // ERR_TIMEOUT (no group at the join address), ERR_PEER (the group refused this process: why).
 int peer_group_create(peer_group **out, const peer_opts *o);
 
+// peer_group_close stops g from any thread: every wait in peer_recv, peer_send_wait and
+// peer_wait_view returns (ERR_CLOSED where it returns a code), and the links close. g must still
+// be destroyed. Idempotent.
+void peer_group_close(peer_group *g);
+
 // peer_group_destroy closes every link and the listener, joins the threads and frees g and any
 // message still queued. Messages handed out by peer_recv must be freed before. NULL-safe.
 void peer_group_destroy(peer_group *g);
