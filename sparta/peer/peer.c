@@ -60,7 +60,8 @@ typedef struct out_frame {
     const void *data;
     uint32_t len;
     int ch;
-    peer_msg *owned; // a pool buffer holding a copy, or NULL (caller's memory)
+    peer_msg *owned;    // a pool buffer holding a copy, or NULL (caller's memory)
+    struct plink *link; // zero-copy: the link whose queue holds it
     int state, rc;
 } out_frame;
 
@@ -134,8 +135,26 @@ struct peer_group {
     int pool_n;
     size_t pool_bytes;
     emu_item *eh;
+    // request/reply on PEER_CH_STATE
+    peer_serve_fn serve;
+    void *serve_arg;
+    int serving; // calls of serve in progress
+    uint32_t call_id;
+    struct call *calls;
     peer_stats st;
 };
+
+// A peer_call waiting for its reply.
+typedef struct call {
+    struct call *next;
+    uint32_t id;
+    int rank;
+    struct plink *link;
+    peer_msg *reply;
+    int done, rc;
+} call;
+
+enum { RPC_REQ = 1, RPC_REP = 2, RPC_NOSERVER = 3, RPC_HDR = 5 };
 
 // ---- small helpers -------------------------------------------------------------------------
 
@@ -316,9 +335,10 @@ static void set_member(peer_group *g, int r, uint64_t id, const char *addr) {
 
 // ---- sending -------------------------------------------------------------------------------
 
-// enqueue puts f on l's queue for its channel. Under mu. Returns ERR_OK or ERR_PEER (full).
-static int enqueue(plink *l, out_frame *f) {
-    if (l->qn[f->ch] >= sendq_cap[f->ch] && f->owned) return ERR_PEER;
+// enqueue puts f on l's queue for its channel, if the queue holds fewer than cap frames (< 0: no
+// bound). Under mu. Returns ERR_OK or ERR_PEER (full).
+static int enqueue(plink *l, out_frame *f, int cap) {
+    if (cap >= 0 && l->qn[f->ch] >= cap) return ERR_PEER;
     f->next = NULL;
     if (l->qt[f->ch])
         l->qt[f->ch]->next = f;
@@ -340,7 +360,7 @@ static int send_copy(peer_group *g, plink *l, int ch, const void *data, size_t l
     f->data = m->data;
     f->len = (uint32_t)len;
     f->owned = m;
-    if (enqueue(l, f)) {
+    if (enqueue(l, f, sendq_cap[ch])) {
         msg_put(g, m);
         free(f);
         return ERR_PEER;
@@ -378,6 +398,7 @@ static void *writer_main(void *arg) {
         l->qn[ch]--;
         f->state = F_WRITING;
         l->writing = ch;
+        pthread_cond_broadcast(&g->cv); // room for a sender waiting in peer_send_wait
         pthread_mutex_unlock(&g->mu);
         frame_encode(f->hdr, (uint8_t)ch, seq++, f->data, f->len);
         nng_iov iov[2] = {{f->hdr, FRAME_HEADER}, {(void *)f->data, f->len}};
@@ -807,6 +828,81 @@ static void link_down(peer_group *g, plink *l) {
     pthread_cond_broadcast(&g->cv);
 }
 
+// rpc_take handles a frame on the request channel: a request is answered by the server (on this
+// reader's thread, so one at a time per link), a reply goes to the call that waits for it. Under
+// mu (dropped while the server runs). Takes m.
+static void rpc_take(peer_group *g, plink *l, peer_msg *m) {
+    const unsigned char *p = m->data;
+    if (m->len < RPC_HDR) {
+        g->st.recv_dropped[PEER_CH_STATE]++;
+        msg_put(g, m);
+        return;
+    }
+    uint32_t id = le_get32(p + 1);
+    if (p[0] == RPC_REQ) {
+        unsigned char hdr[RPC_HDR] = {RPC_NOSERVER};
+        le_put32(hdr + 1, id);
+        void *reply = NULL;
+        size_t rlen = 0;
+        if (g->serve && !g->stop) {
+            peer_serve_fn fn = g->serve;
+            void *arg = g->serve_arg;
+            g->serving++;
+            pthread_mutex_unlock(&g->mu);
+            fn(arg, l->rank, p + RPC_HDR, m->len - RPC_HDR, &reply, &rlen);
+            pthread_mutex_lock(&g->mu);
+            g->serving--;
+            pthread_cond_broadcast(&g->cv);
+            hdr[0] = RPC_REP;
+        }
+        msg_put(g, m);
+        g->st.msgs_recv[PEER_CH_STATE]++;
+        if (rlen + RPC_HDR > FRAME_MAX_PAYLOAD) { // a server bug: answer nothing
+            LOG_W(tag(g), "reply of %zu bytes to rank=%d is over the frame limit", rlen, l->rank);
+            free(reply);
+            return;
+        }
+        peer_msg *out = msg_get(g, RPC_HDR + rlen);
+        memcpy(out->data, hdr, RPC_HDR);
+        if (rlen) memcpy((unsigned char *)out->data + RPC_HDR, reply, rlen);
+        free(reply);
+        if (l->state == L_DEAD || l->qn[PEER_CH_STATE] >= sendq_cap[PEER_CH_STATE] * 4) {
+            g->st.send_dropped[PEER_CH_STATE]++;
+            msg_put(g, out);
+            return;
+        }
+        out_frame *f = xcalloc(1, sizeof *f);
+        f->ch = PEER_CH_STATE;
+        f->data = out->data;
+        f->len = (uint32_t)out->len;
+        f->owned = out;
+        enqueue(l, f, -1); // bounded above, at 4 times the callers' bound
+        return;
+    }
+    call *c = g->calls;
+    while (c && !(c->id == id && c->link == l))
+        c = c->next;
+    if (!c || c->done || (p[0] != RPC_REP && p[0] != RPC_NOSERVER)) {
+        g->st.recv_dropped[PEER_CH_STATE]++;
+        msg_put(g, m);
+        return;
+    }
+    g->st.msgs_recv[PEER_CH_STATE]++;
+    g->st.bytes_recv[PEER_CH_STATE] += m->len;
+    c->done = 1;
+    if (p[0] == RPC_NOSERVER) {
+        c->rc = ERR_PEER;
+        msg_put(g, m);
+    } else {
+        memmove(m->data, p + RPC_HDR, m->len - RPC_HDR);
+        m->len -= RPC_HDR;
+        m->from = l->rank;
+        m->channel = PEER_CH_STATE;
+        c->reply = m;
+    }
+    pthread_cond_broadcast(&g->cv);
+}
+
 // drain_sys lets a refusal or a redirect go out (at most 200 ms) before the stream closes.
 // Under mu.
 static void drain_sys(peer_group *g, plink *l) {
@@ -938,6 +1034,8 @@ static void *reader_main(void *arg) {
                 g->st.recv_dropped[PEER_CH_SYS]++;
             }
             msg_put(g, m);
+        } else if (h.channel == PEER_CH_STATE && l->state == L_UP) {
+            rpc_take(g, l, m); // takes m
         } else if (l->state != L_UP || h.channel >= PEER_NCH) {
             g->st.recv_dropped[h.channel < PEER_NCH ? h.channel : PEER_CH_SYS]++;
             msg_put(g, m);
@@ -1387,15 +1485,19 @@ int peer_connected(peer_group *g, int rank) {
     return up;
 }
 
-static int check_send(peer_group *g, int rank, int ch, size_t len) {
-    if (ch <= PEER_CH_SYS || ch >= PEER_NCH)
-        return err_set(ERR_INVAL, "peer: send: bad channel %d", ch);
+static int check_dest(peer_group *g, int rank, size_t len) {
     if (rank < 0 || rank >= PEER_MAX_MEMBERS || rank == g->rank)
         return err_set(ERR_INVAL, "peer: send: bad rank %d (this is rank %d)", rank, g->rank);
     if (len > FRAME_MAX_PAYLOAD)
         return err_set(ERR_INVAL, "peer: send to rank %d: %zu bytes > %u", rank, len,
                        FRAME_MAX_PAYLOAD);
     return ERR_OK;
+}
+
+static int check_send(peer_group *g, int rank, int ch, size_t len) {
+    if (ch <= PEER_CH_SYS || ch >= PEER_CH_STATE) // STATE carries peer_call only
+        return err_set(ERR_INVAL, "peer: send: bad channel %d", ch);
+    return check_dest(g, rank, len);
 }
 
 int peer_send(peer_group *g, int rank, int ch, const void *data, size_t len) {
@@ -1415,63 +1517,102 @@ int peer_send(peer_group *g, int rank, int ch, const void *data, size_t len) {
     return rc;
 }
 
-int peer_send_wait(peer_group *g, int rank, int ch, const void *data, size_t len, int timeout_ms) {
+int peer_post(peer_group *g, int rank, int ch, const void *data, size_t len, peer_op **op) {
+    *op = NULL;
     int rc = check_send(g, rank, ch, len);
     if (rc) return rc;
-    out_frame f = {.ch = ch, .data = data, .len = (uint32_t)len, .state = F_QUEUED};
-    double dl = deadline_of(timeout_ms);
+    if (len && !data) return err_set(ERR_INVAL, "peer: post: NULL data");
     pthread_mutex_lock(&g->mu);
     plink *l = g->by_rank[rank];
     if (g->stop) {
-        pthread_mutex_unlock(&g->mu);
-        return err_set(ERR_CLOSED, "peer: send: closed");
-    }
-    if (!l || l->state != L_UP) {
+        rc = err_set(ERR_CLOSED, "peer: post: closed");
+    } else if (!l || l->state != L_UP) {
         g->st.send_dropped[ch]++;
-        pthread_mutex_unlock(&g->mu);
-        return err_set(ERR_PEER, "peer: rank %d not connected", rank);
-    }
-    // wait for room in the channel's queue, then for the writer
-    while (l->qn[ch] >= sendq_cap[ch] && l->state != L_DEAD && !g->stop &&
-           cv_wait_until(&g->cv, &g->mu, dl) != ETIMEDOUT)
-        ;
-    if (l->qn[ch] >= sendq_cap[ch] || l->state == L_DEAD || g->stop) {
-        rc = l->state == L_DEAD || g->stop
-                 ? err_set(ERR_PEER, "peer: link to rank %d went down", rank)
-                 : err_set(ERR_TIMEOUT, "peer: %s queue to rank %d full for %d ms", ch_name[ch],
-                           rank, timeout_ms);
+        rc = err_set(ERR_PEER, "peer: rank %d not connected", rank);
+    } else if (l->qn[ch] >= sendq_cap[ch]) {
         g->st.send_dropped[ch]++;
-        pthread_mutex_unlock(&g->mu);
-        return rc;
+        rc = err_set(ERR_PEER, "peer: %s queue to rank %d full", ch_name[ch], rank);
+    } else {
+        out_frame *f = xcalloc(1, sizeof *f);
+        f->ch = ch;
+        f->data = data;
+        f->len = (uint32_t)len;
+        f->state = F_QUEUED;
+        f->link = l;
+        enqueue(l, f, -1); // the bound was checked above
+        *op = (peer_op *)f;
     }
-    enqueue(l, &f);
-    while (f.state != F_DONE) {
-        int timed_out = cv_wait_until(&g->cv, &g->mu, f.state == F_QUEUED ? dl : -1) == ETIMEDOUT;
-        if (timed_out && f.state == F_QUEUED) { // take it back out of the queue
-            out_frame **pp = &l->qh[ch], *prev = NULL;
-            while (*pp && *pp != &f) {
-                prev = *pp;
-                pp = &(*pp)->next;
-            }
-            if (*pp) {
-                *pp = f.next;
-                if (l->qt[ch] == &f) l->qt[ch] = prev;
-                l->qn[ch]--;
-            }
-            g->st.send_dropped[ch]++;
-            pthread_mutex_unlock(&g->mu);
-            return err_set(ERR_TIMEOUT, "peer: send to rank %d still queued after %d ms", rank,
-                           timeout_ms);
-        }
-    }
-    rc = f.rc;
     pthread_mutex_unlock(&g->mu);
-    return rc ? err_set(ERR_PEER, "peer: link to rank %d went down during a send", rank) : ERR_OK;
+    return rc;
+}
+
+int peer_op_wait(peer_group *g, peer_op *op, int timeout_ms) {
+    out_frame *f = (out_frame *)op;
+    double dl = deadline_of(timeout_ms);
+    pthread_mutex_lock(&g->mu);
+    while (f->state != F_DONE && cv_wait_until(&g->cv, &g->mu, dl) != ETIMEDOUT)
+        ;
+    int done = f->state == F_DONE, rc = f->rc;
+    pthread_mutex_unlock(&g->mu);
+    if (!done) return err_set(ERR_TIMEOUT, "peer: send not written after %d ms", timeout_ms);
+    free(f);
+    return rc ? err_set(ERR_PEER, "peer: the link went down before the send was written") : ERR_OK;
+}
+
+void peer_op_cancel(peer_group *g, peer_op *op) {
+    if (!op) return;
+    out_frame *f = (out_frame *)op;
+    pthread_mutex_lock(&g->mu);
+    if (f->state == F_QUEUED) { // still in its link's queue (so the link is alive): take it out
+        plink *l = f->link;
+        out_frame **pp = &l->qh[f->ch], *prev = NULL;
+        while (*pp && *pp != f) {
+            prev = *pp;
+            pp = &(*pp)->next;
+        }
+        if (*pp) {
+            *pp = f->next;
+            if (l->qt[f->ch] == f) l->qt[f->ch] = prev;
+            l->qn[f->ch]--;
+        }
+        g->st.send_dropped[f->ch]++;
+        f->state = F_DONE;
+    }
+    while (f->state != F_DONE) // being written: the write ends (or fails) by itself
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+    free(f);
+}
+
+int peer_send_wait(peer_group *g, int rank, int ch, const void *data, size_t len, int timeout_ms) {
+    double dl = deadline_of(timeout_ms);
+    peer_op *op;
+    int rc;
+    // wait for room in the channel's queue (the writer signals each frame it takes)
+    for (;;) {
+        rc = peer_post(g, rank, ch, data, len, &op);
+        if (rc != ERR_PEER || !peer_connected(g, rank)) break;
+        pthread_mutex_lock(&g->mu);
+        int timed_out = cv_wait_until(&g->cv, &g->mu, dl) == ETIMEDOUT;
+        pthread_mutex_unlock(&g->mu);
+        if (timed_out)
+            return err_set(ERR_TIMEOUT, "peer: %s queue to rank %d full for %d ms", ch_name[ch],
+                           rank, timeout_ms);
+    }
+    if (rc) return rc;
+    double left = dl < 0 ? -1 : dl - sys_now_ms();
+    rc = peer_op_wait(g, op, dl < 0 ? -1 : left > 0 ? (int)left + 1 : 0);
+    if (rc == ERR_TIMEOUT) {
+        peer_op_cancel(g, op);
+        return err_set(ERR_TIMEOUT, "peer: send to rank %d still queued after %d ms", rank,
+                       timeout_ms);
+    }
+    return rc;
 }
 
 int peer_recv(peer_group *g, int ch, int timeout_ms, peer_msg **out) {
     *out = NULL;
-    if (ch <= PEER_CH_SYS || ch >= PEER_NCH)
+    if (ch <= PEER_CH_SYS || ch >= PEER_CH_STATE)
         return err_set(ERR_INVAL, "peer: recv: bad channel %d", ch);
     double dl = deadline_of(timeout_ms);
     pthread_mutex_lock(&g->mu);
@@ -1536,4 +1677,69 @@ void peer_get_stats(peer_group *g, peer_stats *st) {
     pthread_mutex_lock(&g->mu);
     *st = g->st;
     pthread_mutex_unlock(&g->mu);
+}
+
+void peer_set_server(peer_group *g, peer_serve_fn fn, void *arg) {
+    pthread_mutex_lock(&g->mu);
+    g->serve = fn;
+    g->serve_arg = arg;
+    while (!fn && g->serving > 0) // the old server may be running: let it finish
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+
+int peer_call(peer_group *g, int rank, const void *req, size_t len, peer_msg **reply,
+              int timeout_ms) {
+    *reply = NULL;
+    int rc = check_dest(g, rank, len + RPC_HDR);
+    if (rc) return rc;
+    double dl = deadline_of(timeout_ms);
+    pthread_mutex_lock(&g->mu);
+    plink *l = g->by_rank[rank];
+    if (g->stop || !l || l->state != L_UP) {
+        pthread_mutex_unlock(&g->mu);
+        return err_set(g->stop ? ERR_CLOSED : ERR_PEER, "peer: call to rank %d: not connected",
+                       rank);
+    }
+    call c = {.id = ++g->call_id, .rank = rank, .link = l};
+    peer_msg *m = msg_get(g, len + RPC_HDR);
+    unsigned char *p = m->data;
+    p[0] = RPC_REQ;
+    le_put32(p + 1, c.id);
+    if (len) memcpy(p + RPC_HDR, req, len);
+    out_frame *f = xcalloc(1, sizeof *f);
+    f->ch = PEER_CH_STATE;
+    f->data = m->data;
+    f->len = (uint32_t)m->len;
+    f->owned = m;
+    if (enqueue(l, f, sendq_cap[PEER_CH_STATE]) != ERR_OK) {
+        msg_put(g, m);
+        free(f);
+        pthread_mutex_unlock(&g->mu);
+        return err_set(ERR_PEER, "peer: call to rank %d: queue full", rank);
+    }
+    c.next = g->calls;
+    g->calls = &c;
+    while (!c.done && !g->stop && g->by_rank[rank] == l && l->state == L_UP &&
+           cv_wait_until(&g->cv, &g->mu, dl) != ETIMEDOUT)
+        ;
+    for (call **pp = &g->calls; *pp; pp = &(*pp)->next)
+        if (*pp == &c) {
+            *pp = c.next;
+            break;
+        }
+    if (c.done && !c.rc) {
+        *reply = c.reply;
+        rc = ERR_OK;
+    } else if (c.done) {
+        rc = err_set(ERR_PEER, "peer: rank %d serves no requests", rank);
+    } else if (g->stop) {
+        rc = err_set(ERR_CLOSED, "peer: call to rank %d: closed", rank);
+    } else if (g->by_rank[rank] != l || l->state != L_UP) {
+        rc = err_set(ERR_PEER, "peer: call to rank %d: the link went down", rank);
+    } else {
+        rc = err_set(ERR_TIMEOUT, "peer: call to rank %d: no reply within %d ms", rank, timeout_ms);
+    }
+    pthread_mutex_unlock(&g->mu);
+    return rc;
 }

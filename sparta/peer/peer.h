@@ -40,7 +40,7 @@ enum {
     PEER_CH_CONTROL = 1, // small control messages (agreement, state requests)
     PEER_CH_SPARTA = 2,  // SPARTA's values
     PEER_CH_RING = 3,    // the ring all-reduce
-    PEER_CH_STATE = 4,   // bulk state for a joining member
+    PEER_CH_STATE = 4,   // requests and replies (peer_call): state for a joining member
     PEER_NCH = 5
 };
 
@@ -140,15 +140,36 @@ int peer_wait_view(peer_group *g, int n, int timeout_ms);
 // peer_connected returns 1 if this process holds a live link to rank.
 int peer_connected(peer_group *g, int rank);
 
-// peer_send copies data(len) into channel ch's queue for rank and returns without waiting.
+// peer_send copies data(len) into channel ch's queue for rank and returns without waiting. ch is
+// PEER_CH_CONTROL, PEER_CH_SPARTA or PEER_CH_RING (PEER_CH_STATE carries peer_call only; the
+// same holds for peer_send_wait, peer_post and peer_recv).
 // Returns ERR_OK, ERR_PEER (rank not connected, or its queue is full: dropped and counted),
 // ERR_INVAL (bad rank or channel, len > FRAME_MAX_PAYLOAD) or ERR_CLOSED (being destroyed).
 int peer_send(peer_group *g, int rank, int ch, const void *data, size_t len);
 
 // peer_send_wait sends data(len) on ch to rank without copying it: it returns once the frame has
-// been written to the stream (the caller may then reuse data), or with ERR_TIMEOUT if it was
-// still queued after timeout_ms (< 0: no limit), or ERR_PEER if the link went down first.
+// been written to the stream (the caller may then reuse data), with ERR_TIMEOUT if it could not
+// be queued or was still queued after timeout_ms (< 0: no limit), or ERR_PEER if the link went
+// down first.
 int peer_send_wait(peer_group *g, int rank, int ch, const void *data, size_t len, int timeout_ms);
+
+// A send in flight (peer_post).
+typedef struct peer_op peer_op;
+
+// peer_post queues data(len) on ch for rank without copying it and returns at once: the caller
+// keeps data unchanged until peer_op_wait or peer_op_cancel has released *op. Returns ERR_OK
+// (*op set), ERR_PEER (not connected, or the channel's queue is full: try again later),
+// ERR_INVAL or ERR_CLOSED (*op NULL).
+int peer_post(peer_group *g, int rank, int ch, const void *data, size_t len, peer_op **op);
+
+// peer_op_wait waits up to timeout_ms (< 0: no limit) until op's frame has been written, then
+// frees op and returns ERR_OK, or ERR_PEER if the link went down before it was written. On
+// ERR_TIMEOUT op stays valid (wait again, or cancel).
+int peer_op_wait(peer_group *g, peer_op *op, int timeout_ms);
+
+// peer_op_cancel takes op out of its queue if it is still there (counted as dropped), else waits
+// for the write in progress to end, and frees op. NULL-safe.
+void peer_op_cancel(peer_group *g, peer_op *op);
 
 // peer_recv waits up to timeout_ms (0: poll; < 0: forever) for the next message on channel ch
 // from any member. On ERR_OK the caller owns *out (peer_msg_free). Returns ERR_OK, ERR_TIMEOUT
@@ -160,6 +181,23 @@ void peer_msg_free(peer_group *g, peer_msg *m);
 
 // peer_wake makes the current or next peer_recv on ch return ERR_TIMEOUT at once.
 void peer_wake(peer_group *g, int ch);
+
+// ---- requests and replies (PEER_CH_STATE) ---------------------------------------------------
+// peer_serve_fn answers a request req(len) from rank from: it sets *reply to a malloc'd buffer of
+// *rlen bytes (at most FRAME_MAX_PAYLOAD - 5; the layer frees it), or leaves it NULL for an empty
+// reply. It runs on a link's reader thread, one request at a time per link.
+typedef void (*peer_serve_fn)(void *arg, int from, const void *req, size_t len, void **reply,
+                              size_t *rlen);
+
+// peer_set_server makes fn(arg, ...) answer the requests of every member (NULL: none; a request
+// then fails at once on the caller's side). Setting NULL waits for a call in progress to finish.
+void peer_set_server(peer_group *g, peer_serve_fn fn, void *arg);
+
+// peer_call sends req(len) to rank and waits up to timeout_ms (< 0: no limit) for its reply,
+// which it returns in *reply (peer_msg_free). Returns ERR_OK, ERR_TIMEOUT, ERR_PEER (not
+// connected, the link went down, or rank serves no requests), ERR_CLOSED or ERR_INVAL.
+int peer_call(peer_group *g, int rank, const void *req, size_t len, peer_msg **reply,
+              int timeout_ms);
 
 // peer_diagnose writes into buf (n bytes) why rank has no live link: the handshake was refused
 // (and why), its address does not resolve, the connection is refused, nothing answers, or (a rank
