@@ -134,6 +134,7 @@ static enum MHD_Result reply(srv_server *s, struct MHD_Connection *c, int ep, in
                              const char *ctype, char *body) {
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+    if (!resp) err_oom("libmicrohttpd response", 0);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     if (status == 401) MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     if (status == 405)
@@ -292,6 +293,7 @@ static enum MHD_Result start_generation(srv_server *s, struct MHD_Connection *c,
     pthread_mutex_unlock(&s->mu);
     struct MHD_Response *resp =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_reader, r, NULL);
+    if (!resp) err_oom("libmicrohttpd response", 0);
     int ollama = x->ep == SRV_EP_GENERATE || x->ep == SRV_EP_OCHAT;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                             ollama ? "application/x-ndjson" : "text/event-stream");

@@ -257,10 +257,7 @@ void srv_api_req_free(srv_req *r) {
 static char *dump(json_t *o, int ep, int framed) {
     char *j = json_dumps(o, JSON_COMPACT);
     json_decref(o);
-    if (!j) {
-        fprintf(stderr, "out of memory (json_dumps)\n");
-        abort();
-    }
+    if (!j) err_oom("json_dumps", 0);
     if (!framed) return j;
     size_t n = strlen(j);
     char *f = xmalloc(n + 16);

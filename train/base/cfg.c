@@ -398,10 +398,7 @@ char *cfg_to_string(const cfg *c) {
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
-    if (!f) {
-        fprintf(stderr, "spartan: out of memory\n");
-        abort();
-    }
+    if (!f) err_oom("open_memstream", 0);
     cfg_write(c, f);
     fclose(f);
     return buf;

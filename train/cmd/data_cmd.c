@@ -89,14 +89,17 @@ static int write_meta(const char *dir, const tok_tokenizer *t, size_t n_train, s
                       const char *source, double frac) {
     char *spec = tok_spec(t);
     json_t *m = json_object();
-    json_object_set_new(m, "tokenizer", json_string(spec));
-    json_object_set_new(m, "vocab_size", json_integer(tok_vocab_size(t)));
-    json_object_set_new(m, "eot", json_integer(tok_eot(t)));
-    json_object_set_new(m, "n_train", json_integer((json_int_t)n_train));
-    json_object_set_new(m, "n_val", json_integer((json_int_t)n_val));
-    json_object_set_new(m, "val_fraction", json_real(frac));
+    if (!m) err_oom("json_object", 0);
+    // jansson reports a failed allocation as a NULL value or a failed set: never ignored.
+    int bad = json_object_set_new(m, "tokenizer", json_string(spec));
+    bad |= json_object_set_new(m, "vocab_size", json_integer(tok_vocab_size(t)));
+    bad |= json_object_set_new(m, "eot", json_integer(tok_eot(t)));
+    bad |= json_object_set_new(m, "n_train", json_integer((json_int_t)n_train));
+    bad |= json_object_set_new(m, "n_val", json_integer((json_int_t)n_val));
+    bad |= json_object_set_new(m, "val_fraction", json_real(frac));
     json_t *src = json_string(source); // NULL when the path is not valid UTF-8
-    json_object_set_new(m, "source", src ? src : json_string("(non-UTF-8 path)"));
+    bad |= json_object_set_new(m, "source", src ? src : json_string("(non-UTF-8 path)"));
+    if (bad) err_oom("meta.json", 0);
     free(spec);
     char *path = join(dir, "meta.json");
     char *tmp = join(dir, "meta.json.tmp");
