@@ -13,6 +13,7 @@
 
 #include "infer/srv_impl.h"
 #include "train/base/err.h"
+#include "train/base/sys.h"
 
 static int is_ollama(int ep) { return ep == SRV_EP_GENERATE || ep == SRV_EP_OCHAT; }
 static int is_chat(int ep) { return ep == SRV_EP_CHAT || ep == SRV_EP_OCHAT; }
@@ -271,8 +272,7 @@ static char *dump(json_t *o, int ep, int framed) {
 
 // iso_time formats the current time as RFC 3339 with nanoseconds (Ollama's created_at).
 static void iso_time(char *out, size_t n) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    struct timespec ts = sys_wall_time();
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
     char d[32];

@@ -237,14 +237,6 @@ double tu_last_metric(const char *path, int col) {
     return v;
 }
 
-double tu_now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
-}
-
-double tu_now_s(void) { return tu_now_ms() / 1e3; }
-
 int tu_cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);

@@ -78,12 +78,6 @@ char *tu_cluster_log(tu_cluster *c, int rank);
 // with status 0, else the first failing rank.
 int tu_cluster_run(tu_cluster *c, const char *args, int timeout_s);
 
-// tu_now_ms returns a monotonic clock in milliseconds.
-double tu_now_ms(void);
-
-// tu_now_s returns a monotonic clock in seconds.
-double tu_now_s(void);
-
 // tu_cmp_double orders doubles ascending (for qsort).
 int tu_cmp_double(const void *a, const void *b);
 

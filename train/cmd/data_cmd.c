@@ -115,7 +115,7 @@ static int write_meta(const char *dir, const tok_tokenizer *t, size_t n_train, s
 }
 
 static int prepare(const char *tokenizer, double frac, const char *input, const char *outdir) {
-    double t0 = (sys_now_ms() / 1e3);
+    double t0 = sys_now_s();
     char *text = NULL;
     size_t n = 0;
     tok_tokenizer *t = NULL;
@@ -142,7 +142,7 @@ static int prepare(const char *tokenizer, double frac, const char *input, const 
         printf("prepared %s: tokenizer=%s vocab=%d tokens=%zu train=%zu val=%zu%s bytes=%zu "
                "seconds=%.2f\n",
                outdir, tokenizer, tok_vocab_size(t), n_ids, n_train, n_val,
-               n_val ? "" : " (no val.bin)", n, (sys_now_ms() / 1e3) - t0);
+               n_val ? "" : " (no val.bin)", n, sys_now_s() - t0);
     else
         fprintf(stderr, "spartan data prepare: %s\n", err_msg());
     free(ids);
@@ -214,14 +214,14 @@ static int fetch_main(int argc, char **argv) {
         return 2;
     }
     o.progress = !quiet;
-    double t0 = (sys_now_ms() / 1e3);
+    double t0 = sys_now_s();
     int rc = fetch_file(url, sha, out, &o);
     if (rc != ERR_OK) {
         const char *m = err_msg();
         fprintf(stderr, "spartan data fetch: %s\n", strncmp(m, "fetch: ", 7) ? m : m + 7);
         return rc == ERR_INVAL ? 2 : 1;
     }
-    printf("fetched %s -> %s sha256=ok seconds=%.2f\n", url, out, (sys_now_ms() / 1e3) - t0);
+    printf("fetched %s -> %s sha256=ok seconds=%.2f\n", url, out, sys_now_s() - t0);
     return 0;
 }
 
