@@ -83,8 +83,9 @@ void diloco_outer_update(float *theta_g, float *buf, const float *delta, size_t 
     }
 }
 
-static int wire_dtype(const char *s) {
-    return strcmp(s, "int8") == 0 ? WIRE_INT8 : strcmp(s, "bf16") == 0 ? WIRE_BF16 : WIRE_FP32;
+// wire_dtype maps diloco.dtype to the all-reduce's value type.
+static int wire_dtype(cfg_dtype t) {
+    return t == CFG_DTYPE_INT8 ? WIRE_INT8 : t == CFG_DTYPE_BF16 ? WIRE_BF16 : WIRE_FP32;
 }
 
 // shift_addr writes "host:port" of addr with the port moved up by shift into out (size 160).
@@ -539,9 +540,7 @@ static void sync_destroy(void *ctx) { diloco_destroy(ctx); }
 int diloco_sync_factory(train_sync *out, const cfg *c, int rank, int world, uint64_t run_id,
                         const float *params, size_t n_params) {
     memset(out, 0, sizeof *out);
-    int ddp = strcmp(c->train.mode, "ddp") == 0;
-    if (ddp && c->diloco.H > 0)
-        return err_set(ERR_INVAL, "train.mode = ddp and diloco.H > 0 do not combine");
+    int ddp = c->train.mode == CFG_MODE_DDP; // cfg_validate refuses it with diloco.H > 0
     if (!(ddp && world > 1) && c->diloco.H <= 0) return ERR_OK;
     diloco *d;
     int rc = diloco_create(&d, &c->diloco, &c->net, rank, world, run_id ^ 0xD11C0ull,
@@ -564,7 +563,8 @@ int diloco_sync_factory(train_sync *out, const cfg *c, int rank, int world, uint
         out->load = sync_load;
         out->join = sync_join;
         LOG_I("diloco", "H=%d lr=%g momentum=%g nesterov=%d dtype=%s peers=%d", c->diloco.H,
-              c->diloco.lr, c->diloco.momentum, c->diloco.nesterov, c->diloco.dtype, world);
+              c->diloco.lr, c->diloco.momentum, c->diloco.nesterov, cfg_dtype_str(c->diloco.dtype),
+              world);
     }
     return ERR_OK;
 }

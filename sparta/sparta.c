@@ -620,10 +620,10 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *n
     ex->seed = seed;
     ex->run_id = run_id;
     ex->n = n_params;
-    ex->selector = strcmp(sc->selector, "partitioned") == 0 ? SELECT_PARTITIONED : SELECT_RANDOM;
-    ex->dtype = strcmp(sc->dtype, "bf16") == 0 ? WIRE_BF16 : WIRE_FP32;
-    ex->correct = strcmp(sc->apply, "correct") == 0;
-    ex->ring = strcmp(sc->reduce, "ring") == 0;
+    ex->selector = sc->selector == CFG_SELECT_PARTITIONED ? SELECT_PARTITIONED : SELECT_RANDOM;
+    ex->dtype = sc->dtype == CFG_DTYPE_BF16 ? WIRE_BF16 : WIRE_FP32; // the key has no int8
+    ex->correct = sc->apply == CFG_APPLY_CORRECT;
+    ex->ring = sc->reduce == CFG_REDUCE_RING;
     if (ex->ring && select_k(sc->p, n_params) < (size_t)world) {
         free(ex);
         return err_set(ERR_INVAL,
@@ -677,8 +677,9 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *n
     LOG_I("sparta",
           "rank=%d/%d k=%zu (p=%g of %zu) every=%d max_stale=%d selector=%s apply=%s "
           "dtype=%s sync=%d",
-          rank, world, ex->kmax, sc->p, n_params, sc->every, sc->max_stale, sc->selector, sc->apply,
-          sc->dtype, sc->sync);
+          rank, world, ex->kmax, sc->p, n_params, sc->every, sc->max_stale,
+          cfg_selector_str(sc->selector), cfg_apply_str(sc->apply), cfg_dtype_str(sc->dtype),
+          sc->sync);
     *out = ex;
     return ERR_OK;
 }
@@ -735,7 +736,7 @@ int sparta_sync_factory(train_sync *out, const cfg *c, int rank, int world, uint
                         const float *params, size_t n_params) {
     (void)params;
     memset(out, 0, sizeof *out);
-    if (world < 2 || c->sparta.p <= 0 || strcmp(c->train.mode, "ddp") == 0) return ERR_OK;
+    if (world < 2 || c->sparta.p <= 0 || c->train.mode == CFG_MODE_DDP) return ERR_OK;
     sparta_exchanger *ex;
     // Index sets depend on this code: peers on builds that select differently must not mix.
     uint64_t id = rng_hash(run_id ^ SPARTA_SELECT_VERSION);

@@ -54,12 +54,14 @@ static void rig_open(rig *r, int max_stale, const char *dtype) {
     memset(r, 0, sizeof *r);
     cfg c;
     cfg_defaults(&c);
+    char kv[64];
+    snprintf(kv, sizeof kv, "sparta.dtype=%s", dtype);
+    cr_assert_eq(cfg_set(&c, kv), ERR_OK, "%s", err_msg());
     r->sc = c.sparta;
     r->sc.p = 0.1f;
     r->sc.max_stale = max_stale;
     r->sc.delay = rig_delay;
     r->sc.timeout_ms = 5000;
-    snprintf(r->sc.dtype, sizeof r->sc.dtype, "%s", dtype);
     r->run_id = 0xABCDEF12345ull;
     r->seed = 99;
     r->k = select_k(r->sc.p, NP);

@@ -46,7 +46,9 @@ static int run(const char *reduce, int sync, int kill_one) {
     c.sparta.sync = sync;
     c.sparta.max_stale = 5;
     c.sparta.timeout_ms = 2000;
-    snprintf(c.sparta.reduce, sizeof c.sparta.reduce, "%s", reduce);
+    char kv[64];
+    snprintf(kv, sizeof kv, "sparta.reduce=%s", reduce);
+    if (cfg_set(&c, kv)) return fprintf(stderr, "%s\n", err_msg()), 1;
     int base = tu_free_port_base(4 * P);
     if (base < 0) return fprintf(stderr, "no free ports\n"), 1;
     c.net.peers[0] = 0;

@@ -425,7 +425,11 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
     train_args a;
     int code = parse_train_args(argc, argv, &c, &a);
     if (code >= 0) return code;
-    log_set_level(log_parse_level(c.log.level));
+    static const int levels[] = {[CFG_LOG_ERROR] = LOG_ERROR,
+                                 [CFG_LOG_WARN] = LOG_WARN,
+                                 [CFG_LOG_INFO] = LOG_INFO,
+                                 [CFG_LOG_DEBUG] = LOG_DEBUG};
+    log_set_level(levels[c.log.level]);
     int world = count_peers(c.net.peers);
     if (resolve_rank(a.rank, &c, world)) {
         fprintf(stderr, "spartan train: %s\n", err_msg());
