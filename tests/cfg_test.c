@@ -28,6 +28,7 @@ Test(cfg, defaults_are_valid_and_match_the_table) {
     cr_assert_eq(c.log.level, CFG_LOG_INFO);
     cr_assert_eq(c.train.mode, CFG_MODE_LOCAL);
     cr_assert_eq(c.sparta.dtype, CFG_DTYPE_FP32);
+    cr_assert_eq(c.ddp.dtype, CFG_DTYPE_FP32);
     cr_assert_float_eq(c.train.beta2, 0.95f, 1e-7);
 }
 
@@ -127,13 +128,13 @@ Test(cfg, enum_words_are_parsed_once_into_enums_and_written_back_as_words) {
     const char *sets[] = {
         "train.mode=ddp",     "log.level=debug",      "sparta.selector=partitioned",
         "sparta.reduce=ring", "sparta.apply=correct", "sparta.dtype=bf16",
-        "diloco.dtype=int8"};
+        "diloco.dtype=int8",  "ddp.dtype=bf16"};
     for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++)
         cr_assert_eq(cfg_set(&c, sets[i]), ERR_OK, "%s: %s", sets[i], err_msg());
     cr_assert(c.train.mode == CFG_MODE_DDP && c.log.level == CFG_LOG_DEBUG &&
               c.sparta.selector == CFG_SELECT_PARTITIONED && c.sparta.reduce == CFG_REDUCE_RING &&
               c.sparta.apply == CFG_APPLY_CORRECT && c.sparta.dtype == CFG_DTYPE_BF16 &&
-              c.diloco.dtype == CFG_DTYPE_INT8);
+              c.diloco.dtype == CFG_DTYPE_INT8 && c.ddp.dtype == CFG_DTYPE_BF16);
     cr_assert_str_eq(cfg_mode_str(c.train.mode), "ddp");
     cr_assert_str_eq(cfg_dtype_str(c.diloco.dtype), "int8");
     cr_assert_str_eq(cfg_reduce_str(c.sparta.reduce), "ring");

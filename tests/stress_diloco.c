@@ -75,7 +75,7 @@ int main(void) {
             pthread_join(th[i], NULL);
             bad |= peers[i].rc != 0;
         }
-    train_sync_stats st;
+    diloco_stats st;
     for (int i = 0; i < P - 1; i++) {
         diloco_get_stats(peers[i].d, &st);
         if (st.outer_steps != STEPS / H) {

@@ -80,7 +80,7 @@ static int run(const char *reduce, int sync, int kill_one) {
         pthread_join(th[i], NULL);
     for (int i = 0; i < P; i++) {
         if (!peers[i].ex) continue;
-        train_sync_stats st;
+        sparta_stats st;
         sparta_get_stats(peers[i].ex, &st);
         uint64_t rounds = st.rounds_done + st.rounds_late + st.rounds_dropped;
         // every round posted before the last max_stale steps has been resolved exactly once

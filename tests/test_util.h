@@ -157,9 +157,9 @@ int tu_torch_times(tu_proc *p, const char *verb, int warm, int n, double *v);
 // returns its exit status (128 + signal if killed), or -1. NULL-safe on a zeroed struct.
 int tu_proc_stop(tu_proc *p);
 
-// tu_last_metric returns column col (0 = step) of the last row of the metrics.csv at path, or -1
-// if there is none yet.
-double tu_last_metric(const char *path, int col);
+// tu_last_metric returns the value of the named column ("step", "sparta_rounds_done") in the last
+// row of the metrics.csv at path, or -1 if there is no row yet or no such column.
+double tu_last_metric(const char *path, const char *column);
 
 // tu_cluster_close removes the folder and frees c's memory.
 void tu_cluster_close(tu_cluster *c);

@@ -111,6 +111,10 @@ static const cfg_key keys[] = {
       "pseudo-gradients on the wire (int8: one scale per 4096 values)"),
     K("diloco", "timeout_ms", CFG_INT, diloco.timeout_ms, "30000", 1, 1e9,
       "longest wait for a peer in an all-reduce"),
+    E("ddp", "dtype", ddp.dtype, "fp32", dtype_words,
+      "gradients on the wire with train.mode = ddp (int8: one scale per 4096 values)"),
+    K("ddp", "timeout_ms", CFG_INT, ddp.timeout_ms, "30000", 1, 1e9,
+      "longest wait for a peer in a DDP all-reduce"),
     K("net", "listen", CFG_STR0, net.listen, "", 0, 0,
       "bind address host:port (empty = this peer's entry in net.peers)"),
     K("net", "peers", CFG_STR0, net.peers, "", 0, 0,
@@ -455,9 +459,9 @@ void cfg_print_keys(FILE *f) {
 // Keys outside [model] that peers must agree on: they decide the data order, the init and what
 // the exchanges compute. Per-peer behaviour (threads, max_stale, timeouts, apply) may differ.
 static const char *const shared_keys[] = {
-    "train.seed",      "train.mode",      "sparta.p",        "sparta.every",
-    "sparta.selector", "sparta.reduce",   "sparta.dtype",    "diloco.H",
-    "diloco.lr",       "diloco.momentum", "diloco.nesterov", "diloco.dtype",
+    "train.seed",      "train.mode",   "sparta.p",  "sparta.every", "sparta.selector",
+    "sparta.reduce",   "sparta.dtype", "diloco.H",  "diloco.lr",    "diloco.momentum",
+    "diloco.nesterov", "diloco.dtype", "ddp.dtype",
 };
 
 size_t cfg_shared_write(const cfg *c, char *buf, size_t n) {

@@ -14,7 +14,7 @@
 // The values of the enum keys. The key table parses each key's words once, into these enums (a
 // value is its word's index, so the order is the table's), and modules compare enums, never
 // strings. train.mode, log.level, sparta.selector, sparta.reduce, sparta.apply, and the dtype of
-// the values on the wire (sparta.dtype takes fp32 or bf16, diloco.dtype all three).
+// the values on the wire (sparta.dtype takes fp32 or bf16; diloco.dtype and ddp.dtype all three).
 typedef enum { CFG_MODE_LOCAL, CFG_MODE_DDP } cfg_mode;
 typedef enum { CFG_LOG_ERROR, CFG_LOG_WARN, CFG_LOG_INFO, CFG_LOG_DEBUG } cfg_log_level;
 typedef enum { CFG_SELECT_RANDOM, CFG_SELECT_PARTITIONED } cfg_selector;
@@ -87,6 +87,12 @@ typedef struct cfg_diloco {
     int timeout_ms;  // longest wait for a peer in an all-reduce
 } cfg_diloco;
 
+// DDP (train.mode = ddp): the gradients are averaged over the peers after every backward pass.
+typedef struct cfg_ddp {
+    cfg_dtype dtype; // gradients on the wire: fp32, bf16 or int8
+    int timeout_ms;  // longest wait for a peer in an all-reduce
+} cfg_ddp;
+
 // The peer mesh. peers lists every peer's "host:port" in rank order (this one included);
 // listen is the local bind address (empty: this peer's entry in peers). rate_mbit, delay_ms and
 // loss emulate a slow link inside the transport (for experiments without root or netem).
@@ -106,6 +112,7 @@ typedef struct cfg {
     cfg_log log;
     cfg_sparta sparta;
     cfg_diloco diloco;
+    cfg_ddp ddp;
     cfg_net net;
 } cfg;
 
