@@ -150,7 +150,7 @@ static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off
     if (!x->started) return 0;
     double have = (double)x->base + (double)dlnow;
     double total = dltotal > 0 ? (double)x->base + (double)dltotal : 0;
-    double t = (sys_now_ms() / 1e3);
+    double t = sys_now_s();
     double rate = (double)dlnow / (t - x->t0 > 1e-3 ? t - x->t0 : 1e-3);
     char hb[32], tb[32], rb[32];
     human(have, hb, sizeof hb);
@@ -209,7 +209,7 @@ static int attempt(const char *url, const char *path, const char *part, const fe
     xfer x = {.url = url, .part = part, .h = h, .range_start = -1};
     x.offset = exists(part) ? file_size(part) : 0;
     x.tty = o->progress && isatty(STDERR_FILENO);
-    x.t0 = (sys_now_ms() / 1e3);
+    x.t0 = sys_now_s();
     char range[32];
     char errbuf[CURL_ERROR_SIZE] = "";
     curl_easy_setopt(h, CURLOPT_URL, url);
@@ -347,7 +347,7 @@ int fetch_file(const char *url, const char *sha256_hex, const char *path, const 
         }
         if (!retry || i == opts->retries) break;
         LOG_W("fetch", "attempt=%d failed, retrying: %s", i + 1, err_msg());
-        sleep((unsigned)(i + 1 < 5 ? i + 1 : 5));
+        sys_sleep_ms(1000 * (i + 1 < 5 ? i + 1 : 5)); // back-off: the wait is the point
     }
     if (rc == ERR_OK) rc = fetch_sha256_file(part, got);
     if (rc == ERR_OK && strcmp(got, want) != 0) {

@@ -729,10 +729,7 @@ static int gpt2_encode(const tok_tokenizer *t, const char *text, size_t n, ivec 
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(t->re, NULL);
     pcre2_match_context *mc = pcre2_match_context_create(NULL);
     pcre2_jit_stack *js = pcre2_jit_stack_create(32 * 1024, 4 * 1024 * 1024, NULL);
-    if (!md || !mc || !js) {
-        fprintf(stderr, "spartan: out of memory in PCRE2\n");
-        abort();
-    }
+    if (!md || !mc || !js) err_oom("PCRE2 match data", 0);
     pcre2_jit_stack_assign(mc, NULL, js);
     int rc = ERR_OK;
     size_t pos = 0;

@@ -1,4 +1,4 @@
-// diloco.c: DiLoCo outer steps (Douillard et al. 2023, Algorithm 1) and the DDP baseline.
+// diloco.c: DiLoCo outer steps (Douillard et al. 2023, Algorithm 1).
 // Outer step t (every H inner steps), on every peer:
 //   delta   = theta_g - theta_local                      (pseudo-gradient, own buffer)
 //   delta   = mean over peers of delta                   (ring all-reduce, allreduce.h)
@@ -7,8 +7,8 @@
 //   theta_local = theta_g                                (the inner AdamW state is kept)
 // theta_g lives in its own buffer and never aliases the live parameters, the first outer step
 // comes after exactly H inner steps, and every step changes theta_g unless delta = 0: the three
-// bugs of public reference code this avoids. DDP averages the gradients after every backward pass
-// with the same all-reduce.
+// bugs of public reference code this avoids. (DDP, in ddp.c, averages the gradients after every
+// backward pass with the same all-reduce on the same mesh, diloco_impl.h.)
 // Faults: before each outer step the peers agree on who is present (ar_agree, waiting at most
 // diloco.timeout_ms for each); the present ones average among themselves. A peer that is left
 // out or late, or that (re)starts while the others run, fetches theta_g, the momentum, the outer
@@ -22,8 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "diloco/diloco_impl.h"
 #include "sparta/peer/allreduce.h"
 #include "sparta/peer/hello.h"
 #include "sparta/peer/net.h"
@@ -69,7 +69,7 @@ struct diloco {
     uint64_t bytes_sent, bytes_recv, msgs_dropped; // everything below, summed
     uint64_t agree_sent, ctl_sent;                 // of which membership and control requests
     double ms_sum;
-    uint64_t exchanges; // outer steps (or DDP steps) shared with at least one other peer
+    uint64_t exchanges; // outer steps shared with at least one other peer
     int members[AR_MAX_WORLD];
 };
 
@@ -83,64 +83,9 @@ void diloco_outer_update(float *theta_g, float *buf, const float *delta, size_t 
     }
 }
 
-static int wire_dtype(const char *s) {
-    return strcmp(s, "int8") == 0 ? WIRE_INT8 : strcmp(s, "bf16") == 0 ? WIRE_BF16 : WIRE_FP32;
-}
-
-// shift_addr writes "host:port" of addr with the port moved up by shift into out (size 160).
-static int shift_addr(char *out, const char *addr, int shift) {
-    char host[128];
-    int port;
-    int rc = net_parse_hostport(addr, host, sizeof host, &port);
-    if (!rc) snprintf(out, 160, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port + shift);
-    return rc;
-}
-
-// open_mesh creates the all-reduce mesh on the ports of net.peers shifted by world, so it never
-// meets the SPARTA mesh, and fills ctl(world) with every peer's control address (shifted by
-// 2 world; ours from net.listen when set).
-static int open_mesh(net_mesh **out, char (*ctl)[160], const cfg_net *nc, int rank, int world) {
-    char *list = xstrdup(nc->peers), *save = NULL;
-    char(*addr)[160] = xcalloc((size_t)world, sizeof *addr);
-    const char **peers = xcalloc((size_t)world, sizeof(char *));
-    int n = 0, rc = ERR_OK;
-    for (char *tok = strtok_r(list, ",", &save); tok && !rc; tok = strtok_r(NULL, ",", &save)) {
-        while (*tok == ' ')
-            tok++;
-        if (n < world) {
-            peers[n] = addr[n];
-            if (!(rc = shift_addr(addr[n], tok, world))) rc = shift_addr(ctl[n], tok, 2 * world);
-        }
-        n++;
-    }
-    if (!rc && n != world)
-        rc = err_set(ERR_INVAL, "net.peers: expected %d addresses, found %d", world, n);
-    char listen[160] = "";
-    if (!rc && nc->listen[0] && !(rc = shift_addr(listen, nc->listen, world)))
-        rc = shift_addr(ctl[rank], nc->listen, 2 * world);
-    if (!rc) rc = net_mesh_create(out, rank, world, peers, listen[0] ? listen : NULL);
-    if (!rc) net_set_link(*out, nc->rate_mbit, nc->delay_ms, nc->loss, 0xD11C0 + (uint64_t)rank);
-    free(list);
-    free(addr);
-    free(peers);
-    return rc;
-}
-
-// wait_connected waits up to timeout_ms for a pipe to every peer (peers may start in any order).
-static void wait_connected(diloco *d, int timeout_ms) {
-    double t0 = sys_now_ms();
-    for (;;) {
-        int up = 1;
-        for (int p = 0; p < d->world; p++)
-            if (p != d->rank && !net_connected(d->mesh, p)) up = 0;
-        if (up) return;
-        if (sys_now_ms() - t0 > timeout_ms) {
-            LOG_I("diloco", "not every peer connected after %d ms", timeout_ms); // see handshake
-            return;
-        }
-        struct timespec ts = {0, 10 * 1000000L};
-        nanosleep(&ts, NULL);
-    }
+// wire_dtype maps diloco.dtype to the all-reduce's value type.
+static int wire_dtype(cfg_dtype t) {
+    return t == CFG_DTYPE_INT8 ? WIRE_INT8 : t == CFG_DTYPE_BF16 ? WIRE_BF16 : WIRE_FP32;
 }
 
 // reduce averages x(n) over the members(nm) and keeps the counters.
@@ -148,8 +93,7 @@ static int reduce(diloco *d, float *x, size_t n, uint64_t tag, const int *member
                   const char *what) {
     if (!d->ar) return ERR_OK;
     ar_stats st;
-    int rc = members ? ar_mean_group(d->ar, x, n, tag, members, nm, d->dc.timeout_ms, &st)
-                     : ar_mean(d->ar, x, n, tag, d->dc.timeout_ms, &st);
+    int rc = ar_mean_group(d->ar, x, n, tag, members, nm, d->dc.timeout_ms, &st);
     d->bytes_sent += st.bytes_sent;
     d->bytes_recv += st.bytes_recv;
     d->msgs_dropped += st.msgs_dropped;
@@ -295,8 +239,9 @@ static int resync(diloco *d, float *params, int64_t outer, int *took) {
             return ERR_OK;
         }
         if (sys_now_ms() - t0 > d->dc.timeout_ms) return ERR_OK;
-        struct timespec ts = {0, 50 * 1000000L};
-        nanosleep(&ts, NULL);
+        // The others' state is remote and only served on request: ask again shortly. (A push
+        // when they finish the step would need a control message the channel does not have.)
+        sys_sleep_ms(50);
     }
 }
 
@@ -333,6 +278,7 @@ int diloco_join(diloco *d, float *params, size_t n, long *step) {
 
 int diloco_create(diloco **out, const cfg_diloco *dc, const cfg_net *nc, int rank, int world,
                   uint64_t run_id, const float *params, size_t n) {
+    ASSERT(params != NULL);
     diloco *d = xcalloc(1, sizeof *d);
     d->dc = *dc;
     d->rank = rank;
@@ -340,22 +286,20 @@ int diloco_create(diloco **out, const cfg_diloco *dc, const cfg_net *nc, int ran
     d->run_id = run_id;
     d->n = n;
     pthread_mutex_init(&d->mu, NULL);
-    if (params) { // DDP needs no outer state
-        d->theta_g = xalloc_aligned(n * sizeof(float));
-        d->buf = xalloc_aligned(n * sizeof(float));
-        d->delta = xalloc_aligned(n * sizeof(float));
-        memcpy(d->theta_g, params, n * sizeof(float));
-        memset(d->buf, 0, n * sizeof(float));
-        memset(d->delta, 0, n * sizeof(float));
-    }
+    d->theta_g = xalloc_aligned(n * sizeof(float));
+    d->buf = xalloc_aligned(n * sizeof(float));
+    d->delta = xalloc_aligned(n * sizeof(float));
+    memcpy(d->theta_g, params, n * sizeof(float));
+    memset(d->buf, 0, n * sizeof(float));
+    memset(d->delta, 0, n * sizeof(float));
     int rc = ERR_OK;
     if (world > 1) {
         d->ctl_addr = xcalloc((size_t)world, sizeof *d->ctl_addr);
-        rc = open_mesh(&d->mesh, d->ctl_addr, nc, rank, world);
+        rc = diloco_open_mesh(&d->mesh, d->ctl_addr, nc, rank, world, 0xD11C0);
         // The control server is up before we wait for the mesh: a peer connected to us can ask.
-        if (!rc && params) rc = net_rep_create(&d->ctl, d->ctl_addr[rank], serve, d);
+        if (!rc) rc = net_rep_create(&d->ctl, d->ctl_addr[rank], serve, d);
         if (!rc) rc = ar_create(&d->ar, d->mesh, rank, world, run_id, n, wire_dtype(dc->dtype));
-        if (!rc) wait_connected(d, dc->timeout_ms);
+        if (!rc) diloco_wait_connected(d->mesh, rank, world, dc->timeout_ms, "diloco");
     }
     if (rc) {
         diloco_destroy(d);
@@ -473,29 +417,24 @@ int diloco_load(diloco *d, ckpt_reader *r) {
 
 const float *diloco_theta_g(const diloco *d) { return d->theta_g; }
 
-void diloco_get_stats(diloco *d, train_sync_stats *st) {
+void diloco_get_stats(diloco *d, diloco_stats *st) {
     memset(st, 0, sizeof *st);
-    st->modes = d->theta_g ? TRAIN_SYNC_DILOCO : TRAIN_SYNC_DDP;
     st->exchanges = d->exchanges;
     st->bytes_sent = d->bytes_sent;
     st->bytes_recv = d->bytes_recv;
     st->msgs_dropped = d->msgs_dropped;
-    st->outer_steps = d->theta_g ? (uint64_t)d->outer_steps : 0;
-    uint64_t calls = d->theta_g ? (uint64_t)d->outer_steps : d->exchanges;
-    st->latency_ms = calls ? d->ms_sum / (double)calls : 0;
+    st->outer_steps = (uint64_t)d->outer_steps;
+    st->allreduce_ms = d->outer_steps ? d->ms_sum / (double)d->outer_steps : 0;
 }
 
 void diloco_destroy(diloco *d) {
     if (!d) return;
-    if (d->world > 1 && d->theta_g)
+    if (d->world > 1)
         LOG_I("diloco",
               "done outer_steps=%lld shared=%llu sent_mb=%.2f (membership %llu bytes, state "
               "requests %llu bytes)",
               (long long)d->outer_steps, (unsigned long long)d->exchanges, d->bytes_sent / 1e6,
               (unsigned long long)d->agree_sent, (unsigned long long)d->ctl_sent);
-    else if (d->world > 1)
-        LOG_I("ddp", "done steps_averaged=%llu sent_mb=%.2f", (unsigned long long)d->exchanges,
-              d->bytes_sent / 1e6);
     net_rep_destroy(d->ctl);
     ar_destroy(d->ar);
     net_mesh_destroy(d->mesh);
@@ -510,20 +449,13 @@ void diloco_destroy(diloco *d) {
 int diloco_handshake(diloco *d, const char *hello, const char *peers, int allow_alone) {
     if (d->world < 2) return ERR_OK;
     return hello_start(d->mesh, d->rank, d->world, peers, hello, d->dc.timeout_ms, allow_alone,
-                       d->theta_g ? "diloco" : "ddp", NULL);
+                       "diloco", NULL);
 }
 
-// ---- train_sync adapters ---------------------------------------------------------------------
+// ---- train_sync adapter ----------------------------------------------------------------------
 
 static int sync_after_step(void *ctx, float *params, size_t n, long step) {
     return diloco_after_step(ctx, params, n, step);
-}
-
-static int sync_ddp(void *ctx, float *grads, size_t n, long step) {
-    diloco *d = ctx;
-    int rc = reduce(d, grads, n, (uint64_t)step, NULL, 0, "DDP step");
-    if (!rc && d->world > 1) d->exchanges++;
-    return rc;
 }
 
 static int sync_save(void *ctx, ckpt_writer *w) { return diloco_save(ctx, w); }
@@ -532,39 +464,38 @@ static int sync_join(void *ctx, float *params, size_t n, long *step) {
 }
 static int sync_load(void *ctx, ckpt_reader *r) { return diloco_load(ctx, r); }
 
-static void sync_stats(void *ctx, train_sync_stats *st) { diloco_get_stats(ctx, st); }
+static void sync_metrics(void *ctx, train_sync_metrics *m) {
+    diloco_stats st;
+    diloco_get_stats(ctx, &st);
+    m->exchanges += st.exchanges;
+    m->bytes_sent += st.bytes_sent;
+    m->bytes_recv += st.bytes_recv;
+    m->msgs_dropped += st.msgs_dropped;
+    train_sync_metric(m, "diloco_outer_steps", "outer", (double)st.outer_steps, 0);
+    train_sync_metric(m, "diloco_allreduce_ms", NULL, st.allreduce_ms, 3);
+}
 
 static void sync_destroy(void *ctx) { diloco_destroy(ctx); }
 
-int diloco_sync_factory(train_sync *out, const cfg *c, int rank, int world, uint64_t run_id,
-                        const float *params, size_t n_params) {
+int diloco_sync_create(train_sync *out, const cfg_diloco *dc, const cfg_net *nc,
+                       const train_sync_run *run, const float *params, size_t n_params) {
     memset(out, 0, sizeof *out);
-    int ddp = strcmp(c->train.mode, "ddp") == 0;
-    if (ddp && c->diloco.H > 0)
-        return err_set(ERR_INVAL, "train.mode = ddp and diloco.H > 0 do not combine");
-    if (!(ddp && world > 1) && c->diloco.H <= 0) return ERR_OK;
     diloco *d;
-    int rc = diloco_create(&d, &c->diloco, &c->net, rank, world, run_id ^ 0xD11C0ull,
-                           ddp ? NULL : params, n_params);
+    int rc = diloco_create(&d, dc, nc, run->rank, run->world, run->run_id ^ 0xD11C0ull, params,
+                           n_params);
     if (rc) return rc;
-    char hello[NET_HELLO_MAX];
-    hello_text(c, world, hello, sizeof hello);
-    if ((rc = diloco_handshake(d, hello, c->net.peers, c->net.allow_alone))) {
+    if ((rc = diloco_handshake(d, run->hello, nc->peers, nc->allow_alone))) {
         diloco_destroy(d);
         return rc;
     }
     out->ctx = d;
-    out->get_stats = sync_stats;
+    out->after_step = sync_after_step;
+    out->save = sync_save;
+    out->load = sync_load;
+    out->join = sync_join;
+    out->get_metrics = sync_metrics;
     out->destroy = sync_destroy;
-    if (ddp) {
-        out->after_backward = sync_ddp;
-    } else {
-        out->after_step = sync_after_step;
-        out->save = sync_save;
-        out->load = sync_load;
-        out->join = sync_join;
-        LOG_I("diloco", "H=%d lr=%g momentum=%g nesterov=%d dtype=%s peers=%d", c->diloco.H,
-              c->diloco.lr, c->diloco.momentum, c->diloco.nesterov, c->diloco.dtype, world);
-    }
+    LOG_I("diloco", "H=%d lr=%g momentum=%g nesterov=%d dtype=%s peers=%d", dc->H, dc->lr,
+          dc->momentum, dc->nesterov, cfg_dtype_str(dc->dtype), run->world);
     return ERR_OK;
 }

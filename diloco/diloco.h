@@ -1,9 +1,9 @@
 // diloco.h: DiLoCo outer steps (Douillard et al., "DiLoCo: Distributed Low-Communication Training
-// of Language Models", sec. 2, Algorithm 1) and the DDP baseline, over a ring all-reduce
-// (allreduce.h) on a mesh of their own. Every H inner steps each peer computes the pseudo-gradient
-// delta = theta_g - theta_local, averages it over all peers, and applies SGD with Nesterov momentum
-// in PyTorch semantics; then theta_local = theta_g. The inner AdamW state is kept. Trainer thread
-// only.
+// of Language Models", sec. 2, Algorithm 1), over a ring all-reduce (allreduce.h) on a mesh of
+// its own (the DDP baseline, ddp.h, uses the same all-reduce). Every H inner steps each peer
+// computes the pseudo-gradient delta = theta_g - theta_local, averages it over all peers, and
+// applies SGD with Nesterov momentum in PyTorch semantics; then theta_local = theta_g. The inner
+// AdamW state is kept. Trainer thread only.
 #ifndef DILOCO_H
 #define DILOCO_H
 
@@ -16,6 +16,15 @@
 
 typedef struct diloco diloco;
 
+// The cumulative counters of a diloco (diloco_get_stats).
+typedef struct diloco_stats {
+    uint64_t exchanges;              // outer steps shared with at least one other peer
+    uint64_t bytes_sent, bytes_recv; // all-reduce, membership and control-channel bytes
+    uint64_t msgs_dropped;           // all-reduce messages ignored (another run or tag, malformed)
+    uint64_t outer_steps;            // outer steps taken
+    double allreduce_ms;             // mean time of an outer step's all-reduce
+} diloco_stats;
+
 // diloco_outer_update applies one outer step to theta_g(n) with the averaged pseudo-gradient
 // delta(n) and momentum buffer buf(n), as torch.optim.SGD(lr, momentum=mu, nesterov):
 //   buf = delta (first step) or mu*buf + delta;  update = delta + mu*buf (Nesterov) or buf;
@@ -25,9 +34,9 @@ void diloco_outer_update(float *theta_g, float *buf, const float *delta, size_t 
                          float mu, int nesterov, int first);
 
 // diloco_create starts DiLoCo for this peer: theta_g is a copy of params(n) (identical on all
-// peers at step 0: same seed), the momentum is zero. With world > 1 it opens its own mesh on the
-// ports of net.peers shifted by world and (DiLoCo, not DDP) serves its outer state on the port
-// shifted by 2 world (see README), then waits up to timeout_ms for the peers.
+// peers at step 0: same seed; params must not be NULL), the momentum is zero. With world > 1 it
+// opens its own mesh on the ports of net.peers shifted by world and serves its outer state on the
+// port shifted by 2 world (see README), then waits up to timeout_ms for the peers.
 // Every buffer (theta_g, momentum, delta and the all-reduce's) is allocated here. On success
 // the caller owns *out (diloco_destroy). Returns ERR_OK, ERR_INVAL or ERR_NET.
 int diloco_create(diloco **out, const cfg_diloco *dc, const cfg_net *nc, int rank, int world,
@@ -57,9 +66,8 @@ int diloco_load(diloco *d, ckpt_reader *r);
 // diloco_theta_g returns the global parameters (owned by d; never aliases the live params).
 const float *diloco_theta_g(const diloco *d);
 
-// diloco_get_stats fills the modes (DiLoCo or DDP), bytes sent/received, the outer steps taken and
-// the exchanges shared with another peer (outer steps, or DDP steps).
-void diloco_get_stats(diloco *d, train_sync_stats *st);
+// diloco_get_stats fills *st with the cumulative counters. Trainer thread only.
+void diloco_get_stats(diloco *d, diloco_stats *st);
 
 // diloco_handshake checks the peers of the all-reduce mesh as sparta_handshake does (hello.h),
 // waiting at most diloco.timeout_ms. No-op alone. Trainer thread, once, right after
@@ -69,10 +77,14 @@ int diloco_handshake(diloco *d, const char *hello, const char *peers, int allow_
 // diloco_destroy closes the mesh and frees everything. NULL-safe.
 void diloco_destroy(diloco *d);
 
-// diloco_sync_factory is a train_sync_factory for the all-reduce based modes: DDP when
-// train.mode = ddp and there are peers (gradients averaged after every backward pass), DiLoCo
-// when diloco.H > 0, else no sync.
-int diloco_sync_factory(train_sync *out, const cfg *c, int rank, int world, uint64_t run_id,
-                        const float *params, size_t n_params);
+// diloco_sync_create builds DiLoCo as a train_sync (the caller decides that it runs: diloco.H > 0,
+// alone or with peers): diloco_create for peer run->rank of run->world with params(n_params) and a
+// run id derived from run->run_id, then diloco_handshake with run->hello. The hooks are
+// after_step, save, load, join and get_metrics, which reports the common counters and
+// diloco_outer_steps and diloco_allreduce_ms. On success *out owns the diloco (out->destroy); on
+// failure *out is zeroed. Returns ERR_OK or the error of diloco_create or diloco_handshake.
+// Trainer thread.
+int diloco_sync_create(train_sync *out, const cfg_diloco *dc, const cfg_net *nc,
+                       const train_sync_run *run, const float *params, size_t n_params);
 
 #endif

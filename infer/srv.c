@@ -111,7 +111,7 @@ static int load_model(srv_server *s, const char *path, srv_model **out) {
     }
     m->eot = tok_eot(m->tok);
     m->path = xstrdup(path);
-    m->loaded = (long long)time(NULL);
+    m->loaded = (long long)sys_wall_time().tv_sec;
     struct stat st;
     m->bytes = stat(path, &st) == 0 ? (long long)st.st_size : 0;
     m->logits = xmalloc((size_t)s->max_batch * (size_t)m->V * sizeof(float));
@@ -134,6 +134,7 @@ static enum MHD_Result reply(srv_server *s, struct MHD_Connection *c, int ep, in
                              const char *ctype, char *body) {
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+    if (!resp) err_oom("libmicrohttpd response", 0);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     if (status == 401) MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     if (status == 405)
@@ -244,7 +245,7 @@ static enum MHD_Result start_generation(srv_server *s, struct MHD_Connection *c,
     r->srv = s;
     r->ep = x->ep;
     r->slot = -1;
-    r->created = (long long)time(NULL);
+    r->created = (long long)sys_wall_time().tv_sec;
     r->t_arrive = sys_now_ms();
     pthread_mutex_lock(&s->mu);
     srv_model *m = s->cur;
@@ -255,7 +256,7 @@ static enum MHD_Result start_generation(srv_server *s, struct MHD_Connection *c,
     r->refs = 1;
     snprintf(r->id, sizeof r->id, "%s-%llu", x->ep == SRV_EP_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long long)id);
-    r->sp.seed = rng_u64((uint64_t)time(NULL), id) >> 1; // used when the request has no seed
+    r->sp.seed = rng_u64((uint64_t)r->created, id) >> 1; // used when the request has no seed
     char msg[1024];
     if (srv_api_parse(r, s, m, x->body ? x->body : "", x->body_len, msg, sizeof msg)) {
         pthread_mutex_lock(&s->mu);
@@ -292,6 +293,7 @@ static enum MHD_Result start_generation(srv_server *s, struct MHD_Connection *c,
     pthread_mutex_unlock(&s->mu);
     struct MHD_Response *resp =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_reader, r, NULL);
+    if (!resp) err_oom("libmicrohttpd response", 0);
     int ollama = x->ep == SRV_EP_GENERATE || x->ep == SRV_EP_OCHAT;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                             ollama ? "application/x-ndjson" : "text/event-stream");
@@ -423,7 +425,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         x->req->conn = NULL;
         if (!x->req->done) pthread_cond_signal(&s->wake);
         srv_req_release(s, x->req);
-        s->n_conn_reqs--;
+        if (--s->n_conn_reqs == 0) pthread_cond_broadcast(&s->conns);
         pthread_mutex_unlock(&s->mu);
     }
     free(x->body);
@@ -467,12 +469,8 @@ static void *reload_main(void *arg) {
     struct stat refused_st = {0};
     pthread_mutex_lock(&s->mu);
     while (!s->stopping) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        long long ns = ts.tv_nsec + (long long)s->reload_ms * 1000000;
-        ts.tv_sec += (time_t)(ns / 1000000000);
-        ts.tv_nsec = (long)(ns % 1000000000);
-        pthread_cond_timedwait(&s->rwake, &s->mu, &ts);
+        struct timespec dl = sys_deadline(s->reload_ms);
+        pthread_cond_timedwait(&s->rwake, &s->mu, &dl);
         if (s->stopping) break;
         char *cur = xstrdup(s->cur->path);
         pthread_mutex_unlock(&s->mu);
@@ -591,7 +589,8 @@ int srv_create(srv_server **out, const char *path, const srv_config *c) {
     s->stream_buffer = c->stream_buffer ? (size_t)c->stream_buffer : 65536;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->wake, NULL);
-    pthread_cond_init(&s->rwake, NULL);
+    sys_cond_init(&s->rwake);
+    sys_cond_init(&s->conns);
     srv_metrics_init(&s->metrics);
     char *file = NULL;
     int rc = ckdir_resolve(path, &file);
@@ -646,15 +645,13 @@ void srv_destroy(srv_server *s) {
     if (s->reloader_started) pthread_join(s->reloader, NULL);
     if (s->sched_started) pthread_join(s->sched, NULL); // ends every request, resumes them
     // Let the resumed connections send their last bytes: libmicrohttpd must not be stopped
-    // with a suspended connection. At most 2 s (a deadline, not a count of sleeps, which load
-    // stretches), in case a client stopped reading.
-    for (double until = sys_now_ms() + 2000;;) {
-        pthread_mutex_lock(&s->mu);
-        int n = s->n_conn_reqs;
-        pthread_mutex_unlock(&s->mu);
-        if (n == 0 || !s->mhd || sys_now_ms() > until) break;
-        usleep(1000);
-    }
+    // with a suspended connection. At most 2 s, in case a client stopped reading; on_completed
+    // signals s->conns as each one ends.
+    struct timespec dl = sys_deadline(2000);
+    pthread_mutex_lock(&s->mu);
+    while (s->mhd && s->n_conn_reqs > 0)
+        if (pthread_cond_timedwait(&s->conns, &s->mu, &dl) == ETIMEDOUT) break;
+    pthread_mutex_unlock(&s->mu);
     if (s->mhd) MHD_stop_daemon(s->mhd);
     pthread_mutex_lock(&s->mu);
     srv_model_release(s, s->cur);
@@ -662,6 +659,7 @@ void srv_destroy(srv_server *s) {
     srv_metrics_fini(&s->metrics);
     pthread_cond_destroy(&s->wake);
     pthread_cond_destroy(&s->rwake);
+    pthread_cond_destroy(&s->conns);
     pthread_mutex_destroy(&s->mu);
     free(s->path);
     free(s->host);

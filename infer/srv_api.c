@@ -13,6 +13,7 @@
 
 #include "infer/srv_impl.h"
 #include "train/base/err.h"
+#include "train/base/sys.h"
 
 static int is_ollama(int ep) { return ep == SRV_EP_GENERATE || ep == SRV_EP_OCHAT; }
 static int is_chat(int ep) { return ep == SRV_EP_CHAT || ep == SRV_EP_OCHAT; }
@@ -257,10 +258,7 @@ void srv_api_req_free(srv_req *r) {
 static char *dump(json_t *o, int ep, int framed) {
     char *j = json_dumps(o, JSON_COMPACT);
     json_decref(o);
-    if (!j) {
-        fprintf(stderr, "out of memory (json_dumps)\n");
-        abort();
-    }
+    if (!j) err_oom("json_dumps", 0);
     if (!framed) return j;
     size_t n = strlen(j);
     char *f = xmalloc(n + 16);
@@ -274,8 +272,7 @@ static char *dump(json_t *o, int ep, int framed) {
 
 // iso_time formats the current time as RFC 3339 with nanoseconds (Ollama's created_at).
 static void iso_time(char *out, size_t n) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    struct timespec ts = sys_wall_time();
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
     char d[32];

@@ -124,7 +124,8 @@ struct srv_server {
     char mhd_err[512]; // libmicrohttpd's last log message (explains a failed start)
     pthread_mutex_t mu;
     pthread_cond_t wake;  // scheduler: work arrived or stop
-    pthread_cond_t rwake; // reloader: stop
+    pthread_cond_t rwake; // reloader: stop (CLOCK_MONOTONIC, sys_cond_init)
+    pthread_cond_t conns; // srv_destroy: n_conn_reqs reached 0 (CLOCK_MONOTONIC)
     srv_model *cur;       // shared: the model new requests bind to
     srv_req *q_head, *q_tail;
     int n_queued, n_active; // shared: waiting and decoding requests

@@ -86,10 +86,7 @@ char *srv_metrics_render(srv_metrics *m, int64_t step, int active, int queued, i
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
-    if (!f) {
-        fprintf(stderr, "out of memory (open_memstream)\n");
-        abort();
-    }
+    if (!f) err_oom("open_memstream", 0);
     pthread_mutex_lock(&m->mu);
     fprintf(f, "# HELP spartan_requests_total HTTP requests by route and status.\n"
                "# TYPE spartan_requests_total counter\n");

@@ -13,13 +13,13 @@
 // posted or not yet) -> CLOSING (the trainer reads it; the exchanger keeps off) -> DONE.
 #include "sparta/sparta.h"
 
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "sparta/peer/hello.h"
 #include "sparta/peer/net.h"
@@ -61,8 +61,9 @@ struct sparta_exchanger {
     pthread_t thread;
     int thread_started;
     atomic_int stop;
+    atomic_int starting; // sparta_create waits for the peers: watch them closely
     pthread_mutex_t mu;
-    pthread_cond_t cv;
+    pthread_cond_t cv; // (CLOCK_MONOTONIC) a round completed or was sent, a peer came or went
     int nslots;
     slot *slots;
     int64_t last_posted; // newest round posted by the trainer
@@ -74,7 +75,8 @@ struct sparta_exchanger {
     int *present;
     // exchanger scratch
     uint8_t *sendbuf;
-    int *connected;
+    int *connected;  // [world] the pipe to the peer was up at the last watch_peers
+    int peers_up;    // (under mu) how many of them: sparta_create waits for all of them
     int *hello_seen; // [world] the peer's hello on its current pipe was checked
     char *hello;     // ours (set by sparta_handshake), NULL before
     char *theirs;    // (NET_HELLO_MAX + 1) scratch
@@ -306,10 +308,14 @@ static void check_hello(sparta_exchanger *ex, int p) {
         LOG_E("sparta", "peer=%d runs another configuration (%s): its values are refused", p, diff);
 }
 
+// watch_peers notes which peers are connected, logs the changes and wakes a sparta_create that
+// waits for them. Exchanger thread.
 static void watch_peers(sparta_exchanger *ex) {
+    int n_up = 0, changed = 0;
     for (int p = 0; p < ex->world; p++) {
         if (p == ex->rank) continue;
         int up = net_connected(ex->mesh, p);
+        n_up += up;
         if (up) check_hello(ex, p);
         if (!up) ex->hello_seen[p] = 0;
         if (up == ex->connected[p]) continue;
@@ -318,12 +324,19 @@ static void watch_peers(sparta_exchanger *ex) {
         else
             LOG_W("sparta", "peer=%d disconnected", p);
         ex->connected[p] = up;
+        changed = 1;
     }
+    if (!changed) return;
+    pthread_mutex_lock(&ex->mu);
+    ex->peers_up = n_up;
+    pthread_cond_broadcast(&ex->cv);
+    pthread_mutex_unlock(&ex->mu);
 }
 
 static void *exchanger_main(void *arg) {
     sparta_exchanger *ex = arg;
-    double last_watch = 0;
+    watch_peers(ex); // at once: sparta_create waits for the peers
+    double last_watch = sys_now_ms();
     while (!atomic_load(&ex->stop)) {
         for (;;) { // send every posted round not sent yet
             slot *s = NULL;
@@ -345,14 +358,17 @@ static void *exchanger_main(void *arg) {
         int peer;
         void *msg;
         size_t len;
-        int rc = net_recv(ex->mesh, 100, &peer, &msg, &len); // net_wake on new work
+        // Peers are watched every 100 ms, every 10 ms while sparta_create waits for them (net.h
+        // has no event for a pipe coming up). net_wake brings new work at once.
+        int watch_ms = atomic_load(&ex->starting) ? 10 : 100;
+        int rc = net_recv(ex->mesh, watch_ms, &peer, &msg, &len);
         if (rc == ERR_CLOSED) break;
         if (rc == ERR_OK) {
             file_message(ex, peer, msg, len);
             net_msg_free(msg);
         }
         double t = sys_now_ms();
-        if (t - last_watch > 100) {
+        if (t - last_watch >= watch_ms) {
             watch_peers(ex);
             last_watch = t;
         }
@@ -472,22 +488,9 @@ static void resolve(sparta_exchanger *ex, float *params, long step, int64_t forc
     }
 }
 
-// deadline_in returns the absolute CLOCK_REALTIME time timeout_ms from now.
-static struct timespec deadline_in(int timeout_ms) {
-    struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += timeout_ms / 1000;
-    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000L;
-    }
-    return dl;
-}
-
 // wait_complete waits (mu held) until slot s holds round with every peer's values.
 static int wait_complete(sparta_exchanger *ex, slot *s, int64_t round, int timeout_ms) {
-    struct timespec dl = deadline_in(timeout_ms);
+    struct timespec dl = sys_deadline(timeout_ms);
     while (!(s->round == round && s->state == S_OPEN && slot_ready(ex, s)))
         if (pthread_cond_timedwait(&ex->cv, &ex->mu, &dl) != 0) break;
     return s->round == round && s->state == S_OPEN && slot_ready(ex, s);
@@ -541,12 +544,11 @@ int sparta_after_step(sparta_exchanger *ex, float *params, size_t n, long step) 
     return ERR_OK;
 }
 
-void sparta_get_stats(sparta_exchanger *ex, train_sync_stats *st) {
+void sparta_get_stats(sparta_exchanger *ex, sparta_stats *st) {
     net_stats ns;
     net_get_stats(ex->mesh, &ns);
     pthread_mutex_lock(&ex->mu);
     memset(st, 0, sizeof *st);
-    st->modes = TRAIN_SYNC_SPARTA;
     // Values sent to a connected peer count too: a peer that finishes its last step before
     // the others send their first round (a short run on a busy host) still exchanged.
     st->exchanges = ex->rounds_done + ex->rounds_late + ex->msgs_filed + ns.msgs_sent;
@@ -581,30 +583,31 @@ static int split_peers(const char *list, char *buf, size_t bn, const char **peer
 }
 
 // wait_for_peers gives the mesh up to timeout_ms to connect every peer before training starts,
-// so the first rounds are not lost to peers that are still starting. Training goes on after the
-// timeout; missing peers are picked up when they come.
+// so the first rounds are not lost to peers that are still starting. It waits on ex->cv, which
+// the exchanger thread (watch_peers) signals when a peer comes, waking every 5 s to say so.
+// Training goes on after the timeout; missing peers are picked up when they come. Trainer thread.
 static void wait_for_peers(sparta_exchanger *ex) {
-    double t0 = sys_now_ms(), last_log = t0;
+    double t0 = sys_now_ms();
+    struct timespec end = sys_deadline(ex->sc.timeout_ms);
+    pthread_mutex_lock(&ex->mu);
     for (;;) {
-        int up = 1;
-        for (int p = 0; p < ex->world; p++)
-            if (p != ex->rank && !net_connected(ex->mesh, p)) up = 0;
+        if (ex->peers_up == ex->world - 1) break;
         double t = sys_now_ms();
-        if (up) {
-            LOG_I("sparta", "all %d peers connected after %.0f ms", ex->world, t - t0);
-            return;
-        }
-        if (t - t0 > ex->sc.timeout_ms) { // sparta_handshake names them and says why
-            LOG_I("sparta", "not every peer connected after %d ms", ex->sc.timeout_ms);
-            return;
-        }
-        if (t - last_log > 5000) {
-            LOG_I("sparta", "waiting for peers (%.0f s)", (t - t0) / 1e3);
-            last_log = t;
-        }
-        struct timespec ts = {0, 10 * 1000000L};
-        nanosleep(&ts, NULL);
+        int last = t - t0 + 5000 >= ex->sc.timeout_ms;
+        struct timespec dl = last ? end : sys_deadline(5000);
+        if (pthread_cond_timedwait(&ex->cv, &ex->mu, &dl) != ETIMEDOUT) continue;
+        if (last) break;
+        pthread_mutex_unlock(&ex->mu);
+        LOG_I("sparta", "waiting for peers (%.0f s)", (sys_now_ms() - t0) / 1e3);
+        pthread_mutex_lock(&ex->mu);
     }
+    int all = ex->peers_up == ex->world - 1;
+    atomic_store(&ex->starting, 0);
+    pthread_mutex_unlock(&ex->mu);
+    if (all)
+        LOG_I("sparta", "all %d peers connected after %.0f ms", ex->world, sys_now_ms() - t0);
+    else // sparta_handshake names them and says why
+        LOG_I("sparta", "not every peer connected after %d ms", ex->sc.timeout_ms);
 }
 
 int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *nc, int rank,
@@ -620,10 +623,10 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *n
     ex->seed = seed;
     ex->run_id = run_id;
     ex->n = n_params;
-    ex->selector = strcmp(sc->selector, "partitioned") == 0 ? SELECT_PARTITIONED : SELECT_RANDOM;
-    ex->dtype = strcmp(sc->dtype, "bf16") == 0 ? WIRE_BF16 : WIRE_FP32;
-    ex->correct = strcmp(sc->apply, "correct") == 0;
-    ex->ring = strcmp(sc->reduce, "ring") == 0;
+    ex->selector = sc->selector == CFG_SELECT_PARTITIONED ? SELECT_PARTITIONED : SELECT_RANDOM;
+    ex->dtype = sc->dtype == CFG_DTYPE_BF16 ? WIRE_BF16 : WIRE_FP32; // the key has no int8
+    ex->correct = sc->apply == CFG_APPLY_CORRECT;
+    ex->ring = sc->reduce == CFG_REDUCE_RING;
     if (ex->ring && select_k(sc->p, n_params) < (size_t)world) {
         free(ex);
         return err_set(ERR_INVAL,
@@ -637,7 +640,7 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *n
     ex->nslots = sc->max_stale / sc->every + 3;
     ex->last_posted = 0;
     pthread_mutex_init(&ex->mu, NULL);
-    pthread_cond_init(&ex->cv, NULL);
+    sys_cond_init(&ex->cv);
     ex->slots = xcalloc((size_t)ex->nslots, sizeof(slot));
     for (int i = 0; i < ex->nslots; i++) {
         ex->slots[i].round = -1;
@@ -666,7 +669,7 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *n
     free(buf);
     if (!rc)
         net_set_link(ex->mesh, nc->rate_mbit, nc->delay_ms, nc->loss, 0x5A17A + (uint64_t)rank);
-    if (!rc) wait_for_peers(ex);
+    atomic_store(&ex->starting, 1); // until wait_for_peers returns
     if (!rc && pthread_create(&ex->thread, NULL, exchanger_main, ex) != 0)
         rc = err_set(ERR_NOMEM, "sparta: cannot start the exchanger thread");
     if (rc) {
@@ -674,11 +677,13 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *n
         return rc;
     }
     ex->thread_started = 1;
+    wait_for_peers(ex);
     LOG_I("sparta",
           "rank=%d/%d k=%zu (p=%g of %zu) every=%d max_stale=%d selector=%s apply=%s "
           "dtype=%s sync=%d",
-          rank, world, ex->kmax, sc->p, n_params, sc->every, sc->max_stale, sc->selector, sc->apply,
-          sc->dtype, sc->sync);
+          rank, world, ex->kmax, sc->p, n_params, sc->every, sc->max_stale,
+          cfg_selector_str(sc->selector), cfg_apply_str(sc->apply), cfg_dtype_str(sc->dtype),
+          sc->sync);
     *out = ex;
     return ERR_OK;
 }
@@ -727,29 +732,38 @@ static int sync_after_step(void *ctx, float *params, size_t n, long step) {
     return sparta_after_step(ctx, params, n, step);
 }
 
-static void sync_stats(void *ctx, train_sync_stats *st) { sparta_get_stats(ctx, st); }
+static void sync_metrics(void *ctx, train_sync_metrics *m) {
+    sparta_stats st;
+    sparta_get_stats(ctx, &st);
+    m->exchanges += st.exchanges;
+    m->bytes_sent += st.bytes_sent;
+    m->bytes_recv += st.bytes_recv;
+    m->msgs_dropped += st.msgs_dropped;
+    train_sync_metric(m, "sparta_rounds_done", "rounds", (double)st.rounds_done, 0);
+    train_sync_metric(m, "sparta_rounds_late", "late", (double)st.rounds_late, 0);
+    train_sync_metric(m, "sparta_rounds_dropped", "dropped", (double)st.rounds_dropped, 0);
+    train_sync_metric(m, "sparta_stale_mean", "stale", st.stale_mean, 3);
+    train_sync_metric(m, "sparta_stale_max", "stale_max", st.stale_max, 0);
+    train_sync_metric(m, "sparta_xchg_ms", "xchg_ms", st.latency_ms, 3);
+}
 
 static void sync_destroy(void *ctx) { sparta_destroy(ctx); }
 
-int sparta_sync_factory(train_sync *out, const cfg *c, int rank, int world, uint64_t run_id,
-                        const float *params, size_t n_params) {
-    (void)params;
+int sparta_sync_create(train_sync *out, const cfg_sparta *sc, const cfg_net *nc,
+                       const train_sync_run *run, uint64_t seed, size_t n_params) {
     memset(out, 0, sizeof *out);
-    if (world < 2 || c->sparta.p <= 0 || strcmp(c->train.mode, "ddp") == 0) return ERR_OK;
     sparta_exchanger *ex;
     // Index sets depend on this code: peers on builds that select differently must not mix.
-    uint64_t id = rng_hash(run_id ^ SPARTA_SELECT_VERSION);
-    int rc = sparta_create(&ex, &c->sparta, &c->net, rank, world, c->train.seed, id, n_params);
+    uint64_t id = rng_hash(run->run_id ^ SPARTA_SELECT_VERSION);
+    int rc = sparta_create(&ex, sc, nc, run->rank, run->world, seed, id, n_params);
     if (rc) return rc;
-    char hello[NET_HELLO_MAX];
-    hello_text(c, world, hello, sizeof hello);
-    if ((rc = sparta_handshake(ex, hello, c->net.peers, c->net.allow_alone))) {
+    if ((rc = sparta_handshake(ex, run->hello, nc->peers, nc->allow_alone))) {
         sparta_destroy(ex);
         return rc;
     }
     out->ctx = ex;
     out->after_step = sync_after_step;
-    out->get_stats = sync_stats;
+    out->get_metrics = sync_metrics;
     out->destroy = sync_destroy;
     return ERR_OK;
 }

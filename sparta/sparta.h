@@ -16,8 +16,22 @@
 
 typedef struct sparta_exchanger sparta_exchanger;
 
-// sparta_create connects to the world peers listed in nc->peers (this one is peers[rank]) and
-// starts the exchanger thread for a model of n_params parameters. seed keys the index sets;
+// The cumulative counters of an exchanger (sparta_get_stats).
+typedef struct sparta_stats {
+    uint64_t exchanges; // rounds applied with another peer's values, values filed from a peer,
+                        // and messages sent to a connected peer (0: nothing was ever exchanged)
+    uint64_t bytes_sent, bytes_recv; // message bytes handed to / received from the mesh
+    uint64_t rounds_done;            // rounds applied with every peer's values
+    uint64_t rounds_late;            // rounds applied at the deadline with some peers left out
+    uint64_t rounds_dropped;         // rounds dropped at the deadline (no other peer's values)
+    uint64_t msgs_dropped;           // malformed, foreign, duplicate or too-late messages
+    double stale_mean, stale_max;    // steps between posting a round and applying it
+    double latency_ms;               // mean time from posting a round to its completion
+} sparta_stats;
+
+// sparta_create connects to the world peers listed in nc->peers (this one is peers[rank]),
+// starts the exchanger thread for a model of n_params parameters and waits up to sc->timeout_ms
+// for every peer to connect (training starts without the missing ones). seed keys the index sets;
 // run_id tags every message (messages of another run are dropped). Buffers for
 // max_stale / every + 3 rounds are allocated here, once. On success the caller owns *out
 // (sparta_destroy). Returns ERR_OK, ERR_INVAL (bad config, world < 2) or ERR_NET (cannot listen).
@@ -49,15 +63,21 @@ int sparta_after_step(sparta_exchanger *ex, float *params, size_t n, long step);
 // it applies nothing. Trainer thread only.
 int sparta_wait_round(sparta_exchanger *ex, long round, int timeout_ms);
 
-// sparta_get_stats fills the cumulative counters. Trainer thread only.
-void sparta_get_stats(sparta_exchanger *ex, train_sync_stats *st);
+// sparta_get_stats fills *st with the cumulative counters. Trainer thread only.
+void sparta_get_stats(sparta_exchanger *ex, sparta_stats *st);
 
 // sparta_destroy stops the exchanger thread, closes the mesh and frees everything. NULL-safe.
 void sparta_destroy(sparta_exchanger *ex);
 
-// sparta_sync_factory is a train_sync_factory: SPARTA when net.peers lists more than one peer
-// and sparta.p > 0, else no sync.
-int sparta_sync_factory(train_sync *out, const cfg *c, int rank, int world, uint64_t run_id,
-                        const float *params, size_t n_params);
+// sparta_sync_create builds SPARTA as a train_sync for peer run->rank of run->world (>= 2; the
+// caller decides that SPARTA runs: sparta.p > 0, several peers, train.mode = local): it calls
+// sparta_create with seed (train.seed, which keys the index sets) and a run id derived from
+// run->run_id and this build's selection code, then sparta_handshake with run->hello. The hooks
+// are after_step and get_metrics, which reports the common counters and sparta_rounds_done,
+// sparta_rounds_late, sparta_rounds_dropped, sparta_stale_mean, sparta_stale_max and
+// sparta_xchg_ms. On success *out owns the exchanger (out->destroy); on failure *out is zeroed.
+// Returns ERR_OK or the error of sparta_create or sparta_handshake. Trainer thread.
+int sparta_sync_create(train_sync *out, const cfg_sparta *sc, const cfg_net *nc,
+                       const train_sync_run *run, uint64_t seed, size_t n_params);
 
 #endif

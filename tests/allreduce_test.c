@@ -22,18 +22,13 @@
 #include "sparta/peer/wire.h"
 #include "tests/test_util.h"
 #include "train/base/err.h"
+#include "train/base/sys.h"
 
 TestSuite(allreduce, .timeout = 60);
 
 #define RUN_ID  0x5EED0A11ull
 #define MAXP    4
 #define WAIT_MS 20000
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
-}
 
 // ---- a ring of P in-process peers -------------------------------------------------------------
 
@@ -473,9 +468,9 @@ Test(allreduce, world_of_one_is_a_bitwise_noop) {
     float x[8] = {1.5f, -0.0f, NAN, INFINITY, 1e-45f, 3, -7, 0.1f}, y[8];
     memcpy(y, x, sizeof x);
     ar_stats st;
-    double t0 = now_ms();
+    double t0 = sys_now_ms();
     cr_assert_eq(ar_mean(c, x, 8, 1, 1000, &st), ERR_OK, "%s", err_msg());
-    cr_assert_lt(now_ms() - t0, 1000.0); // returns at once (loose: CI machines are noisy)
+    cr_assert_lt(sys_now_ms() - t0, 1000.0); // returns at once (loose: CI machines are noisy)
     cr_assert(memcmp(x, y, sizeof x) == 0, "x changed");
     cr_assert(st.bytes_sent == 0 && st.bytes_recv == 0 && st.msgs_dropped == 0);
     ar_destroy(c);
@@ -490,9 +485,9 @@ Test(allreduce, missing_peer_gives_timeout_and_leaves_x_unchanged) {
         ring_open(&r, P, P - 1, 5000, WIRE_FP32);
         vecs v;
         vecs_fill(&v, P - 1, 5000, 3);
-        double t0 = now_ms();
+        double t0 = sys_now_ms();
         ring_run(&r, v.x, 5000, 1, 300);
-        double ms = now_ms() - t0;
+        double ms = sys_now_ms() - t0;
         for (int k = 0; k < P - 1; k++) {
             cr_assert_eq(r.p[k].rc, ERR_TIMEOUT, "P %d rank %d: %s", P, k, err_str(r.p[k].rc));
             cr_assert(strstr(r.p[k].msg, "300 ms"), "message: %s", r.p[k].msg);
@@ -529,17 +524,18 @@ Test(allreduce, agreement_leaves_out_a_dead_peer_and_the_rest_average_among_them
     ring_open(&r, 3, 2, 3000, WIRE_FP32); // rank 2 never starts
     // The live ranks must see each other before the 300 ms agreement starts: on a loaded machine
     // the pipes can take longer than that to come up (1 of 5 runs failed with "1 members").
-    double tc = now_ms();
-    while (!(net_connected(r.mesh[0], 1) && net_connected(r.mesh[1], 0)) && now_ms() - tc < 10000)
+    double tc = sys_now_ms();
+    while (!(net_connected(r.mesh[0], 1) && net_connected(r.mesh[1], 0)) &&
+           sys_now_ms() - tc < 10000)
         usleep(2000);
     cr_assert(net_connected(r.mesh[0], 1) && net_connected(r.mesh[1], 0), "ranks 0, 1 not up");
     vecs v;
     vecs_fill(&v, 2, 3000, 12);
     for (int i = 0; i < 2; i++)
         r.p[i].agree = 1;
-    double t0 = now_ms();
+    double t0 = sys_now_ms();
     ring_run(&r, v.x, 3000, 9, 300);
-    double ms = now_ms() - t0;
+    double ms = sys_now_ms() - t0;
     ring_expect_ok(&r);
     for (int i = 0; i < 2; i++) {
         cr_assert_eq(r.p[i].nm, 2, "rank %d agreed on %d members", i, r.p[i].nm);
@@ -556,8 +552,9 @@ Test(allreduce, agreement_leaves_out_a_dead_peer_and_the_rest_average_among_them
 Test(allreduce, a_peer_arriving_after_the_decision_learns_it_is_out) {
     ring r;
     ring_open(&r, 2, 2, 1000, WIRE_FP32);
-    double t0 = now_ms();
-    while (!(net_connected(r.mesh[0], 1) && net_connected(r.mesh[1], 0)) && now_ms() - t0 < 5000)
+    double t0 = sys_now_ms();
+    while (!(net_connected(r.mesh[0], 1) && net_connected(r.mesh[1], 0)) &&
+           sys_now_ms() - t0 < 5000)
         usleep(2000);
     vecs v;
     vecs_fill(&v, 2, 1000, 13);
@@ -579,8 +576,8 @@ Test(allreduce, a_peer_arriving_after_the_decision_learns_it_is_out) {
     r.p[0].timeout_ms = 200;
     cr_assert_eq(pthread_create(&th, NULL, peer_main, &r.p[0]), 0);
     // rank 1 looks once rank 0's HERE of tag 6 is on its way (not after a guessed sleep)
-    for (t0 = now_ms(); st0.msgs_sent == sent; net_get_stats(r.mesh[0], &st0)) {
-        cr_assert(now_ms() - t0 < 10000, "rank 0 sent nothing for tag 6");
+    for (t0 = sys_now_ms(); st0.msgs_sent == sent; net_get_stats(r.mesh[0], &st0)) {
+        cr_assert(sys_now_ms() - t0 < 10000, "rank 0 sent nothing for tag 6");
         usleep(1000);
     }
     cr_assert_eq(ar_agree(r.p[1].ctx, 5, 400, mem, &nm, &ahead, NULL), ERR_OK, "%s", err_msg());
@@ -607,8 +604,8 @@ Test(allreduce, group_arguments_are_checked) {
 Test(allreduce, stale_tag_foreign_run_and_garbage_are_dropped_and_counted) {
     ring r;
     ring_open(&r, 2, 2, 3000, WIRE_FP32);
-    double t0 = now_ms();
-    while (!net_connected(r.mesh[0], 1) && now_ms() - t0 < 5000) {
+    double t0 = sys_now_ms();
+    while (!net_connected(r.mesh[0], 1) && sys_now_ms() - t0 < 5000) {
         struct timespec ts = {0, 5000000};
         nanosleep(&ts, NULL);
     }
@@ -689,11 +686,11 @@ Test(allreduce, net_close_aborts_a_waiting_call_with_err_closed) {
     float x[100] = {0};
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, close_later, r.mesh[0]), 0);
-    double t0 = now_ms();
+    double t0 = sys_now_ms();
     int rc = ar_mean(r.p[0].ctx, x, 100, 1, 10000, NULL);
     pthread_join(th, NULL);
     cr_assert_eq(rc, ERR_CLOSED, "%s: %s", err_str(rc), err_msg());
-    cr_assert_lt(now_ms() - t0, 2000.0);
+    cr_assert_lt(sys_now_ms() - t0, 2000.0);
     ring_close(&r);
 }
 

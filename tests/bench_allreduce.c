@@ -26,6 +26,7 @@
 #include "sparta/peer/wire.h"
 #include "tests/test_util.h"
 #include "train/base/err.h"
+#include "train/base/sys.h"
 
 #define N_124M  124439808u
 #define REPS    3
@@ -69,14 +70,14 @@ static double bench_dtype(int dtype, float **x, int base, double *bytes) {
     }
     for (int rep = 0; rep <= REPS; rep++) { // rep 0 warms up (connection, nng buffers)
         pthread_t th[2];
-        double t0 = tu_now_s();
+        double t0 = sys_now_s();
         for (int i = 0; i < 2; i++) {
             p[i].tag = (uint64_t)rep + 1;
             pthread_create(&th[i], NULL, peer_main, &p[i]);
         }
         for (int i = 0; i < 2; i++)
             pthread_join(th[i], NULL);
-        double s = tu_now_s() - t0;
+        double s = sys_now_s() - t0;
         if (p[0].rc || p[1].rc) goto done;
         double gbps = 4.0 * N_124M / s / 1e9;
         fprintf(stderr, "  dtype=%d rep=%d s=%.3f GB/s=%.3f sent=%llu recv=%llu\n", dtype, rep, s,
@@ -139,12 +140,12 @@ int main(void) {
         memset(buf, 0, (size_t)N_124M * sizeof(float));
         double best = 1e9;
         for (int rep = 0; rep < 3; rep++) {
-            double t0 = tu_now_s();
+            double t0 = sys_now_s();
             for (size_t j = 0; j < N_124M; j++)
                 x[1][j] = theta[j] - x[0][j];
             diloco_outer_update(theta, buf, x[1], N_124M, 0.7f, 0.9f, 1, rep == 0);
             memcpy(x[0], theta, (size_t)N_124M * sizeof(float));
-            double dt = tu_now_s() - t0;
+            double dt = sys_now_s() - t0;
             if (dt < best) best = dt;
         }
         double net = 4.0 * N_124M / (gb[0] * 1e9);

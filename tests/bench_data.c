@@ -3,13 +3,13 @@
 // Runs from the repo root, single-threaded.
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "data/data.h"
 #include "data/tok.h"
 #include "tests/test_util.h"
 #include "train/base/err.h"
+#include "train/base/sys.h"
 
 static char *read_file(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
@@ -30,23 +30,23 @@ int main(void) {
         fprintf(stderr, "bench_data: cannot read data/tinyshakespeare.txt (run from repo root)\n");
         return 1;
     }
-    double t0 = tu_now_s();
+    double t0 = sys_now_s();
     tok_tokenizer *t;
     if (tok_gpt2_create(&t, "data/gpt2-encoder.json", "data/gpt2-vocab.bpe") != ERR_OK) {
         fprintf(stderr, "bench_data: %s\n", err_msg());
         return 1;
     }
-    double load = tu_now_s() - t0;
+    double load = sys_now_s() - t0;
     double best = 1e9;
     size_t k = 0;
     for (int rep = 0; rep < 5; rep++) {
         int32_t *ids;
-        double a = tu_now_s();
+        double a = sys_now_s();
         if (tok_encode(t, text, n, &ids, &k) != ERR_OK) {
             fprintf(stderr, "bench_data: %s\n", err_msg());
             return 1;
         }
-        double dt = tu_now_s() - a;
+        double dt = sys_now_s() - a;
         if (dt < best) best = dt;
         free(ids);
     }
@@ -70,11 +70,11 @@ int main(void) {
         return 1;
     }
     int32_t *x = xmalloc(8 * 1024 * sizeof *x), *y = xmalloc(8 * 1024 * sizeof *y);
-    double a = tu_now_s();
+    double a = sys_now_s();
     int steps = 2000;
     for (int i = 0; i < steps; i++)
         data_loader_next(dl, x, y);
-    double dt = tu_now_s() - a;
+    double dt = sys_now_s() - a;
     printf("BENCH loader_tokens_per_s %.0f\n", (double)steps * 8 * 1024 / dt);
     data_loader_destroy(dl);
     data_shard_close(s);

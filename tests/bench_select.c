@@ -4,29 +4,23 @@
 // other processes on a shared machine) of REPS rounds. Single-threaded.
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
 #include "sparta/select.h"
 #include "tests/test_util.h"
 #include "train/base/err.h"
+#include "train/base/sys.h"
 
 #define N_124M 124439808u
 #define REPS   100
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return 1e3 * (double)ts.tv_sec + 1e-6 * (double)ts.tv_nsec;
-}
 
 // time_ms fills res[0] with the median and res[1] with the minimum time of select_indices.
 static int time_ms(int selector, size_t k, uint32_t *out, double res[2]) {
     double t[REPS];
     select_indices(selector, 1234, 0, N_124M, k, out); // warm-up: scratch and page faults
     for (int r = 0; r < REPS; r++) {
-        double t0 = now_ms();
+        double t0 = sys_now_ms();
         size_t m = select_indices(selector, 1234, (uint64_t)r + 1, N_124M, k, out);
-        t[r] = now_ms() - t0;
+        t[r] = sys_now_ms() - t0;
         if (m != k || out[m - 1] >= N_124M) return -1;
     }
     qsort(t, REPS, sizeof t[0], tu_cmp_double);

@@ -24,12 +24,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "infer/kv.h"
 #include "infer/sample.h"
 #include "tests/test_util.h"
 #include "train/base/err.h"
+#include "train/base/sys.h"
 #include "train/gpt.h"
 #include "train/ops.h"
 
@@ -63,7 +63,7 @@ static void bw_init(bw_buf *b) {
 static double bw_pass(const bw_buf *b) {
     const size_t n = b->n;
     const float *x = b->x;
-    double t0 = tu_now_s(), tot = 0;
+    double t0 = sys_now_s(), tot = 0;
 #pragma omp parallel for schedule(static) reduction(+ : tot)
     for (size_t blk = 0; blk < n; blk += 16384) {
         float acc[64] = {0};
@@ -77,7 +77,7 @@ static double bw_pass(const bw_buf *b) {
             s += acc[j];
         tot += s;
     }
-    double dt = tu_now_s() - t0;
+    double dt = sys_now_s() - t0;
     if (tot != (double)(n / 1024)) fprintf(stderr, "bench_serve: bad bandwidth sum\n");
     return n * sizeof(float) / dt / 1e9;
 }
@@ -128,10 +128,10 @@ static int single_run(void *ctx, int warm, int n, double *v) {
     for (int i = 0; i < warm + n; i++) {
         const int32_t *tt = &tok;
         int one = 1;
-        double a = tu_now_s();
+        double a = sys_now_s();
         check(kv_step(d->e, 1, &s, &tt, &one, d->logits), "kv_step (decode)");
         tok = (int32_t)sample_next(d->logits, d->V, &d->greedy, (uint64_t)i, d->scratch);
-        if (i >= warm) v[i - warm] = tu_now_s() - a;
+        if (i >= warm) v[i - warm] = sys_now_s() - a;
     }
     kv_slot_close(d->e, s);
     return 0;
@@ -155,12 +155,12 @@ static int agg_run(void *ctx, int warm, int n, double *v) {
         tp[i] = &tok[i];
     }
     for (int it = 0; it < warm + n; it++) {
-        double a = tu_now_s();
+        double a = sys_now_s();
         check(kv_step(d->e, SLOTS, slot, tp, ntok, d->logits), "kv_step (batched decode)");
         for (int i = 0; i < SLOTS; i++)
             tok[i] = (int32_t)sample_next(d->logits + (size_t)i * d->V, d->V, &d->greedy,
                                           (uint64_t)it, d->scratch);
-        if (it >= warm) v[it - warm] = tu_now_s() - a;
+        if (it >= warm) v[it - warm] = sys_now_s() - a;
     }
     for (int i = 0; i < SLOTS; i++)
         kv_slot_close(d->e, slot[i]);
@@ -209,14 +209,14 @@ int main(void) {
     const cfg_model mc = {
         .n_layer = 12, .n_head = 12, .n_embd = 768, .block_size = 1024, .vocab_size = 50257};
     const int V = mc.vocab_size;
-    double t0 = tu_now_s();
+    double t0 = sys_now_s();
     gpt_model *m = NULL;
     check(gpt_create(&m, &mc, 1, 0), "gpt_create");
     gpt_init_params(m, 1);
     kv_engine *e = NULL;
     check(kv_create(&e, m, SLOTS, TTFT_P > SLOTS ? TTFT_P : SLOTS), "kv_create");
     fprintf(stderr, "bench_serve: model + engine (%d slots x %d positions) ready in %.1f s\n",
-            SLOTS, mc.block_size, tu_now_s() - t0);
+            SLOTS, mc.block_size, sys_now_s() - t0);
 
     // Bytes one decoded token must read: every parameter once (wte twice as embedding row and
     // lm_head, but the row is negligible), except wpe, of which it reads one row.
@@ -237,10 +237,10 @@ int main(void) {
         fill_tokens(prompt, TTFT_P, V, (unsigned)r);
         const int32_t *tp = prompt;
         int n = TTFT_P;
-        double a = tu_now_s();
+        double a = sys_now_s();
         check(kv_step(e, 1, &s, &tp, &n, d.logits), "kv_step (prefill)");
         (void)sample_next(d.logits, V, &d.greedy, 0, d.scratch); // the first token
-        if (r > 0) ttft[r - 1] = tu_now_s() - a;
+        if (r > 0) ttft[r - 1] = sys_now_s() - a;
         kv_slot_close(e, s);
     }
     const double ttft_ms = tu_median(ttft, ttft_runs) * 1e3;
@@ -307,22 +307,22 @@ int main(void) {
     double *dt = xmalloc((size_t)long_steps * sizeof(double));
     {
         int s = kv_slot_open(e);
-        double a = tu_now_s();
+        double a = sys_now_s();
         for (int p = 0; p < LONG_P; p += TTFT_P) {
             fill_tokens(prompt, TTFT_P, V, 300 + (unsigned)p);
             const int32_t *tp = prompt;
             int n = TTFT_P;
             check(kv_step(e, 1, &s, &tp, &n, d.logits), "kv_step (long prefill)");
         }
-        const double fill = tu_now_s() - a;
+        const double fill = sys_now_s() - a;
         int32_t tok = (int32_t)sample_next(d.logits, V, &d.greedy, 0, d.scratch);
         for (int i = 0; i < warm + long_steps; i++) {
             const int32_t *tt = &tok;
             int one = 1;
-            double b = tu_now_s();
+            double b = sys_now_s();
             check(kv_step(e, 1, &s, &tt, &one, d.logits), "kv_step (long decode)");
             tok = (int32_t)sample_next(d.logits, V, &d.greedy, (uint64_t)i, d.scratch);
-            if (i >= warm) dt[i - warm] = tu_now_s() - b;
+            if (i >= warm) dt[i - warm] = sys_now_s() - b;
         }
         kv_slot_close(e, s);
         printf("BENCH serve_prefill_tok_s_124m %.0f\n", LONG_P / fill);

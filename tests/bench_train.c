@@ -24,10 +24,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 
 #include "tests/test_util.h"
 #include "train/base/err.h"
+#include "train/base/sys.h"
 #include "train/gpt.h"
 #include "train/ops.h"
 #include "train/optim.h"
@@ -44,9 +44,9 @@ static double sgemm_peak_gflops(void) {
     }
     double best = 0;
     for (int r = 0; r < 10; r++) {
-        double t0 = tu_now_s();
+        double t0 = sys_now_s();
         ops_sgemm(0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
-        double dt = tu_now_s() - t0;
+        double dt = sys_now_s() - t0;
         double g = 2.0 * n * n * (double)n / dt / 1e9;
         if (r > 0 && g > best) best = g; // the first run warms up the thread pool
     }
@@ -95,13 +95,13 @@ static void trainer_fini(trainer *t) {
 static int trainer_run(void *ctx, int warm, int n, double *v) {
     trainer *t = ctx;
     for (int s = 0; s < warm + n; s++) {
-        double t0 = tu_now_s();
+        double t0 = sys_now_s();
         gpt_zero_grad(t->m);
         gpt_forward(t->m, t->x, t->y, t->B, t->T);
         gpt_backward(t->m, 1.0f);
         float norm = optim_grad_norm(gpt_grads(t->m), gpt_n_params(t->m));
         optim_step(t->o, t->m, &t->tc, 1e-4f, optim_clip_scale(norm, t->tc.grad_clip));
-        if (s >= warm) v[s - warm] = tu_now_s() - t0;
+        if (s >= warm) v[s - warm] = sys_now_s() - t0;
     }
     return 0;
 }
@@ -138,9 +138,9 @@ typedef struct sgemm_ctx {
 static int sgemm_run(void *ctx, int warm, int n, double *v) {
     sgemm_ctx *g = ctx;
     for (int r = 0; r < warm + n; r++) {
-        double t0 = tu_now_s();
+        double t0 = sys_now_s();
         ops_sgemm(0, 0, g->n, g->n, g->n, 1.0f, g->a, g->n, g->b, g->n, 0.0f, g->c, g->n);
-        double dt = tu_now_s() - t0;
+        double dt = sys_now_s() - t0;
         if (r >= warm) v[r - warm] = 2.0 * g->n * g->n * (double)g->n / dt / 1e9;
     }
     return 0;

@@ -25,7 +25,10 @@ Test(cfg, defaults_are_valid_and_match_the_table) {
     cfg_defaults(&c);
     cr_assert_eq(cfg_validate(&c), ERR_OK, "%s", err_msg());
     cr_assert_eq(c.train.grad_accum, 1);
-    cr_assert_str_eq(c.log.level, "info");
+    cr_assert_eq(c.log.level, CFG_LOG_INFO);
+    cr_assert_eq(c.train.mode, CFG_MODE_LOCAL);
+    cr_assert_eq(c.sparta.dtype, CFG_DTYPE_FP32);
+    cr_assert_eq(c.ddp.dtype, CFG_DTYPE_FP32);
     cr_assert_float_eq(c.train.beta2, 0.95f, 1e-7);
 }
 
@@ -117,6 +120,50 @@ Test(cfg, set_overrides_and_rejects_typos) {
     cr_assert(strstr(err_msg(), "train.max_iter"), "%s", err_msg());
     cr_assert_eq(cfg_set(&c, "max_iters"), ERR_INVAL);
     cr_assert_eq(cfg_set(&c, "train.max_iters=7x"), ERR_INVAL);
+}
+
+Test(cfg, enum_words_are_parsed_once_into_enums_and_written_back_as_words) {
+    cfg c;
+    cfg_defaults(&c);
+    const char *sets[] = {
+        "train.mode=ddp",     "log.level=debug",      "sparta.selector=partitioned",
+        "sparta.reduce=ring", "sparta.apply=correct", "sparta.dtype=bf16",
+        "diloco.dtype=int8",  "ddp.dtype=bf16"};
+    for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++)
+        cr_assert_eq(cfg_set(&c, sets[i]), ERR_OK, "%s: %s", sets[i], err_msg());
+    cr_assert(c.train.mode == CFG_MODE_DDP && c.log.level == CFG_LOG_DEBUG &&
+              c.sparta.selector == CFG_SELECT_PARTITIONED && c.sparta.reduce == CFG_REDUCE_RING &&
+              c.sparta.apply == CFG_APPLY_CORRECT && c.sparta.dtype == CFG_DTYPE_BF16 &&
+              c.diloco.dtype == CFG_DTYPE_INT8 && c.ddp.dtype == CFG_DTYPE_BF16);
+    cr_assert_str_eq(cfg_mode_str(c.train.mode), "ddp");
+    cr_assert_str_eq(cfg_dtype_str(c.diloco.dtype), "int8");
+    cr_assert_str_eq(cfg_reduce_str(c.sparta.reduce), "ring");
+    char *text = cfg_to_string(&c);
+    for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++) {
+        char line[64], sec[32];
+        const char *dot = strchr(sets[i], '.'), *eq = strchr(sets[i], '=');
+        snprintf(sec, sizeof sec, "[%.*s]", (int)(dot - sets[i]), sets[i]);
+        snprintf(line, sizeof line, "\n%.*s = %s\n", (int)(eq - dot - 1), dot + 1, eq + 1);
+        const char *in = strstr(text, sec);
+        cr_assert(in && strstr(in, line), "no '%s' under %s in:\n%s", line + 1, sec, text);
+    }
+    free(text);
+    // A word that is not a choice names the choices; SPARTA has no int8.
+    cr_assert_eq(cfg_set(&c, "sparta.dtype=int8"), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "'int8' is not one of fp32|bf16"), "%s", err_msg());
+    cr_assert_eq(c.sparta.dtype, CFG_DTYPE_BF16, "a refused value changed the field");
+    cr_assert_eq(cfg_set(&c, "train.mode=DDP"), ERR_INVAL);
+}
+
+Test(cfg, validate_refuses_ddp_with_diloco) {
+    cfg c;
+    cfg_defaults(&c);
+    cr_assert_eq(cfg_set(&c, "train.mode=ddp"), ERR_OK);
+    cr_assert_eq(cfg_validate(&c), ERR_OK, "%s", err_msg());
+    c.diloco.H = 10;
+    cr_assert_eq(cfg_validate(&c), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "train.mode = ddp") && strstr(err_msg(), "diloco.H"), "%s",
+              err_msg());
 }
 
 Test(cfg, validate_checks_heads_divide_width) {

@@ -1,10 +1,12 @@
 // diloco_test.c: DiLoCo outer steps and the DDP baseline. The outer optimizer against a
 // reference computed here in double; a single peer with outer lr 1 and no momentum trains
 // bitwise as without DiLoCo; 3 peer processes with H = 1, lr 1, mu 0 average their parameters
-// every step; DDP on 2 peers equals one peer with the doubled batch; and the outer state survives
-// a checkpoint and resume bit-exactly. Peers run on 127.0.0.1 over real TCP.
+// every step; DDP on 2 peers equals one peer with the doubled batch, and in one process two DDP
+// modules end on the same bits, the exact mean, and report their named metrics; and the outer
+// state survives a checkpoint and resume bit-exactly. Peers run on 127.0.0.1 over real TCP.
 #include <criterion/criterion.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "diloco/ddp.h"
 #include "diloco/diloco.h"
 #include "tests/test_util.h"
 #include "train/base/err.h"
@@ -158,6 +161,62 @@ Test(diloco, ddp_on_two_peers_equals_one_peer_with_the_doubled_batch) {
     tu_cluster_close(&c);
 }
 
+// One DDP peer of the in-process pair: builds its train_sync (the mesh waits for the other
+// peer, so both run at once) and averages one step's gradients through the after_backward hook.
+typedef struct {
+    cfg c;
+    train_sync_run run;
+    train_sync sync;
+    float g[1000];
+    int rc;
+} ddp_peer;
+
+static void *ddp_peer_main(void *arg) {
+    ddp_peer *p = arg;
+    p->rc = ddp_sync_create(&p->sync, &p->c.ddp, &p->c.net, &p->run, 1000);
+    if (!p->rc) p->rc = p->sync.after_backward(p->sync.ctx, p->g, 1000, 7);
+    return NULL;
+}
+
+Test(diloco, ddp_module_averages_gradients_to_the_same_bits_and_names_its_metrics) {
+    enum { N = 1000 };
+    static ddp_peer p[2];
+    int base = tu_free_port_base(8);
+    cr_assert(base > 0, "no free ports");
+    float want[N];
+    for (int i = 0; i < 2; i++) {
+        cfg_defaults(&p[i].c);
+        p[i].c.ddp.timeout_ms = 20000;
+        snprintf(p[i].c.net.peers, sizeof p[i].c.net.peers, "127.0.0.1:%d,127.0.0.1:%d", base,
+                 base + 4);
+        p[i].run = (train_sync_run){.rank = i, .world = 2, .run_id = 0xDD9, .hello = "ddp test\n"};
+        tu_rand_fill(p[i].g, N, 11 + (uint64_t)i, -1, 1);
+    }
+    for (int j = 0; j < N; j++) // two peers: (a + b) / 2 in either order, exactly
+        want[j] = (p[0].g[j] + p[1].g[j]) / 2;
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        pthread_create(&th[i], NULL, ddp_peer_main, &p[i]);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(p[i].rc, ERR_OK, "peer %d: %s", i, err_msg());
+    cr_assert_eq(memcmp(p[0].g, p[1].g, sizeof want), 0, "DDP peers differ");
+    cr_assert_eq(memcmp(p[0].g, want, sizeof want), 0, "not the mean of the two peers");
+    train_sync_metrics m;
+    memset(&m, 0, sizeof m);
+    p[0].sync.get_metrics(p[0].sync.ctx, &m);
+    cr_assert_eq(m.exchanges, 1u);
+    cr_assert_gt(m.bytes_sent, 4u * N / 2, "half the fp32 vector goes each way at least");
+    cr_assert_eq(m.n, 2);
+    cr_assert_str_eq(m.metrics[0].name, "ddp_steps_averaged");
+    cr_assert_float_eq(m.metrics[0].value, 1.0, 1e-12);
+    cr_assert_str_eq(m.metrics[1].name, "ddp_allreduce_ms");
+    cr_assert_str_eq(m.metrics[1].label, "allreduce_ms");
+    for (int i = 0; i < 2; i++)
+        p[i].sync.destroy(p[i].sync.ctx);
+}
+
 Test(diloco, outer_state_is_checkpointed_and_resume_is_bit_exact) {
     char *dir = tu_tmpdir("diloco"), data[600], a[700], b[700];
     snprintf(data, sizeof data, "%s/data", dir);
@@ -246,7 +305,7 @@ Test(diloco, first_outer_step_comes_after_exactly_h_steps_and_theta_g_is_its_own
     cr_assert(g != params && (g + N <= params || params + N <= g), "theta_g aliases the params");
     float start[N];
     memcpy(start, params, sizeof params);
-    train_sync_stats st;
+    diloco_stats st;
     for (long step = 1; step <= 2 * H; step++) {
         for (int i = 0; i < N; i++)
             params[i] += 0.01f; // an inner step
@@ -263,8 +322,8 @@ Test(diloco, first_outer_step_comes_after_exactly_h_steps_and_theta_g_is_its_own
     diloco_destroy(d);
 }
 
-// wait_metric polls column col of a metrics.csv until it reaches at least v (at most limit_s).
-static double wait_metric(const char *path, int col, double v, int limit_s) {
+// wait_metric polls a column of a metrics.csv until it reaches at least v (at most limit_s).
+static double wait_metric(const char *path, const char *col, double v, int limit_s) {
     double x = -1;
     for (int i = 0; i < limit_s * 20 && (x = tu_last_metric(path, col)) < v; i++)
         usleep(50000);
@@ -272,7 +331,8 @@ static double wait_metric(const char *path, int col, double v, int limit_s) {
 }
 
 Test(diloco, killed_peer_does_not_stop_outer_steps_and_rejoins_with_the_same_theta_g) {
-    enum { P = 3, ROUNDS = 19 }; // metrics.csv: column 19 (outer_steps) counts the outer steps
+    enum { P = 3 };
+    const char *ROUNDS = "diloco_outer_steps"; // the metrics.csv column of the outer steps
     tu_cluster c;
     cr_assert_eq(tu_cluster_open(&c, P), 0);
     const char *args = SMALL " --set diloco.H=10 --set diloco.timeout_ms=1000 "

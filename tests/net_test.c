@@ -22,14 +22,9 @@
 #include "sparta/peer/net.h"
 #include "tests/test_util.h"
 #include "train/base/err.h"
+#include "train/base/sys.h"
 
 TestSuite(net, .timeout = 30);
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
 
 static void sleep_ms(int ms) {
     struct timespec t = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -68,14 +63,14 @@ static net_mesh *mesh(const addrs *a, int rank, int world) {
 // wait_mesh waits until every pair of m(world) is connected on both sides; returns the ms it
 // took or fails the test after limit_ms.
 static double wait_mesh(net_mesh **m, int world, int limit_ms) {
-    double t0 = now_ms();
+    double t0 = sys_now_ms();
     for (;;) {
         int up = 1;
         for (int a = 0; a < world; a++)
             for (int b = 0; b < world; b++)
                 if (a != b && !net_connected(m[a], b)) up = 0;
-        if (up) return now_ms() - t0;
-        cr_assert(now_ms() - t0 < limit_ms, "mesh not connected after %d ms", limit_ms);
+        if (up) return sys_now_ms() - t0;
+        cr_assert(sys_now_ms() - t0 < limit_ms, "mesh not connected after %d ms", limit_ms);
         sleep_ms(2);
     }
 }
@@ -240,15 +235,15 @@ Test(net, restarted_peer_is_reconnected_and_receives_again) {
 
     net_mesh_destroy(m[1]);
     m[1] = NULL;
-    double t0 = now_ms();
+    double t0 = sys_now_ms();
     while (net_connected(m[0], 1) || net_connected(m[2], 1)) {
-        cr_assert(now_ms() - t0 < 10000, "loss of peer 1 not noticed");
+        cr_assert(sys_now_ms() - t0 < 10000, "loss of peer 1 not noticed");
         sleep_ms(2);
     }
     cr_assert_eq(net_send(m[0], 1, "x", 1), ERR_PEER);
     sleep_ms(1200); // long enough for rank 0's redial backoff to reach its 1 s cap
 
-    t0 = now_ms();
+    t0 = sys_now_ms();
     m[1] = mesh(&a, 1, 3); // same ports
     double ms = wait_mesh(m, 3, 5000);
     fprintf(stderr, "net_test: reconnect after 1.2 s down: %.0f ms\n", ms);
@@ -269,12 +264,12 @@ Test(net, send_to_down_peer_returns_err_peer_quickly_and_is_counted) {
     cr_assert_eq(bind(hold, (struct sockaddr *)&sa, sizeof sa), 0, "port %d", a.base + 3);
     net_mesh *m = mesh(&a, 0, 2);
     char buf[100] = {0};
-    double t0 = now_ms();
+    double t0 = sys_now_ms();
     for (int i = 0; i < 10; i++) {
         int rc = net_send(m, 1, buf, sizeof buf);
         cr_assert_eq(rc, ERR_PEER, "send %d: %s %s", i, err_str(rc), err_msg());
     }
-    double dt = now_ms() - t0;
+    double dt = sys_now_ms() - t0;
     cr_assert(dt < 1000, "10 sends to a down peer took %.1f ms", dt); // never waits for it
     cr_assert(strstr(err_msg(), "peer 1") != NULL, "%s", err_msg());
     net_stats st;
@@ -297,13 +292,13 @@ Test(net, max_size_message_arrives_intact_and_larger_send_is_rejected) {
     fill_bytes(buf, NET_MAX_MSG + 1, 42);
     cr_assert_eq(net_send(m[0], 1, buf, NET_MAX_MSG + 1), ERR_INVAL);
     cr_assert(strstr(err_msg(), "NET_MAX_MSG") != NULL, "%s", err_msg());
-    double t0 = now_ms();
+    double t0 = sys_now_ms();
     cr_assert_eq(net_send(m[0], 1, buf, NET_MAX_MSG), ERR_OK, "%s", err_msg());
     int peer;
     void *data;
     size_t len;
     cr_assert_eq(net_recv(m[1], 10000, &peer, &data, &len), ERR_OK, "%s", err_msg());
-    cr_log_info("8 MiB message: %.1f ms", now_ms() - t0);
+    cr_log_info("8 MiB message: %.1f ms", sys_now_ms() - t0);
     cr_assert_eq(peer, 0);
     cr_assert_eq(len, NET_MAX_MSG);
     cr_assert_eq(memcmp(data, buf, NET_MAX_MSG), 0, "payload corrupted");
@@ -359,14 +354,14 @@ Test(net, full_receive_queue_drops_new_messages_and_counts_them) {
     net_mesh *m[2];
     pair_open(m);
     const int extra = 50, total = NET_RECV_QUEUE + extra;
-    double t0 = now_ms();
+    double t0 = sys_now_ms();
     for (int seq = 0; seq < total;) { // the send queue (64) may fill up: retry briefly
         int rc = net_send(m[0], 1, &seq, sizeof seq);
         if (rc == ERR_OK) {
             seq++;
         } else {
             cr_assert_eq(rc, ERR_PEER, "%s", err_msg());
-            cr_assert(now_ms() - t0 < 10000, "stuck sending at %d", seq);
+            cr_assert(sys_now_ms() - t0 < 10000, "stuck sending at %d", seq);
             sleep_ms(1);
         }
     }
@@ -374,7 +369,7 @@ Test(net, full_receive_queue_drops_new_messages_and_counts_them) {
     for (;;) { // every message is either queued or dropped on arrival
         net_get_stats(m[1], &st);
         if (st.msgs_recv + st.recv_dropped == (uint64_t)total) break;
-        cr_assert(now_ms() - t0 < 10000, "only %llu of %d arrived",
+        cr_assert(sys_now_ms() - t0 < 10000, "only %llu of %d arrived",
                   (unsigned long long)(st.msgs_recv + st.recv_dropped), total);
         sleep_ms(5);
     }
@@ -392,9 +387,9 @@ Test(net, full_receive_queue_drops_new_messages_and_counts_them) {
     // Messages still queued at destroy are freed (checked by the ASan build).
     for (int seq = 0; seq < 5; seq++)
         cr_assert_eq(net_send(m[0], 1, &seq, sizeof seq), ERR_OK);
-    t0 = now_ms();
+    t0 = sys_now_ms();
     do {
-        cr_assert(now_ms() - t0 < 5000, "last 5 messages did not arrive");
+        cr_assert(sys_now_ms() - t0 < 5000, "last 5 messages did not arrive");
         sleep_ms(2);
         net_get_stats(m[1], &st);
     } while (st.msgs_recv < NET_RECV_QUEUE + 5);
@@ -410,14 +405,14 @@ Test(net, recv_timeout_is_honoured) {
     int peer;
     void *data;
     size_t len;
-    double t0 = now_ms();
+    double t0 = sys_now_ms();
     cr_assert_eq(net_recv(m, 0, &peer, &data, &len), ERR_TIMEOUT);
-    double poll = now_ms() - t0;
+    double poll = sys_now_ms() - t0;
     cr_assert(poll < 500, "poll took %.1f ms", poll);
     cr_assert_null(data);
-    t0 = now_ms();
+    t0 = sys_now_ms();
     cr_assert_eq(net_recv(m, 200, &peer, &data, &len), ERR_TIMEOUT);
-    double dt = now_ms() - t0;
+    double dt = sys_now_ms() - t0;
     cr_log_info("recv(200 ms) returned after %.1f ms", dt);
     cr_assert(dt >= 195 && dt < 2000, "recv(200 ms) returned after %.1f ms", dt);
     net_mesh_destroy(m);
@@ -435,7 +430,7 @@ static void *recv_forever(void *arg) {
     void *data;
     size_t len;
     b->rc = net_recv(b->m, -1, &peer, &data, &len);
-    b->t_done = now_ms();
+    b->t_done = sys_now_ms();
     return NULL;
 }
 
@@ -446,7 +441,7 @@ static int blocked_recv_woken_by(net_mesh *m, void (*wake)(net_mesh *)) {
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, recv_forever, &b), 0);
     sleep_ms(100);
-    double t0 = now_ms();
+    double t0 = sys_now_ms();
     wake(m);
     pthread_join(th, NULL);
     cr_assert(b.t_done - t0 < 2000, "woken %.1f ms after the call", b.t_done - t0);
@@ -585,11 +580,11 @@ Test(net, destroy_during_large_transfers_returns_in_bounded_time) {
         cr_assert_eq(net_send(m[1], 0, buf, NET_MAX_MSG), ERR_OK);
     free(buf);
     sleep_ms(20); // transfers under way in both directions
-    double t0 = now_ms();
+    double t0 = sys_now_ms();
     net_mesh_destroy(m[1]);
-    double t1 = now_ms();
+    double t1 = sys_now_ms();
     net_mesh_destroy(m[0]);
-    double t2 = now_ms();
+    double t2 = sys_now_ms();
     cr_log_info("destroy during transfer: %.0f ms, %.0f ms", t1 - t0, t2 - t1);
     cr_assert(t1 - t0 < 4500 && t2 - t1 < 4500, "destroy took %.0f / %.0f ms", t1 - t0, t2 - t1);
 }
@@ -619,19 +614,19 @@ static double recv_all(net_mesh *m, int first, int n, double t0, int limit_ms) {
         net_msg_free(data);
         cr_assert_eq(tag, i, "message %d arrived as number %d", tag, i);
     }
-    return now_ms() - t0;
+    return sys_now_ms() - t0;
 }
 
 // wait_arrived waits until m has taken n messages in all off the wire (queued or dropped) and
 // returns the time. The emulated link schedules a message from its arrival, so the time the real
 // transport took (which load stretches) can be told apart from the emulation's own.
 static double wait_arrived(net_mesh *m, uint64_t n, int limit_ms) {
-    double t0 = now_ms();
+    double t0 = sys_now_ms();
     for (;;) {
         net_stats st;
         net_get_stats(m, &st);
-        if (st.msgs_recv + st.recv_dropped >= n) return now_ms();
-        cr_assert(now_ms() - t0 < limit_ms, "%llu of %llu messages arrived after %d ms",
+        if (st.msgs_recv + st.recv_dropped >= n) return sys_now_ms();
+        cr_assert(sys_now_ms() - t0 < limit_ms, "%llu of %llu messages arrived after %d ms",
                   (unsigned long long)(st.msgs_recv + st.recv_dropped), (unsigned long long)n,
                   limit_ms);
         sleep_ms(1);
@@ -644,7 +639,7 @@ Test(net, emulated_rate_keeps_throughput_within_10_percent_of_its_setting) {
     net_set_link(m[1], 16, 0, 0, 1); // 16 Mbit/s = 2 MB/s: 20 x 100 kB take 1000 ms
     enum { N = 20, LEN = 100000 };
     unsigned char *buf = xcalloc(1, LEN);
-    double t0 = now_ms();
+    double t0 = sys_now_ms();
     for (int i = 0; i < N; i++) {
         memcpy(buf, &i, sizeof i);
         cr_assert_eq(net_send(m[0], 1, buf, LEN), ERR_OK, "%s", err_msg());
@@ -663,7 +658,7 @@ Test(net, emulated_delay_holds_every_message_that_long) {
     net_mesh *m[2];
     pair_open(m);
     net_set_link(m[1], 0, 150, 0, 1);
-    double t0 = now_ms();
+    double t0 = sys_now_ms();
     for (int i = 0; i < 3; i++)
         cr_assert_eq(net_send(m[0], 1, &i, sizeof i), ERR_OK, "%s", err_msg());
     double wire = wait_arrived(m[1], 3, 10000) - t0;
@@ -671,8 +666,8 @@ Test(net, emulated_delay_holds_every_message_that_long) {
     void *data;
     size_t len;
     int rc = net_recv(m[1], 0, &peer, &data, &len);
-    if (now_ms() - t0 < 150) // none can be due yet (a loaded machine may get here later)
-        cr_assert_eq(rc, ERR_TIMEOUT, "delivered after %.0f ms", now_ms() - t0);
+    if (sys_now_ms() - t0 < 150) // none can be due yet (a loaded machine may get here later)
+        cr_assert_eq(rc, ERR_TIMEOUT, "delivered after %.0f ms", sys_now_ms() - t0);
     if (rc == ERR_OK) {
         cr_assert_eq(*(int *)data, 0);
         net_msg_free(data);
@@ -763,9 +758,9 @@ Test(net, request_to_nobody_times_out_in_bounded_time) {
     snprintf(addr, sizeof addr, "127.0.0.1:%d", tu_free_port_base_checked(1));
     void *reply;
     size_t rlen;
-    double t0 = now_ms();
+    double t0 = sys_now_ms();
     cr_assert_eq(net_request(addr, "x", 1, &reply, &rlen, 300), ERR_TIMEOUT);
-    double ms = now_ms() - t0;
+    double ms = sys_now_ms() - t0;
     cr_assert(ms >= 250 && ms < 1500, "took %.0f ms for a 300 ms timeout", ms);
     cr_assert(strstr(err_msg(), addr), "%s", err_msg());
     cr_assert_null(reply);

@@ -19,17 +19,18 @@ TestSuite(plot, .timeout = 120);
     "--set model.block_size=32 --set train.batch_size=8 --set train.threads=1 "          \
     "--set train.eval_iters=2"
 
-// The header spartan train writes (train/cmd/train_cmd.c); rows below follow it field for field.
+// The header of earlier builds of spartan train (every module's counters in fixed columns); such
+// files must still plot. Rows below follow it field for field.
 #define HEADER                                                                                   \
     "step,loss,val_loss,lr,grad_norm,tokens_per_s,ms_per_step,elapsed_s,bytes_sent,bytes_recv,"  \
     "bytes_sent_step,bytes_recv_step,rounds,rounds_late,rounds_dropped,msgs_dropped,stale_mean," \
     "stale_max,xchg_ms\n"
-// What spartan train writes now: HEADER (the format of earlier runs, which must still plot) plus
-// the DiLoCo outer-step column.
-#define HEADER_NOW                                                                               \
-    "step,loss,val_loss,lr,grad_norm,tokens_per_s,ms_per_step,elapsed_s,bytes_sent,bytes_recv,"  \
-    "bytes_sent_step,bytes_recv_step,rounds,rounds_late,rounds_dropped,msgs_dropped,stale_mean," \
-    "stale_max,xchg_ms,outer_steps\n"
+// What spartan train writes now for a SPARTA run (train/cmd/train_cmd.c): the common columns,
+// then SPARTA's named metrics.
+#define HEADER_NOW                                                                              \
+    "step,loss,val_loss,lr,grad_norm,tokens_per_s,ms_per_step,elapsed_s,bytes_sent,bytes_recv," \
+    "bytes_sent_step,bytes_recv_step,msgs_dropped,sparta_rounds_done,sparta_rounds_late,"       \
+    "sparta_rounds_dropped,sparta_stale_mean,sparta_stale_max,sparta_xchg_ms\n"
 
 static void need_gnuplot(void) {
     if (tu_run("command -v gnuplot", 10, NULL) != 0)
@@ -106,6 +107,7 @@ Test(plot, single_peer_run_gives_a_png_with_loss_and_val_loss_and_no_bytes_panel
                   strstr(out, "learning rate") && strstr(out, "gradient norm"),
               "%s", out);
     cr_assert(!strstr(out, "MB sent"), "a single peer sends nothing, so no bytes panel: %s", out);
+    cr_assert(!strstr(out, "SPARTA rounds"), "no SPARTA, so no rounds panel: %s", out);
     free(out);
     unsigned w, h;
     png_size(path, &w, &h);
@@ -159,6 +161,7 @@ Test(plot, two_peer_run_gets_a_bytes_panel_that_zero_counters_do_not) {
     cr_assert(strstr(out, "10 steps (1..10)"), "%s", out);
     cr_assert(strstr(out, "MB sent and received (sent, received)"), "%s", out);
     cr_assert(strstr(out, "loss (train, val)"), "eval at the end only, one val point: %s", out);
+    cr_assert(!strstr(out, "SPARTA rounds"), "sync rounds all complete: no rounds panel: %s", out);
     free(out);
     unsigned w, h, wz, hz;
     snprintf(path, sizeof path, "%s/rank0/metrics.png", c.dir);
@@ -201,6 +204,15 @@ Test(plot, files_in_the_train_format_plot_what_they_hold) {
     cr_assert_eq(plot(dir, args, &out), 0, "%s", out);
     cr_assert(strstr(out, "6 steps (1..6)"), "repeated steps replace the old ones: %s", out);
     cr_assert(strstr(out, "panels: loss (train), tokens/s"), "%s", out);
+    free(out);
+    // The layout of now, with late and dropped SPARTA rounds: the rounds panel.
+    write_csv(dir, "late",
+              HEADER_NOW "1,4.1,,1e-4,1.5,1000,10,0.01,100,100,100,100,0,0,1,0,1.000,1,2.000\n"
+                         "2,4.0,,2e-4,1.4,1100,10,0.02,200,200,100,100,0,1,1,0,1.500,2,2.000\n"
+                         "3,3.9,,3e-4,1.3,1200,10,0.03,300,300,100,100,0,2,1,1,1.500,2,2.000\n");
+    snprintf(args, sizeof args, "%s/late", dir);
+    cr_assert_eq(plot(dir, args, &out), 0, "%s", out);
+    cr_assert(strstr(out, "SPARTA rounds late and dropped (late, dropped)"), "%s", out);
     free(out);
     // Only the columns that exist: step and loss (older or hand-made files).
     write_csv(dir, "lossonly", "step,loss\n1,3\n2,2.5\n3,2.2\n");

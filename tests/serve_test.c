@@ -17,7 +17,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "data/tok.h"
@@ -957,9 +956,9 @@ static void *bg_main(void *arg) {
 // wait_metric polls /metrics until name reaches at least want and returns its value. The bound
 // is generous: the test waits for the event, never for a time.
 static double wait_metric(const server *sv, const char *name, double want, int timeout_ms) {
-    double t0 = tu_now_ms(), v;
+    double t0 = sys_now_ms(), v;
     while ((v = metric(sv, name)) < want) {
-        cr_assert(tu_now_ms() - t0 < timeout_ms, "%s is %g after %d ms, want >= %g", name, v,
+        cr_assert(sys_now_ms() - t0 < timeout_ms, "%s is %g after %d ms, want >= %g", name, v,
                   timeout_ms, want);
         usleep(2000);
     }
@@ -1248,11 +1247,11 @@ Test(serve, spartan_serve_process_starts_answers_and_stops_on_sigterm, .init = s
 // wait_file_has waits until the file at path contains want and returns its text (caller frees);
 // fails the test after timeout_ms.
 static char *wait_file_has(const char *path, const char *want, int timeout_ms) {
-    double t0 = tu_now_ms();
+    double t0 = sys_now_ms();
     for (;;) {
         char *text = NULL;
         if (!tu_read_file(path, &text, NULL) && strstr(text, want)) return text;
-        cr_assert(tu_now_ms() - t0 < timeout_ms, "no '%s' in %s after %d ms:\n%s", want, path,
+        cr_assert(sys_now_ms() - t0 < timeout_ms, "no '%s' in %s after %d ms:\n%s", want, path,
                   timeout_ms, text ? text : "");
         free(text);
         usleep(10000);

@@ -54,12 +54,14 @@ static void rig_open(rig *r, int max_stale, const char *dtype) {
     memset(r, 0, sizeof *r);
     cfg c;
     cfg_defaults(&c);
+    char kv[64];
+    snprintf(kv, sizeof kv, "sparta.dtype=%s", dtype);
+    cr_assert_eq(cfg_set(&c, kv), ERR_OK, "%s", err_msg());
     r->sc = c.sparta;
     r->sc.p = 0.1f;
     r->sc.max_stale = max_stale;
     r->sc.delay = rig_delay;
     r->sc.timeout_ms = 5000;
-    snprintf(r->sc.dtype, sizeof r->sc.dtype, "%s", dtype);
     r->run_id = 0xABCDEF12345ull;
     r->seed = 99;
     r->k = select_k(r->sc.p, NP);
@@ -153,7 +155,7 @@ Test(sparta, round_is_applied_when_complete_and_dropped_after_max_stale) {
         float want = (1000.0f + x1[idx1[i]]) / 2.0f; // rank order: rank 0 (1000) + rank 1
         cr_assert_eq(r.params[idx1[i]], want, "index %u", idx1[i]);
     }
-    train_sync_stats st;
+    sparta_stats st;
     sparta_get_stats(r.ex, &st);
     cr_assert_eq(st.rounds_done, 1u);
     cr_assert_float_eq(st.stale_max, 3.0, 1e-9);
@@ -195,7 +197,7 @@ Test(sparta, catch_up_jump_does_not_count_as_staleness) {
     // the peer sends rounds 1 .. 40 in order: 1..3 complete ours, 10.. are beyond our window
     for (long round = 1; round <= 40; round++)
         send_values(&r, round, 1000.0f, r.run_id);
-    train_sync_stats st;
+    sparta_stats st;
     sparta_get_stats(r.ex, &st);
     for (int i = 0; i < 1000 && st.msgs_dropped < 31; i++) { // rounds 10..40 filed (dropped)
         usleep(10000);
@@ -230,7 +232,7 @@ Test(sparta, forced_delay_applies_a_complete_round_exactly_delay_steps_after_pos
     cr_assert_eq(sparta_after_step(r.ex, r.params, NP, 4), ERR_OK);
     for (size_t i = 0; i < k; i++)
         cr_assert_eq(r.params[idx1[i]], (1000.0f + x1[idx1[i]]) / 2.0f, "index %u", idx1[i]);
-    train_sync_stats st;
+    sparta_stats st;
     sparta_get_stats(r.ex, &st);
     cr_assert_eq(st.rounds_done, 1u);
     cr_assert_float_eq(st.stale_max, 3.0, 1e-9);
@@ -273,7 +275,7 @@ Test(sparta, garbage_truncated_bad_crc_and_foreign_messages_are_dropped) {
     len2 = wire_encode(bad, &h2, vals);
     cr_assert_eq(net_send(r.peer, 1, bad, len2), ERR_OK);
     sent++;
-    train_sync_stats st;
+    sparta_stats st;
     sparta_get_stats(r.ex, &st);
     for (int i = 0; i < 200 && st.msgs_dropped < (uint64_t)sent; i++) {
         usleep(10000);
@@ -302,7 +304,7 @@ Test(sparta, bf16_rounds_carry_two_bytes_per_value) {
     cr_assert_eq(rc, ERR_OK);
     cr_assert_eq(len, WIRE_HEADER + 2 * r.k);
     net_msg_free(msg);
-    train_sync_stats st;
+    sparta_stats st;
     sparta_get_stats(r.ex, &st);
     // the sender counts after nng accepted the message, which may be after it arrived here
     for (int i = 0; i < 100 && st.bytes_sent == 0; i++) {
@@ -358,9 +360,9 @@ static float *load(const char *path, size_t *n) {
 }
 
 // sync_run runs P = 3 peers with sync rounds and extra settings; every round must complete
-// (metrics.csv column 12) without a timeout and without a catch-up jump. A round that waited for
-// its timeout logs "incomplete after": the log tells, not the wall time (which depends on the
-// machine).
+// (metrics.csv column sparta_rounds_done) without a timeout and without a catch-up jump. A round
+// that waited for its timeout logs "incomplete after": the log tells, not the wall time (which
+// depends on the machine).
 static void sync_run(const char *extra, int steps, int rounds) {
     cluster c;
     cluster_open(&c, 3);
@@ -373,7 +375,8 @@ static void sync_run(const char *extra, int steps, int rounds) {
     for (int i = 0; i < 3; i++) {
         char path[700];
         snprintf(path, sizeof path, "%s/rank%d/metrics.csv", c.dir, i);
-        cr_assert_eq(tu_last_metric(path, 12), rounds, "rank %d: %s: rounds", i, extra);
+        cr_assert_eq(tu_last_metric(path, "sparta_rounds_done"), rounds, "rank %d: %s: rounds", i,
+                     extra);
         char *log = tu_cluster_log(&c, i);
         cr_assert(!strstr(log, "continuing at round") && !strstr(log, "incomplete after"),
                   "rank %d: %s:\n%s", i, extra, log);
@@ -463,30 +466,32 @@ Test(sparta, killed_peer_does_not_stall_the_others_and_is_picked_up_again, .time
         pid[i] = start_peer(&c, i, extra);
     char m0[700];
     snprintf(m0, sizeof m0, "%s/rank0/metrics.csv", c.dir);
-    // rounds complete with every peer (column 12 = rounds)
-    for (int i = 0; i < 600 && tu_last_metric(m0, 12) < 20; i++)
+    // rounds complete with every peer
+    for (int i = 0; i < 600 && tu_last_metric(m0, "sparta_rounds_done") < 20; i++)
         usleep(50000);
-    cr_assert(tu_last_metric(m0, 12) >= 20, "rounds never completed");
+    cr_assert(tu_last_metric(m0, "sparta_rounds_done") >= 20, "rounds never completed");
     kill(pid[2], SIGKILL);
     waitpid(pid[2], NULL, 0);
-    double step_at_kill = tu_last_metric(m0, 0);
+    double step_at_kill = tu_last_metric(m0, "step");
     // the others keep stepping: 50 more steps within a bounded time
-    for (int i = 0; i < 600 && tu_last_metric(m0, 0) < step_at_kill + 50; i++)
+    for (int i = 0; i < 600 && tu_last_metric(m0, "step") < step_at_kill + 50; i++)
         usleep(50000);
-    cr_assert(tu_last_metric(m0, 0) >= step_at_kill + 50, "rank 0 stalled after the kill");
-    double late_before = tu_last_metric(m0, 13) + tu_last_metric(m0, 14);
+    cr_assert(tu_last_metric(m0, "step") >= step_at_kill + 50, "rank 0 stalled after the kill");
+    double late_before =
+        tu_last_metric(m0, "sparta_rounds_late") + tu_last_metric(m0, "sparta_rounds_dropped");
     cr_assert(late_before > 0, "no late or dropped rounds counted while a peer was dead");
     char *log = peer_log(&c, 0);
     cr_assert(strstr(log, "peer=2 disconnected"), "the loss was not logged:\n%s", log);
     free(log);
     // restart rank 2 afresh in its folder: rounds complete with all peers again
-    double done_before = tu_last_metric(m0, 12);
+    double done_before = tu_last_metric(m0, "sparta_rounds_done");
     char again[1024];
     snprintf(again, sizeof again, "%s --overwrite", extra);
     pid[2] = start_peer(&c, 2, again);
-    for (int i = 0; i < 600 && tu_last_metric(m0, 12) < done_before + 10; i++)
+    for (int i = 0; i < 600 && tu_last_metric(m0, "sparta_rounds_done") < done_before + 10; i++)
         usleep(50000);
-    cr_assert(tu_last_metric(m0, 12) >= done_before + 10, "restarted peer was not picked up");
+    cr_assert(tu_last_metric(m0, "sparta_rounds_done") >= done_before + 10,
+              "restarted peer was not picked up");
     for (int i = 0; i < P; i++) {
         kill(pid[i], SIGINT);
         cr_assert_eq(wait_exit(pid[i], 60), 0, "peer %d did not stop cleanly", i);

@@ -3,12 +3,15 @@
 // outer steps every H steps, one peer destroyed halfway, a new one created in its place that
 // joins (its control requests read the others' outer state on nng's threads while their trainers
 // update it). It checks that every peer finishes, that the survivors took every outer step, and
-// that all three end on the same theta_g bit for bit; TSan reports races on its own. Bounded.
+// that all three end on the same theta_g bit for bit. Then three DDP peers (ddp.h) average their
+// gradients for a number of steps on their own threads and must end on the same bits. TSan
+// reports races on its own. Bounded.
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "diloco/ddp.h"
 #include "diloco/diloco.h"
 #include "tests/test_util.h"
 #include "train/base/cfg.h"
@@ -39,12 +42,65 @@ static void *trainer(void *arg) {
     return NULL;
 }
 
+// A DDP peer: its "gradients" change every step and are averaged with the others'.
+typedef struct {
+    ddp *d;
+    float g[N];
+    int rank, rc;
+    const cfg *c;
+} ddp_peer;
+
+static void *ddp_trainer(void *arg) {
+    ddp_peer *p = arg;
+    p->rc = ddp_create(&p->d, &p->c->ddp, &p->c->net, p->rank, P, 0xDD1, N);
+    for (long s = 1; s <= STEPS && !p->rc; s++) {
+        for (int i = 0; i < N; i++)
+            p->g[i] = 0.5f * p->g[i] + (float)((p->rank + 1) * (i % 5 + 1)) * 1e-3f;
+        p->rc = ddp_average(p->d, p->g, N, s);
+    }
+    if (p->rc) fprintf(stderr, "ddp rank %d: %s\n", p->rank, err_msg());
+    return NULL;
+}
+
+// ddp_stress runs P DDP peers on the ports of c's net.peers; returns 1 on a failure.
+static int ddp_stress(const cfg *c) {
+    static ddp_peer peers[P];
+    pthread_t th[P];
+    for (int i = 0; i < P; i++) {
+        peers[i].rank = i;
+        peers[i].c = c;
+        pthread_create(&th[i], NULL, ddp_trainer, &peers[i]);
+    }
+    int bad = 0;
+    for (int i = 0; i < P; i++) {
+        pthread_join(th[i], NULL);
+        bad |= peers[i].rc != 0;
+    }
+    for (int i = 1; i < P && !bad; i++)
+        if (memcmp(peers[0].g, peers[i].g, sizeof peers[0].g)) {
+            fprintf(stderr, "ddp peers 0 and %d end on different gradients\n", i);
+            bad = 1;
+        }
+    for (int i = 0; i < P; i++) {
+        ddp_stats st;
+        if (peers[i].d) ddp_get_stats(peers[i].d, &st);
+        if (peers[i].d && st.steps_averaged != STEPS) {
+            fprintf(stderr, "ddp rank %d averaged %llu steps, want %d\n", i,
+                    (unsigned long long)st.steps_averaged, STEPS);
+            bad = 1;
+        }
+        ddp_destroy(peers[i].d);
+    }
+    return bad;
+}
+
 int main(void) {
     log_set_level(LOG_WARN);
     cfg c;
     cfg_defaults(&c);
     c.diloco.H = H;
     c.diloco.timeout_ms = 2000;
+    c.ddp.timeout_ms = 20000;
     int base = tu_free_port_base(8 * P);
     if (base < 0) return fprintf(stderr, "no free ports\n"), 1;
     c.net.peers[0] = 0;
@@ -75,7 +131,7 @@ int main(void) {
             pthread_join(th[i], NULL);
             bad |= peers[i].rc != 0;
         }
-    train_sync_stats st;
+    diloco_stats st;
     for (int i = 0; i < P - 1; i++) {
         diloco_get_stats(peers[i].d, &st);
         if (st.outer_steps != STEPS / H) {
@@ -92,6 +148,7 @@ int main(void) {
     }
     for (int i = 0; i <= P; i++)
         if (i != P - 1) diloco_destroy(peers[i].d);
+    bad |= ddp_stress(&c); // on the all-reduce ports, free again
     printf("%s\n", bad ? "stress_diloco: FAILED" : "stress_diloco: ok");
     return bad;
 }

@@ -46,7 +46,9 @@ static int run(const char *reduce, int sync, int kill_one) {
     c.sparta.sync = sync;
     c.sparta.max_stale = 5;
     c.sparta.timeout_ms = 2000;
-    snprintf(c.sparta.reduce, sizeof c.sparta.reduce, "%s", reduce);
+    char kv[64];
+    snprintf(kv, sizeof kv, "sparta.reduce=%s", reduce);
+    if (cfg_set(&c, kv)) return fprintf(stderr, "%s\n", err_msg()), 1;
     int base = tu_free_port_base(4 * P);
     if (base < 0) return fprintf(stderr, "no free ports\n"), 1;
     c.net.peers[0] = 0;
@@ -78,7 +80,7 @@ static int run(const char *reduce, int sync, int kill_one) {
         pthread_join(th[i], NULL);
     for (int i = 0; i < P; i++) {
         if (!peers[i].ex) continue;
-        train_sync_stats st;
+        sparta_stats st;
         sparta_get_stats(peers[i].ex, &st);
         uint64_t rounds = st.rounds_done + st.rounds_late + st.rounds_dropped;
         // every round posted before the last max_stale steps has been resolved exactly once

@@ -218,16 +218,25 @@ void tu_cluster_close(tu_cluster *c) {
     c->dir = NULL;
 }
 
-double tu_last_metric(const char *path, int col) {
+double tu_last_metric(const char *path, const char *column) {
     char *csv;
     if (tu_read_file(path, &csv, NULL)) return -1;
     size_t len = strlen(csv);
     while (len && csv[len - 1] == '\n')
         csv[--len] = 0;
+    // the column's index in the header line
+    int col = -1, c = 0;
+    size_t want = strlen(column);
+    for (const char *h = csv; *h && *h != '\n'; c++) {
+        size_t n = strcspn(h, ",\n");
+        if (n == want && !strncmp(h, column, n)) col = c;
+        h += n;
+        if (*h == ',') h++;
+    }
     char *row = strrchr(csv, '\n');
     double v = -1;
-    if (row) {
-        int c = 0;
+    if (row && col >= 0) {
+        c = 0;
         char *p = row + 1;
         for (; *p && c < col; p++)
             if (*p == ',') c++;
@@ -236,14 +245,6 @@ double tu_last_metric(const char *path, int col) {
     free(csv);
     return v;
 }
-
-double tu_now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
-}
-
-double tu_now_s(void) { return tu_now_ms() / 1e3; }
 
 int tu_cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;

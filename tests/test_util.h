@@ -78,12 +78,6 @@ char *tu_cluster_log(tu_cluster *c, int rank);
 // with status 0, else the first failing rank.
 int tu_cluster_run(tu_cluster *c, const char *args, int timeout_s);
 
-// tu_now_ms returns a monotonic clock in milliseconds.
-double tu_now_ms(void);
-
-// tu_now_s returns a monotonic clock in seconds.
-double tu_now_s(void);
-
 // tu_cmp_double orders doubles ascending (for qsort).
 int tu_cmp_double(const void *a, const void *b);
 
@@ -163,9 +157,9 @@ int tu_torch_times(tu_proc *p, const char *verb, int warm, int n, double *v);
 // returns its exit status (128 + signal if killed), or -1. NULL-safe on a zeroed struct.
 int tu_proc_stop(tu_proc *p);
 
-// tu_last_metric returns column col (0 = step) of the last row of the metrics.csv at path, or -1
-// if there is none yet.
-double tu_last_metric(const char *path, int col);
+// tu_last_metric returns the value of the named column ("step", "sparta_rounds_done") in the last
+// row of the metrics.csv at path, or -1 if there is no row yet or no such column.
+double tu_last_metric(const char *path, const char *column);
 
 // tu_cluster_close removes the folder and frees c's memory.
 void tu_cluster_close(tu_cluster *c);

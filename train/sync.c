@@ -1,5 +1,5 @@
 // sync.c: chaining two peer-synchronisation modules (SPARTA and DiLoCo together): every hook runs
-// the first module's, then the second's. Trainer thread only.
+// the first module's, then the second's; and the list of named metrics. Trainer thread only.
 #include "train/sync.h"
 
 #include <stdlib.h>
@@ -46,33 +46,10 @@ static int chain_join(void *ctx, float *params, size_t n, long *step) {
     return rc;
 }
 
-static void add_stats(train_sync_stats *st, const train_sync_stats *x) {
-    st->modes |= x->modes;
-    st->exchanges += x->exchanges;
-    st->outer_steps += x->outer_steps;
-    st->bytes_sent += x->bytes_sent;
-    st->bytes_recv += x->bytes_recv;
-    st->rounds_done += x->rounds_done;
-    st->rounds_late += x->rounds_late;
-    st->rounds_dropped += x->rounds_dropped;
-    st->msgs_dropped += x->msgs_dropped;
-    if (x->stale_max > st->stale_max) st->stale_max = x->stale_max;
-    if (x->stale_mean > st->stale_mean) st->stale_mean = x->stale_mean;
-    if (x->latency_ms > st->latency_ms) st->latency_ms = x->latency_ms;
-}
-
-static void chain_stats(void *ctx, train_sync_stats *st) {
+static void chain_metrics(void *ctx, train_sync_metrics *m) {
     chain *c = ctx;
-    memset(st, 0, sizeof *st);
-    train_sync_stats x;
-    if (c->a.get_stats) {
-        c->a.get_stats(c->a.ctx, &x);
-        add_stats(st, &x);
-    }
-    if (c->b.get_stats) {
-        c->b.get_stats(c->b.ctx, &x);
-        add_stats(st, &x);
-    }
+    if (c->a.get_metrics) c->a.get_metrics(c->a.ctx, m);
+    if (c->b.get_metrics) c->b.get_metrics(c->b.ctx, m);
 }
 
 static void chain_destroy(void *ctx) {
@@ -93,7 +70,13 @@ int train_sync_chain(train_sync *out, const train_sync *a, const train_sync *b) 
     out->save = chain_save;
     out->load = chain_load;
     out->join = chain_join;
-    out->get_stats = chain_stats;
+    out->get_metrics = chain_metrics;
     out->destroy = chain_destroy;
     return ERR_OK;
+}
+
+void train_sync_metric(train_sync_metrics *m, const char *name, const char *label, double value,
+                       int decimals) {
+    ASSERT(m->n >= 0 && m->n < TRAIN_SYNC_MAX_METRICS);
+    m->metrics[m->n++] = (train_metric){name, label, value, decimals};
 }

@@ -11,25 +11,44 @@
 #include "train/base/cfg.h"
 #include "train/ckpt.h"
 
-// What a sync module does, so the progress line shows only its own fields.
-enum { TRAIN_SYNC_SPARTA = 1, TRAIN_SYNC_DILOCO = 2, TRAIN_SYNC_DDP = 4 };
+#define TRAIN_SYNC_MAX_METRICS 24 // named metrics of all the modules of one run together
 
-// Cumulative counters of a sync module, for the progress line and metrics.csv.
-typedef struct train_sync_stats {
-    unsigned modes;       // TRAIN_SYNC_* bits of the modules behind these counters
-    uint64_t exchanges;   // exchanges with at least one other peer: SPARTA rounds applied, values
-                          // received or sent to a connected peer, DiLoCo outer steps shared, DDP
-                          // steps averaged
-    uint64_t outer_steps; // DiLoCo outer steps taken
+// One named figure of a sync module, for metrics.csv and the progress line. name is its
+// metrics.csv column and starts with the module's prefix ("sparta_rounds_done",
+// "diloco_outer_steps", "ddp_allreduce_ms"); label is its key in the progress line ("rounds"), or
+// NULL to keep it out of the line. Both are static strings.
+typedef struct train_metric {
+    const char *name, *label;
+    double value;
+    int decimals; // digits after the point in metrics.csv (0: a count); the progress line shows
+                  // at most one
+} train_metric;
+
+// What the sync modules of a run report: the counters that every module has, summed over the
+// modules, then each module's own named metrics, module after module. A module reports the same
+// names in the same order at every call, so the metrics.csv header, written from the first
+// report, holds for the whole run.
+typedef struct train_sync_metrics {
+    uint64_t exchanges; // exchanges with at least one other peer: SPARTA rounds applied, values
+                        // received or sent to a connected peer, DiLoCo outer steps shared, DDP
+                        // steps averaged (a run with peers that ends at 0 trained alone)
     uint64_t bytes_sent, bytes_recv; // message bytes handed to / received from the network
-    uint64_t rounds_done;            // SPARTA rounds applied with every peer's values
-    uint64_t rounds_late;            // rounds applied at the deadline with some peers left out
-    uint64_t rounds_dropped;         // rounds dropped at the deadline (no other peer's values)
-    uint64_t msgs_dropped;           // malformed, foreign, duplicate or too-late messages
-    double stale_mean, stale_max;    // steps between a round and its application
-    double latency_ms; // mean time of an exchange: SPARTA from posting a round to its completion,
-                       // DiLoCo an outer all-reduce, DDP a gradient all-reduce
-} train_sync_stats;
+    uint64_t msgs_dropped;           // messages refused: malformed, foreign, duplicate, too late
+    int n;                           // metrics[0 .. n) are set
+    train_metric metrics[TRAIN_SYNC_MAX_METRICS];
+} train_sync_metrics;
+
+// train_sync_metric appends the metric (name, label, value, decimals) to m; name and label must
+// be static strings. ASSERTs that m has room (TRAIN_SYNC_MAX_METRICS). Any thread, one m at a time.
+void train_sync_metric(train_sync_metrics *m, const char *name, const char *label, double value,
+                       int decimals);
+
+// What every sync module is told about its run besides its own config sections (main.c fills it).
+typedef struct train_sync_run {
+    int rank, world;   // this peer and the number of peers (net.peers)
+    uint64_t run_id;   // identifies the run on the wire (model config and seed)
+    const char *hello; // the start-up handshake text of the whole config (borrowed for the call)
+} train_sync_run;
 
 typedef struct train_sync {
     void *ctx;
@@ -48,19 +67,23 @@ typedef struct train_sync {
     // move *step (completed steps) forward; the trainer then continues from *step. May be NULL.
     // Returns ERR_OK or an error that stops training.
     int (*join)(void *ctx, float *params, size_t n, long *step);
-    void (*get_stats)(void *ctx, train_sync_stats *st);
+    // get_metrics adds the module's counters to the common fields of m and appends its named
+    // metrics (train_sync_metric); the caller zeroes m first. May be NULL (nothing to report).
+    void (*get_metrics)(void *ctx, train_sync_metrics *m);
+    // destroy stops the module's threads, closes its connections and frees ctx. May be NULL.
     void (*destroy)(void *ctx);
 } train_sync;
 
-// train_sync_chain combines two sync modules into one that runs a's hooks, then b's, and sums
-// their counters. Either may be empty (no hooks). On success *out owns both (its destroy
-// destroys them). Returns ERR_OK.
+// train_sync_chain combines two sync modules into one that runs a's hooks, then b's; its
+// metrics are a's, then b's (the common counters summed). Either may be empty (no hooks). On
+// success *out owns both (its destroy destroys them). Returns ERR_OK.
 int train_sync_chain(train_sync *out, const train_sync *a, const train_sync *b);
 
-// A factory builds the sync module for a run: *out is left zeroed (no sync) when the config asks
-// for none. rank and world come from the command line or environment; run_id identifies the run
-// (model config and seed) on the wire; params(n_params) are the starting parameters (borrowed).
-// Returns ERR_OK or an error with a message.
+// A factory builds the sync modules of a run from the whole config (train/cmd/main.c composes
+// them, handing each module only its own sections): *out is left zeroed (no sync) when the config
+// asks for none. rank and world come from the command line or environment; run_id identifies the
+// run (model config and seed) on the wire; params(n_params) are the starting parameters
+// (borrowed). Returns ERR_OK or an error with a message. Trainer thread.
 typedef int (*train_sync_factory)(train_sync *out, const cfg *c, int rank, int world,
                                   uint64_t run_id, const float *params, size_t n_params);
 

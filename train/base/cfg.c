@@ -12,8 +12,9 @@
 #include "train/base/err.h"
 #include "train/base/log.h"
 
-// CFG_STR must not be empty; CFG_STR0 may be; CFG_ENUM takes one of the '|'-separated choices;
-// CFG_BOOL takes true/false, yes/no, on/off or 1/0 into an int.
+// CFG_STR must not be empty; CFG_STR0 may be; CFG_ENUM takes one of the key's words and stores
+// its index into an enum field (cfg.h lists each enum in the order of its words), so only this
+// file ever sees the words; CFG_BOOL takes true/false, yes/no, on/off or 1/0 into an int.
 typedef enum { CFG_INT, CFG_U64, CFG_F32, CFG_STR, CFG_STR0, CFG_ENUM, CFG_BOOL } cfg_type;
 
 typedef struct {
@@ -23,13 +24,22 @@ typedef struct {
     const char *def;
     double lo, hi;
     const char *help;
-    const char *choices; // CFG_ENUM only
+    const char *const *words; // CFG_ENUM only: the choices, NULL-terminated, in enum order
 } cfg_key;
+
+// The words of the enum keys, in the order of their enums in cfg.h.
+static const char *const mode_words[] = {"local", "ddp", NULL};
+static const char *const level_words[] = {"error", "warn", "info", "debug", NULL};
+static const char *const selector_words[] = {"random", "partitioned", NULL};
+static const char *const reduce_words[] = {"alltoall", "ring", NULL};
+static const char *const apply_words[] = {"overwrite", "correct", NULL};
+static const char *const dtype_words[] = {"fp32", "bf16", "int8", NULL};
+static const char *const dtype2_words[] = {"fp32", "bf16", NULL}; // SPARTA has no int8
 
 #define K(sec, key, ty, field, d, lo, hi, help) \
     { sec, key, ty, offsetof(cfg, field), sizeof(((cfg *)0)->field), d, lo, hi, help, NULL }
-#define E(sec, key, field, d, choices, help) \
-    { sec, key, CFG_ENUM, offsetof(cfg, field), sizeof(((cfg *)0)->field), d, 0, 0, help, choices }
+#define E(sec, key, field, d, words, help) \
+    { sec, key, CFG_ENUM, offsetof(cfg, field), sizeof(((cfg *)0)->field), d, 0, 0, help, words }
 
 static const cfg_key keys[] = {
     K("model", "n_layer", CFG_INT, model.n_layer, "4", 1, 96, "transformer blocks L"),
@@ -67,21 +77,21 @@ static const cfg_key keys[] = {
     K("train", "threads", CFG_INT, train.threads, "0", 0, 1024,
       "compute threads (0 = the cores, divided among the peers of net.peers on this host)"),
     K("train", "rank", CFG_INT, train.rank, "0", 0, 1 << 20, "peer rank (selects the data stream)"),
-    E("train", "mode", train.mode, "local", "local|ddp",
+    E("train", "mode", train.mode, "local", mode_words,
       "local steps (SPARTA/DiLoCo sync them), or DDP: gradients averaged every step"),
     K("train", "out_dir", CFG_STR, train.out_dir, "out", 0, 0,
       "where checkpoints and metrics.csv go"),
     K("data", "dir", CFG_STR, data.dir, "data/cache/shakespeare-char", 0, 0,
       "folder written by `spartan data prepare`"),
-    E("log", "level", log.level, "info", "error|warn|info|debug", "log verbosity"),
+    E("log", "level", log.level, "info", level_words, "log verbosity"),
     K("sparta", "p", CFG_F32, sparta.p, "0.005", 0, 1,
       "fraction of parameters averaged per round (0 = off; needs peers)"),
     K("sparta", "every", CFG_INT, sparta.every, "1", 1, 1e6, "steps between rounds"),
-    E("sparta", "selector", sparta.selector, "random", "random|partitioned",
+    E("sparta", "selector", sparta.selector, "random", selector_words,
       "index sets: uniform without replacement, or cycling disjoint chunks"),
-    E("sparta", "reduce", sparta.reduce, "alltoall", "alltoall|ring",
+    E("sparta", "reduce", sparta.reduce, "alltoall", reduce_words,
       "send values to every peer, or ring all-reduce"),
-    E("sparta", "apply", sparta.apply, "overwrite", "overwrite|correct",
+    E("sparta", "apply", sparta.apply, "overwrite", apply_words,
       "x = mean, or x += mean - x_sent (keeps progress made meanwhile)"),
     K("sparta", "max_stale", CFG_INT, sparta.max_stale, "15", 0, 1000,
       "D: apply a round at most D steps late, leaving late peers out"),
@@ -90,17 +100,21 @@ static const cfg_key keys[] = {
       "0 = as soon as complete)"),
     K("sparta", "sync", CFG_BOOL, sparta.sync, "false", 0, 1,
       "block until each round completes (deterministic)"),
-    E("sparta", "dtype", sparta.dtype, "fp32", "fp32|bf16", "value type on the wire"),
+    E("sparta", "dtype", sparta.dtype, "fp32", dtype2_words, "value type on the wire"),
     K("sparta", "timeout_ms", CFG_INT, sparta.timeout_ms, "30000", 1, 1e9,
       "longest wait of a sync round for a missing peer"),
     K("diloco", "H", CFG_INT, diloco.H, "0", 0, 1e9, "inner steps per outer step (0 = off)"),
     K("diloco", "lr", CFG_F32, diloco.lr, "0.7", 0, 100, "outer learning rate"),
     K("diloco", "momentum", CFG_F32, diloco.momentum, "0.9", 0, 0.999999, "outer momentum"),
     K("diloco", "nesterov", CFG_BOOL, diloco.nesterov, "true", 0, 1, "Nesterov outer momentum"),
-    E("diloco", "dtype", diloco.dtype, "fp32", "fp32|bf16|int8",
+    E("diloco", "dtype", diloco.dtype, "fp32", dtype_words,
       "pseudo-gradients on the wire (int8: one scale per 4096 values)"),
     K("diloco", "timeout_ms", CFG_INT, diloco.timeout_ms, "30000", 1, 1e9,
       "longest wait for a peer in an all-reduce"),
+    E("ddp", "dtype", ddp.dtype, "fp32", dtype_words,
+      "gradients on the wire with train.mode = ddp (int8: one scale per 4096 values)"),
+    K("ddp", "timeout_ms", CFG_INT, ddp.timeout_ms, "30000", 1, 1e9,
+      "longest wait for a peer in a DDP all-reduce"),
     K("net", "listen", CFG_STR0, net.listen, "", 0, 0,
       "bind address host:port (empty = this peer's entry in net.peers)"),
     K("net", "peers", CFG_STR0, net.peers, "", 0, 0,
@@ -172,18 +186,33 @@ static int unknown_key(const char *where, const char *section, const char *name)
     return err_set(ERR_INVAL, "%s: unknown key '%s' (see `spartan train --help`)", where, full);
 }
 
-// is_choice reports whether text is one of the '|'-separated words of choices.
-static int is_choice(const char *choices, const char *text) {
-    size_t n = strlen(text);
-    for (const char *c = choices; *c;) {
-        const char *bar = strchr(c, '|');
-        size_t len = bar ? (size_t)(bar - c) : strlen(c);
-        if (len == n && strncmp(c, text, n) == 0) return 1;
-        if (!bar) break;
-        c = bar + 1;
-    }
-    return 0;
+// word_index returns the index of text among words, or -1.
+static int word_index(const char *const *words, const char *text) {
+    for (int i = 0; words[i]; i++)
+        if (strcmp(words[i], text) == 0) return i;
+    return -1;
 }
+
+// word_of returns word v of words, or "?" for a value out of range (never set by this file).
+static const char *word_of(const char *const *words, int v) {
+    for (int i = 0; words[i]; i++)
+        if (i == v) return words[i];
+    return "?";
+}
+
+// join_words writes the words as "a|b|c" into buf (n bytes).
+static void join_words(const char *const *words, char *buf, size_t n) {
+    size_t len = 0;
+    buf[0] = 0;
+    for (int i = 0; words[i] && len < n; i++)
+        len += (size_t)snprintf(buf + len, n - len, "%s%s", i ? "|" : "", words[i]);
+}
+
+const char *cfg_mode_str(cfg_mode v) { return word_of(mode_words, (int)v); }
+const char *cfg_selector_str(cfg_selector v) { return word_of(selector_words, (int)v); }
+const char *cfg_reduce_str(cfg_reduce v) { return word_of(reduce_words, (int)v); }
+const char *cfg_apply_str(cfg_apply v) { return word_of(apply_words, (int)v); }
+const char *cfg_dtype_str(cfg_dtype v) { return word_of(dtype_words, (int)v); }
 
 // set_value parses text into the field of k; where names the origin for messages.
 static int set_value(cfg *c, const cfg_key *k, const char *text, const char *where) {
@@ -233,12 +262,18 @@ static int set_value(cfg *c, const cfg_key *k, const char *text, const char *whe
             return err_set(ERR_INVAL, "%s: %s.%s: value is empty", where, k->section, k->name);
         strcpy(p, text);
         break;
-    case CFG_ENUM:
-        if (!is_choice(k->choices, text))
+    case CFG_ENUM: {
+        int v = word_index(k->words, text);
+        if (v < 0) {
+            char all[128];
+            join_words(k->words, all, sizeof all);
             return err_set(ERR_INVAL, "%s: %s.%s: '%s' is not one of %s", where, k->section,
-                           k->name, text, k->choices);
-        strcpy(p, text);
+                           k->name, text, all);
+        }
+        ASSERT(k->size == sizeof(int)); // an enum field of cfg.h
+        *(int *)p = v;
         break;
+    }
     case CFG_BOOL: {
         static const char *yes[] = {"true", "yes", "on", "1"}, *no[] = {"false", "no", "off", "0"};
         int v = -1;
@@ -362,6 +397,9 @@ int cfg_validate(const cfg *c) {
     if (c->train.min_lr > c->train.learning_rate)
         return err_set(ERR_INVAL, "train.min_lr (%g) must not exceed train.learning_rate (%g)",
                        c->train.min_lr, c->train.learning_rate);
+    if (c->train.mode == CFG_MODE_DDP && c->diloco.H > 0)
+        return err_set(ERR_INVAL, "train.mode = ddp and diloco.H > 0 do not combine (DDP already "
+                                  "averages every step)");
     if (c->sparta.delay > c->sparta.max_stale)
         return err_set(ERR_INVAL, "sparta.delay (%d) must not exceed sparta.max_stale (%d)",
                        c->sparta.delay, c->sparta.max_stale);
@@ -376,8 +414,8 @@ static void format_value(const cfg *c, const cfg_key *k, char *buf, size_t n) {
     case CFG_F32: snprintf(buf, n, "%.9g", *(const float *)p); break;
     case CFG_BOOL: snprintf(buf, n, "%s", *(const int *)p ? "true" : "false"); break;
     case CFG_STR:
-    case CFG_STR0:
-    case CFG_ENUM: snprintf(buf, n, "%s", p); break;
+    case CFG_STR0: snprintf(buf, n, "%s", p); break;
+    case CFG_ENUM: snprintf(buf, n, "%s", word_of(k->words, *(const int *)p)); break;
     }
 }
 
@@ -398,10 +436,7 @@ char *cfg_to_string(const cfg *c) {
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
-    if (!f) {
-        fprintf(stderr, "spartan: out of memory\n");
-        abort();
-    }
+    if (!f) err_oom("open_memstream", 0);
     cfg_write(c, f);
     fclose(f);
     return buf;
@@ -413,18 +448,20 @@ void cfg_print_keys(FILE *f) {
         const cfg_key *k = &keys[i];
         char name[80];
         snprintf(name, sizeof name, "%s.%s", k->section, k->name);
+        char all[128] = "";
+        if (k->words) join_words(k->words, all, sizeof all);
         fprintf(f, "  %-22s %-6s default %-28s %s%s%s%s\n", name, tn[k->type],
-                k->def[0] ? k->def : "\"\"", k->help, k->choices ? " (" : "",
-                k->choices ? k->choices : "", k->choices ? ")" : "");
+                k->def[0] ? k->def : "\"\"", k->help, k->words ? " (" : "", all,
+                k->words ? ")" : "");
     }
 }
 
 // Keys outside [model] that peers must agree on: they decide the data order, the init and what
 // the exchanges compute. Per-peer behaviour (threads, max_stale, timeouts, apply) may differ.
 static const char *const shared_keys[] = {
-    "train.seed",      "train.mode",      "sparta.p",        "sparta.every",
-    "sparta.selector", "sparta.reduce",   "sparta.dtype",    "diloco.H",
-    "diloco.lr",       "diloco.momentum", "diloco.nesterov", "diloco.dtype",
+    "train.seed",      "train.mode",   "sparta.p",  "sparta.every", "sparta.selector",
+    "sparta.reduce",   "sparta.dtype", "diloco.H",  "diloco.lr",    "diloco.momentum",
+    "diloco.nesterov", "diloco.dtype", "ddp.dtype",
 };
 
 size_t cfg_shared_write(const cfg *c, char *buf, size_t n) {

@@ -11,6 +11,17 @@
 
 #define CFG_PATH_MAX 512
 
+// The values of the enum keys. The key table parses each key's words once, into these enums (a
+// value is its word's index, so the order is the table's), and modules compare enums, never
+// strings. train.mode, log.level, sparta.selector, sparta.reduce, sparta.apply, and the dtype of
+// the values on the wire (sparta.dtype takes fp32 or bf16; diloco.dtype and ddp.dtype all three).
+typedef enum { CFG_MODE_LOCAL, CFG_MODE_DDP } cfg_mode;
+typedef enum { CFG_LOG_ERROR, CFG_LOG_WARN, CFG_LOG_INFO, CFG_LOG_DEBUG } cfg_log_level;
+typedef enum { CFG_SELECT_RANDOM, CFG_SELECT_PARTITIONED } cfg_selector;
+typedef enum { CFG_REDUCE_ALLTOALL, CFG_REDUCE_RING } cfg_reduce;
+typedef enum { CFG_APPLY_OVERWRITE, CFG_APPLY_CORRECT } cfg_apply;
+typedef enum { CFG_DTYPE_FP32, CFG_DTYPE_BF16, CFG_DTYPE_INT8 } cfg_dtype;
+
 // GPT-2 architecture (nanoGPT names). vocab_size = 0 means "take it from the data's tokenizer".
 typedef struct cfg_model {
     int n_layer;
@@ -40,7 +51,7 @@ typedef struct cfg_train {
     int keep_ckpts;    // newest interval checkpoints kept (0 = all)
     int threads;       // OpenMP/BLAS threads (0 = all cores)
     int rank;          // this peer's rank: selects its data stream
-    char mode[8];      // "local" (own optimizer steps) or "ddp" (gradients averaged)
+    cfg_mode mode;     // local (own optimizer steps) or ddp (gradients averaged)
     char out_dir[CFG_PATH_MAX];
 } cfg_train;
 
@@ -49,32 +60,38 @@ typedef struct cfg_data {
 } cfg_data;
 
 typedef struct cfg_log {
-    char level[16];
+    cfg_log_level level;
 } cfg_log;
 
 // SPARTA: every `every` steps, average a fraction p of all parameters with every peer.
 typedef struct cfg_sparta {
-    float p;           // fraction exchanged per round (0 = off); active only with peers
-    int every;         // steps between rounds
-    char selector[16]; // "random" or "partitioned"
-    char reduce[16];   // "alltoall" or "ring"
-    char apply[16];    // "overwrite" or "correct"
-    int max_stale;     // D: a round is applied at most D steps after it was posted
-    int delay;         // forced staleness: apply exactly this many steps after posting (0 = asap)
-    int sync;          // 1: block until each round completes (deterministic; tests)
-    char dtype[8];     // values on the wire: "fp32" or "bf16"
-    int timeout_ms;    // longest wait of a sync round for a missing peer
+    float p;               // fraction exchanged per round (0 = off); active only with peers
+    int every;             // steps between rounds
+    cfg_selector selector; // random or partitioned
+    cfg_reduce reduce;     // alltoall or ring
+    cfg_apply apply;       // overwrite or correct
+    int max_stale;         // D: a round is applied at most D steps after it was posted
+    int delay;             // forced staleness: apply this many steps after posting (0 = asap)
+    int sync;              // 1: block until each round completes (deterministic; tests)
+    cfg_dtype dtype;       // values on the wire: fp32 or bf16
+    int timeout_ms;        // longest wait of a sync round for a missing peer
 } cfg_sparta;
 
 // DiLoCo: every H inner steps, an outer Nesterov step on the pseudo-gradient averaged over peers.
 typedef struct cfg_diloco {
-    int H;          // inner steps per outer step (0 = off)
-    float lr;       // outer learning rate
-    float momentum; // outer momentum mu
-    int nesterov;   // Nesterov momentum (PyTorch SGD semantics)
-    char dtype[8];  // pseudo-gradients on the wire: "fp32", "bf16" or "int8"
-    int timeout_ms; // longest wait for a peer in an all-reduce
+    int H;           // inner steps per outer step (0 = off)
+    float lr;        // outer learning rate
+    float momentum;  // outer momentum mu
+    int nesterov;    // Nesterov momentum (PyTorch SGD semantics)
+    cfg_dtype dtype; // pseudo-gradients on the wire: fp32, bf16 or int8
+    int timeout_ms;  // longest wait for a peer in an all-reduce
 } cfg_diloco;
+
+// DDP (train.mode = ddp): the gradients are averaged over the peers after every backward pass.
+typedef struct cfg_ddp {
+    cfg_dtype dtype; // gradients on the wire: fp32, bf16 or int8
+    int timeout_ms;  // longest wait for a peer in an all-reduce
+} cfg_ddp;
 
 // The peer mesh. peers lists every peer's "host:port" in rank order (this one included);
 // listen is the local bind address (empty: this peer's entry in peers). rate_mbit, delay_ms and
@@ -95,8 +112,18 @@ typedef struct cfg {
     cfg_log log;
     cfg_sparta sparta;
     cfg_diloco diloco;
+    cfg_ddp ddp;
     cfg_net net;
 } cfg;
+
+// cfg_mode_str, cfg_selector_str, cfg_reduce_str, cfg_apply_str and cfg_dtype_str return the
+// config word of an enum value ("ddp", "bf16"), for log lines; static storage, "?" for a value
+// that is not one of the enum's. Any thread.
+const char *cfg_mode_str(cfg_mode v);
+const char *cfg_selector_str(cfg_selector v);
+const char *cfg_reduce_str(cfg_reduce v);
+const char *cfg_apply_str(cfg_apply v);
+const char *cfg_dtype_str(cfg_dtype v);
 
 // cfg_defaults fills c with every key's default from the key table. Never fails.
 void cfg_defaults(cfg *c);
@@ -110,8 +137,8 @@ int cfg_load_ini(cfg *c, const char *path);
 // with a message naming the key.
 int cfg_set(cfg *c, const char *assignment);
 
-// cfg_validate checks cross-key constraints (n_embd divisible by n_head, ...). Returns ERR_OK or
-// ERR_INVAL naming the keys.
+// cfg_validate checks cross-key constraints (n_embd divisible by n_head, train.mode = ddp without
+// diloco.H, ...). Returns ERR_OK or ERR_INVAL naming the keys.
 int cfg_validate(const cfg *c);
 
 // cfg_write prints the full effective config as INI text (every key, current values) to f.

@@ -25,26 +25,29 @@ const char *err_str(int code) {
     return (code >= 0 && code < ERR_COUNT_) ? names[code] : "ERR_?";
 }
 
-static void oom(size_t n) {
-    fprintf(stderr, "spartan: out of memory allocating %zu bytes\n", n);
+void err_oom(const char *what, size_t n) {
+    if (n)
+        fprintf(stderr, "spartan: out of memory (%s, %zu bytes)\n", what, n);
+    else
+        fprintf(stderr, "spartan: out of memory (%s)\n", what);
     abort();
 }
 
 void *xmalloc(size_t n) {
     void *p = malloc(n ? n : 1);
-    if (!p) oom(n);
+    if (!p) err_oom("malloc", n);
     return p;
 }
 
 void *xcalloc(size_t n, size_t size) {
     void *p = calloc(n ? n : 1, size ? size : 1);
-    if (!p) oom(n * size);
+    if (!p) err_oom("calloc", n * size);
     return p;
 }
 
 void *xrealloc(void *p, size_t n) {
     void *q = realloc(p, n ? n : 1);
-    if (!q) oom(n);
+    if (!q) err_oom("realloc", n);
     return q;
 }
 
@@ -58,7 +61,7 @@ char *xstrdup(const char *s) {
 void *xalloc_aligned(size_t n) {
     void *p = NULL;
     size_t sz = (n + 63) & ~(size_t)63;
-    if (posix_memalign(&p, 64, sz ? sz : 64) != 0) oom(n);
+    if (posix_memalign(&p, 64, sz ? sz : 64) != 0) err_oom("posix_memalign", n);
     return p;
 }
 

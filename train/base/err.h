@@ -30,14 +30,22 @@ const char *err_msg(void);
 // err_str returns the symbolic name of an error code ("ERR_IO"), or "ERR_?" if unknown.
 const char *err_str(int code);
 
-// xmalloc, xcalloc, xrealloc and xstrdup allocate or abort with one line on stderr. They are
-// the only allocation paths that abort (the redis zmalloc pattern). The caller owns the result.
+// err_oom is the one out-of-memory abort (the redis zmalloc pattern): it prints
+// "spartan: out of memory (<what>[, <n> bytes])" as one line on stderr and aborts. xmalloc and
+// friends call it, and so does every caller of a library that reports a failed allocation
+// (open_memstream, PCRE2, jansson, libmicrohttpd): a failed allocation is never ignored and never
+// handled anywhere else. n = 0 when the size is unknown. Any thread.
+void err_oom(const char *what, size_t n) __attribute__((noreturn));
+
+// xmalloc, xcalloc, xrealloc and xstrdup allocate or abort through err_oom. The caller owns the
+// result (free).
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 
-// xalloc_aligned returns 64-byte aligned memory of n bytes (release with free) or aborts.
+// xalloc_aligned returns 64-byte aligned memory of n bytes (release with free) or aborts through
+// err_oom.
 void *xalloc_aligned(size_t n);
 
 // err_assert_fail prints the failed condition and aborts; use through ASSERT.

@@ -5,8 +5,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/time.h>
 #include <time.h>
+
+#include "train/base/sys.h"
 
 static int log_level = LOG_INFO;
 
@@ -28,10 +29,9 @@ void log_line(int level, const char *mod, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
+    struct timespec now = sys_wall_time();
     struct tm tm;
-    localtime_r(&tv.tv_sec, &tm);
+    localtime_r(&now.tv_sec, &tm);
     fprintf(stderr, "%02d:%02d:%02d.%03d %c %s %s\n", tm.tm_hour, tm.tm_min, tm.tm_sec,
-            (int)(tv.tv_usec / 1000), "EWID"[level], mod, msg);
+            (int)(now.tv_nsec / 1000000), "EWID"[level], mod, msg);
 }

@@ -1,4 +1,4 @@
-// sys.c: the monotonic clock, a sleep and mkdir -p. No state; any thread.
+// sys.c: the clocks, monotonic condition variables, a sleep and mkdir -p. No state; any thread.
 #include "train/base/sys.h"
 
 #include <errno.h>
@@ -13,6 +13,40 @@ double sys_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+double sys_now_s(void) { return sys_now_ms() / 1e3; }
+
+struct timespec sys_wall_time(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ts;
+}
+
+// macOS has no pthread_condattr_setclock: there its condition variables wait by the time of day.
+#ifdef __APPLE__
+#define COND_CLOCK CLOCK_REALTIME
+#else
+#define COND_CLOCK CLOCK_MONOTONIC
+#endif
+
+void sys_cond_init(pthread_cond_t *cv) {
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+#ifndef __APPLE__
+    pthread_condattr_setclock(&ca, COND_CLOCK);
+#endif
+    pthread_cond_init(cv, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
+struct timespec sys_deadline(double ms) {
+    struct timespec dl;
+    clock_gettime(COND_CLOCK, &dl);
+    long long ns = dl.tv_nsec + (long long)(ms * 1e6);
+    dl.tv_sec += (time_t)(ns / 1000000000LL);
+    dl.tv_nsec = (long)(ns % 1000000000LL);
+    return dl;
 }
 
 void sys_sleep_ms(int ms) {

@@ -89,14 +89,17 @@ static int write_meta(const char *dir, const tok_tokenizer *t, size_t n_train, s
                       const char *source, double frac) {
     char *spec = tok_spec(t);
     json_t *m = json_object();
-    json_object_set_new(m, "tokenizer", json_string(spec));
-    json_object_set_new(m, "vocab_size", json_integer(tok_vocab_size(t)));
-    json_object_set_new(m, "eot", json_integer(tok_eot(t)));
-    json_object_set_new(m, "n_train", json_integer((json_int_t)n_train));
-    json_object_set_new(m, "n_val", json_integer((json_int_t)n_val));
-    json_object_set_new(m, "val_fraction", json_real(frac));
+    if (!m) err_oom("json_object", 0);
+    // jansson reports a failed allocation as a NULL value or a failed set: never ignored.
+    int bad = json_object_set_new(m, "tokenizer", json_string(spec));
+    bad |= json_object_set_new(m, "vocab_size", json_integer(tok_vocab_size(t)));
+    bad |= json_object_set_new(m, "eot", json_integer(tok_eot(t)));
+    bad |= json_object_set_new(m, "n_train", json_integer((json_int_t)n_train));
+    bad |= json_object_set_new(m, "n_val", json_integer((json_int_t)n_val));
+    bad |= json_object_set_new(m, "val_fraction", json_real(frac));
     json_t *src = json_string(source); // NULL when the path is not valid UTF-8
-    json_object_set_new(m, "source", src ? src : json_string("(non-UTF-8 path)"));
+    bad |= json_object_set_new(m, "source", src ? src : json_string("(non-UTF-8 path)"));
+    if (bad) err_oom("meta.json", 0);
     free(spec);
     char *path = join(dir, "meta.json");
     char *tmp = join(dir, "meta.json.tmp");
@@ -112,7 +115,7 @@ static int write_meta(const char *dir, const tok_tokenizer *t, size_t n_train, s
 }
 
 static int prepare(const char *tokenizer, double frac, const char *input, const char *outdir) {
-    double t0 = (sys_now_ms() / 1e3);
+    double t0 = sys_now_s();
     char *text = NULL;
     size_t n = 0;
     tok_tokenizer *t = NULL;
@@ -139,7 +142,7 @@ static int prepare(const char *tokenizer, double frac, const char *input, const 
         printf("prepared %s: tokenizer=%s vocab=%d tokens=%zu train=%zu val=%zu%s bytes=%zu "
                "seconds=%.2f\n",
                outdir, tokenizer, tok_vocab_size(t), n_ids, n_train, n_val,
-               n_val ? "" : " (no val.bin)", n, (sys_now_ms() / 1e3) - t0);
+               n_val ? "" : " (no val.bin)", n, sys_now_s() - t0);
     else
         fprintf(stderr, "spartan data prepare: %s\n", err_msg());
     free(ids);
@@ -211,14 +214,14 @@ static int fetch_main(int argc, char **argv) {
         return 2;
     }
     o.progress = !quiet;
-    double t0 = (sys_now_ms() / 1e3);
+    double t0 = sys_now_s();
     int rc = fetch_file(url, sha, out, &o);
     if (rc != ERR_OK) {
         const char *m = err_msg();
         fprintf(stderr, "spartan data fetch: %s\n", strncmp(m, "fetch: ", 7) ? m : m + 7);
         return rc == ERR_INVAL ? 2 : 1;
     }
-    printf("fetched %s -> %s sha256=ok seconds=%.2f\n", url, out, (sys_now_ms() / 1e3) - t0);
+    printf("fetched %s -> %s sha256=ok seconds=%.2f\n", url, out, sys_now_s() - t0);
     return 0;
 }
 

@@ -3,7 +3,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "diloco/ddp.h"
 #include "diloco/diloco.h"
+#include "sparta/peer/hello.h"
 #include "sparta/sparta.h"
 #include "train/base/err.h"
 #include "train/cmd/cmds.h"
@@ -23,20 +25,37 @@ typedef struct {
     const char *help;
 } command;
 
-// make_sync builds the peer synchronisation of a run from the config: SPARTA and the
-// all-reduce modes (DiLoCo, DDP), chained when both are on. train/ cannot include them itself.
+// make_sync is the train_sync_factory of `spartan train`: it decides from the whole config which
+// sync modules run and hands each one only its own sections, chained when two run (train/ cannot
+// include them itself):
+//   SPARTA  sparta.p > 0, several peers and train.mode = local    (sparta, net; train.seed)
+//   DiLoCo  diloco.H > 0, alone or with peers                     (diloco, net)
+//   DDP     train.mode = ddp and several peers                    (ddp, net)
+// (cfg_validate refuses DDP with DiLoCo.) Every module checks its peers with the same hello: the
+// settings all peers of the run must share.
 static int make_sync(train_sync *out, const cfg *c, int rank, int world, uint64_t run_id,
                      const float *params, size_t n) {
-    train_sync sp, dl;
-    int rc = sparta_sync_factory(&sp, c, rank, world, run_id, params, n);
-    if (rc) return rc;
-    rc = diloco_sync_factory(&dl, c, rank, world, run_id, params, n);
+    char hello[NET_HELLO_MAX];
+    hello_text(c, world, hello, sizeof hello);
+    const train_sync_run run = {.rank = rank, .world = world, .run_id = run_id, .hello = hello};
+    int is_ddp = c->train.mode == CFG_MODE_DDP;
+    train_sync mods[2];
+    int n_mods = 0, rc = ERR_OK;
+    memset(mods, 0, sizeof mods);
+    if (world > 1 && c->sparta.p > 0 && !is_ddp)
+        rc = sparta_sync_create(&mods[n_mods++], &c->sparta, &c->net, &run, c->train.seed, n);
+    if (!rc && c->diloco.H > 0)
+        rc = diloco_sync_create(&mods[n_mods++], &c->diloco, &c->net, &run, params, n);
+    if (!rc && is_ddp && world > 1)
+        rc = ddp_sync_create(&mods[n_mods++], &c->ddp, &c->net, &run, n);
     if (rc) {
-        if (sp.destroy) sp.destroy(sp.ctx);
+        for (int i = 0; i < n_mods; i++)
+            if (mods[i].destroy) mods[i].destroy(mods[i].ctx);
         return rc;
     }
-    if (sp.ctx && dl.ctx) return train_sync_chain(out, &sp, &dl);
-    *out = sp.ctx ? sp : dl;
+    memset(out, 0, sizeof *out);
+    if (n_mods == 2) return train_sync_chain(out, &mods[0], &mods[1]);
+    if (n_mods == 1) *out = mods[0];
     return ERR_OK;
 }
 

@@ -1,5 +1,7 @@
 // plot_cmd.c: `spartan plot`. Reads metrics.csv strictly (one header, the same number of fields
-// on every line, numbers or empty cells), keeps the columns of the panel table below, writes a
+// on every line, numbers or empty cells), keeps the columns of the panel table below by name (the
+// common columns of every run and the named metrics of the sync modules that ran, so any layout,
+// earlier ones included, plots what it holds; a column that is absent draws nothing), writes a
 // gnuplot script with one inline datablock per series and runs gnuplot on it as a child process.
 // Main thread only. Spawning is safe here because this command never starts nng.
 #include "train/cmd/plot_cmd.h"
@@ -55,6 +57,12 @@ static const plot_panel panels[] = {
      1e-6,
      1,
      {{"bytes_sent", "sent"}, {"bytes_recv", "received"}}},
+    {"SPARTA rounds late and dropped",
+     "rounds (cumulative)",
+     "top left",
+     1,
+     1,
+     {{"sparta_rounds_late", "late"}, {"sparta_rounds_dropped", "dropped"}}},
 };
 
 #define N_PANELS ((int)(sizeof panels / sizeof panels[0]))
@@ -429,8 +437,9 @@ static void plot_usage(FILE *f, const args_opt *opts, int n_opts) {
     fprintf(f, "usage: spartan plot RUN_DIR [-o OUT.png] [--gnuplot PATH]\n\n"
                "Draws RUN_DIR/metrics.csv, as spartan train writes it into train.out_dir, into a\n"
                "PNG: one panel each for loss (train and val), tokens/s, learning rate, gradient\n"
-               "norm and MB sent and received, for the columns that hold values (a single peer\n"
-               "sends nothing: no bytes panel). gnuplot draws it; `scripts/install-deps test`\n"
+               "norm, MB sent and received, and SPARTA's late and dropped rounds, for the columns\n"
+               "that hold values (a single peer sends nothing: no bytes panel; rounds that all\n"
+               "complete: no rounds panel). gnuplot draws it; `scripts/install-deps test`\n"
                "installs it. Prints one line: the output, the steps and the panels.\n\n"
                "options:\n");
     args_print_table(f, opts, n_opts);

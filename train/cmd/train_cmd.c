@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "data/data.h"
@@ -70,18 +69,45 @@ static int save_ckpt(trainer *t, const cfg *c, int interval) {
     return ERR_OK;
 }
 
-static FILE *open_metrics(const cfg *c, int resumed) {
-    char path[CFG_PATH_MAX + 32];
+// The columns of metrics.csv that every run has; the sync modules' named metrics follow.
+#define CSV_COMMON                                                                              \
+    "step,loss,val_loss,lr,grad_norm,tokens_per_s,ms_per_step,elapsed_s,bytes_sent,bytes_recv," \
+    "bytes_sent_step,bytes_recv_step,msgs_dropped"
+
+// csv_header writes the header line of metrics.csv for a run whose sync modules report m (the
+// same names at every report: the header holds for the whole run) into buf (n bytes).
+static void csv_header(const train_sync_metrics *m, char *buf, size_t n) {
+    size_t len = (size_t)snprintf(buf, n, "%s", CSV_COMMON);
+    for (int i = 0; i < m->n && len < n; i++)
+        len += (size_t)snprintf(buf + len, n - len, ",%s", m->metrics[i].name);
+    if (len < n) snprintf(buf + len, n - len, "\n");
+}
+
+// open_metrics opens metrics.csv in train.out_dir with the header of these sync metrics; a resumed
+// run appends to the file, whose header must then be the same (another set of sync modules would
+// mix two layouts in one file). Returns the file, or NULL with ERR_IO or ERR_INVAL set.
+static FILE *open_metrics(const cfg *c, int resumed, const train_sync_metrics *m) {
+    char path[CFG_PATH_MAX + 32], header[2048], old[2048] = "";
     snprintf(path, sizeof path, "%s/metrics.csv", c->train.out_dir);
-    FILE *f = fopen(path, resumed ? "a" : "w");
+    csv_header(m, header, sizeof header);
+    FILE *f = resumed ? fopen(path, "r") : NULL;
+    if (f) {
+        if (!fgets(old, sizeof old, f)) old[0] = 0;
+        fclose(f);
+        if (old[0] && strcmp(old, header) != 0) {
+            err_set(ERR_INVAL,
+                    "%s has other columns than this run writes (an earlier spartan, or another "
+                    "set of sync modules: SPARTA, DiLoCo, DDP); move it away to resume",
+                    path);
+            return NULL;
+        }
+    }
+    f = fopen(path, resumed ? "a" : "w");
     if (!f) {
         err_set(ERR_IO, "cannot write '%s': %s", path, strerror(errno));
         return NULL;
     }
-    if (!resumed || ftell(f) == 0)
-        fprintf(f, "step,loss,val_loss,lr,grad_norm,tokens_per_s,ms_per_step,elapsed_s,"
-                   "bytes_sent,bytes_recv,bytes_sent_step,bytes_recv_step,rounds,rounds_late,"
-                   "rounds_dropped,msgs_dropped,stale_mean,stale_max,xchg_ms,outer_steps\n");
+    if (!resumed || ftell(f) == 0) fputs(header, f);
     return f;
 }
 
@@ -258,72 +284,75 @@ static uint64_t run_id(const cfg_model *mc, uint64_t seed) {
 }
 
 // The training loop's reporting: progress lines over a window of steps, one metrics.csv row per
-// step, with the sync module's counters when peers are configured.
+// step, with the sync modules' counters and named metrics when peers are configured.
 typedef struct {
     FILE *csv;
     double win_ms, win_tok;
     int win_steps;
-    train_sync_stats prev;       // counters after the previous step (per-step CSV columns)
+    train_sync_metrics prev;     // counters after the previous step (per-step CSV columns)
     uint64_t win_sent, win_recv; // counters at the start of the progress window
+    int n_metrics;               // the sync modules' metrics, as in the metrics.csv header
 } reporter;
 
-// progress_fields writes the sync part of a progress line: bytes for every mode, then only the
-// fields of the modes that run (SPARTA rounds, DiLoCo outer steps, DDP all-reduce time).
-static void progress_fields(char *xs, size_t n, const train_sync_stats *ss, const reporter *r) {
+// get_metrics returns the sync modules' report in *m (zeroes without any module).
+static void get_metrics(const train_sync *sync, train_sync_metrics *m) {
+    memset(m, 0, sizeof *m);
+    if (sync->get_metrics) sync->get_metrics(sync->ctx, m);
+}
+
+// progress_fields writes the sync part of a progress line: bytes for every module, then the
+// labelled metrics of the modules that run (SPARTA rounds, DiLoCo outer steps, DDP all-reduce
+// time), then the messages dropped.
+static void progress_fields(char *xs, size_t n, const train_sync_metrics *m, const reporter *r) {
     size_t len = (size_t)snprintf(xs, n,
                                   " sent_mb=%.2f recv_mb=%.2f sent_kb/step=%.1f "
                                   "recv_kb/step=%.1f",
-                                  ss->bytes_sent / 1e6, ss->bytes_recv / 1e6,
-                                  (double)(ss->bytes_sent - r->win_sent) / 1e3 / r->win_steps,
-                                  (double)(ss->bytes_recv - r->win_recv) / 1e3 / r->win_steps);
-    if (len < n && (ss->modes & TRAIN_SYNC_SPARTA))
-        len += (size_t)snprintf(
-            xs + len, n - len, " rounds=%llu late=%llu dropped=%llu stale=%.1f/%.0f xchg_ms=%.1f",
-            (unsigned long long)ss->rounds_done, (unsigned long long)ss->rounds_late,
-            (unsigned long long)ss->rounds_dropped, ss->stale_mean, ss->stale_max, ss->latency_ms);
-    if (len < n && (ss->modes & TRAIN_SYNC_DILOCO))
-        len +=
-            (size_t)snprintf(xs + len, n - len, " outer=%llu", (unsigned long long)ss->outer_steps);
-    if (len < n && (ss->modes & TRAIN_SYNC_DDP))
-        len += (size_t)snprintf(xs + len, n - len, " allreduce_ms=%.1f", ss->latency_ms);
+                                  m->bytes_sent / 1e6, m->bytes_recv / 1e6,
+                                  (double)(m->bytes_sent - r->win_sent) / 1e3 / r->win_steps,
+                                  (double)(m->bytes_recv - r->win_recv) / 1e3 / r->win_steps);
+    for (int i = 0; i < m->n && len < n; i++) {
+        const train_metric *x = &m->metrics[i];
+        if (x->label)
+            len += (size_t)snprintf(xs + len, n - len, " %s=%.*f", x->label,
+                                    x->decimals > 1 ? 1 : x->decimals, x->value);
+    }
     if (len < n)
-        snprintf(xs + len, n - len, " msgs_dropped=%llu", (unsigned long long)ss->msgs_dropped);
+        snprintf(xs + len, n - len, " msgs_dropped=%llu", (unsigned long long)m->msgs_dropped);
 }
 
 static void report_step(reporter *r, const cfg_train *tc, const trainer_stats *st, float val,
                         const train_sync *sync, double elapsed) {
-    train_sync_stats ss;
-    memset(&ss, 0, sizeof ss);
-    if (sync->get_stats) sync->get_stats(sync->ctx, &ss);
+    train_sync_metrics m;
+    get_metrics(sync, &m);
+    ASSERT(m.n == r->n_metrics); // a module reports the same metrics at every call
     r->win_ms += st->ms;
     r->win_tok += (double)st->tokens;
     r->win_steps++;
     char vbuf[32] = "";
     if (isfinite(val)) snprintf(vbuf, sizeof vbuf, "%.6f", val);
-    fprintf(r->csv,
-            "%d,%.6f,%s,%.6g,%.6f,%.1f,%.3f,%.3f,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%.3f,"
-            "%.0f,%.3f,%llu\n",
-            st->step, st->loss, vbuf, st->lr, st->grad_norm, st->tokens / (st->ms / 1e3), st->ms,
-            elapsed, (unsigned long long)ss.bytes_sent, (unsigned long long)ss.bytes_recv,
-            (unsigned long long)(ss.bytes_sent - r->prev.bytes_sent),
-            (unsigned long long)(ss.bytes_recv - r->prev.bytes_recv),
-            (unsigned long long)ss.rounds_done, (unsigned long long)ss.rounds_late,
-            (unsigned long long)ss.rounds_dropped, (unsigned long long)ss.msgs_dropped,
-            ss.stale_mean, ss.stale_max, ss.latency_ms, (unsigned long long)ss.outer_steps);
+    fprintf(r->csv, "%d,%.6f,%s,%.6g,%.6f,%.1f,%.3f,%.3f,%llu,%llu,%llu,%llu,%llu", st->step,
+            st->loss, vbuf, st->lr, st->grad_norm, st->tokens / (st->ms / 1e3), st->ms, elapsed,
+            (unsigned long long)m.bytes_sent, (unsigned long long)m.bytes_recv,
+            (unsigned long long)(m.bytes_sent - r->prev.bytes_sent),
+            (unsigned long long)(m.bytes_recv - r->prev.bytes_recv),
+            (unsigned long long)m.msgs_dropped);
+    for (int i = 0; i < m.n; i++)
+        fprintf(r->csv, ",%.*f", m.metrics[i].decimals, m.metrics[i].value);
+    fputc('\n', r->csv);
     fflush(r->csv);
-    r->prev = ss;
+    r->prev = m;
     int last = st->step == tc->max_iters;
     if (st->step % tc->log_interval == 0 || last || st->step == 1) {
         double ms = r->win_ms / r->win_steps;
-        char eta[32], xs[256] = "";
+        char eta[32], xs[512] = "";
         fmt_eta(eta, sizeof eta, ms * (tc->max_iters - st->step) / 1e3);
-        if (sync->get_stats) progress_fields(xs, sizeof xs, &ss, r);
+        if (sync->get_metrics) progress_fields(xs, sizeof xs, &m, r);
         LOG_I("train", "step=%d/%d loss=%.4f lr=%.3e norm=%.3f tok/s=%.0f ms/step=%.1f eta=%s%s",
               st->step, tc->max_iters, st->loss, st->lr, st->grad_norm,
               r->win_tok / (r->win_ms / 1e3), ms, eta, xs);
         r->win_ms = r->win_tok = 0;
-        r->win_sent = ss.bytes_sent;
-        r->win_recv = ss.bytes_recv;
+        r->win_sent = m.bytes_sent;
+        r->win_recv = m.bytes_recv;
         r->win_steps = 0;
     }
     if (isfinite(val)) LOG_I("train", "step=%d val_loss=%.4f", st->step, val);
@@ -334,9 +363,11 @@ static void report_step(reporter *r, const cfg_train *tc, const trainer_stats *s
 // with one fails unless net.allow_alone. Returns the exit code.
 static int train_loop(trainer *t, const cfg *ec, FILE *metrics, const train_sync *sync, int world) {
     const cfg_train *tc = &ec->train;
-    struct timespec ts0, ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts0);
+    double t0 = sys_now_ms();
     reporter rep = {.csv = metrics};
+    train_sync_metrics m0;
+    get_metrics(sync, &m0);
+    rep.n_metrics = m0.n;
     int rc = 0, last_saved = -1;
     float val = NAN;
     while (trainer_step_index(t) < tc->max_iters && !stop_requested) {
@@ -346,8 +377,7 @@ static int train_loop(trainer *t, const cfg *ec, FILE *metrics, const train_sync
             rc = 1;
             break;
         }
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        double elapsed = (double)(ts.tv_sec - ts0.tv_sec) + (ts.tv_nsec - ts0.tv_nsec) / 1e9;
+        double elapsed = (sys_now_ms() - t0) / 1e3;
         int last = st.step == tc->max_iters;
         int do_eval = (tc->eval_interval && st.step % tc->eval_interval == 0) || last;
         val = do_eval ? trainer_eval(t) : NAN;
@@ -371,10 +401,10 @@ static int train_loop(trainer *t, const cfg *ec, FILE *metrics, const train_sync
     if (!rc && last_saved != trainer_step_index(t) && save_ckpt(t, ec, 0)) rc = 1;
     if (!rc && !stop_requested && isfinite(val))
         LOG_I("train", "done step=%d val_loss=%.4f", trainer_step_index(t), val);
-    if (!rc && !stop_requested && world > 1 && sync->get_stats && !ec->net.allow_alone) {
-        train_sync_stats ss;
-        sync->get_stats(sync->ctx, &ss);
-        if (ss.exchanges == 0) {
+    if (!rc && !stop_requested && world > 1 && sync->get_metrics && !ec->net.allow_alone) {
+        train_sync_metrics m;
+        get_metrics(sync, &m);
+        if (m.exchanges == 0) {
             LOG_E("train", "no exchange with any peer happened in this run: it trained alone "
                            "(set net.allow_alone = true if that is intended)");
             rc = 1;
@@ -425,7 +455,11 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
     train_args a;
     int code = parse_train_args(argc, argv, &c, &a);
     if (code >= 0) return code;
-    log_set_level(log_parse_level(c.log.level));
+    static const int levels[] = {[CFG_LOG_ERROR] = LOG_ERROR,
+                                 [CFG_LOG_WARN] = LOG_WARN,
+                                 [CFG_LOG_INFO] = LOG_INFO,
+                                 [CFG_LOG_DEBUG] = LOG_DEBUG};
+    log_set_level(levels[c.log.level]);
     int world = count_peers(c.net.peers);
     if (resolve_rank(a.rank, &c, world)) {
         fprintf(stderr, "spartan train: %s\n", err_msg());
@@ -466,8 +500,10 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
         LOG_E("train", "%s: %s", resume, err_msg());
     } else if (trainer_join(t)) {
         LOG_E("train", "joining the peers: %s", err_msg());
-    } else if (!(metrics = open_metrics(ec, resume != NULL))) {
-        LOG_E("train", "%s", err_msg());
+    } else {
+        train_sync_metrics sm; // the metrics.csv columns of the sync modules
+        get_metrics(&sync, &sm);
+        if (!(metrics = open_metrics(ec, resume != NULL, &sm))) LOG_E("train", "%s", err_msg());
     }
     if (!metrics) {
         if (sync.destroy) sync.destroy(sync.ctx);
