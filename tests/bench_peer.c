@@ -20,6 +20,7 @@
 #include "sparta/peer/peer.h"
 #include "tests/test_util.h"
 #include "train/base/err.h"
+#include "train/base/sys.h"
 
 #define TOTAL   ((size_t)512 << 20)
 #define CHUNK   ((size_t)FRAME_MAX_PAYLOAD)
@@ -65,7 +66,7 @@ static int tcp_run(void *ctx, int warm, int n, double *v) {
         pthread_create(&t, NULL, tcp_recv_main, &s);
         int c = socket(AF_INET, SOCK_STREAM, 0);
         if (connect(c, (struct sockaddr *)&sa, sizeof sa)) return -1;
-        double t0 = tu_now_s();
+        double t0 = sys_now_s();
         for (size_t sent = 0; sent < TOTAL;) {
             ssize_t w = write(c, sbuf, CHUNK < TOTAL - sent ? CHUNK : TOTAL - sent);
             if (w <= 0) return -1;
@@ -73,7 +74,7 @@ static int tcp_run(void *ctx, int warm, int n, double *v) {
         }
         char k;
         if (read(c, &k, 1) != 1) return -1;
-        double dt = tu_now_s() - t0;
+        double dt = sys_now_s() - t0;
         pthread_join(t, NULL);
         close(c);
         close(l);
@@ -127,12 +128,12 @@ static int peer_run(void *ctx, int warm, int n, double *v) {
         peer_sink s = {.g = p->g[0]};
         pthread_t t;
         pthread_create(&t, NULL, peer_recv_main, &s);
-        double t0 = tu_now_s();
+        double t0 = sys_now_s();
         int rc = 0;
         for (size_t sent = 0; sent < TOTAL && !rc; sent += CHUNK)
             rc = peer_send_wait(p->g[1], 0, PEER_CH_RING, sbuf, CHUNK, 30000);
         pthread_join(t, NULL);
-        double dt = tu_now_s() - t0;
+        double dt = sys_now_s() - t0;
         if (rc || s.rc || s.got != TOTAL) {
             fprintf(stderr, "bench_peer: transfer failed: %s\n", err_msg());
             return -1;
@@ -160,10 +161,10 @@ static double handshake_ms(void) {
         o.listen = b[1];
         o.peers = b;
         o.rank = 1;
-        double t0 = tu_now_ms();
+        double t0 = sys_now_ms();
         if (peer_group_create(&g1, &o)) return -1;
         int ok = peer_wait_view(g1, 2, 10000) == 2 && peer_wait_view(g0, 2, 10000) == 2;
-        ms[i] = tu_now_ms() - t0;
+        ms[i] = sys_now_ms() - t0;
         peer_group_destroy(g1);
         peer_group_destroy(g0);
         if (!ok) return -1;

@@ -158,34 +158,14 @@ enum { RPC_REQ = 1, RPC_REP = 2, RPC_NOSERVER = 3, RPC_HDR = 5 };
 
 // ---- small helpers -------------------------------------------------------------------------
 
-static void cv_init(pthread_cond_t *c) {
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-#ifndef __APPLE__
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-#endif
-    pthread_cond_init(c, &a);
-    pthread_condattr_destroy(&a);
-}
-
-// cv_wait_until waits on c until signalled or sys_now_ms() reaches deadline (< 0: no deadline).
-// Returns ETIMEDOUT once the deadline has passed.
+// cv_wait_until waits on c (made by sys_cond_init) until signalled or sys_now_ms() reaches
+// deadline (< 0: no deadline). Returns ETIMEDOUT once the deadline has passed.
 static int cv_wait_until(pthread_cond_t *c, pthread_mutex_t *m, double deadline) {
     if (deadline < 0) return pthread_cond_wait(c, m);
     double left = deadline - sys_now_ms();
     if (left <= 0) return ETIMEDOUT;
-    struct timespec ts;
-#ifdef __APPLE__
-    ts.tv_sec = (time_t)(left / 1e3);
-    ts.tv_nsec = (long)((left - (double)ts.tv_sec * 1e3) * 1e6);
-    return pthread_cond_timedwait_relative_np(c, m, &ts);
-#else
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    double ns = (double)ts.tv_nsec + left * 1e6;
-    ts.tv_sec += (time_t)(ns / 1e9);
-    ts.tv_nsec = (long)(ns - (double)(time_t)(ns / 1e9) * 1e9);
+    struct timespec ts = sys_deadline(left);
     return pthread_cond_timedwait(c, m, &ts);
-#endif
 }
 
 static double deadline_of(int timeout_ms) {
@@ -1084,7 +1064,7 @@ static void link_start(peer_group *g, nng_stream *s, int dial_rank, int joining)
     l->state = L_HANDSHAKE;
     l->writing = -1;
     l->emu_rng = g->o.seed ^ ((uint64_t)(dial_rank + 7) * 0x9E3779B97F4A7C15ull) ^ g->id;
-    cv_init(&l->wcv);
+    sys_cond_init(&l->wcv);
     nng_sockaddr sa;
     if (nng_stream_get_addr(s, NNG_OPT_REMADDR, &sa) == 0 && sa.s_family == NNG_AF_INET) {
         const unsigned char *ip = (const unsigned char *)&sa.s_in.sa_addr;
@@ -1312,9 +1292,9 @@ int peer_group_create(peer_group **out, const peer_opts *o) {
     g->rank = is_static ? o->rank : -1;
     g->emu_on = o->rate_mbit > 0 || o->delay_ms > 0 || o->loss > 0;
     pthread_mutex_init(&g->mu, NULL);
-    cv_init(&g->cv);
+    sys_cond_init(&g->cv);
     for (int c = 0; c < PEER_NCH; c++)
-        cv_init(&g->rcv[c]);
+        sys_cond_init(&g->rcv[c]);
     if ((rc = listen_on(g))) {
         peer_group_destroy(g);
         return rc;
