@@ -1,10 +1,10 @@
-// allreduce_test.c: the ring all-reduce on 127.0.0.1. P peers run as threads of one process,
-// each with its own net_mesh and ar_ctx. Results are checked against a simulation of the ring
-// (the documented summation order, each hop through the wire codec: bitwise equal) and against
-// the exact mean in double (fp32 within float rounding; bf16/int8 within the bound stated in
-// allreduce.h), and the bytes against the exact ring volume. Also: the int8 codec, world = 1,
-// a missing peer, stale or foreign messages, bad arguments. Threads: ar_mean runs on peer
-// threads; all assertions run on the test thread.
+// allreduce_test.c: the ring all-reduce over the peer layer. P peers run as threads of one process,
+// each with its own peer group (ipc:// sockets) and ar_ctx. Results are checked against a
+// simulation of the ring (the documented summation order, each hop through the wire codec: bitwise
+// equal) and against the exact mean in double (fp32 within float rounding; bf16/int8 within the
+// bound stated in allreduce.h), and the bytes against the exact ring volume. Also: the int8 codec,
+// world = 1, a missing peer, stale or foreign messages, bad arguments. Threads: ar_mean runs on
+// peer threads; all assertions run on the test thread.
 #include <criterion/criterion.h>
 
 #include <float.h>
@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "sparta/peer/allreduce.h"
-#include "sparta/peer/net.h"
+#include "sparta/peer/peer.h"
 #include "sparta/peer/wire.h"
 #include "tests/test_util.h"
 #include "train/base/err.h"
@@ -49,35 +49,58 @@ typedef struct peer {
 
 typedef struct ring {
     int world, live; // peers 0 .. live-1 exist; the others never start
-    net_mesh *mesh[MAXP];
+    char *dir;       // the ipc:// sockets
+    peer_group *g[MAXP];
     peer p[MAXP];
 } ring;
 
-// ring_open connects `live` of `world` peers (addresses 127.0.0.1:base + world * rank).
+// group_at makes rank of a static group of world over ipc:// sockets in dir.
+static peer_group *group_at(const char *dir, int rank, int world) {
+    char addr[MAXP][PEER_ADDR_MAX];
+    const char *peers[MAXP];
+    for (int i = 0; i < world; i++) {
+        snprintf(addr[i], sizeof addr[i], "ipc://%s/r%d", dir, i);
+        peers[i] = addr[i];
+    }
+    peer_opts o = {.listen = peers[rank],
+                   .peers = peers,
+                   .world = world,
+                   .rank = rank,
+                   .run_id = RUN_ID,
+                   .tag = "ar-test"};
+    peer_group *g;
+    cr_assert_eq(peer_group_create(&g, &o), ERR_OK, "%s", err_msg());
+    return g;
+}
+
+// ring_open connects `live` of `world` peers (ipc:// sockets: no ports to race for).
 static void ring_open(ring *r, int world, int live, size_t max_n, int dtype) {
     memset(r, 0, sizeof *r);
     r->world = world;
     r->live = live;
-    int base = tu_free_port_base(world * world);
-    cr_assert(base > 0, "no free ports");
-    char addr[MAXP][32];
-    const char *peers[MAXP];
-    for (int i = 0; i < world; i++) {
-        snprintf(addr[i], sizeof addr[i], "127.0.0.1:%d", base + world * i);
-        peers[i] = addr[i];
-    }
+    r->dir = tu_tmpdir("ar");
     for (int i = 0; i < live; i++) {
-        cr_assert_eq(net_mesh_create(&r->mesh[i], i, world, peers, NULL), ERR_OK, "%s", err_msg());
-        cr_assert_eq(ar_create(&r->p[i].ctx, r->mesh[i], i, world, RUN_ID, max_n, dtype), ERR_OK,
-                     "%s", err_msg());
+        r->g[i] = group_at(r->dir, i, world);
+        cr_assert_eq(ar_create(&r->p[i].ctx, r->g[i], PEER_CH_RING, i, world, RUN_ID, max_n, dtype),
+                     ERR_OK, "%s", err_msg());
     }
 }
 
 static void ring_close(ring *r) {
     for (int i = 0; i < r->live; i++) {
         ar_destroy(r->p[i].ctx);
-        net_mesh_destroy(r->mesh[i]);
+        peer_group_destroy(r->g[i]);
     }
+    tu_rm_rf(r->dir);
+    free(r->dir);
+}
+
+// ring_wait_up waits (bounded) until ranks a and b hold a link to each other.
+static void ring_wait_up(ring *r, int a, int b) {
+    for (int i = 0; i < 400 && !(peer_connected(r->g[a], b) && peer_connected(r->g[b], a)); i++)
+        peer_wait_view(r->g[a], r->world + 1, 25);
+    cr_assert(peer_connected(r->g[a], b) && peer_connected(r->g[b], a), "ranks %d, %d not up", a,
+              b);
 }
 
 static void *peer_main(void *arg) {
@@ -460,11 +483,11 @@ Test(allreduce, segments_of_several_messages_round_trip_fp32_and_int8) {
 }
 
 Test(allreduce, world_of_one_is_a_bitwise_noop) {
-    net_mesh *m;
-    const char *peers[1] = {"127.0.0.1:1"}; // never listened on: a world of one has no links
-    cr_assert_eq(net_mesh_create(&m, 0, 1, peers, NULL), ERR_OK, "%s", err_msg());
+    char *dir = tu_tmpdir("ar");
+    peer_group *m = group_at(dir, 0, 1);
     ar_ctx *c;
-    cr_assert_eq(ar_create(&c, m, 0, 1, RUN_ID, 8, WIRE_INT8), ERR_OK, "%s", err_msg());
+    cr_assert_eq(ar_create(&c, m, PEER_CH_RING, 0, 1, RUN_ID, 8, WIRE_INT8), ERR_OK, "%s",
+                 err_msg());
     float x[8] = {1.5f, -0.0f, NAN, INFINITY, 1e-45f, 3, -7, 0.1f}, y[8];
     memcpy(y, x, sizeof x);
     ar_stats st;
@@ -474,7 +497,9 @@ Test(allreduce, world_of_one_is_a_bitwise_noop) {
     cr_assert(memcmp(x, y, sizeof x) == 0, "x changed");
     cr_assert(st.bytes_sent == 0 && st.bytes_recv == 0 && st.msgs_dropped == 0);
     ar_destroy(c);
-    net_mesh_destroy(m);
+    peer_group_destroy(m);
+    tu_rm_rf(dir);
+    free(dir);
 }
 
 Test(allreduce, missing_peer_gives_timeout_and_leaves_x_unchanged) {
@@ -523,12 +548,8 @@ Test(allreduce, agreement_leaves_out_a_dead_peer_and_the_rest_average_among_them
     ring r;
     ring_open(&r, 3, 2, 3000, WIRE_FP32); // rank 2 never starts
     // The live ranks must see each other before the 300 ms agreement starts: on a loaded machine
-    // the pipes can take longer than that to come up (1 of 5 runs failed with "1 members").
-    double tc = sys_now_ms();
-    while (!(net_connected(r.mesh[0], 1) && net_connected(r.mesh[1], 0)) &&
-           sys_now_ms() - tc < 10000)
-        usleep(2000);
-    cr_assert(net_connected(r.mesh[0], 1) && net_connected(r.mesh[1], 0), "ranks 0, 1 not up");
+    // the links can take longer than that to come up (1 of 5 runs failed with "1 members").
+    ring_wait_up(&r, 0, 1);
     vecs v;
     vecs_fill(&v, 2, 3000, 12);
     for (int i = 0; i < 2; i++)
@@ -552,10 +573,8 @@ Test(allreduce, agreement_leaves_out_a_dead_peer_and_the_rest_average_among_them
 Test(allreduce, a_peer_arriving_after_the_decision_learns_it_is_out) {
     ring r;
     ring_open(&r, 2, 2, 1000, WIRE_FP32);
-    double t0 = sys_now_ms();
-    while (!(net_connected(r.mesh[0], 1) && net_connected(r.mesh[1], 0)) &&
-           sys_now_ms() - t0 < 5000)
-        usleep(2000);
+    ring_wait_up(&r, 0, 1);
+    double t0;
     vecs v;
     vecs_fill(&v, 2, 1000, 13);
     r.p[0].agree = r.p[1].agree = 1;
@@ -568,15 +587,15 @@ Test(allreduce, a_peer_arriving_after_the_decision_learns_it_is_out) {
     // the next call: rank 0's later tag tells a peer still at tag 5 that it is behind
     int mem[MAXP], nm, ahead;
     pthread_t th;
-    net_stats st0;
-    net_get_stats(r.mesh[0], &st0);
-    uint64_t sent = st0.msgs_sent;
+    peer_stats st0;
+    peer_get_stats(r.g[0], &st0);
+    uint64_t sent = st0.msgs_sent[PEER_CH_RING];
     r.p[0].tag = 6;
     r.p[0].n = 1000;
     r.p[0].timeout_ms = 200;
     cr_assert_eq(pthread_create(&th, NULL, peer_main, &r.p[0]), 0);
     // rank 1 looks once rank 0's HERE of tag 6 is on its way (not after a guessed sleep)
-    for (t0 = sys_now_ms(); st0.msgs_sent == sent; net_get_stats(r.mesh[0], &st0)) {
+    for (t0 = sys_now_ms(); st0.msgs_sent[PEER_CH_RING] == sent; peer_get_stats(r.g[0], &st0)) {
         cr_assert(sys_now_ms() - t0 < 10000, "rank 0 sent nothing for tag 6");
         usleep(1000);
     }
@@ -604,12 +623,7 @@ Test(allreduce, group_arguments_are_checked) {
 Test(allreduce, stale_tag_foreign_run_and_garbage_are_dropped_and_counted) {
     ring r;
     ring_open(&r, 2, 2, 3000, WIRE_FP32);
-    double t0 = sys_now_ms();
-    while (!net_connected(r.mesh[0], 1) && sys_now_ms() - t0 < 5000) {
-        struct timespec ts = {0, 5000000};
-        nanosleep(&ts, NULL);
-    }
-    cr_assert(net_connected(r.mesh[0], 1), "peers did not connect");
+    ring_wait_up(&r, 0, 1);
     // What rank 0 would send first for tag 6 (an earlier, abandoned call), the same for another
     // run, and 100 bytes of garbage: all reach rank 1 before the tag-7 call's messages.
     float vals[1500];
@@ -624,13 +638,13 @@ Test(allreduce, stale_tag_foreign_run_and_garbage_are_dropped_and_counted) {
                      .count = 1500};
     unsigned char *buf = xmalloc(WIRE_HEADER + 4 * 1500);
     size_t l1 = wire_encode(buf, &h, vals);
-    cr_assert_eq(net_send(r.mesh[0], 1, buf, l1), ERR_OK, "%s", err_msg());
+    cr_assert_eq(peer_send(r.g[0], 1, PEER_CH_RING, buf, l1), ERR_OK, "%s", err_msg());
     h.round = 7;
     h.run_id = RUN_ID + 1;
     size_t l2 = wire_encode(buf, &h, vals);
-    cr_assert_eq(net_send(r.mesh[0], 1, buf, l2), ERR_OK, "%s", err_msg());
+    cr_assert_eq(peer_send(r.g[0], 1, PEER_CH_RING, buf, l2), ERR_OK, "%s", err_msg());
     memset(buf, 0x5A, 100);
-    cr_assert_eq(net_send(r.mesh[0], 1, buf, 100), ERR_OK, "%s", err_msg());
+    cr_assert_eq(peer_send(r.g[0], 1, PEER_CH_RING, buf, 100), ERR_OK, "%s", err_msg());
     free(buf);
     vecs v;
     vecs_fill(&v, 2, 3000, 5);
@@ -676,16 +690,16 @@ Test(allreduce, peers_disagreeing_on_n_time_out_instead_of_mixing_values) {
 static void *close_later(void *arg) {
     struct timespec ts = {0, 100 * 1000000L};
     nanosleep(&ts, NULL);
-    net_close(arg);
+    peer_group_close(arg);
     return NULL;
 }
 
-Test(allreduce, net_close_aborts_a_waiting_call_with_err_closed) {
+Test(allreduce, closing_the_group_aborts_a_waiting_call_with_err_closed) {
     ring r;
     ring_open(&r, 2, 1, 100, WIRE_FP32); // rank 1 never comes
     float x[100] = {0};
     pthread_t th;
-    cr_assert_eq(pthread_create(&th, NULL, close_later, r.mesh[0]), 0);
+    cr_assert_eq(pthread_create(&th, NULL, close_later, r.g[0]), 0);
     double t0 = sys_now_ms();
     int rc = ar_mean(r.p[0].ctx, x, 100, 1, 10000, NULL);
     pthread_join(th, NULL);
@@ -695,13 +709,12 @@ Test(allreduce, net_close_aborts_a_waiting_call_with_err_closed) {
 }
 
 Test(allreduce, bad_arguments_are_rejected_naming_the_argument) {
-    net_mesh *m;
-    const char *peers[2] = {"127.0.0.1:1", "127.0.0.1:2"}; // rank 0 only dials: nothing listens
-    cr_assert_eq(net_mesh_create(&m, 0, 2, peers, NULL), ERR_OK, "%s", err_msg());
+    char *dir = tu_tmpdir("ar");
+    peer_group *m = group_at(dir, 0, 2); // rank 1 never comes
     static int sentinel;
     ar_ctx *c;
     struct {
-        net_mesh *mesh;
+        peer_group *mesh;
         int rank, world;
         uint64_t run_id;
         size_t max_n;
@@ -715,18 +728,19 @@ Test(allreduce, bad_arguments_are_rejected_naming_the_argument) {
         {m, 0, 0, RUN_ID, 10, WIRE_FP32, "world"},
         {m, 0, 2, 0, 10, WIRE_FP32, "run_id"},
         {m, 0, 2, RUN_ID, (size_t)UINT32_MAX + 1, WIRE_FP32, "max_n"},
-        {NULL, 0, 2, RUN_ID, 10, WIRE_FP32, "mesh"},
+        {NULL, 0, 2, RUN_ID, 10, WIRE_FP32, "group"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         c = (ar_ctx *)&sentinel;
-        int rc = ar_create(&c, bad[i].mesh, bad[i].rank, bad[i].world, bad[i].run_id, bad[i].max_n,
-                           bad[i].dtype);
+        int rc = ar_create(&c, bad[i].mesh, PEER_CH_RING, bad[i].rank, bad[i].world, bad[i].run_id,
+                           bad[i].max_n, bad[i].dtype);
         cr_assert_eq(rc, ERR_INVAL, "case %zu: %s", i, err_str(rc));
         cr_assert_null(c, "case %zu: *out is NULL on failure", i);
         cr_assert(strstr(err_msg(), bad[i].word), "case %zu: '%s' does not name %s", i, err_msg(),
                   bad[i].word);
     }
-    cr_assert_eq(ar_create(&c, m, 0, 2, RUN_ID, 10, WIRE_FP32), ERR_OK, "%s", err_msg());
+    cr_assert_eq(ar_create(&c, m, PEER_CH_RING, 0, 2, RUN_ID, 10, WIRE_FP32), ERR_OK, "%s",
+                 err_msg());
     float x[11] = {0};
     cr_assert_eq(ar_mean(c, x, 11, 1, 100, NULL), ERR_INVAL);
     cr_assert(strstr(err_msg(), "max_n"), "%s", err_msg());
@@ -736,5 +750,7 @@ Test(allreduce, bad_arguments_are_rejected_naming_the_argument) {
     cr_assert_eq(ar_mean(c, x, 0, 1, 100, NULL), ERR_OK, "n = 0 is a no-op");
     ar_destroy(c);
     ar_destroy(NULL);
-    net_mesh_destroy(m);
+    peer_group_destroy(m);
+    tu_rm_rf(dir);
+    free(dir);
 }

@@ -3,13 +3,14 @@
 //   allreduce_gbps        fp32 on the wire: GB/s of the fp32 vector (4 N bytes) per call
 //   allreduce_gbps_bf16   the same vector and measure, bf16 on the wire
 //   allreduce_gbps_int8   the same vector and measure, int8 on the wire
+//   allreduce_gbps_p4     fp32 among 4 peers
 //   diloco_bytes_vs_ddp_h100_fp32 / _int8   bytes per step of DiLoCo with H = 100 (one all-reduce
 //                         per 100 steps, as measured) over DDP's (one fp32 all-reduce per step)
 //   diloco_outer_step_ms  a 124M outer step: the fp32 all-reduce plus the local passes (delta,
 //                         Nesterov update, copy), and diloco_outer_step_net_fraction, the
 //                         all-reduce's share of it
-// Two peers are threads of this process, each with its own net_mesh on 127.0.0.1; the time of a
-// call is from starting both threads to joining both; the best of REPS calls after one warm-up.
+// The peers are threads of this process, each with its own peer group on 127.0.0.1; the time of
+// a call is from starting the threads to joining them; the best of REPS calls after one warm-up.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -22,7 +23,7 @@
 
 #include "diloco/diloco.h"
 #include "sparta/peer/allreduce.h"
-#include "sparta/peer/net.h"
+#include "sparta/peer/peer.h"
 #include "sparta/peer/wire.h"
 #include "tests/test_util.h"
 #include "train/base/err.h"
@@ -31,9 +32,6 @@
 #define N_124M  124439808u
 #define REPS    3
 #define WAIT_MS 60000
-
-// free_base returns a base port with free ports above it (see tu_free_port_base), or -1.
-static int free_base(void) { return tu_free_port_base(12); }
 
 typedef struct peer {
     ar_ctx *ctx;
@@ -50,59 +48,72 @@ static void *peer_main(void *arg) {
     return NULL;
 }
 
-// bench_dtype returns the best GB/s of REPS calls, or a negative value on failure; *bytes gets
-// the bytes rank 0 sent in one call.
-static double bench_dtype(int dtype, float **x, int base, double *bytes) {
-    char a0[32], a1[32];
-    snprintf(a0, sizeof a0, "127.0.0.1:%d", base);
-    snprintf(a1, sizeof a1, "127.0.0.1:%d", base + 2);
-    const char *peers[2] = {a0, a1};
-    net_mesh *m[2] = {NULL, NULL};
-    peer p[2] = {{0}};
+// bench_dtype returns the best GB/s of REPS calls among P peers (threads, each with its own
+// peer group on 127.0.0.1, ephemeral ports), or a negative value on failure; *bytes gets the
+// bytes rank 0 sent in one call.
+static double bench_dtype(int dtype, int P, float **x, double *bytes) {
+    peer_group *g[4] = {NULL};
+    peer p[4] = {{0}};
     double best = -1;
-    for (int i = 0; i < 2; i++) {
-        if (net_mesh_create(&m[i], i, 2, peers, NULL) ||
-            ar_create(&p[i].ctx, m[i], i, 2, 0xBE7C4, N_124M, dtype)) {
+    char addr[4][PEER_ADDR_MAX];
+    const char *peers[4];
+    for (int i = 0; i < P; i++) {
+        snprintf(addr[i], sizeof addr[i], "127.0.0.1:0");
+        peers[i] = addr[i];
+    }
+    for (int i = 0; i < P; i++) { // rank i dials the ranks below it, whose ports are known now
+        peer_opts o = {.listen = peers[i],
+                       .peers = peers,
+                       .world = P,
+                       .rank = i,
+                       .run_id = 0xBE7C4,
+                       .tag = "bench"};
+        if (peer_group_create(&g[i], &o) ||
+            ar_create(&p[i].ctx, g[i], PEER_CH_RING, i, P, 0xBE7C4, N_124M, dtype)) {
             fprintf(stderr, "bench_allreduce: %s\n", err_msg());
             goto done;
         }
+        snprintf(addr[i], sizeof addr[i], "%s", peer_self_addr(g[i]));
         p[i].x = x[i];
     }
-    for (int rep = 0; rep <= REPS; rep++) { // rep 0 warms up (connection, nng buffers)
-        pthread_t th[2];
+    for (int i = 0; i < P; i++)
+        if (peer_wait_view(g[i], P, 10000) != P) {
+            fprintf(stderr, "bench_allreduce: the peers did not connect\n");
+            goto done;
+        }
+    for (int rep = 0; rep <= REPS; rep++) { // rep 0 warms up (buffers)
+        pthread_t th[4];
         double t0 = sys_now_s();
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < P; i++) {
             p[i].tag = (uint64_t)rep + 1;
             pthread_create(&th[i], NULL, peer_main, &p[i]);
         }
-        for (int i = 0; i < 2; i++)
+        for (int i = 0; i < P; i++)
             pthread_join(th[i], NULL);
         double s = sys_now_s() - t0;
-        if (p[0].rc || p[1].rc) goto done;
+        int bad = 0;
+        for (int i = 0; i < P; i++)
+            bad |= p[i].rc;
+        if (bad) goto done;
         double gbps = 4.0 * N_124M / s / 1e9;
-        fprintf(stderr, "  dtype=%d rep=%d s=%.3f GB/s=%.3f sent=%llu recv=%llu\n", dtype, rep, s,
-                gbps, (unsigned long long)p[0].st.bytes_sent,
+        fprintf(stderr, "  dtype=%d P=%d rep=%d s=%.3f GB/s=%.3f sent=%llu recv=%llu\n", dtype, P,
+                rep, s, gbps, (unsigned long long)p[0].st.bytes_sent,
                 (unsigned long long)p[0].st.bytes_recv);
         if (rep > 0 && gbps > best) best = gbps;
         *bytes = (double)p[0].st.bytes_sent;
     }
 done:
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < P; i++) {
         ar_destroy(p[i].ctx);
-        net_mesh_destroy(m[i]);
+        peer_group_destroy(g[i]);
     }
     return best;
 }
 
 int main(void) {
-    int base = free_base();
-    if (base < 0) {
-        fprintf(stderr, "bench_allreduce: no free ports\n");
-        return 1;
-    }
-    float *x[2];
+    float *x[4];
     uint64_t s = 0x9E3779B97F4A7C15ull;
-    for (int i = 0; i < 2; i++) { // values in [-1, 1), as a pseudo-gradient scaled to O(1)
+    for (int i = 0; i < 4; i++) { // values in [-1, 1), as a pseudo-gradient scaled to O(1)
         x[i] = xmalloc((size_t)N_124M * sizeof(float));
         for (size_t j = 0; j < N_124M; j++) {
             s ^= s << 13, s ^= s >> 7, s ^= s << 17;
@@ -110,16 +121,16 @@ int main(void) {
         }
     }
     const struct {
-        int dtype;
+        int dtype, P;
         const char *key;
-    } runs[3] = {{WIRE_FP32, "allreduce_gbps"},
-                 {WIRE_BF16, "allreduce_gbps_bf16"},
-                 {WIRE_INT8, "allreduce_gbps_int8"}};
+    } runs[4] = {{WIRE_FP32, 2, "allreduce_gbps"},
+                 {WIRE_BF16, 2, "allreduce_gbps_bf16"},
+                 {WIRE_INT8, 2, "allreduce_gbps_int8"},
+                 {WIRE_FP32, 4, "allreduce_gbps_p4"}};
     int status = 0;
-    double bytes[3] = {0}, gb[3] = {0};
-    for (int r = 0; r < 3; r++) {
-        // Each run gets fresh ports: a closed listener's port may linger in TIME_WAIT.
-        double g = bench_dtype(runs[r].dtype, x, base + 4 * r, &bytes[r]);
+    double bytes[4] = {0}, gb[4] = {0};
+    for (int r = 0; r < 4; r++) {
+        double g = bench_dtype(runs[r].dtype, runs[r].P, x, &bytes[r]);
         if (g < 0) {
             status = 1;
             continue;
@@ -154,7 +165,7 @@ int main(void) {
         free(theta);
         free(buf);
     }
-    free(x[0]);
-    free(x[1]);
+    for (int i = 0; i < 4; i++)
+        free(x[i]);
     return status;
 }

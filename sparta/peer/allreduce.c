@@ -16,26 +16,26 @@
 #include "train/base/sys.h"
 
 // Messages one peer may have sent beyond what it received. In a ring, rank+1's queue can then
-// hold up to about (P+1) * window messages, which must stay below the mesh's receive queue
-// (NET_RECV_QUEUE messages, 512 MiB) and nng's send queue (64): (P+1) * window <= 60.
+// hold up to about (P+1) * window messages, which must stay below the ring channel's receive
+// queue (4096 messages, 512 MiB: 60 messages of 8 MiB).
 enum { WINDOW_MAX = 8, QUEUE_BUDGET = 60, RETRY_MS = 1, STASH_MAX = 256 };
 
 // A message that arrived during ar_agree for the all-reduce that follows (a faster peer's first
 // ring chunks), kept for run_call.
 typedef struct stashed {
     int peer;
-    void *data; // from net_recv
-    size_t len;
+    peer_msg *m; // from peer_recv
 } stashed;
 
 struct ar_ctx {
-    net_mesh *mesh; // borrowed
+    peer_group *g; // borrowed
+    int ch;        // the channel this context owns
     int rank, world, dtype, window;
     uint64_t run_id;
     size_t max_n;
     size_t chunk;       // values per message, a multiple of WIRE_INT8_BLOCK
     float *w;           // (max_n) partial sums, then results
-    unsigned char *msg; // (NET_MAX_MSG) the message being sent
+    unsigned char *msg; // (FRAME_MAX_PAYLOAD) the message being sent
     stashed stash[STASH_MAX];
     int n_stash;
     unsigned char *heard, *got_view, *views; // ar_agree: (world), (world), (world x world)
@@ -43,21 +43,20 @@ struct ar_ctx {
     float *flags;                            // (world) a VIEW's payload
 };
 
-// next_message returns the oldest stashed message, else waits up to wait_ms in net_recv.
-static int next_message(ar_ctx *c, int wait_ms, int *peer, void **data, size_t *len) {
+// next_message returns the oldest stashed message, else waits up to wait_ms on the ring
+// channel.
+static int next_message(ar_ctx *c, int wait_ms, peer_msg **m) {
     if (c->n_stash > 0) {
-        *peer = c->stash[0].peer;
-        *data = c->stash[0].data;
-        *len = c->stash[0].len;
+        *m = c->stash[0].m;
         memmove(c->stash, c->stash + 1, (size_t)--c->n_stash * sizeof *c->stash);
         return ERR_OK;
     }
-    return net_recv(c->mesh, wait_ms, peer, data, len);
+    return peer_recv(c->g, c->ch, wait_ms, m);
 }
 
 static void stash_clear(ar_ctx *c) {
     for (int i = 0; i < c->n_stash; i++)
-        net_msg_free(c->stash[i].data);
+        peer_msg_free(c->g, c->stash[i].m);
     c->n_stash = 0;
 }
 
@@ -73,12 +72,12 @@ typedef struct call {
     const float *x;
     size_t n;
     uint64_t tag;
-    const int *mem; // (np) mesh ranks of the members in ring order; mem[pos] is this peer
+    const int *mem; // (np) ranks of the members in ring order; mem[pos] is this peer
     int pos, np;
     int steps; // 2 (np-1)
     cursor snd, rcv;
     uint64_t sent, recvd; // messages
-    size_t pending;       // bytes of an encoded message not yet accepted by net_send (0 = none)
+    size_t pending;       // bytes of an encoded message not yet accepted by peer_send (0 = none)
     ar_stats st;
 } call;
 
@@ -123,11 +122,13 @@ static int kind_of(const call *k, int u) { return u < k->np - 1 ? WIRE_RING_RS :
 
 // ---- create / destroy -------------------------------------------------------------------------
 
-int ar_create(ar_ctx **out, net_mesh *mesh, int rank, int world, uint64_t run_id, size_t max_n,
-              int dtype) {
+int ar_create(ar_ctx **out, peer_group *g, int ch, int rank, int world, uint64_t run_id,
+              size_t max_n, int dtype) {
     ASSERT(out != NULL);
     *out = NULL;
-    if (!mesh) return err_set(ERR_INVAL, "allreduce: mesh is NULL");
+    if (!g) return err_set(ERR_INVAL, "allreduce: group is NULL");
+    if (ch <= PEER_CH_SYS || ch >= PEER_NCH)
+        return err_set(ERR_INVAL, "allreduce: bad channel %d", ch);
     if (world < 1 || world > AR_MAX_WORLD || rank < 0 || rank >= world)
         return err_set(ERR_INVAL, "allreduce: rank %d out of range for world %d", rank, world);
     if (dtype != WIRE_FP32 && dtype != WIRE_BF16 && dtype != WIRE_INT8)
@@ -136,13 +137,14 @@ int ar_create(ar_ctx **out, net_mesh *mesh, int rank, int world, uint64_t run_id
     if (max_n > UINT32_MAX)
         return err_set(ERR_INVAL, "allreduce: max_n %zu exceeds the wire's 32-bit k", max_n);
     ar_ctx *c = xcalloc(1, sizeof *c);
-    c->mesh = mesh;
+    c->g = g;
+    c->ch = ch;
     c->rank = rank;
     c->world = world;
     c->dtype = dtype;
     c->run_id = run_id;
     c->max_n = max_n;
-    c->chunk = wire_max_count(dtype, NET_MAX_MSG) / WIRE_INT8_BLOCK * WIRE_INT8_BLOCK;
+    c->chunk = wire_max_count(dtype, FRAME_MAX_PAYLOAD) / WIRE_INT8_BLOCK * WIRE_INT8_BLOCK;
     c->heard = xcalloc((size_t)world, 1);
     c->got_view = xcalloc((size_t)world, 1);
     c->resend = xcalloc((size_t)world, 1);
@@ -153,8 +155,8 @@ int ar_create(ar_ctx **out, net_mesh *mesh, int rank, int world, uint64_t run_id
     if (world > 1) { // touch every page now: first touches are slow, and ar_mean must not pay
         c->w = xmalloc((max_n ? max_n : 1) * sizeof *c->w);
         memset(c->w, 0, (max_n ? max_n : 1) * sizeof *c->w);
-        c->msg = xmalloc(NET_MAX_MSG);
-        memset(c->msg, 0, NET_MAX_MSG);
+        c->msg = xmalloc(FRAME_MAX_PAYLOAD);
+        memset(c->msg, 0, FRAME_MAX_PAYLOAD);
     }
     *out = c;
     return ERR_OK;
@@ -248,7 +250,7 @@ static int run_call(call *k, int timeout_ms) {
         int retry = 0;
         if (can_send) {
             if (!k->pending) encode_next(k);
-            int rc = net_send(c->mesh, next_rank(k), c->msg, k->pending);
+            int rc = peer_send(c->g, next_rank(k), c->ch, c->msg, k->pending);
             if (rc == ERR_OK) {
                 k->st.bytes_sent += k->pending;
                 k->pending = 0;
@@ -273,15 +275,15 @@ static int run_call(call *k, int timeout_ms) {
             nanosleep(&ts, NULL);
             continue;
         }
-        int peer;
-        void *msg;
-        size_t len;
-        int rc = next_message(c, wait, &peer, &msg, &len);
-        if (rc == ERR_TIMEOUT) continue; // also net_wake: the deadline decides
+        peer_msg *m;
+        int rc = next_message(c, wait, &m);
+        if (rc == ERR_TIMEOUT) continue; // also peer_wake: the deadline decides
         if (rc != ERR_OK) return rc;
+        int peer = m->from;
+        size_t len = m->len;
         k->st.bytes_recv += len;
-        const char *why = take_message(k, peer, msg, len);
-        net_msg_free(msg);
+        const char *why = take_message(k, peer, m->data, len);
+        peer_msg_free(c->g, m);
         if (why) {
             k->st.msgs_dropped++;
             LOG_D("allreduce", "rank=%d tag=%llu dropped len=%zu from=%d why=%s", c->rank,
@@ -362,15 +364,17 @@ static void send_control(ar_ctx *c, int kind, uint64_t tag, const unsigned char 
                      .count = view ? (uint32_t)c->world : 0};
     size_t len = wire_encode(c->msg, &h, c->flags);
     for (int p = 0; p < c->world; p++)
-        if (p != c->rank && to[p] && net_send(c->mesh, p, c->msg, len) == ERR_OK)
+        if (p != c->rank && to[p] && peer_send(c->g, p, c->ch, c->msg, len) == ERR_OK)
             st->bytes_sent += len;
 }
 
 // agree_take files one message received during ar_agree: HERE and VIEW of this tag are recorded,
 // ring messages of this tag are stashed, anything of a later tag sets *ahead. Returns 1 if msg
 // was stashed (ownership passed), else 0 (the caller frees it).
-static int agree_take(ar_ctx *c, uint64_t tag, int peer, void *msg, size_t len, int *ahead,
-                      ar_stats *st) {
+static int agree_take(ar_ctx *c, uint64_t tag, peer_msg *m, int *ahead, ar_stats *st) {
+    int peer = m->from;
+    const void *msg = m->data;
+    size_t len = m->len;
     wire_header h;
     if (wire_decode(msg, len, c->run_id, &h) != ERR_OK || h.sender != (uint32_t)peer ||
         h.round < tag) {
@@ -390,7 +394,7 @@ static int agree_take(ar_ctx *c, uint64_t tag, int peer, void *msg, size_t len, 
         c->got_view[peer] = 1;
         c->heard[peer] = 1;
     } else if ((h.kind == WIRE_RING_RS || h.kind == WIRE_RING_AG) && c->n_stash < STASH_MAX) {
-        c->stash[c->n_stash++] = (stashed){peer, msg, len};
+        c->stash[c->n_stash++] = (stashed){peer, m};
         return 1;
     } else {
         st->msgs_dropped++;
@@ -421,14 +425,13 @@ static int agree_round(ar_ctx *c, uint64_t tag, int kind, const unsigned char *v
             send_control(c, kind, tag, view, c->resend, st);
             resend = now + RESEND_MS;
         }
-        int wait = (int)(resend - now) + 1, peer;
-        void *msg;
-        size_t len;
-        int rc = net_recv(c->mesh, wait < left ? wait : (int)left + 1, &peer, &msg, &len);
+        int wait = (int)(resend - now) + 1;
+        peer_msg *m;
+        int rc = peer_recv(c->g, c->ch, wait < left ? wait : (int)left + 1, &m);
         if (rc == ERR_TIMEOUT) continue;
         if (rc != ERR_OK) return rc;
-        st->bytes_recv += len;
-        if (!agree_take(c, tag, peer, msg, len, ahead, st)) net_msg_free(msg);
+        st->bytes_recv += m->len;
+        if (!agree_take(c, tag, m, ahead, st)) peer_msg_free(c->g, m);
     }
 }
 

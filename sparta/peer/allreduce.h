@@ -1,7 +1,7 @@
 // allreduce.h: a bandwidth-optimal ring all-reduce (mean) of a flat float vector over the peer
-// mesh, for DiLoCo outer steps and the DDP baseline. Each peer sends and receives
+// layer's ring channel, for DiLoCo outer steps and the DDP baseline. Each peer sends and receives
 // 2 (P-1)/P * n values (reduce-scatter, then all-gather), as fp32, bf16 or int8, and every peer
-// ends with bitwise the same result. One context per mesh; ar_mean is called from one thread.
+// ends with bitwise the same result. One context per group; ar_mean is called from one thread.
 //
 // Ring: x(n) is cut into P segments, segment s = [floor(s n / P), floor((s+1) n / P)). Rank r
 // receives only from r-1 and sends only to r+1 (mod P). In reduce-scatter step t = 0 .. P-2 it
@@ -13,8 +13,8 @@
 //
 // Messages (wire.h): kind WIRE_RING_RS or WIRE_RING_AG, round = the caller's tag, k = n,
 // offset = index in x of the chunk's first value, count = values in the chunk. A segment goes
-// in chunks of C values from its start, C = wire_max_count(dtype, NET_MAX_MSG) rounded down to a
-// multiple of WIRE_INT8_BLOCK (fp32 2,093,056, bf16 4,190,208, int8 8,376,320), so int8 blocks
+// in chunks of C values from its start, C = wire_max_count(dtype, FRAME_MAX_PAYLOAD) rounded down
+// to a multiple of WIRE_INT8_BLOCK (fp32 2,093,056, bf16 4,190,208, int8 8,376,320), so int8 blocks
 // start at multiples of 4096 from the segment's start. Empty segments (n < P) send nothing. The
 // bytes a peer sends in one call are therefore exactly
 //   sum over the P-1 segments s != r+1, then over the P-1 segments s != r+2, of
@@ -37,31 +37,32 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "sparta/peer/net.h"
+#include "sparta/peer/peer.h"
 
-#define AR_MAX_WORLD 256 // peers per mesh
+#define AR_MAX_WORLD 256 // peers per group
 
 typedef struct ar_ctx ar_ctx;
 
 typedef struct ar_stats {
-    uint64_t bytes_sent;   // message bytes (headers included) handed to the mesh
-    uint64_t bytes_recv;   // message bytes taken from the mesh, dropped messages included
+    uint64_t bytes_sent;   // message bytes (headers included) handed to the group
+    uint64_t bytes_recv;   // message bytes taken from the group, dropped messages included
     uint64_t msgs_dropped; // messages ignored: malformed, another run or tag, unexpected chunk
     double ms;             // wall time of the call
 } ar_stats;
 
 // ar_create prepares the all-reduce of up to max_n floats for this peer (rank of world) over
-// mesh, which is borrowed (it must outlive the context) and must be dedicated to the all-reduce:
-// ar_mean takes every message that arrives on it. run_id (non-zero) is put in every message and
-// messages of other runs are dropped. dtype is WIRE_FP32, WIRE_BF16 or WIRE_INT8. Every buffer
-// is allocated and touched here: a work vector of max_n floats (results are built there and
-// copied to x only on success) and one message of NET_MAX_MSG bytes. On success the caller owns
-// *out (ar_destroy). Returns ERR_OK or ERR_INVAL naming the bad argument (rank, world, dtype,
-// run_id, max_n > UINT32_MAX).
-int ar_create(ar_ctx **out, net_mesh *mesh, int rank, int world, uint64_t run_id, size_t max_n,
-              int dtype);
+// group g, which is borrowed (it must outlive the context), on channel ch (PEER_CH_RING for
+// DiLoCo and DDP, PEER_CH_SPARTA for SPARTA's ring mode), which the context owns: ar_mean takes
+// every message that arrives on it. run_id (non-zero) is put in every
+// message and messages of other runs are dropped. dtype is WIRE_FP32, WIRE_BF16 or WIRE_INT8. Every
+// buffer is allocated and touched here: a work vector of max_n floats (results are built there and
+// copied to x only on success) and one message of FRAME_MAX_PAYLOAD bytes. On success the caller
+// owns *out (ar_destroy). Returns ERR_OK or ERR_INVAL naming the bad argument (channel, rank,
+// world, dtype, run_id, max_n > UINT32_MAX).
+int ar_create(ar_ctx **out, peer_group *g, int ch, int rank, int world, uint64_t run_id,
+              size_t max_n, int dtype);
 
-// ar_destroy frees the context (not the mesh). NULL-safe.
+// ar_destroy frees the context (not the group). NULL-safe.
 void ar_destroy(ar_ctx *c);
 
 // ar_mean replaces x(n) by the mean over all peers of their x(n): the sum in ring order (above),
@@ -69,15 +70,15 @@ void ar_destroy(ar_ctx *c);
 // calls (e.g. the outer step), because messages carrying another tag, left over from an earlier
 // call or sent early for a later one, are dropped and counted. Blocks until done. timeout_ms
 // (> 0) bounds every wait: ERR_TIMEOUT if for that long no expected message arrives and no send
-// can be queued (a missing or stalled peer). Returns ERR_OK; ERR_TIMEOUT; ERR_CLOSED if the mesh
-// is closed (net_close from another thread aborts a call this way); ERR_NET; or ERR_INVAL for
-// n > max_n or timeout_ms <= 0. On failure x is unchanged and the round is lost (peers may
+// can be queued (a missing or stalled peer). Returns ERR_OK; ERR_TIMEOUT; ERR_CLOSED if the group
+// is closed (peer_group_close from another thread aborts a call this way); ERR_NET; or ERR_INVAL
+// for n > max_n or timeout_ms <= 0. On failure x is unchanged and the round is lost (peers may
 // disagree on whether it completed; the caller decides). world == 1 or n == 0: x is left as is
 // and ERR_OK returned at once. st (may be NULL) receives this call's counters, on failure too.
 // Allocates nothing. Not thread-safe: one call at a time per context.
 int ar_mean(ar_ctx *c, float *x, size_t n, uint64_t tag, int timeout_ms, ar_stats *st);
 
-// ar_mean_group is ar_mean over the members only: members(nm) are ascending mesh ranks that
+// ar_mean_group is ar_mean over the members only: members(nm) are ascending ranks that
 // include this peer, the same list on every member (from ar_agree), and the ring runs over them
 // in that order (positions replace ranks in the schedule above; the mean divides by nm). Other
 // peers' messages are dropped. nm == 1: x is left as is. Same returns as ar_mean, plus ERR_INVAL
