@@ -2,15 +2,13 @@
 //   g = (sum over peers of g_peer, in ring order) / P        (ar_mean, tag t)
 // so P peers with batch B take exactly the step of one peer with batch P B, up to float summation
 // order, and stay bitwise identical to each other. A peer that misses an all-reduce stops the run
-// (there is no partial DDP step). Trainer thread only; the mesh has no thread of its own.
+// (there is no partial DDP step). Trainer thread only; it runs no thread of its own.
 #include "diloco/ddp.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "diloco/diloco_impl.h"
 #include "sparta/peer/allreduce.h"
-#include "sparta/peer/hello.h"
 #include "sparta/peer/wire.h"
 #include "train/base/err.h"
 #include "train/base/log.h"
@@ -19,7 +17,6 @@ struct ddp {
     cfg_ddp pc;
     int rank, world;
     size_t n;
-    net_mesh *mesh;
     ar_ctx *ar;
     uint64_t steps_averaged, bytes_sent, bytes_recv, msgs_dropped;
     double ms_sum;
@@ -30,8 +27,8 @@ static int wire_dtype(cfg_dtype t) {
     return t == CFG_DTYPE_INT8 ? WIRE_INT8 : t == CFG_DTYPE_BF16 ? WIRE_BF16 : WIRE_FP32;
 }
 
-int ddp_create(ddp **out, const cfg_ddp *pc, const cfg_net *nc, int rank, int world,
-               uint64_t run_id, size_t n) {
+int ddp_create(ddp **out, const cfg_ddp *pc, peer_group *g, int rank, int world, uint64_t run_id,
+               size_t n) {
     if (world < 2 || rank < 0 || rank >= world)
         return err_set(ERR_INVAL, "ddp: rank %d of %d peers", rank, world);
     ddp *d = xcalloc(1, sizeof *d);
@@ -39,21 +36,13 @@ int ddp_create(ddp **out, const cfg_ddp *pc, const cfg_net *nc, int rank, int wo
     d->rank = rank;
     d->world = world;
     d->n = n;
-    // The seed of the link emulation is DiLoCo's: the mesh is the same one (they never combine).
-    int rc = diloco_open_mesh(&d->mesh, NULL, nc, rank, world, 0xD11C0);
-    if (!rc) rc = ar_create(&d->ar, d->mesh, rank, world, run_id, n, wire_dtype(pc->dtype));
+    int rc = ar_create(&d->ar, g, PEER_CH_RING, rank, world, run_id, n, wire_dtype(pc->dtype));
     if (rc) {
         ddp_destroy(d);
         return rc;
     }
-    diloco_wait_connected(d->mesh, rank, world, pc->timeout_ms, "ddp");
     *out = d;
     return ERR_OK;
-}
-
-int ddp_handshake(ddp *d, const char *hello, const char *peers, int allow_alone) {
-    return hello_start(d->mesh, d->rank, d->world, peers, hello, d->pc.timeout_ms, allow_alone,
-                       "ddp", NULL);
 }
 
 int ddp_average(ddp *d, float *grads, size_t n, long step) {
@@ -84,7 +73,6 @@ void ddp_destroy(ddp *d) {
         LOG_I("ddp", "done steps_averaged=%llu sent_mb=%.2f", (unsigned long long)d->steps_averaged,
               d->bytes_sent / 1e6);
     ar_destroy(d->ar);
-    net_mesh_destroy(d->mesh);
     free(d);
 }
 
@@ -107,17 +95,13 @@ static void sync_metrics(void *ctx, train_sync_metrics *m) {
 
 static void sync_destroy(void *ctx) { ddp_destroy(ctx); }
 
-int ddp_sync_create(train_sync *out, const cfg_ddp *pc, const cfg_net *nc,
-                    const train_sync_run *run, size_t n_params) {
+int ddp_sync_create(train_sync *out, const cfg_ddp *pc, peer_group *g, const train_sync_run *run,
+                    size_t n_params) {
     memset(out, 0, sizeof *out);
     ddp *d = NULL;
-    // The run id of the all-reduce mesh, as DiLoCo's (wire compatible with earlier builds).
-    int rc = ddp_create(&d, pc, nc, run->rank, run->world, run->run_id ^ 0xD11C0ull, n_params);
+    // The run id of the all-reduce messages, as DiLoCo's (they never combine).
+    int rc = ddp_create(&d, pc, g, run->rank, run->world, run->run_id ^ 0xD11C0ull, n_params);
     if (rc) return rc;
-    if ((rc = ddp_handshake(d, run->hello, nc->peers, nc->allow_alone))) {
-        ddp_destroy(d);
-        return rc;
-    }
     out->ctx = d;
     out->after_backward = sync_after_backward;
     out->get_metrics = sync_metrics;

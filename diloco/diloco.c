@@ -8,14 +8,14 @@
 // theta_g lives in its own buffer and never aliases the live parameters, the first outer step
 // comes after exactly H inner steps, and every step changes theta_g unless delta = 0: the three
 // bugs of public reference code this avoids. (DDP, in ddp.c, averages the gradients after every
-// backward pass with the same all-reduce on the same mesh, diloco_impl.h.)
+// backward pass with the same all-reduce, on the same ring channel.)
 // Faults: before each outer step the peers agree on who is present (ar_agree, waiting at most
 // diloco.timeout_ms for each); the present ones average among themselves. A peer that is left
 // out or late, or that (re)starts while the others run, fetches theta_g, the momentum, the outer
-// step count and the inner step from a live peer over a REQ/REP control channel (port of
-// net.peers + 2 world) and continues from there.
-// Threads: the trainer thread runs the steps; nng's thread answers control requests, reading the
-// outer state under mu (the trainer writes it under mu).
+// step count and the inner step from a live peer with requests on the peer layer (peer_call) and
+// continues from there.
+// Threads: the trainer thread runs the steps; a link's reader thread answers requests (serve),
+// reading the outer state under mu (the trainer writes it under mu).
 #include "diloco/diloco.h"
 
 #include <pthread.h>
@@ -23,34 +23,93 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "diloco/diloco_impl.h"
 #include "sparta/peer/allreduce.h"
-#include "sparta/peer/hello.h"
-#include "sparta/peer/net.h"
+#include "sparta/peer/le.h"
+#include "sparta/peer/peer.h"
 #include "sparta/peer/wire.h"
 #include "train/base/err.h"
 #include "train/base/log.h"
 #include "train/base/sys.h"
 
-// Control channel messages (little-endian hosts; all our targets are). A request is a ctl_req;
-// a reply is a ctl_rep followed by count floats of theta_g (CTL_THETA) or the momentum
-// (CTL_MOMENTUM) from offset, or none (CTL_STATE).
+// State requests (peer_call), little-endian on the wire. A request is
+//   u32 magic CTL_REQ_MAGIC, u32 op, u64 run_id, u64 offset, u32 count        (CTL_REQ_BYTES)
+// and a reply is
+//   u32 magic CTL_REP_MAGIC, u32 op, u64 run_id, i64 outer_steps, i64 step, u64 n, u64 offset,
+//   u32 count                                                                  (CTL_REP_BYTES)
+// followed by count fp32 values (little-endian) of theta_g (CTL_THETA) or the momentum
+// (CTL_MOMENTUM) from offset, or none (CTL_STATE). The frame around them has the CRC.
 enum { CTL_STATE = 1, CTL_THETA = 2, CTL_MOMENTUM = 3 };
 #define CTL_REQ_MAGIC 0x51434C44u // "DLCQ"
 #define CTL_REP_MAGIC 0x52434C44u // "DLCR"
+#define CTL_REQ_BYTES 28
+#define CTL_REP_BYTES 52
 typedef struct ctl_req {
     uint32_t magic, op;
     uint64_t run_id, offset;
-    uint32_t count, pad;
+    uint32_t count;
 } ctl_req;
 typedef struct ctl_rep {
     uint32_t magic, op;
     uint64_t run_id;
     int64_t outer_steps, step;
     uint64_t n, offset;
-    uint32_t count, pad;
+    uint32_t count;
 } ctl_rep;
-#define CTL_MAX_COUNT ((NET_MAX_MSG - sizeof(ctl_rep)) / sizeof(float))
+#define CTL_MAX_COUNT ((FRAME_MAX_PAYLOAD - 64 - CTL_REP_BYTES) / sizeof(float))
+
+static void req_put(unsigned char *p, const ctl_req *q) {
+    le_put32(p, q->magic);
+    le_put32(p + 4, q->op);
+    le_put64(p + 8, q->run_id);
+    le_put64(p + 16, q->offset);
+    le_put32(p + 24, q->count);
+}
+
+static void req_get(const unsigned char *p, ctl_req *q) {
+    q->magic = le_get32(p);
+    q->op = le_get32(p + 4);
+    q->run_id = le_get64(p + 8);
+    q->offset = le_get64(p + 16);
+    q->count = le_get32(p + 24);
+}
+
+static void rep_put(unsigned char *p, const ctl_rep *r) {
+    le_put32(p, r->magic);
+    le_put32(p + 4, r->op);
+    le_put64(p + 8, r->run_id);
+    le_put64(p + 16, (uint64_t)r->outer_steps);
+    le_put64(p + 24, (uint64_t)r->step);
+    le_put64(p + 32, r->n);
+    le_put64(p + 40, r->offset);
+    le_put32(p + 48, r->count);
+}
+
+static void rep_get(const unsigned char *p, ctl_rep *r) {
+    r->magic = le_get32(p);
+    r->op = le_get32(p + 4);
+    r->run_id = le_get64(p + 8);
+    r->outer_steps = (int64_t)le_get64(p + 16);
+    r->step = (int64_t)le_get64(p + 24);
+    r->n = le_get64(p + 32);
+    r->offset = le_get64(p + 40);
+    r->count = le_get32(p + 48);
+}
+
+// put_f32s / get_f32s copy n floats to / from little-endian bytes.
+static void put_f32s(unsigned char *p, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, 4);
+        le_put32(p + 4 * i, u);
+    }
+}
+
+static void get_f32s(float *x, const unsigned char *p, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = le_get32(p + 4 * i);
+        memcpy(x + i, &u, 4);
+    }
+}
 
 struct diloco {
     cfg_diloco dc;
@@ -62,10 +121,8 @@ struct diloco {
     int64_t outer_steps; // outer steps applied
     long step;           // inner steps completed (the last after_step)
     int fetching;        // theta_g and buf are being overwritten: serve nothing
-    net_mesh *mesh;
+    peer_group *g; // borrowed (NULL alone); DiLoCo owns its ring channel and the state requests
     ar_ctx *ar;
-    net_rep *ctl;                                  // serves our state to joining peers
-    char (*ctl_addr)[160];                         // (world) every peer's control address
     uint64_t bytes_sent, bytes_recv, msgs_dropped; // everything below, summed
     uint64_t agree_sent, ctl_sent;                 // of which membership and control requests
     double ms_sum;
@@ -106,18 +163,19 @@ static int reduce(diloco *d, float *x, size_t n, uint64_t tag, const int *member
 
 // ---- control channel -------------------------------------------------------------------------
 
-// serve answers a control request from a joining peer (nng thread).
-static void serve(void *arg, const void *req, size_t len, void **reply, size_t *rlen) {
+// serve answers a state request from a joining peer (a link's reader thread).
+static void serve(void *arg, int from, const void *req, size_t len, void **reply, size_t *rlen) {
     diloco *d = arg;
+    (void)from;
     ctl_req q;
-    if (len != sizeof q) return; // empty reply: the asker treats it as an error
-    memcpy(&q, req, sizeof q);
+    if (len != CTL_REQ_BYTES) return; // empty reply: the asker treats it as an error
+    req_get(req, &q);
     if (q.magic != CTL_REQ_MAGIC || q.run_id != d->run_id || q.op < CTL_STATE ||
         q.op > CTL_MOMENTUM || q.offset > d->n || q.count > CTL_MAX_COUNT ||
         q.count > d->n - q.offset)
         return;
     if (q.op == CTL_STATE) q.count = 0;
-    unsigned char *out = xmalloc(sizeof(ctl_rep) + (size_t)q.count * sizeof(float));
+    unsigned char *out = xmalloc(CTL_REP_BYTES + (size_t)q.count * sizeof(float));
     ctl_rep r = {.magic = CTL_REP_MAGIC,
                  .op = q.op,
                  .run_id = d->run_id,
@@ -133,11 +191,11 @@ static void serve(void *arg, const void *req, size_t len, void **reply, size_t *
     r.outer_steps = d->outer_steps;
     r.step = d->step;
     const float *src = q.op == CTL_THETA ? d->theta_g : d->buf;
-    if (q.count) memcpy(out + sizeof r, src + q.offset, (size_t)q.count * sizeof(float));
+    if (q.count) put_f32s(out + CTL_REP_BYTES, src + q.offset, q.count);
     pthread_mutex_unlock(&d->mu);
-    memcpy(out, &r, sizeof r);
+    rep_put(out, &r);
     *reply = out;
-    *rlen = sizeof r + (size_t)q.count * sizeof(float);
+    *rlen = CTL_REP_BYTES + (size_t)q.count * sizeof(float);
 }
 
 // ask sends one control request to peer p and checks the reply; on ERR_OK *r holds its header
@@ -146,22 +204,26 @@ static int ask(diloco *d, int p, uint32_t op, uint64_t offset, uint32_t count, c
                float *dst, int timeout_ms) {
     ctl_req q = {
         .magic = CTL_REQ_MAGIC, .op = op, .run_id = d->run_id, .offset = offset, .count = count};
-    void *reply = NULL;
-    size_t len = 0;
-    int rc = net_request(d->ctl_addr[p], &q, sizeof q, &reply, &len, timeout_ms);
+    unsigned char qb[CTL_REQ_BYTES];
+    req_put(qb, &q);
+    peer_msg *m = NULL;
+    int rc = peer_call(d->g, p, qb, sizeof qb, &m, timeout_ms);
     if (rc) return rc;
-    d->bytes_sent += sizeof q;
-    d->ctl_sent += sizeof q;
+    size_t len = m->len;
+    d->bytes_sent += sizeof qb;
+    d->ctl_sent += sizeof qb;
     d->bytes_recv += len;
-    if (len >= sizeof *r) memcpy(r, reply, sizeof *r);
-    if (len < sizeof *r || r->magic != CTL_REP_MAGIC || r->run_id != d->run_id || r->op != op ||
+    memset(r, 0, sizeof *r);
+    if (len >= CTL_REP_BYTES) rep_get(m->data, r);
+    if (len < CTL_REP_BYTES || r->magic != CTL_REP_MAGIC || r->run_id != d->run_id || r->op != op ||
         r->n != d->n || r->offset != offset || r->count != (op == CTL_STATE ? 0 : count) ||
-        len != sizeof *r + (size_t)r->count * sizeof(float) || r->outer_steps < 0 || r->step < 0) {
-        free(reply);
-        return err_set(ERR_FORMAT, "diloco: bad control reply from rank %d (%zu bytes)", p, len);
+        len != CTL_REP_BYTES + (size_t)r->count * sizeof(float) || r->outer_steps < 0 ||
+        r->step < 0) {
+        peer_msg_free(d->g, m);
+        return err_set(ERR_FORMAT, "diloco: bad state reply from rank %d (%zu bytes)", p, len);
     }
-    if (r->count && dst) memcpy(dst, (unsigned char *)reply + sizeof *r, r->count * sizeof(float));
-    free(reply);
+    if (r->count && dst) get_f32s(dst, (const unsigned char *)m->data + CTL_REP_BYTES, r->count);
+    peer_msg_free(d->g, m);
     return ERR_OK;
 }
 
@@ -204,7 +266,7 @@ static int newest(diloco *d, int64_t min_outer, ctl_rep *st) {
     int best = -1;
     for (int p = 0; p < d->world; p++) {
         ctl_rep r;
-        if (p == d->rank || !net_connected(d->mesh, p)) continue;
+        if (p == d->rank || !peer_connected(d->g, p)) continue;
         if (ask(d, p, CTL_STATE, 0, 0, &r, NULL, d->dc.timeout_ms) != ERR_OK) {
             LOG_D("diloco", "rank %d did not answer: %s", p, err_msg());
             continue;
@@ -276,9 +338,10 @@ int diloco_join(diloco *d, float *params, size_t n, long *step) {
     return ERR_OK;
 }
 
-int diloco_create(diloco **out, const cfg_diloco *dc, const cfg_net *nc, int rank, int world,
+int diloco_create(diloco **out, const cfg_diloco *dc, peer_group *g, int rank, int world,
                   uint64_t run_id, const float *params, size_t n) {
     ASSERT(params != NULL);
+    if (world > 1 && !g) return err_set(ERR_INVAL, "diloco: %d peers but no peer group", world);
     diloco *d = xcalloc(1, sizeof *d);
     d->dc = *dc;
     d->rank = rank;
@@ -294,12 +357,9 @@ int diloco_create(diloco **out, const cfg_diloco *dc, const cfg_net *nc, int ran
     memset(d->delta, 0, n * sizeof(float));
     int rc = ERR_OK;
     if (world > 1) {
-        d->ctl_addr = xcalloc((size_t)world, sizeof *d->ctl_addr);
-        rc = diloco_open_mesh(&d->mesh, d->ctl_addr, nc, rank, world, 0xD11C0);
-        // The control server is up before we wait for the mesh: a peer connected to us can ask.
-        if (!rc) rc = net_rep_create(&d->ctl, d->ctl_addr[rank], serve, d);
-        if (!rc) rc = ar_create(&d->ar, d->mesh, rank, world, run_id, n, wire_dtype(dc->dtype));
-        if (!rc) diloco_wait_connected(d->mesh, rank, world, dc->timeout_ms, "diloco");
+        d->g = g;
+        rc = ar_create(&d->ar, g, PEER_CH_RING, rank, world, run_id, n, wire_dtype(dc->dtype));
+        if (!rc) peer_set_server(g, serve, d); // a peer that (re)joins asks for our state
     }
     if (rc) {
         diloco_destroy(d);
@@ -435,21 +495,13 @@ void diloco_destroy(diloco *d) {
               "requests %llu bytes)",
               (long long)d->outer_steps, (unsigned long long)d->exchanges, d->bytes_sent / 1e6,
               (unsigned long long)d->agree_sent, (unsigned long long)d->ctl_sent);
-    net_rep_destroy(d->ctl);
+    if (d->g) peer_set_server(d->g, NULL, NULL); // waits for a request in progress
     ar_destroy(d->ar);
-    net_mesh_destroy(d->mesh);
-    free(d->ctl_addr);
     pthread_mutex_destroy(&d->mu);
     free(d->theta_g);
     free(d->buf);
     free(d->delta);
     free(d);
-}
-
-int diloco_handshake(diloco *d, const char *hello, const char *peers, int allow_alone) {
-    if (d->world < 2) return ERR_OK;
-    return hello_start(d->mesh, d->rank, d->world, peers, hello, d->dc.timeout_ms, allow_alone,
-                       "diloco", NULL);
 }
 
 // ---- train_sync adapter ----------------------------------------------------------------------
@@ -477,17 +529,13 @@ static void sync_metrics(void *ctx, train_sync_metrics *m) {
 
 static void sync_destroy(void *ctx) { diloco_destroy(ctx); }
 
-int diloco_sync_create(train_sync *out, const cfg_diloco *dc, const cfg_net *nc,
+int diloco_sync_create(train_sync *out, const cfg_diloco *dc, peer_group *g,
                        const train_sync_run *run, const float *params, size_t n_params) {
     memset(out, 0, sizeof *out);
     diloco *d;
-    int rc = diloco_create(&d, dc, nc, run->rank, run->world, run->run_id ^ 0xD11C0ull, params,
-                           n_params);
+    int rc =
+        diloco_create(&d, dc, g, run->rank, run->world, run->run_id ^ 0xD11C0ull, params, n_params);
     if (rc) return rc;
-    if ((rc = diloco_handshake(d, run->hello, nc->peers, nc->allow_alone))) {
-        diloco_destroy(d);
-        return rc;
-    }
     out->ctx = d;
     out->after_step = sync_after_step;
     out->save = sync_save;

@@ -1,15 +1,16 @@
 // diloco.h: DiLoCo outer steps (Douillard et al., "DiLoCo: Distributed Low-Communication Training
-// of Language Models", sec. 2, Algorithm 1), over a ring all-reduce (allreduce.h) on a mesh of
-// its own (the DDP baseline, ddp.h, uses the same all-reduce). Every H inner steps each peer
-// computes the pseudo-gradient delta = theta_g - theta_local, averages it over all peers, and
-// applies SGD with Nesterov momentum in PyTorch semantics; then theta_local = theta_g. The inner
-// AdamW state is kept. Trainer thread only.
+// of Language Models", sec. 2, Algorithm 1), over the ring all-reduce (allreduce.h) on the peer
+// layer's ring channel (the DDP baseline, ddp.h, uses the same all-reduce). Every H inner steps
+// each peer computes the pseudo-gradient delta = theta_g - theta_local, averages it over all peers,
+// and applies SGD with Nesterov momentum in PyTorch semantics; then theta_local = theta_g. The
+// inner AdamW state is kept. Trainer thread only.
 #ifndef DILOCO_H
 #define DILOCO_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sparta/peer/peer.h"
 #include "train/base/cfg.h"
 #include "train/ckpt.h"
 #include "train/sync.h"
@@ -35,11 +36,11 @@ void diloco_outer_update(float *theta_g, float *buf, const float *delta, size_t 
 
 // diloco_create starts DiLoCo for this peer: theta_g is a copy of params(n) (identical on all
 // peers at step 0: same seed; params must not be NULL), the momentum is zero. With world > 1 it
-// opens its own mesh on the ports of net.peers shifted by world and serves its outer state on the
-// port shifted by 2 world (see README), then waits up to timeout_ms for the peers.
-// Every buffer (theta_g, momentum, delta and the all-reduce's) is allocated here. On success
-// the caller owns *out (diloco_destroy). Returns ERR_OK, ERR_INVAL or ERR_NET.
-int diloco_create(diloco **out, const cfg_diloco *dc, const cfg_net *nc, int rank, int world,
+// works over the peer group g (borrowed; NULL alone): it owns the ring channel and answers the
+// group's state requests (peer_set_server) with its outer state. Every buffer (theta_g, momentum,
+// delta and the all-reduce's) is allocated here. On success the caller owns *out
+// (diloco_destroy). Returns ERR_OK or ERR_INVAL.
+int diloco_create(diloco **out, const cfg_diloco *dc, peer_group *g, int rank, int world,
                   uint64_t run_id, const float *params, size_t n);
 
 // diloco_after_step runs the outer step when step is a multiple of H (the first after H inner
@@ -69,22 +70,16 @@ const float *diloco_theta_g(const diloco *d);
 // diloco_get_stats fills *st with the cumulative counters. Trainer thread only.
 void diloco_get_stats(diloco *d, diloco_stats *st);
 
-// diloco_handshake checks the peers of the all-reduce mesh as sparta_handshake does (hello.h),
-// waiting at most diloco.timeout_ms. No-op alone. Trainer thread, once, right after
-// diloco_create. Returns ERR_OK or ERR_PEER.
-int diloco_handshake(diloco *d, const char *hello, const char *peers, int allow_alone);
-
-// diloco_destroy closes the mesh and frees everything. NULL-safe.
+// diloco_destroy stops serving state requests and frees everything (not the group). NULL-safe.
 void diloco_destroy(diloco *d);
 
 // diloco_sync_create builds DiLoCo as a train_sync (the caller decides that it runs: diloco.H > 0,
 // alone or with peers): diloco_create for peer run->rank of run->world with params(n_params) and a
-// run id derived from run->run_id, then diloco_handshake with run->hello. The hooks are
+// run id derived from run->run_id, over group g. The hooks are
 // after_step, save, load, join and get_metrics, which reports the common counters and
 // diloco_outer_steps and diloco_allreduce_ms. On success *out owns the diloco (out->destroy); on
-// failure *out is zeroed. Returns ERR_OK or the error of diloco_create or diloco_handshake.
-// Trainer thread.
-int diloco_sync_create(train_sync *out, const cfg_diloco *dc, const cfg_net *nc,
+// failure *out is zeroed. Returns ERR_OK or the error of diloco_create. Trainer thread.
+int diloco_sync_create(train_sync *out, const cfg_diloco *dc, peer_group *g,
                        const train_sync_run *run, const float *params, size_t n_params);
 
 #endif

@@ -21,8 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sparta/peer/hello.h"
-#include "sparta/peer/net.h"
+#include "sparta/peer/peer.h"
 #include "sparta/peer/wire.h"
 #include "sparta/select.h"
 #include "train/base/err.h"
@@ -57,13 +56,12 @@ struct sparta_exchanger {
     int rank, world, selector, dtype, correct, ring;
     uint64_t seed, run_id;
     size_t n, kmax;
-    net_mesh *mesh;
+    peer_group *g; // borrowed: SPARTA owns its channel (PEER_CH_SPARTA)
     pthread_t thread;
     int thread_started;
     atomic_int stop;
-    atomic_int starting; // sparta_create waits for the peers: watch them closely
     pthread_mutex_t mu;
-    pthread_cond_t cv; // (CLOCK_MONOTONIC) a round completed or was sent, a peer came or went
+    pthread_cond_t cv; // (CLOCK_MONOTONIC) a round completed or was sent
     int nslots;
     slot *slots;
     int64_t last_posted; // newest round posted by the trainer
@@ -75,11 +73,6 @@ struct sparta_exchanger {
     int *present;
     // exchanger scratch
     uint8_t *sendbuf;
-    int *connected;  // [world] the pipe to the peer was up at the last watch_peers
-    int peers_up;    // (under mu) how many of them: sparta_create waits for all of them
-    int *hello_seen; // [world] the peer's hello on its current pipe was checked
-    char *hello;     // ours (set by sparta_handshake), NULL before
-    char *theirs;    // (NET_HELLO_MAX + 1) scratch
     // counters (under mu)
     uint64_t rounds_done, rounds_late, rounds_dropped, msgs_dropped, n_applied, n_lat;
     uint64_t msgs_filed; // valid values filed from peers
@@ -146,11 +139,11 @@ static int slot_ready(const sparta_exchanger *ex, const slot *s) {
 // ---- exchanger thread ------------------------------------------------------------------------
 
 // send_values sends vals[0 .. n) (values lo .. lo+n of round s) to peer as messages of one kind,
-// split to fit NET_MAX_MSG. A down peer is counted by net_ and the values are lost: the round
-// then completes late or not at all, which the deadline handles.
+// split to fit one frame. A down peer is counted by the peer layer and the values are lost: the
+// round then completes late or not at all, which the deadline handles.
 static void send_values(sparta_exchanger *ex, int peer, uint32_t kind, const slot *s, size_t lo,
                         size_t n, const float *vals) {
-    uint32_t per_msg = wire_max_count(ex->dtype, NET_MAX_MSG);
+    uint32_t per_msg = wire_max_count(ex->dtype, FRAME_MAX_PAYLOAD);
     size_t off = 0;
     do {
         size_t cnt = n - off < per_msg ? n - off : per_msg;
@@ -163,7 +156,7 @@ static void send_values(sparta_exchanger *ex, int peer, uint32_t kind, const slo
                          .offset = (uint32_t)(lo + off),
                          .count = (uint32_t)cnt};
         size_t len = wire_encode(ex->sendbuf, &h, vals + off);
-        net_send(ex->mesh, peer, ex->sendbuf, len);
+        peer_send(ex->g, peer, PEER_CH_SPARTA, ex->sendbuf, len);
         off += cnt;
     } while (off < n);
 }
@@ -293,50 +286,8 @@ static void file_message(sparta_exchanger *ex, int peer, const void *msg, size_t
     pthread_mutex_unlock(&ex->mu);
 }
 
-// check_hello logs, once per connection, a peer that joined with another configuration: its
-// values are refused anyway (another run id or k), and this says why. Exchanger thread.
-static void check_hello(sparta_exchanger *ex, int p) {
-    pthread_mutex_lock(&ex->mu);
-    const char *mine = ex->hello; // set once by sparta_handshake, immutable after
-    pthread_mutex_unlock(&ex->mu);
-    if (!mine || ex->hello_seen[p] ||
-        net_peer_hello(ex->mesh, p, ex->theirs, NET_HELLO_MAX + 1) < 0)
-        return;
-    ex->hello_seen[p] = 1;
-    char diff[1024];
-    if (hello_diff(mine, ex->theirs, diff, sizeof diff))
-        LOG_E("sparta", "peer=%d runs another configuration (%s): its values are refused", p, diff);
-}
-
-// watch_peers notes which peers are connected, logs the changes and wakes a sparta_create that
-// waits for them. Exchanger thread.
-static void watch_peers(sparta_exchanger *ex) {
-    int n_up = 0, changed = 0;
-    for (int p = 0; p < ex->world; p++) {
-        if (p == ex->rank) continue;
-        int up = net_connected(ex->mesh, p);
-        n_up += up;
-        if (up) check_hello(ex, p);
-        if (!up) ex->hello_seen[p] = 0;
-        if (up == ex->connected[p]) continue;
-        if (up)
-            LOG_I("sparta", "peer=%d connected", p);
-        else
-            LOG_W("sparta", "peer=%d disconnected", p);
-        ex->connected[p] = up;
-        changed = 1;
-    }
-    if (!changed) return;
-    pthread_mutex_lock(&ex->mu);
-    ex->peers_up = n_up;
-    pthread_cond_broadcast(&ex->cv);
-    pthread_mutex_unlock(&ex->mu);
-}
-
 static void *exchanger_main(void *arg) {
     sparta_exchanger *ex = arg;
-    watch_peers(ex); // at once: sparta_create waits for the peers
-    double last_watch = sys_now_ms();
     while (!atomic_load(&ex->stop)) {
         for (;;) { // send every posted round not sent yet
             slot *s = NULL;
@@ -355,22 +306,13 @@ static void *exchanger_main(void *arg) {
             pthread_cond_broadcast(&ex->cv); // a sync round may have been waiting for the send
             pthread_mutex_unlock(&ex->mu);
         }
-        int peer;
-        void *msg;
-        size_t len;
-        // Peers are watched every 100 ms, every 10 ms while sparta_create waits for them (net.h
-        // has no event for a pipe coming up). net_wake brings new work at once.
-        int watch_ms = atomic_load(&ex->starting) ? 10 : 100;
-        int rc = net_recv(ex->mesh, watch_ms, &peer, &msg, &len);
+        // peer_wake (a posted round, or stop) ends the wait at once
+        peer_msg *m;
+        int rc = peer_recv(ex->g, PEER_CH_SPARTA, -1, &m);
         if (rc == ERR_CLOSED) break;
         if (rc == ERR_OK) {
-            file_message(ex, peer, msg, len);
-            net_msg_free(msg);
-        }
-        double t = sys_now_ms();
-        if (t - last_watch >= watch_ms) {
-            watch_peers(ex);
-            last_watch = t;
+            file_message(ex, m->from, m->data, m->len);
+            peer_msg_free(ex->g, m);
         }
     }
     return NULL;
@@ -403,7 +345,7 @@ static void post_round(sparta_exchanger *ex, const float *params, int64_t r, lon
     s->posted = 1;
     s->post_step = step;
     s->t_post = sys_now_ms();
-    net_wake(ex->mesh); // the exchanger sends it now
+    peer_wake(ex->g, PEER_CH_SPARTA); // the exchanger sends it now
     if (slot_complete(ex, s)) s->t_done = s->t_post;
     pthread_mutex_unlock(&ex->mu);
 }
@@ -545,15 +487,16 @@ int sparta_after_step(sparta_exchanger *ex, float *params, size_t n, long step) 
 }
 
 void sparta_get_stats(sparta_exchanger *ex, sparta_stats *st) {
-    net_stats ns;
-    net_get_stats(ex->mesh, &ns);
+    peer_stats ns;
+    peer_get_stats(ex->g, &ns);
     pthread_mutex_lock(&ex->mu);
     memset(st, 0, sizeof *st);
     // Values sent to a connected peer count too: a peer that finishes its last step before
     // the others send their first round (a short run on a busy host) still exchanged.
-    st->exchanges = ex->rounds_done + ex->rounds_late + ex->msgs_filed + ns.msgs_sent;
-    st->bytes_sent = ns.bytes_sent;
-    st->bytes_recv = ns.bytes_recv;
+    st->exchanges =
+        ex->rounds_done + ex->rounds_late + ex->msgs_filed + ns.msgs_sent[PEER_CH_SPARTA];
+    st->bytes_sent = ns.bytes_sent[PEER_CH_SPARTA];
+    st->bytes_recv = ns.bytes_recv[PEER_CH_SPARTA];
     st->rounds_done = ex->rounds_done;
     st->rounds_late = ex->rounds_late;
     st->rounds_dropped = ex->rounds_dropped;
@@ -566,58 +509,16 @@ void sparta_get_stats(sparta_exchanger *ex, sparta_stats *st) {
 
 // ---- lifetime --------------------------------------------------------------------------------
 
-// split_peers copies the comma-separated list into buf and points peers[] into it.
-static int split_peers(const char *list, char *buf, size_t bn, const char **peers, int world) {
-    snprintf(buf, bn, "%s", list);
-    int n = 0;
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
-         tok = strtok_r(NULL, ",", &save)) {
-        while (*tok == ' ')
-            tok++;
-        if (n < world) peers[n] = tok;
-        n++;
-    }
-    if (n != world)
-        return err_set(ERR_INVAL, "net.peers: expected %d addresses, found %d", world, n);
-    return ERR_OK;
-}
-
-// wait_for_peers gives the mesh up to timeout_ms to connect every peer before training starts,
-// so the first rounds are not lost to peers that are still starting. It waits on ex->cv, which
-// the exchanger thread (watch_peers) signals when a peer comes, waking every 5 s to say so.
-// Training goes on after the timeout; missing peers are picked up when they come. Trainer thread.
-static void wait_for_peers(sparta_exchanger *ex) {
-    double t0 = sys_now_ms();
-    struct timespec end = sys_deadline(ex->sc.timeout_ms);
-    pthread_mutex_lock(&ex->mu);
-    for (;;) {
-        if (ex->peers_up == ex->world - 1) break;
-        double t = sys_now_ms();
-        int last = t - t0 + 5000 >= ex->sc.timeout_ms;
-        struct timespec dl = last ? end : sys_deadline(5000);
-        if (pthread_cond_timedwait(&ex->cv, &ex->mu, &dl) != ETIMEDOUT) continue;
-        if (last) break;
-        pthread_mutex_unlock(&ex->mu);
-        LOG_I("sparta", "waiting for peers (%.0f s)", (sys_now_ms() - t0) / 1e3);
-        pthread_mutex_lock(&ex->mu);
-    }
-    int all = ex->peers_up == ex->world - 1;
-    atomic_store(&ex->starting, 0);
-    pthread_mutex_unlock(&ex->mu);
-    if (all)
-        LOG_I("sparta", "all %d peers connected after %.0f ms", ex->world, sys_now_ms() - t0);
-    else // sparta_handshake names them and says why
-        LOG_I("sparta", "not every peer connected after %d ms", ex->sc.timeout_ms);
-}
-
-int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *nc, int rank,
-                  int world, uint64_t seed, uint64_t run_id, size_t n_params) {
+int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, peer_group *g, int rank, int world,
+                  uint64_t seed, uint64_t run_id, size_t n_params) {
     if (world < 2 || rank < 0 || rank >= world)
         return err_set(ERR_INVAL, "sparta: rank %d of %d peers", rank, world);
+    if (!g) return err_set(ERR_INVAL, "sparta: no peer group");
     if (n_params > UINT32_MAX)
         return err_set(ERR_INVAL, "sparta: %zu parameters exceed 32-bit indices", n_params);
     sparta_exchanger *ex = xcalloc(1, sizeof *ex);
     ex->sc = *sc;
+    ex->g = g;
     ex->rank = rank;
     ex->world = world;
     ex->seed = seed;
@@ -653,31 +554,15 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *n
 
     ex->mean = xalloc_aligned(ex->kmax * sizeof(float));
     ex->present = xcalloc((size_t)world, sizeof(int));
-    ex->connected = xcalloc((size_t)world, sizeof(int));
-    ex->hello_seen = xcalloc((size_t)world, sizeof(int));
-    ex->theirs = xmalloc(NET_HELLO_MAX + 1);
     ex->peer_last = xmalloc((size_t)world * sizeof(int64_t));
     for (int p = 0; p < world; p++)
         ex->peer_last[p] = -1;
-    ex->sendbuf = xmalloc(NET_MAX_MSG);
-
-    char *buf = xmalloc(sizeof nc->peers);
-    const char **peers = xcalloc((size_t)world, sizeof(char *));
-    int rc = split_peers(nc->peers, buf, sizeof nc->peers, peers, world);
-    if (!rc) rc = net_mesh_create(&ex->mesh, rank, world, peers, nc->listen[0] ? nc->listen : NULL);
-    free(peers);
-    free(buf);
-    if (!rc)
-        net_set_link(ex->mesh, nc->rate_mbit, nc->delay_ms, nc->loss, 0x5A17A + (uint64_t)rank);
-    atomic_store(&ex->starting, 1); // until wait_for_peers returns
-    if (!rc && pthread_create(&ex->thread, NULL, exchanger_main, ex) != 0)
-        rc = err_set(ERR_NOMEM, "sparta: cannot start the exchanger thread");
-    if (rc) {
+    ex->sendbuf = xmalloc(FRAME_MAX_PAYLOAD);
+    if (pthread_create(&ex->thread, NULL, exchanger_main, ex) != 0) {
         sparta_destroy(ex);
-        return rc;
+        return err_set(ERR_NOMEM, "sparta: cannot start the exchanger thread");
     }
     ex->thread_started = 1;
-    wait_for_peers(ex);
     LOG_I("sparta",
           "rank=%d/%d k=%zu (p=%g of %zu) every=%d max_stale=%d selector=%s apply=%s "
           "dtype=%s sync=%d",
@@ -691,9 +576,10 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *n
 void sparta_destroy(sparta_exchanger *ex) {
     if (!ex) return;
     atomic_store(&ex->stop, 1);
-    if (ex->mesh) net_close(ex->mesh);
-    if (ex->thread_started) pthread_join(ex->thread, NULL);
-    net_mesh_destroy(ex->mesh);
+    if (ex->thread_started) {
+        peer_wake(ex->g, PEER_CH_SPARTA);
+        pthread_join(ex->thread, NULL);
+    }
     for (int i = 0; ex->slots && i < ex->nslots; i++) {
         free(ex->slots[i].got);
         free(ex->slots[i].ag_got);
@@ -704,26 +590,11 @@ void sparta_destroy(sparta_exchanger *ex) {
 
     free(ex->mean);
     free(ex->present);
-    free(ex->connected);
-    free(ex->hello_seen);
-    free(ex->hello);
-    free(ex->theirs);
     free(ex->peer_last);
     free(ex->sendbuf);
     pthread_mutex_destroy(&ex->mu);
     pthread_cond_destroy(&ex->cv);
     free(ex);
-}
-
-int sparta_handshake(sparta_exchanger *ex, const char *hello, const char *peers, int allow_alone) {
-    int rc = hello_start(ex->mesh, ex->rank, ex->world, peers, hello, ex->sc.timeout_ms,
-                         allow_alone, "sparta", NULL);
-    if (rc) return rc;
-    char *copy = xstrdup(hello);
-    pthread_mutex_lock(&ex->mu); // the exchanger reads it in check_hello
-    ex->hello = copy;
-    pthread_mutex_unlock(&ex->mu);
-    return ERR_OK;
 }
 
 // ---- train_sync adapter ----------------------------------------------------------------------
@@ -749,18 +620,14 @@ static void sync_metrics(void *ctx, train_sync_metrics *m) {
 
 static void sync_destroy(void *ctx) { sparta_destroy(ctx); }
 
-int sparta_sync_create(train_sync *out, const cfg_sparta *sc, const cfg_net *nc,
+int sparta_sync_create(train_sync *out, const cfg_sparta *sc, peer_group *g,
                        const train_sync_run *run, uint64_t seed, size_t n_params) {
     memset(out, 0, sizeof *out);
     sparta_exchanger *ex;
     // Index sets depend on this code: peers on builds that select differently must not mix.
     uint64_t id = rng_hash(run->run_id ^ SPARTA_SELECT_VERSION);
-    int rc = sparta_create(&ex, sc, nc, run->rank, run->world, seed, id, n_params);
+    int rc = sparta_create(&ex, sc, g, run->rank, run->world, seed, id, n_params);
     if (rc) return rc;
-    if ((rc = sparta_handshake(ex, run->hello, nc->peers, nc->allow_alone))) {
-        sparta_destroy(ex);
-        return rc;
-    }
     out->ctx = ex;
     out->after_step = sync_after_step;
     out->get_metrics = sync_metrics;

@@ -1,16 +1,17 @@
 // sparta.h: SPARTA, sparse parameter averaging (EXO, "SPARTA: Sparse Parameter Averaging",
 // section 3). Every sparta.every steps, at round r = step, every peer averages the same k =
 // round(p*N) parameters with all peers: the index set I_r comes from (seed, r) on every side
-// (select.h), so only values travel (wire.h) over the peer mesh (net.h). A background
-// exchanger thread owns the sockets; the trainer thread gathers x_r[I_r], posts them, and applies
-// completed rounds at later step boundaries, at most max_stale steps after round r. It is the only
-// thread that touches parameters.
+// (select.h), so only values travel (wire.h) on the peer layer's SPARTA channel (peer.h). A
+// background exchanger thread owns the sockets; the trainer thread gathers x_r[I_r], posts them,
+// and applies completed rounds at later step boundaries, at most max_stale steps after round r. It
+// is the only thread that touches parameters.
 #ifndef SPARTA_H
 #define SPARTA_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sparta/peer/peer.h"
 #include "train/base/cfg.h"
 #include "train/sync.h"
 
@@ -29,23 +30,15 @@ typedef struct sparta_stats {
     double latency_ms;               // mean time from posting a round to its completion
 } sparta_stats;
 
-// sparta_create connects to the world peers listed in nc->peers (this one is peers[rank]),
-// starts the exchanger thread for a model of n_params parameters and waits up to sc->timeout_ms
-// for every peer to connect (training starts without the missing ones). seed keys the index sets;
-// run_id tags every message (messages of another run are dropped). Buffers for
-// max_stale / every + 3 rounds are allocated here, once. On success the caller owns *out
-// (sparta_destroy). Returns ERR_OK, ERR_INVAL (bad config, world < 2) or ERR_NET (cannot listen).
-// Trainer thread only.
-int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, const cfg_net *nc, int rank,
-                  int world, uint64_t seed, uint64_t run_id, size_t n_params);
-
-// sparta_handshake checks the peers (hello.h): it sends hello (this peer's hello_text) to every
-// peer, waits up to sparta.timeout_ms for theirs, and fails with ERR_PEER naming a peer whose
-// configuration differs, or when no peer answered and allow_alone is 0; peers that are missing
-// are logged with the reason. Afterwards the exchanger logs, once per connection, a peer that
-// joins with another configuration. peers is net.peers (for the names in messages). Trainer
-// thread, once, right after sparta_create. Returns ERR_OK or ERR_PEER.
-int sparta_handshake(sparta_exchanger *ex, const char *hello, const char *peers, int allow_alone);
+// sparta_create starts the exchanger thread for a model of n_params parameters, this peer
+// being rank of world, over the peer group g (borrowed: it must outlive the exchanger, which owns
+// its SPARTA channel). seed keys the index sets; run_id tags every message (messages of another
+// run are dropped). It does not wait for the peers (the caller's start-up does, hello_wait):
+// rounds a missing peer misses complete late or are dropped. Buffers for max_stale / every + 3
+// rounds are allocated here, once. On success the caller owns *out (sparta_destroy). Returns
+// ERR_OK or ERR_INVAL (bad config, world < 2, no group). Trainer thread only.
+int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, peer_group *g, int rank, int world,
+                  uint64_t seed, uint64_t run_id, size_t n_params);
 
 // sparta_after_step runs after optimizer step `step`. The current round is cur = step (plus a
 // fixed offset once a peer that joined a running group has caught up with the others' rounds).
@@ -66,18 +59,18 @@ int sparta_wait_round(sparta_exchanger *ex, long round, int timeout_ms);
 // sparta_get_stats fills *st with the cumulative counters. Trainer thread only.
 void sparta_get_stats(sparta_exchanger *ex, sparta_stats *st);
 
-// sparta_destroy stops the exchanger thread, closes the mesh and frees everything. NULL-safe.
+// sparta_destroy stops the exchanger thread and frees everything (not the group). NULL-safe.
 void sparta_destroy(sparta_exchanger *ex);
 
 // sparta_sync_create builds SPARTA as a train_sync for peer run->rank of run->world (>= 2; the
 // caller decides that SPARTA runs: sparta.p > 0, several peers, train.mode = local): it calls
 // sparta_create with seed (train.seed, which keys the index sets) and a run id derived from
-// run->run_id and this build's selection code, then sparta_handshake with run->hello. The hooks
+// run->run_id and this build's selection code, over group g (borrowed). The hooks
 // are after_step and get_metrics, which reports the common counters and sparta_rounds_done,
 // sparta_rounds_late, sparta_rounds_dropped, sparta_stale_mean, sparta_stale_max and
 // sparta_xchg_ms. On success *out owns the exchanger (out->destroy); on failure *out is zeroed.
-// Returns ERR_OK or the error of sparta_create or sparta_handshake. Trainer thread.
-int sparta_sync_create(train_sync *out, const cfg_sparta *sc, const cfg_net *nc,
+// Returns ERR_OK or the error of sparta_create. Trainer thread.
+int sparta_sync_create(train_sync *out, const cfg_sparta *sc, peer_group *g,
                        const train_sync_run *run, uint64_t seed, size_t n_params);
 
 #endif

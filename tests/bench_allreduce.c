@@ -61,7 +61,7 @@ static double bench_dtype(int dtype, int P, float **x, double *bytes) {
         snprintf(addr[i], sizeof addr[i], "127.0.0.1:0");
         peers[i] = addr[i];
     }
-    for (int i = 0; i < P; i++) { // rank i dials the ranks below it, whose ports are known now
+    for (int i = P - 1; i >= 0; i--) { // rank i dials the ranks above it, whose ports are known
         peer_opts o = {.listen = peers[i],
                        .peers = peers,
                        .world = P,

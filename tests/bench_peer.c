@@ -5,7 +5,7 @@
 //                          reads), interleaved rounds, median and spread
 //   peer_stream_gbps       the peer layer's rate (GB/s, median over the rounds)
 //   tcp_stream_gbps        the plain socket's rate in the same rounds
-//   peer_handshake_ms      from creating rank 1 of a pair (rank 0 up) to both seeing the link
+//   peer_handshake_ms      from creating rank 0 of a pair (rank 1 up) to both seeing the link
 //                          (median over HS_REPS)
 // The two ends are threads of this process.
 #include <arpa/inet.h>
@@ -109,15 +109,15 @@ static void *peer_recv_main(void *p) {
 
 static int pair_open(pair *p) {
     const char *a[2] = {"127.0.0.1:0", "127.0.0.1:0"};
-    peer_opts o = {.listen = a[0], .peers = a, .world = 2, .rank = 0, .run_id = 1};
-    if (peer_group_create(&p->g[0], &o)) return -1;
-    char a0[PEER_ADDR_MAX];
-    snprintf(a0, sizeof a0, "%s", peer_self_addr(p->g[0]));
-    const char *b[2] = {a0, "127.0.0.1:0"};
-    o.listen = b[1];
-    o.peers = b;
-    o.rank = 1;
+    peer_opts o = {.listen = a[1], .peers = a, .world = 2, .rank = 1, .run_id = 1};
     if (peer_group_create(&p->g[1], &o)) return -1;
+    char a1[PEER_ADDR_MAX];
+    snprintf(a1, sizeof a1, "%s", peer_self_addr(p->g[1]));
+    const char *b[2] = {"127.0.0.1:0", a1};
+    o.listen = b[0];
+    o.peers = b;
+    o.rank = 0; // the lower rank dials
+    if (peer_group_create(&p->g[0], &o)) return -1;
     if (peer_wait_view(p->g[0], 2, 10000) != 2 || peer_wait_view(p->g[1], 2, 10000) != 2) return -1;
     return 0;
 }
@@ -147,23 +147,23 @@ static double handshake_ms(void) {
     double ms[HS_REPS];
     for (int i = 0; i < HS_REPS; i++) {
         const char *a[2] = {"127.0.0.1:0", "127.0.0.1:0"};
-        peer_opts o = {.listen = a[0],
+        peer_opts o = {.listen = a[1],
                        .peers = a,
                        .world = 2,
-                       .rank = 0,
+                       .rank = 1,
                        .run_id = 1,
                        .shared = "model.n_layer=12\n"};
         peer_group *g0, *g1;
-        if (peer_group_create(&g0, &o)) return -1;
-        char a0[PEER_ADDR_MAX];
-        snprintf(a0, sizeof a0, "%s", peer_self_addr(g0));
-        const char *b[2] = {a0, "127.0.0.1:0"};
-        o.listen = b[1];
-        o.peers = b;
-        o.rank = 1;
-        double t0 = sys_now_ms();
         if (peer_group_create(&g1, &o)) return -1;
-        int ok = peer_wait_view(g1, 2, 10000) == 2 && peer_wait_view(g0, 2, 10000) == 2;
+        char a1[PEER_ADDR_MAX];
+        snprintf(a1, sizeof a1, "%s", peer_self_addr(g1));
+        const char *b[2] = {"127.0.0.1:0", a1};
+        o.listen = b[0];
+        o.peers = b;
+        o.rank = 0;
+        double t0 = sys_now_ms();
+        if (peer_group_create(&g0, &o)) return -1;
+        int ok = peer_wait_view(g0, 2, 10000) == 2 && peer_wait_view(g1, 2, 10000) == 2;
         ms[i] = sys_now_ms() - t0;
         peer_group_destroy(g1);
         peer_group_destroy(g0);

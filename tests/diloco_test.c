@@ -161,10 +161,12 @@ Test(diloco, ddp_on_two_peers_equals_one_peer_with_the_doubled_batch) {
     tu_cluster_close(&c);
 }
 
-// One DDP peer of the in-process pair: builds its train_sync (the mesh waits for the other
-// peer, so both run at once) and averages one step's gradients through the after_backward hook.
+// One DDP peer of the in-process pair: builds its train_sync over its peer group (the all-reduce
+// waits for the other peer, so both run at once) and averages one step's gradients through the
+// after_backward hook.
 typedef struct {
     cfg c;
+    peer_group *grp;
     train_sync_run run;
     train_sync sync;
     float g[1000];
@@ -173,7 +175,7 @@ typedef struct {
 
 static void *ddp_peer_main(void *arg) {
     ddp_peer *p = arg;
-    p->rc = ddp_sync_create(&p->sync, &p->c.ddp, &p->c.net, &p->run, 1000);
+    p->rc = ddp_sync_create(&p->sync, &p->c.ddp, p->grp, &p->run, 1000);
     if (!p->rc) p->rc = p->sync.after_backward(p->sync.ctx, p->g, 1000, 7);
     return NULL;
 }
@@ -181,14 +183,12 @@ static void *ddp_peer_main(void *arg) {
 Test(diloco, ddp_module_averages_gradients_to_the_same_bits_and_names_its_metrics) {
     enum { N = 1000 };
     static ddp_peer p[2];
-    int base = tu_free_port_base(8);
-    cr_assert(base > 0, "no free ports");
+    char *dir = tu_tmpdir("ddp");
     float want[N];
     for (int i = 0; i < 2; i++) {
         cfg_defaults(&p[i].c);
         p[i].c.ddp.timeout_ms = 20000;
-        snprintf(p[i].c.net.peers, sizeof p[i].c.net.peers, "127.0.0.1:%d,127.0.0.1:%d", base,
-                 base + 4);
+        p[i].grp = tu_group(dir, i, 2, 0xDD9);
         p[i].run = (train_sync_run){.rank = i, .world = 2, .run_id = 0xDD9, .hello = "ddp test\n"};
         tu_rand_fill(p[i].g, N, 11 + (uint64_t)i, -1, 1);
     }
@@ -213,8 +213,12 @@ Test(diloco, ddp_module_averages_gradients_to_the_same_bits_and_names_its_metric
     cr_assert_float_eq(m.metrics[0].value, 1.0, 1e-12);
     cr_assert_str_eq(m.metrics[1].name, "ddp_allreduce_ms");
     cr_assert_str_eq(m.metrics[1].label, "allreduce_ms");
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++) {
         p[i].sync.destroy(p[i].sync.ctx);
+        peer_group_destroy(p[i].grp);
+    }
+    tu_rm_rf(dir);
+    free(dir);
 }
 
 Test(diloco, outer_state_is_checkpointed_and_resume_is_bit_exact) {
@@ -273,7 +277,7 @@ Test(diloco, sparta_and_diloco_run_together) {
     unsigned long long want = 10ull * (4 * k + 48) + 2ull * (4 * n + 2 * 48);
     // plus DiLoCo's small messages, which depend on timing (resends while a peer is awaited),
     // reported in the log: membership (a HERE of 48 bytes and a VIEW of 56 per outer step, at
-    // least) and state requests (32 bytes each: one to the other peer when joining)
+    // least) and state requests (28 bytes each: one to the other peer when joining)
     log = tu_cluster_log(&c, 0);
     const char *of = strstr(log, "(membership ");
     unsigned long long agree = 0, ctl = 0;
@@ -282,7 +286,7 @@ Test(diloco, sparta_and_diloco_run_together) {
         "%s", log);
     free(log);
     cr_assert(agree >= 2 * (48 + 56) && agree < 20000, "membership bytes %llu", agree);
-    cr_assert_eq(ctl, 32u, "state request bytes %llu", ctl);
+    cr_assert_eq(ctl, 28u, "state request bytes %llu", ctl);
     cr_assert_eq(sent, want + agree + ctl,
                  "bytes sent %llu, expected %llu ring + %llu membership + %llu requests (n = %zu)",
                  sent, want, agree, ctl, n);
@@ -300,7 +304,7 @@ Test(diloco, first_outer_step_comes_after_exactly_h_steps_and_theta_g_is_its_own
     float params[N];
     tu_rand_fill(params, N, 3, -1, 1);
     diloco *d;
-    cr_assert_eq(diloco_create(&d, &c.diloco, &c.net, 0, 1, 1, params, N), ERR_OK, "%s", err_msg());
+    cr_assert_eq(diloco_create(&d, &c.diloco, NULL, 0, 1, 1, params, N), ERR_OK, "%s", err_msg());
     const float *g = diloco_theta_g(d);
     cr_assert(g != params && (g + N <= params || params + N <= g), "theta_g aliases the params");
     float start[N];

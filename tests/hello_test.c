@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "sparta/peer/hello.h"
-#include "sparta/peer/net.h"
+#include "sparta/peer/peer.h"
 #include "tests/test_util.h"
 #include "train/base/cfg.h"
 #include "train/base/err.h"
@@ -32,7 +32,7 @@ Test(hello, diff_names_each_differing_key_with_both_values) {
 Test(hello, text_holds_the_shared_keys_and_not_the_per_peer_ones) {
     cfg c;
     cfg_defaults(&c);
-    char a[NET_HELLO_MAX], b[NET_HELLO_MAX], out[512];
+    char a[HELLO_TEXT_MAX], b[HELLO_TEXT_MAX], out[512];
     hello_text(&c, 3, a, sizeof a);
     cr_assert(strstr(a, "model.n_embd=") && strstr(a, "train.seed=1337\n") &&
                   strstr(a, "sparta.p=") && strstr(a, "diloco.H=") && strstr(a, "world=3\n"),
@@ -47,41 +47,43 @@ Test(hello, text_holds_the_shared_keys_and_not_the_per_peer_ones) {
     cr_assert_str_eq(out, "train.seed = 5 there, 1337 here");
 }
 
-// Two meshes: each gets the other's hello without either calling net_recv, and the hellos never
-// show up as messages.
-Test(hello, meshes_swap_hellos_on_connect_and_never_deliver_them) {
-    int b = tu_free_port_base(4);
-    cr_assert(b > 0);
-    char a0[64], a1[64];
-    snprintf(a0, sizeof a0, "127.0.0.1:%d", b);
-    snprintf(a1, sizeof a1, "127.0.0.1:%d", b + 2);
+static peer_group *group_with(const char *dir, int rank, const char *shared) {
+    char a0[PEER_ADDR_MAX], a1[PEER_ADDR_MAX];
+    snprintf(a0, sizeof a0, "ipc://%s/h0", dir);
+    snprintf(a1, sizeof a1, "ipc://%s/h1", dir);
     const char *peers[2] = {a0, a1};
-    net_mesh *m[2];
-    cr_assert_eq(net_mesh_create(&m[0], 0, 2, peers, NULL), ERR_OK, "%s", err_msg());
-    net_set_hello(m[0], "zero", 4);
-    cr_assert_eq(net_mesh_create(&m[1], 1, 2, peers, NULL), ERR_OK, "%s", err_msg());
-    net_set_hello(m[1], "one", 3);
-    char buf[64];
-    int n0 = -1, n1 = -1;
-    double t0 = sys_now_ms();
-    while ((n0 < 0 || n1 < 0) && sys_now_ms() - t0 < 20000) {
-        n0 = net_peer_hello(m[0], 1, buf, sizeof buf);
-        n1 = net_peer_hello(m[1], 0, buf, sizeof buf);
-        sys_sleep_ms(5);
-    }
-    cr_assert_eq(net_peer_hello(m[0], 1, buf, sizeof buf), 3);
-    cr_assert_str_eq(buf, "one");
-    cr_assert_eq(net_peer_hello(m[1], 0, buf, sizeof buf), 4);
-    cr_assert_str_eq(buf, "zero");
-    int peer;
-    void *msg;
-    size_t len;
-    cr_assert_eq(net_recv(m[1], 100, &peer, &msg, &len), ERR_TIMEOUT, "a hello was delivered");
-    net_stats st;
-    net_get_stats(m[0], &st);
-    cr_assert_eq(st.msgs_recv, 0u);
-    net_mesh_destroy(m[0]);
-    net_mesh_destroy(m[1]);
+    peer_opts o = {.listen = peers[rank],
+                   .peers = peers,
+                   .world = 2,
+                   .rank = rank,
+                   .run_id = 5,
+                   .shared = shared};
+    peer_group *g;
+    cr_assert_eq(peer_group_create(&g, &o), ERR_OK, "%s", err_msg());
+    return g;
+}
+
+// hello_wait over real groups: peers with the same settings start together; a peer whose
+// settings differ is refused by the peer layer, and its start fails naming the key.
+Test(hello, the_start_waits_for_the_peers_and_fails_naming_a_mismatched_key) {
+    char *dir = tu_tmpdir("hello");
+    peer_group *g0 = group_with(dir, 0, "train.seed=1\n"),
+               *g1 = group_with(dir, 1, "train.seed=1\n");
+    int n = -1;
+    cr_assert_eq(hello_wait(g0, "a,b", 10000, 0, "test", &n), ERR_OK, "%s", err_msg());
+    cr_assert_eq(n, 1);
+    peer_group_destroy(g1);
+    g1 = group_with(dir, 1, "train.seed=2\n");
+    cr_assert_eq(hello_wait(g1, "a,b", 10000, 0, "test", &n), ERR_PEER);
+    cr_assert(strstr(err_msg(), "another configuration") && strstr(err_msg(), "train.seed"), "%s",
+              err_msg());
+    cr_assert_eq(n, 0);
+    // allowed alone, the same start goes on
+    cr_assert_eq(hello_wait(g1, "a,b", 100, 1, "test", &n), ERR_OK, "%s", err_msg());
+    peer_group_destroy(g1);
+    peer_group_destroy(g0);
+    tu_rm_rf(dir);
+    free(dir);
 }
 
 #define SMALL                                                                            \

@@ -317,28 +317,28 @@ static void write_all(int fd, const void *p, size_t n) {
     }
 }
 
-// pair_tcp makes a static pair on 127.0.0.1 with rank 0 on an ephemeral port; before rank 1
-// starts, strangers(fd) may connect to rank 0 first.
+// pair_tcp makes a static pair on 127.0.0.1 with rank 1 on an ephemeral port (the lower rank
+// dials); before rank 0 starts, strangers(port, arg) may connect to rank 1 first.
 static void pair_tcp(peer_group **g0, peer_group **g1, void (*strangers)(int port, void *),
                      void *arg, int handshake_ms) {
     const char *a[2] = {"127.0.0.1:0", "127.0.0.1:0"};
-    peer_opts o = {.listen = a[0],
+    peer_opts o = {.listen = a[1],
                    .peers = a,
                    .world = 2,
-                   .rank = 0,
+                   .rank = 1,
                    .run_id = 42,
                    .shared = SHARED,
                    .build = "test",
                    .handshake_ms = handshake_ms};
-    cr_assert_eq(peer_group_create(g0, &o), ERR_OK, "%s", err_msg());
-    if (strangers) strangers(port_of(*g0), arg);
-    char a0[PEER_ADDR_MAX];
-    snprintf(a0, sizeof a0, "%s", peer_self_addr(*g0));
-    const char *b[2] = {a0, "127.0.0.1:0"};
-    o.listen = b[1];
-    o.peers = b;
-    o.rank = 1;
     cr_assert_eq(peer_group_create(g1, &o), ERR_OK, "%s", err_msg());
+    if (strangers) strangers(port_of(*g1), arg);
+    char a1[PEER_ADDR_MAX];
+    snprintf(a1, sizeof a1, "%s", peer_self_addr(*g1));
+    const char *b[2] = {"127.0.0.1:0", a1};
+    o.listen = b[0];
+    o.peers = b;
+    o.rank = 0;
+    cr_assert_eq(peer_group_create(g0, &o), ERR_OK, "%s", err_msg());
     cr_assert_eq(peer_wait_view(*g0, 2, 10000), 2, "the real pair did not connect");
     cr_assert_eq(peer_wait_view(*g1, 2, 10000), 2);
 }
@@ -375,7 +375,7 @@ Test(peer, strangers_that_connect_first_do_not_stop_two_real_peers) {
     // the silent one is closed after the handshake deadline: its read sees the end
     cr_assert(read_to_end(s.fds[2]), "the silent stranger's connection stayed open");
     peer_stats st;
-    peer_get_stats(g0, &st);
+    peer_get_stats(g1, &st);
     cr_assert_geq(st.strangers, 2, "strangers %llu", (unsigned long long)st.strangers);
     for (int i = 0; i < 3; i++)
         close(s.fds[i]);
@@ -416,19 +416,19 @@ static int handshake_as(int port, const peer_group *peer_for_rank, int rank) {
 }
 
 Test(peer, bad_crc_truncated_and_bad_header_frames_are_dropped_and_counted) {
-    // rank 0 of a pair; the "client" takes rank 1's place first, sends its garbage, then leaves,
-    // and the real rank 1 connects afterwards
+    // rank 1 of a pair (g0 below); the "client" takes rank 0's place first, sends its garbage,
+    // then leaves, and the real rank 0 connects afterwards
     const char *a[2] = {"127.0.0.1:0", "127.0.0.1:0"};
-    peer_opts o = {.listen = a[0],
+    peer_opts o = {.listen = a[1],
                    .peers = a,
                    .world = 2,
-                   .rank = 0,
+                   .rank = 1,
                    .run_id = 42,
                    .shared = SHARED,
                    .build = "test"};
     peer_group *g0;
     cr_assert_eq(peer_group_create(&g0, &o), ERR_OK, "%s", err_msg());
-    int fd = handshake_as(port_of(g0), g0, 1);
+    int fd = handshake_as(port_of(g0), g0, 0);
     cr_assert_eq(peer_wait_view(g0, 2, 10000), 2, "the crafted hello was not taken");
     uint32_t seq = 1;
     unsigned char hdr[FRAME_HEADER], payload[64];
@@ -460,30 +460,30 @@ Test(peer, bad_crc_truncated_and_bad_header_frames_are_dropped_and_counted) {
     peer_get_stats(g0, &st);
     cr_assert_eq(st.bad_header, 1);
     // a truncated frame: the client dies in the middle of a payload
-    fd = handshake_as(port_of(g0), g0, 1);
-    for (int i = 0; i < 400 && !peer_connected(g0, 1); i++)
+    fd = handshake_as(port_of(g0), g0, 0);
+    for (int i = 0; i < 400 && !peer_connected(g0, 0); i++)
         peer_wait_view(g0, 2, 25);
     frame_encode(hdr, PEER_CH_RING, 1, payload, sizeof payload);
     write_all(fd, hdr, sizeof hdr);
     write_all(fd, payload, 10);
     close(fd);
-    for (int i = 0; i < 400 && peer_connected(g0, 1); i++)
+    for (int i = 0; i < 400 && peer_connected(g0, 0); i++)
         peer_wait_view(g0, 3, 25);
-    cr_assert(!peer_connected(g0, 1));
+    cr_assert(!peer_connected(g0, 0));
     peer_get_stats(g0, &st);
     cr_assert_eq(st.msgs_recv[PEER_CH_RING], 0, "a truncated frame was delivered");
-    // the real rank 1 still gets in
-    char a0[PEER_ADDR_MAX];
-    snprintf(a0, sizeof a0, "%s", peer_self_addr(g0));
-    const char *b[2] = {a0, "127.0.0.1:0"};
-    o.listen = b[1];
+    // the real rank 0 still gets in
+    char a1[PEER_ADDR_MAX];
+    snprintf(a1, sizeof a1, "%s", peer_self_addr(g0));
+    const char *b[2] = {"127.0.0.1:0", a1};
+    o.listen = b[0];
     o.peers = b;
-    o.rank = 1;
+    o.rank = 0;
     peer_group *g1;
     cr_assert_eq(peer_group_create(&g1, &o), ERR_OK, "%s", err_msg());
     cr_assert_eq(peer_wait_view(g0, 2, 10000), 2);
     cr_assert_eq(peer_wait_view(g1, 2, 10000), 2);
-    cr_assert_eq(peer_send(g1, 0, PEER_CH_SPARTA, "real", 5), ERR_OK);
+    cr_assert_eq(peer_send(g1, 1, PEER_CH_SPARTA, "real", 5), ERR_OK);
     m = recv_on(g0, PEER_CH_SPARTA);
     cr_assert_str_eq(m->data, "real");
     peer_msg_free(g0, m);
@@ -699,8 +699,12 @@ Test(peer, bad_arguments_are_named) {
     cr_assert_eq(peer_group_create(&g2, &t), ERR_NET);
     cr_assert(strstr(err_msg(), busy), "%s", err_msg());
     char why[300];
-    peer_diagnose(g, 1, why, sizeof why);
-    cr_assert(strstr(why, "dialled"), "%s", why); // rank 1 dials rank 0
+    for (int i = 0; i < 400; i++) { // until the first dial has failed
+        peer_diagnose(g, 1, why, sizeof why);
+        if (!strstr(why, "no hello yet")) break;
+        peer_wait_view(g, 3, 25);
+    }
+    cr_assert(strstr(why, "refused"), "%s", why); // rank 0 dials rank 1, where nothing listens
     peer_group_destroy(g);
 }
 

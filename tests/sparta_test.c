@@ -1,5 +1,5 @@
-// sparta_test.c: SPARTA end to end on 127.0.0.1 over real TCP sockets.
-// In-process: one exchanger (rank 1 of 2) and the test acting as rank 0 through its own net_mesh,
+// sparta_test.c: SPARTA end to end. In-process over the peer layer (ipc:// sockets): one
+// exchanger (rank 1 of 2) and the test acting as rank 0 through its own peer group,
 // so the test controls exactly what arrives when (the "test clock" is the step counter it passes
 // to sparta_after_step). As processes: three `spartan train` peers with p = 1 and sync, and a
 // peer killed with SIGKILL and restarted.
@@ -17,7 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "sparta/peer/net.h"
+#include "sparta/peer/peer.h"
 #include "sparta/peer/wire.h"
 #include "sparta/select.h"
 #include "sparta/sparta.h"
@@ -28,20 +28,15 @@
 
 TestSuite(sparta, .timeout = 120);
 
-// free_base returns a free port base for span ports or fails the test.
-static int free_base(int span) {
-    int b = tu_free_port_base(span);
-    cr_assert(b > 0, "no free ports");
-    return b;
-}
-
 // ---- in-process: one exchanger and a test-controlled peer ------------------------------------
 
 enum { NP = 1000 };
 
 typedef struct {
     sparta_exchanger *ex;
-    net_mesh *peer; // the test's rank 0
+    peer_group *peer; // the test's rank 0
+    peer_group *g1;   // the exchanger's (rank 1)
+    char *dir;
     uint64_t run_id, seed;
     size_t k;
     cfg_sparta sc;
@@ -65,22 +60,22 @@ static void rig_open(rig *r, int max_stale, const char *dtype) {
     r->run_id = 0xABCDEF12345ull;
     r->seed = 99;
     r->k = select_k(r->sc.p, NP);
-    int b0 = free_base(4), b1 = b0 + 2;
-    char a0[64], a1[64];
-    snprintf(a0, sizeof a0, "127.0.0.1:%d", b0);
-    snprintf(a1, sizeof a1, "127.0.0.1:%d", b1);
-    const char *peers[2] = {a0, a1};
-    cr_assert_eq(net_mesh_create(&r->peer, 0, 2, peers, NULL), ERR_OK, "%s", err_msg());
-    snprintf(c.net.peers, sizeof c.net.peers, "%s,%s", a0, a1);
+    r->dir = tu_tmpdir("sparta");
+    r->peer = tu_group(r->dir, 0, 2, 1);
+    r->g1 = tu_group(r->dir, 1, 2, 1);
+    cr_assert(tu_wait_linked(r->peer, 0, r->g1, 1), "the pair did not connect");
     for (int i = 0; i < NP; i++)
         r->params[i] = (float)i;
-    cr_assert_eq(sparta_create(&r->ex, &r->sc, &c.net, 1, 2, r->seed, r->run_id, NP), ERR_OK, "%s",
+    cr_assert_eq(sparta_create(&r->ex, &r->sc, r->g1, 1, 2, r->seed, r->run_id, NP), ERR_OK, "%s",
                  err_msg());
 }
 
 static void rig_close(rig *r) {
     sparta_destroy(r->ex);
-    net_mesh_destroy(r->peer);
+    peer_group_destroy(r->g1);
+    peer_group_destroy(r->peer);
+    tu_rm_rf(r->dir);
+    free(r->dir);
 }
 
 // send_values sends round `round` from the fake rank 0 with every value equal to v.
@@ -98,12 +93,7 @@ static void send_values(rig *r, long round, float v, uint64_t run_id) {
                      .offset = 0,
                      .count = (uint32_t)r->k};
     size_t len = wire_encode(buf, &h, vals);
-    int rc = ERR_PEER;
-    for (int i = 0; i < 100 && rc != ERR_OK; i++) { // the pipe may still be coming up
-        rc = net_send(r->peer, 1, buf, len);
-        if (rc) usleep(20000);
-    }
-    cr_assert_eq(rc, ERR_OK, "%s", err_msg());
+    cr_assert_eq(peer_send(r->peer, 1, PEER_CH_SPARTA, buf, len), ERR_OK, "%s", err_msg());
 }
 
 // recv_round waits for the exchanger's message of a round and checks it carries x[I_round].
@@ -111,23 +101,21 @@ static void expect_round_message(rig *r, long round, const float *x_at_post) {
     uint32_t idx[NP];
     size_t n = select_indices(SELECT_RANDOM, r->seed, (uint64_t)round, NP, r->k, idx);
     for (int tries = 0; tries < 50; tries++) {
-        int peer;
-        void *msg;
-        size_t len;
-        if (net_recv(r->peer, 200, &peer, &msg, &len) != ERR_OK) continue;
+        peer_msg *m;
+        if (peer_recv(r->peer, PEER_CH_SPARTA, 200, &m) != ERR_OK) continue;
         wire_header h;
-        cr_assert_eq(wire_decode(msg, len, r->run_id, &h), ERR_OK, "%s", err_msg());
+        cr_assert_eq(wire_decode(m->data, m->len, r->run_id, &h), ERR_OK, "%s", err_msg());
         if ((long)h.round != round) {
-            net_msg_free(msg);
+            peer_msg_free(r->peer, m);
             continue;
         }
-        cr_assert_eq(peer, 1);
+        cr_assert_eq(m->from, 1);
         cr_assert_eq(h.count, n);
         float got[NP];
-        wire_values(msg, &h, got);
+        wire_values(m->data, &h, got);
         for (size_t i = 0; i < n; i++)
             cr_assert_eq(got[i], x_at_post[idx[i]], "i=%zu", i);
-        net_msg_free(msg);
+        peer_msg_free(r->peer, m);
         return;
     }
     cr_assert_fail("no message for round %ld", round);
@@ -256,24 +244,23 @@ Test(sparta, garbage_truncated_bad_crc_and_foreign_messages_are_dropped) {
     size_t len = wire_encode(good, &h, vals);
     const char junk[] = "this is not a sparta message at all";
     int sent = 0;
-    for (int i = 0; i < 100 && net_send(r.peer, 1, junk, sizeof junk) != ERR_OK; i++)
-        usleep(20000);
+    cr_assert_eq(peer_send(r.peer, 1, PEER_CH_SPARTA, junk, sizeof junk), ERR_OK);
     sent++;
-    cr_assert_eq(net_send(r.peer, 1, good, len / 2), ERR_OK); // truncated
+    cr_assert_eq(peer_send(r.peer, 1, PEER_CH_SPARTA, good, len / 2), ERR_OK); // truncated
     sent++;
     memcpy(bad, good, len);
     bad[WIRE_HEADER + 5] ^= 0x40; // payload bit flip: CRC mismatch
-    cr_assert_eq(net_send(r.peer, 1, bad, len), ERR_OK);
+    cr_assert_eq(peer_send(r.peer, 1, PEER_CH_SPARTA, bad, len), ERR_OK);
     sent++;
     wire_header h2 = h;
     h2.run_id ^= 1; // another run
     size_t len2 = wire_encode(bad, &h2, vals);
-    cr_assert_eq(net_send(r.peer, 1, bad, len2), ERR_OK);
+    cr_assert_eq(peer_send(r.peer, 1, PEER_CH_SPARTA, bad, len2), ERR_OK);
     sent++;
     h2 = h;
     h2.round = 1u << 30; // a round far outside the window
     len2 = wire_encode(bad, &h2, vals);
-    cr_assert_eq(net_send(r.peer, 1, bad, len2), ERR_OK);
+    cr_assert_eq(peer_send(r.peer, 1, PEER_CH_SPARTA, bad, len2), ERR_OK);
     sent++;
     sparta_stats st;
     sparta_get_stats(r.ex, &st);
@@ -295,18 +282,13 @@ Test(sparta, bf16_rounds_carry_two_bytes_per_value) {
     rig r;
     rig_open(&r, 15, "bf16");
     cr_assert_eq(sparta_after_step(r.ex, r.params, NP, 1), ERR_OK);
-    int peer;
-    void *msg = NULL;
-    size_t len = 0;
-    int rc = ERR_TIMEOUT;
-    for (int i = 0; i < 50 && rc != ERR_OK; i++)
-        rc = net_recv(r.peer, 100, &peer, &msg, &len);
-    cr_assert_eq(rc, ERR_OK);
-    cr_assert_eq(len, WIRE_HEADER + 2 * r.k);
-    net_msg_free(msg);
+    peer_msg *m = NULL;
+    cr_assert_eq(peer_recv(r.peer, PEER_CH_SPARTA, 10000, &m), ERR_OK);
+    cr_assert_eq(m->len, WIRE_HEADER + 2 * r.k);
+    peer_msg_free(r.peer, m);
     sparta_stats st;
     sparta_get_stats(r.ex, &st);
-    // the sender counts after nng accepted the message, which may be after it arrived here
+    // the sender counts once the frame is written, which may be after it arrived here
     for (int i = 0; i < 100 && st.bytes_sent == 0; i++) {
         usleep(10000);
         sparta_get_stats(r.ex, &st);
@@ -481,7 +463,7 @@ Test(sparta, killed_peer_does_not_stall_the_others_and_is_picked_up_again, .time
         tu_last_metric(m0, "sparta_rounds_late") + tu_last_metric(m0, "sparta_rounds_dropped");
     cr_assert(late_before > 0, "no late or dropped rounds counted while a peer was dead");
     char *log = peer_log(&c, 0);
-    cr_assert(strstr(log, "peer=2 disconnected"), "the loss was not logged:\n%s", log);
+    cr_assert(strstr(log, "link to rank=2 down"), "the loss was not logged:\n%s", log);
     free(log);
     // restart rank 2 afresh in its folder: rounds complete with all peers again
     double done_before = tu_last_metric(m0, "sparta_rounds_done");

@@ -1,11 +1,11 @@
 // stress_diloco.c: a concurrency stress of DiLoCo's fault handling for ThreadSanitizer (`make
-// tsan`). Three peers run in one process, each on its own "trainer" thread over TCP on 127.0.0.1:
+// tsan`). Three peers run in one process, each on its own "trainer" thread over the peer layer:
 // outer steps every H steps, one peer destroyed halfway, a new one created in its place that
-// joins (its control requests read the others' outer state on nng's threads while their trainers
-// update it). It checks that every peer finishes, that the survivors took every outer step, and
-// that all three end on the same theta_g bit for bit. Then three DDP peers (ddp.h) average their
-// gradients for a number of steps on their own threads and must end on the same bits. TSan
-// reports races on its own. Bounded.
+// joins (its state requests read the others' outer state on the links' reader threads while
+// their trainers update it). It checks that every peer finishes, that the survivors took every
+// outer step, and that all three end on the same theta_g bit for bit. Then three DDP peers (ddp.h)
+// average their gradients for a number of steps on their own threads and must end on the same bits.
+// TSan reports races on its own. Bounded.
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +22,7 @@ enum { P = 3, N = 20000, H = 5, STEPS = 60 };
 
 typedef struct {
     diloco *d;
+    peer_group *g;
     float params[N];
     int rank, rc;
     long first, last; // steps first+1 .. last
@@ -30,7 +31,8 @@ typedef struct {
 
 static void *trainer(void *arg) {
     peer *p = arg;
-    p->rc = diloco_create(&p->d, &p->c->diloco, &p->c->net, p->rank, P, 0xD1, p->params, N);
+    peer_wait_view(p->g, P, 10000);
+    p->rc = diloco_create(&p->d, &p->c->diloco, p->g, p->rank, P, 0xD1, p->params, N);
     long step = p->first;
     if (!p->rc) p->rc = diloco_join(p->d, p->params, N, &step);
     for (long s = step + 1; s <= p->last && !p->rc; s++) {
@@ -45,6 +47,7 @@ static void *trainer(void *arg) {
 // A DDP peer: its "gradients" change every step and are averaged with the others'.
 typedef struct {
     ddp *d;
+    peer_group *grp;
     float g[N];
     int rank, rc;
     const cfg *c;
@@ -52,7 +55,8 @@ typedef struct {
 
 static void *ddp_trainer(void *arg) {
     ddp_peer *p = arg;
-    p->rc = ddp_create(&p->d, &p->c->ddp, &p->c->net, p->rank, P, 0xDD1, N);
+    peer_wait_view(p->grp, P, 10000);
+    p->rc = ddp_create(&p->d, &p->c->ddp, p->grp, p->rank, P, 0xDD1, N);
     for (long s = 1; s <= STEPS && !p->rc; s++) {
         for (int i = 0; i < N; i++)
             p->g[i] = 0.5f * p->g[i] + (float)((p->rank + 1) * (i % 5 + 1)) * 1e-3f;
@@ -62,13 +66,15 @@ static void *ddp_trainer(void *arg) {
     return NULL;
 }
 
-// ddp_stress runs P DDP peers on the ports of c's net.peers; returns 1 on a failure.
+// ddp_stress runs P DDP peers, each with its own peer group; returns 1 on a failure.
 static int ddp_stress(const cfg *c) {
     static ddp_peer peers[P];
     pthread_t th[P];
+    char *dir = tu_tmpdir("stress-ddp");
     for (int i = 0; i < P; i++) {
         peers[i].rank = i;
         peers[i].c = c;
+        peers[i].grp = tu_group(dir, i, P, 0xDD1);
         pthread_create(&th[i], NULL, ddp_trainer, &peers[i]);
     }
     int bad = 0;
@@ -91,6 +97,10 @@ static int ddp_stress(const cfg *c) {
         }
         ddp_destroy(peers[i].d);
     }
+    for (int i = 0; i < P; i++)
+        peer_group_destroy(peers[i].grp);
+    tu_rm_rf(dir);
+    free(dir);
     return bad;
 }
 
@@ -101,14 +111,7 @@ int main(void) {
     c.diloco.H = H;
     c.diloco.timeout_ms = 2000;
     c.ddp.timeout_ms = 20000;
-    int base = tu_free_port_base(8 * P);
-    if (base < 0) return fprintf(stderr, "no free ports\n"), 1;
-    c.net.peers[0] = 0;
-    for (int i = 0; i < P; i++) {
-        char a[32];
-        snprintf(a, sizeof a, "%s127.0.0.1:%d", i ? "," : "", base + 8 * i);
-        strcat(c.net.peers, a);
-    }
+    char *dir = tu_tmpdir("stress-diloco");
     static peer peers[P + 1];
     for (int i = 0; i <= P; i++) {
         peer *p = &peers[i];
@@ -116,6 +119,7 @@ int main(void) {
         p->first = 0;
         p->last = i == P - 1 ? STEPS / 2 : STEPS;
         p->c = &c;
+        if (i < P) p->g = tu_group(dir, p->rank, P, 0xD1);
         for (int j = 0; j < N; j++)
             p->params[j] = (float)j * 1e-3f;
     }
@@ -124,6 +128,8 @@ int main(void) {
         pthread_create(&th[i], NULL, trainer, &peers[i]);
     pthread_join(th[P - 1], NULL); // rank P-1 stops halfway and goes away
     diloco_destroy(peers[P - 1].d);
+    peer_group_destroy(peers[P - 1].g);
+    peers[P].g = tu_group(dir, P - 1, P, 0xD1);       // at the same address
     pthread_create(&th[P], NULL, trainer, &peers[P]); // and comes back: it joins
     int bad = peers[P - 1].rc != 0;
     for (int i = 0; i <= P; i++)
@@ -147,8 +153,13 @@ int main(void) {
         bad = 1;
     }
     for (int i = 0; i <= P; i++)
-        if (i != P - 1) diloco_destroy(peers[i].d);
-    bad |= ddp_stress(&c); // on the all-reduce ports, free again
+        if (i != P - 1) {
+            diloco_destroy(peers[i].d);
+            peer_group_destroy(peers[i].g);
+        }
+    tu_rm_rf(dir);
+    free(dir);
+    bad |= ddp_stress(&c);
     printf("%s\n", bad ? "stress_diloco: FAILED" : "stress_diloco: ok");
     return bad;
 }

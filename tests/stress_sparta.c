@@ -1,6 +1,6 @@
 // stress_sparta.c: a concurrency stress of the SPARTA exchanger for ThreadSanitizer (`make
 // tsan`; Criterion's process arena does not start under TSan, so this is a plain program). P
-// exchangers run in one process, each driven by its own "trainer" thread over TCP on 127.0.0.1,
+// exchangers run in one process, each driven by its own "trainer" thread over the peer layer,
 // in alltoall and ring mode, synchronous and not, and one is destroyed while traffic flows. It
 // checks the invariants that hold under any interleaving and exits non-zero on a violation; TSan
 // reports data races on its own. Every loop is bounded.
@@ -19,16 +19,18 @@ enum { P = 3, N = 20000, STEPS = 200 };
 
 typedef struct {
     sparta_exchanger *ex;
+    peer_group *g;
     float params[N];
     int rank, rc;
     long steps;
     const cfg *c;
 } peer;
 
-// trainer creates its peer's exchanger (which waits for the others to connect), then steps.
+// trainer waits for its group to connect, creates its peer's exchanger, then steps.
 static void *trainer(void *arg) {
     peer *p = arg;
-    p->rc = sparta_create(&p->ex, &p->c->sparta, &p->c->net, p->rank, P, 7, 42, N);
+    if (peer_wait_view(p->g, P, 10000) != P) fprintf(stderr, "rank %d: peers missing\n", p->rank);
+    p->rc = sparta_create(&p->ex, &p->c->sparta, p->g, p->rank, P, 7, 42, N);
     if (p->rc) fprintf(stderr, "create %d: %s\n", p->rank, err_msg());
     for (long s = 1; s <= p->steps && !p->rc; s++) {
         for (int i = 0; i < N; i++)
@@ -49,15 +51,7 @@ static int run(const char *reduce, int sync, int kill_one) {
     char kv[64];
     snprintf(kv, sizeof kv, "sparta.reduce=%s", reduce);
     if (cfg_set(&c, kv)) return fprintf(stderr, "%s\n", err_msg()), 1;
-    int base = tu_free_port_base(4 * P);
-    if (base < 0) return fprintf(stderr, "no free ports\n"), 1;
-    c.net.peers[0] = 0;
-    for (int i = 0; i < P; i++) {
-        char a[32];
-        snprintf(a, sizeof a, "%s127.0.0.1:%d", i ? "," : "", base + 4 * i);
-        strcat(c.net.peers, a);
-    }
-    // create concurrently: each sparta_create waits for the others to connect
+    char *dir = tu_tmpdir("stress");
     pthread_t th[P];
     for (int i = 0; i < P; i++) {
         peer *p = &peers[i];
@@ -65,6 +59,7 @@ static int run(const char *reduce, int sync, int kill_one) {
         p->rank = i;
         p->steps = kill_one && i == P - 1 ? STEPS / 4 : STEPS;
         p->c = &c;
+        p->g = tu_group(dir, i, P, 42);
         for (int j = 0; j < N; j++)
             p->params[j] = (float)j;
     }
@@ -74,7 +69,9 @@ static int run(const char *reduce, int sync, int kill_one) {
     if (kill_one) { // the last peer stops early and is destroyed while the others go on
         pthread_join(th[P - 1], NULL);
         sparta_destroy(peers[P - 1].ex);
+        peer_group_destroy(peers[P - 1].g);
         peers[P - 1].ex = NULL;
+        peers[P - 1].g = NULL;
     }
     for (int i = 0; i < P - (kill_one ? 1 : 0); i++)
         pthread_join(th[i], NULL);
@@ -96,6 +93,10 @@ static int run(const char *reduce, int sync, int kill_one) {
         }
         sparta_destroy(peers[i].ex);
     }
+    for (int i = 0; i < P; i++)
+        peer_group_destroy(peers[i].g);
+    tu_rm_rf(dir);
+    free(dir);
     printf("%s sync=%d kill=%d: %s\n", reduce, sync, kill_one, bad ? "FAILED" : "ok");
     return bad;
 }

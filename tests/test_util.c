@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "train/base/err.h"
 #include "train/gpt.h"
 
 char *tu_tmpdir(const char *tag) {
@@ -116,6 +117,33 @@ int tu_files_equal(const char *a, const char *b) {
     return eq;
 }
 
+peer_group *tu_group(const char *dir, int rank, int world, uint64_t run_id) {
+    char addr[PEER_MAX_MEMBERS][PEER_ADDR_MAX];
+    const char *peers[PEER_MAX_MEMBERS];
+    for (int i = 0; i < world && i < PEER_MAX_MEMBERS; i++) {
+        snprintf(addr[i], sizeof addr[i], "ipc://%s/g%d", dir, i);
+        peers[i] = addr[i];
+    }
+    peer_opts o = {.listen = peers[rank],
+                   .peers = peers,
+                   .world = world,
+                   .rank = rank,
+                   .run_id = run_id,
+                   .tag = "test-net"};
+    peer_group *g = NULL;
+    if (peer_group_create(&g, &o)) {
+        fprintf(stderr, "tu_group: %s\n", err_msg());
+        abort();
+    }
+    return g;
+}
+
+int tu_wait_linked(peer_group *a, int ra, peer_group *b, int rb) {
+    for (int i = 0; i < 800 && !(peer_connected(a, rb) && peer_connected(b, ra)); i++)
+        peer_wait_view(a, PEER_MAX_MEMBERS, 25); // wakes on every change of a's links
+    return peer_connected(a, rb) && peer_connected(b, ra);
+}
+
 int tu_free_port_base(int span) {
     srand((unsigned)(time(NULL) ^ (unsigned)getpid()));
     for (int attempt = 0; attempt < 200; attempt++) {
@@ -156,11 +184,11 @@ int tu_cluster_open(tu_cluster *c, int world) {
     if (!c->dir) return -1;
     snprintf(c->data, sizeof c->data, "%s/data", c->dir);
     if (tu_prepare_char_data(c->data, NULL) != 0) return -1;
-    int span = 2 * world + 2, base = tu_free_port_base(span * world);
+    int base = tu_free_port_base(world); // one address per peer
     if (base < 0) return -1;
     for (int i = 0; i < world; i++) {
         char a[32];
-        snprintf(a, sizeof a, "%s127.0.0.1:%d", i ? "," : "", base + span * i);
+        snprintf(a, sizeof a, "%s127.0.0.1:%d", i ? "," : "", base + i);
         strcat(c->peers, a);
     }
     return 0;

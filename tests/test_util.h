@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "sparta/peer/peer.h"
+
 // tu_tmpdir creates a fresh directory under $TMPDIR (or /tmp) and returns its path (static
 // storage per call slot is not used: the caller owns the returned string and frees it).
 char *tu_tmpdir(const char *tag);
@@ -38,6 +40,15 @@ int tu_read_file(const char *path, char **data, size_t *n);
 // tu_files_equal returns 1 if both files exist and have identical bytes.
 int tu_files_equal(const char *a, const char *b);
 
+// tu_group makes member rank of a static peer group of world over ipc:// sockets in dir
+// (<dir>/g0, <dir>/g1, ...) with run id run_id and no shared settings. Fails the test on error
+// (Criterion suites only). The caller destroys it (peer_group_destroy).
+peer_group *tu_group(const char *dir, int rank, int world, uint64_t run_id);
+
+// tu_wait_linked waits (bounded, by the groups' own wake-ups) until a and b hold a live link to
+// each other (ranks ra and rb). Returns 1 if they do.
+int tu_wait_linked(peer_group *a, int ra, peer_group *b, int rb);
+
 // tu_free_port_base returns a port b such that b .. b+span-1 can all be bound on 127.0.0.1 at
 // the time of the call (random bases, bounded tries), or -1.
 int tu_free_port_base(int span);
@@ -52,8 +63,8 @@ int tu_prepare_char_data(const char *dir, char **out);
 
 // A group of `spartan train` peer processes on 127.0.0.1 sharing one prepared char dataset.
 // Peer r runs `spartan train ARGS --set data.dir=<data> --set train.out_dir=<dir>/rank<r>
-// --peers <peers> --rank r` with its stderr in <dir>/rank<r>.log. Base ports are 2*world + 2
-// apart (SPARTA ports, then the all-reduce ports).
+// --peers <peers> --rank r` with its stderr in <dir>/rank<r>.log. One port per peer (the peer
+// layer listens on one address per process).
 typedef struct tu_cluster {
     char *dir;
     char data[600];

@@ -1,5 +1,6 @@
-// hello.c: the start-up handshake (see hello.h). Hellos are "key=value" lines; the comparison is
-// by key, so a peer of a newer build with an extra key is named with it rather than misread.
+// hello.c: the settings peers must share and the start-up report (see hello.h). The texts are
+// "key=value" lines; the comparison is by key, so a peer of a newer build with an extra key is
+// named with it rather than misread.
 #include "sparta/peer/hello.h"
 
 #include <stdio.h>
@@ -86,43 +87,49 @@ static void peer_name(const char *peers, int i, char *buf, size_t n) {
     }
 }
 
-int hello_start(net_mesh *m, int rank, int world, const char *peers, const char *mine,
-                int timeout_ms, int allow_alone, const char *who, int *n_ok) {
-    ASSERT(m != NULL && mine != NULL && who != NULL);
-    net_set_hello(m, mine, strlen(mine));
-    static char theirs[NET_HELLO_MAX + 1];
+int hello_wait(peer_group *g, const char *peers, int timeout_ms, int allow_alone, const char *who,
+               int *n_ok) {
+    ASSERT(g != NULL && who != NULL);
+    peer_view v;
+    peer_get_view(g, &v);
+    int world = v.n;
+    if (n_ok) *n_ok = 0;
+    if (world < 2) return ERR_OK;
     double t0 = sys_now_ms();
-    int ok = 0;
-    for (;;) { // wait for the hellos of the connected peers (sent on pipe-up: milliseconds)
-        int waiting = 0;
-        for (int p = 0; p < world; p++)
-            waiting += p != rank && net_connected(m, p) && net_peer_hello(m, p, theirs, 2) < 0;
-        if (!waiting || sys_now_ms() - t0 > timeout_ms) break;
-        sys_sleep_ms(5);
-    }
-    for (int p = 0; p < world; p++) {
-        if (p == rank) continue;
-        char name[160], why[512];
-        peer_name(peers, p, name, sizeof name);
-        if (net_peer_hello(m, p, theirs, sizeof theirs) >= 0) {
-            char diff[1024];
-            if (hello_diff(mine, theirs, diff, sizeof diff))
-                return err_set(ERR_PEER,
-                               "peer %d (%s) runs another configuration: %s. Every peer of a run "
-                               "needs the same [model], train.seed, train.mode and exchange "
-                               "settings",
-                               p, name, diff);
+    int have = peer_wait_view(g, world, timeout_ms); // returns early when every peer refused us
+    int ok = 0, mismatch = -1;
+    char mismatch_why[600] = "";
+    for (int i = 0; i < v.n; i++) {
+        int p = v.m[i].rank;
+        if (p == v.self) continue;
+        if (peer_connected(g, p)) {
             ok++;
             continue;
         }
-        if (net_connected(m, p))
-            snprintf(why, sizeof why, "connected, but sent no handshake (an older spartan?)");
-        else
-            net_diagnose(m, p, why, sizeof why);
-        LOG_W(who, "peer %d (%s) not connected: %s", p, name, why);
+        char name[160], why[600];
+        peer_name(peers, p, name, sizeof name);
+        peer_diagnose(g, p, why, sizeof why);
+        if (strstr(why, "settings differ") || strstr(why, "run id")) {
+            if (mismatch < 0) {
+                mismatch = p;
+                snprintf(mismatch_why, sizeof mismatch_why, "%s", why);
+            }
+            LOG_E(who, "peer %d (%s) runs another configuration: %s", p, name, why);
+        } else {
+            LOG_W(who, "peer %d (%s) not connected: %s", p, name, why);
+        }
     }
     if (n_ok) *n_ok = ok;
-    if (ok == 0 && world > 1 && !allow_alone)
+    if (have == world) LOG_I(who, "all %d peers connected after %.0f ms", world, sys_now_ms() - t0);
+    if (ok == 0 && mismatch >= 0 && !allow_alone) {
+        char name[160];
+        peer_name(peers, mismatch, name, sizeof name);
+        return err_set(ERR_PEER,
+                       "peer %d (%s) runs another configuration (%s). Every peer of a run needs "
+                       "the same [model], train.seed, train.mode and exchange settings",
+                       mismatch, name, mismatch_why);
+    }
+    if (ok == 0 && !allow_alone)
         return err_set(ERR_PEER, "no peer could be reached (the reasons are above); set "
                                  "net.allow_alone = true to train alone anyway");
     if (ok < world - 1)

@@ -1,14 +1,15 @@
-// hello.h: the start-up handshake of a peer mesh. Each peer's hello (net_set_hello) is the text
-// of the settings every peer of a run must share (cfg_shared_write) plus the number of peers;
-// hello_start compares it with every peer's, so a peer with another seed, model or exchange setting
-// is named, with what differs, instead of silently exchanging nothing. Trainer thread (or whichever
-// thread creates the mesh).
+// hello.h: what peers must share, and the start-up report. hello_text is the text of the settings
+// every peer of a run must share (cfg_shared_write) plus the number of peers; the peer layer puts
+// it in its handshake (peer_opts.shared) and refuses a peer whose text differs, naming the keys
+// (hello_diff). hello_wait waits for the peers at start-up and names the missing ones and why, so
+// a peer with another seed, model or exchange setting, or one that cannot be reached, is named
+// instead of silently exchanging nothing. Trainer thread.
 #ifndef HELLO_H
 #define HELLO_H
 
 #include <stddef.h>
 
-#include "sparta/peer/net.h"
+#include "sparta/peer/peer.h"
 #include "train/base/cfg.h"
 
 // hello_text writes this peer's hello into buf (n bytes, n >= 256): the shared settings of c and
@@ -20,14 +21,17 @@ void hello_text(const cfg *c, int world, char *buf, size_t n);
 // Returns the number of keys that differ (0: the same run).
 int hello_diff(const char *mine, const char *theirs, char *out, size_t n);
 
-// hello_start sets mine as the hello of mesh m (this peer is rank of world; peers is net.peers,
-// whose entries name the peers in messages) and waits up to timeout_ms for the hello of every
-// connected peer, then checks them: a peer whose hello differs fails the start with ERR_PEER and a
-// message naming the peer and the differences. Peers not connected (or connected without a hello)
-// are logged, one WARN line each with the reason (net_diagnose), under the tag who ("sparta",
-// "diloco"). With no peer confirmed and allow_alone false, returns ERR_PEER saying so; else ERR_OK
-// with the number of confirmed peers in *n_ok (may be NULL).
-int hello_start(net_mesh *m, int rank, int world, const char *peers, const char *mine,
-                int timeout_ms, int allow_alone, const char *who, int *n_ok);
+// hello_wait waits up to timeout_ms for a live link to every member of g's view (a static group:
+// every peer of net.peers, whose entries name them in messages), then reports under the tag who
+// (train, sparta, ...): every peer that is not connected gets one line with the reason
+// (peer_diagnose); a peer refused for other settings or another run is an ERROR line naming what
+// differs (the peer layer refused it in its handshake; the other peers go on). With no peer
+// connected and allow_alone false it fails: ERR_PEER saying that a peer runs another
+// configuration (naming it and the keys), or that no peer could be reached. Else ERR_OK, with
+// the number of connected peers in *n_ok (may be NULL). Trainer thread, at start-up.
+#define HELLO_TEXT_MAX 4096 // room for hello_text
+
+int hello_wait(peer_group *g, const char *peers, int timeout_ms, int allow_alone, const char *who,
+               int *n_ok);
 
 #endif

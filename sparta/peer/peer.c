@@ -620,16 +620,16 @@ static int handle_hello(peer_group *g, plink *l, const hello *h) {
     } else {
         snprintf(l->addr, sizeof l->addr, "%s", h->addr);
     }
-    if (g->o.run_id && h->run_id != g->o.run_id) {
-        snprintf(why, sizeof why, "run id %016" PRIx64 " there, %016" PRIx64 " here", h->run_id,
-                 g->o.run_id);
-        refuse(g, l, h->rank, why);
-        return -1;
-    }
     if (h->settings_hash != g->settings_hash) {
         char diff[400];
         int nd = hello_diff(g->shared, h->shared, diff, sizeof diff);
         snprintf(why, sizeof why, "settings differ: %s", nd ? diff : "(hash only)");
+        refuse(g, l, h->rank, why);
+        return -1;
+    }
+    if (g->o.run_id && h->run_id != g->o.run_id) {
+        snprintf(why, sizeof why, "run id %016" PRIx64 " there, %016" PRIx64 " here", h->run_id,
+                 g->o.run_id);
         refuse(g, l, h->rank, why);
         return -1;
     }
@@ -1165,7 +1165,7 @@ static nng_stream *dial(const char *url, char *err, size_t n) {
     if (rv) {
         const char *why = rv == NNG_ECONNREFUSED ? "connection refused"
                           : rv == NNG_ETIMEDOUT  ? "no answer within a second"
-                          : rv == NNG_EADDRINVAL ? "the host does not resolve"
+                          : rv == NNG_EADDRINVAL ? "cannot resolve host"
                                                  : nng_strerror(rv);
         snprintf(err, n, "%s", why);
     }
@@ -1202,7 +1202,7 @@ static void maint_dial(peer_group *g) {
         free(url);
         return;
     }
-    for (int r = 0; r < g->rank; r++) {
+    for (int r = g->rank + 1; r < PEER_MAX_MEMBERS; r++) { // the lower rank of a pair dials
         if (!g->present[r] || has_link(g, r) || now < g->next_dial[r]) continue;
         if (g->is_static && g->refusal[r][0] && now < g->next_dial[r] + 1000) continue;
         char *url = to_url(g->mem[r].addr), err[160];
@@ -1644,12 +1644,24 @@ void peer_diagnose(peer_group *g, int rank, char *buf, size_t n) {
         snprintf(buf, n, "connected");
     else if (g->refusal[rank][0])
         snprintf(buf, n, "%s", g->refusal[rank]);
-    else if (rank < g->rank)
-        snprintf(buf, n, "%s: %s", g->mem[rank].addr,
-                 g->dial_err[rank][0] ? g->dial_err[rank] : "no hello yet");
-    else
-        snprintf(buf, n, "%s has not dialled in (the higher rank of a pair dials)",
-                 g->mem[rank].addr);
+    else if (rank > g->rank)
+        snprintf(buf, n, "%s", g->dial_err[rank][0] ? g->dial_err[rank] : "no hello yet");
+    else { // it dials us: probe its address to say why it has not
+        char *url = to_url(g->mem[rank].addr), err[160], addr[PEER_ADDR_MAX];
+        snprintf(addr, sizeof addr, "%s", g->mem[rank].addr);
+        pthread_mutex_unlock(&g->mu);
+        nng_stream *s = dial(url, err, sizeof err);
+        free(url);
+        if (s) {
+            nng_stream_close(s);
+            nng_stream_free(s);
+            snprintf(buf, n, "up at %s but has not dialled in (the lower rank of a pair dials)",
+                     addr);
+        } else {
+            snprintf(buf, n, "%s", err);
+        }
+        return;
+    }
     pthread_mutex_unlock(&g->mu);
 }
 

@@ -5,12 +5,12 @@
 // build, the hash of the settings every peer must share); a stranger or a mismatched peer is
 // closed and never takes a member's place. Membership is a view with an epoch number.
 //
-// Joining: with a static list (peer_opts.peers) member i is rank i and the higher rank of a pair
-// dials the lower. With a rendezvous address (peer_opts.join) a process dials that address: if
+// Joining: with a static list (peer_opts.peers) member i is rank i and the lower rank of a pair
+// dials the higher. With a rendezvous address (peer_opts.join) a process dials that address: if
 // the hello that answers carries its own member id, it is that address and founds the group;
 // otherwise the group's coordinator (its lowest rank; others redirect to it) gives it the lowest
 // free rank (or the one it asks for), and sends the new view to every member, each of which dials
-// the members of lower rank. So every process can be given the same --join address.
+// the members of higher rank. So every process can be given the same --join address.
 //
 // Channels: PEER_CH_SYS is the layer's own. Sends go out in channel order (control before SPARTA
 // before the ring and state transfers), one frame at a time, so a small message waits for at most
@@ -201,7 +201,8 @@ int peer_call(peer_group *g, int rank, const void *req, size_t len, peer_msg **r
 
 // peer_diagnose writes into buf (n bytes) why rank has no live link: the handshake was refused
 // (and why), its address does not resolve, the connection is refused, nothing answers, or (a rank
-// that dials us) it has not dialled in. "connected" when it has one.
+// that dials us, whose address it probes, which takes up to a second) it is up but has not
+// dialled in. "connected" when it has one.
 void peer_diagnose(peer_group *g, int rank, char *buf, size_t n);
 
 // peer_get_stats copies the counters.

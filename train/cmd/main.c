@@ -1,11 +1,13 @@
 // main.c: the bin/spartan entry point. It only dispatches subcommands to their modules; each
 // module parses its own options. Runs on the main thread.
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "diloco/ddp.h"
 #include "diloco/diloco.h"
 #include "sparta/peer/hello.h"
+#include "sparta/peer/peer.h"
 #include "sparta/sparta.h"
 #include "train/base/err.h"
 #include "train/cmd/cmds.h"
@@ -25,37 +27,102 @@ typedef struct {
     const char *help;
 } command;
 
+// The peer group of a run with peers: its listening address is net.listen, or this peer's entry
+// of net.peers. The peer layer refuses peers of another run or other shared settings (hello).
+static int open_group(peer_group **g, const cfg *c, int rank, int world, uint64_t run_id,
+                      const char *hello) {
+    char *list = xstrdup(c->net.peers), *save = NULL;
+    const char **peers = xcalloc((size_t)world, sizeof(char *));
+    int n = 0;
+    for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ')
+            tok++;
+        if (n < world) peers[n] = tok;
+        n++;
+    }
+    int rc = ERR_OK;
+    if (n != world) {
+        rc = err_set(ERR_INVAL, "net.peers: expected %d addresses, found %d", world, n);
+    } else {
+        peer_opts o = {.listen = c->net.listen[0] ? c->net.listen : peers[rank],
+                       .peers = peers,
+                       .world = world,
+                       .rank = rank,
+                       .run_id = run_id,
+                       .shared = hello,
+                       .build = SPARTAN_VERSION,
+                       .rate_mbit = c->net.rate_mbit,
+                       .delay_ms = c->net.delay_ms,
+                       .loss = c->net.loss,
+                       .seed = 0x5A17Aull + (uint64_t)rank,
+                       .tag = "net"};
+        rc = peer_group_create(g, &o);
+    }
+    free(peers);
+    free(list);
+    return rc;
+}
+
+static void group_metrics(void *ctx, train_sync_metrics *m) {
+    peer_stats st;
+    peer_get_stats(ctx, &st);
+    m->msgs_dropped += st.bad_crc; // frames lost to a bad CRC (the modules count the rest)
+}
+
+static void group_destroy(void *ctx) { peer_group_destroy(ctx); }
+
 // make_sync is the train_sync_factory of `spartan train`: it decides from the whole config which
 // sync modules run and hands each one only its own sections, chained when two run (train/ cannot
 // include them itself):
-//   SPARTA  sparta.p > 0, several peers and train.mode = local    (sparta, net; train.seed)
-//   DiLoCo  diloco.H > 0, alone or with peers                     (diloco, net)
-//   DDP     train.mode = ddp and several peers                    (ddp, net)
-// (cfg_validate refuses DDP with DiLoCo.) Every module checks its peers with the same hello: the
-// settings all peers of the run must share.
+//   SPARTA  sparta.p > 0, several peers and train.mode = local    (sparta; train.seed)
+//   DiLoCo  diloco.H > 0, alone or with peers                     (diloco)
+//   DDP     train.mode = ddp and several peers                    (ddp)
+// (cfg_validate refuses DDP with DiLoCo.) With peers, one peer group (one address, one link per
+// peer) carries them all: it is opened first, the start-up waits for the peers once (the longest
+// timeout of the modules that run) and names the missing ones, and it is destroyed last.
 static int make_sync(train_sync *out, const cfg *c, int rank, int world, uint64_t run_id,
                      const float *params, size_t n) {
-    char hello[NET_HELLO_MAX];
+    memset(out, 0, sizeof *out);
+    char hello[HELLO_TEXT_MAX];
     hello_text(c, world, hello, sizeof hello);
     const train_sync_run run = {.rank = rank, .world = world, .run_id = run_id, .hello = hello};
     int is_ddp = c->train.mode == CFG_MODE_DDP;
-    train_sync mods[2];
-    int n_mods = 0, rc = ERR_OK;
+    int use_sparta = world > 1 && c->sparta.p > 0 && !is_ddp, use_diloco = c->diloco.H > 0;
+    int use_ddp = is_ddp && world > 1;
+    peer_group *g = NULL;
+    int rc = ERR_OK;
+    if (world > 1 && (use_sparta || use_diloco || use_ddp)) {
+        int wait = 0;
+        if (use_sparta && c->sparta.timeout_ms > wait) wait = c->sparta.timeout_ms;
+        if (use_diloco && c->diloco.timeout_ms > wait) wait = c->diloco.timeout_ms;
+        if (use_ddp && c->ddp.timeout_ms > wait) wait = c->ddp.timeout_ms;
+        rc = open_group(&g, c, rank, world, run_id, hello);
+        if (!rc) rc = hello_wait(g, c->net.peers, wait, c->net.allow_alone, "net", NULL);
+    }
+    train_sync mods[3];
+    int n_mods = 0;
     memset(mods, 0, sizeof mods);
-    if (world > 1 && c->sparta.p > 0 && !is_ddp)
-        rc = sparta_sync_create(&mods[n_mods++], &c->sparta, &c->net, &run, c->train.seed, n);
-    if (!rc && c->diloco.H > 0)
-        rc = diloco_sync_create(&mods[n_mods++], &c->diloco, &c->net, &run, params, n);
-    if (!rc && is_ddp && world > 1)
-        rc = ddp_sync_create(&mods[n_mods++], &c->ddp, &c->net, &run, n);
+    if (!rc && use_sparta)
+        rc = sparta_sync_create(&mods[n_mods++], &c->sparta, g, &run, c->train.seed, n);
+    if (!rc && use_diloco) rc = diloco_sync_create(&mods[n_mods++], &c->diloco, g, &run, params, n);
+    if (!rc && use_ddp) rc = ddp_sync_create(&mods[n_mods++], &c->ddp, g, &run, n);
     if (rc) {
         for (int i = 0; i < n_mods; i++)
             if (mods[i].destroy) mods[i].destroy(mods[i].ctx);
+        peer_group_destroy(g);
         return rc;
     }
-    memset(out, 0, sizeof *out);
-    if (n_mods == 2) return train_sync_chain(out, &mods[0], &mods[1]);
-    if (n_mods == 1) *out = mods[0];
+    if (g) { // the group goes last: the modules stop using it before it is destroyed
+        mods[n_mods++] =
+            (train_sync){.ctx = g, .get_metrics = group_metrics, .destroy = group_destroy};
+    }
+    train_sync acc = n_mods ? mods[0] : (train_sync){0};
+    for (int i = 1; i < n_mods; i++) {
+        train_sync next;
+        train_sync_chain(&next, &acc, &mods[i]);
+        acc = next;
+    }
+    *out = acc;
     return ERR_OK;
 }
 
