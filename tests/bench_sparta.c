@@ -35,9 +35,6 @@ static const char *bin(void) {
     return b && *b ? b : "bin/spartan";
 }
 
-// free_base returns a base port with free ports above it (see tu_free_port_base), or -1.
-static int free_base(void) { return tu_free_port_base(4); }
-
 // column reads a metrics.csv and returns the mean of column col over rows after SKIP.
 static double column_mean(const char *path, int col) {
     FILE *f = fopen(path, "r");
@@ -63,11 +60,8 @@ static double column_mean(const char *path, int col) {
 // run_pair trains 2 peers with the given p and returns the mean per-peer tokens/s; *bytes gets
 // the mean bytes sent per step of rank 0.
 static double run_pair(const char *dir, const char *data, int round, float p, double *bytes) {
-    int base = free_base();
-    if (base < 0) {
-        fprintf(stderr, "bench_sparta: no free ports\n");
-        exit(1);
-    }
+    int port[2];
+    if (tu_free_ports(2, port)) exit(1);
     pid_t pid[2];
     for (int r = 0; r < 2; r++) {
         char cmd[2048];
@@ -77,7 +71,7 @@ static double run_pair(const char *dir, const char *data, int round, float p, do
             "--set train.max_iters=%d --set train.eval_interval=0 --set train.threads=1 "
             "--set train.log_interval=1000 --set sparta.p=%g --peers 127.0.0.1:%d,127.0.0.1:%d "
             "--rank %d 2>%s/%d_p%g_r%d.log",
-            bin(), data, dir, round, p, r, STEPS, p, base, base + 2, r, dir, round, p, r);
+            bin(), data, dir, round, p, r, STEPS, p, port[0], port[1], r, dir, round, p, r);
         pid[r] = fork();
         if (pid[r] == 0) {
             execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);

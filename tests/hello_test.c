@@ -120,14 +120,14 @@ Test(hello, peers_with_another_seed_stop_and_say_what_differs) {
 Test(hello, unreachable_peers_are_named_with_the_reason_and_the_run_stops) {
     char *dir = tu_data_tmpdir("hello");
     cr_assert(dir);
-    int b = tu_free_port_base(4);
-    cr_assert(b > 0);
+    int port[2];
+    cr_assert_eq(tu_free_ports(2, port), 0);
     char cmd[4096], *out = NULL;
     snprintf(cmd, sizeof cmd,
              "%s train " SMALL "--set train.max_iters=3 --set sparta.timeout_ms=500 "
              "--set data.dir=%s/d --set train.out_dir=%s/run "
              "--peers 127.0.0.1:%d,nosuchhost.invalid:7000,127.0.0.1:%d --rank 0",
-             tu_spartan(), dir, dir, b, b + 2);
+             tu_spartan(), dir, dir, port[0], port[1]);
     int rc = tu_run(cmd, 60, &out);
     cr_assert_eq(rc, 1, "rc %d:\n%s", rc, out);
     cr_assert(strstr(out, "peer 1 (nosuchhost.invalid:7000) not connected: cannot resolve host"),

@@ -144,20 +144,27 @@ int tu_wait_linked(peer_group *a, int ra, peer_group *b, int rb) {
     return peer_connected(a, rb) && peer_connected(b, ra);
 }
 
-int tu_free_port_base(int span) {
-    srand((unsigned)(time(NULL) ^ (unsigned)getpid()));
-    for (int attempt = 0; attempt < 200; attempt++) {
-        int base = 10000 + rand() % 22000, ok = 1; // below the ephemeral range (see net.c)
-        for (int i = 0; i < span && ok; i++) {
-            int fd = socket(AF_INET, SOCK_STREAM, 0);
-            struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(base + i))};
-            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-            ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
-            close(fd);
+int tu_free_ports(int n, int *ports) {
+    char cmd[128], line[1024];
+    if (n < 1 || n > 64) return -1;
+    snprintf(cmd, sizeof cmd, "python3 scripts/local-cluster --ports %d", n);
+    FILE *f = popen(cmd, "r");
+    if (!f) return -1;
+    int got = 0;
+    if (fgets(line, sizeof line, f)) {
+        for (char *p = line, *end; got < n; p = end + 1) {
+            long v = strtol(p, &end, 10);
+            if (end == p || v <= 0 || v > 65535) break;
+            ports[got++] = (int)v;
+            if (*end != ',') break;
         }
-        if (ok) return base;
     }
-    return -1;
+    int st = pclose(f);
+    if (got != n || st != 0) {
+        fprintf(stderr, "tu_free_ports: '%s' gave %d of %d ports\n", cmd, got, n);
+        return -1;
+    }
+    return 0;
 }
 
 float *tu_load_params(const char *path, size_t *n) {
@@ -184,11 +191,11 @@ int tu_cluster_open(tu_cluster *c, int world) {
     if (!c->dir) return -1;
     snprintf(c->data, sizeof c->data, "%s/data", c->dir);
     if (tu_prepare_char_data(c->data, NULL) != 0) return -1;
-    int base = tu_free_port_base(world); // one address per peer
-    if (base < 0) return -1;
+    int ports[64];
+    if (world > 64 || tu_free_ports(world, ports)) return -1; // one address per peer
     for (int i = 0; i < world; i++) {
         char a[32];
-        snprintf(a, sizeof a, "%s127.0.0.1:%d", i ? "," : "", base + i);
+        snprintf(a, sizeof a, "%s127.0.0.1:%d", i ? "," : "", ports[i]);
         strcat(c->peers, a);
     }
     return 0;

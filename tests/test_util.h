@@ -49,9 +49,10 @@ peer_group *tu_group(const char *dir, int rank, int world, uint64_t run_id);
 // each other (ranks ra and rb). Returns 1 if they do.
 int tu_wait_linked(peer_group *a, int ra, peer_group *b, int rb);
 
-// tu_free_port_base returns a port b such that b .. b+span-1 can all be bound on 127.0.0.1 at
-// the time of the call (random bases, bounded tries), or -1.
-int tu_free_port_base(int span);
+// tu_free_ports writes n (<= 64) distinct ports that can be bound on 127.0.0.1 into ports, from
+// the project's one port picker (`scripts/local-cluster --ports N`; run from the repository
+// root). Returns 0, or -1 with a line on stderr.
+int tu_free_ports(int n, int *ports);
 
 // tu_load_params loads the model parameters of a checkpoint (file or folder); the caller frees
 // the returned array of *n floats. Returns NULL (with err_msg) on failure.
