@@ -1,10 +1,13 @@
 // hello_test.c: the start-up handshake. hello_diff on texts; two meshes that exchange hellos
 // on connect; and `spartan train` peers that differ, that cannot be reached, or that never
 // exchange, each of which must stop with a message that says why.
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "sparta/peer/hello.h"
@@ -106,11 +109,12 @@ Test(hello, peers_with_another_seed_stop_and_say_what_differs) {
     run_pair(&c, SMALL "--set train.max_iters=20",
              SMALL "--set train.max_iters=20 --set train.seed=7 --set model.n_layer=2", rc);
     for (int i = 0; i < 2; i++) {
-        char *log = tu_cluster_log(&c, i);
+        char *log = tu_cluster_log(&c, i), *other = tu_cluster_log(&c, 1 - i);
         cr_assert_eq(rc[i], 1, "rank %d exited %d:\n%s", i, rc[i], log);
         cr_assert(strstr(log, "runs another configuration") && strstr(log, "train.seed = ") &&
                       strstr(log, "model.n_layer = "),
-                  "rank %d:\n%s", i, log);
+                  "rank %d:\n%s\nthe other:\n%s", i, log, other);
+        free(other);
         cr_assert(!strstr(log, "step=1/"), "rank %d trained anyway:\n%s", i, log);
         free(log);
     }
@@ -166,5 +170,76 @@ Test(hello, a_run_that_never_exchanged_exits_non_zero_unless_allowed) {
     run_pair(&c, allowed, allowed, rc);
     for (int i = 0; i < 2; i++)
         cr_assert_eq(rc[i], 0, "rank %d with net.allow_alone exited %d", i, rc[i]);
+    tu_cluster_close(&c);
+}
+
+// Three peers, the third with another seed: the peer layer refuses it on both sides, the third
+// stops naming the key, and the good pair trains on and exchanges.
+Test(hello, a_mismatched_peer_is_refused_and_the_good_peers_train_on) {
+    tu_cluster c;
+    cr_assert_eq(tu_cluster_open(&c, 3), 0);
+    // DiLoCo outer steps make the good pair exchange for sure (the agreement waits 1 s for the
+    // refused peer, then the two average among themselves)
+    const char *good =
+        SMALL "--set train.max_iters=20 --set diloco.H=10 --set diloco.timeout_ms=1000";
+    int pid[3] = {tu_cluster_start(&c, 0, good), tu_cluster_start(&c, 1, good),
+                  tu_cluster_start(&c, 2,
+                                   SMALL "--set train.max_iters=20 --set diloco.H=10 "
+                                         "--set diloco.timeout_ms=1000 --set train.seed=7")};
+    int rc[3];
+    for (int i = 0; i < 3; i++)
+        rc[i] = tu_wait_exit(pid[i], 90);
+    char *log = tu_cluster_log(&c, 2);
+    cr_assert_eq(rc[2], 1, "the mismatched peer exited %d:\n%s", rc[2], log);
+    cr_assert(strstr(log, "runs another configuration") && strstr(log, "train.seed = "), "%s", log);
+    free(log);
+    for (int i = 0; i < 2; i++) {
+        log = tu_cluster_log(&c, i);
+        cr_assert_eq(rc[i], 0, "good rank %d exited %d:\n%s", i, rc[i], log);
+        cr_assert(strstr(log, "refused") && strstr(log, "train.seed = "), "rank %d:\n%s", i, log);
+        char path[800];
+        snprintf(path, sizeof path, "%s/rank%d/metrics.csv", c.dir, i);
+        cr_assert_eq(tu_last_metric(path, "diloco_outer_steps"), 2, "rank %d:\n%s", i, log);
+        cr_assert(strstr(log, "2 of 3 peers present"), "rank %d:\n%s", i, log);
+        free(log);
+    }
+    tu_cluster_close(&c);
+}
+
+// A stranger connects to a peer's port before the other peer starts, speaks nng's SP header and
+// sends garbage, and keeps its connection open: the two real peers still complete their rounds
+// (before the peer layer, the stranger held the PAIR slot and 0 of 150 rounds completed).
+Test(hello, a_stranger_on_a_peer_port_does_not_stop_the_exchange) {
+    tu_cluster c;
+    cr_assert_eq(tu_cluster_open(&c, 2), 0);
+    const char *args = SMALL "--set train.max_iters=30 --set sparta.sync=true";
+    int pid1 = tu_cluster_start(&c, 1, args);
+    cr_assert(pid1 > 0);
+    int port = atoi(strrchr(c.peers, ':') + 1), fd = -1;
+    for (int i = 0; i < 400 && fd < 0; i++) { // until rank 1 listens
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) {
+            close(fd);
+            fd = -1;
+            sys_sleep_ms(25);
+        }
+    }
+    cr_assert(fd >= 0, "rank 1 never listened on %d", port);
+    static const unsigned char sp[8] = {0, 'S', 'P', 0, 0, 0x10, 0, 0};
+    char junk[2048];
+    memset(junk, 0x5A, sizeof junk);
+    cr_assert_eq(write(fd, sp, sizeof sp), (ssize_t)sizeof sp);
+    cr_assert_eq(write(fd, junk, sizeof junk), (ssize_t)sizeof junk);
+    int pid0 = tu_cluster_start(&c, 0, args);
+    int rc0 = tu_wait_exit(pid0, 90), rc1 = tu_wait_exit(pid1, 90);
+    close(fd);
+    char *log = tu_cluster_log(&c, 0);
+    cr_assert(rc0 == 0 && rc1 == 0, "exits %d %d:\n%s", rc0, rc1, log);
+    char path[800];
+    snprintf(path, sizeof path, "%s/rank0/metrics.csv", c.dir);
+    cr_assert_geq(tu_last_metric(path, "sparta_rounds_done"), 30, "rounds:\n%s", log);
+    free(log);
     tu_cluster_close(&c);
 }

@@ -892,6 +892,25 @@ static void drain_sys(peer_group *g, plink *l) {
         ;
 }
 
+// linger reads and discards what the other side still sends, until it closes or LINGER_MS pass,
+// so that our close does not reset the connection with unread data (which would throw away our
+// refusal before the other side reads it). Reader thread, not under mu.
+static void linger(plink *l) {
+    enum { LINGER_MS = 300 };
+    char junk[4096];
+    double end = sys_now_ms() + LINGER_MS;
+    for (;;) {
+        double left = end - sys_now_ms();
+        if (left <= 0) break;
+        nng_iov iov = {junk, sizeof junk};
+        nng_aio_set_iov(l->raio, 1, &iov);
+        nng_aio_set_timeout(l->raio, (int)left + 1);
+        nng_stream_recv(l->s, l->raio);
+        nng_aio_wait(l->raio);
+        if (nng_aio_result(l->raio) || nng_aio_count(l->raio) == 0) break;
+    }
+}
+
 static void *reader_main(void *arg) {
     plink *l = arg;
     peer_group *g = l->g;
@@ -928,6 +947,9 @@ static void *reader_main(void *arg) {
                 snprintf(why, sizeof why, "%s", err_msg() + strlen("frame: "));
                 refuse(g, l, -1, why);
                 drain_sys(g, l);
+                pthread_mutex_unlock(&g->mu);
+                linger(l);
+                pthread_mutex_lock(&g->mu);
             } else if (handshake) {
                 g->st.strangers++;
             } else {
@@ -1029,6 +1051,7 @@ static void *reader_main(void *arg) {
             pthread_mutex_lock(&g->mu);
             drain_sys(g, l);
             pthread_mutex_unlock(&g->mu);
+            linger(l);
             break;
         }
     }
@@ -1438,11 +1461,17 @@ void peer_get_view(peer_group *g, peer_view *v) {
     pthread_mutex_unlock(&g->mu);
 }
 
+// all_refused: in a static group, every member without a live link has been refused (waiting
+// longer for them is pointless; they are taken in if they come back with the right settings).
 static int all_refused(peer_group *g) {
     if (!g->is_static || g->world < 2) return 0;
-    for (int r = 0; r < g->world; r++)
-        if (r != g->rank && !g->refusal[r][0]) return 0;
-    return 1;
+    int refused = 0;
+    for (int r = 0; r < g->world; r++) {
+        if (r == g->rank || g->by_rank[r]) continue;
+        if (!g->refusal[r][0]) return 0;
+        refused++;
+    }
+    return refused > 0;
 }
 
 int peer_wait_view(peer_group *g, int n, int timeout_ms) {

@@ -134,7 +134,8 @@ void peer_get_view(peer_group *g, peer_view *v);
 
 // peer_wait_view waits up to timeout_ms (< 0: forever) until the view has at least n members
 // with a live link (this process included) and returns that count; on timeout it returns what
-// there is. A static group that every other member refused returns at once.
+// there is. In a static group it returns as soon as every member still missing has refused this
+// one (or been refused).
 int peer_wait_view(peer_group *g, int n, int timeout_ms);
 
 // peer_connected returns 1 if this process holds a live link to rank.
