@@ -1,11 +1,15 @@
 // bench_peer.c: the peer layer's data plane and handshake over loopback, as `BENCH` lines:
-//   peer_stream_vs_tcp     one 512 MB transfer through the peer layer (8 MiB frames on the ring
-//                          channel, sender waiting for each frame, receiver taking and freeing
-//                          them) over the same bytes through a plain TCP socket (8 MiB writes and
-//                          reads), interleaved rounds, median and spread
+//   peer_stream_vs_tcp     one 512 MB transfer through the peer layer (1 MiB frames on the ring
+//                          channel, as the all-reduce sends them, the sender waiting for each,
+//                          the receiver taking and freeing them) over the same bytes through a
+//                          plain TCP socket (1 MiB writes and reads), interleaved rounds, median
+//                          and spread
 //   peer_stream_gbps       the peer layer's rate (GB/s, median over the rounds)
 //   tcp_stream_gbps        the plain socket's rate in the same rounds
 //   peer_handshake_ms      from creating rank 0 of a pair (rank 1 up) to both seeing the link
+//   peer_small_latency_ms  one-way latency of small SPARTA messages (one every 2 ms), median
+//                          and max, alone (_idle) and while a 512 MB ring transfer runs on the same
+//                          link (_bulk): a small message waits behind at most one bulk frame
 //                          (median over HS_REPS)
 // The two ends are threads of this process.
 #include <arpa/inet.h>
@@ -17,13 +21,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "sparta/peer/allreduce.h"
 #include "sparta/peer/peer.h"
 #include "tests/test_util.h"
 #include "train/base/err.h"
 #include "train/base/sys.h"
 
 #define TOTAL   ((size_t)512 << 20)
-#define CHUNK   ((size_t)FRAME_MAX_PAYLOAD)
+#define CHUNK   AR_MSG_BYTES // the all-reduce's message size
 #define HS_REPS 15
 
 static unsigned char *sbuf, *rbuf;
@@ -143,6 +148,87 @@ static int peer_run(void *ctx, int warm, int n, double *v) {
     return 0;
 }
 
+// ---- small messages behind a bulk transfer ------------------------------------------------
+
+typedef struct {
+    peer_group *g;
+    int n;
+    double *lat;
+    size_t got_bulk;
+    int bulk, rc;
+} lat_sink;
+
+// small messages carry their send time; bulk frames are taken and freed
+static void *lat_recv_main(void *p) {
+    lat_sink *s = p;
+    int got = 0;
+    while (got < s->n) {
+        peer_msg *m;
+        if ((s->rc = peer_recv(s->g, PEER_CH_SPARTA, 30000, &m))) break;
+        double t;
+        memcpy(&t, m->data, sizeof t);
+        s->lat[got++] = sys_now_ms() - t;
+        peer_msg_free(s->g, m);
+    }
+    return NULL;
+}
+
+static void *bulk_drain_main(void *p) {
+    lat_sink *s = p;
+    while (s->got_bulk < TOTAL) {
+        peer_msg *m;
+        if (peer_recv(s->g, PEER_CH_RING, 30000, &m)) break;
+        s->got_bulk += m->len;
+        peer_msg_free(s->g, m);
+    }
+    return NULL;
+}
+
+typedef struct {
+    pair *p;
+    int rc;
+} bulk_src;
+
+static void *bulk_send_main(void *a) {
+    bulk_src *b = a;
+    for (size_t sent = 0; sent < TOTAL && !b->rc; sent += CHUNK)
+        b->rc = peer_send_wait(b->p->g[1], 0, PEER_CH_RING, sbuf, CHUNK, 30000);
+    return NULL;
+}
+
+// small_latency sends n small messages 2 ms apart from rank 1 to rank 0 (with a 512 MB ring
+// transfer on the same link when bulk) and returns the median and max one-way latency.
+static int small_latency(pair *p, int bulk, int n, double *med, double *max) {
+    double *lat = calloc((size_t)n, sizeof(double));
+    lat_sink s = {.g = p->g[0], .n = n, .lat = lat};
+    bulk_src b = {.p = p};
+    pthread_t tr, td, tb;
+    pthread_create(&tr, NULL, lat_recv_main, &s);
+    if (bulk) {
+        pthread_create(&td, NULL, bulk_drain_main, &s);
+        pthread_create(&tb, NULL, bulk_send_main, &b);
+    }
+    for (int i = 0; i < n; i++) {
+        unsigned char msg[64] = {0};
+        double t = sys_now_ms();
+        memcpy(msg, &t, sizeof t);
+        if (peer_send(p->g[1], 0, PEER_CH_SPARTA, msg, sizeof msg)) break;
+        sys_sleep_ms(2); // the pace of the probe itself
+    }
+    pthread_join(tr, NULL);
+    if (bulk) {
+        pthread_join(tb, NULL);
+        pthread_join(td, NULL);
+    }
+    int ok = !s.rc && !b.rc;
+    *med = tu_median(lat, n);
+    *max = 0;
+    for (int i = 0; i < n; i++)
+        if (lat[i] > *max) *max = lat[i];
+    free(lat);
+    return ok ? 0 : -1;
+}
+
 static double handshake_ms(void) {
     double ms[HS_REPS];
     for (int i = 0; i < HS_REPS; i++) {
@@ -199,6 +285,13 @@ int main(void) {
     tu_bench_ratio("peer_stream_vs_tcp", ratio, rounds, 3);
     printf("BENCH peer_stream_gbps %.2f\n", tu_median(pg, rounds));
     printf("BENCH tcp_stream_gbps %.2f\n", tu_median(tg, rounds));
+    double lmed, lmax;
+    if (small_latency(&p, 0, 100, &lmed, &lmax)) return 1;
+    printf("BENCH peer_small_latency_ms_idle %.3f (max %.3f)\n", lmed, lmax);
+    if (small_latency(&p, 1, 100, &lmed, &lmax)) return 1;
+    printf("BENCH peer_small_latency_ms_bulk %.3f (max %.3f; one 1 MiB frame at %.2f GB/s is "
+           "%.2f ms)\n",
+           lmed, lmax, tu_median(pg, rounds), CHUNK / (tu_median(pg, rounds) * 1e9) * 1e3);
     peer_group_destroy(p.g[1]);
     peer_group_destroy(p.g[0]);
     double hs = handshake_ms();

@@ -16,9 +16,10 @@
 #include "train/base/sys.h"
 
 // Messages one peer may have sent beyond what it received. In a ring, rank+1's queue can then
-// hold up to about (P+1) * window messages, which must stay below the ring channel's receive
-// queue (4096 messages, 512 MiB: 60 messages of 8 MiB).
-enum { WINDOW_MAX = 8, QUEUE_BUDGET = 60, RETRY_MS = 1, STASH_MAX = 256 };
+// hold up to about (P+1) * window messages of AR_MSG_BYTES, which must stay below the ring
+// channel's receive queue (4096 messages, 512 MiB); a window of 16 also fills the link's send
+// queue (16 frames), which keeps the stream busy while we add.
+enum { WINDOW_MAX = 16, QUEUE_BUDGET = 240, RETRY_MS = 1, STASH_MAX = 256 };
 
 // A message that arrived during ar_agree for the all-reduce that follows (a faster peer's first
 // ring chunks), kept for run_call.
@@ -144,7 +145,7 @@ int ar_create(ar_ctx **out, peer_group *g, int ch, int rank, int world, uint64_t
     c->dtype = dtype;
     c->run_id = run_id;
     c->max_n = max_n;
-    c->chunk = wire_max_count(dtype, FRAME_MAX_PAYLOAD) / WIRE_INT8_BLOCK * WIRE_INT8_BLOCK;
+    c->chunk = wire_max_count(dtype, AR_MSG_BYTES) / WIRE_INT8_BLOCK * WIRE_INT8_BLOCK;
     c->heard = xcalloc((size_t)world, 1);
     c->got_view = xcalloc((size_t)world, 1);
     c->resend = xcalloc((size_t)world, 1);

@@ -13,8 +13,8 @@
 //
 // Messages (wire.h): kind WIRE_RING_RS or WIRE_RING_AG, round = the caller's tag, k = n,
 // offset = index in x of the chunk's first value, count = values in the chunk. A segment goes
-// in chunks of C values from its start, C = wire_max_count(dtype, FRAME_MAX_PAYLOAD) rounded down
-// to a multiple of WIRE_INT8_BLOCK (fp32 2,093,056, bf16 4,190,208, int8 8,376,320), so int8 blocks
+// in chunks of C values from its start, C = wire_max_count(dtype, AR_MSG_BYTES) rounded down to a
+// multiple of WIRE_INT8_BLOCK (fp32 258,048, bf16 520,192, int8 1,044,480), so int8 blocks
 // start at multiples of 4096 from the segment's start. Empty segments (n < P) send nothing. The
 // bytes a peer sends in one call are therefore exactly
 //   sum over the P-1 segments s != r+1, then over the P-1 segments s != r+2, of
@@ -40,6 +40,9 @@
 #include "sparta/peer/peer.h"
 
 #define AR_MAX_WORLD 256 // peers per group
+// Bytes per all-reduce message: 1 MiB, not a whole frame (8 MiB), so that a small message on
+// another channel of the same link (a SPARTA round) waits behind at most 1 MiB of the ring.
+#define AR_MSG_BYTES ((size_t)1 << 20)
 
 typedef struct ar_ctx ar_ctx;
 
