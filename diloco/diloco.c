@@ -209,9 +209,10 @@ static int ask(diloco *d, int p, uint32_t op, uint64_t offset, uint32_t count, c
     peer_msg *m = NULL;
     int rc = peer_call(d->g, p, qb, sizeof qb, &m, timeout_ms);
     if (rc) return rc;
-    size_t len = m->len;
     d->bytes_sent += sizeof qb;
     d->ctl_sent += sizeof qb;
+    if (!m) return err_set(ERR_PEER, "diloco: rank %d serves no state yet (it is starting)", p);
+    size_t len = m->len;
     d->bytes_recv += len;
     memset(r, 0, sizeof *r);
     if (len >= CTL_REP_BYTES) rep_get(m->data, r);

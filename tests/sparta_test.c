@@ -436,6 +436,54 @@ Test(sparta, three_peers_with_full_fraction_stay_bitwise_equal_to_the_mean, .tim
     tu_cluster_close(&c);
 }
 
+// The rendezvous: 3 peers given the same --join address (the first one owns it) form one group,
+// each gets a distinct rank, and with p = 1 sync SPARTA they end on the same bits as the same run
+// with --peers (the set of ranks, and so of data streams, is the same).
+Test(sparta, peers_joining_one_address_train_as_with_a_peer_list, .timeout = 180) {
+    enum { P = 3 };
+    cluster c;
+    cluster_open(&c, P);
+    char args[4096];
+    snprintf(args, sizeof args,
+             "configs/tiny.ini " SMALL " --set sparta.p=1 --set sparta.sync=true "
+             "--set train.max_iters=3");
+    int pid[P];
+    for (int i = 0; i < P; i++)
+        pid[i] = tu_cluster_join(&c, i, args);
+    int seen[P] = {0};
+    for (int i = 0; i < P; i++) {
+        int rc = wait_exit(pid[i], 90);
+        char *log = peer_log(&c, i);
+        cr_assert_eq(rc, 0, "slot %d exited %d:\n%s", i, rc, log);
+        const char *r = strstr(log, " rank=");
+        const char *m = strstr(log, "train model");
+        cr_assert(m && (r = strstr(m, " rank=")), "%s", log);
+        int rank = atoi(r + 6);
+        cr_assert(rank >= 0 && rank < P && !seen[rank], "rank %d twice or out of range:\n%s", rank,
+                  log);
+        seen[rank] = 1;
+        free(log);
+    }
+    size_t n = 0;
+    float *x[P];
+    char path[800];
+    for (int i = 0; i < P; i++) {
+        snprintf(path, sizeof path, "%s/rank%d", c.dir, i);
+        x[i] = load(path, &n);
+    }
+    for (int i = 1; i < P; i++)
+        cr_assert_eq(memcmp(x[0], x[i], n * sizeof(float)), 0, "joined peers differ");
+    // the same run with the list
+    run_all(&c, P, "--set sparta.p=1 --set sparta.sync=true --set train.max_iters=3 --overwrite");
+    snprintf(path, sizeof path, "%s/rank0", c.dir);
+    float *y = load(path, &n);
+    cr_assert_eq(memcmp(x[0], y, n * sizeof(float)), 0, "the rendezvous run differs from --peers");
+    free(y);
+    for (int i = 0; i < P; i++)
+        free(x[i]);
+    tu_cluster_close(&c);
+}
+
 Test(sparta, killed_peer_does_not_stall_the_others_and_is_picked_up_again, .timeout = 180) {
     enum { P = 3 };
     cluster c;

@@ -201,13 +201,12 @@ int tu_cluster_open(tu_cluster *c, int world) {
     return 0;
 }
 
-int tu_cluster_start(tu_cluster *c, int rank, const char *args) {
+// spawn starts `spartan train ARGS NET` for slot with its folder and log (see tu_cluster).
+static int spawn(tu_cluster *c, int slot, const char *args, const char *net) {
     char cmd[8192], log[700];
-    snprintf(log, sizeof log, "%s/rank%d.log", c->dir, rank);
-    snprintf(cmd, sizeof cmd,
-             "exec %s train %s --set data.dir=%s --set train.out_dir=%s/rank%d --peers %s "
-             "--rank %d",
-             tu_spartan(), args, c->data, c->dir, rank, c->peers, rank);
+    snprintf(log, sizeof log, "%s/rank%d.log", c->dir, slot);
+    snprintf(cmd, sizeof cmd, "exec %s train %s --set data.dir=%s --set train.out_dir=%s/rank%d %s",
+             tu_spartan(), args, c->data, c->dir, slot, net);
     pid_t pid = fork();
     if (pid == 0) {
         if (!freopen(log, "a", stderr)) _exit(126);
@@ -215,6 +214,29 @@ int tu_cluster_start(tu_cluster *c, int rank, const char *args) {
         _exit(127);
     }
     return (int)pid;
+}
+
+int tu_cluster_start(tu_cluster *c, int rank, const char *args) {
+    char net[700];
+    snprintf(net, sizeof net, "--peers %s --rank %d", c->peers, rank);
+    return spawn(c, rank, args, net);
+}
+
+int tu_cluster_join(tu_cluster *c, int slot, const char *args) {
+    char addr[8][32];
+    int n = 0;
+    for (const char *p = c->peers; *p && n < 8; n++) { // the cluster's addresses, in order
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        snprintf(addr[n], sizeof addr[n], "%.*s", (int)len, p);
+        if (!comma) break;
+        p = comma + 1;
+    }
+    n++;
+    char net[700];
+    snprintf(net, sizeof net, "--join %s --set net.world=%d --set net.listen=%s", addr[0], c->world,
+             addr[slot < n ? slot : 0]);
+    return spawn(c, slot, args, net);
 }
 
 int tu_wait_exit(int pid, int timeout_s) {

@@ -79,6 +79,12 @@ int tu_cluster_open(tu_cluster *c, int world);
 // tu_cluster_start starts peer rank in the background and returns its pid (-1 on failure).
 int tu_cluster_start(tu_cluster *c, int rank, const char *args);
 
+// tu_cluster_join starts peer `slot` as tu_cluster_start does, but through the rendezvous:
+// `--join <the first peer's address> --set net.world=<world> --set net.listen=<slot's address>`
+// (no rank: the group gives one). Slot 0 owns the join address and founds the group. Returns the
+// pid or -1.
+int tu_cluster_join(tu_cluster *c, int slot, const char *args);
+
 // tu_wait_exit waits at most timeout_s for pid and returns its exit status, 128 if it died of a
 // signal, or -1 after killing it at the timeout.
 int tu_wait_exit(int pid, int timeout_s);

@@ -254,5 +254,18 @@ int trainer_load_sync(trainer *t, const char *path) {
 
 int trainer_step_index(const trainer *t) { return t->step; }
 gpt_model *trainer_model(trainer *t) { return t->model; }
+int trainer_set_rank(trainer *t, int rank) {
+    uint64_t pos = data_loader_pos(t->train_dl);
+    data_loader *dl;
+    int rc = data_loader_create(&dl, t->train_shard, t->c.train.batch_size, t->c.model.block_size,
+                                t->c.train.seed, rank);
+    if (rc) return rc;
+    data_loader_destroy(t->train_dl);
+    t->train_dl = dl;
+    data_loader_set_pos(dl, pos);
+    t->c.train.rank = rank;
+    return ERR_OK;
+}
+
 const cfg *trainer_cfg(const trainer *t) { return &t->c; }
 const char *trainer_tok_spec(const trainer *t) { return t->tok_spec; }

@@ -58,6 +58,11 @@ float trainer_eval(trainer *t);
 // tokenizer, effective config) atomically to path. Returns ERR_OK or ERR_IO.
 int trainer_save(trainer *t, const char *path);
 
+// trainer_set_rank makes this peer rank `rank` (given by a rendezvous after the trainer was made):
+// the training data stream becomes that rank's, at the same position, and the effective config
+// says so. Returns ERR_OK or the loader's error. Trainer thread, before the first step.
+int trainer_set_rank(trainer *t, int rank);
+
 // trainer_step_index returns the number of optimizer steps completed.
 int trainer_step_index(const trainer *t);
 

@@ -87,16 +87,15 @@ static void peer_name(const char *peers, int i, char *buf, size_t n) {
     }
 }
 
-int hello_wait(peer_group *g, const char *peers, int timeout_ms, int allow_alone, const char *who,
-               int *n_ok) {
+int hello_wait(peer_group *g, int world, const char *peers, int timeout_ms, int allow_alone,
+               const char *who, int *n_ok) {
     ASSERT(g != NULL && who != NULL);
-    peer_view v;
-    peer_get_view(g, &v);
-    int world = v.n;
     if (n_ok) *n_ok = 0;
     if (world < 2) return ERR_OK;
     double t0 = sys_now_ms();
     int have = peer_wait_view(g, world, timeout_ms); // returns early when every peer refused us
+    peer_view v;
+    peer_get_view(g, &v);
     int ok = 0, mismatch = -1;
     char mismatch_why[600] = "";
     for (int i = 0; i < v.n; i++) {
@@ -107,7 +106,10 @@ int hello_wait(peer_group *g, const char *peers, int timeout_ms, int allow_alone
             continue;
         }
         char name[160], why[600];
-        peer_name(peers, p, name, sizeof name);
+        if (peers && *peers)
+            peer_name(peers, p, name, sizeof name);
+        else
+            snprintf(name, sizeof name, "%s", v.m[i].addr);
         peer_diagnose(g, p, why, sizeof why);
         if (strstr(why, "settings differ") || strstr(why, "run id")) {
             if (mismatch < 0) {
@@ -122,8 +124,8 @@ int hello_wait(peer_group *g, const char *peers, int timeout_ms, int allow_alone
     if (n_ok) *n_ok = ok;
     if (have == world) LOG_I(who, "all %d peers connected after %.0f ms", world, sys_now_ms() - t0);
     if (ok == 0 && mismatch >= 0 && !allow_alone) {
-        char name[160];
-        peer_name(peers, mismatch, name, sizeof name);
+        char name[160] = "?";
+        if (peers && *peers) peer_name(peers, mismatch, name, sizeof name);
         return err_set(ERR_PEER,
                        "peer %d (%s) runs another configuration (%s). Every peer of a run needs "
                        "the same [model], train.seed, train.mode and exchange settings",

@@ -451,7 +451,7 @@ static size_t hello_encode(peer_group *g, unsigned char *p, size_t cap) {
     le_put64(q, g->o.run_id), q += 8;
     le_put64(q, g->id), q += 8;
     le_put64(q, g->settings_hash), q += 8;
-    le_put32(q, (uint32_t)g->rank), q += 4;
+    le_put32(q, (uint32_t)(g->rank >= 0 ? g->rank : g->o.want_rank)), q += 4; // joining: asked
     le_put32(q, (uint32_t)(g->is_static ? g->world : 0)), q += 4;
     *q++ = (unsigned char)(g->rank < 0 ? 1 : 0);
     le_put16(q, (uint16_t)bl), q += 2;
@@ -664,8 +664,8 @@ static int handle_hello(peer_group *g, plink *l, const hello *h) {
         return 0;
     }
     if (h->joining) {
-        if (g->rank < 0) {
-            refuse(g, l, -1, "this peer has not joined the group yet");
+        if (g->rank < 0) { // still founding or joining itself: the joiner dials again shortly
+            LOG_D(tag(g), "a joiner came before this peer had a rank: closed, it will retry");
             return -1;
         }
         int coord = lowest_present(g);
@@ -677,11 +677,25 @@ static int handle_hello(peer_group *g, plink *l, const hello *h) {
             send_copy(g, l, PEER_CH_SYS, buf, al + 1);
             return -1;
         }
-        int r = h->rank >= 0 && h->rank < PEER_MAX_MEMBERS && !g->present[h->rank] ? h->rank : -1;
-        for (int i = 0; r < 0 && i < PEER_MAX_MEMBERS; i++)
+        int cap = g->o.max_members > 0 && g->o.max_members < PEER_MAX_MEMBERS ? g->o.max_members
+                                                                              : PEER_MAX_MEMBERS;
+        if (h->rank >= cap) {
+            snprintf(why, sizeof why, "rank %d asked for, but the group has ranks 0 .. %d", h->rank,
+                     cap - 1);
+            refuse(g, l, -1, why);
+            return -1;
+        }
+        if (h->rank >= 0 && g->present[h->rank]) {
+            snprintf(why, sizeof why, "rank %d is held by a live member", h->rank);
+            refuse(g, l, -1, why);
+            return -1;
+        }
+        int r = h->rank;
+        for (int i = 0; r < 0 && i < cap; i++)
             if (!g->present[i]) r = i;
         if (r < 0) {
-            refuse(g, l, -1, "the group is full");
+            snprintf(why, sizeof why, "the group is full (%d peers)", cap);
+            refuse(g, l, -1, why);
             return -1;
         }
         g->epoch++;
@@ -1749,11 +1763,9 @@ int peer_call(peer_group *g, int rank, const void *req, size_t len, peer_msg **r
             *pp = c.next;
             break;
         }
-    if (c.done && !c.rc) {
-        *reply = c.reply;
+    if (c.done) {
+        *reply = c.reply; // NULL: rank serves no requests (yet)
         rc = ERR_OK;
-    } else if (c.done) {
-        rc = err_set(ERR_PEER, "peer: rank %d serves no requests", rank);
     } else if (g->stop) {
         rc = err_set(ERR_CLOSED, "peer: call to rank %d: closed", rank);
     } else if (g->by_rank[rank] != l || l->state != L_UP) {

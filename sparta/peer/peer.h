@@ -55,6 +55,7 @@ typedef struct peer_opts {
     // Or a rendezvous: the address of any member (or this process's own: it founds the group).
     const char *join;
     int want_rank;      // with join: -1 for the lowest free rank, else this one
+    int max_members;    // with join: ranks are below this (0: PEER_MAX_MEMBERS)
     int join_ms;        // with join: how long to wait for the group (0: 10000)
     uint64_t run_id;    // peers of another run are refused (0: not checked)
     const char *shared; // the settings every peer must share, one key=value line each (hello.h);
@@ -195,8 +196,9 @@ typedef void (*peer_serve_fn)(void *arg, int from, const void *req, size_t len, 
 void peer_set_server(peer_group *g, peer_serve_fn fn, void *arg);
 
 // peer_call sends req(len) to rank and waits up to timeout_ms (< 0: no limit) for its reply,
-// which it returns in *reply (peer_msg_free). Returns ERR_OK, ERR_TIMEOUT, ERR_PEER (not
-// connected, the link went down, or rank serves no requests), ERR_CLOSED or ERR_INVAL.
+// which it returns in *reply (peer_msg_free), or *reply = NULL when rank answered that it serves
+// no requests (yet: its server is not set). Returns ERR_OK, ERR_TIMEOUT, ERR_PEER (not connected,
+// or the link went down), ERR_CLOSED or ERR_INVAL.
 int peer_call(peer_group *g, int rank, const void *req, size_t len, peer_msg **reply,
               int timeout_ms);
 

@@ -119,6 +119,11 @@ static const cfg_key keys[] = {
       "bind address host:port (empty = this peer's entry in net.peers)"),
     K("net", "peers", CFG_STR0, net.peers, "", 0, 0,
       "every peer's host:port in rank order, comma-separated (empty = alone)"),
+    K("net", "join", CFG_STR0, net.join, "", 0, 0,
+      "rendezvous instead of net.peers: the host:port of any peer of the group; the peer that "
+      "listens there founds it, so every peer may be given the same address"),
+    K("net", "world", CFG_INT, net.world, "0", 0, 256,
+      "with net.join: the number of peers of the group (each is given a rank below it)"),
     K("net", "rate_mbit", CFG_F32, net.rate_mbit, "0", 0, 1e6,
       "emulated link: send rate per peer in Mbit/s (0 = unlimited)"),
     K("net", "delay_ms", CFG_INT, net.delay_ms, "0", 0, 60000,
@@ -403,6 +408,10 @@ int cfg_validate(const cfg *c) {
     if (c->sparta.delay > c->sparta.max_stale)
         return err_set(ERR_INVAL, "sparta.delay (%d) must not exceed sparta.max_stale (%d)",
                        c->sparta.delay, c->sparta.max_stale);
+    if (c->net.join[0] && c->net.peers[0])
+        return err_set(ERR_INVAL, "net.join and net.peers do not combine: give the group one way");
+    if (c->net.join[0] && c->net.world < 2)
+        return err_set(ERR_INVAL, "net.join needs net.world, the number of peers (2 or more)");
     return ERR_OK;
 }
 

@@ -99,6 +99,8 @@ typedef struct cfg_ddp {
 typedef struct cfg_net {
     char listen[128];
     char peers[2048];
+    char join[128];  // rendezvous: any member's address (instead of peers)
+    int world;       // with join: the group's number of peers (ranks 0 .. world-1)
     float rate_mbit; // emulated link (net.h): send rate per peer, 0 = unlimited
     int delay_ms;    // emulated one-way delay per message
     float loss;      // emulated fraction of data-plane messages dropped

@@ -28,9 +28,35 @@ typedef struct {
 } command;
 
 // The peer group of a run with peers: its listening address is net.listen, or this peer's entry
-// of net.peers. The peer layer refuses peers of another run or other shared settings (hello).
+// of net.peers; with net.join, a rendezvous of net.world peers at that address (net.listen
+// defaults to the join address's host with a free port). The peer layer refuses peers of another
+// run or other shared settings (hello).
 static int open_group(peer_group **g, const cfg *c, int rank, int world, uint64_t run_id,
                       const char *hello) {
+    if (c->net.join[0]) {
+        char listen[160];
+        if (c->net.listen[0]) {
+            snprintf(listen, sizeof listen, "%s", c->net.listen);
+        } else { // the join address's host, any port; the one that owns the address founds
+            const char *colon = strrchr(c->net.join, ':');
+            snprintf(listen, sizeof listen, "%.*s:0",
+                     colon ? (int)(colon - c->net.join) : (int)strlen(c->net.join), c->net.join);
+        }
+        peer_opts o = {.listen = listen,
+                       .join = c->net.join,
+                       .want_rank = rank,
+                       .max_members = world,
+                       .join_ms = c->sparta.timeout_ms > 10000 ? c->sparta.timeout_ms : 10000,
+                       .run_id = run_id,
+                       .shared = hello,
+                       .build = SPARTAN_VERSION,
+                       .rate_mbit = c->net.rate_mbit,
+                       .delay_ms = c->net.delay_ms,
+                       .loss = c->net.loss,
+                       .seed = 0x5A17Aull + (uint64_t)(rank < 0 ? 0 : rank),
+                       .tag = "net"};
+        return peer_group_create(g, &o);
+    }
     char *list = xstrdup(c->net.peers), *save = NULL;
     const char **peers = xcalloc((size_t)world, sizeof(char *));
     int n = 0;
@@ -80,12 +106,12 @@ static void group_destroy(void *ctx) { peer_group_destroy(ctx); }
 // (cfg_validate refuses DDP with DiLoCo.) With peers, one peer group (one address, one link per
 // peer) carries them all: it is opened first, the start-up waits for the peers once (the longest
 // timeout of the modules that run) and names the missing ones, and it is destroyed last.
-static int make_sync(train_sync *out, const cfg *c, int rank, int world, uint64_t run_id,
+static int make_sync(train_sync *out, const cfg *c, int *rank_io, int world, uint64_t run_id,
                      const float *params, size_t n) {
     memset(out, 0, sizeof *out);
     char hello[HELLO_TEXT_MAX];
     hello_text(c, world, hello, sizeof hello);
-    const train_sync_run run = {.rank = rank, .world = world, .run_id = run_id, .hello = hello};
+    int rank = *rank_io;
     int is_ddp = c->train.mode == CFG_MODE_DDP;
     int use_sparta = world > 1 && c->sparta.p > 0 && !is_ddp, use_diloco = c->diloco.H > 0;
     int use_ddp = is_ddp && world > 1;
@@ -97,8 +123,11 @@ static int make_sync(train_sync *out, const cfg *c, int rank, int world, uint64_
         if (use_diloco && c->diloco.timeout_ms > wait) wait = c->diloco.timeout_ms;
         if (use_ddp && c->ddp.timeout_ms > wait) wait = c->ddp.timeout_ms;
         rc = open_group(&g, c, rank, world, run_id, hello);
-        if (!rc) rc = hello_wait(g, c->net.peers, wait, c->net.allow_alone, "net", NULL);
+        if (!rc) rank = *rank_io = peer_rank(g); // a rendezvous gives it
+        if (!rc) rc = hello_wait(g, world, c->net.peers, wait, c->net.allow_alone, "net", NULL);
     }
+    if (rank < 0) rank = *rank_io = 0;
+    const train_sync_run run = {.rank = rank, .world = world, .run_id = run_id, .hello = hello};
     train_sync mods[3];
     int n_mods = 0;
     memset(mods, 0, sizeof mods);

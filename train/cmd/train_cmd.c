@@ -125,6 +125,7 @@ static int apply_set(void *c, const char *kv) { return cfg_set(c, kv); }
 typedef struct {
     const char *resume; // --resume CKPT|DIR
     const char *peers;  // --peers LIST (overrides net.peers)
+    const char *join;   // --join HOST:PORT (overrides net.join)
     long long rank;     // --rank R, or -1
     int overwrite;      // --overwrite: replace an earlier run in train.out_dir
 } train_args;
@@ -146,6 +147,9 @@ static int parse_train_args(int argc, char **argv, cfg *c, train_args *a) {
          "then train.rank)"},
         {"--peers", NULL, ARGS_STR, &a->peers, 0, 0, NULL, "HOST:PORT,...",
          "every peer's address in rank order (overrides net.peers)"},
+        {"--join", NULL, ARGS_STR, &a->join, 0, 0, NULL, "HOST:PORT",
+         "join the group of the peer at this address, or found it if it is ours (net.join; give "
+         "net.world and net.listen)"},
         {"--overwrite", NULL, ARGS_FLAG, &a->overwrite, 0, 0, NULL, NULL,
          "start afresh in a train.out_dir that holds an earlier run (its checkpoints and "
          "metrics.csv are deleted)"},
@@ -172,6 +176,12 @@ static int parse_train_args(int argc, char **argv, cfg *c, train_args *a) {
             rc = err_set(ERR_INVAL, "--peers: list is too long");
         else
             snprintf(c->net.peers, sizeof c->net.peers, "%s", a->peers);
+    }
+    if (!rc && a->join) {
+        if (strlen(a->join) >= sizeof c->net.join)
+            rc = err_set(ERR_INVAL, "--join: address is too long");
+        else
+            snprintf(c->net.join, sizeof c->net.join, "%s", a->join);
     }
     if (!rc) rc = cfg_validate(c);
     if (rc) {
@@ -249,8 +259,9 @@ static int pick_threads(const cfg *c, int world) {
 }
 
 // resolve_rank picks the rank: --rank, then the launchers' environment variables, then
-// train.rank. Returns ERR_OK or ERR_INVAL naming the source of a bad value.
-static int resolve_rank(long long rank_arg, cfg *c, int world) {
+// train.rank (with net.join: none, *want = -1, and the group gives one). *want is the rank asked
+// for, or -1. Returns ERR_OK or ERR_INVAL naming the source of a bad value.
+static int resolve_rank(long long rank_arg, cfg *c, int world, int *want) {
     static const char *vars[] = {"SPARTAN_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK",
                                  "MLX_RANK"};
     long long rank = rank_arg;
@@ -263,10 +274,16 @@ static int resolve_rank(long long rank_arg, cfg *c, int world) {
         src = vars[i];
         if (*end || rank < 0) return err_set(ERR_INVAL, "%s='%s' is not a rank", vars[i], v);
     }
+    *want = (int)rank;
+    if (rank < 0 && c->net.join[0]) { // the group gives the lowest free rank
+        c->train.rank = 0;            // the data stream until then (nothing is drawn yet)
+        return ERR_OK;
+    }
     if (rank < 0) {
         rank = c->train.rank;
         src = "train.rank";
     }
+    *want = (int)rank;
     if (world > 1 && rank >= world) // alone, the rank only selects the data stream
         return err_set(ERR_INVAL, "%s = %lld, but net.peers lists %d peer%s", src, rank, world,
                        world == 1 ? "" : "s");
@@ -460,8 +477,8 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
                                  [CFG_LOG_INFO] = LOG_INFO,
                                  [CFG_LOG_DEBUG] = LOG_DEBUG};
     log_set_level(levels[c.log.level]);
-    int world = count_peers(c.net.peers);
-    if (resolve_rank(a.rank, &c, world)) {
+    int world = c.net.join[0] ? c.net.world : count_peers(c.net.peers), want = -1;
+    if (resolve_rank(a.rank, &c, world, &want)) {
         fprintf(stderr, "spartan train: %s\n", err_msg());
         return 2;
     }
@@ -487,13 +504,15 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
     train_sync sync;
     memset(&sync, 0, sizeof sync);
     uint64_t id = run_id(gpt_config(m), ec->train.seed);
-    if (make_sync &&
-        make_sync(&sync, ec, ec->train.rank, world, id, gpt_params(m), gpt_n_params(m))) {
+    int rank = want;
+    if (make_sync && make_sync(&sync, ec, &rank, world, id, gpt_params(m), gpt_n_params(m))) {
         LOG_E("train", "%s", err_msg());
         trainer_destroy(t);
         free(resume);
         return 1;
     }
+    if (rank >= 0 && rank != ec->train.rank) trainer_set_rank(t, rank); // the group gave it
+    ec = trainer_cfg(t);
     trainer_set_sync(t, &sync);
     FILE *metrics = NULL;
     if (resume && trainer_load_sync(t, resume)) {
