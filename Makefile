@@ -151,8 +151,8 @@ sanitize:
 # Criterion cannot start under TSan, so the threaded code has a plain stress program.
 tsan:
 	@$(MAKE) --no-print-directory VARIANT=tsan build/tsan/tests/stress_sparta build/tsan/tests/stress_diloco
-	@TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" build/tsan/tests/stress_sparta
-	@TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" build/tsan/tests/stress_diloco
+	@TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp" build/tsan/tests/stress_sparta
+	@TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp" build/tsan/tests/stress_diloco
 
 $(B)/tests/stress_%: $(B)/tests/stress_%.o $(TU_OBJ) $(LIB_OBJ)
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)

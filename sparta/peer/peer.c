@@ -135,6 +135,10 @@ struct peer_group {
     int pool_n;
     size_t pool_bytes;
     emu_item *eh;
+    // dialers, kept per address (the maintainer's only)
+    nng_stream_dialer *dialer[PEER_MAX_MEMBERS], *join_dialer;
+    int join_moved; // (under mu) join_url changed: join_dialer is for the old one
+    char dialer_url[PEER_MAX_MEMBERS][PEER_ADDR_MAX + 8];
     // request/reply on PEER_CH_STATE
     peer_serve_fn serve;
     void *serve_arg;
@@ -1044,6 +1048,7 @@ static void *reader_main(void *arg) {
                     free(g->join_url);
                     g->join_url = to_url(text);
                     g->join_next = 0;
+                    g->join_moved = 1; // the maintainer drops the old address's dialer
                 }
                 close_it = 1;
             } else {
@@ -1180,25 +1185,26 @@ static void *acceptor_main(void *arg) {
     return NULL;
 }
 
-// dial connects to url within DIAL_TIMEOUT_MS. Returns the stream or NULL with why in err.
-static nng_stream *dial(const char *url, char *err, size_t n) {
-    nng_stream_dialer *d;
+// dial_with connects to url within DIAL_TIMEOUT_MS through *d, the dialer kept for that address
+// (made on first use, freed with the group: nng frees a dialer on a thread of its own, and one
+// dialer per attempt raced with that under TSan). Returns the stream or NULL with why in err.
+static nng_stream *dial_with(nng_stream_dialer **d, const char *url, char *err, size_t n) {
     nng_aio *aio;
     nng_stream *s = NULL;
-    int rv = nng_stream_dialer_alloc(&d, url);
+    int rv = *d ? 0 : nng_stream_dialer_alloc(d, url);
     if (rv) {
+        *d = NULL;
         snprintf(err, n, "bad address %s: %s", url, nng_strerror(rv));
         return NULL;
     }
     if ((rv = nng_aio_alloc(&aio, NULL, NULL)) == 0) {
         nng_aio_set_timeout(aio, DIAL_TIMEOUT_MS);
-        nng_stream_dialer_dial(d, aio);
+        nng_stream_dialer_dial(*d, aio);
         nng_aio_wait(aio);
         rv = nng_aio_result(aio);
         if (!rv) s = nng_aio_get_output(aio, 0);
         nng_aio_free(aio);
     }
-    nng_stream_dialer_free(d);
     if (rv) {
         const char *why = rv == NNG_ECONNREFUSED ? "connection refused"
                           : rv == NNG_ETIMEDOUT  ? "no answer within a second"
@@ -1229,8 +1235,12 @@ static void maint_dial(peer_group *g) {
             return;
         char *url = xstrdup(g->join_url), err[160];
         g->join_next = now + 200;
+        nng_stream_dialer *old = g->join_moved ? g->join_dialer : NULL;
+        if (g->join_moved) g->join_dialer = NULL;
+        g->join_moved = 0;
         pthread_mutex_unlock(&g->mu);
-        nng_stream *s = dial(url, err, sizeof err);
+        if (old) nng_stream_dialer_free(old);
+        nng_stream *s = dial_with(&g->join_dialer, url, err, sizeof err);
         pthread_mutex_lock(&g->mu);
         if (s)
             link_start(g, s, -1, 1);
@@ -1246,8 +1256,15 @@ static void maint_dial(peer_group *g) {
         int w = g->dial_wait[r] ? g->dial_wait[r] * 2 : DIAL_MIN_MS;
         g->dial_wait[r] = w > DIAL_MAX_MS ? DIAL_MAX_MS : w;
         g->next_dial[r] = now + g->dial_wait[r];
+        nng_stream_dialer *old = NULL;
+        if (strcmp(g->dialer_url[r], url)) { // a new address for rank r (a view change)
+            old = g->dialer[r];
+            g->dialer[r] = NULL;
+            snprintf(g->dialer_url[r], sizeof g->dialer_url[r], "%s", url);
+        }
         pthread_mutex_unlock(&g->mu);
-        nng_stream *s = dial(url, err, sizeof err);
+        if (old) nng_stream_dialer_free(old);
+        nng_stream *s = dial_with(&g->dialer[r], url, err, sizeof err);
         pthread_mutex_lock(&g->mu);
         if (s && !has_link(g, r)) {
             link_start(g, s, r, 0);
@@ -1423,6 +1440,9 @@ void peer_group_destroy(peer_group *g) {
     }
     pthread_mutex_unlock(&g->mu);
     if (g->lst) nng_stream_listener_free(g->lst);
+    for (int r = 0; r < PEER_MAX_MEMBERS; r++)
+        if (g->dialer[r]) nng_stream_dialer_free(g->dialer[r]);
+    if (g->join_dialer) nng_stream_dialer_free(g->join_dialer);
     for (emu_item *it = g->eh, *nx; it; it = nx) {
         nx = it->next;
         free(it->m->data);
@@ -1693,7 +1713,9 @@ void peer_diagnose(peer_group *g, int rank, char *buf, size_t n) {
         char *url = to_url(g->mem[rank].addr), err[160], addr[PEER_ADDR_MAX];
         snprintf(addr, sizeof addr, "%s", g->mem[rank].addr);
         pthread_mutex_unlock(&g->mu);
-        nng_stream *s = dial(url, err, sizeof err);
+        nng_stream_dialer *d = NULL; // a one-off probe from the caller's thread
+        nng_stream *s = dial_with(&d, url, err, sizeof err);
+        if (d) nng_stream_dialer_free(d);
         free(url);
         if (s) {
             nng_stream_close(s);
