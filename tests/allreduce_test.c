@@ -54,23 +54,8 @@ typedef struct ring {
     peer p[MAXP];
 } ring;
 
-// group_at makes rank of a static group of world over ipc:// sockets in dir.
 static peer_group *group_at(const char *dir, int rank, int world) {
-    char addr[MAXP][PEER_ADDR_MAX];
-    const char *peers[MAXP];
-    for (int i = 0; i < world; i++) {
-        snprintf(addr[i], sizeof addr[i], "ipc://%s/r%d", dir, i);
-        peers[i] = addr[i];
-    }
-    peer_opts o = {.listen = peers[rank],
-                   .peers = peers,
-                   .world = world,
-                   .rank = rank,
-                   .run_id = RUN_ID,
-                   .tag = "ar-test"};
-    peer_group *g;
-    cr_assert_eq(peer_group_create(&g, &o), ERR_OK, "%s", err_msg());
-    return g;
+    return tu_group(dir, rank, world, RUN_ID);
 }
 
 // ring_open connects `live` of `world` peers (ipc:// sockets: no ports to race for).

@@ -33,6 +33,14 @@ typedef struct {
 // run or other shared settings (hello).
 static int open_group(peer_group **g, const cfg *c, int rank, int world, uint64_t run_id,
                       const char *hello) {
+    peer_opts o = {.run_id = run_id,
+                   .shared = hello,
+                   .build = SPARTAN_VERSION,
+                   .rate_mbit = c->net.rate_mbit,
+                   .delay_ms = c->net.delay_ms,
+                   .loss = c->net.loss,
+                   .seed = 0x5A17Aull + (uint64_t)(rank < 0 ? 0 : rank),
+                   .tag = "net"};
     if (c->net.join[0]) {
         char listen[160];
         if (c->net.listen[0]) {
@@ -42,19 +50,11 @@ static int open_group(peer_group **g, const cfg *c, int rank, int world, uint64_
             snprintf(listen, sizeof listen, "%.*s:0",
                      colon ? (int)(colon - c->net.join) : (int)strlen(c->net.join), c->net.join);
         }
-        peer_opts o = {.listen = listen,
-                       .join = c->net.join,
-                       .want_rank = rank,
-                       .max_members = world,
-                       .join_ms = c->sparta.timeout_ms > 10000 ? c->sparta.timeout_ms : 10000,
-                       .run_id = run_id,
-                       .shared = hello,
-                       .build = SPARTAN_VERSION,
-                       .rate_mbit = c->net.rate_mbit,
-                       .delay_ms = c->net.delay_ms,
-                       .loss = c->net.loss,
-                       .seed = 0x5A17Aull + (uint64_t)(rank < 0 ? 0 : rank),
-                       .tag = "net"};
+        o.listen = listen;
+        o.join = c->net.join;
+        o.want_rank = rank;
+        o.max_members = world;
+        o.join_ms = c->sparta.timeout_ms > 10000 ? c->sparta.timeout_ms : 10000;
         return peer_group_create(g, &o);
     }
     char *list = xstrdup(c->net.peers), *save = NULL;
@@ -70,18 +70,10 @@ static int open_group(peer_group **g, const cfg *c, int rank, int world, uint64_
     if (n != world) {
         rc = err_set(ERR_INVAL, "net.peers: expected %d addresses, found %d", world, n);
     } else {
-        peer_opts o = {.listen = c->net.listen[0] ? c->net.listen : peers[rank],
-                       .peers = peers,
-                       .world = world,
-                       .rank = rank,
-                       .run_id = run_id,
-                       .shared = hello,
-                       .build = SPARTAN_VERSION,
-                       .rate_mbit = c->net.rate_mbit,
-                       .delay_ms = c->net.delay_ms,
-                       .loss = c->net.loss,
-                       .seed = 0x5A17Aull + (uint64_t)rank,
-                       .tag = "net"};
+        o.listen = c->net.listen[0] ? c->net.listen : peers[rank];
+        o.peers = peers;
+        o.world = world;
+        o.rank = rank;
         rc = peer_group_create(g, &o);
     }
     free(peers);
