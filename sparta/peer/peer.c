@@ -89,6 +89,7 @@ typedef struct plink {
     int threads_done; // reader and writer have exited (count)
     int writing;      // the channel of the frame being written, or -1
     int in_pending;   // counted in g->pending (until its handshake ends)
+    int lingering;    // (under mu) a refusal is out: reading until the other side closes
     out_frame *qh[PEER_NCH], *qt[PEER_NCH];
     int qn[PEER_NCH];
     pthread_cond_t wcv; // the writer waits for frames
@@ -604,6 +605,7 @@ static void refuse(peer_group *g, plink *l, int rank, const char *why) {
     if (rank >= 0 && rank < PEER_MAX_MEMBERS)
         snprintf(g->refusal[rank], sizeof g->refusal[rank], "refused: %s", why);
     send_sys_text(g, l, SYS_REFUSE, why);
+    l->lingering = 1; // the reader closes after the refusal went out and the peer read it
 }
 
 // handle_hello checks the other side's hello and decides what l becomes. Under mu. Returns 0 if
@@ -965,6 +967,7 @@ static void *reader_main(void *arg) {
                 snprintf(why, sizeof why, "%s", err_msg() + strlen("frame: "));
                 refuse(g, l, -1, why);
                 drain_sys(g, l);
+                l->lingering = 1;
                 pthread_mutex_unlock(&g->mu);
                 linger(l);
                 pthread_mutex_lock(&g->mu);
@@ -1069,6 +1072,7 @@ static void *reader_main(void *arg) {
         if (close_it) {
             pthread_mutex_lock(&g->mu);
             drain_sys(g, l);
+            l->lingering = 1;
             pthread_mutex_unlock(&g->mu);
             linger(l);
             break;
@@ -1400,6 +1404,15 @@ int peer_group_create(peer_group **out, const peer_opts *o) {
 
 void peer_group_close(peer_group *g) {
     pthread_mutex_lock(&g->mu);
+    // A link that refused its peer reads until the peer closes: let it (bounded), so that closing
+    // now does not reset the connection and throw our refusal away before the peer reads it.
+    double dl = sys_now_ms() + 400;
+    for (;;) {
+        int busy = 0;
+        for (plink *l = g->links; l; l = l->next)
+            busy |= l->lingering && l->threads_done < 2 && l->state != L_DEAD;
+        if (!busy || cv_wait_until(&g->cv, &g->mu, dl) == ETIMEDOUT) break;
+    }
     g->stop = 1;
     pthread_cond_broadcast(&g->cv);
     for (int c = 0; c < PEER_NCH; c++)
