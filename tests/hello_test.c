@@ -73,16 +73,16 @@ Test(hello, the_start_waits_for_the_peers_and_fails_naming_a_mismatched_key) {
     peer_group *g0 = group_with(dir, 0, "train.seed=1\n"),
                *g1 = group_with(dir, 1, "train.seed=1\n");
     int n = -1;
-    cr_assert_eq(hello_wait(g0, 2, "a,b", 10000, 0, "test", &n), ERR_OK, "%s", err_msg());
+    cr_assert_eq(hello_wait(g0, 2, 10000, 0, "test", &n), ERR_OK, "%s", err_msg());
     cr_assert_eq(n, 1);
     peer_group_destroy(g1);
     g1 = group_with(dir, 1, "train.seed=2\n");
-    cr_assert_eq(hello_wait(g1, 2, "a,b", 10000, 0, "test", &n), ERR_PEER);
+    cr_assert_eq(hello_wait(g1, 2, 10000, 0, "test", &n), ERR_PEER);
     cr_assert(strstr(err_msg(), "another configuration") && strstr(err_msg(), "train.seed"), "%s",
               err_msg());
     cr_assert_eq(n, 0);
     // allowed alone, the same start goes on
-    cr_assert_eq(hello_wait(g1, 2, "a,b", 100, 1, "test", &n), ERR_OK, "%s", err_msg());
+    cr_assert_eq(hello_wait(g1, 2, 100, 1, "test", &n), ERR_OK, "%s", err_msg());
     peer_group_destroy(g1);
     peer_group_destroy(g0);
     tu_rm_rf(dir);

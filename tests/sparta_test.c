@@ -472,12 +472,19 @@ Test(sparta, peers_joining_one_address_train_as_with_a_peer_list, .timeout = 180
         x[i] = load(path, &n);
     }
     for (int i = 1; i < P; i++)
-        cr_assert_eq(memcmp(x[0], x[i], n * sizeof(float)), 0, "joined peers differ");
+        if (memcmp(x[0], x[i], n * sizeof(float))) {
+            char *l0 = peer_log(&c, 0), *li = peer_log(&c, i);
+            cr_assert_fail("joined peers differ:\n%s\nslot %d:\n%s", l0, i, li);
+        }
     // the same run with the list
     run_all(&c, P, "--set sparta.p=1 --set sparta.sync=true --set train.max_iters=3 --overwrite");
     snprintf(path, sizeof path, "%s/rank0", c.dir);
     float *y = load(path, &n);
-    cr_assert_eq(memcmp(x[0], y, n * sizeof(float)), 0, "the rendezvous run differs from --peers");
+    if (memcmp(x[0], y, n * sizeof(float))) {
+        char *l0 = peer_log(&c, 0), *l1 = peer_log(&c, 1), *l2 = peer_log(&c, 2);
+        cr_assert_fail("the rendezvous run differs from --peers:\n%s\n---\n%s\n---\n%s", l0, l1,
+                       l2);
+    }
     free(y);
     for (int i = 0; i < P; i++)
         free(x[i]);

@@ -70,25 +70,8 @@ int hello_diff(const char *mine, const char *theirs, char *out, size_t n) {
     return diffs;
 }
 
-// peer_name writes peer i's entry of the comma-separated list peers into buf.
-static void peer_name(const char *peers, int i, char *buf, size_t n) {
-    snprintf(buf, n, "?");
-    for (int k = 0; peers && *peers; k++) {
-        while (*peers == ' ')
-            peers++;
-        const char *comma = strchr(peers, ',');
-        size_t len = comma ? (size_t)(comma - peers) : strlen(peers);
-        if (k == i) {
-            snprintf(buf, n, "%.*s", (int)len, peers);
-            return;
-        }
-        if (!comma) return;
-        peers = comma + 1;
-    }
-}
-
-int hello_wait(peer_group *g, int world, const char *peers, int timeout_ms, int allow_alone,
-               const char *who, int *n_ok) {
+int hello_wait(peer_group *g, int world, int timeout_ms, int allow_alone, const char *who,
+               int *n_ok) {
     ASSERT(g != NULL && who != NULL);
     if (n_ok) *n_ok = 0;
     if (world < 2) return ERR_OK;
@@ -97,7 +80,7 @@ int hello_wait(peer_group *g, int world, const char *peers, int timeout_ms, int 
     peer_view v;
     peer_get_view(g, &v);
     int ok = 0, mismatch = -1;
-    char mismatch_why[600] = "";
+    char mismatch_why[600] = "", mismatch_name[PEER_ADDR_MAX] = "";
     for (int i = 0; i < v.n; i++) {
         int p = v.m[i].rank;
         if (p == v.self) continue;
@@ -105,16 +88,14 @@ int hello_wait(peer_group *g, int world, const char *peers, int timeout_ms, int 
             ok++;
             continue;
         }
-        char name[160], why[600];
-        if (peers && *peers)
-            peer_name(peers, p, name, sizeof name);
-        else
-            snprintf(name, sizeof name, "%s", v.m[i].addr);
+        const char *name = v.m[i].addr; // as net.peers or the group gave it
+        char why[600];
         peer_diagnose(g, p, why, sizeof why);
         if (strstr(why, "settings differ") || strstr(why, "run id")) {
             if (mismatch < 0) {
                 mismatch = p;
                 snprintf(mismatch_why, sizeof mismatch_why, "%s", why);
+                snprintf(mismatch_name, sizeof mismatch_name, "%s", name);
             }
             LOG_E(who, "peer %d (%s) runs another configuration: %s", p, name, why);
         } else {
@@ -124,12 +105,10 @@ int hello_wait(peer_group *g, int world, const char *peers, int timeout_ms, int 
     if (n_ok) *n_ok = ok;
     if (have == world) LOG_I(who, "all %d peers connected after %.0f ms", world, sys_now_ms() - t0);
     if (ok == 0 && mismatch >= 0 && !allow_alone) {
-        char name[160] = "?";
-        if (peers && *peers) peer_name(peers, mismatch, name, sizeof name);
         return err_set(ERR_PEER,
                        "peer %d (%s) runs another configuration (%s). Every peer of a run needs "
                        "the same [model], train.seed, train.mode and exchange settings",
-                       mismatch, name, mismatch_why);
+                       mismatch, mismatch_name, mismatch_why);
     }
     if (ok == 0 && !allow_alone)
         return err_set(ERR_PEER, "no peer could be reached (the reasons are above); set "

@@ -21,9 +21,9 @@ void hello_text(const cfg *c, int world, char *buf, size_t n);
 // Returns the number of keys that differ (0: the same run).
 int hello_diff(const char *mine, const char *theirs, char *out, size_t n);
 
-// hello_wait waits up to timeout_ms for a live link to world members of g (a static group: every
-// peer of net.peers, whose entries name them in messages; peers may be NULL or empty: the view's
-// addresses name them), then reports under the tag who
+// hello_wait waits up to timeout_ms for a live link to world members of g (the addresses of g's
+// view, as net.peers or the rendezvous gave them, name them in messages), then reports under the
+// tag who
 // (train, sparta, ...): every peer that is not connected gets one line with the reason
 // (peer_diagnose); a peer refused for other settings or another run is an ERROR line naming what
 // differs (the peer layer refused it in its handshake; the other peers go on). With no peer
@@ -32,7 +32,7 @@ int hello_diff(const char *mine, const char *theirs, char *out, size_t n);
 // the number of connected peers in *n_ok (may be NULL). Trainer thread, at start-up.
 #define HELLO_TEXT_MAX 4096 // room for hello_text
 
-int hello_wait(peer_group *g, int world, const char *peers, int timeout_ms, int allow_alone,
-               const char *who, int *n_ok);
+int hello_wait(peer_group *g, int world, int timeout_ms, int allow_alone, const char *who,
+               int *n_ok);
 
 #endif

@@ -473,6 +473,30 @@ static const char *const shared_keys[] = {
     "diloco.nesterov", "diloco.dtype", "ddp.dtype",
 };
 
+int cfg_peer_count(const char *peers) {
+    if (!peers[0]) return 1;
+    int n = 1;
+    for (const char *p = peers; *p; p++)
+        n += *p == ',';
+    return n;
+}
+
+int cfg_peer_entry(const char *peers, int i, char *buf, size_t n) {
+    buf[0] = 0;
+    for (int k = 0; *peers; k++) {
+        while (*peers == ' ')
+            peers++;
+        const char *comma = strchr(peers, ',');
+        if (k == i) {
+            snprintf(buf, n, "%.*s", (int)(comma ? comma - peers : (long)strlen(peers)), peers);
+            return 0;
+        }
+        if (!comma) break;
+        peers = comma + 1;
+    }
+    return -1;
+}
+
 size_t cfg_shared_write(const cfg *c, char *buf, size_t n) {
     ASSERT(buf != NULL && n > 0);
     size_t len = 0;

@@ -156,6 +156,14 @@ int cfg_parse_string(cfg *c, const char *text, const char *name);
 // cfg_print_keys writes the key table (section.key, type, default, range, help) to f.
 void cfg_print_keys(FILE *f);
 
+// cfg_peer_count returns the number of comma-separated entries of a net.peers list (1 when
+// empty: a peer alone). Any thread.
+int cfg_peer_count(const char *peers);
+
+// cfg_peer_entry copies entry i of a net.peers list ("host:port", leading spaces dropped) into buf
+// (n bytes). Returns 0, or -1 (buf = "") when the list has no entry i. Any thread.
+int cfg_peer_entry(const char *peers, int i, char *buf, size_t n);
+
 // cfg_shared_write writes the settings that every peer of one run must share (the model, the seed,
 // the mode and what decides the SPARTA and DiLoCo exchanges) into buf (n bytes) as
 // "section.key=value" lines, in table order, and returns the length (truncated at n - 1).

@@ -57,16 +57,13 @@ static int open_group(peer_group **g, const cfg *c, int rank, int world, uint64_
         o.join_ms = c->sparta.timeout_ms > 10000 ? c->sparta.timeout_ms : 10000;
         return peer_group_create(g, &o);
     }
-    char *list = xstrdup(c->net.peers), *save = NULL;
+    char(*addr)[PEER_ADDR_MAX] = xcalloc((size_t)world, sizeof *addr);
     const char **peers = xcalloc((size_t)world, sizeof(char *));
-    int n = 0;
-    for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        while (*tok == ' ')
-            tok++;
-        if (n < world) peers[n] = tok;
-        n++;
+    int n = cfg_peer_count(c->net.peers), rc = ERR_OK;
+    for (int i = 0; i < world && i < n; i++) {
+        cfg_peer_entry(c->net.peers, i, addr[i], sizeof addr[i]);
+        peers[i] = addr[i];
     }
-    int rc = ERR_OK;
     if (n != world) {
         rc = err_set(ERR_INVAL, "net.peers: expected %d addresses, found %d", world, n);
     } else {
@@ -77,7 +74,7 @@ static int open_group(peer_group **g, const cfg *c, int rank, int world, uint64_
         rc = peer_group_create(g, &o);
     }
     free(peers);
-    free(list);
+    free(addr);
     return rc;
 }
 
@@ -116,7 +113,7 @@ static int make_sync(train_sync *out, const cfg *c, int *rank_io, int world, uin
         if (use_ddp && c->ddp.timeout_ms > wait) wait = c->ddp.timeout_ms;
         rc = open_group(&g, c, rank, world, run_id, hello);
         if (!rc) rank = *rank_io = peer_rank(g); // a rendezvous gives it
-        if (!rc) rc = hello_wait(g, world, c->net.peers, wait, c->net.allow_alone, "net", NULL);
+        if (!rc) rc = hello_wait(g, world, wait, c->net.allow_alone, "net", NULL);
     }
     if (rank < 0) rank = *rank_io = 0;
     const train_sync_run run = {.rank = rank, .world = world, .run_id = run_id, .hello = hello};

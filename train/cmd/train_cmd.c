@@ -191,37 +191,18 @@ static int parse_train_args(int argc, char **argv, cfg *c, train_args *a) {
     return -1;
 }
 
-// count_peers returns the number of comma-separated entries of net.peers (1 when empty).
-static int count_peers(const char *peers) {
-    if (!peers[0]) return 1;
-    int n = 1;
-    for (const char *p = peers; *p; p++)
-        n += *p == ',';
-    return n;
-}
-
 // entry_host copies the host of the i-th "host:port" entry of peers into buf ("" if none).
 static void entry_host(const char *peers, int i, char *buf, size_t n) {
+    char e[256];
     buf[0] = 0;
-    for (int k = 0; *peers; k++) {
-        while (*peers == ' ')
-            peers++;
-        const char *comma = strchr(peers, ','), *end = comma ? comma : peers + strlen(peers);
-        if (k == i) {
-            const char *colon = end;
-            while (colon > peers && *colon != ':')
-                colon--;
-            const char *h = peers;
-            if (*h == '[' && colon > h && colon[-1] == ']') { // [v6]:port
-                h++;
-                colon--;
-            }
-            snprintf(buf, n, "%.*s", (int)(colon > h ? colon - h : 0), h);
-            return;
-        }
-        if (!comma) return;
-        peers = comma + 1;
+    if (cfg_peer_entry(peers, i, e, sizeof e)) return;
+    char *colon = strrchr(e, ':'), *h = e;
+    if (!colon) return;
+    if (*h == '[' && colon > h && colon[-1] == ']') { // [v6]:port
+        h++;
+        colon--;
     }
+    snprintf(buf, n, "%.*s", (int)(colon - h), h);
 }
 
 static int is_loopback(const char *h) {
@@ -477,7 +458,7 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
                                  [CFG_LOG_INFO] = LOG_INFO,
                                  [CFG_LOG_DEBUG] = LOG_DEBUG};
     log_set_level(levels[c.log.level]);
-    int world = c.net.join[0] ? c.net.world : count_peers(c.net.peers), want = -1;
+    int world = c.net.join[0] ? c.net.world : cfg_peer_count(c.net.peers), want = -1;
     if (resolve_rank(a.rank, &c, world, &want)) {
         fprintf(stderr, "spartan train: %s\n", err_msg());
         return 2;
