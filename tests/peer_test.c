@@ -408,11 +408,14 @@ static int handshake_as(int port, const peer_group *peer_for_rank, int rank) {
     memcpy(q, "127.0.0.1:1", 11), q += 11;
     le_put32(q, (uint32_t)strlen(SHARED)), q += 4;
     memcpy(q, SHARED, strlen(SHARED)), q += strlen(SHARED);
-    unsigned char hdr[FRAME_HEADER];
+    unsigned char hdr[FRAME_HEADER], ack = 5; // SYS_ACK: we take the peer's hello
     frame_encode(hdr, PEER_CH_SYS, 0, p, (uint32_t)(q - p));
     write_all(fd, hdr, sizeof hdr);
     write_all(fd, p, (size_t)(q - p));
-    return fd;
+    frame_encode(hdr, PEER_CH_SYS, 1, &ack, 1);
+    write_all(fd, hdr, sizeof hdr);
+    write_all(fd, &ack, 1);
+    return fd; // the next frame is number 2
 }
 
 Test(peer, bad_crc_truncated_and_bad_header_frames_are_dropped_and_counted) {
@@ -430,7 +433,7 @@ Test(peer, bad_crc_truncated_and_bad_header_frames_are_dropped_and_counted) {
     cr_assert_eq(peer_group_create(&g0, &o), ERR_OK, "%s", err_msg());
     int fd = handshake_as(port_of(g0), g0, 0);
     cr_assert_eq(peer_wait_view(g0, 2, 10000), 2, "the crafted hello was not taken");
-    uint32_t seq = 1;
+    uint32_t seq = 2;
     unsigned char hdr[FRAME_HEADER], payload[64];
     memset(payload, 7, sizeof payload);
     for (int ch = 0; ch < PEER_NCH; ch++) {
@@ -463,7 +466,7 @@ Test(peer, bad_crc_truncated_and_bad_header_frames_are_dropped_and_counted) {
     fd = handshake_as(port_of(g0), g0, 0);
     for (int i = 0; i < 400 && !peer_connected(g0, 0); i++)
         peer_wait_view(g0, 2, 25);
-    frame_encode(hdr, PEER_CH_RING, 1, payload, sizeof payload);
+    frame_encode(hdr, PEER_CH_RING, 2, payload, sizeof payload);
     write_all(fd, hdr, sizeof hdr);
     write_all(fd, payload, 10);
     close(fd);

@@ -41,7 +41,7 @@ enum {
 #define POOL_MAX_BYTES ((size_t)256 << 20)
 
 // SYS messages: the first payload byte.
-enum { SYS_HELLO = 1, SYS_REFUSE = 2, SYS_REDIRECT = 3, SYS_VIEW = 4 };
+enum { SYS_HELLO = 1, SYS_REFUSE = 2, SYS_REDIRECT = 3, SYS_VIEW = 4, SYS_ACK = 5 };
 // Link states.
 enum { L_HANDSHAKE, L_UP, L_DEAD };
 // A frame to send: copied (owned) or the caller's memory (peer_send_wait), which the caller's
@@ -90,6 +90,8 @@ typedef struct plink {
     int writing;      // the channel of the frame being written, or -1
     int in_pending;   // counted in g->pending (until its handshake ends)
     int lingering;    // (under mu) a refusal is out: reading until the other side closes
+    int accept_rank;  // (under mu) we took the peer's hello as rank accept_rank (-1: not yet)
+    int acked;        // (under mu) the peer took ours (SYS_ACK came)
     out_frame *qh[PEER_NCH], *qt[PEER_NCH];
     int qn[PEER_NCH];
     pthread_cond_t wcv; // the writer waits for frames
@@ -446,7 +448,7 @@ typedef struct hello {
 
 // hello_encode: type, u32 reserved, u64 run_id, u64 member, u64 settings_hash, i32 rank,
 // u32 world, u8 joining, then three u16-length strings: build, addr, shared (u32 length).
-static size_t hello_encode(peer_group *g, unsigned char *p, size_t cap) {
+static size_t hello_encode(peer_group *g, unsigned char *p, size_t cap, int joining) {
     size_t bl = strlen(g->build), al = strlen(g->self_addr), sl = strlen(g->shared);
     size_t need = 1 + 4 + 24 + 4 + 4 + 1 + 2 + bl + 2 + al + 4 + sl;
     if (need > cap) return 0;
@@ -456,9 +458,9 @@ static size_t hello_encode(peer_group *g, unsigned char *p, size_t cap) {
     le_put64(q, g->o.run_id), q += 8;
     le_put64(q, g->id), q += 8;
     le_put64(q, g->settings_hash), q += 8;
-    le_put32(q, (uint32_t)(g->rank >= 0 ? g->rank : g->o.want_rank)), q += 4; // joining: asked
+    le_put32(q, (uint32_t)(joining ? g->o.want_rank : g->rank)), q += 4; // joining: the one asked
     le_put32(q, (uint32_t)(g->is_static ? g->world : 0)), q += 4;
-    *q++ = (unsigned char)(g->rank < 0 ? 1 : 0);
+    *q++ = (unsigned char)joining; // only on the link we dialled to join (accepted ones: rank -1)
     le_put16(q, (uint16_t)bl), q += 2;
     memcpy(q, g->build, bl), q += bl;
     le_put16(q, (uint16_t)al), q += 2;
@@ -597,6 +599,16 @@ static void link_register(peer_group *g, plink *l, int r) {
     pthread_cond_broadcast(&g->cv);
 }
 
+// accept_link: the peer's hello is good. A link is up only once both sides have taken each other's
+// hello (each sends SYS_ACK), so neither side sends data on a link the other side is closing.
+// Under mu.
+static void accept_link(peer_group *g, plink *l, int r) {
+    unsigned char ack = SYS_ACK;
+    l->accept_rank = r;
+    send_copy(g, l, PEER_CH_SYS, &ack, 1);
+    if (l->acked) link_register(g, l, r);
+}
+
 // refuse: tell the other side why and close. Under mu.
 static void refuse(peer_group *g, plink *l, int rank, const char *why) {
     g->st.refused++;
@@ -661,7 +673,7 @@ static int handle_hello(peer_group *g, plink *l, const hello *h) {
             refuse(g, l, -1, why);
             return -1;
         }
-        link_register(g, l, h->rank);
+        accept_link(g, l, h->rank);
         return 0;
     }
     // a rendezvous group
@@ -727,7 +739,7 @@ static int handle_hello(peer_group *g, plink *l, const hello *h) {
     }
     plink *old = g->by_rank[h->rank];
     if (old && old->state == L_UP) return -1;
-    link_register(g, l, h->rank);
+    accept_link(g, l, h->rank);
     return 0;
 }
 
@@ -1035,6 +1047,15 @@ static void *reader_main(void *arg) {
                         link_register(g, l, l->hint);
                     pthread_cond_broadcast(&g->cv);
                 }
+            } else if (type == SYS_ACK && h.len == 1) {
+                l->acked = 1;
+                if (l->accept_rank >= 0 && l->state == L_HANDSHAKE) {
+                    plink *old = g->by_rank[l->accept_rank];
+                    if (old && old != l && old->state == L_UP)
+                        close_it = 1; // another link to that rank came up meanwhile
+                    else
+                        link_register(g, l, l->accept_rank);
+                }
             } else if (type == SYS_REFUSE || type == SYS_REDIRECT) {
                 char text[PEER_ADDR_MAX + 300];
                 size_t n = h.len - 1 < sizeof text - 1 ? h.len - 1 : sizeof text - 1;
@@ -1109,6 +1130,7 @@ static void link_start(peer_group *g, nng_stream *s, int dial_rank, int joining)
     l->rank = -1;
     l->state = L_HANDSHAKE;
     l->writing = -1;
+    l->accept_rank = -1;
     l->emu_rng = g->o.seed ^ ((uint64_t)(dial_rank + 7) * 0x9E3779B97F4A7C15ull) ^ g->id;
     sys_cond_init(&l->wcv);
     nng_sockaddr sa;
@@ -1131,7 +1153,7 @@ static void link_start(peer_group *g, nng_stream *s, int dial_rank, int joining)
     l->next = g->links;
     g->links = l;
     unsigned char *hb = xmalloc(HELLO_MAX);
-    size_t n = hello_encode(g, hb, HELLO_MAX);
+    size_t n = hello_encode(g, hb, HELLO_MAX, joining);
     ASSERT(n > 0);
     send_copy(g, l, PEER_CH_SYS, hb, n);
     free(hb);
