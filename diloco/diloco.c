@@ -390,15 +390,20 @@ static int outer_reduce(diloco *d, float *delta, size_t n, int64_t t, int *nm_ou
         if (rc) return rc;
         *nm_out = ahead ? 0 : nm;
         if (ahead || nm == 0) return ERR_OK;
-        if (nm < d->world) {
+        // the group's members that are not in the agreement (a group that peers may still
+        // join holds fewer members than ranks)
+        int view[AR_MAX_WORLD];
+        int nv = peer_view_ranks(d->g, view, AR_MAX_WORLD);
+        if (nm < nv) {
             char who[256] = "";
-            for (int i = 0, k = 0; i < d->world; i++) {
-                int in = k < nm && d->members[k] == i;
-                k += in;
-                if (!in) snprintf(who + strlen(who), sizeof who - strlen(who), " %d", i);
+            for (int i = 0, k = 0; i < nv && i < AR_MAX_WORLD; i++) {
+                while (k < nm && d->members[k] < view[i])
+                    k++;
+                if (k >= nm || d->members[k] != view[i])
+                    snprintf(who + strlen(who), sizeof who - strlen(who), " %d", view[i]);
             }
             LOG_W("diloco", "outer step %lld: %d of %d peers present (missing:%s)", (long long)t,
-                  nm, d->world, who);
+                  nm, nv, who);
         }
         if (nm == 1) return ERR_OK;
         rc = reduce(d, delta, n, tag, d->members, nm, "outer step");

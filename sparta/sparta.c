@@ -2,10 +2,13 @@
 // Round r = step (every sparta.every steps); I_r = select_indices(seed, r); k = round(p*N).
 //   m_r = (sum over present peers q, in rank order, of x_r^q[I_r]) / |present|
 //   overwrite: x[I_r] <- m_r              correct: x[I_r] <- x[I_r] + (m_r - x_r[I_r])
-// applied at the first step boundary where round r is complete, and at the latest at step
-// r + max_stale with the peers whose values arrived (none but our own: the round is dropped).
-// sparta.reduce = ring replaces the all-to-all exchange by a ring reduce-scatter + all-gather;
-// a ring round is whole or dropped.
+// applied at the first step boundary where round r is complete (the values of every member the
+// peer group's view has a live link to are in: a dead peer is not waited for, nor one whose link
+// came up after the start until its first values arrive), and at the latest
+// at step r + max_stale with the peers whose values arrived (none but our own: the round is
+// dropped). sparta.reduce = ring replaces the all-to-all exchange by the peer layer's ring
+// all-reduce (allreduce.h) among the linked members, one round after the other on the exchanger
+// thread; a ring round is whole or dropped (given up at its deadline).
 //
 // Threads: the trainer thread gathers, posts and applies (the only writer of parameters); the
 // exchanger thread sends posted rounds and files received values into the round's slot. They
@@ -21,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sparta/peer/allreduce.h"
 #include "sparta/peer/peer.h"
 #include "sparta/peer/wire.h"
 #include "sparta/select.h"
@@ -42,8 +46,9 @@ typedef struct {
     int sent;          // the exchanger has sent them
     size_t count;      // values in this round
     uint32_t *got;     // [world] values received per peer (ours = count once posted)
-    uint32_t *ag_got;  // ring: [world] reduced values received per chunk (all-gather)
-    float *vals;       // [world][kmax] values per peer (+ receive and result rows for ring)
+    int ring_np;       // ring: peers of the completed all-reduce (0: not completed)
+    int ring_failed;   // ring: the all-reduce failed or was given up
+    float *vals;       // [world][kmax] values per peer (+ the mean's row for ring)
     uint32_t *idx;     // [kmax] the round's indices (set when our values are gathered)
     int64_t post_step; // this peer's step when our values were posted (staleness is counted
                        // in our own steps, so a catch-up jump of the round counter is not)
@@ -56,7 +61,12 @@ struct sparta_exchanger {
     int rank, world, selector, dtype, correct, ring;
     uint64_t seed, run_id;
     size_t n, kmax;
-    peer_group *g; // borrowed: SPARTA owns its channel (PEER_CH_SPARTA)
+    peer_group *g;       // borrowed: SPARTA owns its channel (PEER_CH_SPARTA)
+    ar_ctx *ar;          // ring mode: the all-reduce on that channel (exchanger thread)
+    unsigned char *live; // [world] the view has a live link to the peer (ours: 1), under mu
+    unsigned char *wait; // [world] rounds wait for the peer: linked when the exchanger started,
+                         // or its values arrived since its link came up (a peer that joins or
+                         // restarts is behind until it catches up), under mu
     pthread_t thread;
     int thread_started;
     atomic_int stop;
@@ -76,6 +86,7 @@ struct sparta_exchanger {
     // counters (under mu)
     uint64_t rounds_done, rounds_late, rounds_dropped, msgs_dropped, n_applied, n_lat;
     uint64_t msgs_filed; // valid values filed from peers
+    int round_peers;     // peers averaged in the last round applied (trainer thread)
     double stale_sum, stale_max, lat_sum;
 };
 
@@ -94,35 +105,31 @@ static void slot_reset(const sparta_exchanger *ex, slot *s, int64_t round) {
     s->posted = s->sending = s->sent = 0;
     s->count = round_count(ex, round);
     memset(s->got, 0, (size_t)ex->world * sizeof(uint32_t));
-    memset(s->ag_got, 0, (size_t)ex->world * sizeof(uint32_t));
+    s->ring_np = s->ring_failed = 0;
     s->t_post = s->t_done = 0;
 }
 
-// Ring all-reduce splits a round's values into world chunks; chunk c is [lo(c), lo(c+1)), with
-// lo(c) = floor(c k / P), so no chunk is empty when k >= P.
-static size_t chunk_lo(const sparta_exchanger *ex, const slot *s, int c) {
-    return (size_t)((uint64_t)c * s->count / (uint64_t)ex->world);
-}
-
-static size_t chunk_len(const sparta_exchanger *ex, const slot *s, int c) {
-    return chunk_lo(ex, s, c + 1) - chunk_lo(ex, s, c);
-}
-
-// Rows of a slot's value buffer: one per peer; the ring adds a receive row and a result row.
-static float *ring_recv(const sparta_exchanger *ex, slot *s) {
+// ring_mean: the row of a slot where the ring all-reduce leaves the round's mean.
+static float *ring_mean(const sparta_exchanger *ex, slot *s) {
     return s->vals + (size_t)ex->world * ex->kmax;
 }
 
-static float *ring_final(const sparta_exchanger *ex, slot *s) {
-    return s->vals + (size_t)(ex->world + 1) * ex->kmax;
+// slot_complete: the values of every peer the rounds wait for (ours included) are in; ring: the
+// all-reduce completed. Caller holds mu.
+static int slot_complete(const sparta_exchanger *ex, const slot *s) {
+    if (ex->ring) return s->ring_np > 0;
+    for (int p = 0; p < ex->world; p++)
+        if (ex->live[p] && ex->wait[p] && s->got[p] != s->count) return 0;
+    return 1;
 }
 
-static int slot_complete(const sparta_exchanger *ex, const slot *s) {
+// refresh_live copies the view's links into live; a peer whose link is down is no longer waited
+// for (caller holds mu).
+static void refresh_live(sparta_exchanger *ex) {
     for (int p = 0; p < ex->world; p++) {
-        if (ex->ring && s->ag_got[p] != chunk_len(ex, s, p)) return 0;
-        if (!ex->ring && s->got[p] != s->count) return 0;
+        ex->live[p] = p == ex->rank || peer_connected(ex->g, p);
+        if (!ex->live[p]) ex->wait[p] = 0;
     }
-    return ex->ring ? s->posted : 1;
 }
 
 // slot_of returns the slot of round r (rounds are multiples of every).
@@ -168,79 +175,12 @@ static void send_round(sparta_exchanger *ex, slot *s) {
             send_values(ex, peer, WIRE_VALUES, s, 0, s->count, peer_vals(ex, s, ex->rank));
 }
 
-// ---- ring all-reduce (reduce-scatter, then all-gather) ---------------------------------------
-// Step t of the reduce-scatter: rank q sends chunk (q - t) mod P to q + 1, which adds its own
-// values and passes it on; after P - 1 hops chunk c is the full sum at rank c - 1 (its reducer).
-// The all-gather passes each reduced chunk P - 1 hops around the ring. Every rank receives only
-// from rank - 1 and sends only to rank + 1: 2 (P-1)/P k values each. All calls hold mu and run on
-// the exchanger thread.
-
-static int ring_next(const sparta_exchanger *ex) { return (ex->rank + 1) % ex->world; }
-static int ring_prev(const sparta_exchanger *ex) { return (ex->rank + ex->world - 1) % ex->world; }
-static int ring_reducer(const sparta_exchanger *ex, int c) {
-    return (c + ex->world - 1) % ex->world;
-}
-
-// ring_reduce adds our values to the received partial sum of chunk c and passes it on, or, at
-// its reducer, stores the result and starts its all-gather.
-static void ring_reduce(sparta_exchanger *ex, slot *s, int c) {
-    size_t lo = chunk_lo(ex, s, c), n = chunk_len(ex, s, c);
-    float *acc = ring_recv(ex, s) + lo;
-    const float *own = peer_vals(ex, s, ex->rank) + lo;
-    for (size_t i = 0; i < n; i++)
-        acc[i] += own[i];
-    if (ex->rank == ring_reducer(ex, c)) {
-        memcpy(ring_final(ex, s) + lo, acc, n * sizeof(float));
-        s->ag_got[c] = (uint32_t)n;
-        send_values(ex, ring_next(ex), WIRE_RING_AG, s, lo, n, acc);
-    } else {
-        send_values(ex, ring_next(ex), WIRE_RING_RS, s, lo, n, acc);
-    }
-}
-
-// ring_start runs when our values are posted: step 0 sends our own chunk, then every partial
-// sum that arrived before we were ready is reduced.
-static void ring_start(sparta_exchanger *ex, slot *s) {
-    int c0 = ex->rank;
-    send_values(ex, ring_next(ex), WIRE_RING_RS, s, chunk_lo(ex, s, c0), chunk_len(ex, s, c0),
-                peer_vals(ex, s, ex->rank) + chunk_lo(ex, s, c0));
-    for (int c = 0; c < ex->world; c++)
-        if (c != c0 && s->got[c] == chunk_len(ex, s, c)) ring_reduce(ex, s, c);
-}
-
-// ring_file stores a ring message's values; returns why it is dropped, or NULL. A rank receives
-// partial sums (RS) of every chunk but its own, and results (AG) of every chunk but the one it
-// reduces itself.
-static const char *ring_file(sparta_exchanger *ex, slot *s, const wire_header *h, const void *msg) {
-    int c = 0;
-    while (c + 1 < ex->world && chunk_lo(ex, s, c + 1) <= h->offset)
-        c++;
-    size_t lo = chunk_lo(ex, s, c), n = chunk_len(ex, s, c);
-    if (h->offset + h->count > lo + n || h->count == 0) return "ring chunk out of range";
-    int rs = h->kind == WIRE_RING_RS;
-    uint32_t *got = rs ? &s->got[c] : &s->ag_got[c];
-    if ((rs && c == ex->rank) || (!rs && ring_reducer(ex, c) == ex->rank) || *got + h->count > n)
-        return "unexpected or duplicate ring values";
-    wire_values(msg, h, (rs ? ring_recv(ex, s) : ring_final(ex, s)) + h->offset);
-    *got += h->count;
-    if (*got < n) return NULL;
-    if (rs) {
-        if (s->sending) ring_reduce(ex, s, c); // else ring_start does it
-    } else if (ring_next(ex) != ring_reducer(ex, c)) {
-        send_values(ex, ring_next(ex), WIRE_RING_AG, s, lo, n, ring_final(ex, s) + lo);
-    }
-    return NULL;
-}
-
 // file_message validates one received message and files its values (takes mu).
 static void file_message(sparta_exchanger *ex, int peer, const void *msg, size_t len) {
     wire_header h;
     int rc = wire_decode(msg, len, ex->run_id, &h);
     const char *why = rc ? err_msg() : NULL;
-    int kind_ok = ex->ring
-                      ? (h.kind == WIRE_RING_RS || h.kind == WIRE_RING_AG) && peer == ring_prev(ex)
-                      : h.kind == WIRE_VALUES;
-    if (!rc && ((int)h.sender != peer || !kind_ok || h.dtype != ex->dtype))
+    if (!rc && ((int)h.sender != peer || h.kind != WIRE_VALUES || h.dtype != ex->dtype))
         why = "sender, kind or dtype does not match";
     pthread_mutex_lock(&ex->mu);
     if (!why && h.round < (uint64_t)INT64_MAX / 2) {
@@ -264,20 +204,16 @@ static void file_message(sparta_exchanger *ex, int peer, const void *msg, size_t
             slot_reset(ex, s, (int64_t)h.round);
     }
     if (!why && s->state != S_OPEN) why = "round already applied";
-    if (!why && ex->ring)
-        why = ring_file(ex, s, &h, msg);
-    else if (!why && s->got[peer] + h.count > s->count)
-        why = "duplicate values";
+    if (!why && s->got[peer] + h.count > s->count) why = "duplicate values";
     if (why) {
         ex->msgs_dropped++;
         pthread_mutex_unlock(&ex->mu);
         LOG_D("sparta", "dropped message from peer=%d len=%zu: %s", peer, len, why);
         return;
     }
-    if (!ex->ring) {
-        wire_values(msg, &h, peer_vals(ex, s, peer) + h.offset);
-        s->got[peer] += h.count;
-    }
+    wire_values(msg, &h, peer_vals(ex, s, peer) + h.offset);
+    s->got[peer] += h.count;
+    ex->wait[peer] = 1; // it is in step with us now
     ex->msgs_filed++;
     if (s->posted && slot_complete(ex, s)) {
         s->t_done = sys_now_ms();
@@ -286,8 +222,8 @@ static void file_message(sparta_exchanger *ex, int peer, const void *msg, size_t
     pthread_mutex_unlock(&ex->mu);
 }
 
-static void *exchanger_main(void *arg) {
-    sparta_exchanger *ex = arg;
+// alltoall_main: send every posted round to every peer, file what arrives.
+static void alltoall_main(sparta_exchanger *ex) {
     while (!atomic_load(&ex->stop)) {
         for (;;) { // send every posted round not sent yet
             slot *s = NULL;
@@ -298,9 +234,8 @@ static void *exchanger_main(void *arg) {
             if (s) s->sending = 1;
             pthread_mutex_unlock(&ex->mu);
             if (!s) break;
-            if (!ex->ring) send_round(ex, s); // our values in s are immutable until closed
+            send_round(ex, s); // our values in s are immutable until closed
             pthread_mutex_lock(&ex->mu);
-            if (ex->ring) ring_start(ex, s);
             if (slot_complete(ex, s) && s->t_done == 0) s->t_done = sys_now_ms();
             s->sent = 1;
             pthread_cond_broadcast(&ex->cv); // a sync round may have been waiting for the send
@@ -315,6 +250,72 @@ static void *exchanger_main(void *arg) {
             peer_msg_free(ex->g, m);
         }
     }
+}
+
+// ring_round runs the all-reduce of slot s (taken: sending) among the linked peers, with mu held
+// on entry and exit (released while the ring runs). Every peer runs its rounds in round order, so
+// the rings meet; a peer missing from some side's view makes that round fail on both (the chunks
+// do not match) and it is dropped.
+static void ring_round(sparta_exchanger *ex, slot *s) {
+    int members[AR_MAX_WORLD], nm = 0;
+    refresh_live(ex);
+    for (int p = 0; p < ex->world; p++)
+        if (ex->live[p]) members[nm++] = p;
+    int64_t round = s->round;
+    size_t count = s->count;
+    pthread_mutex_unlock(&ex->mu);
+    // our row is immutable while the slot is sending; the mean row is the exchanger's until sent
+    float *mean = ring_mean(ex, s);
+    memcpy(mean, peer_vals(ex, s, ex->rank), count * sizeof(float));
+    ar_stats st = {0};
+    int rc = nm < 2 ? ERR_PEER
+                    : ar_mean_group(ex->ar, mean, count, (uint64_t)round, members, nm,
+                                    ex->sc.timeout_ms, &st);
+    if (rc && nm >= 2) LOG_D("sparta", "ring round=%lld failed: %s", (long long)round, err_msg());
+    uint64_t newest = ar_newest_tag(ex->ar);
+    pthread_mutex_lock(&ex->mu);
+    ex->msgs_dropped += st.msgs_dropped;
+    ex->msgs_filed += rc == ERR_OK ? (uint64_t)nm - 1 : 0;
+    if (newest < (uint64_t)INT64_MAX / 2 && (int64_t)newest > ex->max_seen)
+        ex->max_seen = (int64_t)newest;
+    if (s->round == round) { // the slot is not reused before sent is set (post_round)
+        if (rc == ERR_OK) {
+            s->ring_np = nm;
+            s->t_done = sys_now_ms();
+        } else {
+            s->ring_failed = 1;
+        }
+    }
+    s->sent = 1;
+    pthread_cond_broadcast(&ex->cv);
+}
+
+// ring_main: run the posted rounds' all-reduces, oldest first.
+static void ring_main(sparta_exchanger *ex) {
+    pthread_mutex_lock(&ex->mu);
+    while (!atomic_load(&ex->stop)) {
+        slot *s = NULL;
+        for (int i = 0; i < ex->nslots; i++) {
+            slot *c = &ex->slots[i];
+            if (c->state == S_OPEN && c->posted && !c->sending && (!s || c->round < s->round))
+                s = c;
+        }
+        if (!s) {
+            pthread_cond_wait(&ex->cv, &ex->mu); // post_round and destroy signal
+            continue;
+        }
+        s->sending = 1;
+        ring_round(ex, s);
+    }
+    pthread_mutex_unlock(&ex->mu);
+}
+
+static void *exchanger_main(void *arg) {
+    sparta_exchanger *ex = arg;
+    if (ex->ring)
+        ring_main(ex);
+    else
+        alltoall_main(ex);
     return NULL;
 }
 
@@ -341,11 +342,14 @@ static void post_round(sparta_exchanger *ex, const float *params, int64_t r, lon
         own[i] = params[idx[i]];
     if (ex->dtype == WIRE_BF16) wire_round_bf16(own, count); // average what the peers receive
     pthread_mutex_lock(&ex->mu);
-    if (!ex->ring) s->got[ex->rank] = (uint32_t)count;
+    s->got[ex->rank] = (uint32_t)count;
     s->posted = 1;
     s->post_step = step;
     s->t_post = sys_now_ms();
-    peer_wake(ex->g, PEER_CH_SPARTA); // the exchanger sends it now
+    if (ex->ring)
+        pthread_cond_broadcast(&ex->cv); // the exchanger starts its all-reduce
+    else
+        peer_wake(ex->g, PEER_CH_SPARTA); // the exchanger sends it now
     if (slot_complete(ex, s)) s->t_done = s->t_post;
     pthread_mutex_unlock(&ex->mu);
 }
@@ -355,7 +359,7 @@ static void apply_slot(sparta_exchanger *ex, slot *s, float *params, long step, 
     int np = 0;
     for (int p = 0; p < ex->world && !ex->ring; p++)
         if (s->got[p] == s->count) ex->present[np++] = p;
-    if (ex->ring && complete) np = ex->world; // a ring round is whole or nothing
+    if (ex->ring) np = complete ? s->ring_np : 0; // a ring round is whole or nothing
     if (np < 2) {
         ex->rounds_dropped++;
         LOG_D("sparta", "round=%lld dropped at step=%ld: no peer's values arrived in time",
@@ -365,8 +369,9 @@ static void apply_slot(sparta_exchanger *ex, slot *s, float *params, long step, 
     size_t count = s->count;
     const uint32_t *idx = s->idx; // gathered at post time: selection runs once per round
     const float *own = peer_vals(ex, s, ex->rank);
-    float *mean = ex->mean, fnp = (float)np;
-    memcpy(mean, ex->ring ? ring_final(ex, s) : peer_vals(ex, s, ex->present[0]),
+    // the ring's row is the mean already (x / 1 is exact)
+    float *mean = ex->mean, fnp = ex->ring ? 1.0f : (float)np;
+    memcpy(mean, ex->ring ? ring_mean(ex, s) : peer_vals(ex, s, ex->present[0]),
            count * sizeof(float));
     for (int q = 1; q < np && !ex->ring; q++) {
         const float *v = peer_vals(ex, s, ex->present[q]);
@@ -384,6 +389,7 @@ static void apply_slot(sparta_exchanger *ex, slot *s, float *params, long step, 
             params[idx[i]] = mean[i] / fnp;
     }
     double stale = (double)(step - s->post_step);
+    ex->round_peers = np;
     ex->n_applied++;
     ex->stale_sum += stale;
     if (stale > ex->stale_max) ex->stale_max = stale;
@@ -414,13 +420,16 @@ static void resolve(sparta_exchanger *ex, float *params, long step, int64_t forc
             int forced = all || s->round == force;
             if (!forced && age < ex->sc.delay) continue; // forced staleness
             int done = slot_ready(ex, s);
-            if (!done && age < ex->sc.max_stale && !forced) continue;
+            if (!done && !s->ring_failed && age < ex->sc.max_stale && !forced) continue;
             if (!pick || s->round < pick->round) {
                 pick = s;
                 complete = done;
             }
         }
         if (pick) pick->state = S_CLOSING; // the exchanger keeps off while we read it
+        // a ring round given up while its all-reduce runs: stop waiting for it
+        if (pick && ex->ring && pick->sending && !pick->sent)
+            ar_cancel(ex->ar, (uint64_t)pick->round);
         pthread_mutex_unlock(&ex->mu);
         if (!pick) return;
         apply_slot(ex, pick, params, step, complete);
@@ -433,7 +442,7 @@ static void resolve(sparta_exchanger *ex, float *params, long step, int64_t forc
 // wait_complete waits (mu held) until slot s holds round with every peer's values.
 static int wait_complete(sparta_exchanger *ex, slot *s, int64_t round, int timeout_ms) {
     struct timespec dl = sys_deadline(timeout_ms);
-    while (!(s->round == round && s->state == S_OPEN && slot_ready(ex, s)))
+    while (!(s->round == round && s->state == S_OPEN && (slot_ready(ex, s) || s->ring_failed)))
         if (pthread_cond_timedwait(&ex->cv, &ex->mu, &dl) != 0) break;
     return s->round == round && s->state == S_OPEN && slot_ready(ex, s);
 }
@@ -466,6 +475,9 @@ static void catch_up(sparta_exchanger *ex, float *params, long step) {
 
 int sparta_after_step(sparta_exchanger *ex, float *params, size_t n, long step) {
     ASSERT(n == ex->n);
+    pthread_mutex_lock(&ex->mu);
+    refresh_live(ex); // a peer whose link went down is not waited for
+    pthread_mutex_unlock(&ex->mu);
     catch_up(ex, params, step);
     int64_t cur = step + ex->offset, force = -1;
     if (cur % ex->sc.every == 0) {
@@ -504,6 +516,7 @@ void sparta_get_stats(sparta_exchanger *ex, sparta_stats *st) {
     st->stale_mean = ex->n_applied ? ex->stale_sum / (double)ex->n_applied : 0;
     st->stale_max = ex->stale_max;
     st->latency_ms = ex->n_lat ? ex->lat_sum / (double)ex->n_lat : 0;
+    st->round_peers = ex->round_peers;
     pthread_mutex_unlock(&ex->mu);
 }
 
@@ -546,9 +559,8 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, peer_group *g, i
     for (int i = 0; i < ex->nslots; i++) {
         ex->slots[i].round = -1;
         ex->slots[i].got = xcalloc((size_t)world, sizeof(uint32_t));
-        ex->slots[i].ag_got = xcalloc((size_t)world, sizeof(uint32_t));
         ex->slots[i].idx = xmalloc(ex->kmax * sizeof(uint32_t));
-        size_t rows = (size_t)world + (ex->ring ? 2 : 0);
+        size_t rows = (size_t)world + (ex->ring ? 1 : 0);
         ex->slots[i].vals = xalloc_aligned(rows * ex->kmax * sizeof(float));
     }
 
@@ -558,6 +570,17 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, peer_group *g, i
     for (int p = 0; p < world; p++)
         ex->peer_last[p] = -1;
     ex->sendbuf = xmalloc(FRAME_MAX_PAYLOAD);
+    ex->live = xcalloc((size_t)world, 1);
+    ex->wait = xmalloc((size_t)world);
+    memset(ex->wait, 1, (size_t)world); // the peers linked now (hello_wait) start together
+    refresh_live(ex);
+    if (ex->ring) {
+        int rc = ar_create(&ex->ar, g, PEER_CH_SPARTA, rank, world, run_id, ex->kmax, ex->dtype);
+        if (rc) {
+            sparta_destroy(ex);
+            return rc;
+        }
+    }
     if (pthread_create(&ex->thread, NULL, exchanger_main, ex) != 0) {
         sparta_destroy(ex);
         return err_set(ERR_NOMEM, "sparta: cannot start the exchanger thread");
@@ -577,12 +600,18 @@ void sparta_destroy(sparta_exchanger *ex) {
     if (!ex) return;
     atomic_store(&ex->stop, 1);
     if (ex->thread_started) {
-        peer_wake(ex->g, PEER_CH_SPARTA);
+        pthread_mutex_lock(&ex->mu);
+        pthread_cond_broadcast(&ex->cv); // an idle ring exchanger
+        pthread_mutex_unlock(&ex->mu);
+        if (ex->ar) ar_cancel(ex->ar, AR_CANCEL_ALL); // a ring in progress
+        peer_wake(ex->g, PEER_CH_SPARTA);             // an alltoall exchanger's receive
         pthread_join(ex->thread, NULL);
     }
+    ar_destroy(ex->ar);
+    free(ex->live);
+    free(ex->wait);
     for (int i = 0; ex->slots && i < ex->nslots; i++) {
         free(ex->slots[i].got);
-        free(ex->slots[i].ag_got);
         free(ex->slots[i].idx);
         free(ex->slots[i].vals);
     }
@@ -616,6 +645,7 @@ static void sync_metrics(void *ctx, train_sync_metrics *m) {
     train_sync_metric(m, "sparta_stale_mean", "stale", st.stale_mean, 3);
     train_sync_metric(m, "sparta_stale_max", "stale_max", st.stale_max, 0);
     train_sync_metric(m, "sparta_xchg_ms", "xchg_ms", st.latency_ms, 3);
+    train_sync_metric(m, "sparta_round_peers", "peers", (double)st.round_peers, 0);
 }
 
 static void sync_destroy(void *ctx) { sparta_destroy(ctx); }

@@ -28,6 +28,8 @@ typedef struct sparta_stats {
     uint64_t msgs_dropped;           // malformed, foreign, duplicate or too-late messages
     double stale_mean, stale_max;    // steps between posting a round and applying it
     double latency_ms;               // mean time from posting a round to its completion
+    int round_peers;                 // peers (this one included) averaged in the last round
+                                     // applied (0: none yet)
 } sparta_stats;
 
 // sparta_create starts the exchanger thread for a model of n_params parameters, this peer
@@ -67,9 +69,9 @@ void sparta_destroy(sparta_exchanger *ex);
 // sparta_create with seed (train.seed, which keys the index sets) and a run id derived from
 // run->run_id and this build's selection code, over group g (borrowed). The hooks
 // are after_step and get_metrics, which reports the common counters and sparta_rounds_done,
-// sparta_rounds_late, sparta_rounds_dropped, sparta_stale_mean, sparta_stale_max and
-// sparta_xchg_ms. On success *out owns the exchanger (out->destroy); on failure *out is zeroed.
-// Returns ERR_OK or the error of sparta_create. Trainer thread.
+// sparta_rounds_late, sparta_rounds_dropped, sparta_stale_mean, sparta_stale_max,
+// sparta_xchg_ms and sparta_round_peers. On success *out owns the exchanger (out->destroy); on
+// failure *out is zeroed. Returns ERR_OK or the error of sparta_create. Trainer thread.
 int sparta_sync_create(train_sync *out, const cfg_sparta *sc, peer_group *g,
                        const train_sync_run *run, uint64_t seed, size_t n_params);
 

@@ -514,6 +514,9 @@ Test(allreduce, agreement_with_everyone_present_gives_every_rank_and_the_full_me
     ring_open(&r, 3, 3, 3000, WIRE_FP32);
     vecs v;
     vecs_fill(&v, 3, 3000, 11);
+    for (int a = 0; a < 3; a++) // the agreement waits for the members the view links to
+        for (int b = a + 1; b < 3; b++)
+            ring_wait_up(&r, a, b);
     for (int i = 0; i < 3; i++)
         r.p[i].agree = 1;
     r.p[2].start_after_ms = 100; // a little late, well within the timeout
@@ -529,18 +532,20 @@ Test(allreduce, agreement_with_everyone_present_gives_every_rank_and_the_full_me
     ring_close(&r);
 }
 
-Test(allreduce, agreement_leaves_out_a_dead_peer_and_the_rest_average_among_themselves) {
+// A dead peer has no link in the view, so the agreement does not wait for it at all (it waited
+// out the whole timeout before the agreement started from the view).
+Test(allreduce, agreement_leaves_out_a_dead_peer_at_once_and_the_rest_average_among_themselves) {
     ring r;
     ring_open(&r, 3, 2, 3000, WIRE_FP32); // rank 2 never starts
-    // The live ranks must see each other before the 300 ms agreement starts: on a loaded machine
-    // the links can take longer than that to come up (1 of 5 runs failed with "1 members").
+    // The live ranks must see each other before the agreement starts: on a loaded machine the
+    // links can take a while to come up (1 of 5 runs failed with "1 members").
     ring_wait_up(&r, 0, 1);
     vecs v;
     vecs_fill(&v, 2, 3000, 12);
     for (int i = 0; i < 2; i++)
         r.p[i].agree = 1;
     double t0 = sys_now_ms();
-    ring_run(&r, v.x, 3000, 9, 300);
+    ring_run(&r, v.x, 3000, 9, 20000);
     double ms = sys_now_ms() - t0;
     ring_expect_ok(&r);
     for (int i = 0; i < 2; i++) {
@@ -550,7 +555,7 @@ Test(allreduce, agreement_leaves_out_a_dead_peer_and_the_rest_average_among_them
     for (size_t j = 0; j < 3000; j++) // two values: the ring sum is exact in either order
         cr_assert_eq(v.x[0][j], (v.orig[0][j] + v.orig[1][j]) / 2.0f, "j=%zu", j);
     expect_identical(&v);
-    cr_assert(ms >= 290 && ms < 3000, "waited %.0f ms for the dead peer, want ~300", ms);
+    cr_assert(ms < 10000, "waited %.0f ms: the dead peer's 20 s timeout was waited out", ms);
     vecs_free(&v);
     ring_close(&r);
 }

@@ -45,7 +45,7 @@ void train_sync_metric(train_sync_metrics *m, const char *name, const char *labe
 
 // What every sync module is told about its run besides its own config sections (main.c fills it).
 typedef struct train_sync_run {
-    int rank, world;   // this peer and the number of peers (net.peers)
+    int rank, world;   // this peer and the ranks its group may hold (cfg_group_size)
     uint64_t run_id;   // identifies the run on the wire (model config and seed)
     const char *hello; // the start-up handshake text of the whole config (borrowed for the call)
 } train_sync_run;

@@ -6,6 +6,7 @@
 // results and is copied to x only on success. Threads: one caller per context (the exchanger).
 #include "sparta/peer/allreduce.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -21,10 +22,10 @@
 // queue (16 frames), which keeps the stream busy while we add.
 enum { WINDOW_MAX = 16, QUEUE_BUDGET = 240, RETRY_MS = 1, STASH_MAX = 256 };
 
-// A message that arrived during ar_agree for the all-reduce that follows (a faster peer's first
-// ring chunks), kept for run_call.
+// A ring message that arrived before the call it belongs to (a faster peer's first chunks of this
+// tag during ar_agree, or of a later tag during a call), kept for that call.
 typedef struct stashed {
-    int peer;
+    uint64_t tag;
     peer_msg *m; // from peer_recv
 } stashed;
 
@@ -39,27 +40,63 @@ struct ar_ctx {
     unsigned char *msg; // (FRAME_MAX_PAYLOAD) the message being sent
     stashed stash[STASH_MAX];
     int n_stash;
+    uint64_t newest;                         // the largest tag of a valid message seen (0: none)
+    atomic_int cancel_all;                   // ar_cancel(AR_CANCEL_ALL) was called
+    atomic_ullong cancel_tag;                // ar_cancel(tag): tag + 1 (0: none)
     unsigned char *heard, *got_view, *views; // ar_agree: (world), (world), (world x world)
     unsigned char *resend;                   // (world) scratch
     float *flags;                            // (world) a VIEW's payload
 };
 
-// next_message returns the oldest stashed message, else waits up to wait_ms on the ring
-// channel.
-static int next_message(ar_ctx *c, int wait_ms, peer_msg **m) {
-    if (c->n_stash > 0) {
-        *m = c->stash[0].m;
-        memmove(c->stash, c->stash + 1, (size_t)--c->n_stash * sizeof *c->stash);
+// next_message returns the oldest stashed message of tag, else waits up to wait_ms on the
+// context's channel.
+static int next_message(ar_ctx *c, uint64_t tag, int wait_ms, peer_msg **m) {
+    for (int i = 0; i < c->n_stash; i++) {
+        if (c->stash[i].tag != tag) continue;
+        *m = c->stash[i].m;
+        memmove(c->stash + i, c->stash + i + 1, (size_t)(--c->n_stash - i) * sizeof *c->stash);
         return ERR_OK;
     }
     return peer_recv(c->g, c->ch, wait_ms, m);
 }
 
-static void stash_clear(ar_ctx *c) {
-    for (int i = 0; i < c->n_stash; i++)
-        peer_msg_free(c->g, c->stash[i].m);
-    c->n_stash = 0;
+// stash keeps m (a valid ring message of a later tag) for its call; returns 0 when the stash is
+// full (the caller drops m).
+static int stash(ar_ctx *c, uint64_t tag, peer_msg *m) {
+    if (c->n_stash >= STASH_MAX) return 0;
+    c->stash[c->n_stash++] = (stashed){tag, m};
+    return 1;
 }
+
+// stash_drop frees the stashed messages of tags below `below`: their calls are over.
+static void stash_drop(ar_ctx *c, uint64_t below) {
+    int k = 0;
+    for (int i = 0; i < c->n_stash; i++) {
+        if (c->stash[i].tag < below)
+            peer_msg_free(c->g, c->stash[i].m);
+        else
+            c->stash[k++] = c->stash[i];
+    }
+    c->n_stash = k;
+}
+
+static void seen(ar_ctx *c, uint64_t tag) {
+    if (tag > c->newest) c->newest = tag;
+}
+
+static int cancelled(ar_ctx *c, uint64_t tag) {
+    return atomic_load(&c->cancel_all) || atomic_load(&c->cancel_tag) == tag + 1;
+}
+
+void ar_cancel(ar_ctx *c, uint64_t tag) {
+    if (tag == AR_CANCEL_ALL)
+        atomic_store(&c->cancel_all, 1);
+    else
+        atomic_store(&c->cancel_tag, tag + 1);
+    peer_wake(c->g, c->ch);
+}
+
+uint64_t ar_newest_tag(const ar_ctx *c) { return c->newest; }
 
 // One call's schedule: segment bounds and the two cursors. Step u sends segment r-u and
 // receives segment r-u-1 (mod P); steps u < P-1 are reduce-scatter, the rest all-gather.
@@ -165,7 +202,8 @@ int ar_create(ar_ctx **out, peer_group *g, int ch, int rank, int world, uint64_t
 
 void ar_destroy(ar_ctx *c) {
     if (!c) return;
-    stash_clear(c);
+    for (int i = 0; i < c->n_stash; i++)
+        peer_msg_free(c->g, c->stash[i].m);
     free(c->heard);
     free(c->got_view);
     free(c->resend);
@@ -201,14 +239,25 @@ static void encode_next(call *k) {
     if (u == k->np - 1 && c->dtype != WIRE_FP32) wire_values(c->msg, &h, c->w + lo);
 }
 
-// take_message checks that msg is receive (u, c) and applies it, or returns why it is dropped.
-static const char *take_message(call *k, int peer, const void *msg, size_t len) {
+// take_message checks that m is receive (u, c) and applies it, or returns why it is dropped;
+// *kept is set when m, a ring message of a later tag, was stashed for its call (ownership
+// passed).
+static const char *take_message(call *k, peer_msg *m, int *kept) {
     ar_ctx *c = k->ctx;
-    int prev = prev_rank(k), u = k->rcv.u;
-    if (peer != prev) return "not from rank-1";
+    int prev = prev_rank(k), u = k->rcv.u, peer = m->from;
+    const void *msg = m->data;
+    size_t len = m->len;
+    *kept = 0;
     wire_header h;
     if (wire_decode(msg, len, c->run_id, &h) != ERR_OK) return err_msg();
+    if (h.sender != (uint32_t)peer) return "sender is not the link's member";
+    seen(c, h.round);
+    if (h.round > k->tag && (h.kind == WIRE_RING_RS || h.kind == WIRE_RING_AG)) {
+        *kept = stash(c, h.round, m);
+        return *kept ? NULL : "stash full";
+    }
     if (h.round != k->tag) return "another tag";
+    if (peer != prev) return "not from rank-1";
     size_t lo;
     uint32_t count;
     chunk_range(k, recv_seg(k, u), k->rcv.c, &lo, &count);
@@ -242,6 +291,9 @@ static int run_call(call *k, int timeout_ms) {
     // non-empty. If all peers waited on empty queues, each would have received all its
     // predecessor sent, so the totals around the ring would be equal: impossible for n >= 1.
     while (k->snd.u < k->steps || k->rcv.u < k->steps) {
+        if (cancelled(c, k->tag))
+            return err_set(ERR_CLOSED, "allreduce: rank %d tag %llu cancelled", c->rank,
+                           (unsigned long long)k->tag);
         int can_send = k->snd.u < k->steps &&
                        (k->sent < k->recvd + (uint64_t)c->window || k->rcv.u >= k->steps);
         if (can_send && k->snd.u > 0) { // forwarding: receive (u-1, c) must be in
@@ -277,13 +329,14 @@ static int run_call(call *k, int timeout_ms) {
             continue;
         }
         peer_msg *m;
-        int rc = next_message(c, wait, &m);
+        int rc = next_message(c, k->tag, wait, &m);
         if (rc == ERR_TIMEOUT) continue; // also peer_wake: the deadline decides
         if (rc != ERR_OK) return rc;
-        int peer = m->from;
+        int peer = m->from, kept;
         size_t len = m->len;
+        const char *why = take_message(k, m, &kept);
+        if (kept) continue; // a later call's: counted when that call takes it
         k->st.bytes_recv += len;
-        const char *why = take_message(k, peer, m->data, len);
         peer_msg_free(c->g, m);
         if (why) {
             k->st.msgs_dropped++;
@@ -325,7 +378,7 @@ int ar_mean_group(ar_ctx *c, float *x, size_t n, uint64_t tag, const int *member
     }
     if (pos < 0) return err_set(ERR_INVAL, "allreduce: rank %d is not among the members", c->rank);
     if (nm == 1 || n == 0) {
-        stash_clear(c);
+        stash_drop(c, tag + 1);
         return ERR_OK;
     }
     call k = {.ctx = c,
@@ -337,7 +390,7 @@ int ar_mean_group(ar_ctx *c, float *x, size_t n, uint64_t tag, const int *member
               .np = nm,
               .steps = 2 * (nm - 1)};
     int rc = run_call(&k, timeout_ms);
-    stash_clear(c); // leftovers belong to nobody now
+    stash_drop(c, tag + 1); // this call's leftovers belong to nobody now
     if (rc == ERR_OK) memcpy(x, c->w, n * sizeof *x);
     k.st.ms = sys_now_ms() - t0;
     if (st) *st = k.st;
@@ -382,6 +435,7 @@ static int agree_take(ar_ctx *c, uint64_t tag, peer_msg *m, int *ahead, ar_stats
         st->msgs_dropped++;
         return 0;
     }
+    seen(c, h.round);
     if (h.round > tag) {
         *ahead = 1;
         return 0;
@@ -394,8 +448,7 @@ static int agree_take(ar_ctx *c, uint64_t tag, peer_msg *m, int *ahead, ar_stats
             c->views[(size_t)peer * (size_t)c->world + (size_t)i] = c->flags[i] != 0.0f;
         c->got_view[peer] = 1;
         c->heard[peer] = 1;
-    } else if ((h.kind == WIRE_RING_RS || h.kind == WIRE_RING_AG) && c->n_stash < STASH_MAX) {
-        c->stash[c->n_stash++] = (stashed){peer, m};
+    } else if ((h.kind == WIRE_RING_RS || h.kind == WIRE_RING_AG) && stash(c, tag, m)) {
         return 1;
     } else {
         st->msgs_dropped++;
@@ -404,7 +457,8 @@ static int agree_take(ar_ctx *c, uint64_t tag, peer_msg *m, int *ahead, ar_stats
 }
 
 // agree_round sends kind (with view for VIEW) to every peer, then receives until have[p] holds
-// for every peer p != rank with need[p], or the deadline passes. Every RESEND_MS the message goes
+// for every peer p != rank with need[p] that the group's view has a live link to, or the deadline
+// passes. Every RESEND_MS the message goes
 // again to the peers still missing (HERE: to every peer): a pipe may come up late (a restarted
 // peer), and a repeated HERE or VIEW means the same. Returns ERR_OK (either way) or ERR_CLOSED.
 static int agree_round(ar_ctx *c, uint64_t tag, int kind, const unsigned char *view,
@@ -415,8 +469,8 @@ static int agree_round(ar_ctx *c, uint64_t tag, int kind, const unsigned char *v
     double resend = sys_now_ms() + RESEND_MS;
     for (;;) {
         int missing = 0;
-        for (int p = 0; p < c->world; p++)
-            missing += p != c->rank && need[p] && !have[p];
+        for (int p = 0; p < c->world; p++) // the view decides who can still answer
+            missing += p != c->rank && need[p] && !have[p] && peer_connected(c->g, p);
         double now = sys_now_ms(), left = deadline - now;
         if (!missing || left <= 0) return ERR_OK;
         if (now >= resend) {
@@ -452,7 +506,7 @@ int ar_agree(ar_ctx *c, uint64_t tag, int timeout_ms, int *members, int *nm, int
         *nm = 1;
         return ERR_OK;
     }
-    stash_clear(c);
+    stash_drop(c, tag); // this tag's early ring messages and later ones stay
     int W = c->world;
     memset(c->heard, 0, (size_t)W);
     memset(c->got_view, 0, (size_t)W);

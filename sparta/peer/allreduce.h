@@ -69,9 +69,10 @@ int ar_create(ar_ctx **out, peer_group *g, int ch, int rank, int world, uint64_t
 void ar_destroy(ar_ctx *c);
 
 // ar_mean replaces x(n) by the mean over all peers of their x(n): the sum in ring order (above),
-// divided by world. Every peer must call it with the same n and tag; tags must differ between
-// calls (e.g. the outer step), because messages carrying another tag, left over from an earlier
-// call or sent early for a later one, are dropped and counted. Blocks until done. timeout_ms
+// divided by world. Every peer must call it with the same n and tag; tags must grow from call to
+// call (e.g. the outer step, or SPARTA's round): messages of an earlier tag are dropped and
+// counted, and ring messages of a later tag (a faster peer already in its next call) are kept,
+// up to 256 messages, for the call of that tag. Blocks until done. timeout_ms
 // (> 0) bounds every wait: ERR_TIMEOUT if for that long no expected message arrives and no send
 // can be queued (a missing or stalled peer). Returns ERR_OK; ERR_TIMEOUT; ERR_CLOSED if the group
 // is closed (peer_group_close from another thread aborts a call this way); ERR_NET; or ERR_INVAL
@@ -90,12 +91,15 @@ int ar_mean_group(ar_ctx *c, float *x, size_t n, uint64_t tag, const int *member
                   int timeout_ms, ar_stats *st);
 
 // ar_agree decides with the other peers who takes part in the all-reduce `tag`, so that a
-// missing peer cannot stall it. Two rounds of small messages (wire kinds WIRE_HERE, WIRE_VIEW):
-//   1. send HERE(tag) to every peer; collect HEREs (and VIEWs) until every peer was heard or
-//      timeout_ms passed. The view V is this peer plus those heard.
+// missing peer cannot stall it. It starts from the peer group's view: only members with a live
+// link are waited for (a dead peer's link is down, so it costs no timeout), and a member whose
+// link goes down during the agreement stops being waited for. Two rounds of small messages (wire
+// kinds WIRE_HERE, WIRE_VIEW):
+//   1. send HERE(tag) to every peer; collect HEREs (and VIEWs) until every linked peer was heard
+//      or timeout_ms passed. The view V is this peer plus those heard.
 //   2. send VIEW(tag, V) to every peer (the ones not heard too: that tells a late peer it is
-//      out); wait up to timeout_ms for the VIEW of each member of V. The members are the peers of
-//      V whose VIEW arrived, intersected with every such VIEW.
+//      out); wait up to timeout_ms for the VIEW of each linked member of V. The members are the
+//      peers of V whose VIEW arrived, intersected with every such VIEW.
 // When every peer that is up is heard within timeout_ms, all of them compute the same members;
 // a peer that dies in between can make them differ, and the all-reduce then times out (the
 // caller may agree again with a new tag). On ERR_OK, members(*nm) holds the ascending ranks, or
@@ -106,5 +110,17 @@ int ar_mean_group(ar_ctx *c, float *x, size_t n, uint64_t tag, const int *member
 // ERR_CLOSED or ERR_INVAL. world == 1: members = {0} at once.
 int ar_agree(ar_ctx *c, uint64_t tag, int timeout_ms, int *members, int *nm, int *ahead,
              ar_stats *st);
+
+#define AR_CANCEL_ALL UINT64_MAX
+
+// ar_cancel makes the call of `tag` that runs now or comes later (AR_CANCEL_ALL: every call)
+// return ERR_CLOSED at its next step, with x unchanged. Any thread: the one way to stop a call
+// from outside without closing the group (SPARTA gives up a ring round past its deadline, and
+// stops its exchanger).
+void ar_cancel(ar_ctx *c, uint64_t tag);
+
+// ar_newest_tag returns the largest tag of a valid message this context has received (0: none):
+// how far the other peers have got. Same thread as ar_mean.
+uint64_t ar_newest_tag(const ar_ctx *c);
 
 #endif

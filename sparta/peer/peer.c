@@ -1530,6 +1530,18 @@ void peer_get_view(peer_group *g, peer_view *v) {
     pthread_mutex_unlock(&g->mu);
 }
 
+int peer_view_ranks(peer_group *g, int *ranks, int max) {
+    pthread_mutex_lock(&g->mu);
+    int n = 0;
+    for (int r = 0; r < PEER_MAX_MEMBERS; r++) {
+        if (!g->present[r]) continue;
+        if (n < max) ranks[n] = r;
+        n++;
+    }
+    pthread_mutex_unlock(&g->mu);
+    return n;
+}
+
 // all_refused: in a static group, every member without a live link has been refused (waiting
 // longer for them is pointless; they are taken in if they come back with the right settings).
 static int all_refused(peer_group *g) {

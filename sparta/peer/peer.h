@@ -133,6 +133,11 @@ int peer_rank(peer_group *g);
 // peer_get_view copies the current view into *v.
 void peer_get_view(peer_group *g, peer_view *v);
 
+// peer_view_ranks writes the ranks of the view's members (linked or not, this process included),
+// ascending, into ranks (room for max) and returns how many there are (all of them, even beyond
+// max). Cheaper than peer_get_view.
+int peer_view_ranks(peer_group *g, int *ranks, int max);
+
 // peer_wait_view waits up to timeout_ms (< 0: forever) until the view has at least n members
 // with a live link (this process included) and returns that count; on timeout it returns what
 // there is. In a static group it returns as soon as every member still missing has refused this

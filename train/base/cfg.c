@@ -123,7 +123,9 @@ static const cfg_key keys[] = {
       "rendezvous instead of net.peers: the host:port of any peer of the group; the peer that "
       "listens there founds it, so every peer may be given the same address"),
     K("net", "world", CFG_INT, net.world, "0", 0, 256,
-      "with net.join: the number of peers of the group (each is given a rank below it)"),
+      "with net.join: the number of peers that start the group (each is given a rank below it)"),
+    K("net", "max_peers", CFG_INT, net.max_peers, "0", 0, 256,
+      "with net.join: peers up to this many may join, also while the group runs (0 = net.world)"),
     K("net", "rate_mbit", CFG_F32, net.rate_mbit, "0", 0, 1e6,
       "emulated link: send rate per peer in Mbit/s (0 = unlimited)"),
     K("net", "delay_ms", CFG_INT, net.delay_ms, "0", 0, 60000,
@@ -412,7 +414,22 @@ int cfg_validate(const cfg *c) {
         return err_set(ERR_INVAL, "net.join and net.peers do not combine: give the group one way");
     if (c->net.join[0] && c->net.world < 2)
         return err_set(ERR_INVAL, "net.join needs net.world, the number of peers (2 or more)");
+    if (c->net.max_peers && !c->net.join[0])
+        return err_set(ERR_INVAL, "net.max_peers needs net.join (net.peers fixes the group)");
+    if (c->net.max_peers && c->net.max_peers < c->net.world)
+        return err_set(ERR_INVAL, "net.max_peers (%d) must not be below net.world (%d)",
+                       c->net.max_peers, c->net.world);
+    if (c->train.mode == CFG_MODE_DDP && c->net.max_peers > c->net.world)
+        return err_set(ERR_INVAL,
+                       "train.mode = ddp needs every peer in every step: net.max_peers (%d) "
+                       "must not exceed net.world (%d)",
+                       c->net.max_peers, c->net.world);
     return ERR_OK;
+}
+
+int cfg_group_size(const cfg *c) {
+    if (!c->net.join[0]) return cfg_peer_count(c->net.peers);
+    return c->net.max_peers > c->net.world ? c->net.max_peers : c->net.world;
 }
 
 static void format_value(const cfg *c, const cfg_key *k, char *buf, size_t n) {

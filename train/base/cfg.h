@@ -101,6 +101,7 @@ typedef struct cfg_net {
     char peers[2048];
     char join[128];  // rendezvous: any member's address (instead of peers)
     int world;       // with join: the group's number of peers (ranks 0 .. world-1)
+    int max_peers;   // with join: ranks below this may join, also while the group runs (0: world)
     float rate_mbit; // emulated link (net.h): send rate per peer, 0 = unlimited
     int delay_ms;    // emulated one-way delay per message
     float loss;      // emulated fraction of data-plane messages dropped
@@ -155,6 +156,10 @@ int cfg_parse_string(cfg *c, const char *text, const char *name);
 
 // cfg_print_keys writes the key table (section.key, type, default, range, help) to f.
 void cfg_print_keys(FILE *f);
+
+// cfg_group_size returns the most peers c's group may hold: net.max_peers (or net.world if
+// that is 0) with net.join, else the number of net.peers entries. Any thread.
+int cfg_group_size(const cfg *c);
 
 // cfg_peer_count returns the number of comma-separated entries of a net.peers list (1 when
 // empty: a peer alone). Any thread.

@@ -53,7 +53,7 @@ static int open_group(peer_group **g, const cfg *c, int rank, int world, uint64_
         o.listen = listen;
         o.join = c->net.join;
         o.want_rank = rank;
-        o.max_members = world;
+        o.max_members = cfg_group_size(c);
         o.join_ms = c->sparta.timeout_ms > 10000 ? c->sparta.timeout_ms : 10000;
         return peer_group_create(g, &o);
     }
@@ -116,7 +116,10 @@ static int make_sync(train_sync *out, const cfg *c, int *rank_io, int world, uin
         if (!rc) rc = hello_wait(g, world, wait, c->net.allow_alone, "net", NULL);
     }
     if (rank < 0) rank = *rank_io = 0;
-    const train_sync_run run = {.rank = rank, .world = world, .run_id = run_id, .hello = hello};
+    // The modules make room for every rank the group may hold (more than world when peers may
+    // join a running group: net.max_peers); they wait for the ones the view links to.
+    int size = world > 1 ? cfg_group_size(c) : 1;
+    const train_sync_run run = {.rank = rank, .world = size, .run_id = run_id, .hello = hello};
     train_sync mods[3];
     int n_mods = 0;
     memset(mods, 0, sizeof mods);

@@ -265,7 +265,11 @@ static int resolve_rank(long long rank_arg, cfg *c, int world, int *want) {
         src = "train.rank";
     }
     *want = (int)rank;
-    if (world > 1 && rank >= world) // alone, the rank only selects the data stream
+    int cap = cfg_group_size(c);
+    if (c->net.join[0] && rank >= cap)
+        return err_set(ERR_INVAL, "%s = %lld, but the group holds ranks below %d (net.%s)", src,
+                       rank, cap, c->net.max_peers ? "max_peers" : "world");
+    if (!c->net.join[0] && world > 1 && rank >= world) // alone, it only selects the data stream
         return err_set(ERR_INVAL, "%s = %lld, but net.peers lists %d peer%s", src, rank, world,
                        world == 1 ? "" : "s");
     c->train.rank = (int)rank;
