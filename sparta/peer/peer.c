@@ -1043,8 +1043,14 @@ static void *reader_main(void *arg) {
                     g->rank = yours;
                     g->join_done = 1;
                     l->joining = 0;
-                    if (l->hint >= 0 && l->hint < PEER_MAX_MEMBERS && g->present[l->hint])
-                        link_register(g, l, l->hint);
+                    // the member that answered is in the view under its member id (its hello
+                    // may carry no rank: it can answer before it knew it founds the group)
+                    int r = l->hint;
+                    if (r < 0 || r >= PEER_MAX_MEMBERS || !g->present[r] ||
+                        g->mem[r].id != l->member)
+                        for (r = 0; r < PEER_MAX_MEMBERS; r++)
+                            if (g->present[r] && g->mem[r].id == l->member) break;
+                    if (r < PEER_MAX_MEMBERS) link_register(g, l, r);
                     pthread_cond_broadcast(&g->cv);
                 }
             } else if (type == SYS_ACK && h.len == 1) {
