@@ -147,14 +147,16 @@ Test(peer, a_peer_with_other_settings_or_run_is_refused_naming_the_field_on_both
     // rank 2 is refused by both and gives up waiting at once
     cr_assert_eq(peer_wait_view(g2, 3, 10000), 1);
     char why[600];
-    peer_diagnose(g2, 0, why, sizeof why);
+    cr_assert_eq(peer_diagnose(g2, 0, why, sizeof why), PEER_DIAG_MISMATCH, "%s", why);
     cr_assert(strstr(why, "refused") && strstr(why, "train.seed"), "rank 2 about 0: %s", why);
+    int kind = PEER_DIAG_DOWN;
     for (int i = 0; i < 400; i++) { // rank 0 may take the hello a moment after rank 2 refused it
-        peer_diagnose(g0, 2, why, sizeof why);
+        kind = peer_diagnose(g0, 2, why, sizeof why);
         if (strstr(why, "refused")) break;
         peer_wait_view(g0, 4, 25);
     }
     cr_assert(strstr(why, "refused") && strstr(why, "train.seed"), "rank 0 about 2: %s", why);
+    cr_assert_eq(kind, PEER_DIAG_MISMATCH, "rank 0 about 2: %s", why);
     // the good pair still exchanges
     cr_assert_eq(peer_send(g0, 1, PEER_CH_SPARTA, "ok", 3), ERR_OK);
     peer_msg *m = recv_on(g1, PEER_CH_SPARTA);
@@ -173,7 +175,7 @@ Test(peer, a_peer_with_other_settings_or_run_is_refused_naming_the_field_on_both
                    .build = "test"};
     cr_assert_eq(peer_group_create(&g2, &o), ERR_OK, "%s", err_msg());
     cr_assert_eq(peer_wait_view(g2, 3, 10000), 1);
-    peer_diagnose(g2, 1, why, sizeof why);
+    cr_assert_eq(peer_diagnose(g2, 1, why, sizeof why), PEER_DIAG_MISMATCH, "%s", why);
     cr_assert(strstr(why, "run id"), "%s", why);
     peer_group_destroy(g2);
     peer_group_destroy(g1);
@@ -527,9 +529,10 @@ Test(peer, a_hello_of_another_protocol_version_is_refused_naming_both_versions) 
     while (off + FRAME_HEADER <= got) {
         frame_header h;
         cr_assert_eq(frame_decode(in + off, &h), ERR_OK);
-        if (h.len && in[off + FRAME_HEADER] == 2) { // SYS_REFUSE
+        if (h.len >= 2 && in[off + FRAME_HEADER] == 2) { // SYS_REFUSE, its kind, the text
+            cr_assert_eq(in[off + FRAME_HEADER + 1], PEER_DIAG_REFUSED, "not a mismatch");
             char text[600] = {0};
-            memcpy(text, in + off + FRAME_HEADER + 1, h.len - 1);
+            memcpy(text, in + off + FRAME_HEADER + 2, h.len - 2);
             char want[64];
             snprintf(want, sizeof want, "protocol version %d there, %d here", FRAME_VERSION + 1,
                      FRAME_VERSION);

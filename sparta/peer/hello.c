@@ -90,8 +90,7 @@ int hello_wait(peer_group *g, int world, int timeout_ms, int allow_alone, const 
         }
         const char *name = v.m[i].addr; // as net.peers or the group gave it
         char why[600];
-        peer_diagnose(g, p, why, sizeof why);
-        if (strstr(why, "settings differ") || strstr(why, "run id")) {
+        if (peer_diagnose(g, p, why, sizeof why) == PEER_DIAG_MISMATCH) {
             if (mismatch < 0) {
                 mismatch = p;
                 snprintf(mismatch_why, sizeof mismatch_why, "%s", why);

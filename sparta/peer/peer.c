@@ -124,6 +124,7 @@ struct peer_group {
     int dial_wait[PEER_MAX_MEMBERS];
     char dial_err[PEER_MAX_MEMBERS][192];
     char refusal[PEER_MAX_MEMBERS][528];
+    unsigned char refusal_kind[PEER_MAX_MEMBERS]; // PEER_DIAG_MISMATCH or PEER_DIAG_REFUSED
     // rendezvous progress
     int join_done, join_self;
     char join_err[600];
@@ -501,13 +502,16 @@ static int hello_parse(const unsigned char *p, size_t len, hello *h, char *share
     return p == end ? 0 : -1;
 }
 
-static void send_sys_text(peer_group *g, plink *l, int type, const char *text) {
+// send_sys_text sends type, then `pre` bytes of prefix (0 or 1), then text.
+static void send_sys_text(peer_group *g, plink *l, int type, const unsigned char *pre, size_t np,
+                          const char *text) {
     unsigned char buf[512];
     size_t n = strlen(text);
-    if (n > sizeof buf - 1) n = sizeof buf - 1;
+    if (n > sizeof buf - 1 - np) n = sizeof buf - 1 - np;
     buf[0] = (unsigned char)type;
-    memcpy(buf + 1, text, n);
-    send_copy(g, l, PEER_CH_SYS, buf, n + 1);
+    memcpy(buf + 1, pre, np);
+    memcpy(buf + 1 + np, text, n);
+    send_copy(g, l, PEER_CH_SYS, buf, n + 1 + np);
 }
 
 // view_encode: type, u64 epoch, i32 your rank (-1: a broadcast), u32 n, then per member
@@ -609,14 +613,18 @@ static void accept_link(peer_group *g, plink *l, int r) {
     if (l->acked) link_register(g, l, r);
 }
 
-// refuse: tell the other side why and close. Under mu.
-static void refuse(peer_group *g, plink *l, int rank, const char *why) {
+// refuse: tell the other side why (kind: PEER_DIAG_MISMATCH for another run or other settings,
+// else PEER_DIAG_REFUSED) and close. A refusal is type, kind, text. Under mu.
+static void refuse(peer_group *g, plink *l, int rank, int kind, const char *why) {
     g->st.refused++;
     LOG_W(tag(g), "refused %s (member %016" PRIx64 "): %s", l->addr[0] ? l->addr : l->remote,
           l->member, why);
-    if (rank >= 0 && rank < PEER_MAX_MEMBERS)
+    if (rank >= 0 && rank < PEER_MAX_MEMBERS) {
         snprintf(g->refusal[rank], sizeof g->refusal[rank], "refused: %s", why);
-    send_sys_text(g, l, SYS_REFUSE, why);
+        g->refusal_kind[rank] = (unsigned char)kind;
+    }
+    unsigned char k = (unsigned char)kind;
+    send_sys_text(g, l, SYS_REFUSE, &k, 1, why);
     l->lingering = 1; // the reader closes after the refusal went out and the peer read it
 }
 
@@ -642,13 +650,13 @@ static int handle_hello(peer_group *g, plink *l, const hello *h) {
         char diff[400];
         int nd = hello_diff(g->shared, h->shared, diff, sizeof diff);
         snprintf(why, sizeof why, "settings differ: %s", nd ? diff : "(hash only)");
-        refuse(g, l, h->rank, why);
+        refuse(g, l, h->rank, PEER_DIAG_MISMATCH, why);
         return -1;
     }
     if (g->o.run_id && h->run_id != g->o.run_id) {
         snprintf(why, sizeof why, "run id %016" PRIx64 " there, %016" PRIx64 " here", h->run_id,
                  g->o.run_id);
-        refuse(g, l, h->rank, why);
+        refuse(g, l, h->rank, PEER_DIAG_MISMATCH, why);
         return -1;
     }
     if (g->is_static) {
@@ -656,13 +664,13 @@ static int handle_hello(peer_group *g, plink *l, const hello *h) {
             h->rank == g->rank) {
             snprintf(why, sizeof why, "rank %d of %d there, rank %d of %d here", h->rank, h->world,
                      g->rank, g->world);
-            refuse(g, l, h->rank >= 0 && h->rank < g->world ? h->rank : -1, why);
+            refuse(g, l, h->rank >= 0 && h->rank < g->world ? h->rank : -1, PEER_DIAG_REFUSED, why);
             return -1;
         }
         if (l->dial_rank >= 0 && h->rank != l->dial_rank) {
             snprintf(why, sizeof why, "rank %d answered at rank %d's address %s", h->rank,
                      l->dial_rank, l->addr);
-            refuse(g, l, l->dial_rank, why);
+            refuse(g, l, l->dial_rank, PEER_DIAG_REFUSED, why);
             return -1;
         }
         plink *old = g->by_rank[h->rank];
@@ -670,7 +678,7 @@ static int handle_hello(peer_group *g, plink *l, const hello *h) {
             if (old->member == h->member) return -1; // a second link to the same member
             snprintf(why, sizeof why, "rank %d is held by a live member (%016" PRIx64 ")", h->rank,
                      old->member);
-            refuse(g, l, -1, why);
+            refuse(g, l, -1, PEER_DIAG_REFUSED, why);
             return -1;
         }
         accept_link(g, l, h->rank);
@@ -700,12 +708,12 @@ static int handle_hello(peer_group *g, plink *l, const hello *h) {
         if (h->rank >= cap) {
             snprintf(why, sizeof why, "rank %d asked for, but the group has ranks 0 .. %d", h->rank,
                      cap - 1);
-            refuse(g, l, -1, why);
+            refuse(g, l, -1, PEER_DIAG_REFUSED, why);
             return -1;
         }
         if (h->rank >= 0 && g->present[h->rank]) {
             snprintf(why, sizeof why, "rank %d is held by a live member", h->rank);
-            refuse(g, l, -1, why);
+            refuse(g, l, -1, PEER_DIAG_REFUSED, why);
             return -1;
         }
         int r = h->rank;
@@ -713,7 +721,7 @@ static int handle_hello(peer_group *g, plink *l, const hello *h) {
             if (!g->present[i]) r = i;
         if (r < 0) {
             snprintf(why, sizeof why, "the group is full (%d peers)", cap);
-            refuse(g, l, -1, why);
+            refuse(g, l, -1, PEER_DIAG_REFUSED, why);
             return -1;
         }
         g->epoch++;
@@ -977,7 +985,7 @@ static void *reader_main(void *arg) {
             if (handshake && drc == ERR_PEER) { // another protocol: say so in ours
                 char why[160];
                 snprintf(why, sizeof why, "%s", err_msg() + strlen("frame: "));
-                refuse(g, l, -1, why);
+                refuse(g, l, -1, PEER_DIAG_REFUSED, why);
                 drain_sys(g, l);
                 l->lingering = 1;
                 pthread_mutex_unlock(&g->mu);
@@ -1062,16 +1070,21 @@ static void *reader_main(void *arg) {
                     else
                         link_register(g, l, l->accept_rank);
                 }
-            } else if (type == SYS_REFUSE || type == SYS_REDIRECT) {
+            } else if ((type == SYS_REFUSE && h.len >= 2) || type == SYS_REDIRECT) {
                 char text[PEER_ADDR_MAX + 300];
-                size_t n = h.len - 1 < sizeof text - 1 ? h.len - 1 : sizeof text - 1;
-                memcpy(text, p + 1, n);
+                size_t skip = type == SYS_REFUSE ? 2 : 1; // a refusal carries its kind first
+                size_t n = h.len - skip < sizeof text - 1 ? h.len - skip : sizeof text - 1;
+                memcpy(text, p + skip, n);
                 text[n] = 0;
                 if (type == SYS_REFUSE) {
                     LOG_W(tag(g), "%s refused this peer: %s", l->addr[0] ? l->addr : l->remote,
                           text);
                     int r = l->rank >= 0 ? l->rank : l->dial_rank;
-                    if (r >= 0) snprintf(g->refusal[r], sizeof g->refusal[r], "refused: %s", text);
+                    if (r >= 0) {
+                        snprintf(g->refusal[r], sizeof g->refusal[r], "refused: %s", text);
+                        g->refusal_kind[r] =
+                            p[1] == PEER_DIAG_MISMATCH ? PEER_DIAG_MISMATCH : PEER_DIAG_REFUSED;
+                    }
                     if (l->joining) snprintf(g->join_err, sizeof g->join_err, "refused: %s", text);
                 } else if (l->joining && n > 0) {
                     LOG_I(tag(g), "%s redirects the join to %s", l->addr, text);
@@ -1752,15 +1765,18 @@ void peer_wake(peer_group *g, int ch) {
     pthread_mutex_unlock(&g->mu);
 }
 
-void peer_diagnose(peer_group *g, int rank, char *buf, size_t n) {
+int peer_diagnose(peer_group *g, int rank, char *buf, size_t n) {
+    int kind = PEER_DIAG_DOWN;
     pthread_mutex_lock(&g->mu);
-    if (rank < 0 || rank >= PEER_MAX_MEMBERS || !g->present[rank])
+    if (rank < 0 || rank >= PEER_MAX_MEMBERS || !g->present[rank]) {
         snprintf(buf, n, "rank %d is not in the view", rank);
-    else if (rank == g->rank || (g->by_rank[rank] && g->by_rank[rank]->state == L_UP))
+    } else if (rank == g->rank || (g->by_rank[rank] && g->by_rank[rank]->state == L_UP)) {
         snprintf(buf, n, "connected");
-    else if (g->refusal[rank][0])
+        kind = PEER_DIAG_CONNECTED;
+    } else if (g->refusal[rank][0]) {
         snprintf(buf, n, "%s", g->refusal[rank]);
-    else if (rank > g->rank)
+        kind = g->refusal_kind[rank];
+    } else if (rank > g->rank)
         snprintf(buf, n, "%s", g->dial_err[rank][0] ? g->dial_err[rank] : "no hello yet");
     else { // it dials us: probe its address to say why it has not
         char *url = to_url(g->mem[rank].addr), err[160], addr[PEER_ADDR_MAX];
@@ -1778,9 +1794,10 @@ void peer_diagnose(peer_group *g, int rank, char *buf, size_t n) {
         } else {
             snprintf(buf, n, "%s", err);
         }
-        return;
+        return kind;
     }
     pthread_mutex_unlock(&g->mu);
+    return kind;
 }
 
 void peer_get_stats(peer_group *g, peer_stats *st) {

@@ -211,7 +211,16 @@ int peer_call(peer_group *g, int rank, const void *req, size_t len, peer_msg **r
 // (and why), its address does not resolve, the connection is refused, nothing answers, or (a rank
 // that dials us, whose address it probes, which takes up to a second) it is up but has not
 // dialled in. "connected" when it has one.
-void peer_diagnose(peer_group *g, int rank, char *buf, size_t n);
+// Returns the kind: PEER_DIAG_CONNECTED, PEER_DIAG_MISMATCH (refused, by either side, for another
+// run id or other shared settings: the refusal carries its kind), PEER_DIAG_REFUSED (another
+// reason: protocol, rank, a full group) or PEER_DIAG_DOWN (not reached).
+typedef enum {
+    PEER_DIAG_CONNECTED = 0,
+    PEER_DIAG_MISMATCH = 1,
+    PEER_DIAG_REFUSED = 2,
+    PEER_DIAG_DOWN = 3
+} peer_diag;
+int peer_diagnose(peer_group *g, int rank, char *buf, size_t n);
 
 // peer_get_stats copies the counters.
 void peer_get_stats(peer_group *g, peer_stats *st);
