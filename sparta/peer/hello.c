@@ -76,6 +76,9 @@ int hello_wait(peer_group *g, int world, int timeout_ms, int allow_alone, const 
     if (n_ok) *n_ok = 0;
     if (world < 2) return ERR_OK;
     double t0 = sys_now_ms();
+    // a peer joining a running group waits for every member already there too
+    int members = peer_view_ranks(g, NULL, 0);
+    if (members > world) world = members;
     int have = peer_wait_view(g, world, timeout_ms); // returns early when every peer refused us
     peer_view v;
     peer_get_view(g, &v);

@@ -21,7 +21,8 @@ void hello_text(const cfg *c, int world, char *buf, size_t n);
 // Returns the number of keys that differ (0: the same run).
 int hello_diff(const char *mine, const char *theirs, char *out, size_t n);
 
-// hello_wait waits up to timeout_ms for a live link to world members of g (the addresses of g's
+// hello_wait waits up to timeout_ms for a live link to world members of g (or to every member of
+// g's view, when a peer joins a running group that has more) (the addresses of g's
 // view, as net.peers or the rendezvous gave them, name them in messages), then reports under the
 // tag who
 // (train, sparta, ...): every peer that is not connected gets one line with the reason

@@ -134,8 +134,8 @@ int peer_rank(peer_group *g);
 void peer_get_view(peer_group *g, peer_view *v);
 
 // peer_view_ranks writes the ranks of the view's members (linked or not, this process included),
-// ascending, into ranks (room for max) and returns how many there are (all of them, even beyond
-// max). Cheaper than peer_get_view.
+// ascending, into ranks (room for max; NULL with max 0) and returns how many there are (all, even
+// beyond max). Cheaper than peer_get_view.
 int peer_view_ranks(peer_group *g, int *ranks, int max);
 
 // peer_wait_view waits up to timeout_ms (< 0: forever) until the view has at least n members

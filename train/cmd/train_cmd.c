@@ -525,7 +525,7 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
     const cfg_model *mc = gpt_config(m);
     LOG_I("train", "model L=%d NH=%d C=%d T=%d V=%d params=%zu threads=%d blas=\"%s\" rank=%d/%d",
           mc->n_layer, mc->n_head, mc->n_embd, mc->block_size, mc->vocab_size, gpt_n_params(m),
-          threads, ops_blas_name(), ec->train.rank, world);
+          threads, ops_blas_name(), ec->train.rank, world > 1 ? cfg_group_size(ec) : 1);
     if (resume) LOG_I("train", "resumed from %s at step %d", resume, trainer_step_index(t));
     free(resume);
 
