@@ -1020,6 +1020,7 @@ static void *reader_main(void *arg) {
             continue;
         }
         m->channel = h.channel;
+        m->crc = h.pcrc;
         m->from = l->rank;
         m->member = l->member;
         int close_it = 0;

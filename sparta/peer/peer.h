@@ -91,7 +91,8 @@ typedef struct peer_msg {
     int channel;
     void *data; // len bytes, owned by the message
     size_t len;
-    size_t cap_; // internal: the buffer's capacity
+    uint32_t crc; // CRC32C of data(len), checked against its frame (wire_decode_crc takes it)
+    size_t cap_;  // internal: the buffer's capacity
     struct peer_msg *next_;
 } peer_msg;
 

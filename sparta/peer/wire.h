@@ -75,8 +75,21 @@ size_t wire_encode(void *buf, const wire_header *h, const float *vals);
 // ERR_FORMAT with a message naming the bad field (wrong run ids return ERR_PEER), and *h is zeroed.
 int wire_decode(const void *msg, size_t len, uint64_t expect_run_id, wire_header *h);
 
+// wire_decode_crc is wire_decode for a message whose CRC32C as a whole, msg_crc =
+// wire_crc32c(msg, len), is known (the peer layer checks it against the frame and hands it out
+// as peer_msg.crc): the message's own CRC is derived from it (CRC arithmetic, see wire.c) and
+// checked as wire_decode checks it, without a second pass over the payload. The result is the
+// same as wire_decode's whenever msg_crc is right.
+int wire_decode_crc(const void *msg, size_t len, uint32_t msg_crc, uint64_t expect_run_id,
+                    wire_header *h);
+
 // wire_values converts a decoded payload of h->count values to float in dst.
 void wire_values(const void *msg, const wire_header *h, float *dst);
+
+// wire_values_add is wire_values into a sum: dst[i] = (value i + add[i]) / div, in float, bitwise
+// as wire_values into dst followed by that loop (div = 1: no division). dst may be add.
+void wire_values_add(const void *msg, const wire_header *h, const float *add, float div,
+                     float *dst);
 
 // wire_round_bf16 rounds x(n) to bf16 precision in place (round to nearest even), so a peer can
 // average its own values at the precision the others receive them.
