@@ -516,6 +516,34 @@ Test(wire, decode_crc_agrees_with_decode_on_every_single_bit_flip) {
     }
 }
 
+// wire_encode_crc writes what wire_encode writes and gives the CRC of the whole message, as the
+// frame carries it, for every dtype and payloads from empty to a full ring chunk.
+Test(wire, encode_crc_gives_the_whole_messages_crc) {
+    const struct {
+        int dtype;
+        uint32_t count;
+    } cases[] = {
+        {WIRE_FP32, 0}, {WIRE_FP32, 1}, {WIRE_BF16, 9}, {WIRE_INT8, 5000}, {WIRE_FP32, 258048}};
+    for (size_t t = 0; t < sizeof cases / sizeof *cases; t++) {
+        uint32_t count = cases[t].count;
+        float *v = xmalloc((count ? count : 1) * sizeof *v);
+        tu_rand_fill(v, count, 9 + (int)t, -2, 2);
+        wire_header h = header(cases[t].dtype, count, 0, count);
+        size_t cap = WIRE_HEADER + wire_payload_size(cases[t].dtype, count);
+        unsigned char *m = xmalloc(cap), *m2 = xmalloc(cap);
+        uint32_t crc = 0;
+        size_t len = wire_encode_crc(m, &h, v, &crc);
+        cr_assert_eq(len, cap);
+        cr_assert_eq(wire_encode(m2, &h, v), cap);
+        cr_assert_eq(memcmp(m, m2, cap), 0, "the same bytes as wire_encode");
+        cr_assert_eq(crc, wire_crc32c(m, len), "dtype %d count %u: 0x%08x vs 0x%08x",
+                     cases[t].dtype, count, crc, wire_crc32c(m, len));
+        free(m);
+        free(m2);
+        free(v);
+    }
+}
+
 // wire_values_add is bitwise wire_values followed by (v + add) / div, for every dtype, with and
 // without the division, in place too.
 Test(wire, values_add_is_bitwise_decode_then_add) {

@@ -3,11 +3,12 @@
 // us). Send (u, c) for u >= 1 forwards what receive (u-1, c) brought, so it waits for it; at most
 // `window` sends run ahead of the receives, which bounds what waits in rank+1's receive queue.
 // Invariant: x is read, never written, until every step is done; w holds the partial sums and
-// results and is copied to x only on success. Sends are zero-copy (peer_post) from a FIFO of
-// message slots that stay ours until their frame is written, so a call may return with sends
-// still in flight; received values are decoded straight into the sum (wire_values_add), and the
-// message's own CRC is checked from the frame's (wire_decode_crc), so each byte is read once per
-// side beyond the stream. Threads: one caller per context (the exchanger).
+// results and is copied to x only on success. Data path, one CRC pass per byte and side: a send
+// is encoded into a message slot with its frame's CRC derived from its own (wire_encode_crc) and
+// posted without a copy (peer_post_crc); slots stay ours until their frame is written, so a call
+// may return with sends in flight. A receive is checked from the CRC the frame already verified
+// (wire_decode_crc) and decoded straight into the sum (wire_values_add). Threads: one caller per
+// context (the exchanger).
 #include "sparta/peer/allreduce.h"
 
 #include <stdlib.h>
@@ -91,6 +92,7 @@ typedef struct call {
     cursor snd, rcv;
     uint64_t sent, recvd; // messages
     size_t pending;       // bytes of an encoded message not yet accepted by peer_post (0 = none)
+    uint32_t pending_crc; // its CRC32C as a whole (the frame's)
     ar_stats st;
 } call;
 
@@ -235,7 +237,7 @@ static void encode_next(call *k) {
                      .offset = (uint32_t)lo,
                      .count = count};
     unsigned char *m = c->slot[next_slot(c)];
-    k->pending = wire_encode(m, &h, src);
+    k->pending = wire_encode_crc(m, &h, src, &k->pending_crc);
     if (u == k->np - 1 && c->dtype != WIRE_FP32) wire_values(m, &h, c->w + lo);
 }
 
@@ -293,7 +295,8 @@ static int run_call(call *k, int timeout_ms) {
             if (!k->pending) encode_next(k);
             int slot = next_slot(c);
             peer_op *op;
-            int rc = peer_post(c->g, next_rank(k), c->ch, c->slot[slot], k->pending, &op);
+            int rc = peer_post_crc(c->g, next_rank(k), c->ch, c->slot[slot], k->pending,
+                                   k->pending_crc, &op);
             if (rc == ERR_OK) {
                 c->op[slot] = op;
                 c->n_flight++;

@@ -94,7 +94,8 @@ static uint32_t crc_shift(uint32_t crc, size_t n) {
 }
 
 // message_crc_from returns message_crc(msg, payload_bytes) given whole = the CRC32C of all
-// WIRE_HEADER + payload_bytes bytes of msg; it reads the header only.
+// WIRE_HEADER + payload_bytes bytes of msg, and (the identity is its own inverse) the CRC of all
+// the bytes given whole = message_crc; it reads the header only.
 static uint32_t message_crc_from(const unsigned char *msg, size_t payload_bytes, uint32_t whole) {
     uint32_t a = wire_crc32c(msg, CRC_OFFSET), ac = wire_crc32c(msg, WIRE_HEADER);
     return whole ^ crc_shift(a ^ ac, payload_bytes);
@@ -238,6 +239,14 @@ size_t wire_encode(void *buf, const wire_header *h, const float *vals) {
     size_t payload = wire_payload_size(h->dtype, h->count);
     le_put32(p + CRC_OFFSET, message_crc(p, payload));
     return WIRE_HEADER + payload;
+}
+
+size_t wire_encode_crc(void *buf, const wire_header *h, const float *vals, uint32_t *msg_crc) {
+    size_t len = wire_encode(buf, h, vals);
+    const unsigned char *p = buf;
+    // crc(A C R) = crc(A R) ^ shift(crc(A C) ^ crc(A), |R|), as in message_crc_from
+    *msg_crc = message_crc_from(p, len - WIRE_HEADER, le_get32(p + CRC_OFFSET));
+    return len;
 }
 
 // decode is wire_decode; whole, if not NULL, is the CRC32C of msg(len) (wire_decode_crc).

@@ -69,6 +69,11 @@ uint32_t wire_max_count(int dtype, size_t max_bytes);
 // length.
 size_t wire_encode(void *buf, const wire_header *h, const float *vals);
 
+// wire_encode_crc is wire_encode that also gives *msg_crc = wire_crc32c(buf, length), the CRC
+// of the whole message as the peer layer's frame carries it (peer_post_crc), derived from the
+// message's own CRC without another pass over the payload.
+size_t wire_encode_crc(void *buf, const wire_header *h, const float *vals, uint32_t *msg_crc);
+
 // wire_decode validates msg(len): magic, version, dtype, count within k and offset+count <= k,
 // exact length, CRC32C (header and payload), and (if expect_run_id != 0) the run id. On success
 // fills *h and returns ERR_OK; the payload starts at msg + WIRE_HEADER. Otherwise returns
