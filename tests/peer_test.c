@@ -762,6 +762,46 @@ Test(peer, posted_frames_go_out_in_order_without_copies_and_a_queued_one_can_be_
     free(dir);
 }
 
+// A post with the caller's CRC carries it as is: the right one is delivered with it (peer_msg.crc),
+// a wrong one is dropped by the receiver as a corrupt payload and counted, and the stream goes on.
+Test(peer, a_post_with_the_callers_crc_is_checked_by_the_receiver) {
+    char *dir = tu_tmpdir("peer");
+    char addr[2][PEER_ADDR_MAX];
+    const char *a[2];
+    ipc_addrs(dir, 2, addr, a);
+    peer_group *g0 = group_of(a, 2, 0, NULL), *g1 = group_of(a, 2, 1, NULL);
+    cr_assert_eq(peer_wait_view(g1, 2, 10000), 2);
+    cr_assert_eq(peer_wait_view(g0, 2, 10000), 2);
+    enum { LEN = 100000 };
+    unsigned char *buf = malloc(LEN);
+    for (int i = 0; i < LEN; i++)
+        buf[i] = (unsigned char)(i * 7 + 3);
+    uint32_t crc = frame_crc32c(buf, LEN);
+    peer_op *op;
+    for (int i = 0; i < 3; i++) { // good, bad, good
+        cr_assert_eq(peer_post_crc(g1, 0, PEER_CH_RING, buf, LEN, i == 1 ? crc ^ 4u : crc, &op),
+                     ERR_OK, "%s", err_msg());
+        cr_assert_eq(peer_op_wait(g1, op, 10000), ERR_OK, "%s", err_msg());
+    }
+    for (int i = 0; i < 2; i++) {
+        peer_msg *m = recv_on(g0, PEER_CH_RING);
+        cr_assert_eq(m->len, LEN);
+        cr_assert_eq(m->crc, crc);
+        cr_assert_eq(memcmp(m->data, buf, LEN), 0);
+        peer_msg_free(g0, m);
+    }
+    peer_msg *m = NULL;
+    cr_assert_eq(peer_recv(g0, PEER_CH_RING, 200, &m), ERR_TIMEOUT, "the bad frame was delivered");
+    peer_stats st;
+    peer_get_stats(g0, &st);
+    cr_assert_eq(st.bad_crc, 1, "bad_crc %llu", (unsigned long long)st.bad_crc);
+    free(buf);
+    peer_group_destroy(g1);
+    peer_group_destroy(g0);
+    tu_rm_rf(dir);
+    free(dir);
+}
+
 typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;

@@ -470,3 +470,112 @@ Test(wire, random_corruptions_and_truncations_are_rejected) {
     }
     free(m);
 }
+
+// wire_decode_crc derives the message's CRC from the CRC of the whole message (as the peer layer's
+// frame gives it) instead of reading the payload again: for every single bit flip of messages of
+// every dtype and of payloads from empty to a full ring chunk, its verdict and header are
+// wire_decode's.
+Test(wire, decode_crc_agrees_with_decode_on_every_single_bit_flip) {
+    const struct {
+        int dtype;
+        uint32_t count;
+    } cases[] = {{WIRE_FP32, 0}, {WIRE_FP32, 7},    {WIRE_BF16, 9},
+                 {WIRE_INT8, 7}, {WIRE_INT8, 5000}, {WIRE_FP32, 258048}};
+    for (size_t t = 0; t < sizeof cases / sizeof *cases; t++) {
+        uint32_t count = cases[t].count;
+        float *v = xmalloc((count ? count : 1) * sizeof *v);
+        tu_rand_fill(v, count, 6 + (int)t, -2, 2);
+        wire_header h = header(cases[t].dtype, count + 30, 30, count), d, d2;
+        size_t cap = WIRE_HEADER + wire_payload_size(cases[t].dtype, count);
+        unsigned char *m = xmalloc(cap);
+        size_t len = wire_encode(m, &h, v);
+        cr_assert_eq(len, cap);
+        cr_assert_eq(wire_decode_crc(m, len, wire_crc32c(m, len), RUN_ID, &d), ERR_OK, "%s",
+                     err_msg());
+        // large payloads: every header bit and a stride of payload bits (each costs a full CRC)
+        size_t stride = len > 4096 ? 8 * 4093 + 1 : 1;
+        for (size_t bit = 0; bit < 8 * len; bit += bit < 8 * WIRE_HEADER ? 1 : stride) {
+            m[bit / 8] ^= (unsigned char)(1u << (bit % 8));
+            int rc = wire_decode(m, len, RUN_ID, &d);
+            int rc2 = wire_decode_crc(m, len, wire_crc32c(m, len), RUN_ID, &d2);
+            cr_assert_eq(rc2, rc, "dtype %d count %u bit %zu: %s vs %s", cases[t].dtype, count, bit,
+                         err_str(rc2), err_str(rc));
+            cr_assert_eq(rc, ERR_FORMAT, "dtype %d count %u bit %zu accepted", cases[t].dtype,
+                         count, bit);
+            m[bit / 8] ^= (unsigned char)(1u << (bit % 8));
+        }
+        cr_assert_eq(wire_decode_crc(m, len, wire_crc32c(m, len), RUN_ID, &d2), ERR_OK);
+        cr_assert_eq(wire_decode(m, len, RUN_ID, &d), ERR_OK);
+        cr_assert(d.dtype == d2.dtype && d.run_id == d2.run_id && d.round == d2.round &&
+                  d.k == d2.k && d.offset == d2.offset && d.count == d2.count &&
+                  d.sender == d2.sender && d.kind == d2.kind);
+        // a whole-message CRC that does not match the bytes is not taken on trust
+        cr_assert_eq(wire_decode_crc(m, len, wire_crc32c(m, len) ^ 1u, RUN_ID, &d2), ERR_FORMAT);
+        free(m);
+        free(v);
+    }
+}
+
+// wire_encode_crc writes what wire_encode writes and gives the CRC of the whole message, as the
+// frame carries it, for every dtype and payloads from empty to a full ring chunk.
+Test(wire, encode_crc_gives_the_whole_messages_crc) {
+    const struct {
+        int dtype;
+        uint32_t count;
+    } cases[] = {
+        {WIRE_FP32, 0}, {WIRE_FP32, 1}, {WIRE_BF16, 9}, {WIRE_INT8, 5000}, {WIRE_FP32, 258048}};
+    for (size_t t = 0; t < sizeof cases / sizeof *cases; t++) {
+        uint32_t count = cases[t].count;
+        float *v = xmalloc((count ? count : 1) * sizeof *v);
+        tu_rand_fill(v, count, 9 + (int)t, -2, 2);
+        wire_header h = header(cases[t].dtype, count, 0, count);
+        size_t cap = WIRE_HEADER + wire_payload_size(cases[t].dtype, count);
+        unsigned char *m = xmalloc(cap), *m2 = xmalloc(cap);
+        uint32_t crc = 0;
+        size_t len = wire_encode_crc(m, &h, v, &crc);
+        cr_assert_eq(len, cap);
+        cr_assert_eq(wire_encode(m2, &h, v), cap);
+        cr_assert_eq(memcmp(m, m2, cap), 0, "the same bytes as wire_encode");
+        cr_assert_eq(crc, wire_crc32c(m, len), "dtype %d count %u: 0x%08x vs 0x%08x",
+                     cases[t].dtype, count, crc, wire_crc32c(m, len));
+        free(m);
+        free(m2);
+        free(v);
+    }
+}
+
+// wire_values_add is bitwise wire_values followed by (v + add) / div, for every dtype, with and
+// without the division, in place too.
+Test(wire, values_add_is_bitwise_decode_then_add) {
+    enum { C = 3 * 4096 + 100 };
+    int dtypes[3] = {WIRE_FP32, WIRE_BF16, WIRE_INT8};
+    float *v = xmalloc(C * sizeof *v), *add = xmalloc(C * sizeof *add);
+    float *want = xmalloc(C * sizeof *want), *got = xmalloc(C * sizeof *got);
+    unsigned char *m = xmalloc(WIRE_HEADER + 4 * C);
+    tu_rand_fill(v, C, 7, -3, 3);
+    tu_rand_fill(add, C, 8, -1, 1);
+    for (int t = 0; t < 3; t++) {
+        wire_header h = header(dtypes[t], C, 0, C), d;
+        size_t len = wire_encode(m, &h, v);
+        cr_assert_eq(wire_decode(m, len, RUN_ID, &d), ERR_OK, "%s", err_msg());
+        float divs[2] = {1.0f, 3.0f};
+        for (int j = 0; j < 2; j++) {
+            wire_values(m, &d, want);
+            for (int i = 0; i < C; i++)
+                want[i] = j ? (want[i] + add[i]) / divs[j] : want[i] + add[i];
+            wire_values_add(m, &d, add, divs[j], got);
+            for (int i = 0; i < C; i++)
+                cr_assert_eq(bits(got[i]), bits(want[i]), "dtype %d div %g i=%d", dtypes[t],
+                             divs[j], i);
+            memcpy(got, add, C * sizeof *got);
+            wire_values_add(m, &d, got, divs[j], got);
+            for (int i = 0; i < C; i++)
+                cr_assert_eq(bits(got[i]), bits(want[i]), "in place: dtype %d i=%d", dtypes[t], i);
+        }
+    }
+    free(v);
+    free(add);
+    free(want);
+    free(got);
+    free(m);
+}

@@ -3,7 +3,12 @@
 // us). Send (u, c) for u >= 1 forwards what receive (u-1, c) brought, so it waits for it; at most
 // `window` sends run ahead of the receives, which bounds what waits in rank+1's receive queue.
 // Invariant: x is read, never written, until every step is done; w holds the partial sums and
-// results and is copied to x only on success. Threads: one caller per context (the exchanger).
+// results and is copied to x only on success. Data path, one CRC pass per byte and side: a send
+// is encoded into a message slot with its frame's CRC derived from its own (wire_encode_crc) and
+// posted without a copy (peer_post_crc); slots stay ours until their frame is written, so a call
+// may return with sends in flight. A receive is checked from the CRC the frame already verified
+// (wire_decode_crc) and decoded straight into the sum (wire_values_add). Threads: one caller per
+// context (the exchanger).
 #include "sparta/peer/allreduce.h"
 
 #include <stdatomic.h>
@@ -21,6 +26,9 @@
 // channel's receive queue (4096 messages, 512 MiB); a window of 16 also fills the link's send
 // queue (16 frames), which keeps the stream busy while we add.
 enum { WINDOW_MAX = 16, QUEUE_BUDGET = 240, RETRY_MS = 1, STASH_MAX = 256 };
+// Message slots for sends in flight: more than the ring channel's send queue (16 frames) plus the
+// frame being written, so that the queue, not the slots, holds the sender back.
+enum { AR_SLOTS = 20 };
 
 // A ring message that arrived before the call it belongs to (a faster peer's first chunks of this
 // tag during ar_agree, or of a later tag during a call), kept for that call.
@@ -37,7 +45,12 @@ struct ar_ctx {
     size_t max_n;
     size_t chunk;       // values per message, a multiple of WIRE_INT8_BLOCK
     float *w;           // (max_n) partial sums, then results
-    unsigned char *msg; // (FRAME_MAX_PAYLOAD) the message being sent
+    unsigned char *msg; // (FRAME_MAX_PAYLOAD) control messages (ar_agree)
+    // Ring sends (peer_post): slot[(head + i) % AR_SLOTS] for i < n_flight are in flight as
+    // op[...]; the next slot receives the next encoded message.
+    unsigned char *slot[AR_SLOTS]; // (slot_bytes) each
+    peer_op *op[AR_SLOTS];
+    int head, n_flight;
     stashed stash[STASH_MAX];
     int n_stash;
     uint64_t newest;                         // the largest tag of a valid message seen (0: none)
@@ -115,7 +128,8 @@ typedef struct call {
     int steps; // 2 (np-1)
     cursor snd, rcv;
     uint64_t sent, recvd; // messages
-    size_t pending;       // bytes of an encoded message not yet accepted by peer_send (0 = none)
+    size_t pending;       // bytes of an encoded message not yet accepted by peer_post (0 = none)
+    uint32_t pending_crc; // its CRC32C as a whole (the frame's)
     ar_stats st;
 } call;
 
@@ -195,6 +209,12 @@ int ar_create(ar_ctx **out, peer_group *g, int ch, int rank, int world, uint64_t
         memset(c->w, 0, (max_n ? max_n : 1) * sizeof *c->w);
         c->msg = xmalloc(FRAME_MAX_PAYLOAD);
         memset(c->msg, 0, FRAME_MAX_PAYLOAD);
+        size_t most = max_n < c->chunk ? max_n : c->chunk;
+        size_t slot_bytes = WIRE_HEADER + wire_payload_size(dtype, (uint32_t)most);
+        for (int i = 0; i < AR_SLOTS; i++) {
+            c->slot[i] = xmalloc(slot_bytes);
+            memset(c->slot[i], 0, slot_bytes);
+        }
     }
     *out = c;
     return ERR_OK;
@@ -204,6 +224,10 @@ void ar_destroy(ar_ctx *c) {
     if (!c) return;
     for (int i = 0; i < c->n_stash; i++)
         peer_msg_free(c->g, c->stash[i].m);
+    for (; c->n_flight > 0; c->n_flight--, c->head = (c->head + 1) % AR_SLOTS)
+        peer_op_cancel(c->g, c->op[c->head]);
+    for (int i = 0; i < AR_SLOTS; i++)
+        free(c->slot[i]);
     free(c->heard);
     free(c->got_view);
     free(c->resend);
@@ -216,7 +240,22 @@ void ar_destroy(ar_ctx *c) {
 
 // ---- one call ---------------------------------------------------------------------------------
 
-// encode_next encodes send (u, c) into ctx->msg. The owner's first all-gather send keeps the
+// reclaim releases, oldest first, the sends whose frames have been written or lost with their
+// link (a lost one shows as a missing message to rank+1: the deadline decides). It waits up to
+// wait_ms for the oldest one. Returns the free slots.
+static int reclaim(ar_ctx *c, int wait_ms) {
+    while (c->n_flight > 0 && peer_op_wait(c->g, c->op[c->head], wait_ms) != ERR_TIMEOUT) {
+        c->op[c->head] = NULL;
+        c->head = (c->head + 1) % AR_SLOTS;
+        c->n_flight--;
+        wait_ms = 0;
+    }
+    return AR_SLOTS - c->n_flight;
+}
+
+static int next_slot(const ar_ctx *c) { return (c->head + c->n_flight) % AR_SLOTS; }
+
+// encode_next encodes send (u, c) into the next slot. The owner's first all-gather send keeps the
 // decoded values, so that it holds exactly what the other peers will store.
 static void encode_next(call *k) {
     ar_ctx *c = k->ctx;
@@ -235,8 +274,9 @@ static void encode_next(call *k) {
                      .k = (uint32_t)k->n,
                      .offset = (uint32_t)lo,
                      .count = count};
-    k->pending = wire_encode(c->msg, &h, src);
-    if (u == k->np - 1 && c->dtype != WIRE_FP32) wire_values(c->msg, &h, c->w + lo);
+    unsigned char *m = c->slot[next_slot(c)];
+    k->pending = wire_encode_crc(m, &h, src, &k->pending_crc);
+    if (u == k->np - 1 && c->dtype != WIRE_FP32) wire_values(m, &h, c->w + lo);
 }
 
 // take_message checks that m is receive (u, c) and applies it, or returns why it is dropped;
@@ -246,10 +286,9 @@ static const char *take_message(call *k, peer_msg *m, int *kept) {
     ar_ctx *c = k->ctx;
     int prev = prev_rank(k), u = k->rcv.u, peer = m->from;
     const void *msg = m->data;
-    size_t len = m->len;
     *kept = 0;
     wire_header h;
-    if (wire_decode(msg, len, c->run_id, &h) != ERR_OK) return err_msg();
+    if (wire_decode_crc(msg, m->len, m->crc, c->run_id, &h) != ERR_OK) return err_msg();
     if (h.sender != (uint32_t)peer) return "sender is not the link's member";
     seen(c, h.round);
     if (h.round > k->tag && (h.kind == WIRE_RING_RS || h.kind == WIRE_RING_AG)) {
@@ -266,15 +305,12 @@ static const char *take_message(call *k, peer_msg *m, int *kept) {
         return "not the expected chunk";
     float *w = c->w + lo;
     const float *x = k->x + lo;
-    wire_values(msg, &h, w);
-    if (u < k->np - 2) { // reduce-scatter: received partial sum + our values
-        for (size_t i = 0; i < count; i++)
-            w[i] += x[i];
-    } else if (u == k->np - 2) { // last reduce-scatter step: we own this segment
-        float p = (float)k->np;
-        for (size_t i = 0; i < count; i++)
-            w[i] = (w[i] + x[i]) / p;
-    }
+    if (u < k->np - 2) // reduce-scatter: received partial sum + our values
+        wire_values_add(msg, &h, x, 1.0f, w);
+    else if (u == k->np - 2) // last reduce-scatter step: we own this segment
+        wire_values_add(msg, &h, x, (float)k->np, w);
+    else // all-gather: a result
+        wire_values(msg, &h, w);
     return NULL;
 }
 
@@ -301,10 +337,19 @@ static int run_call(call *k, int timeout_ms) {
             can_send = k->rcv.u > du || (k->rcv.u == du && k->rcv.c > k->snd.c);
         }
         int retry = 0;
+        if (can_send && !k->pending && reclaim(c, 0) == 0) { // every slot still in flight
+            can_send = 0;
+            retry = 1;
+        }
         if (can_send) {
             if (!k->pending) encode_next(k);
-            int rc = peer_send(c->g, next_rank(k), c->ch, c->msg, k->pending);
+            int slot = next_slot(c);
+            peer_op *op;
+            int rc = peer_post_crc(c->g, next_rank(k), c->ch, c->slot[slot], k->pending,
+                                   k->pending_crc, &op);
             if (rc == ERR_OK) {
+                c->op[slot] = op;
+                c->n_flight++;
                 k->st.bytes_sent += k->pending;
                 k->pending = 0;
                 k->sent++;
@@ -324,6 +369,10 @@ static int run_call(call *k, int timeout_ms) {
                            timeout_ms, k->rcv.u, k->steps);
         int wait = retry ? RETRY_MS : (int)left + 1;
         if (k->rcv.u >= k->steps) { // only a send is left, and it was refused
+            if (c->n_flight > 0) {  // the queue is full of ours: wait for the oldest to go out
+                reclaim(c, RETRY_MS);
+                continue;
+            }
             struct timespec ts = {0, RETRY_MS * 1000000L};
             nanosleep(&ts, NULL);
             continue;

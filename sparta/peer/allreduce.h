@@ -59,7 +59,10 @@ typedef struct ar_stats {
 // every message that arrives on it. run_id (non-zero) is put in every
 // message and messages of other runs are dropped. dtype is WIRE_FP32, WIRE_BF16 or WIRE_INT8. Every
 // buffer is allocated and touched here: a work vector of max_n floats (results are built there and
-// copied to x only on success) and one message of FRAME_MAX_PAYLOAD bytes. On success the caller
+// copied to x only on success), one message of FRAME_MAX_PAYLOAD bytes (agreement), and 20 send
+// slots of one message each (at most AR_MSG_BYTES, less when max_n needs less), which hold ring
+// messages while the peer layer writes them without copying (a call may return with some still
+// in flight; the next call or ar_destroy reclaims them). On success the caller
 // owns *out (ar_destroy). Returns ERR_OK or ERR_INVAL naming the bad argument (channel, rank,
 // world, dtype, run_id, max_n > UINT32_MAX).
 int ar_create(ar_ctx **out, peer_group *g, int ch, int rank, int world, uint64_t run_id,

@@ -12,7 +12,12 @@
 uint32_t frame_crc32c(const void *data, size_t n) { return wire_crc32c(data, n); }
 
 void frame_encode(void *out, uint8_t channel, uint32_t seq, const void *payload, uint32_t len) {
-    ASSERT(len <= FRAME_MAX_PAYLOAD && channel < FRAME_CHANNELS && (payload || len == 0));
+    ASSERT(payload || len == 0);
+    frame_encode_crc(out, channel, seq, frame_crc32c(payload, len), len);
+}
+
+void frame_encode_crc(void *out, uint8_t channel, uint32_t seq, uint32_t pcrc, uint32_t len) {
+    ASSERT(len <= FRAME_MAX_PAYLOAD && channel < FRAME_CHANNELS);
     unsigned char *p = out;
     le_put32(p, FRAME_MAGIC);
     le_put16(p + 4, FRAME_VERSION);
@@ -20,7 +25,7 @@ void frame_encode(void *out, uint8_t channel, uint32_t seq, const void *payload,
     p[7] = 0;
     le_put32(p + 8, len);
     le_put32(p + 12, seq);
-    le_put32(p + 16, frame_crc32c(payload, len));
+    le_put32(p + 16, pcrc);
     le_put32(p + HCRC_OFFSET, frame_crc32c(p, HCRC_OFFSET));
 }
 

@@ -39,6 +39,10 @@ uint32_t frame_crc32c(const void *data, size_t n);
 // FRAME_MAX_PAYLOAD and channel below FRAME_CHANNELS (ASSERT).
 void frame_encode(void *out, uint8_t channel, uint32_t seq, const void *payload, uint32_t len);
 
+// frame_encode_crc is frame_encode for a payload of len bytes whose CRC32C pcrc the caller
+// already has (it is written as is; the payload is not read).
+void frame_encode_crc(void *out, uint8_t channel, uint32_t seq, uint32_t pcrc, uint32_t len);
+
 // frame_decode checks the header in buf (FRAME_HEADER bytes): magic, header CRC, version, flags,
 // channel and len. On ERR_OK *h is filled and the caller reads h->len payload bytes, then checks
 // them with frame_payload_ok. Otherwise the stream's framing must be taken as lost: it returns

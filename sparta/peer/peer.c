@@ -60,7 +60,9 @@ typedef struct out_frame {
     const void *data;
     uint32_t len;
     int ch;
-    peer_msg *owned;    // a pool buffer holding a copy, or NULL (caller's memory)
+    peer_msg *owned; // a pool buffer holding a copy, or NULL (caller's memory)
+    int has_crc;     // crc is the payload's CRC32C, from the caller (peer_post_crc)
+    uint32_t crc;
     struct plink *link; // zero-copy: the link whose queue holds it
     int state, rc;
 } out_frame;
@@ -388,7 +390,10 @@ static void *writer_main(void *arg) {
         l->writing = ch;
         pthread_cond_broadcast(&g->cv); // room for a sender waiting in peer_send_wait
         pthread_mutex_unlock(&g->mu);
-        frame_encode(f->hdr, (uint8_t)ch, seq++, f->data, f->len);
+        if (f->has_crc)
+            frame_encode_crc(f->hdr, (uint8_t)ch, seq++, f->crc, f->len);
+        else
+            frame_encode(f->hdr, (uint8_t)ch, seq++, f->data, f->len);
         nng_iov iov[2] = {{f->hdr, FRAME_HEADER}, {(void *)f->data, f->len}};
         int rv = stream_io(l->s, aio, iov, f->len ? 2 : 1, 1, WRITE_TIMEOUT_MS);
         pthread_mutex_lock(&g->mu);
@@ -1028,6 +1033,7 @@ static void *reader_main(void *arg) {
             continue;
         }
         m->channel = h.channel;
+        m->crc = h.pcrc;
         m->from = l->rank;
         m->member = l->member;
         int close_it = 0;
@@ -1626,7 +1632,9 @@ int peer_send(peer_group *g, int rank, int ch, const void *data, size_t len) {
     return rc;
 }
 
-int peer_post(peer_group *g, int rank, int ch, const void *data, size_t len, peer_op **op) {
+// post queues a zero-copy frame (peer_post, peer_post_crc; crc NULL: the writer computes it).
+static int post(peer_group *g, int rank, int ch, const void *data, size_t len, const uint32_t *crc,
+                peer_op **op) {
     *op = NULL;
     int rc = check_send(g, rank, ch, len);
     if (rc) return rc;
@@ -1648,11 +1656,22 @@ int peer_post(peer_group *g, int rank, int ch, const void *data, size_t len, pee
         f->len = (uint32_t)len;
         f->state = F_QUEUED;
         f->link = l;
+        f->has_crc = crc != NULL;
+        f->crc = crc ? *crc : 0;
         enqueue(l, f, -1); // the bound was checked above
         *op = (peer_op *)f;
     }
     pthread_mutex_unlock(&g->mu);
     return rc;
+}
+
+int peer_post(peer_group *g, int rank, int ch, const void *data, size_t len, peer_op **op) {
+    return post(g, rank, ch, data, len, NULL, op);
+}
+
+int peer_post_crc(peer_group *g, int rank, int ch, const void *data, size_t len, uint32_t crc,
+                  peer_op **op) {
+    return post(g, rank, ch, data, len, &crc, op);
 }
 
 int peer_op_wait(peer_group *g, peer_op *op, int timeout_ms) {

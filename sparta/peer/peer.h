@@ -91,7 +91,8 @@ typedef struct peer_msg {
     int channel;
     void *data; // len bytes, owned by the message
     size_t len;
-    size_t cap_; // internal: the buffer's capacity
+    uint32_t crc; // CRC32C of data(len), checked against its frame (wire_decode_crc takes it)
+    size_t cap_;  // internal: the buffer's capacity
     struct peer_msg *next_;
 } peer_msg;
 
@@ -168,6 +169,13 @@ typedef struct peer_op peer_op;
 // (*op set), ERR_PEER (not connected, or the channel's queue is full: try again later),
 // ERR_INVAL or ERR_CLOSED (*op NULL).
 int peer_post(peer_group *g, int rank, int ch, const void *data, size_t len, peer_op **op);
+
+// peer_post_crc is peer_post for data whose CRC32C the caller already has, crc =
+// wire_crc32c(data, len) (wire_encode_crc gives it): the frame carries it as is instead of the
+// writer reading data again. A crc that does not match data makes the receiver drop the frame
+// as corrupt (counted in bad_crc), as a payload damaged on the way would be.
+int peer_post_crc(peer_group *g, int rank, int ch, const void *data, size_t len, uint32_t crc,
+                  peer_op **op);
 
 // peer_op_wait waits up to timeout_ms (< 0: no limit) until op's frame has been written, then
 // frees op and returns ERR_OK, or ERR_PEER if the link went down before it was written. On

@@ -64,6 +64,43 @@ static uint32_t message_crc(const unsigned char *msg, size_t payload_bytes) {
     return crc_update(crc, msg + WIRE_HEADER, payload_bytes) ^ 0xFFFFFFFFu;
 }
 
+// ---- CRC arithmetic ----------------------------------------------------------------------------
+// A CRC is linear over GF(2): with shift(c, n) = c x^(8n) mod P (P reflected, as the register
+// holds it), crc(A B) = shift(crc(A), |B|) ^ crc(B) for the standard CRC32C with its init and final
+// xor (zlib's crc32_combine). So the CRC of the whole message M = A C R (A the header bytes
+// [0, 44), C the crc field, R the payload), which the peer layer's frame checks, gives the
+// message's own CRC, crc(A R), without reading R again:
+//   crc(A R) = crc(M) ^ shift(crc(A C) ^ crc(A), |R|).
+#define CRC32C_POLY 0x82F63B78u // reflected Castagnoli
+
+// mulmodp returns a b mod P, bit 31 being x^0.
+static uint32_t mulmodp(uint32_t a, uint32_t b) {
+    uint32_t p = 0;
+    for (uint32_t m = 1u << 31; m; m >>= 1) {
+        if (a & m) p ^= b;
+        b = b & 1 ? (b >> 1) ^ CRC32C_POLY : b >> 1;
+    }
+    return p;
+}
+
+// crc_shift returns shift(crc, n): crc times x^(8n) mod P, by squaring (x^8, x^16, x^32, ...).
+static uint32_t crc_shift(uint32_t crc, size_t n) {
+    uint32_t sq = 1u << 23; // x^8
+    for (; n; n >>= 1) {
+        if (n & 1) crc = mulmodp(sq, crc);
+        sq = mulmodp(sq, sq);
+    }
+    return crc;
+}
+
+// message_crc_from returns message_crc(msg, payload_bytes) given whole = the CRC32C of all
+// WIRE_HEADER + payload_bytes bytes of msg, and (the identity is its own inverse) the CRC of all
+// the bytes given whole = message_crc; it reads the header only.
+static uint32_t message_crc_from(const unsigned char *msg, size_t payload_bytes, uint32_t whole) {
+    uint32_t a = wire_crc32c(msg, CRC_OFFSET), ac = wire_crc32c(msg, WIRE_HEADER);
+    return whole ^ crc_shift(a ^ ac, payload_bytes);
+}
+
 size_t wire_value_size(int dtype) {
     switch (dtype) {
     case WIRE_FP32: return 4;
@@ -204,7 +241,17 @@ size_t wire_encode(void *buf, const wire_header *h, const float *vals) {
     return WIRE_HEADER + payload;
 }
 
-int wire_decode(const void *msg, size_t len, uint64_t expect_run_id, wire_header *h) {
+size_t wire_encode_crc(void *buf, const wire_header *h, const float *vals, uint32_t *msg_crc) {
+    size_t len = wire_encode(buf, h, vals);
+    const unsigned char *p = buf;
+    // crc(A C R) = crc(A R) ^ shift(crc(A C) ^ crc(A), |R|), as in message_crc_from
+    *msg_crc = message_crc_from(p, len - WIRE_HEADER, le_get32(p + CRC_OFFSET));
+    return len;
+}
+
+// decode is wire_decode; whole, if not NULL, is the CRC32C of msg(len) (wire_decode_crc).
+static int decode(const void *msg, size_t len, const uint32_t *whole, uint64_t expect_run_id,
+                  wire_header *h) {
     const unsigned char *p = msg;
     *h = (wire_header){0}; // defined even on failure, for callers that peek at fields
     if (len < WIRE_HEADER)
@@ -237,7 +284,9 @@ int wire_decode(const void *msg, size_t len, uint64_t expect_run_id, wire_header
     if ((uint64_t)len != want)
         return err_set(ERR_FORMAT, "wire: length %zu does not match count %u (want %llu bytes)",
                        len, d.count, (unsigned long long)want);
-    uint32_t crc = le_get32(p + CRC_OFFSET), got = message_crc(p, (size_t)want - WIRE_HEADER);
+    size_t payload = (size_t)want - WIRE_HEADER;
+    uint32_t crc = le_get32(p + CRC_OFFSET),
+             got = whole ? message_crc_from(p, payload, *whole) : message_crc(p, payload);
     if (crc != got)
         return err_set(ERR_FORMAT, "wire: crc mismatch (header 0x%08x, computed 0x%08x)", crc, got);
     if (expect_run_id != 0 && d.run_id != expect_run_id)
@@ -245,6 +294,15 @@ int wire_decode(const void *msg, size_t len, uint64_t expect_run_id, wire_header
                        (unsigned long long)d.run_id, d.sender, (unsigned long long)expect_run_id);
     *h = d;
     return ERR_OK;
+}
+
+int wire_decode(const void *msg, size_t len, uint64_t expect_run_id, wire_header *h) {
+    return decode(msg, len, NULL, expect_run_id, h);
+}
+
+int wire_decode_crc(const void *msg, size_t len, uint32_t msg_crc, uint64_t expect_run_id,
+                    wire_header *h) {
+    return decode(msg, len, &msg_crc, expect_run_id, h);
 }
 
 void wire_values(const void *msg, const wire_header *h, float *dst) {
@@ -259,6 +317,42 @@ void wire_values(const void *msg, const wire_header *h, float *dst) {
     } else {
         ASSERT(h->dtype == WIRE_INT8);
         int8_decode(q, count, dst);
+    }
+}
+
+// sum_into is dst = (v + add) / div over n values, v being what wire_values gives: the same
+// operations in the same order as a wire_values into dst followed by that loop, so the results are
+// bitwise the same. Division by 1 is exact but slower than none, so it is skipped.
+#define SUM_LOOP(n, v_i)                         \
+    do {                                         \
+        if (div == 1.0f) {                       \
+            for (size_t i = 0; i < (n); i++)     \
+                dst[i] = (v_i) + add[i];         \
+        } else {                                 \
+            for (size_t i = 0; i < (n); i++)     \
+                dst[i] = ((v_i) + add[i]) / div; \
+        }                                        \
+    } while (0)
+
+void wire_values_add(const void *msg, const wire_header *h, const float *add, float div,
+                     float *dst) {
+    const unsigned char *q = (const unsigned char *)msg + WIRE_HEADER;
+    size_t count = h->count;
+    if (h->dtype == WIRE_FP32) {
+        SUM_LOOP(count, bits_f32(le_get32(q + 4 * i)));
+    } else if (h->dtype == WIRE_BF16) {
+        SUM_LOOP(count, bf16_to_f32(le_get16(q + 2 * i)));
+    } else {
+        ASSERT(h->dtype == WIRE_INT8);
+        size_t nb = int8_blocks(count);
+        const signed char *v = (const signed char *)(q + 4 * nb);
+        for (size_t b = 0; b < nb; b++, add += WIRE_INT8_BLOCK, dst += WIRE_INT8_BLOCK) {
+            size_t lo = b * WIRE_INT8_BLOCK,
+                   n = count - lo < WIRE_INT8_BLOCK ? count - lo : WIRE_INT8_BLOCK;
+            float s = bits_f32(le_get32(q + 4 * b));
+            const signed char *vb = v + lo;
+            SUM_LOOP(n, (float)vb[i] * s);
+        }
     }
 }
 

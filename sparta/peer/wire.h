@@ -69,14 +69,32 @@ uint32_t wire_max_count(int dtype, size_t max_bytes);
 // length.
 size_t wire_encode(void *buf, const wire_header *h, const float *vals);
 
+// wire_encode_crc is wire_encode that also gives *msg_crc = wire_crc32c(buf, length), the CRC
+// of the whole message as the peer layer's frame carries it (peer_post_crc), derived from the
+// message's own CRC without another pass over the payload.
+size_t wire_encode_crc(void *buf, const wire_header *h, const float *vals, uint32_t *msg_crc);
+
 // wire_decode validates msg(len): magic, version, dtype, count within k and offset+count <= k,
 // exact length, CRC32C (header and payload), and (if expect_run_id != 0) the run id. On success
 // fills *h and returns ERR_OK; the payload starts at msg + WIRE_HEADER. Otherwise returns
 // ERR_FORMAT with a message naming the bad field (wrong run ids return ERR_PEER), and *h is zeroed.
 int wire_decode(const void *msg, size_t len, uint64_t expect_run_id, wire_header *h);
 
+// wire_decode_crc is wire_decode for a message whose CRC32C as a whole, msg_crc =
+// wire_crc32c(msg, len), is known (the peer layer checks it against the frame and hands it out
+// as peer_msg.crc): the message's own CRC is derived from it (CRC arithmetic, see wire.c) and
+// checked as wire_decode checks it, without a second pass over the payload. The result is the
+// same as wire_decode's whenever msg_crc is right.
+int wire_decode_crc(const void *msg, size_t len, uint32_t msg_crc, uint64_t expect_run_id,
+                    wire_header *h);
+
 // wire_values converts a decoded payload of h->count values to float in dst.
 void wire_values(const void *msg, const wire_header *h, float *dst);
+
+// wire_values_add is wire_values into a sum: dst[i] = (value i + add[i]) / div, in float, bitwise
+// as wire_values into dst followed by that loop (div = 1: no division). dst may be add.
+void wire_values_add(const void *msg, const wire_header *h, const float *add, float div,
+                     float *dst);
 
 // wire_round_bf16 rounds x(n) to bf16 precision in place (round to nearest even), so a peer can
 // average its own values at the precision the others receive them.
