@@ -334,18 +334,26 @@ static double wait_metric(const char *path, const char *col, double v, int limit
     return x;
 }
 
+// The survivors run until the restarted peer has joined and taken outer steps with them (a dead
+// peer costs them no wait now, so a fixed step count could end before the restart), then all
+// stop; the checkpoints of a step every peer passed after the join hold theta_g there.
 Test(diloco, killed_peer_does_not_stop_outer_steps_and_rejoins_with_the_same_theta_g) {
-    enum { P = 3 };
+    enum { P = 3, H = 10, CKPT = 50 };
     const char *ROUNDS = "diloco_outer_steps"; // the metrics.csv column of the outer steps
     tu_cluster c;
     cr_assert_eq(tu_cluster_open(&c, P), 0);
-    const char *args = SMALL " --set diloco.H=10 --set diloco.timeout_ms=1000 "
-                             "--set train.max_iters=400 --set train.log_interval=1";
+    char args[1024];
+    snprintf(args, sizeof args,
+             SMALL " --set diloco.H=%d --set diloco.timeout_ms=1000 --set train.max_iters=1000000 "
+                   "--set train.log_interval=1 --set train.ckpt_interval=%d "
+                   "--set train.keep_ckpts=0",
+             H, CKPT);
     int pid[P];
     for (int i = 0; i < P; i++)
         pid[i] = tu_cluster_start(&c, i, args);
-    char m0[700];
+    char m0[700], m2[700];
     snprintf(m0, sizeof m0, "%s/rank0/metrics.csv", c.dir);
+    snprintf(m2, sizeof m2, "%s/rank2/metrics.csv", c.dir);
     cr_assert(wait_metric(m0, ROUNDS, 3, 60) >= 3, "no outer steps:\n%s", tu_cluster_log(&c, 0));
     kill(pid[2], SIGKILL); // between outer steps 3 and 4 (or later): it misses the next ones
     waitpid(pid[2], NULL, 0);
@@ -356,25 +364,38 @@ Test(diloco, killed_peer_does_not_stop_outer_steps_and_rejoins_with_the_same_the
     free(log);
     // A fresh start (nothing to resume from) in its old folder, so the earlier run's
     // metrics.csv goes: --overwrite.
-    char again[1024];
+    char again[1200];
     snprintf(again, sizeof again, "%s --overwrite", args);
     pid[2] = tu_cluster_start(&c, 2, again);
-    for (int i = 0; i < P; i++)
+    long joined = -1;
+    for (int i = 0; i < 1200 && joined < 0; i++) {
+        log = tu_cluster_log(&c, 2);
+        const char *at = strstr(log, "joined the running peers");
+        at = at ? strstr(at, "continuing at step ") : NULL;
+        if (at) joined = atol(at + strlen("continuing at step "));
+        free(log);
+        if (joined < 0) usleep(50000);
+    }
+    cr_assert(joined >= 0, "the restarted peer never joined:\n%s", tu_cluster_log(&c, 2));
+    // the first checkpoint step after it took part in an outer step with the others
+    long common = (joined + 2 * H + CKPT - 1) / CKPT * CKPT;
+    cr_assert(wait_metric(m2, "step", (double)common + 1, 120) >= (double)common + 1,
+              "the restarted peer stalled");
+    for (int i = 0; i < P; i++) {
+        kill(pid[i], SIGINT);
         cr_assert_eq(tu_wait_exit(pid[i], 120), 0, "peer %d failed:\n%s", i, tu_cluster_log(&c, i));
-    log = tu_cluster_log(&c, 2);
-    cr_assert(strstr(log, "joined the running peers"), "%s", log);
-    free(log);
-    // step 400 is an outer step taken by all three: the same theta_g everywhere, bit for bit
+    }
+    // the same theta_g everywhere at that outer step, bit for bit
     char path[800];
     size_t n;
     float *x[P];
     for (int i = 0; i < P; i++) {
-        snprintf(path, sizeof path, "%s/rank%d", c.dir, i);
+        snprintf(path, sizeof path, "%s/rank%d/ckpt_%08ld.h5", c.dir, i, common);
         x[i] = load(path, &n);
     }
     for (int i = 1; i < P; i++)
-        cr_assert_eq(memcmp(x[0], x[i], n * sizeof(float)), 0, "rank %d ends on another theta_g",
-                     i);
+        cr_assert_eq(memcmp(x[0], x[i], n * sizeof(float)), 0,
+                     "rank %d holds another theta_g at step %ld", i, common);
     for (int i = 0; i < P; i++)
         free(x[i]);
     tu_cluster_close(&c);
