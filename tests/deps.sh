@@ -1,11 +1,11 @@
 #!/bin/sh
 # deps.sh: the two dependency sets of scripts/check-deps and scripts/install-deps. In a PATH
-# without gnuplot and with a pkg-config that does not know Criterion, the run set (what `make`,
-# `make run` and bin/spartan need) is complete and install-deps run has nothing to do and says
-# nothing, while the test set reports exactly Criterion and gnuplot as missing. With a library
+# without gnuplot and mpirun and with a pkg-config that does not know Criterion, the run set (what
+# `make`, `make run` and bin/spartan need) is complete and install-deps run has nothing to do and
+# says nothing, while the test set reports exactly Criterion, gnuplot and mpirun as missing. With a library
 # of the run set missing too, and a package manager that only records its calls (apt-get,
 # dpkg-query and sudo, or brew), install-deps run asks for no test package and install-deps test
-# asks for Criterion, gnuplot and Chromium. The Makefile's deps targets ask for the right set.
+# asks for Criterion, gnuplot, OpenMPI and Chromium. The Makefile's deps targets ask for the right set.
 set -eu
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/spartan-deps-XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
@@ -28,6 +28,7 @@ exec "$pc" "\$@"
 PC
 chmod +x "$tmp/bin/pkg-config"
 [ ! -e "$tmp/bin/gnuplot" ] || fail "gnuplot leaked into the fake PATH"
+[ ! -e "$tmp/bin/mpirun" ] || fail "mpirun leaked into the fake PATH"
 if [ "$(uname -s)" = Darwin ]; then
     p=$(command -v brew) && ln -s "$p" "$tmp/bin/brew"
 fi
@@ -35,14 +36,15 @@ fi
 out=$(PATH="$tmp/bin" sh scripts/check-deps run 2>&1) || fail "check-deps run failed without the test set: $out"
 [ -z "$out" ] || fail "check-deps run is not quiet when the run set is complete: $out"
 out=$(PATH="$tmp/bin" VERBOSE=1 sh scripts/check-deps 2>&1) || fail "check-deps (default run) failed: $out"
-echo "$out" | grep -q "Criterion\|gnuplot" && fail "the run set lists a test dependency: $out"
+echo "$out" | grep -q "Criterion\|gnuplot\|mpirun" && fail "the run set lists a test dependency: $out"
 
 rc=0
 out=$(PATH="$tmp/bin" sh scripts/check-deps test 2>&1) || rc=$?
 [ "$rc" = 1 ] || fail "check-deps test exited $rc, want 1: $out"
 echo "$out" | grep -q "✗ Criterion" || fail "Criterion not reported missing: $out"
 echo "$out" | grep -q "✗ gnuplot" || fail "gnuplot not reported missing: $out"
-[ "$(echo "$out" | grep -c "✗")" = 2 ] || fail "other dependencies reported missing: $out"
+echo "$out" | grep -q "✗ OpenMPI mpirun" || fail "mpirun not reported missing: $out"
+[ "$(echo "$out" | grep -c "✗")" = 3 ] || fail "other dependencies reported missing: $out"
 
 out=$(PATH="$tmp/bin" sh scripts/install-deps run 2>&1) || fail "install-deps run failed: $out"
 [ -z "$out" ] || fail "install-deps run wanted to install something for the run set: $out"
@@ -72,7 +74,7 @@ for want in run test; do
         fail "install-deps $want with jansson missing: rc $rc: $out"
     asked=$(grep install "$tmp/calls" | tr '\n' ' ')
     echo "$asked" | grep -q "jansson" || fail "install-deps $want did not ask for jansson: $asked"
-    for p in criterion gnuplot chromium; do
+    for p in criterion gnuplot chromium mpi; do
         if echo "$asked" | grep -q "$p"; then
             [ $want = test ] || fail "install-deps run asked for $p: $asked"
         elif [ $want = test ] && { [ $p != chromium ] || [ "$(uname -s)" != Darwin ]; }; then

@@ -28,9 +28,9 @@ typedef struct {
 } command;
 
 // The peer group of a run with peers: its listening address is net.listen, or this peer's entry
-// of net.peers; with net.join, a rendezvous of net.world peers at that address (net.listen
-// defaults to the join address's host with a free port). The peer layer refuses peers of another
-// run or other shared settings (hello).
+// of net.peers; with net.join, a rendezvous of net.world peers at that address (without
+// net.listen, rank 0 listens on it and founds the group, and the others listen on its host with
+// a free port). The peer layer refuses peers of another run or other shared settings (hello).
 static int open_group(peer_group **g, const cfg *c, int rank, int world, uint64_t run_id,
                       const char *hello) {
     peer_opts o = {.run_id = run_id,
@@ -45,6 +45,8 @@ static int open_group(peer_group **g, const cfg *c, int rank, int world, uint64_
         char listen[160];
         if (c->net.listen[0]) {
             snprintf(listen, sizeof listen, "%s", c->net.listen);
+        } else if (rank == 0) { // rank 0 (asked for, or given by a launcher) founds the group
+            snprintf(listen, sizeof listen, "%s", c->net.join);
         } else { // the join address's host, any port; the one that owns the address founds
             const char *colon = strrchr(c->net.join, ':');
             snprintf(listen, sizeof listen, "%.*s:0",

@@ -132,6 +132,27 @@ typedef struct {
 
 // parse_train_args fills c from CONFIG and --set, and a from the other options. Returns -1 when
 // training should go on, else the exit code: 0 after --help, 2 for a bad command line or config.
+// env_world fills in net.world for a rendezvous started by another launcher (mpirun, srun,
+// torchrun): with net.join and no net.world, the first of SPARTAN_WORLD_SIZE, WORLD_SIZE,
+// OMPI_COMM_WORLD_SIZE, PMI_SIZE and SLURM_NTASKS that is set. Returns ERR_OK or ERR_INVAL naming
+// the variable.
+static int env_world(cfg *c) {
+    static const char *vars[] = {"SPARTAN_WORLD_SIZE", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE",
+                                 "PMI_SIZE", "SLURM_NTASKS"};
+    if (!c->net.join[0] || c->net.world) return ERR_OK;
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (!v || !*v) continue;
+        char *end;
+        long w = strtol(v, &end, 10);
+        if (*end || w < 1 || w > 256)
+            return err_set(ERR_INVAL, "%s='%s' is not a number of peers (1-256)", vars[i], v);
+        c->net.world = (int)w;
+        return ERR_OK;
+    }
+    return ERR_OK;
+}
+
 static int parse_train_args(int argc, char **argv, cfg *c, train_args *a) {
     const char *config[2];
     int n_config = 0;
@@ -143,13 +164,13 @@ static int parse_train_args(int argc, char **argv, cfg *c, train_args *a) {
         {"--resume", NULL, ARGS_STR, &a->resume, 0, 0, NULL, "CKPT|DIR",
          "continue from a checkpoint, or from the newest one in a folder"},
         {"--rank", NULL, ARGS_I64, &a->rank, 0, 1 << 20, NULL, "R",
-         "this peer's rank (else SPARTAN_RANK, RANK, OMPI_COMM_WORLD_RANK, PMI_RANK, MLX_RANK, "
-         "then train.rank)"},
+         "this peer's rank (else SPARTAN_RANK, RANK, OMPI_COMM_WORLD_RANK, PMI_RANK, "
+         "SLURM_PROCID, MLX_RANK, then train.rank)"},
         {"--peers", NULL, ARGS_STR, &a->peers, 0, 0, NULL, "HOST:PORT,...",
          "every peer's address in rank order (overrides net.peers)"},
         {"--join", NULL, ARGS_STR, &a->join, 0, 0, NULL, "HOST:PORT",
          "join the group of the peer at this address, or found it if it is ours (net.join; give "
-         "net.world and net.listen)"},
+         "net.world, or run under a launcher that sets WORLD_SIZE; rank 0 founds it)"},
         {"--overwrite", NULL, ARGS_FLAG, &a->overwrite, 0, 0, NULL, NULL,
          "start afresh in a train.out_dir that holds an earlier run (its checkpoints and "
          "metrics.csv are deleted)"},
@@ -183,6 +204,7 @@ static int parse_train_args(int argc, char **argv, cfg *c, train_args *a) {
         else
             snprintf(c->net.join, sizeof c->net.join, "%s", a->join);
     }
+    if (!rc) rc = env_world(c);
     if (!rc) rc = cfg_validate(c);
     if (rc) {
         fprintf(stderr, "spartan train: %s\n", err_msg());
@@ -243,8 +265,8 @@ static int pick_threads(const cfg *c, int world) {
 // train.rank (with net.join: none, *want = -1, and the group gives one). *want is the rank asked
 // for, or -1. Returns ERR_OK or ERR_INVAL naming the source of a bad value.
 static int resolve_rank(long long rank_arg, cfg *c, int world, int *want) {
-    static const char *vars[] = {"SPARTAN_RANK", "RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK",
-                                 "MLX_RANK"};
+    static const char *vars[] = {"SPARTAN_RANK", "RANK",         "OMPI_COMM_WORLD_RANK",
+                                 "PMI_RANK",     "SLURM_PROCID", "MLX_RANK"};
     long long rank = rank_arg;
     const char *src = "--rank";
     for (size_t i = 0; rank < 0 && i < sizeof vars / sizeof vars[0]; i++) {
