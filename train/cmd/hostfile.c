@@ -202,7 +202,7 @@ static void host_defaults(hostfile_host *h, int line) {
 
 // origin names where an earlier entry came from, for the duplicate message.
 static const char *origin(const parser *ps, const hostfile_host *h, char *buf, size_t cap) {
-    snprintf(buf, cap, ps->hf.json ? "element %d" : "line %d", h->line);
+    snprintf(buf, cap, ps->hf.json ? "as element %d" : "on line %d", h->line);
     return buf;
 }
 
@@ -220,11 +220,12 @@ static int add_host(parser *ps, const hostfile_host *h) {
         if (strcasecmp(e->host, h->host) != 0) continue;
         if (!e->port || !h->port)
             return err_set(ERR_INVAL,
-                           "%s: host '%s' listed twice (first on %s): give each entry its own "
+                           "%s: host '%s' listed twice (first %s): give each entry its own "
                            "port=, or one entry slots=N",
                            ps->where, h->host, origin(ps, e, o, sizeof o));
         if (h->port <= e->port + e->slots - 1 && e->port <= h->port + h->slots - 1)
-            return err_set(ERR_INVAL, "%s: host '%s' ports %d-%d overlap those of %s (%d-%d)",
+            return err_set(ERR_INVAL,
+                           "%s: host '%s' ports %d-%d overlap those of the host %s (%d-%d)",
                            ps->where, h->host, h->port, h->port + h->slots - 1,
                            origin(ps, e, o, sizeof o), e->port, e->port + e->slots - 1);
     }
