@@ -77,6 +77,22 @@ Test(hostfile, text_with_comments_blank_lines_and_every_field) {
     hostfile_free(NULL);
 }
 
+// The example of README.md's "Launching across machines".
+Test(hostfile, readme_example_parses) {
+    hostfile h = parse_ok("# two Mac minis and a Linux box\n"
+                          "alice@mini1 slots=2 dir=/Users/alice/spartan\n"
+                          "mini2 user=alice port=7100\n"
+                          "[fe80::1] ssh_port=2222 threads=8\n");
+    cr_assert_eq(h.n, 3);
+    cr_expect_eq(h.peers, 4);
+    cr_expect_str_eq(h.hosts[0].dir, "/Users/alice/spartan");
+    cr_expect_eq(h.hosts[1].port, 7100);
+    cr_expect_str_eq(h.hosts[2].host, "fe80::1");
+    cr_expect_eq(h.hosts[2].ssh_port, 2222);
+    cr_expect_eq(h.hosts[2].threads, 8);
+    hostfile_free(&h);
+}
+
 Test(hostfile, user_at_host_sets_the_user) {
     hostfile h = parse_ok("bob@mini2 ssh_port=22\nhost=carol@mini3\n");
     cr_assert_eq(h.n, 2);
