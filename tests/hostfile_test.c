@@ -36,6 +36,34 @@ static void expect_bad(const char *text, int code, const char *msg) {
     expect_err("hosts.txt", text, strlen(text), code, msg);
 }
 
+// A bad input, the code it gets and the whole message.
+typedef struct bad_case {
+    const char *text;
+    int code;
+    const char *msg;
+} bad_case;
+
+// run_bad checks every case, parsed under name.
+static void run_bad(const char *name, const bad_case *c, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        expect_err(name, c[i].text, strlen(c[i].text), c[i].code, c[i].msg);
+}
+
+// expect_host compares every field of got with want.
+static void expect_host(const hostfile_host *got, const hostfile_host *want) {
+    cr_expect_str_eq(got->host, want->host);
+    cr_expect_str_eq(got->user, want->user, "host %s", want->host);
+    cr_expect_eq(got->ssh_port, want->ssh_port, "host %s", want->host);
+    cr_expect_eq(got->port, want->port, "host %s", want->host);
+    cr_expect_str_eq(got->dir, want->dir, "host %s", want->host);
+    cr_expect_eq(got->slots, want->slots, "host %s", want->host);
+    cr_expect_eq(got->threads, want->threads, "host %s", want->host);
+    cr_expect_eq(got->line, want->line, "host %s", want->host);
+    cr_assert_eq(got->n_ips, want->n_ips, "host %s", want->host);
+    for (int i = 0; i < want->n_ips; i++)
+        cr_expect_str_eq(got->ips[i], want->ips[i], "host %s ip %d", want->host, i);
+}
+
 Test(hostfile, text_with_comments_blank_lines_and_every_field) {
     hostfile h =
         parse_ok("# the lab\n"
@@ -47,30 +75,24 @@ Test(hostfile, text_with_comments_blank_lines_and_every_field) {
     cr_assert_eq(h.n, 3);
     cr_assert_eq(h.peers, 2 + 1 + 64);
     cr_assert_eq(h.json, 0);
-    const hostfile_host *a = &h.hosts[0], *b = &h.hosts[1], *c = &h.hosts[2];
-    cr_expect_str_eq(a->host, "mini1");
-    cr_expect_str_eq(a->user, "alice");
-    cr_expect_eq(a->ssh_port, 2222);
-    cr_expect_eq(a->port, 7000);
-    cr_expect_str_eq(a->dir, "/srv/sp-1");
-    cr_expect_eq(a->slots, 2);
-    cr_expect_eq(a->threads, 4);
-    cr_expect_eq(a->n_ips, 0);
-    cr_expect_eq(a->line, 3);
+    expect_host(&h.hosts[0], &(hostfile_host){.host = "mini1",
+                                              .user = "alice",
+                                              .ssh_port = 2222,
+                                              .port = 7000,
+                                              .dir = "/srv/sp-1",
+                                              .slots = 2,
+                                              .threads = 4,
+                                              .line = 3});
     // The defaults: ssh 22, the launcher picks the port, dir and threads; one slot.
-    cr_expect_str_eq(b->host, "mini2");
-    cr_expect_str_eq(b->user, "");
-    cr_expect_eq(b->ssh_port, 22);
-    cr_expect_eq(b->port, 0);
-    cr_expect_str_eq(b->dir, "");
-    cr_expect_eq(b->slots, 1);
-    cr_expect_eq(b->threads, 0);
-    cr_expect_eq(b->line, 5);
-    cr_expect_str_eq(c->host, "10.0.0.7");
-    cr_expect_eq(c->slots, 64);
-    cr_expect_eq(c->threads, 256);
-    cr_expect_eq(c->port, 65472); // 65472 + 63 = 65535: the last port still fits
-    cr_expect_eq(c->line, 6);
+    expect_host(&h.hosts[1],
+                &(hostfile_host){.host = "mini2", .ssh_port = 22, .slots = 1, .line = 5});
+    // 65472 + 63 = 65535: the last port still fits.
+    expect_host(&h.hosts[2], &(hostfile_host){.host = "10.0.0.7",
+                                              .ssh_port = 22,
+                                              .port = 65472,
+                                              .slots = 64,
+                                              .threads = 256,
+                                              .line = 6});
     hostfile_free(&h);
     cr_expect(h.hosts == NULL && h.n == 0);
     hostfile_free(&h); // twice is safe, and so is NULL
@@ -142,20 +164,26 @@ Test(hostfile, same_host_twice_with_distinct_ports) {
     hostfile_free(&h);
 }
 
+// The message for a host given twice on lines 1 and 2 without distinct ports.
+#define TWICE                                                                                      \
+    "hosts.txt:2: host 'mini1' listed twice (first on line 1): give each entry its own port=, or " \
+    "one entry slots=N"
+
 Test(hostfile, duplicates_are_refused) {
-    const char *twice = "hosts.txt:2: host 'mini1' listed twice (first on line 1): give each entry "
-                        "its own port=, or one entry slots=N";
-    expect_bad("mini1\nmini1\n", ERR_INVAL, twice);
-    expect_bad("mini1 port=7000\nmini1\n", ERR_INVAL, twice);
-    expect_bad("mini1\nMINI1 port=7000\n", ERR_INVAL,
-               "hosts.txt:2: host 'MINI1' listed twice (first on line 1): give each entry its own "
-               "port=, or one entry slots=N");
-    expect_bad("mini1 port=7000 slots=2\n# gap\nalice@mini1 port=7001\n", ERR_INVAL,
-               "hosts.txt:3: host 'mini1' ports 7001-7001 overlap those of the host on line 1 "
-               "(7000-7001)");
-    expect_bad("mini1 port=7000\nmini1 port=6990 slots=11\n", ERR_INVAL,
-               "hosts.txt:2: host 'mini1' ports 6990-7000 overlap those of the host on line 1 "
-               "(7000-7000)");
+    static const bad_case cases[] = {
+        {"mini1\nmini1\n", ERR_INVAL, TWICE},
+        {"mini1 port=7000\nmini1\n", ERR_INVAL, TWICE},
+        {"mini1\nMINI1 port=7000\n", ERR_INVAL,
+         "hosts.txt:2: host 'MINI1' listed twice (first on line 1): give each entry its own "
+         "port=, or one entry slots=N"},
+        {"mini1 port=7000 slots=2\n# gap\nalice@mini1 port=7001\n", ERR_INVAL,
+         "hosts.txt:3: host 'mini1' ports 7001-7001 overlap those of the host on line 1 "
+         "(7000-7001)"},
+        {"mini1 port=7000\nmini1 port=6990 slots=11\n", ERR_INVAL,
+         "hosts.txt:2: host 'mini1' ports 6990-7000 overlap those of the host on line 1 "
+         "(7000-7000)"},
+    };
+    run_bad("hosts.txt", cases, sizeof cases / sizeof *cases);
 }
 
 Test(hostfile, no_hosts) {
@@ -169,77 +197,82 @@ Test(hostfile, no_hosts) {
 }
 
 Test(hostfile, bad_numbers_name_the_line_and_field) {
-    expect_bad("mini1\nmini2\nmini3 ssh_port=abc\n", ERR_INVAL,
-               "hosts.txt:3: ssh_port = 'abc': not a port (1-65535)");
-    expect_bad("mini1 ssh_port=0", ERR_INVAL, "hosts.txt:1: ssh_port = '0': not a port (1-65535)");
-    expect_bad("mini1 ssh_port=-22", ERR_INVAL,
-               "hosts.txt:1: ssh_port = '-22': not a port (1-65535)");
-    expect_bad("mini1 port=65536", ERR_INVAL, "hosts.txt:1: port = '65536': not a port (1-65535)");
-    expect_bad("mini1 port=0", ERR_INVAL, "hosts.txt:1: port = '0': not a port (1-65535)");
-    expect_bad("mini1 port=99999999999999999999", ERR_INVAL,
-               "hosts.txt:1: port = '99999999999999999999': not a port (1-65535)");
-    expect_bad("mini1 slots=0", ERR_INVAL, "hosts.txt:1: slots = '0': not a whole number in 1-64");
-    expect_bad("mini1 slots=65", ERR_INVAL,
-               "hosts.txt:1: slots = '65': not a whole number in 1-64");
-    expect_bad("mini1 slots=2.5", ERR_INVAL,
-               "hosts.txt:1: slots = '2.5': not a whole number in 1-64");
-    expect_bad("mini1 threads=257", ERR_INVAL,
-               "hosts.txt:1: threads = '257': not a whole number in 0-256");
-    expect_bad("mini1 threads=+1", ERR_INVAL,
-               "hosts.txt:1: threads = '+1': not a whole number in 0-256");
-    expect_bad("mini1 port=65535 slots=2", ERR_INVAL,
-               "hosts.txt:1: port = 65535 with slots = 2 runs past port 65535");
+    static const bad_case cases[] = {
+        {"mini1\nmini2\nmini3 ssh_port=abc\n", ERR_INVAL,
+         "hosts.txt:3: ssh_port = 'abc': not a port (1-65535)"},
+        {"mini1 ssh_port=0", ERR_INVAL, "hosts.txt:1: ssh_port = '0': not a port (1-65535)"},
+        {"mini1 ssh_port=-22", ERR_INVAL, "hosts.txt:1: ssh_port = '-22': not a port (1-65535)"},
+        {"mini1 port=65536", ERR_INVAL, "hosts.txt:1: port = '65536': not a port (1-65535)"},
+        {"mini1 port=0", ERR_INVAL, "hosts.txt:1: port = '0': not a port (1-65535)"},
+        {"mini1 port=99999999999999999999", ERR_INVAL,
+         "hosts.txt:1: port = '99999999999999999999': not a port (1-65535)"},
+        {"mini1 slots=0", ERR_INVAL, "hosts.txt:1: slots = '0': not a whole number in 1-64"},
+        {"mini1 slots=65", ERR_INVAL, "hosts.txt:1: slots = '65': not a whole number in 1-64"},
+        {"mini1 slots=2.5", ERR_INVAL, "hosts.txt:1: slots = '2.5': not a whole number in 1-64"},
+        {"mini1 threads=257", ERR_INVAL,
+         "hosts.txt:1: threads = '257': not a whole number in 0-256"},
+        {"mini1 threads=+1", ERR_INVAL, "hosts.txt:1: threads = '+1': not a whole number in 0-256"},
+        {"mini1 port=65535 slots=2", ERR_INVAL,
+         "hosts.txt:1: port = 65535 with slots = 2 runs past port 65535"},
+    };
+    run_bad("hosts.txt", cases, sizeof cases / sizeof *cases);
 }
 
 Test(hostfile, unknown_repeated_and_malformed_fields) {
-    expect_bad("a\nb\nc\nd\nmini1 slot=2\n", ERR_INVAL,
-               "hosts.txt:5: unknown field 'slot' (host, user, ssh_port, port, dir, slots, "
-               "threads)");
-    expect_bad("mini1 Slots=2\n", ERR_INVAL,
-               "hosts.txt:1: unknown field 'Slots' (host, user, ssh_port, port, dir, slots, "
-               "threads)");
-    expect_bad("mini1 slots=2 slots=3\n", ERR_INVAL, "hosts.txt:1: field 'slots' given twice");
-    expect_bad("mini1 host=mini2\n", ERR_INVAL, "hosts.txt:1: field 'host' given twice");
-    expect_bad("bob@mini1 user=bob\n", ERR_INVAL, "hosts.txt:1: field 'user' given twice");
-    expect_bad("user=bob bob@mini1\n", ERR_FORMAT,
-               "hosts.txt:1: 'bob@mini1': expected field=value (the host is the first word)");
-    expect_bad("user=bob host=bob@mini1\n", ERR_INVAL,
-               "hosts.txt:1: field 'user' given twice (user= and user@host)");
-    expect_bad("mini1\nmini2 slots\n", ERR_FORMAT,
-               "hosts.txt:2: 'slots': expected field=value (the host is the first word)");
-    expect_bad("mini1 =4\n", ERR_FORMAT, "hosts.txt:1: '=4': no field name before '='");
-    expect_bad("mini1 slots=\n", ERR_INVAL, "hosts.txt:1: slots = '': empty value");
-    expect_bad("mini1 dir=\n", ERR_INVAL, "hosts.txt:1: dir = '': empty value");
-    expect_bad("mini1 dir= /x\n", ERR_INVAL, "hosts.txt:1: dir = '': empty value");
-    expect_bad("mini1 user=\n", ERR_INVAL, "hosts.txt:1: user = '': empty value");
-    expect_bad("slots=2 threads=1\n", ERR_INVAL,
-               "hosts.txt:1: no host (a line starts with the host, or gives host=)");
+    static const bad_case cases[] = {
+        {"a\nb\nc\nd\nmini1 slot=2\n", ERR_INVAL,
+         "hosts.txt:5: unknown field 'slot' (host, user, ssh_port, port, dir, slots, "
+         "threads)"},
+        {"mini1 Slots=2\n", ERR_INVAL,
+         "hosts.txt:1: unknown field 'Slots' (host, user, ssh_port, port, dir, slots, "
+         "threads)"},
+        {"mini1 slots=2 slots=3\n", ERR_INVAL, "hosts.txt:1: field 'slots' given twice"},
+        {"mini1 host=mini2\n", ERR_INVAL, "hosts.txt:1: field 'host' given twice"},
+        {"bob@mini1 user=bob\n", ERR_INVAL, "hosts.txt:1: field 'user' given twice"},
+        {"user=bob bob@mini1\n", ERR_FORMAT,
+         "hosts.txt:1: 'bob@mini1': expected field=value (the host is the first word)"},
+        {"user=bob host=bob@mini1\n", ERR_INVAL,
+         "hosts.txt:1: field 'user' given twice (user= and user@host)"},
+        {"mini1\nmini2 slots\n", ERR_FORMAT,
+         "hosts.txt:2: 'slots': expected field=value (the host is the first word)"},
+        {"mini1 =4\n", ERR_FORMAT, "hosts.txt:1: '=4': no field name before '='"},
+        {"mini1 slots=\n", ERR_INVAL, "hosts.txt:1: slots = '': empty value"},
+        {"mini1 dir=\n", ERR_INVAL, "hosts.txt:1: dir = '': empty value"},
+        {"mini1 dir= /x\n", ERR_INVAL, "hosts.txt:1: dir = '': empty value"},
+        {"mini1 user=\n", ERR_INVAL, "hosts.txt:1: user = '': empty value"},
+        {"slots=2 threads=1\n", ERR_INVAL,
+         "hosts.txt:1: no host (a line starts with the host, or gives host=)"},
+    };
+    run_bad("hosts.txt", cases, sizeof cases / sizeof *cases);
 }
 
 Test(hostfile, bad_characters_are_named) {
-    expect_bad("mini;1\n", ERR_INVAL,
-               "hosts.txt:1: host = 'mini;1': ';' is not allowed (letters, digits, '.', '-', "
-               "'_'; IPv6 as [::1])");
-    expect_bad("-oProxyCommand\n", ERR_INVAL,
-               "hosts.txt:1: host = '-oProxyCommand': must not start with '-'");
-    expect_bad(".mini1\n", ERR_INVAL, "hosts.txt:1: host = '.mini1': must not start with '.'");
-    expect_bad("mini1:22\n", ERR_INVAL,
-               "hosts.txt:1: host = 'mini1:22': not a host name or IPv6 address (a port goes in "
-               "port= or ssh_port=)");
-    expect_bad("[mini1]\n", ERR_INVAL,
-               "hosts.txt:1: host = '[mini1]': not a host name or IPv6 address (a port goes in "
-               "port= or ssh_port=)");
-    expect_bad("@mini1\n", ERR_INVAL, "hosts.txt:1: user = '': empty value");
-    expect_bad("bob@\n", ERR_INVAL, "hosts.txt:1: host = '': empty value");
-    expect_bad("a@b@c\n", ERR_INVAL,
-               "hosts.txt:1: host = 'b@c': '@' is not allowed (letters, digits, '.', '-', '_'; "
-               "IPv6 as [::1])");
-    expect_bad("mini1 user=b$b\n", ERR_INVAL,
-               "hosts.txt:1: user = 'b$b': '$' is not allowed (letters, digits, '.', '-', '_')");
-    expect_bad("mini1 dir=/srv/a;rm\n", ERR_INVAL,
-               "hosts.txt:1: dir = '/srv/a;rm': ';' is not allowed (letters, digits and "
-               "/._~+,@%=:-)");
-    expect_bad("mini1 dir=-rf\n", ERR_INVAL, "hosts.txt:1: dir = '-rf': must not start with '-'");
+    static const bad_case cases[] = {
+        {"mini;1\n", ERR_INVAL,
+         "hosts.txt:1: host = 'mini;1': ';' is not allowed (letters, digits, '.', '-', "
+         "'_'; IPv6 as [::1])"},
+        {"-oProxyCommand\n", ERR_INVAL,
+         "hosts.txt:1: host = '-oProxyCommand': must not start with '-'"},
+        {".mini1\n", ERR_INVAL, "hosts.txt:1: host = '.mini1': must not start with '.'"},
+        {"mini1:22\n", ERR_INVAL,
+         "hosts.txt:1: host = 'mini1:22': not a host name or IPv6 address (a port goes in "
+         "port= or ssh_port=)"},
+        {"[mini1]\n", ERR_INVAL,
+         "hosts.txt:1: host = '[mini1]': not a host name or IPv6 address (a port goes in "
+         "port= or ssh_port=)"},
+        {"@mini1\n", ERR_INVAL, "hosts.txt:1: user = '': empty value"},
+        {"bob@\n", ERR_INVAL, "hosts.txt:1: host = '': empty value"},
+        {"a@b@c\n", ERR_INVAL,
+         "hosts.txt:1: host = 'b@c': '@' is not allowed (letters, digits, '.', '-', '_'; "
+         "IPv6 as [::1])"},
+        {"mini1 user=b$b\n", ERR_INVAL,
+         "hosts.txt:1: user = 'b$b': '$' is not allowed (letters, digits, '.', '-', '_')"},
+        {"mini1 dir=/srv/a;rm\n", ERR_INVAL,
+         "hosts.txt:1: dir = '/srv/a;rm': ';' is not allowed (letters, digits and "
+         "/._~+,@%=:-)"},
+        {"mini1 dir=-rf\n", ERR_INVAL, "hosts.txt:1: dir = '-rf': must not start with '-'"},
+    };
+    run_bad("hosts.txt", cases, sizeof cases / sizeof *cases);
     // Bytes a terminal would act on are shown escaped.
     static const char nul[] = "mini\0001\n";
     expect_err("hosts.txt", nul, sizeof nul - 1, ERR_INVAL,
@@ -317,17 +350,16 @@ Test(hostfile, mlx_json_array_form) {
     cr_assert_eq(h.json, 1);
     cr_assert_eq(h.n, 3);
     cr_expect_eq(h.peers, 3);
-    cr_expect_str_eq(h.hosts[0].host, "mini1");
-    cr_expect_eq(h.hosts[0].n_ips, 2);
-    cr_expect_str_eq(h.hosts[0].ips[0], "10.0.0.1");
-    cr_expect_str_eq(h.hosts[0].ips[1], "fe80::1");
-    cr_expect_eq(h.hosts[0].line, 0);
-    cr_expect_str_eq(h.hosts[1].user, "bob");
-    cr_expect_str_eq(h.hosts[1].host, "mini2");
-    cr_expect_eq(h.hosts[1].n_ips, 0);
-    cr_expect_eq(h.hosts[2].line, 2);
-    cr_expect_eq(h.hosts[2].ssh_port, 22);
-    cr_expect_eq(h.hosts[2].slots, 1);
+    expect_host(&h.hosts[0], &(hostfile_host){.host = "mini1",
+                                              .ssh_port = 22,
+                                              .slots = 1,
+                                              .ips = {"10.0.0.1", "fe80::1"},
+                                              .n_ips = 2});
+    expect_host(
+        &h.hosts[1],
+        &(hostfile_host){.host = "mini2", .user = "bob", .ssh_port = 22, .slots = 1, .line = 1});
+    expect_host(&h.hosts[2],
+                &(hostfile_host){.host = "mini3", .ssh_port = 22, .slots = 1, .line = 2});
     hostfile_free(&h);
 }
 
@@ -344,46 +376,45 @@ Test(hostfile, mlx_json_object_form) {
     hostfile_free(&h);
 }
 
-static void expect_bad_json(const char *text, int code, const char *msg) {
-    expect_err("hosts.json", text, strlen(text), code, msg);
-}
-
 Test(hostfile, mlx_json_errors_name_the_element) {
-    expect_bad_json("[{\"ssh\": \"a\"},\n {\"ssh\": \"b\",}]", ERR_FORMAT,
-                    "hosts.json:2:14: invalid JSON: string or '}' expected near '}'");
-    expect_bad_json("[{\"ssh\": \"a\"}", ERR_FORMAT,
-                    "hosts.json:1:13: invalid JSON: ']' expected near end of file");
-    expect_bad_json("[{\"ssh\": \"a\", \"ssh\": \"b\"}]", ERR_FORMAT,
-                    "hosts.json:1:19: invalid JSON: duplicate object key near '\"ssh\"'");
-    expect_bad_json("[{\"ssh\": \"a\"}, \"b\"]", ERR_FORMAT,
-                    "hosts.json: element 1 is a string, not an object {\"ssh\": HOST, \"ips\": "
-                    "[...]}");
-    expect_bad_json("[{\"ssh\": \"a\"}, {\"ssh\": \"b\"}, {\"host\": \"c\"}]", ERR_FORMAT,
-                    "hosts.json: element 2: no \"ssh\" string (the host to reach over ssh)");
-    expect_bad_json("[{\"ssh\": 7}]", ERR_FORMAT,
-                    "hosts.json: element 0: no \"ssh\" string (the host to reach over ssh)");
-    expect_bad_json("[{\"ssh\": \"a\", \"ips\": \"10.0.0.1\"}]", ERR_FORMAT,
-                    "hosts.json: element 0: \"ips\" is a string, not an array of strings");
-    expect_bad_json("[{\"ssh\": \"a\", \"ips\": [\"10.0.0.1\", null]}]", ERR_FORMAT,
-                    "hosts.json: element 0: ips[1] is null, not a string");
-    expect_bad_json("[{\"ssh\": \"a\", \"ips\": [\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\","
-                    "\"9\"]}]",
-                    ERR_INVAL, "hosts.json: element 0: \"ips\" holds 9 addresses (at most 8)");
-    expect_bad_json("[{\"ssh\": \"a\", \"ips\": [\"10.0.0.1:5\"]}]", ERR_INVAL,
-                    "hosts.json: element 0: ips[0] = '10.0.0.1:5': not a host name or IPv6 "
-                    "address (a port goes in port= or ssh_port=)");
-    expect_bad_json("[{\"ssh\": \"a b\"}]", ERR_INVAL,
-                    "hosts.json: element 0: ssh = 'a b': ' ' is not allowed (letters, digits, "
-                    "'.', '-', '_'; IPv6 as [::1])");
-    expect_bad_json("[{\"ssh\": \"\"}]", ERR_INVAL, "hosts.json: element 0: ssh = '': empty value");
-    expect_bad_json("[{\"ssh\": \"a\"}, {\"ssh\": \"bob@A\"}]", ERR_INVAL,
-                    "hosts.json: element 1: host 'A' listed twice (first as element 0): give each "
-                    "entry its own port=, or one entry slots=N");
-    expect_bad_json("{\"backend\": \"ring\"}", ERR_FORMAT,
-                    "hosts.json: no \"hosts\" array (MLX's hostfile is [{\"ssh\": HOST, \"ips\": "
-                    "[...]}, ...] or {\"hosts\": [...]})");
-    expect_bad_json("[{\"ssh\": \"a\"}] x", ERR_FORMAT,
-                    "hosts.json:1:16: invalid JSON: end of file expected near 'x'");
+    static const bad_case cases[] = {
+        {"[{\"ssh\": \"a\"},\n {\"ssh\": \"b\",}]", ERR_FORMAT,
+         "hosts.json:2:14: invalid JSON: string or '}' expected near '}'"},
+        {"[{\"ssh\": \"a\"}", ERR_FORMAT,
+         "hosts.json:1:13: invalid JSON: ']' expected near end of file"},
+        {"[{\"ssh\": \"a\", \"ssh\": \"b\"}]", ERR_FORMAT,
+         "hosts.json:1:19: invalid JSON: duplicate object key near '\"ssh\"'"},
+        {"[{\"ssh\": \"a\"}, \"b\"]", ERR_FORMAT,
+         "hosts.json: element 1 is a string, not an object {\"ssh\": HOST, \"ips\": "
+         "[...]}"},
+        {"[{\"ssh\": \"a\"}, {\"ssh\": \"b\"}, {\"host\": \"c\"}]", ERR_FORMAT,
+         "hosts.json: element 2: no \"ssh\" string (the host to reach over ssh)"},
+        {"[{\"ssh\": 7}]", ERR_FORMAT,
+         "hosts.json: element 0: no \"ssh\" string (the host to reach over ssh)"},
+        {"[{\"ssh\": \"a\", \"ips\": \"10.0.0.1\"}]", ERR_FORMAT,
+         "hosts.json: element 0: \"ips\" is a string, not an array of strings"},
+        {"[{\"ssh\": \"a\", \"ips\": [\"10.0.0.1\", null]}]", ERR_FORMAT,
+         "hosts.json: element 0: ips[1] is null, not a string"},
+        {"[{\"ssh\": \"a\", \"ips\": [\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\","
+         "\"9\"]}]",
+         ERR_INVAL, "hosts.json: element 0: \"ips\" holds 9 addresses (at most 8)"},
+        {"[{\"ssh\": \"a\", \"ips\": [\"10.0.0.1:5\"]}]", ERR_INVAL,
+         "hosts.json: element 0: ips[0] = '10.0.0.1:5': not a host name or IPv6 "
+         "address (a port goes in port= or ssh_port=)"},
+        {"[{\"ssh\": \"a b\"}]", ERR_INVAL,
+         "hosts.json: element 0: ssh = 'a b': ' ' is not allowed (letters, digits, "
+         "'.', '-', '_'; IPv6 as [::1])"},
+        {"[{\"ssh\": \"\"}]", ERR_INVAL, "hosts.json: element 0: ssh = '': empty value"},
+        {"[{\"ssh\": \"a\"}, {\"ssh\": \"bob@A\"}]", ERR_INVAL,
+         "hosts.json: element 1: host 'A' listed twice (first as element 0): give each "
+         "entry its own port=, or one entry slots=N"},
+        {"{\"backend\": \"ring\"}", ERR_FORMAT,
+         "hosts.json: no \"hosts\" array (MLX's hostfile is [{\"ssh\": HOST, \"ips\": "
+         "[...]}, ...] or {\"hosts\": [...]})"},
+        {"[{\"ssh\": \"a\"}] x", ERR_FORMAT,
+         "hosts.json:1:16: invalid JSON: end of file expected near 'x'"},
+    };
+    run_bad("hosts.json", cases, sizeof cases / sizeof *cases);
 }
 
 Test(hostfile, load_reads_a_file_and_names_a_missing_one) {

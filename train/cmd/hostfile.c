@@ -118,7 +118,9 @@ static int set_addr(const parser *ps, const char *field, span v, char *out, size
                            "%s: %s = '%s': not a host name or IPv6 address (a port goes in port= "
                            "or ssh_port=)",
                            ps->where, field, show(b, sizeof b, v));
-        return copy_value(ps, field, cstr(canon), is_dir_char, out, cap, "IPv6");
+        ASSERT(strlen(canon) < cap); // INET6_ADDRSTRLEN fits every address buffer
+        memcpy(out, canon, strlen(canon) + 1);
+        return ERR_OK;
     }
     if (v.n && v.p[0] == '.')
         return err_set(ERR_INVAL, "%s: %s = '%s': must not start with '.'", ps->where, field,
