@@ -65,17 +65,17 @@ typedef struct hostfile {
 } hostfile;
 
 // hostfile_parse parses len bytes of text (NUL bytes included; no terminator needed) into *out;
-// name is how messages call the text (a path; NULL = "hostfile"). On success returns ERR_OK and
-// the caller owns out->hosts (hostfile_free). On failure *out is left empty ({0}) and the
-// message starts with `name:line:` (text), `name: element I:` (JSON) or `name:` and names the
-// field and the rule, e.g. `hosts.txt:3: ssh_port = 'abc': not a port (1-65535)`. Returns
-// ERR_FORMAT for what does not parse: a field without '=', a second bare word, invalid JSON
-// (with jansson's line:column and text), a JSON element that is not an object or has no string
-// "ssh", "ips" that is not an array of strings. Returns ERR_INVAL for what parses but is wrong:
-// no hosts at all, an unknown or repeated field, an empty value, a number out of range, a value
-// with a character its set does not allow, a value over its length limit (the message gives the
-// limit), a host listed twice with the same or overlapping ports, more than HOSTFILE_MAX_HOSTS
-// entries, or more than HOSTFILE_MAX_IPS ips. Any thread.
+// name is how messages call the text (a path; NULL = "hostfile"). On success returns ERR_OK and the
+// caller owns out->hosts (hostfile_free). On failure *out is left empty ({0}) and the message
+// starts with `name:line:` (text), `name: element I:` (JSON) or `name:` and names the field and the
+// rule, e.g. `hosts.txt:3: ssh_port = 'abc': not a port (1-65535)`. Returns ERR_FORMAT for what
+// does not parse: a field without '=', a second bare word, invalid JSON (with jansson's line:column
+// and text), a JSON element that is not an object or has no string "ssh", "ips" that is not an
+// array of strings, a JSON object without a "hosts" array. Returns ERR_INVAL for what parses but is
+// wrong: len over HOSTFILE_MAX_BYTES, no hosts at all, an unknown or repeated field, an empty
+// value, a number out of range, a value with a character its set does not allow, a value over its
+// length limit (the message gives the limit), a host listed twice with the same or overlapping
+// ports, more than HOSTFILE_MAX_HOSTS entries, or more than HOSTFILE_MAX_IPS ips. Any thread.
 int hostfile_parse(hostfile *out, const char *text, size_t len, const char *name);
 
 // hostfile_load reads the file at path (at most HOSTFILE_MAX_BYTES) and parses it as
