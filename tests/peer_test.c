@@ -714,16 +714,36 @@ Test(peer, bad_arguments_are_named) {
     peer_group_destroy(g);
 }
 
+// A linked pair over ipc:// sockets in a fresh folder.
+typedef struct pair {
+    char *dir;
+    char addr[2][PEER_ADDR_MAX];
+    const char *a[2];
+    peer_group *g[2];
+} pair;
+
+static void pair_open(pair *p) {
+    p->dir = tu_tmpdir("peer");
+    ipc_addrs(p->dir, 2, p->addr, p->a);
+    p->g[0] = group_of(p->a, 2, 0, NULL);
+    p->g[1] = group_of(p->a, 2, 1, NULL);
+    cr_assert_eq(peer_wait_view(p->g[1], 2, 10000), 2);
+    cr_assert_eq(peer_wait_view(p->g[0], 2, 10000), 2);
+}
+
+static void pair_close(pair *p) {
+    peer_group_destroy(p->g[1]);
+    peer_group_destroy(p->g[0]);
+    tu_rm_rf(p->dir);
+    free(p->dir);
+}
+
 // ---- zero-copy posts and requests ---------------------------------------------------------
 
 Test(peer, posted_frames_go_out_in_order_without_copies_and_a_queued_one_can_be_cancelled) {
-    char *dir = tu_tmpdir("peer");
-    char addr[2][PEER_ADDR_MAX];
-    const char *a[2];
-    ipc_addrs(dir, 2, addr, a);
-    peer_group *g0 = group_of(a, 2, 0, NULL), *g1 = group_of(a, 2, 1, NULL);
-    cr_assert_eq(peer_wait_view(g1, 2, 10000), 2);
-    cr_assert_eq(peer_wait_view(g0, 2, 10000), 2);
+    pair p;
+    pair_open(&p);
+    peer_group *g0 = p.g[0], *g1 = p.g[1];
     enum { K = 6, LEN = 1 << 20 };
     unsigned char *buf = malloc((size_t)K * LEN);
     peer_op *op[K];
@@ -756,22 +776,15 @@ Test(peer, posted_frames_go_out_in_order_without_copies_and_a_queued_one_can_be_
     for (int i = posted - 1; i >= 0; i--)
         peer_op_cancel(g1, many[i]); // queued ones leave the queue, the one being written ends
     free(buf);
-    peer_group_destroy(g1);
-    peer_group_destroy(g0);
-    tu_rm_rf(dir);
-    free(dir);
+    pair_close(&p);
 }
 
 // A post with the caller's CRC carries it as is: the right one is delivered with it (peer_msg.crc),
 // a wrong one is dropped by the receiver as a corrupt payload and counted, and the stream goes on.
 Test(peer, a_post_with_the_callers_crc_is_checked_by_the_receiver) {
-    char *dir = tu_tmpdir("peer");
-    char addr[2][PEER_ADDR_MAX];
-    const char *a[2];
-    ipc_addrs(dir, 2, addr, a);
-    peer_group *g0 = group_of(a, 2, 0, NULL), *g1 = group_of(a, 2, 1, NULL);
-    cr_assert_eq(peer_wait_view(g1, 2, 10000), 2);
-    cr_assert_eq(peer_wait_view(g0, 2, 10000), 2);
+    pair p;
+    pair_open(&p);
+    peer_group *g0 = p.g[0], *g1 = p.g[1];
     enum { LEN = 100000 };
     unsigned char *buf = malloc(LEN);
     for (int i = 0; i < LEN; i++)
@@ -796,10 +809,7 @@ Test(peer, a_post_with_the_callers_crc_is_checked_by_the_receiver) {
     peer_get_stats(g0, &st);
     cr_assert_eq(st.bad_crc, 1, "bad_crc %llu", (unsigned long long)st.bad_crc);
     free(buf);
-    peer_group_destroy(g1);
-    peer_group_destroy(g0);
-    tu_rm_rf(dir);
-    free(dir);
+    pair_close(&p);
 }
 
 typedef struct {

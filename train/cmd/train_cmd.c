@@ -130,8 +130,22 @@ typedef struct {
     int overwrite;      // --overwrite: replace an earlier run in train.out_dir
 } train_args;
 
-// parse_train_args fills c from CONFIG and --set, and a from the other options. Returns -1 when
-// training should go on, else the exit code: 0 after --help, 2 for a bad command line or config.
+// env_first returns the value of the first of vars(n) that is set and not empty (its name in
+// *name), or NULL; with a value, *num is its decimal number and *ok whether it was one.
+static const char *env_first(const char *const *vars, size_t n, const char **name, long *num,
+                             int *ok) {
+    for (size_t i = 0; i < n; i++) {
+        const char *v = getenv(vars[i]);
+        if (!v || !*v) continue;
+        char *end;
+        *name = vars[i];
+        *num = strtol(v, &end, 10);
+        *ok = !*end;
+        return v;
+    }
+    return NULL;
+}
+
 // env_world fills in net.world for a rendezvous started by another launcher (mpirun, srun,
 // torchrun): with net.join and no net.world, the first of SPARTAN_WORLD_SIZE, WORLD_SIZE,
 // OMPI_COMM_WORLD_SIZE, PMI_SIZE and SLURM_NTASKS that is set. Returns ERR_OK or ERR_INVAL naming
@@ -140,19 +154,19 @@ static int env_world(cfg *c) {
     static const char *vars[] = {"SPARTAN_WORLD_SIZE", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE",
                                  "PMI_SIZE", "SLURM_NTASKS"};
     if (!c->net.join[0] || c->net.world) return ERR_OK;
-    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
-        const char *v = getenv(vars[i]);
-        if (!v || !*v) continue;
-        char *end;
-        long w = strtol(v, &end, 10);
-        if (*end || w < 1 || w > 256)
-            return err_set(ERR_INVAL, "%s='%s' is not a number of peers (1-256)", vars[i], v);
-        c->net.world = (int)w;
-        return ERR_OK;
-    }
+    const char *name;
+    long w;
+    int ok;
+    const char *v = env_first(vars, sizeof vars / sizeof vars[0], &name, &w, &ok);
+    if (!v) return ERR_OK;
+    if (!ok || w < 1 || w > 256)
+        return err_set(ERR_INVAL, "%s='%s' is not a number of peers (1-256)", name, v);
+    c->net.world = (int)w;
     return ERR_OK;
 }
 
+// parse_train_args fills c from CONFIG and --set, and a from the other options. Returns -1 when
+// training should go on, else the exit code: 0 after --help, 2 for a bad command line or config.
 static int parse_train_args(int argc, char **argv, cfg *c, train_args *a) {
     const char *config[2];
     int n_config = 0;
@@ -269,13 +283,12 @@ static int resolve_rank(long long rank_arg, cfg *c, int world, int *want) {
                                  "PMI_RANK",     "SLURM_PROCID", "MLX_RANK"};
     long long rank = rank_arg;
     const char *src = "--rank";
-    for (size_t i = 0; rank < 0 && i < sizeof vars / sizeof vars[0]; i++) {
-        const char *v = getenv(vars[i]);
-        if (!v || !*v) continue;
-        char *end;
-        rank = strtol(v, &end, 10);
-        src = vars[i];
-        if (*end || rank < 0) return err_set(ERR_INVAL, "%s='%s' is not a rank", vars[i], v);
+    if (rank < 0) {
+        long r;
+        int ok;
+        const char *v = env_first(vars, sizeof vars / sizeof vars[0], &src, &r, &ok);
+        if (v && (!ok || r < 0)) return err_set(ERR_INVAL, "%s='%s' is not a rank", src, v);
+        if (v) rank = r; // src names the variable (it stays "--rank" without one)
     }
     *want = (int)rank;
     if (rank < 0 && c->net.join[0]) { // the group gives the lowest free rank
