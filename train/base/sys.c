@@ -2,6 +2,7 @@
 #include "train/base/sys.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -72,4 +73,38 @@ int sys_mkdir_p(const char *dir) {
         rc = err_set(ERR_IO, "'%s' exists and is not a folder", buf);
     free(buf);
     return rc;
+}
+
+int sys_read_file(const char *path, size_t max, const char *what, char **out, size_t *len) {
+    *out = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return err_set(ERR_IO, "cannot open %s '%s': %s", what, path, strerror(errno));
+    // One byte past the limit tells a file that is too big from one that is exactly the limit.
+    size_t cap = 4096, n = 0;
+    char *buf = xmalloc(cap);
+    int rc = ERR_OK;
+    for (;;) {
+        if (n + 1 >= cap) {
+            if (cap > max + 1) break;
+            cap = cap * 2 > max + 2 ? max + 2 : cap * 2;
+            buf = xrealloc(buf, cap);
+        }
+        size_t r = fread(buf + n, 1, cap - 1 - n, f);
+        n += r;
+        if (r == 0) break;
+    }
+    if (ferror(f))
+        rc = err_set(ERR_IO, "cannot read %s '%s': %s", what, path, strerror(errno));
+    else if (n > max)
+        rc = err_set(ERR_INVAL, "%s '%s' is larger than %zu bytes", what, path, max);
+    fclose(f);
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    buf[n] = 0;
+    *out = buf;
+    *len = n;
+    return ERR_OK;
 }

@@ -6,6 +6,7 @@
 #define SYS_H
 
 #include <pthread.h>
+#include <stddef.h>
 #include <time.h>
 
 // sys_now_ms returns a monotonic time in milliseconds (CLOCK_MONOTONIC; only differences mean
@@ -35,5 +36,12 @@ void sys_sleep_ms(int ms);
 // sys_mkdir_p creates dir and its missing parents (mode 0777 before the umask). Returns ERR_OK,
 // or ERR_IO naming the folder that cannot be created or the path that exists but is not a folder.
 int sys_mkdir_p(const char *dir);
+
+// sys_read_file reads the whole file at path, at most max bytes, into *out (malloc'd, with a NUL
+// after the *len bytes, which may hold NULs themselves); what names the file in messages
+// ("hostfile"). Returns ERR_OK (the caller frees *out), ERR_IO naming the path and the system's
+// reason when it cannot be opened or read, or ERR_INVAL when it is larger than max bytes. On
+// failure *out is NULL.
+int sys_read_file(const char *path, size_t max, const char *what, char **out, size_t *len);
 
 #endif

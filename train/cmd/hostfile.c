@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "train/base/err.h"
+#include "train/base/sys.h"
 
 // A run of the input: not NUL-terminated.
 typedef struct span {
@@ -396,17 +397,9 @@ int hostfile_parse(hostfile *out, const char *text, size_t len, const char *name
 int hostfile_load(hostfile *out, const char *path) {
     ASSERT(out && path);
     memset(out, 0, sizeof *out);
-    FILE *f = fopen(path, "rb");
-    if (!f) return err_set(ERR_IO, "cannot open hostfile '%s': %s", path, strerror(errno));
-    // One byte past the limit tells a file that is too big from one that is exactly the limit.
-    char *buf = xmalloc((size_t)HOSTFILE_MAX_BYTES + 1);
-    size_t n = fread(buf, 1, (size_t)HOSTFILE_MAX_BYTES + 1, f);
-    int rc = ERR_OK;
-    if (ferror(f))
-        rc = err_set(ERR_IO, "cannot read hostfile '%s': %s", path, strerror(errno));
-    else if (n > HOSTFILE_MAX_BYTES)
-        rc = err_set(ERR_INVAL, "hostfile '%s' is larger than %d bytes", path, HOSTFILE_MAX_BYTES);
-    fclose(f);
+    char *buf;
+    size_t n;
+    int rc = sys_read_file(path, HOSTFILE_MAX_BYTES, "hostfile", &buf, &n);
     if (rc == ERR_OK) rc = hostfile_parse(out, buf, n, path);
     free(buf);
     return rc;

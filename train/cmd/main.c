@@ -13,7 +13,9 @@
 #include "train/cmd/cmds.h"
 #include "train/cmd/corr_cmd.h"
 #include "train/cmd/data_cmd.h"
+#include "train/cmd/launch_cmd.h"
 #include "train/cmd/plot_cmd.h"
+#include "train/cmd/probe_cmd.h"
 #include "train/cmd/sample_cmd.h"
 #include "train/cmd/serve_cmd.h"
 
@@ -160,6 +162,8 @@ static const command commands[] = {
     {"avg", avg_cmd_main, "element-wise mean of checkpoints' weights, as a checkpoint"},
     {"data", data_cmd_main, "prepare token shards (data prepare) and download files (data fetch)"},
     {"plot", plot_cmd_main, "draw a run's metrics.csv into a PNG (gnuplot)"},
+    {"launch", launch_cmd_main, "start and watch a training job across machines over ssh"},
+    {"probe", probe_cmd_main, "check that peer ports can be listened on and reached (launch)"},
 };
 
 static void usage(FILE *f) {
