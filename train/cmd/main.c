@@ -84,6 +84,16 @@ static void group_metrics(void *ctx, train_sync_metrics *m) {
     peer_stats st;
     peer_get_stats(ctx, &st);
     m->msgs_dropped += st.bad_crc; // frames lost to a bad CRC (the modules count the rest)
+    peer_view v;
+    peer_get_view(ctx, &v);
+    m->epoch = v.epoch;
+    m->members = v.n;
+    for (int i = 0; i < v.n; i++) {
+        if (v.m[i].rank == v.self)
+            m->member_id = v.m[i].id;
+        else
+            m->peers_connected += v.m[i].connected;
+    }
 }
 
 static void group_destroy(void *ctx) { peer_group_destroy(ctx); }
