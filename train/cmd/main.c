@@ -16,6 +16,7 @@
 #include "train/cmd/plot_cmd.h"
 #include "train/cmd/sample_cmd.h"
 #include "train/cmd/serve_cmd.h"
+#include "train/cmd/status_cmd.h"
 
 #ifndef SPARTAN_VERSION
 #define SPARTAN_VERSION "0.1.0"
@@ -170,6 +171,7 @@ static const command commands[] = {
     {"avg", avg_cmd_main, "element-wise mean of checkpoints' weights, as a checkpoint"},
     {"data", data_cmd_main, "prepare token shards (data prepare) and download files (data fetch)"},
     {"plot", plot_cmd_main, "draw a run's metrics.csv into a PNG (gnuplot)"},
+    {"status", status_cmd_main, "show training peers' progress from their net.status_port"},
 };
 
 static void usage(FILE *f) {
