@@ -216,7 +216,6 @@ static int attempt(const char *url, const char *path, const char *part, const fe
     curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
     curl_easy_setopt(h, CURLOPT_MAXREDIRS, 10L);
 #if LIBCURL_VERSION_NUM >= 0x075500
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
 #endif
     curl_easy_setopt(h, CURLOPT_FAILONERROR, 1L); // >= 400: no body reaches on_body
@@ -362,4 +361,62 @@ int fetch_file(const char *url, const char *sha256_hex, const char *path, const 
     if (rc == ERR_OK) fsync_parent(path);
     free(part);
     return rc;
+}
+
+// The body of one fetch_get so far.
+typedef struct {
+    char *buf;
+    size_t len, cap, max;
+} mem_body;
+
+static size_t mem_write(char *data, size_t size, size_t nmemb, void *arg) {
+    mem_body *b = arg;
+    size_t n = size * nmemb;
+    if (b->len + n > b->max) return 0; // curl reports CURLE_WRITE_ERROR
+    if (b->len + n + 1 > b->cap) {
+        b->cap = 2 * (b->len + n) + 1;
+        b->buf = xrealloc(b->buf, b->cap);
+    }
+    memcpy(b->buf + b->len, data, n);
+    b->len += n;
+    b->buf[b->len] = 0;
+    return n;
+}
+
+int fetch_get(const char *url, int timeout_ms, size_t max_bytes, char **body, size_t *len,
+              long *status) {
+    pthread_once(&curl_once, curl_init_once);
+    CURL *h = curl_easy_init();
+    if (!h) return err_set(ERR_NET, "fetch: curl_easy_init failed for %s", url);
+    mem_body b = {.buf = xcalloc(1, 1), .cap = 1, .max = max_bytes};
+    char errbuf[CURL_ERROR_SIZE] = "";
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, mem_write);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)timeout_ms);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    CURLcode res = curl_easy_perform(h);
+    long code = 0;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+    curl_easy_cleanup(h);
+    int rc = ERR_OK;
+    const char *why = errbuf[0] ? errbuf : curl_easy_strerror(res);
+    if (res == CURLE_WRITE_ERROR)
+        rc = err_set(ERR_NET, "%s: body larger than %zu bytes", url, max_bytes);
+    else if (res == CURLE_OPERATION_TIMEDOUT)
+        rc = err_set(ERR_TIMEOUT, "%s: %s", url, why);
+    else if (res == CURLE_URL_MALFORMAT || res == CURLE_UNSUPPORTED_PROTOCOL)
+        rc = err_set(ERR_INVAL, "%s: %s", url, why);
+    else if (res != CURLE_OK)
+        rc = err_set(ERR_NET, "%s: %s", url, why);
+    if (rc) {
+        free(b.buf);
+        return rc;
+    }
+    *body = b.buf;
+    if (len) *len = b.len;
+    if (status) *status = code;
+    return ERR_OK;
 }

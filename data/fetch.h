@@ -5,6 +5,8 @@
 #ifndef FETCH_H
 #define FETCH_H
 
+#include <stddef.h>
+
 typedef struct {
     long connect_timeout_s; // CURLOPT_CONNECTTIMEOUT (default 20)
     long low_speed_bytes;   // abort when slower than this many bytes/s ... (default 1)
@@ -30,5 +32,13 @@ int fetch_file(const char *url, const char *sha256_hex, const char *path, const 
 // fetch_sha256_file writes the SHA-256 of the file at path as 64 lowercase hex digits and a NUL
 // into hex. Returns ERR_OK or ERR_IO naming the file.
 int fetch_sha256_file(const char *path, char hex[65]);
+
+// fetch_get reads the body of url (http://...) into *body (NUL-terminated, *len bytes; the caller
+// frees it), with the whole transfer bounded by timeout_ms (connecting included) and the body by
+// max_bytes. *status is the HTTP status (any: a 404 still returns its body). Returns ERR_OK,
+// ERR_TIMEOUT, ERR_NET (refused, unreachable, a body above max_bytes; the message names the URL
+// and curl's reason) or ERR_INVAL (a URL curl refuses). Any thread.
+int fetch_get(const char *url, int timeout_ms, size_t max_bytes, char **body, size_t *len,
+              long *status);
 
 #endif

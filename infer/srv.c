@@ -1,15 +1,14 @@
-// srv.c: the server object: libmicrohttpd daemon (one internal polling thread, suspend/resume),
-// routing, API-key check, body limits, static replies, and the reload thread that polls a
-// checkpoint folder and swaps in its newest checkpoint. Generation requests are parsed on the
-// daemon thread, bound to the current model (one reference each, so a reload never frees
-// weights in use) and queued for the scheduler (srv_sched.c). A stream's bytes reach the socket
-// through a content-reader callback that suspends the connection when it has nothing to send;
-// the scheduler resumes it, and pauses a stream whose unsent bytes reach stream_buffer.
-// Threads: caller (create/destroy), daemon, scheduler, reloader.
+// srv.c: the server object: libmicrohttpd daemon (one internal polling thread, suspend/resume;
+// started by http_mhd_start), routing, API-key check, body limits, static replies, and the
+// reload thread that polls a checkpoint folder and swaps in its newest checkpoint. Generation
+// requests are parsed on the daemon thread, bound to the current model (one reference each, so a
+// reload never frees weights in use) and queued for the scheduler (srv_sched.c). A stream's bytes
+// reach the socket through a content-reader callback that suspends the connection when it has
+// nothing to send; the scheduler resumes it, and pauses a stream whose unsent bytes reach
+// stream_buffer. Threads: caller (create/destroy), daemon, scheduler, reloader.
 #include "infer/srv.h"
 
 #include <errno.h>
-#include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "infer/http_impl.h"
 #include "infer/srv_impl.h"
 #include "train/base/ckdir.h"
 #include "train/base/err.h"
@@ -447,17 +447,6 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
     if (ci) setsockopt(ci->connect_fd, SOL_SOCKET, SO_SNDBUF, &n, sizeof n); // best effort
 }
 
-static void mhd_log(void *cls, const char *fmt, va_list ap) {
-    char msg[512];
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    size_t n = strlen(msg);
-    while (n && msg[n - 1] == '\n')
-        msg[--n] = 0;
-    LOG_D("srv", "microhttpd: %s", msg);
-    srv_server *s = cls; // kept for a failed start (read only after MHD_start_daemon returns)
-    snprintf(s->mhd_err, sizeof s->mhd_err, "%s", msg);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Hot reload
 
@@ -526,43 +515,16 @@ static char *default_name(const char *path) {
 }
 
 static int start_daemon(srv_server *s, int port) {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                             .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV},
-                    *ai = NULL;
-    char ps[16];
-    snprintf(ps, sizeof ps, "%d", port);
-    int g = getaddrinfo(s->host, ps, &hints, &ai);
-    if (g) return err_set(ERR_INVAL, "--host '%s': %s", s->host, gai_strerror(g));
-    // libmicrohttpd's start says only that it failed: bind the address once ourselves (with
-    // SO_REUSEADDR, as libmicrohttpd does) to report the reason, e.g. "Address already in use".
-    char where[300];
-    snprintf(where, sizeof where, "%s%s%s:%d", strchr(s->host, ':') ? "[" : "", s->host,
-             strchr(s->host, ':') ? "]" : "", port);
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
-    if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-        int e = errno;
-        if (fd >= 0) close(fd);
-        freeaddrinfo(ai);
-        return err_set(ERR_NET, "cannot listen on %s: %s", where, strerror(e));
-    }
-    close(fd);
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ERROR_LOG;
-    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    s->mhd = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, s,
-                              MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_NOTIFY_COMPLETED,
-                              on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
-                              MHD_OPTION_CONNECTION_LIMIT, 1000u, MHD_OPTION_CONNECTION_TIMEOUT,
-                              600u, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, MHD_OPTION_END);
-    freeaddrinfo(ai);
-    if (!s->mhd) // the address was free a moment ago: give libmicrohttpd's last message
-        return err_set(ERR_NET, "cannot listen on %s: %s", where,
-                       s->mhd_err[0] ? s->mhd_err : "libmicrohttpd failed to start");
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    s->port = info ? info->port : port;
-    return ERR_OK;
+    struct MHD_OptionItem opts[] = {
+        {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, s},
+        {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, s},
+        {MHD_OPTION_CONNECTION_LIMIT, 1000, NULL},
+        {MHD_OPTION_CONNECTION_TIMEOUT, 600, NULL},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    return http_mhd_start(&s->mhd, &s->port, s->host, port,
+                          MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME,
+                          on_request, s, opts, "srv");
 }
 
 int srv_create(srv_server **out, const char *path, const srv_config *c) {

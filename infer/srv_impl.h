@@ -121,7 +121,6 @@ struct srv_server {
     int is_dir, threads, max_batch, reload_ms, port;
     size_t stream_buffer; // unsent stream bytes at which a generation pauses
     struct MHD_Daemon *mhd;
-    char mhd_err[512]; // libmicrohttpd's last log message (explains a failed start)
     pthread_mutex_t mu;
     pthread_cond_t wake;  // scheduler: work arrived or stop
     pthread_cond_t rwake; // reloader: stop (CLOCK_MONOTONIC, sys_cond_init)

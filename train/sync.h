@@ -34,7 +34,11 @@ typedef struct train_sync_metrics {
                         // steps averaged (a run with peers that ends at 0 trained alone)
     uint64_t bytes_sent, bytes_recv; // message bytes handed to / received from the network
     uint64_t msgs_dropped;           // messages refused: malformed, foreign, duplicate, too late
-    int n;                           // metrics[0 .. n) are set
+    // The peer group's view, set by the group (0 without one): this process's member id, the
+    // view's epoch, its members (this one included) and the other members linked to it now.
+    uint64_t member_id, epoch;
+    int members, peers_connected;
+    int n; // metrics[0 .. n) are set
     train_metric metrics[TRAIN_SYNC_MAX_METRICS];
 } train_sync_metrics;
 

@@ -135,6 +135,10 @@ static const cfg_key keys[] = {
     K("net", "allow_alone", CFG_BOOL, net.allow_alone, "false", 0, 1,
       "train even if no peer can be reached (else such a run stops at start-up, and one that "
       "never exchanged exits with status 1)"),
+    K("net", "status_port", CFG_INT, net.status_port, "0", 0, 65535,
+      "serve this peer's /status, /metrics and cluster page / over HTTP on this port (0 = off)"),
+    K("net", "status_host", CFG_STR0, net.status_host, "127.0.0.1", 0, 0,
+      "address the status server binds (0.0.0.0: every interface)"),
 };
 
 #define N_KEYS (sizeof keys / sizeof keys[0])

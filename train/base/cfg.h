@@ -106,6 +106,8 @@ typedef struct cfg_net {
     int delay_ms;    // emulated one-way delay per message
     float loss;      // emulated fraction of data-plane messages dropped
     int allow_alone; // a run may start and end without ever reaching a peer
+    int status_port; // `spartan train` serves /status, /metrics and / here (0: off)
+    char status_host[128]; // the status server's bind address
 } cfg_net;
 
 typedef struct cfg {

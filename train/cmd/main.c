@@ -18,6 +18,7 @@
 #include "train/cmd/probe_cmd.h"
 #include "train/cmd/sample_cmd.h"
 #include "train/cmd/serve_cmd.h"
+#include "train/cmd/status_cmd.h"
 
 #ifndef SPARTAN_VERSION
 #define SPARTAN_VERSION "0.1.0"
@@ -86,6 +87,16 @@ static void group_metrics(void *ctx, train_sync_metrics *m) {
     peer_stats st;
     peer_get_stats(ctx, &st);
     m->msgs_dropped += st.bad_crc; // frames lost to a bad CRC (the modules count the rest)
+    peer_view v;
+    peer_get_view(ctx, &v);
+    m->epoch = v.epoch;
+    m->members = v.n;
+    for (int i = 0; i < v.n; i++) {
+        if (v.m[i].rank == v.self)
+            m->member_id = v.m[i].id;
+        else
+            m->peers_connected += v.m[i].connected;
+    }
 }
 
 static void group_destroy(void *ctx) { peer_group_destroy(ctx); }
@@ -164,6 +175,7 @@ static const command commands[] = {
     {"plot", plot_cmd_main, "draw a run's metrics.csv into a PNG (gnuplot)"},
     {"launch", launch_cmd_main, "start and watch a training job across machines over ssh"},
     {"probe", probe_cmd_main, "check that peer ports can be listened on and reached (launch)"},
+    {"status", status_cmd_main, "show training peers' progress from their net.status_port"},
 };
 
 static void usage(FILE *f) {

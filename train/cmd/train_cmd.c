@@ -18,6 +18,7 @@
 #include "train/base/rng.h"
 #include "train/base/sys.h"
 #include "train/cmd/cmds.h"
+#include "train/cmd/status_srv.h"
 #include "train/gpt.h"
 #include "train/ops.h"
 #include "train/sync.h"
@@ -55,7 +56,9 @@ static void fmt_eta(char *buf, size_t n, double s) {
         snprintf(buf, n, "%ds", (int)s);
 }
 
-static int save_ckpt(trainer *t, const cfg *c, int interval) {
+// save_ckpt writes ckpt_<step>.h5 into train.out_dir (pruning older ones after an interval
+// checkpoint) and records it in snap (may be NULL) for /status.
+static int save_ckpt(trainer *t, const cfg *c, int interval, status_snap *snap) {
     char path[CFG_PATH_MAX + 32];
     ckdir_name(path, sizeof path, c->train.out_dir, trainer_step_index(t));
     int rc = trainer_save(t, path);
@@ -64,6 +67,10 @@ static int save_ckpt(trainer *t, const cfg *c, int interval) {
         return rc;
     }
     LOG_I("train", "checkpoint step=%d path=%s", trainer_step_index(t), path);
+    if (snap) {
+        snprintf(snap->ckpt, sizeof snap->ckpt, "%s", path);
+        snap->ckpt_step = trainer_step_index(t);
+    }
     if (interval && c->train.keep_ckpts > 0)
         ckdir_prune(c->train.out_dir, c->train.keep_ckpts, path);
     return ERR_OK;
@@ -395,10 +402,29 @@ static void report_step(reporter *r, const cfg_train *tc, const trainer_stats *s
     if (isfinite(val)) LOG_I("train", "step=%d val_loss=%.4f", st->step, val);
 }
 
+// publish_step fills snap from the step just reported and hands it to the status server.
+static void publish_step(status_srv *ss, status_snap *snap, const trainer_stats *st, float val,
+                         const reporter *rep, double elapsed) {
+    snap->step = st->step;
+    snap->loss = st->loss;
+    snap->lr = st->lr;
+    snap->norm = st->grad_norm;
+    snap->tok_s = st->ms > 0 ? st->tokens / (st->ms / 1e3) : 0;
+    snap->elapsed_s = elapsed;
+    if (isfinite(val)) {
+        snap->val_loss = val;
+        snap->val_step = st->step;
+    }
+    snap->sync = rep->prev;
+    status_srv_publish(ss, snap);
+}
+
 // train_loop runs steps until max_iters or a signal, with evaluation, reporting and interval
-// checkpoints, then saves the final checkpoint. With peers (world > 1), a run that never exchanged
-// with one fails unless net.allow_alone. Returns the exit code.
-static int train_loop(trainer *t, const cfg *ec, FILE *metrics, const train_sync *sync, int world) {
+// checkpoints, then saves the final checkpoint; with a status server (ss, may be NULL) every step
+// is published in snap. With peers (world > 1), a run that never exchanged with one fails unless
+// net.allow_alone. Returns the exit code.
+static int train_loop(trainer *t, const cfg *ec, FILE *metrics, const train_sync *sync, int world,
+                      status_srv *ss, status_snap *snap) {
     const cfg_train *tc = &ec->train;
     double t0 = sys_now_ms();
     reporter rep = {.csv = metrics};
@@ -425,8 +451,9 @@ static int train_loop(trainer *t, const cfg *ec, FILE *metrics, const train_sync
             break;
         }
         report_step(&rep, tc, &st, val, sync, elapsed);
+        if (ss) publish_step(ss, snap, &st, val, &rep, elapsed);
         if (tc->ckpt_interval && st.step % tc->ckpt_interval == 0 && !last) {
-            if (save_ckpt(t, ec, 1)) {
+            if (save_ckpt(t, ec, 1, snap)) {
                 rc = 1;
                 break;
             }
@@ -435,7 +462,8 @@ static int train_loop(trainer *t, const cfg *ec, FILE *metrics, const train_sync
     }
     if (stop_requested)
         LOG_W("train", "interrupted at step %d: saving a checkpoint", trainer_step_index(t));
-    if (!rc && last_saved != trainer_step_index(t) && save_ckpt(t, ec, 0)) rc = 1;
+    if (!rc && last_saved != trainer_step_index(t) && save_ckpt(t, ec, 0, snap)) rc = 1;
+    if (ss) status_srv_publish(ss, snap); // the last checkpoint
     if (!rc && !stop_requested && isfinite(val))
         LOG_I("train", "done step=%d val_loss=%.4f", trainer_step_index(t), val);
     if (!rc && !stop_requested && world > 1 && sync->get_metrics && !ec->net.allow_alone) {
@@ -521,12 +549,34 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
     }
     const cfg *ec = trainer_cfg(t);
     gpt_model *m = trainer_model(t);
+    // The status server starts before the peers are awaited: a busy port fails at once, and
+    // /status answers (step 0) while the group forms.
+    status_srv *ss = NULL;
+    status_snap snap = {.rank = ec->train.rank,
+                        .world = 1,
+                        .step = trainer_step_index(t),
+                        .max_iters = ec->train.max_iters,
+                        .val_loss = NAN,
+                        .ckpt_step = -1};
+    if (ec->net.status_port) {
+        if (status_srv_create(&ss, ec->net.status_host, ec->net.status_port)) {
+            LOG_E("train", "net.status_port: %s", err_msg());
+            trainer_destroy(t);
+            free(resume);
+            return 1;
+        }
+        status_srv_publish(ss, &snap);
+        LOG_I("train", "status on http://%s%s%s:%d/ (/status, /metrics)",
+              strchr(ec->net.status_host, ':') ? "[" : "", ec->net.status_host,
+              strchr(ec->net.status_host, ':') ? "]" : "", status_srv_port(ss));
+    }
     train_sync sync;
     memset(&sync, 0, sizeof sync);
     uint64_t id = run_id(gpt_config(m), ec->train.seed);
     int rank = want;
     if (make_sync && make_sync(&sync, ec, &rank, world, id, gpt_params(m), gpt_n_params(m))) {
         LOG_E("train", "%s", err_msg());
+        status_srv_destroy(ss);
         trainer_destroy(t);
         free(resume);
         return 1;
@@ -546,6 +596,7 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
     }
     if (!metrics) {
         if (sync.destroy) sync.destroy(sync.ctx);
+        status_srv_destroy(ss);
         trainer_destroy(t);
         free(resume);
         return 1;
@@ -569,8 +620,13 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    int rc = train_loop(t, ec, metrics, &sync, world);
+    snap.rank = ec->train.rank;
+    snap.world = world > 1 ? cfg_group_size(ec) : 1;
+    get_metrics(&sync, &snap.sync);
+    if (ss) status_srv_publish(ss, &snap);
+    int rc = train_loop(t, ec, metrics, &sync, world, ss, &snap);
     fclose(metrics);
+    status_srv_destroy(ss); // before the sync modules: nothing it shows points into them
     if (sync.destroy) sync.destroy(sync.ctx);
     trainer_destroy(t);
     return rc;
