@@ -525,7 +525,7 @@ int discover_wait(discover *d, int world, int timeout_ms, discover_member *out) 
         }
         int dups = 0, n = found_list(d, now, list, sizeof list, NULL, 0, &dups);
         if (n != last) {
-            LOG_I(d->tag, "discover: %d/%d peers found: %s", n, world, list);
+            LOG_I(d->tag, "%d/%d peers found: %s", n, world, list);
             last = n;
         }
         if (dups) {
