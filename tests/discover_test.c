@@ -15,6 +15,7 @@
 
 #include "sparta/peer/discover.h"
 #include "tests/test_util.h"
+#include "train/base/cfg.h"
 #include "train/base/err.h"
 #include "train/base/rng.h"
 #include "train/base/sys.h"
@@ -359,4 +360,32 @@ Test(discover, key_file_must_be_private_and_sized) {
     cr_assert_eq(discover_load_key(path, key, &n), ERR_IO);
     tu_rm_rf(dir);
     free(dir);
+}
+
+Test(discover, config_needs_a_world_and_a_key_and_no_other_group) {
+    static const char *const bad[][3] = {
+        {"net.discover=lan", "net.world=3", NULL},                      // no key file
+        {"net.discover=lan", "net.cluster_key_file=k", NULL},           // no world
+        {"net.discover=lan", "net.cluster_key_file=k", "net.join=h:1"}, // a second way
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cfg c;
+        cfg_defaults(&c);
+        for (int k = 0; k < 3 && bad[i][k]; k++)
+            cr_assert_eq(cfg_set(&c, bad[i][k]), ERR_OK, "%s", err_msg());
+        if (i == 2) cfg_set(&c, "net.world=3");
+        cr_assert_eq(cfg_validate(&c), ERR_INVAL, "case %zu", i);
+        cr_assert(strstr(err_msg(), "net.discover"), "%s", err_msg());
+    }
+    cfg c;
+    cfg_defaults(&c);
+    cr_assert_eq(c.net.discover, CFG_DISCOVER_OFF);
+    cr_assert_eq(c.net.discover_port, DISCOVER_PORT);
+    cr_assert_eq(cfg_set(&c, "net.discover=lan"), ERR_OK);
+    cr_assert_eq(cfg_set(&c, "net.world=3"), ERR_OK);
+    cr_assert_eq(cfg_set(&c, "net.cluster_key_file=k"), ERR_OK);
+    cr_assert_eq(cfg_validate(&c), ERR_OK, "%s", err_msg());
+    cr_assert_eq(cfg_group_size(&c), 3);
+    cr_assert_eq(cfg_set(&c, "net.discover=wan"), ERR_INVAL);
+    cr_assert_eq(cfg_set(&c, "net.discover_port=0"), ERR_INVAL);
 }

@@ -32,11 +32,11 @@
 #include "train/base/log.h"
 #include "train/base/sys.h"
 
-#define REPLAY_N 4096    // (node, nonce) pairs remembered: > 30 s of 5 announcements/s x 25
-#define MAX_DESTS 32     // broadcast destinations per round
+#define REPLAY_N     4096  // (node, nonce) pairs remembered: > 30 s of 5 announcements/s x 25
+#define MAX_DESTS    32    // broadcast destinations per round
 #define LOG_EVERY_MS 10000 // a reason is logged at its first datagram, then at most this often
-#define LIVE_MS 3000     // a member not heard for this long is not counted as found
-#define INSTANCE_MS 1000 // another instance of a node heard within this of the last: duplicated
+#define LIVE_MS      3000  // a member not heard for this long is not counted as found
+#define INSTANCE_MS  1000  // another instance of a node heard within this of the last: duplicated
 
 static const char *const verdict_names[DISCOVER_N_VERDICTS] = {
     "accepted", "self",     "bad_format", "other_cluster", "forged",
@@ -104,8 +104,8 @@ size_t discover_pack(const discover_announce *a, const uint8_t *key, size_t key_
     return DISCOVER_FIXED_BYTES + L;
 }
 
-discover_verdict discover_unpack(const uint8_t *buf, size_t len, const uint8_t *key,
-                                 size_t key_len, discover_announce *a) {
+discover_verdict discover_unpack(const uint8_t *buf, size_t len, const uint8_t *key, size_t key_len,
+                                 discover_announce *a) {
     memset(a, 0, sizeof *a);
     if (len < DISCOVER_FIXED_BYTES || len > DISCOVER_MAX_BYTES) return DISCOVER_BAD_FORMAT;
     size_t L = le_get16(buf + 6);
@@ -165,9 +165,9 @@ struct discover {
     int cache_next, cache_n;
     discover_stats st;
     char self_addr[DISCOVER_ADDR_MAX];
-    char dup_msg[512];                        // this node's ID announced by another instance
-    double logged_ms[DISCOVER_N_VERDICTS];    // when each reason was last logged
-    uint64_t logged_n[DISCOVER_N_VERDICTS];   // its count then
+    char dup_msg[512];                      // this node's ID announced by another instance
+    double logged_ms[DISCOVER_N_VERDICTS];  // when each reason was last logged
+    uint64_t logged_n[DISCOVER_N_VERDICTS]; // its count then
 };
 
 // ---- receiving ----
@@ -385,8 +385,8 @@ static void *discover_thread(void *arg) {
             uint8_t buf[DISCOVER_MAX_BYTES + 1];
             struct sockaddr_in from;
             socklen_t fl = sizeof from;
-            ssize_t r = recvfrom(d->fd, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&from,
-                                 &fl);
+            ssize_t r =
+                recvfrom(d->fd, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
             if (r < 0) break;
             char src[INET_ADDRSTRLEN + 8] = "?";
             if (fl >= sizeof from && from.sin_family == AF_INET)
@@ -474,8 +474,8 @@ static int cmp_member(const void *a, const void *b) {
 
 // found_list writes "addr (node xxxxxxxx), ..." of the live members, self first; returns how
 // many (self included) and fills out (world entries at most) when out is not NULL. Under mu.
-static int found_list(discover *d, double now, char *buf, size_t n, discover_member *out,
-                      int cap, int *dups) {
+static int found_list(discover *d, double now, char *buf, size_t n, discover_member *out, int cap,
+                      int *dups) {
     size_t len = (size_t)snprintf(buf, n, "%s (node %.8s, this one)",
                                   d->self_addr[0] ? d->self_addr : "?", d->node_hex);
     int k = 1;
@@ -495,9 +495,8 @@ static int found_list(discover *d, double now, char *buf, size_t n, discover_mem
         if (m->dup) {
             (*dups)++;
             if (len < n)
-                len += (size_t)snprintf(buf + len, n - len,
-                                        ", DUPLICATED node %s at %s and at %s", hex, m->addr,
-                                        m->dup_addr);
+                len += (size_t)snprintf(buf + len, n - len, ", DUPLICATED node %s at %s and at %s",
+                                        hex, m->addr, m->dup_addr);
             continue;
         }
         if (len < n) len += (size_t)snprintf(buf + len, n - len, ", %s (node %.8s)", m->addr, hex);
@@ -524,7 +523,7 @@ int discover_wait(discover *d, int world, int timeout_ms, discover_member *out) 
             break;
         }
         int dups = 0, n = found_list(d, now, list, sizeof list, NULL, 0, &dups);
-        if (n != last) {
+        if (n != last && d->self_addr[0]) { // once its own address is known
             LOG_I(d->tag, "%d/%d peers found: %s", n, world, list);
             last = n;
         }
@@ -599,8 +598,7 @@ void discover_destroy(discover *d) {
 // ---- node ID, key, port ----
 
 int discover_node_id_path(char *buf, size_t n) {
-    const char *s = getenv("SPARTAN_STATE_DIR"), *x = getenv("XDG_STATE_HOME"),
-               *h = getenv("HOME");
+    const char *s = getenv("SPARTAN_STATE_DIR"), *x = getenv("XDG_STATE_HOME"), *h = getenv("HOME");
     int len;
     if (s && s[0])
         len = snprintf(buf, n, "%s/node_id", s);

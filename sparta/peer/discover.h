@@ -35,16 +35,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DISCOVER_PORT 52415
-#define DISCOVER_MAGIC 0x53445053u // "SPDS" read little-endian
-#define DISCOVER_VERSION 1
-#define DISCOVER_ADDR_MAX 128 // a listen address, NUL included
-#define DISCOVER_ID_BYTES 16
-#define DISCOVER_TAG_BYTES 32
+#define DISCOVER_PORT        52415
+#define DISCOVER_MAGIC       0x53445053u // "SPDS" read little-endian
+#define DISCOVER_VERSION     1
+#define DISCOVER_ADDR_MAX    128 // a listen address, NUL included
+#define DISCOVER_ID_BYTES    16
+#define DISCOVER_TAG_BYTES   32
 #define DISCOVER_FIXED_BYTES (64 + DISCOVER_TAG_BYTES)
-#define DISCOVER_MAX_BYTES (DISCOVER_FIXED_BYTES + DISCOVER_ADDR_MAX - 1)
-#define DISCOVER_KEY_MIN 16 // bytes of a cluster key file
-#define DISCOVER_KEY_MAX 1024
+#define DISCOVER_MAX_BYTES   (DISCOVER_FIXED_BYTES + DISCOVER_ADDR_MAX - 1)
+#define DISCOVER_KEY_MIN     16 // bytes of a cluster key file
+#define DISCOVER_KEY_MAX     1024
 
 // What became of a received datagram; discover_stats counts each.
 typedef enum {
@@ -83,8 +83,8 @@ size_t discover_pack(const discover_announce *a, const uint8_t *key, size_t key_
 // discover_unpack decodes the len bytes at buf into *a and checks its tag under key (in constant
 // time). Returns DISCOVER_ACCEPTED, DISCOVER_BAD_FORMAT, DISCOVER_OTHER_CLUSTER (a->cluster is
 // not the key's; the tag is not checked) or DISCOVER_FORGED. *a is filled only as far as decoded.
-discover_verdict discover_unpack(const uint8_t *buf, size_t len, const uint8_t *key,
-                                 size_t key_len, discover_announce *a);
+discover_verdict discover_unpack(const uint8_t *buf, size_t len, const uint8_t *key, size_t key_len,
+                                 discover_announce *a);
 
 // The counters of a discover object: datagrams received, and how many of them got each verdict.
 typedef struct discover_stats {
