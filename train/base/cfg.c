@@ -35,6 +35,7 @@ static const char *const reduce_words[] = {"alltoall", "ring", NULL};
 static const char *const apply_words[] = {"overwrite", "correct", NULL};
 static const char *const dtype_words[] = {"fp32", "bf16", "int8", NULL};
 static const char *const dtype2_words[] = {"fp32", "bf16", NULL}; // SPARTA has no int8
+static const char *const discover_words[] = {"off", "lan", NULL};
 
 #define K(sec, key, ty, field, d, lo, hi, help) \
     { sec, key, ty, offsetof(cfg, field), sizeof(((cfg *)0)->field), d, lo, hi, help, NULL }
@@ -139,6 +140,19 @@ static const cfg_key keys[] = {
       "serve this peer's /status, /metrics and cluster page / over HTTP on this port (0 = off)"),
     K("net", "status_host", CFG_STR0, net.status_host, "127.0.0.1", 0, 0,
       "address the status server binds (0.0.0.0: every interface)"),
+    E("net", "discover", net.discover, "off", discover_words,
+      "lan: find the net.world peers by authenticated UDP broadcast; ranks follow the sorted "
+      "node IDs (needs net.cluster_key_file)"),
+    K("net", "discover_port", CFG_INT, net.discover_port, "52415", 1, 65535,
+      "UDP port of net.discover"),
+    K("net", "discover_addr", CFG_STR0, net.discover_addr, "", 0, 0,
+      "IPv4 destination of the announcements (a multicast group, 127.255.255.255, a host; "
+      "empty = 255.255.255.255 and every interface's broadcast address)"),
+    K("net", "cluster_key_file", CFG_STR0, net.cluster_key_file, "", 0, 0,
+      "file holding the cluster's secret key (16-1024 bytes, mode 0600): it authenticates "
+      "net.discover announcements"),
+    K("net", "discover_timeout_ms", CFG_INT, net.discover_timeout_ms, "30000", 1, 1e9,
+      "longest wait of net.discover for the net.world peers"),
 };
 
 #define N_KEYS (sizeof keys / sizeof keys[0])
@@ -418,6 +432,11 @@ int cfg_validate(const cfg *c) {
         return err_set(ERR_INVAL, "net.join and net.peers do not combine: give the group one way");
     if (c->net.join[0] && c->net.world < 2)
         return err_set(ERR_INVAL, "net.join needs net.world, the number of peers (2 or more)");
+    if (c->net.discover && (c->net.join[0] || c->net.peers[0] || c->net.world < 2 ||
+                            !c->net.cluster_key_file[0] || c->net.max_peers))
+        return err_set(ERR_INVAL, "net.discover = lan needs net.world (2 or more) and "
+                                  "net.cluster_key_file, without net.join, net.peers or "
+                                  "net.max_peers (it finds the group itself)");
     if (c->net.max_peers && !c->net.join[0])
         return err_set(ERR_INVAL, "net.max_peers needs net.join (net.peers fixes the group)");
     if (c->net.max_peers && c->net.max_peers < c->net.world)
@@ -432,7 +451,7 @@ int cfg_validate(const cfg *c) {
 }
 
 int cfg_group_size(const cfg *c) {
-    if (!c->net.join[0]) return cfg_peer_count(c->net.peers);
+    if (!c->net.join[0] && !c->net.discover) return cfg_peer_count(c->net.peers);
     return c->net.max_peers > c->net.world ? c->net.max_peers : c->net.world;
 }
 

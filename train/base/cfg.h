@@ -21,6 +21,7 @@ typedef enum { CFG_SELECT_RANDOM, CFG_SELECT_PARTITIONED } cfg_selector;
 typedef enum { CFG_REDUCE_ALLTOALL, CFG_REDUCE_RING } cfg_reduce;
 typedef enum { CFG_APPLY_OVERWRITE, CFG_APPLY_CORRECT } cfg_apply;
 typedef enum { CFG_DTYPE_FP32, CFG_DTYPE_BF16, CFG_DTYPE_INT8 } cfg_dtype;
+typedef enum { CFG_DISCOVER_OFF, CFG_DISCOVER_LAN } cfg_discover; // net.discover
 
 // GPT-2 architecture (nanoGPT names). vocab_size = 0 means "take it from the data's tokenizer".
 typedef struct cfg_model {
@@ -108,6 +109,13 @@ typedef struct cfg_net {
     int allow_alone; // a run may start and end without ever reaching a peer
     int status_port; // `spartan train` serves /status, /metrics and / here (0: off)
     char status_host[128]; // the status server's bind address
+    // discover = lan: the net.world peers find each other by UDP (sparta/peer/discover.h) and
+    // take their ranks from the order of their node IDs; rank 0's address becomes the join.
+    cfg_discover discover;
+    int discover_port;                   // UDP port announced on and listened to
+    char discover_addr[64];              // destination instead of the broadcast addresses
+    char cluster_key_file[CFG_PATH_MAX]; // the HMAC key every peer of the cluster holds (0600)
+    int discover_timeout_ms;             // longest wait for the net.world peers
 } cfg_net;
 
 typedef struct cfg {
@@ -160,7 +168,8 @@ int cfg_parse_string(cfg *c, const char *text, const char *name);
 void cfg_print_keys(FILE *f);
 
 // cfg_group_size returns the most peers c's group may hold: net.max_peers (or net.world if
-// that is 0) with net.join, else the number of net.peers entries. Any thread.
+// that is 0) with net.join, net.world with net.discover, else the number of net.peers entries.
+// Any thread.
 int cfg_group_size(const cfg *c);
 
 // cfg_peer_count returns the number of comma-separated entries of a net.peers list (1 when

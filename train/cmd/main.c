@@ -6,10 +6,12 @@
 
 #include "diloco/ddp.h"
 #include "diloco/diloco.h"
+#include "sparta/peer/discover.h"
 #include "sparta/peer/hello.h"
 #include "sparta/peer/peer.h"
 #include "sparta/sparta.h"
 #include "train/base/err.h"
+#include "train/base/log.h"
 #include "train/cmd/cmds.h"
 #include "train/cmd/corr_cmd.h"
 #include "train/cmd/data_cmd.h"
@@ -83,6 +85,65 @@ static int open_group(peer_group **g, const cfg *c, int rank, int world, uint64_
     return rc;
 }
 
+// With net.discover = lan the peers find each other first (sparta/peer/discover.h), and the
+// rendezvous follows from who was found: this peer's rank is the place of its node ID among the
+// sorted node IDs, and net.join is rank 0's announced address. The listen address is net.listen
+// (a port 0 there, or no net.listen at all, takes a free port; no host listens on every address
+// and announces the interface's own). On success *dc is c with net.join and net.listen set, and
+// *d keeps announcing (for peers still looking) until the caller destroys it.
+static int discover_peers(cfg *dc, const cfg *c, int world, uint64_t run_id, int *rank,
+                          discover **d) {
+    *dc = *c;
+    *d = NULL;
+    char path[CFG_PATH_MAX + 64], hex[2 * DISCOVER_ID_BYTES + 1];
+    uint8_t key[DISCOVER_KEY_MAX];
+    discover_opts o = {.run_id = run_id,
+                       .port = c->net.discover_port,
+                       .dest = c->net.discover_addr,
+                       .key = key,
+                       .advertise = dc->net.listen};
+    int rc = discover_load_key(c->net.cluster_key_file, key, &o.key_len);
+    if (!rc) rc = discover_node_id_path(path, sizeof path);
+    if (!rc) rc = discover_node_id(path, o.node, hex);
+    const char *colon = strrchr(c->net.listen, ':');
+    if (!rc && (!colon || !strcmp(colon, ":0"))) { // the port must be known to announce it
+        int port = 0, hl = colon ? (int)(colon - c->net.listen) : 0;
+        rc = discover_free_port(NULL, &port);
+        snprintf(dc->net.listen, sizeof dc->net.listen, "%.*s:%d", hl, c->net.listen, port);
+        if (hl == 0) snprintf(dc->net.listen, sizeof dc->net.listen, "0.0.0.0:%d", port);
+    }
+    if (!rc) {
+        LOG_I("discover", "node=%s (%s) listen=%s", hex, path, dc->net.listen);
+        rc = discover_create(d, &o);
+    }
+    memset(key, 0, sizeof key);
+    if (rc) return rc;
+    discover_member *m = xcalloc((size_t)world, sizeof *m);
+    rc = discover_wait(*d, world, c->net.discover_timeout_ms, m);
+    for (int i = 0; !rc && i < world; i++)
+        if (m[i].self) *rank = i;
+    if (!rc) {
+        snprintf(dc->net.join, sizeof dc->net.join, "%s", m[0].addr);
+        LOG_I("discover", "rank=%d of %d, rank 0 at %s", *rank, world, m[0].addr);
+    }
+    free(m);
+    if (rc) {
+        discover_destroy(*d);
+        *d = NULL;
+    }
+    return rc;
+}
+
+static void discover_end(discover *d) {
+    if (!d) return;
+    discover_stats st;
+    char text[256];
+    discover_get_stats(d, &st);
+    discover_stats_text(&st, text, sizeof text);
+    LOG_I("discover", "datagrams %s", text);
+    discover_destroy(d);
+}
+
 static void group_metrics(void *ctx, train_sync_metrics *m) {
     peer_stats st;
     peer_get_stats(ctx, &st);
@@ -126,9 +187,14 @@ static int make_sync(train_sync *out, const cfg *c, int *rank_io, int world, uin
         if (use_sparta && c->sparta.timeout_ms > wait) wait = c->sparta.timeout_ms;
         if (use_diloco && c->diloco.timeout_ms > wait) wait = c->diloco.timeout_ms;
         if (use_ddp && c->ddp.timeout_ms > wait) wait = c->ddp.timeout_ms;
-        rc = open_group(&g, c, rank, world, run_id, hello);
+        cfg *dc = c->net.discover ? xmalloc(sizeof *dc) : NULL; // c with the join found
+        discover *disc = NULL;
+        if (dc) rc = discover_peers(dc, c, world, run_id, &rank, &disc);
+        if (!rc) rc = open_group(&g, dc ? dc : c, rank, world, run_id, hello);
         if (!rc) rank = *rank_io = peer_rank(g); // a rendezvous gives it
         if (!rc) rc = hello_wait(g, world, wait, c->net.allow_alone, "net", NULL);
+        discover_end(disc); // every peer is linked (or never will be): no one is looking
+        free(dc);
     }
     if (rank < 0) rank = *rank_io = 0;
     // The modules make room for every rank the group may hold (more than world when peers may

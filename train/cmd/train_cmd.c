@@ -298,6 +298,11 @@ static int resolve_rank(long long rank_arg, cfg *c, int world, int *want) {
         if (v) rank = r; // src names the variable (it stays "--rank" without one)
     }
     *want = (int)rank;
+    if (c->net.discover) { // the sorted node IDs give it (make_sync); a rank asked for is moot
+        c->train.rank = 0;
+        *want = -1;
+        return ERR_OK;
+    }
     if (rank < 0 && c->net.join[0]) { // the group gives the lowest free rank
         c->train.rank = 0;            // the data stream until then (nothing is drawn yet)
         return ERR_OK;
@@ -525,7 +530,8 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
                                  [CFG_LOG_INFO] = LOG_INFO,
                                  [CFG_LOG_DEBUG] = LOG_DEBUG};
     log_set_level(levels[c.log.level]);
-    int world = c.net.join[0] ? c.net.world : cfg_peer_count(c.net.peers), want = -1;
+    int world = c.net.join[0] || c.net.discover ? c.net.world : cfg_peer_count(c.net.peers);
+    int want = -1;
     if (resolve_rank(a.rank, &c, world, &want)) {
         fprintf(stderr, "spartan train: %s\n", err_msg());
         return 2;
