@@ -77,6 +77,8 @@ struct sparta_exchanger {
     int64_t last_posted; // newest round posted by the trainer
     int64_t max_seen;    // newest round seen in a valid message from any peer
     int64_t offset;      // round = step + offset (0 unless this peer joined a running group)
+    long catch_ups;      // catch_up jumps so far, and when the last was logged (trainer thread)
+    double catch_up_logged_ms;
     int64_t *peer_last;  // [world] round of the last valid message from each peer (-1: none)
     // trainer scratch
     float *mean;
@@ -469,8 +471,13 @@ static void catch_up(sparta_exchanger *ex, float *params, long step) {
     next = (next + every - 1) / every * every;
     resolve(ex, params, step, -1, 1);
     ex->offset = next - step;
-    LOG_I("sparta", "peers are at round %lld: continuing at round %lld from step %ld",
-          (long long)seen, (long long)next, step);
+    // A peer slower than the rest jumps again and again: one line, then at most one per 10 s.
+    double now = sys_now_ms();
+    if (ex->catch_ups++ == 0 || now - ex->catch_up_logged_ms >= 10000) {
+        LOG_I("sparta", "peers are at round %lld: continuing at round %lld from step %ld (%ld jumps)",
+              (long long)seen, (long long)next, step, ex->catch_ups);
+        ex->catch_up_logged_ms = now;
+    }
 }
 
 int sparta_after_step(sparta_exchanger *ex, float *params, size_t n, long step) {

@@ -8,7 +8,7 @@
 //   5. fetch      (--fetch DIR) every peer's newest checkpoint back, then a summary
 // A host that fails a phase is named with the reason, and nothing starts. Ctrl-C asks every peer
 // to stop (each saves a checkpoint): the ssh connections' input is closed, which the peer's
-// remote wrapper turns into SIGINT (launch_plan.h). Main thread only; signals only set a flag.
+// remote wrapper turns into SIGTERM (launch_plan.h). Main thread only; signals only set a flag.
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
@@ -44,11 +44,13 @@ typedef struct launch_args {
     const char *sets[MAX_SETS];
     int n_sets;
     int install_deps, detach, stop, dry_run, resume, overwrite, plain;
-    int preflight_s, build_s, stop_s;
+    int preflight_s, build_s, stop_s, status_port;
 } launch_args;
 
 // What is known of a host.
 typedef struct host_state {
+    char label[272]; // how messages name the host: "host", or "[host]:ssh_port" when two
+                     // entries of the hostfile name the same host
     int failed; // a phase failed: reason says which and why
     char reason[768];
     char os[32], arch[32];
@@ -81,7 +83,8 @@ typedef struct job {
     int n_files;
     int tty;         // live table
     int table_lines; // lines of the table on the screen now
-    double started_ms;
+    double launched_ms; // when the launcher started
+    double started_ms;  // when the peers were started
     int first_steps; // peers that have reported a step
 } job;
 
@@ -328,7 +331,7 @@ static int preflight(job *j) {
 static void ship_line(job *j, int h, const char *line) {
     snprintf(j->hs[h].last, sizeof j->hs[h].last, "%s", line);
     if (strcmp(line, "built") && strcmp(line, "shipped"))
-        fprintf(stderr, "  %s: %s\n", j->hf.hosts[h].host, line);
+        fprintf(stderr, "  %s: %s\n", j->hs[h].label, line);
 }
 
 static int ship(job *j) {
@@ -346,7 +349,7 @@ static int ship(job *j) {
     }
     for (int h = 0; h < n; h++)
         if (!j->hs[h].failed && j->hs[h].built)
-            fprintf(stderr, "launch: %s: revision %s is built there already\n", j->hf.hosts[h].host,
+            fprintf(stderr, "launch: %s: revision %s is built there already\n", j->hs[h].label,
                     j->rev);
     if (need) {
         fprintf(stderr,
@@ -476,7 +479,7 @@ static void print_host_table(job *j, FILE *f) {
         if (s->os[0]) snprintf(osarch, sizeof osarch, "%s/%s", s->os, s->arch);
         if (s->disk_kb > 0) snprintf(free_, sizeof free_, "%.1f GB", s->disk_kb / 1048576.0);
         if (s->reach_n) snprintf(reach, sizeof reach, "%d/%d", s->reach_ok, s->reach_n);
-        snprintf(name, sizeof name, "%s", j->hf.hosts[h].host);
+        snprintf(name, sizeof name, "%s", j->hs[h].label);
         fprintf(f, "%-24s %-16s %5d %9s %-12s %-10s %s\n", name, osarch, s->cores, free_,
                 !s->os[0]    ? "?"
                 : s->deps_ok ? "ok"
@@ -490,7 +493,7 @@ static void print_host_table(job *j, FILE *f) {
     for (int h = 0; h < j->hf.n; h++)
         if (j->hs[h].failed) {
             if (!bad++) fputc('\n', f);
-            fprintf(f, "launch: %s: %s\n", j->hf.hosts[h].host, j->hs[h].reason);
+            fprintf(f, "launch: %s: %s\n", j->hs[h].label, j->hs[h].reason);
         }
     fputc('\n', f);
 }
@@ -502,9 +505,25 @@ static void fmt_bytes(char *buf, size_t n, double mb) {
         snprintf(buf, n, "%.2f MB", mb);
 }
 
-// peer_name writes "host:rank".
+// peer_name writes "host:rank" (the host's label).
 static void peer_name(const job *j, int r, char *buf, size_t n) {
-    snprintf(buf, n, "%s:%d", j->hf.hosts[j->plan.peers[r].host].host, r);
+    snprintf(buf, n, "%s:%d", j->hs[j->plan.peers[r].host].label, r);
+}
+
+// label_hosts names each host as messages show it: its name, with the ssh port where another
+// entry names the same host (two sshd on one machine, as the tests run them).
+static void label_hosts(job *j) {
+    for (int h = 0; h < j->hf.n; h++) {
+        const hostfile_host *e = &j->hf.hosts[h];
+        int dup = 0;
+        for (int o = 0; o < j->hf.n; o++)
+            dup |= o != h && !strcmp(j->hf.hosts[o].host, e->host);
+        if (dup)
+            snprintf(j->hs[h].label, sizeof j->hs[h].label, "[%s]:%d", e->host,
+                     e->ssh_port ? e->ssh_port : 22);
+        else
+            snprintf(j->hs[h].label, sizeof j->hs[h].label, "%s", e->host);
+    }
 }
 
 static void print_peer_table(job *j, FILE *f) {
@@ -582,8 +601,10 @@ static void run_line(void *ctx, int r, const char *line) {
     parse_progress(p, line);
     if (!had && p->step && ++j->first_steps == j->plan.n) {
         table_erase(j);
-        printf("launch: every peer has made its first step, %.1f s after the launch\n",
-               (sys_now_ms() - j->started_ms) / 1e3);
+        double now = sys_now_ms();
+        printf("launch: every peer has made its first step, %.1f s after the launch (%.1f s "
+               "after they started)\n",
+               (now - j->launched_ms) / 1e3, (now - j->started_ms) / 1e3);
     }
     char name[300];
     peer_name(j, r, name, sizeof name);
@@ -670,7 +691,7 @@ static int run_peers(job *j) {
                 kill_at = sys_now_ms() + j->a.stop_s * 1000.0;
                 stop_all(j);
             } else {
-                printf("launch: killing the ssh connections (the peers get SIGINT)\n");
+                printf("launch: killing the ssh connections (the peers get SIGTERM)\n");
                 kill_at = sys_now_ms();
             }
             table_draw(j);
@@ -765,7 +786,7 @@ static int parse_args(int argc, char **argv, launch_args *a) {
         {"--detach", NULL, ARGS_FLAG, &a->detach, 0, 0, NULL, NULL,
          "start the peers and return; they keep running (logs in DIR/runs/NAME/r<rank>.log)"},
         {"--stop", NULL, ARGS_FLAG, &a->stop, 0, 0, NULL, NULL,
-         "stop the detached peers of this run (SIGINT: each saves a checkpoint)"},
+         "stop the detached peers of this run (SIGTERM: each saves a checkpoint)"},
         {"--resume", NULL, ARGS_FLAG, &a->resume, 0, 0, NULL, NULL,
          "every peer continues from its newest checkpoint of this run"},
         {"--overwrite", NULL, ARGS_FLAG, &a->overwrite, 0, 0, NULL, NULL,
@@ -774,6 +795,9 @@ static int parse_args(int argc, char **argv, launch_args *a) {
          "print every command per host, run nothing"},
         {"--plain", NULL, ARGS_FLAG, &a->plain, 0, 0, NULL, NULL,
          "plain lines even on a terminal (no live table)"},
+        {"--status-port", NULL, ARGS_INT, &a->status_port, 1, 65535, NULL, "PORT",
+         "peer slot s of each host serves /status, /metrics and the cluster page on PORT+s\n"
+         "(net.status_port; `spartan status HOST:PORT` reads it)"},
         {"--preflight-timeout", NULL, ARGS_INT, &a->preflight_s, 1, 3600, NULL, "S",
          "seconds for the preflight of all hosts [30]"},
         {"--build-timeout", NULL, ARGS_INT, &a->build_s, 1, 86400, NULL, "S",
@@ -817,7 +841,7 @@ static void dry_run(job *j) {
     for (int i = 0; i < j->n_files; i++)
         files[i] = j->files[i];
     for (int h = 0; h < j->hf.n; h++) {
-        printf("# host %s\n", j->hf.hosts[h].host);
+        printf("# host %s\n", j->hs[h].label);
         char *c = launch_cmd_preflight(&j->plan, h);
         printf("## preflight (its stdin: a script that ends in scripts/check-deps)\n%s\n", c);
         free(c);
@@ -850,7 +874,7 @@ static void dry_run(job *j) {
     }
 }
 
-// stop_detached runs --stop: SIGINT to the detached peers of the run on every host.
+// stop_detached runs --stop: SIGTERM to the detached peers of the run on every host.
 static int stop_detached(job *j) {
     int n = j->hf.n, bad = 0;
     char **cmds = xcalloc((size_t)n, sizeof *cmds);
@@ -862,7 +886,7 @@ static int stop_detached(job *j) {
     for (int h = 0; h < n; h++) {
         if (st[h] != 0) {
             why_failed(j, h, st[h], "stop", j->a.preflight_s);
-            fprintf(stderr, "launch: %s: %s\n", j->hf.hosts[h].host, j->hs[h].reason);
+            fprintf(stderr, "launch: %s: %s\n", j->hs[h].label, j->hs[h].reason);
             bad = 1;
         }
         free(cmds[h]);
@@ -889,6 +913,7 @@ static void summary(job *j, int failures) {
 }
 
 int launch_cmd_main(int argc, char **argv) {
+    double t_launch = sys_now_ms();
     job j;
     memset(&j, 0, sizeof j);
     int rc = parse_args(argc, argv, &j.a);
@@ -924,14 +949,17 @@ int launch_cmd_main(int argc, char **argv) {
                      .install_deps = j.a.install_deps,
                      .detach = j.a.detach,
                      .resume = j.a.resume,
-                     .overwrite = j.a.overwrite};
+                     .overwrite = j.a.overwrite,
+                     .status_port = j.a.status_port};
     if (!rc) rc = launch_plan_make(&j.plan, &j.hf, &o);
     if (rc) {
         fprintf(stderr, "spartan launch: %s\n", err_msg());
         hostfile_free(&j.hf);
         return 2;
     }
+    j.launched_ms = t_launch;
     j.hs = xcalloc((size_t)j.hf.n, sizeof *j.hs);
+    label_hosts(&j);
     j.ps = xcalloc((size_t)j.plan.n, sizeof *j.ps);
     j.tty = isatty(1) && !j.a.plain;
     struct sigaction sa = {.sa_handler = on_signal}, old_int, old_term, old_hup;

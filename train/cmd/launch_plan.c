@@ -261,17 +261,22 @@ char *launch_cmd_peer(const launch_plan *p, int r) {
     sb s, a;
     // the train command line
     sb_open(&a);
-    fprintf(a.f, "env SPARTAN_WORLD_SIZE=%d \"$S/bin/spartan\" train \"$R/config.ini\"", p->n);
+    // A job of one peer trains alone: no group to found or join.
+    if (p->n > 1) fprintf(a.f, "env SPARTAN_WORLD_SIZE=%d ", p->n);
+    fputs("\"$S/bin/spartan\" train \"$R/config.ini\"", a.f);
     for (int i = 0; i < p->o.n_sets; i++) {
         fputs(" --set ", a.f);
         launch_shell_quote(a.f, p->o.sets[i]);
     }
     if (p->o.data_id[0]) fputs(" --set \"data.dir=$P\"", a.f);
-    fprintf(a.f, " --set \"train.out_dir=$R/r%d\" --set net.listen=", r);
-    addr_port(a.f, q);
+    fprintf(a.f, " --set \"train.out_dir=$R/r%d\"", r);
+    if (p->n > 1) {
+        fputs(" --set net.listen=", a.f);
+        addr_port(a.f, q);
+    }
     if (q->threads > 0) fprintf(a.f, " --set train.threads=%d", q->threads);
     if (p->o.status_port > 0) fprintf(a.f, " --set net.status_port=%d", p->o.status_port + q->slot);
-    fprintf(a.f, " --rank %d --join %s", r, p->join);
+    if (p->n > 1) fprintf(a.f, " --rank %d --join %s", r, p->join);
     if (p->o.resume) fprintf(a.f, " --resume \"$R/r%d\"", r);
     if (p->o.overwrite) fputs(" --overwrite", a.f);
     char *train = sb_done(&a);
@@ -284,13 +289,19 @@ char *launch_cmd_peer(const launch_plan *p, int r) {
         fprintf(s.f, "echo $! > \"$R/r%d.pid\"; echo \"started pid $! (log $R/r%d.log)\"\n", r, r);
     } else {
         // The peer runs in the background so that this shell can watch the connection: when its
-        // input ends (the launcher stops the job, or the connection dies), the peer gets SIGINT.
-        // The watcher holds no output descriptor, so the connection closes when the peer exits.
+        // input ends (the launcher stops the job, or the connection dies), the peer gets SIGTERM
+        // (it saves a checkpoint and stops, as on SIGINT). Not SIGINT: sh starts background
+        // commands with SIGINT ignored, and a signal that comes before the peer's handler is
+        // installed would be lost. sh also gives background commands /dev/null as their input,
+        // so the watcher reads the connection through descriptor 3. It holds no output
+        // descriptor, so the connection closes when the peer exits.
         fprintf(s.f, "%s < /dev/null 2>&1 &\np=$!\necho $p > \"$R/r%d.pid\"\n", train, r);
         fprintf(s.f,
-                "trap 'kill -INT $p 2>/dev/null' INT TERM HUP\n"
-                "(cat > /dev/null 2>&1; kill -INT $p 2>/dev/null) > /dev/null 2>&1 &\n"
+                "trap 'kill -TERM $p 2>/dev/null' INT TERM HUP\n"
+                "exec 3<&0\n"
+                "(cat <&3 > /dev/null 2>&1; kill -TERM $p 2>/dev/null) > /dev/null 2>&1 &\n"
                 "w=$!\n"
+                "exec 3<&-\n"
                 "while :; do wait $p; rc=$?; kill -0 $p 2>/dev/null || break; done\n"
                 "kill $w 2>/dev/null; rm -f \"$R/r%d.pid\"\nexit $rc\n",
                 r);
@@ -308,7 +319,7 @@ char *launch_cmd_stop(const launch_plan *p, int host) {
         if (p->peers[r].host != host) continue;
         fprintf(
             s.f,
-            "if [ -f \"$R/r%d.pid\" ] && kill -INT \"$(cat \"$R/r%d.pid\")\" 2>/dev/null; then\n"
+            "if [ -f \"$R/r%d.pid\" ] && kill -TERM \"$(cat \"$R/r%d.pid\")\" 2>/dev/null; then\n"
             "    echo \"stopped rank %d\"; n=$((n + 1)); rm -f \"$R/r%d.pid\"\n"
             "else echo \"rank %d: not running\"; fi\n",
             r, r, r, r, r);

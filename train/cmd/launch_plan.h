@@ -91,12 +91,12 @@ char *launch_cmd_config(const launch_plan *p, int host, const char *config);
 char *launch_cmd_probe(const launch_plan *p, int host, int timeout_ms);
 
 // launch_cmd_peer starts the peer of rank r. Attached (the default), the peer's output comes
-// back on the ssh connection and the peer is sent SIGINT (it saves a checkpoint and stops) when
+// back on the ssh connection and the peer is sent SIGTERM (it saves a checkpoint and stops) when
 // the connection's input ends: the launcher closing it, or the connection dying. Detached, it
 // runs under nohup with its output in D/runs/NAME/r<rank>.log, and the command returns at once.
 char *launch_cmd_peer(const launch_plan *p, int r);
 
-// launch_cmd_stop sends SIGINT to the detached peers of the host (their .pid files).
+// launch_cmd_stop sends SIGTERM (a checkpoint, then the end, as SIGINT) to the detached peers of the host (their .pid files).
 char *launch_cmd_stop(const launch_plan *p, int host);
 
 // launch_cmd_fetch copies peer r's newest checkpoint and metrics.csv into the local folder

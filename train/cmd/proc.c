@@ -1,6 +1,8 @@
 // proc.c: child processes with line-buffered output for the launcher (proc.h). Invariant: a
-// started proc owns out_fd until end of file and in_fd until proc_close_stdin; proc_free leaves
-// no process or descriptor behind.
+// started proc (pid > 0) owns out_fd until end of file and in_fd until proc_close_stdin;
+// proc_free leaves no process or descriptor behind. A proc that never started (zeroed, pid 0)
+// owns nothing: its zero descriptors are not ours (closing "fd 0" of an unstarted proc once
+// closed the launcher's stdin, and then a live pipe that took its number).
 #include "train/cmd/proc.h"
 
 #include <errno.h>
@@ -41,14 +43,16 @@ int proc_start(proc *p, const char *cmd, int stdin_mode, const char *input, size
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
         signal(SIGPIPE, SIG_DFL);
-        int nul = open("/dev/null", O_RDONLY);
-        dup2(in[0] >= 0 ? in[0] : nul, 0);
-        dup2(out[1], 1);
-        dup2(out[1], 2);
-        if (nul > 2) close(nul);
-        if (in[0] >= 0) close(in[0]), close(in[1]);
-        close(out[0]);
-        close(out[1]);
+        // The pipes may have taken descriptors 0-2 (a launcher started with its stdin closed):
+        // copy the child's ends above 2 and close every original before placing them.
+        int nul = in[0] >= 0 ? -1 : open("/dev/null", O_RDONLY);
+        int i0 = fcntl(in[0] >= 0 ? in[0] : nul, F_DUPFD, 3), o1 = fcntl(out[1], F_DUPFD, 3);
+        int orig[] = {nul, in[0], in[1], out[0], out[1]};
+        for (int k = 0; k < 5; k++)
+            if (orig[k] >= 0) close(orig[k]);
+        if (i0 < 0 || o1 < 0 || dup2(i0, 0) < 0 || dup2(o1, 1) < 0 || dup2(o1, 2) < 0) _exit(127);
+        close(i0);
+        close(o1);
         execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
         _exit(127);
     }
@@ -77,7 +81,7 @@ int proc_start(proc *p, const char *cmd, int stdin_mode, const char *input, size
 }
 
 void proc_close_stdin(proc *p) {
-    if (p->in_fd >= 0) close(p->in_fd);
+    if (p->pid > 0 && p->in_fd >= 0) close(p->in_fd);
     p->in_fd = -1;
 }
 
@@ -137,7 +141,7 @@ int proc_poll(proc *ps, int n, int timeout_ms, proc_line_fn fn, void *ctx) {
         for (int i = 0; i < n; i++) {
             reap(&ps[i]);
             if (ps[i].pid > 0 && !ps[i].exited) left++;
-            if (ps[i].out_fd >= 0)
+            if (ps[i].pid > 0 && ps[i].out_fd >= 0)
                 fds[nf++] = (struct pollfd){.fd = ps[i].out_fd, .events = POLLIN};
             else if (ps[i].pid > 0 && !ps[i].exited)
                 lingering++;
@@ -152,7 +156,7 @@ int proc_poll(proc *ps, int n, int timeout_ms, proc_line_fn fn, void *ctx) {
             break;
         }
         for (int i = 0, k = 0; i < n && r > 0; i++) {
-            if (ps[i].out_fd < 0) continue;
+            if (ps[i].pid <= 0 || ps[i].out_fd < 0) continue;
             if (fds[k].fd == ps[i].out_fd && fds[k].revents) read_out(&ps[i], i, fn, ctx);
             k++;
         }
@@ -188,7 +192,7 @@ void proc_describe(int status, char *buf, size_t n) {
 void proc_free(proc *p) {
     if (!p) return;
     proc_close_stdin(p);
-    if (p->out_fd >= 0) close(p->out_fd);
+    if (p->pid > 0 && p->out_fd >= 0) close(p->out_fd);
     p->out_fd = -1;
     if (p->pid > 0 && !p->exited) {
         kill(-p->pid, SIGKILL);

@@ -13,6 +13,8 @@
 #define PROC_LINE_MAX  4096       // longer output lines are cut into pieces of this size
 #define PROC_INPUT_MAX (16 << 10) // proc_start's input
 
+// A proc is started by proc_start; a zeroed one (calloc) is a proc that never started, and every
+// call below treats it as ended and touches none of its (zero) descriptors.
 typedef struct proc {
     pid_t pid;               // 0 = never started
     int in_fd;               // our end of the child's stdin, -1 when closed or not a pipe
