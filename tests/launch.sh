@@ -164,7 +164,7 @@ peer_pids() {
 # 1. preflight names an unreachable host and one without dependencies, and starts nothing
 {
     host_line 1
-    echo "$dead_addr user=$me ssh_port=$dead_port dir=$dir/dead"
+    echo "$dead_addr user=$me ssh_port=$dead_port port=29680 dir=$dir/dead"
     echo "$nodeps_addr user=$me ssh_port=$nodeps_port port=29700 dir=$dir/nodeps"
 } >"$dir/hosts-bad"
 launch pre 120 "$dir/hosts-bad" --set train.max_iters=2
@@ -212,11 +212,11 @@ wait_line long "every peer has made its first step" 120 || fail "long job: the p
 victim=$(peer_pids "$dir/h2/runs/long/r1")
 [ -n "$victim" ] || fail "long job: rank 1's process not found"
 kill -KILL $victim
-wait_line long "launch: $(addr 2)[^ ]*:1 .*the others go on" 60 || fail "the killed peer was not reported"
+wait_line long "launch: \[*$(addr 2)[^ ]*:1 .*the others go on" 60 || fail "the killed peer was not reported"
 at=$(grep -n "the others go on" "$dir/long.log" | head -n 1 | cut -d: -f1)
 a1=$(addr 1) a3=$(addr 3)
-wait_line long "^$a1[^ ]*:0 .*step=" 60 "$at" || fail "rank 0 stopped after rank 1 died"
-wait_line long "^$a3[^ ]*:2 .*step=" 60 "$at" || fail "rank 2 stopped after rank 1 died"
+wait_line long "^\[*$a1[^ ]*:0 .*step=" 60 "$at" || fail "rank 0 stopped after rank 1 died"
+wait_line long "^\[*$a3[^ ]*:2 .*step=" 60 "$at" || fail "rank 2 stopped after rank 1 died"
 kill -INT "$lpid"
 for _ in $(seq 600); do kill -0 "$lpid" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$lpid" 2>/dev/null && fail "the launcher did not stop within 60 s of SIGINT"
