@@ -76,6 +76,10 @@ LIB_OBJ := $(LIB_SRC:%.c=$(B)/%.o)
 MAIN_OBJ := $(B)/train/cmd/main.o
 TEST_SRC := $(wildcard tests/*_test.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(B)/tests/%)
+# tests/sys_test.c runs a second time against the portable build of the platform file
+# (train/base/sys.c with -DSPARTAN_FORCE_PORTABLE: the POSIX-only branches that macOS shares).
+PORTABLE_SYS_OBJ := $(B)/portable/train/base/sys.o
+TEST_BIN += $(B)/tests/sys_portable_test
 TU_OBJ := $(B)/tests/test_util.o
 BENCH_SRC := $(wildcard tests/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:tests/%.c=$(B)/tests/%)
@@ -132,6 +136,18 @@ $(B)/tests/%_test.o: tests/%_test.c
 	$(Q)$(CC) $(CFLAGS) $(CRIT_CFLAGS) -c -o $@ $<
 
 $(B)/tests/%_test: $(B)/tests/%_test.o $(TU_OBJ) $(LIB_OBJ)
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(CRIT_LIBS) $(LDLIBS)
+
+$(PORTABLE_SYS_OBJ): train/base/sys.c
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) -DSPARTAN_FORCE_PORTABLE -c -o $@ $<
+
+$(B)/tests/sys_portable_test.o: tests/sys_test.c
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) $(CRIT_CFLAGS) -DSPARTAN_FORCE_PORTABLE -c -o $@ $<
+
+$(B)/tests/sys_portable_test: $(B)/tests/sys_portable_test.o $(TU_OBJ) $(PORTABLE_SYS_OBJ) \
+		$(filter-out $(B)/train/base/sys.o,$(LIB_OBJ))
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(CRIT_LIBS) $(LDLIBS)
 
 $(B)/tests/bench_%: $(B)/tests/bench_%.o $(TU_OBJ) $(LIB_OBJ)
