@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,11 +178,18 @@ int sys_exe_path(char *buf, size_t n) {
     buf[k] = 0;
     return ERR_OK;
 #elif SYS_MACOS
-    uint32_t sz = n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
-    if (_NSGetExecutablePath(buf, &sz) != 0) {
-        buf[0] = 0;
-        return err_set(ERR_INVAL, "the executable's path is longer than %zu bytes", n - 1);
-    }
+    // _NSGetExecutablePath gives the path exec was given, which may be relative or a symlink;
+    // realpath makes it what /proc/self/exe gives on Linux.
+    char raw[PATH_MAX], real[PATH_MAX];
+    uint32_t sz = sizeof raw;
+    if (_NSGetExecutablePath(raw, &sz) != 0)
+        return err_set(ERR_INVAL, "the executable's path is longer than %zu bytes", sizeof raw);
+    if (!realpath(raw, real))
+        return err_set(ERR_IO, "cannot resolve the executable's path '%s': %s", raw,
+                       strerror(errno));
+    size_t k = strlen(real);
+    if (k >= n) return err_set(ERR_INVAL, "the executable's path is longer than %zu bytes", n - 1);
+    memcpy(buf, real, k + 1);
     return ERR_OK;
 #else
     return err_set(ERR_IO, "this system cannot tell the executable's path");
