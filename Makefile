@@ -21,12 +21,28 @@ OPENBLAS_OMP_DIR := $(firstword $(wildcard /usr/lib/*/openblas-openmp))
 ifeq ($(UNAME),Darwin)
 BLAS ?= accelerate
 BREW := $(shell brew --prefix 2>/dev/null)
+# -D_POSIX_C_SOURCE hides the BSD half of the SDK's headers (ip_mreq, SO_REUSEPORT, F_FULLFSYNC);
+# _DARWIN_C_SOURCE is macOS's _DEFAULT_SOURCE.
+CFLAGS_BASE += -D_DARWIN_C_SOURCE
+# brew keeps openssl@3, curl and openblas keg-only (not linked into $(BREW)), so pkg-config finds
+# their .pc files by path only; the PATH goes on each call, as make 3.81 (macOS's) passes no
+# exported variables to $(shell). nng and libomp ship no .pc file: $(BREW)/include and lib.
+BREW_PC := $(BREW)/opt/openssl@3/lib/pkgconfig:$(BREW)/opt/curl/lib/pkgconfig:$(BREW)/opt/openblas/lib/pkgconfig
+PKGC := PKG_CONFIG_PATH=$(BREW_PC)$(if $(PKG_CONFIG_PATH),:$(PKG_CONFIG_PATH)) $(PKG_CONFIG)
+BREW_CFLAGS := -I$(BREW)/include
+NNG_FALLBACK := -L$(BREW)/lib -lnng
 OMP_CFLAGS := -Xpreprocessor -fopenmp -I$(BREW)/opt/libomp/include
 OMP_LIBS := -L$(BREW)/opt/libomp/lib -lomp
+# The TSan build drops -fopenmp and links the OpenMP runtime by hand: libomp is in OMP_LIBS.
+TSAN_OMP :=
 else
 BLAS ?= openblas
+PKGC := $(PKG_CONFIG)
+BREW_CFLAGS :=
+NNG_FALLBACK := -lnng
 OMP_CFLAGS := -fopenmp
 OMP_LIBS := -fopenmp
+TSAN_OMP := -lgomp
 endif
 
 ifeq ($(BLAS),accelerate)
@@ -36,17 +52,17 @@ else ifneq ($(OPENBLAS_OMP_DIR),)
 BLAS_CFLAGS := $(shell PKG_CONFIG_PATH=$(OPENBLAS_OMP_DIR)/pkgconfig $(PKG_CONFIG) --cflags openblas 2>/dev/null)
 BLAS_LIBS := -L$(OPENBLAS_OMP_DIR) -Wl,-rpath,$(OPENBLAS_OMP_DIR) -lopenblas
 else
-BLAS_CFLAGS := $(shell $(PKG_CONFIG) --cflags openblas 2>/dev/null)
-BLAS_LIBS := $(shell $(PKG_CONFIG) --libs openblas 2>/dev/null || echo -lopenblas)
+BLAS_CFLAGS := $(shell $(PKGC) --cflags openblas 2>/dev/null)
+BLAS_LIBS := $(shell $(PKGC) --libs openblas 2>/dev/null || echo -lopenblas)
 endif
 
 PKGS := hdf5 libcurl libcrypto libpcre2-8 libisal inih jansson libmicrohttpd
-DEP_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
-DEP_LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null)
+DEP_CFLAGS := $(shell $(PKGC) --cflags $(PKGS) 2>/dev/null) $(BREW_CFLAGS)
+DEP_LIBS := $(shell $(PKGC) --libs $(PKGS) 2>/dev/null)
 # nng 1.x installs no .pc file on every platform.
-NNG_LIBS := $(shell $(PKG_CONFIG) --libs nng 2>/dev/null || echo -lnng) -lpthread
-CRIT_CFLAGS := $(shell $(PKG_CONFIG) --cflags criterion 2>/dev/null)
-CRIT_LIBS := $(shell $(PKG_CONFIG) --libs criterion 2>/dev/null || echo -lcriterion)
+NNG_LIBS := $(shell $(PKGC) --libs nng 2>/dev/null || echo $(NNG_FALLBACK)) -lpthread
+CRIT_CFLAGS := $(shell $(PKGC) --cflags criterion 2>/dev/null)
+CRIT_LIBS := $(shell $(PKGC) --libs criterion 2>/dev/null || echo -lcriterion)
 
 # Sanitizer variants build at -O1 so that reports point at the right lines.
 VARIANT ?= rel
@@ -65,8 +81,8 @@ endif
 # TSan: our OpenMP pragmas are compiled out (libgomp is not instrumented and would only give
 # false reports); the threads under test are the exchanger's and nng's.
 ifeq ($(VARIANT),tsan)
-CFLAGS := $(filter-out -fopenmp,$(CFLAGS)) -Wno-unknown-pragmas -fsanitize=thread -fno-omit-frame-pointer
-LDLIBS += -fsanitize=thread -lgomp
+CFLAGS := $(filter-out -fopenmp -Xpreprocessor,$(CFLAGS)) -Wno-unknown-pragmas -fsanitize=thread -fno-omit-frame-pointer
+LDLIBS += -fsanitize=thread $(TSAN_OMP)
 endif
 
 # Every .c under the source folders is library code, but for the entry point.
@@ -76,6 +92,10 @@ LIB_OBJ := $(LIB_SRC:%.c=$(B)/%.o)
 MAIN_OBJ := $(B)/train/cmd/main.o
 TEST_SRC := $(wildcard tests/*_test.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(B)/tests/%)
+# tests/sys_test.c runs a second time against the portable build of the platform file
+# (train/base/sys.c with -DSPARTAN_FORCE_PORTABLE: the POSIX-only branches that macOS shares).
+PORTABLE_SYS_OBJ := $(B)/portable/train/base/sys.o
+TEST_BIN += $(B)/tests/sys_portable_test
 TU_OBJ := $(B)/tests/test_util.o
 BENCH_SRC := $(wildcard tests/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:tests/%.c=$(B)/tests/%)
@@ -132,6 +152,18 @@ $(B)/tests/%_test.o: tests/%_test.c
 	$(Q)$(CC) $(CFLAGS) $(CRIT_CFLAGS) -c -o $@ $<
 
 $(B)/tests/%_test: $(B)/tests/%_test.o $(TU_OBJ) $(LIB_OBJ)
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(CRIT_LIBS) $(LDLIBS)
+
+$(PORTABLE_SYS_OBJ): train/base/sys.c
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) -DSPARTAN_FORCE_PORTABLE -c -o $@ $<
+
+$(B)/tests/sys_portable_test.o: tests/sys_test.c
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) $(CRIT_CFLAGS) -DSPARTAN_FORCE_PORTABLE -c -o $@ $<
+
+$(B)/tests/sys_portable_test: $(B)/tests/sys_portable_test.o $(TU_OBJ) $(PORTABLE_SYS_OBJ) \
+		$(filter-out $(B)/train/base/sys.o,$(LIB_OBJ))
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(CRIT_LIBS) $(LDLIBS)
 
 $(B)/tests/bench_%: $(B)/tests/bench_%.o $(TU_OBJ) $(LIB_OBJ)

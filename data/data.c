@@ -16,6 +16,7 @@
 #include <jansson.h>
 
 #include "train/base/err.h"
+#include "train/base/sys.h"
 
 #define HEADER_BYTES 32
 
@@ -102,7 +103,7 @@ int data_shard_write(const char *path, const int32_t *tokens, size_t n) {
     }
     free(buf);
     int e = bad ? errno : 0;
-    if (!bad && fsync(fd) != 0) {
+    if (!bad && sys_fsync_durable(fd) != 0) {
         bad = 1;
         e = errno;
     }
@@ -120,7 +121,7 @@ int data_shard_write(const char *path, const int32_t *tokens, size_t n) {
         return err_set(ERR_IO, "data: cannot write '%s': %s", path, strerror(e));
     }
     free(tmp);
-    return ERR_OK;
+    return sys_fsync_parent(path); // the rename too must survive a crash
 }
 
 int data_shard_open(data_shard **out, const char *path) {

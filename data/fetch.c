@@ -6,7 +6,6 @@
 #include "data/fetch.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -269,30 +268,13 @@ static int attempt(const char *url, const char *path, const char *part, const fe
     if (x.f) {
         // Keep what arrived: a later attempt resumes from it. fsync so a crash cannot leave a
         // .part whose size covers bytes that never reached the disk.
-        int bad = fflush(x.f) != 0 || fsync(fileno(x.f)) != 0;
+        int bad = fflush(x.f) != 0 || sys_fsync_durable(fileno(x.f)) != 0;
         bad |= fclose(x.f) != 0;
         if (bad && rc == ERR_OK)
             rc = err_set(ERR_IO, "fetch: cannot write '%s': %s", part, strerror(errno));
     }
     curl_easy_cleanup(h);
     return rc;
-}
-
-static void fsync_parent(const char *path) {
-    char *dir = xstrdup(path);
-    char *slash = strrchr(dir, '/');
-    if (slash == dir)
-        slash[1] = 0;
-    else if (slash)
-        *slash = 0;
-    else
-        strcpy(dir, ".");
-    int fd = open(dir, O_RDONLY);
-    if (fd >= 0) {
-        (void)fsync(fd); // best effort: the rename is already done
-        close(fd);
-    }
-    free(dir);
 }
 
 static int valid_hex(const char *s) {
@@ -358,7 +340,7 @@ int fetch_file(const char *url, const char *sha256_hex, const char *path, const 
     }
     if (rc == ERR_OK && rename(part, path) != 0)
         rc = err_set(ERR_IO, "fetch: cannot rename '%s' to '%s': %s", part, path, strerror(errno));
-    if (rc == ERR_OK) fsync_parent(path);
+    if (rc == ERR_OK) (void)sys_fsync_parent(path); // best effort: the rename is already done
     free(part);
     return rc;
 }

@@ -15,11 +15,8 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
-#ifdef __APPLE__
-#include <mach-o/dyld.h>
-#endif
-
 #include "train/base/err.h"
+#include "train/base/sys.h"
 
 #define EOT_TEXT "<|endoftext|>"
 #define EOT_LEN  (sizeof EOT_TEXT - 1)
@@ -438,13 +435,7 @@ int tok_gpt2_default(tok_tokenizer **out) {
     if (env && *env && try_dir(env, out, &rc, tried, sizeof tried)) return rc;
 
     char exe[PATH_MAX] = "";
-#if defined(__APPLE__)
-    uint32_t sz = sizeof exe;
-    if (_NSGetExecutablePath(exe, &sz) != 0) exe[0] = 0;
-#else
-    ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    exe[k > 0 ? k : 0] = 0;
-#endif
+    (void)sys_exe_path(exe, sizeof exe); // "" when unknown: skip that place
     char *slash = strrchr(exe, '/');
     if (slash) {
         // <prefix>/bin/spartan -> <prefix>/bin/../data

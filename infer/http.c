@@ -15,6 +15,7 @@
 #include "infer/http_impl.h"
 #include "train/base/err.h"
 #include "train/base/log.h"
+#include "train/base/sys.h"
 
 struct http_server {
     struct MHD_Daemon *mhd;
@@ -59,7 +60,7 @@ int http_mhd_start(struct MHD_Daemon **out, int *bound, const char *host, int po
     if (g) return err_set(ERR_NET, "cannot listen on %s: %s", where, gai_strerror(g));
     // libmicrohttpd's start says only that it failed: bind the address once ourselves (with
     // SO_REUSEADDR, as libmicrohttpd does) to report the reason, e.g. "Address already in use".
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    int fd = sys_socket(ai->ai_family, SOCK_STREAM, 0), one = 1;
     if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
         int e = errno;

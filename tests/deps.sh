@@ -15,7 +15,7 @@ fail() {
 }
 pc=$(command -v pkg-config) || fail "no pkg-config"
 mkdir "$tmp/bin"
-for c in sh cc uname dirname grep id; do
+for c in sh cc uname dirname grep id xcode-select; do
     p=$(command -v "$c" 2>/dev/null) && ln -s "$p" "$tmp/bin/$c"
 done
 # FAKE_MISSING lists the packages this pkg-config denies (default: Criterion).

@@ -2,7 +2,8 @@
 # layers.sh: scripts/check-layers passes on the tree as it is, and fails, naming the file and
 # line, when a copy of the tree gets one planted mistake: an include that goes up a layer, a header
 # named without its folder, a header that does not exist, another folder's *_impl.h, nng or the
-# BLAS header outside its one place, a folder with no row, and a table row that makes a cycle.
+# BLAS header outside its one place, a platform-specific call outside train/base/sys.c, a folder
+# with no row, and a table row that makes a cycle.
 set -eu
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/spartan-layers-XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
@@ -38,6 +39,9 @@ plant "missing header" diloco/diloco.c '#include "diloco/nothing.h"' "no such fi
 plant "private header" train/cmd/serve_cmd.c '#include "infer/srv_impl.h"' "private to infer/"
 plant "nng outside the peer layer" sparta/sparta.c '#include <nng/nng.h>' "only the peer layer"
 plant "BLAS outside ops.c" train/gpt.c '#include <cblas.h>' "only train/ops.c"
+plant "a platform #ifdef outside sys.c" data/tok.c '#ifdef __linux__' "the one platform file"
+plant "fsync outside sys.c" train/ckpt.c '    fsync(fd);' "the one platform file"
+plant "a Linux header outside sys.c" infer/kv.c '#include <sys/epoll.h>' "the one platform file"
 
 fresh
 mkdir "$tmp/t/train/extra"

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "train/base/err.h"
+#include "train/base/sys.h"
 
 struct ckpt_writer {
     hid_t file;
@@ -73,12 +74,12 @@ static char *dir_of(const char *path) {
     return d;
 }
 
-static int fsync_path(const char *p, int is_dir) {
-    int fd = open(p, O_RDONLY | O_CLOEXEC | (is_dir ? O_DIRECTORY : 0));
+// fsync_file syncs the file at p to stable storage (F_FULLFSYNC on macOS, sys_fsync_durable).
+static int fsync_file(const char *p) {
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return err_set(ERR_IO, "ckpt: cannot open '%s' to fsync: %s", p, strerror(errno));
     int rc = ERR_OK;
-    // Some filesystems cannot fsync a directory (EINVAL); the rename is then as durable as it gets.
-    if (fsync(fd) != 0 && !(is_dir && errno == EINVAL))
+    if (sys_fsync_durable(fd) != 0)
         rc = err_set(ERR_IO, "ckpt: fsync '%s' failed: %s", p, strerror(errno));
     close(fd);
     return rc;
@@ -258,15 +259,13 @@ int ckpt_writer_commit(ckpt_writer *w) {
     if (H5Fclose(w->file) < 0)
         rc = err_set(ERR_IO, "ckpt: cannot close '%s': %s", w->tmp, h5_why(&why));
     // The data must be on disk before the rename makes it visible under the final name.
-    if (rc == ERR_OK) rc = fsync_path(w->tmp, 0);
+    if (rc == ERR_OK) rc = fsync_file(w->tmp);
     if (rc == ERR_OK && rename(w->tmp, w->path) != 0)
         rc = err_set(ERR_IO, "ckpt: cannot rename '%s' to '%s': %s", w->tmp, w->path,
                      strerror(errno));
     if (rc == ERR_OK) {
         // Make the rename itself durable. On failure the new file is already at w->path.
-        char *dir = dir_of(w->path);
-        rc = fsync_path(dir, 1);
-        free(dir);
+        rc = sys_fsync_parent(w->path);
     } else {
         unlink(w->tmp);
     }

@@ -598,19 +598,13 @@ void discover_destroy(discover *d) {
 // ---- node ID, key, port ----
 
 int discover_node_id_path(char *buf, size_t n) {
-    const char *s = getenv("SPARTAN_STATE_DIR"), *x = getenv("XDG_STATE_HOME"), *h = getenv("HOME");
+    const char *s = getenv("SPARTAN_STATE_DIR");
+    char home[1024];
     int len;
     if (s && s[0])
         len = snprintf(buf, n, "%s/node_id", s);
-    else if (x && x[0])
-        len = snprintf(buf, n, "%s/spartan/node_id", x);
-#ifdef __APPLE__
-    else if (h && h[0])
-        len = snprintf(buf, n, "%s/Library/Application Support/spartan/node_id", h);
-#else
-    else if (h && h[0])
-        len = snprintf(buf, n, "%s/.local/state/spartan/node_id", h);
-#endif
+    else if (sys_state_home(home, sizeof home) == ERR_OK)
+        len = snprintf(buf, n, "%s/spartan/node_id", home);
     else
         return err_set(ERR_INVAL, "discover: no place for the node ID: set SPARTAN_STATE_DIR");
     if (len < 0 || (size_t)len >= n) return err_set(ERR_INVAL, "discover: state path too long");
@@ -660,7 +654,7 @@ int discover_node_id(const char *path, uint8_t id[DISCOVER_ID_BYTES], char *hex)
         int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0600);
         if (fd < 0) return err_set(ERR_IO, "%s: %s", tmp, strerror(errno));
         size_t len = strlen(text);
-        int ok = write(fd, text, len) == (ssize_t)len && fsync(fd) == 0;
+        int ok = write(fd, text, len) == (ssize_t)len && sys_fsync_durable(fd) == 0;
         close(fd);
         if (ok && link(tmp, path) != 0) {
             // EEXIST: another process made it first, so take that one; a file system without
