@@ -129,7 +129,7 @@ help:
 	@echo "make deps       install the build and run-time deps (scripts/install-deps run)"
 	@echo "make deps-test  also Criterion, gnuplot and Chromium (scripts/install-deps test)"
 	@echo "make bench      run the benchmarks (BENCH <key> <value> lines)"
-	@echo "make test-arm64 cross-build for linux-arm64, run the ops/gpt/kv/tok/wire tests under qemu"
+	@echo "make test-arm64 cross-build for linux-arm64 and run the core suites under qemu-user"
 	@echo "make sanitize   run the test suite under ASan+UBSan (build/asan)"
 	@echo "make tsan       run the exchanger stress program under ThreadSanitizer (build/tsan)"
 	@echo "make lint       include layers (scripts/check-layers) and clang-format (run by make test)"
@@ -178,12 +178,14 @@ run-tests: check-deps-test lint $(SPARTAN) $(TEST_BIN)
 
 # make test-arm64: cross-build for linux-arm64 and run the suites of ARM64_TESTS under qemu-user,
 # each bounded by ARM64_TIMEOUT seconds. These are the portable core, where x86-only code
-# (intrinsics, alignment, byte order, signed char) would show: the kernels, the model against the
-# PyTorch fixture, the KV-cache decoder, the tokenizer and the wire format. The peer, serving and
-# multi-process suites are left out: they mostly test sockets and processes, not the CPU, and
-# under emulation they would take minutes. A missing cross toolchain, qemu or sysroot (no apt, no
-# network) is a skip with the reason, as for the other optional tests; a failing test fails.
-ARM64_TESTS ?= ops gpt kv tok wire
+# (intrinsics, byte order, signed char) would show: the kernels, the model against the PyTorch
+# fixture, the KV-cache decoder, the tokenizer and the wire format, plus the two on-disk formats
+# (token shards, checkpoints) and SPARTA's index sets, which peers on both architectures must
+# derive alike. Each suite takes 4-7 s under qemu (most of it starting qemu once per test). The
+# peer, serving and multi-process suites are left out: they test sockets and processes more than
+# the CPU. A missing cross toolchain, qemu or sysroot (no apt, no network) is a skip with the
+# reason, as for the other optional tests; a failing test fails.
+ARM64_TESTS ?= ops gpt kv tok wire data ckpt select
 ARM64_TIMEOUT ?= 300
 ARM64_BIN := $(ARM64_TESTS:%=build/arm64/tests/%_test)
 test-arm64:
