@@ -196,10 +196,11 @@ test-arm64:
 		sed -n '$$s/^arm64-sysroot: //p')"; exit 0; fi; \
 	$(MAKE) --no-print-directory VARIANT=arm64 run-tests-arm64
 
-# The program links too (a link error in code that no suite above reaches would show here).
+# The suites that run bin/spartan run the arm64 build/arm64/spartan, through qemu: tests start it
+# with a shell command line. QEMU_LD_PREFIX gives qemu the cross toolchain's C library.
 run-tests-arm64: $(SPARTAN) $(ARM64_BIN)
-	@ARM64_QEMU=$$(command -v qemu-aarch64) QEMU_LD_PREFIX=/usr/aarch64-linux-gnu \
-		TEST_RUNNER="timeout $(ARM64_TIMEOUT) $$(command -v qemu-aarch64)" \
+	@q=$$(command -v qemu-aarch64); ARM64_QEMU=$$q QEMU_LD_PREFIX=/usr/aarch64-linux-gnu \
+		SPARTAN_BIN="$$q $(SPARTAN)" TEST_RUNNER="timeout $(ARM64_TIMEOUT) $$q" \
 		$(SHELL) scripts/run-tests $(ARM64_BIN)
 
 sanitize:
