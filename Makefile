@@ -59,8 +59,10 @@ endif
 # files, so the flags name the multiarch folders directly. Tests link all of LIB_OBJ, as on
 # amd64: hdf5 alone already needs libcurl and OpenSSL at run time, so narrowing the objects would
 # save one package (libmicrohttpd) and cost a second link rule.
-ARM64_SYSROOT ?= $(CURDIR)/build/arm64/sysroot
 B_ARM64 := build/arm64
+ARM64_SYSROOT ?= $(CURDIR)/$(B_ARM64)/sysroot
+# The cross toolchain's C library (libc6-dev-arm64-cross), which qemu-user loads the tests with.
+ARM64_CROSS_ROOT ?= /usr/aarch64-linux-gnu
 ARM64_OPT ?= -O2
 ifeq ($(VARIANT),arm64)
 CC := aarch64-linux-gnu-gcc
@@ -118,8 +120,8 @@ Q := @
 endif
 
 .SECONDARY:
-.PHONY: all test run-tests test-arm64 run-tests-arm64 bench sanitize tsan run deps deps-test lint clean help fixtures \
-	check-deps check-deps-test
+.PHONY: all test run-tests test-arm64 run-tests-arm64 bench sanitize tsan run deps deps-test lint \
+	clean help fixtures check-deps check-deps-test
 all: check-deps $(SPARTAN)
 
 help:
@@ -187,7 +189,7 @@ run-tests: check-deps-test lint $(SPARTAN) $(TEST_BIN)
 # reason, as for the other optional tests; a failing test fails.
 ARM64_TESTS ?= ops gpt kv tok wire data ckpt select
 ARM64_TIMEOUT ?= 300
-ARM64_BIN := $(ARM64_TESTS:%=build/arm64/tests/%_test)
+ARM64_BIN := $(ARM64_TESTS:%=$(B_ARM64)/tests/%_test)
 test-arm64:
 	@for t in aarch64-linux-gnu-gcc qemu-aarch64 timeout; do command -v $$t >/dev/null 2>&1 || \
 		{ echo "test-arm64: skipped: no $$t (scripts/install-deps test)"; exit 0; }; done; \
@@ -197,9 +199,9 @@ test-arm64:
 	$(MAKE) --no-print-directory VARIANT=arm64 run-tests-arm64
 
 # The suites that run bin/spartan run the arm64 build/arm64/spartan, through qemu: tests start it
-# with a shell command line. QEMU_LD_PREFIX gives qemu the cross toolchain's C library.
+# with a shell command line.
 run-tests-arm64: $(SPARTAN) $(ARM64_BIN)
-	@q=$$(command -v qemu-aarch64); ARM64_QEMU=$$q QEMU_LD_PREFIX=/usr/aarch64-linux-gnu \
+	@q=$$(command -v qemu-aarch64); ARM64_QEMU=$$q QEMU_LD_PREFIX=$(ARM64_CROSS_ROOT) \
 		SPARTAN_BIN="$$q $(SPARTAN)" TEST_RUNNER="timeout $(ARM64_TIMEOUT) $$q" \
 		$(SHELL) scripts/run-tests $(ARM64_BIN)
 

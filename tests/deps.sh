@@ -89,8 +89,8 @@ done
 out=$(NO_BROWSER=1 NO_CROSS=1 sh scripts/install-deps test 2>&1) || fail "install-deps test failed: $out"
 [ -z "$out" ] || fail "install-deps test is not quiet with everything installed: $out"
 
-make -n deps | grep -q "install-deps run" || fail "make deps does not install the run set"
-make -n deps-test | grep -q "install-deps test" || fail "make deps-test does not install the test set"
-make -n run 2>/dev/null | head -1 | grep -q "install-deps run" || fail "make run does not install the run set first"
+make --no-print-directory -n deps | grep -q "install-deps run" || fail "make deps does not install the run set"
+make --no-print-directory -n deps-test | grep -q "install-deps test" || fail "make deps-test does not install the test set"
+make --no-print-directory -n run 2>/dev/null | head -1 | grep -q "install-deps run" || fail "make run does not install the run set first"
 grep -q "install-deps test" .ci/run || fail ".ci/run does not install the test set"
 echo "deps: ok"
