@@ -69,10 +69,42 @@ VARIANT ?= rel
 ifneq ($(filter asan tsan,$(VARIANT)),)
 OPT := -O1 -march=native
 endif
+# Cross variant for linux-arm64 (make test-arm64): aarch64-linux-gnu-gcc against the sysroot that
+# scripts/arm64-sysroot unpacks from the arm64 .debs. No pkg-config: hdf5.pc and cblas.h are
+# Debian alternatives, which `dpkg -x` does not set up, and criterion.pc requires four more .pc
+# files, so the flags name the multiarch folders directly. Tests link all of LIB_OBJ, as on
+# amd64: hdf5 alone already needs libcurl and OpenSSL at run time, so narrowing the objects would
+# save one package (libmicrohttpd) and cost a second link rule.
+B_ARM64 := build/arm64
+ARM64_SYSROOT ?= $(CURDIR)/$(B_ARM64)/sysroot
+# The cross toolchain's C library (libc6-dev-arm64-cross), which qemu-user loads the tests with.
+ARM64_CROSS_ROOT ?= /usr/aarch64-linux-gnu
+ARM64_OPT ?= -O2
+ifeq ($(VARIANT),arm64)
+CC := aarch64-linux-gnu-gcc
+override OPT := $(ARM64_OPT)
+ARM64_LIB := $(ARM64_SYSROOT)/usr/lib/aarch64-linux-gnu
+ARM64_LIBDIRS := $(ARM64_LIB) $(ARM64_LIB)/openblas-openmp $(ARM64_LIB)/hdf5/serial \
+	$(ARM64_SYSROOT)/lib/aarch64-linux-gnu
+BLAS_CFLAGS := -I$(ARM64_SYSROOT)/usr/include/aarch64-linux-gnu/openblas-openmp
+BLAS_LIBS := -lopenblas
+DEP_CFLAGS := -I$(ARM64_SYSROOT)/usr/include -I$(ARM64_SYSROOT)/usr/include/aarch64-linux-gnu \
+	-I$(ARM64_SYSROOT)/usr/include/hdf5/serial
+DEP_LIBS := $(ARM64_LIBDIRS:%=-L%) $(ARM64_LIBDIRS:%=-Wl,-rpath-link,%) -lhdf5 -lcurl -lcrypto \
+	-lpcre2-8 -lisal -linih -ljansson -lmicrohttpd
+NNG_LIBS := -lnng -lpthread
+CRIT_CFLAGS := -pthread -DBXF_STATIC_LIB=1
+CRIT_LIBS := -lcriterion
+# DT_RPATH (not RUNPATH, which the loader applies to direct dependencies only) into the sysroot, so
+# that no LD_LIBRARY_PATH of arm64 folders leaks into the host programs that tests start.
+LDLIBS_ARM64 := -Wl,--disable-new-dtags $(ARM64_LIBDIRS:%=-Wl,-rpath,%)
+TEST_EXTRA := $(B_ARM64)/tests/qemu_exec.o
+endif
 CFLAGS := $(CFLAGS_BASE) $(OPT) $(OMP_CFLAGS) $(BLAS_CFLAGS) $(DEP_CFLAGS)
-LDLIBS := $(BLAS_LIBS) $(DEP_LIBS) $(NNG_LIBS) $(OMP_LIBS) -lm
+LDLIBS := $(BLAS_LIBS) $(DEP_LIBS) $(NNG_LIBS) $(OMP_LIBS) -lm $(LDLIBS_ARM64)
 
-# Variant: build/rel (default), build/asan (make sanitize) or build/tsan (make tsan).
+# Variant: build/rel (default), build/asan (make sanitize), build/tsan (make tsan) or
+# build/arm64 (make test-arm64).
 B := build/$(VARIANT)
 ifeq ($(VARIANT),asan)
 CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -108,8 +140,8 @@ Q := @
 endif
 
 .SECONDARY:
-.PHONY: all test run-tests bench sanitize tsan run deps deps-test lint clean help fixtures \
-	check-deps check-deps-test
+.PHONY: all test run-tests test-arm64 run-tests-arm64 bench sanitize tsan run deps deps-test lint \
+	clean help fixtures check-deps check-deps-test
 all: check-deps $(SPARTAN)
 
 help:
@@ -119,6 +151,7 @@ help:
 	@echo "make deps       install the build and run-time deps (scripts/install-deps run)"
 	@echo "make deps-test  also Criterion, gnuplot and Chromium (scripts/install-deps test)"
 	@echo "make bench      run the benchmarks (BENCH <key> <value> lines)"
+	@echo "make test-arm64 cross-build for linux-arm64 and run the core suites under qemu-user"
 	@echo "make sanitize   run the test suite under ASan+UBSan (build/asan)"
 	@echo "make tsan       run the exchanger stress program under ThreadSanitizer (build/tsan)"
 	@echo "make lint       include layers (scripts/check-layers) and clang-format (run by make test)"
@@ -151,7 +184,7 @@ $(B)/tests/%_test.o: tests/%_test.c
 	@echo "  CC   $<"
 	$(Q)$(CC) $(CFLAGS) $(CRIT_CFLAGS) -c -o $@ $<
 
-$(B)/tests/%_test: $(B)/tests/%_test.o $(TU_OBJ) $(LIB_OBJ)
+$(B)/tests/%_test: $(B)/tests/%_test.o $(TU_OBJ) $(TEST_EXTRA) $(LIB_OBJ)
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(CRIT_LIBS) $(LDLIBS)
 
 $(PORTABLE_SYS_OBJ): train/base/sys.c
@@ -176,6 +209,33 @@ test: deps-test
 
 run-tests: check-deps-test lint $(SPARTAN) $(TEST_BIN)
 	@SPARTAN_BIN=$(SPARTAN) $(SHELL) scripts/run-tests $(TEST_BIN) $(wildcard tests/*.sh)
+
+# make test-arm64: cross-build for linux-arm64 and run the suites of ARM64_TESTS under qemu-user,
+# each bounded by ARM64_TIMEOUT seconds. These are the portable core, where x86-only code
+# (intrinsics, byte order, signed char) would show: the kernels, the model against the PyTorch
+# fixture, the KV-cache decoder, the tokenizer and the wire format, plus the two on-disk formats
+# (token shards, checkpoints) and SPARTA's index sets, which peers on both architectures must
+# derive alike. Each suite takes 4-7 s under qemu (most of it starting qemu once per test). The
+# peer, serving and multi-process suites are left out: they test sockets and processes more than
+# the CPU. A missing cross toolchain, qemu or sysroot (no apt, no network) is a skip with the
+# reason, as for the other optional tests; a failing test fails.
+ARM64_TESTS ?= ops gpt kv tok wire data ckpt select
+ARM64_TIMEOUT ?= 300
+ARM64_BIN := $(ARM64_TESTS:%=$(B_ARM64)/tests/%_test)
+test-arm64:
+	@for t in aarch64-linux-gnu-gcc qemu-aarch64 timeout; do command -v $$t >/dev/null 2>&1 || \
+		{ echo "test-arm64: skipped: no $$t (scripts/install-deps test)"; exit 0; }; done; \
+	out=$$($(SHELL) scripts/arm64-sysroot $(ARM64_SYSROOT) 2>&1); rc=$$?; printf '%s\n' "$$out"; \
+	if [ $$rc != 0 ]; then echo "test-arm64: skipped: $$(printf '%s\n' "$$out" | \
+		sed -n '$$s/^arm64-sysroot: //p')"; exit 0; fi; \
+	$(MAKE) --no-print-directory VARIANT=arm64 run-tests-arm64
+
+# The suites that run bin/spartan run the arm64 build/arm64/spartan, through qemu: tests start it
+# with a shell command line.
+run-tests-arm64: $(SPARTAN) $(ARM64_BIN)
+	@q=$$(command -v qemu-aarch64); ARM64_QEMU=$$q QEMU_LD_PREFIX=$(ARM64_CROSS_ROOT) \
+		SPARTAN_BIN="$$q $(SPARTAN)" TEST_RUNNER="timeout $(ARM64_TIMEOUT) $$q" \
+		$(SHELL) scripts/run-tests $(ARM64_BIN)
 
 sanitize:
 	@LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp $(MAKE) --no-print-directory VARIANT=asan test
@@ -216,4 +276,5 @@ lint:
 clean:
 	rm -rf build bin
 
--include $(shell find build -name '*.d' 2>/dev/null)
+# The arm64 sysroot holds folders named *.d (etc/gss/mech.d) that are no dependency files.
+-include $(shell find build -path build/arm64/sysroot -prune -o -name '*.d' -type f -print 2>/dev/null)

@@ -5,7 +5,8 @@
 # says nothing, while the test set reports exactly Criterion, gnuplot and mpirun as missing. With a library
 # of the run set missing too, and a package manager that only records its calls (apt-get,
 # dpkg-query and sudo, or brew), install-deps run asks for no test package and install-deps test
-# asks for Criterion, gnuplot, OpenMPI and Chromium. The Makefile's deps targets ask for the right set.
+# asks for Criterion, gnuplot, OpenMPI, Chromium and the arm64 cross tools (gcc-aarch64-linux-gnu,
+# qemu-user). The Makefile's deps targets ask for the right set.
 set -eu
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/spartan-deps-XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
@@ -74,21 +75,22 @@ for want in run test; do
         fail "install-deps $want with jansson missing: rc $rc: $out"
     asked=$(grep install "$tmp/calls" | tr '\n' ' ')
     echo "$asked" | grep -q "jansson" || fail "install-deps $want did not ask for jansson: $asked"
-    for p in criterion gnuplot chromium mpi; do
+    for p in criterion gnuplot chromium mpi qemu-user gcc-aarch64-linux-gnu; do
         if echo "$asked" | grep -q "$p"; then
             [ $want = test ] || fail "install-deps run asked for $p: $asked"
-        elif [ $want = test ] && { [ $p != chromium ] || [ "$(uname -s)" != Darwin ]; }; then
+        elif [ $want = test ] && { [ $p = criterion ] || [ $p = gnuplot ] || [ $p = mpi ] ||
+            [ "$(uname -s)" != Darwin ]; }; then
             fail "install-deps test did not ask for $p: $asked"
         fi
     done
 done
 
 # Here the test set is installed (make test checked it): install-deps test is then quiet.
-out=$(NO_BROWSER=1 sh scripts/install-deps test 2>&1) || fail "install-deps test failed: $out"
+out=$(NO_BROWSER=1 NO_CROSS=1 sh scripts/install-deps test 2>&1) || fail "install-deps test failed: $out"
 [ -z "$out" ] || fail "install-deps test is not quiet with everything installed: $out"
 
-make -n deps | grep -q "install-deps run" || fail "make deps does not install the run set"
-make -n deps-test | grep -q "install-deps test" || fail "make deps-test does not install the test set"
-make -n run 2>/dev/null | head -1 | grep -q "install-deps run" || fail "make run does not install the run set first"
+make --no-print-directory -n deps | grep -q "install-deps run" || fail "make deps does not install the run set"
+make --no-print-directory -n deps-test | grep -q "install-deps test" || fail "make deps-test does not install the test set"
+make --no-print-directory -n run 2>/dev/null | head -1 | grep -q "install-deps run" || fail "make run does not install the run set first"
 grep -q "install-deps test" .ci/run || fail ".ci/run does not install the test set"
 echo "deps: ok"
