@@ -79,7 +79,7 @@ struct sparta_exchanger {
     int64_t offset;      // round = step + offset (0 unless this peer joined a running group)
     long catch_ups;      // catch_up jumps so far, and when the last was logged (trainer thread)
     double catch_up_logged_ms;
-    int64_t *peer_last;  // [world] round of the last valid message from each peer (-1: none)
+    int64_t *peer_last; // [world] round of the last valid message from each peer (-1: none)
     // trainer scratch
     float *mean;
     int *present;
@@ -474,7 +474,8 @@ static void catch_up(sparta_exchanger *ex, float *params, long step) {
     // A peer slower than the rest jumps again and again: one line, then at most one per 10 s.
     double now = sys_now_ms();
     if (ex->catch_ups++ == 0 || now - ex->catch_up_logged_ms >= 10000) {
-        LOG_I("sparta", "peers are at round %lld: continuing at round %lld from step %ld (%ld jumps)",
+        LOG_I("sparta",
+              "peers are at round %lld: continuing at round %lld from step %ld (%ld jumps)",
               (long long)seen, (long long)next, step, ex->catch_ups);
         ex->catch_up_logged_ms = now;
     }

@@ -51,7 +51,7 @@ typedef struct launch_args {
 typedef struct host_state {
     char label[272]; // how messages name the host: "host", or "[host]:ssh_port" when two
                      // entries of the hostfile name the same host
-    int failed; // a phase failed: reason says which and why
+    int failed;      // a phase failed: reason says which and why
     char reason[768];
     char os[32], arch[32];
     int cores;
@@ -81,11 +81,11 @@ typedef struct job {
     char src[PATH_MAX], commit[64], rev[64], data_dir[PATH_MAX], data_id[32];
     char files[MAX_DATA_FILES][256];
     int n_files;
-    int tty;         // live table
-    int table_lines; // lines of the table on the screen now
+    int tty;            // live table
+    int table_lines;    // lines of the table on the screen now
     double launched_ms; // when the launcher started
     double started_ms;  // when the peers were started
-    int first_steps; // peers that have reported a step
+    int first_steps;    // peers that have reported a step
 } job;
 
 static int add_set(void *ctx, const char *kv) {

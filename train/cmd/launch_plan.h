@@ -96,7 +96,8 @@ char *launch_cmd_probe(const launch_plan *p, int host, int timeout_ms);
 // runs under nohup with its output in D/runs/NAME/r<rank>.log, and the command returns at once.
 char *launch_cmd_peer(const launch_plan *p, int r);
 
-// launch_cmd_stop sends SIGTERM (a checkpoint, then the end, as SIGINT) to the detached peers of the host (their .pid files).
+// launch_cmd_stop sends SIGTERM (a checkpoint, then the end, as SIGINT) to the detached peers
+// of the host (their .pid files).
 char *launch_cmd_stop(const launch_plan *p, int host);
 
 // launch_cmd_fetch copies peer r's newest checkpoint and metrics.csv into the local folder
