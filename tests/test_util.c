@@ -53,9 +53,19 @@ const char *tu_spartan(void) {
 }
 
 int tu_run(const char *cmd, int timeout_s, char **out) {
-    char full[8192];
-    // timeout(1) bounds the child; output is collected through a pipe.
-    snprintf(full, sizeof full, "timeout -k 2 %d sh -c '%s' 2>&1", timeout_s, cmd);
+    char full[16384];
+    // timeout(1) bounds the child; output is collected through a pipe. cmd is single-quoted
+    // for the outer shell, its own quotes as '\''.
+    size_t o = (size_t)snprintf(full, sizeof full, "timeout -k 2 %d sh -c '", timeout_s);
+    for (const char *c = cmd; *c && o + 8 < sizeof full; c++) {
+        if (*c == '\'') {
+            memcpy(full + o, "'\\''", 4);
+            o += 4;
+        } else {
+            full[o++] = *c;
+        }
+    }
+    snprintf(full + o, sizeof full - o, "' 2>&1");
     FILE *p = popen(full, "r");
     if (!p) return -1;
     size_t cap = 4096, len = 0;

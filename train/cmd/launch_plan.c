@@ -58,11 +58,12 @@ int launch_plan_make(launch_plan *p, const hostfile *hf, const launch_opts *o) {
     for (int h = 0; h < hf->n; h++) {
         const hostfile_host *e = &hf->hosts[h];
         int base = e->port ? e->port : LAUNCH_DEFAULT_PORT;
-        if (base + e->slots - 1 > 65535 ||
-            (o->status_port > 0 && o->status_port + e->slots - 1 > 65535)) {
+        int top = base, st = o->status_port;
+        if (base + e->slots - 1 <= 65535 && st > 0 && st + e->slots - 1 > 65535) top = st;
+        if (top + e->slots - 1 > 65535) {
             free(peers);
-            return err_set(ERR_INVAL, "launch: host %s: ports %d..%d are past 65535", e->host, base,
-                           base + e->slots - 1);
+            return err_set(ERR_INVAL, "launch: host %s: %s ports %d..%d are past 65535", e->host,
+                           top == base ? "peer" : "status", top, top + e->slots - 1);
         }
         for (int s = 0; s < e->slots; s++, r++) {
             launch_peer *q = &peers[r];
