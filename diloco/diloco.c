@@ -145,7 +145,8 @@ static int wire_dtype(cfg_dtype t) {
     return t == CFG_DTYPE_INT8 ? WIRE_INT8 : t == CFG_DTYPE_BF16 ? WIRE_BF16 : WIRE_FP32;
 }
 
-// reduce averages x(n) over the members(nm) and keeps the counters.
+// reduce averages x(n) over the members(nm) and keeps the counters; what names the call in an
+// error.
 static int reduce(diloco *d, float *x, size_t n, uint64_t tag, const int *members, int nm,
                   const char *what) {
     if (!d->ar) return ERR_OK;
@@ -155,9 +156,7 @@ static int reduce(diloco *d, float *x, size_t n, uint64_t tag, const int *member
     d->bytes_recv += st.bytes_recv;
     d->msgs_dropped += st.msgs_dropped;
     d->ms_sum += st.ms;
-    if (rc)
-        return err_set(rc, "%s %llu: all-reduce failed: %s", what, (unsigned long long)tag,
-                       err_msg());
+    if (rc) return err_set(rc, "%s: all-reduce failed: %s", what, err_msg());
     return ERR_OK;
 }
 
@@ -406,7 +405,9 @@ static int outer_reduce(diloco *d, float *delta, size_t n, int64_t t, int *nm_ou
                   nm, nv, who);
         }
         if (nm == 1) return ERR_OK;
-        rc = reduce(d, delta, n, tag, d->members, nm, "outer step");
+        char what[64];
+        snprintf(what, sizeof what, "outer step %lld (try %d of 3)", (long long)t, attempt + 1);
+        rc = reduce(d, delta, n, tag, d->members, nm, what);
         if (rc == ERR_OK || rc == ERR_CLOSED) return rc;
         LOG_W("diloco", "%s: agreeing again", err_msg());
     }

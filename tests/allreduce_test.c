@@ -40,10 +40,12 @@ typedef struct peer {
     int timeout_ms, rc;
     ar_stats st;
     char msg[256];
-    int agree;               // ar_agree first, then ar_mean_group over the members
-    int start_after_ms;      // sleep this long before starting
-    const atomic_int *after; // if set, start only once it is non-zero (another peer's done)
-    atomic_int done;         // set when this peer's call has returned
+    int agree;                     // ar_agree first, then ar_mean_group over the members
+    int start_after_ms;            // sleep this long before starting
+    const atomic_int *after;       // if set, start only once it is non-zero (another peer's done)
+    atomic_int done;               // set when this peer's call has returned
+    atomic_int agreed;             // set when its ar_agree has returned
+    const atomic_int *before_ring; // if set, agreed: run the ring only once it is non-zero
     int members[MAXP], nm, ahead;
 } peer;
 
@@ -95,6 +97,9 @@ static void *peer_main(void *arg) {
         usleep(1000);
     if (p->agree) {
         p->rc = ar_agree(p->ctx, p->tag, p->timeout_ms, p->members, &p->nm, &p->ahead, NULL);
+        atomic_store(&p->agreed, 1);
+        while (p->before_ring && !atomic_load(p->before_ring))
+            usleep(1000);
         if (!p->rc && p->nm > 0)
             p->rc =
                 ar_mean_group(p->ctx, p->x, p->n, p->tag, p->members, p->nm, p->timeout_ms, &p->st);
@@ -118,6 +123,13 @@ static void ring_run(ring *r, float **xs, size_t n, uint64_t tag, int timeout_ms
     }
     for (int i = 0; i < r->live; i++)
         pthread_join(th[i], NULL);
+}
+
+// ring_recv is the number of ring-channel messages rank has received.
+static uint64_t ring_recv(ring *r, int rank) {
+    peer_stats st;
+    peer_get_stats(r->g[rank], &st);
+    return st.msgs_recv[PEER_CH_RING];
 }
 
 static void ring_expect_ok(const ring *r) {
@@ -509,6 +521,46 @@ Test(allreduce, missing_peer_gives_timeout_and_leaves_x_unchanged) {
     }
 }
 
+// A member that was linked when the call began and leaves during it (its process ends) ends the
+// call with ERR_PEER naming it, long before the timeout (20 s): the ring cannot finish, and the
+// caller's next try (a new agreement) should not wait.
+Test(allreduce, a_member_leaving_during_the_call_ends_it_with_err_peer) {
+    ring r;
+    ring_open(&r, 3, 3, 5000, WIRE_FP32);
+    for (int a = 0; a < 3; a++)
+        for (int b = a + 1; b < 3; b++)
+            ring_wait_up(&r, a, b);
+    vecs v;
+    vecs_fill(&v, 3, 5000, 16);
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) { // rank 2 never calls: 0 and 1 wait for it
+        r.p[i] = (peer){.ctx = r.p[i].ctx, .x = v.x[i], .n = 5000, .tag = 3, .timeout_ms = WAIT_MS};
+        cr_assert_eq(pthread_create(&th[i], NULL, peer_main, &r.p[i]), 0);
+    }
+    double t0 = sys_now_ms();
+    peer_stats st;
+    do { // both are in the call once each has sent its first chunk
+        cr_assert(sys_now_ms() - t0 < WAIT_MS, "ranks 0, 1 sent nothing");
+        usleep(1000);
+        peer_get_stats(r.g[1], &st);
+    } while (st.msgs_sent[PEER_CH_RING] == 0 || ring_recv(&r, 1) == 0);
+    ar_destroy(r.p[2].ctx); // rank 2 goes away
+    peer_group_destroy(r.g[2]);
+    r.live = 2;
+    t0 = sys_now_ms();
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    double ms = sys_now_ms() - t0;
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(r.p[i].rc, ERR_PEER, "rank %d: %s: %s", i, err_str(r.p[i].rc), r.p[i].msg);
+        cr_assert(strstr(r.p[i].msg, "member 2 left"), "rank %d: %s", i, r.p[i].msg);
+        cr_assert(memcmp(v.x[i], v.orig[i], 5000 * sizeof(float)) == 0, "x changed");
+    }
+    cr_assert(ms < WAIT_MS / 2, "the call went on %.0f ms after rank 2 left", ms);
+    vecs_free(&v);
+    ring_close(&r);
+}
+
 Test(allreduce, agreement_with_everyone_present_gives_every_rank_and_the_full_mean) {
     ring r;
     ring_open(&r, 3, 3, 3000, WIRE_FP32);
@@ -592,6 +644,125 @@ Test(allreduce, a_peer_arriving_after_the_decision_learns_it_is_out) {
     cr_assert_eq(ar_agree(r.p[1].ctx, 5, 400, mem, &nm, &ahead, NULL), ERR_OK, "%s", err_msg());
     pthread_join(th, NULL);
     cr_assert_eq(ahead, 1, "a HERE of tag 6 must mark tag 5 as behind");
+    vecs_free(&v);
+    ring_close(&r);
+}
+
+// A peer whose links come up only after the others agreed (a restarted peer, just in time) never
+// got their VIEW, and nobody is agreeing on its tag any more: the others answer its HERE with
+// the VIEW they sent, so it learns at once that it was left out instead of waiting out the
+// timeout (20 s here; 5 s in a DiLoCo outer step, where it stalled the restarted peer and,
+// through it, the others).
+Test(allreduce, a_peer_linked_after_the_decision_is_answered_with_the_view) {
+    ring r;
+    ring_open(&r, 3, 2, 1000, WIRE_FP32); // rank 2 is not there while 0 and 1 agree
+    ring_wait_up(&r, 0, 1);
+    vecs v;
+    vecs_fill(&v, 3, 1000, 14);
+    r.p[0].agree = r.p[1].agree = 1;
+    ring_run(&r, v.x, 1000, 8, WAIT_MS);
+    ring_expect_ok(&r);
+    cr_assert(r.p[0].nm == 2 && r.p[1].nm == 2, "ranks 0, 1: %d, %d members", r.p[0].nm, r.p[1].nm);
+    // rank 2 comes up now, still at tag 8
+    r.g[2] = group_at(r.dir, 2, 3);
+    cr_assert_eq(ar_create(&r.p[2].ctx, r.g[2], PEER_CH_RING, 2, 3, RUN_ID, 1000, WIRE_FP32),
+                 ERR_OK, "%s", err_msg());
+    r.live = 3;
+    ring_wait_up(&r, 0, 2);
+    ring_wait_up(&r, 1, 2);
+    uint64_t recv0 = ring_recv(&r, 0), recv1 = ring_recv(&r, 1);
+    peer *p2 = &r.p[2];
+    p2->agree = 1;
+    p2->tag = 8;
+    p2->x = v.x[2];
+    p2->n = 1000;
+    p2->timeout_ms = WAIT_MS;
+    atomic_store(&p2->done, 0);
+    pthread_t th2, th[2];
+    double t0 = sys_now_ms();
+    cr_assert_eq(pthread_create(&th2, NULL, peer_main, p2), 0);
+    // its HEREs reach ranks 0 and 1 while they train (in no call); their next agreement, tag 9,
+    // finds them queued
+    while (ring_recv(&r, 0) == recv0 || ring_recv(&r, 1) == recv1) {
+        cr_assert(sys_now_ms() - t0 < 10000, "rank 2's HERE never arrived");
+        usleep(1000);
+    }
+    for (int i = 0; i < 2; i++) {
+        r.p[i].tag = 9;
+        r.p[i].timeout_ms = WAIT_MS;
+        cr_assert_eq(pthread_create(&th[i], NULL, peer_main, &r.p[i]), 0);
+    }
+    pthread_join(th2, NULL);
+    double ms = sys_now_ms() - t0;
+    cr_assert_eq(p2->rc, ERR_OK, "%s", p2->msg);
+    cr_assert(p2->nm == 0 || p2->ahead, "rank 2 took itself for a member (%d members)", p2->nm);
+    cr_assert(ms < WAIT_MS / 2, "rank 2 waited %.0f ms: nobody answered it", ms);
+    // and it takes part in the next one with everyone
+    p2->tag = 9;
+    p2->ahead = 0;
+    peer_main(p2);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    ring_expect_ok(&r);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(r.p[i].nm, 3, "tag 9: rank %d agreed on %d members", i, r.p[i].nm);
+    expect_identical(&v);
+    vecs_free(&v);
+    ring_close(&r);
+}
+
+// The same peer linked after the decision, while the others are inside the all-reduce of that
+// tag (where a restarted DiLoCo peer finds them): rank 0, waiting in the ring for rank 1, answers
+// with its VIEW, and that VIEW alone settles that rank 2 is out (rank 1, held before its ring,
+// says nothing).
+Test(allreduce, a_peer_linked_during_the_all_reduce_is_answered_from_the_ring) {
+    ring r;
+    ring_open(&r, 3, 2, 1000, WIRE_FP32); // rank 2 is not there while 0 and 1 agree
+    ring_wait_up(&r, 0, 1);
+    vecs v;
+    vecs_fill(&v, 3, 1000, 15);
+    atomic_int go = 0;
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        r.p[i] = (peer){.ctx = r.p[i].ctx,
+                        .x = v.x[i],
+                        .n = 1000,
+                        .tag = 12,
+                        .timeout_ms = WAIT_MS,
+                        .agree = 1};
+    r.p[1].before_ring = &go;
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pthread_create(&th[i], NULL, peer_main, &r.p[i]), 0);
+    double t0 = sys_now_ms();
+    while (!atomic_load(&r.p[0].agreed) || !atomic_load(&r.p[1].agreed)) {
+        cr_assert(sys_now_ms() - t0 < WAIT_MS, "ranks 0 and 1 never agreed");
+        usleep(1000);
+    }
+    cr_assert(r.p[0].nm == 2 && r.p[1].nm == 2, "ranks 0, 1: %d, %d members", r.p[0].nm, r.p[1].nm);
+    // now rank 0 waits in the ring for rank 1; rank 2 comes up, still at tag 12
+    r.g[2] = group_at(r.dir, 2, 3);
+    cr_assert_eq(ar_create(&r.p[2].ctx, r.g[2], PEER_CH_RING, 2, 3, RUN_ID, 1000, WIRE_FP32),
+                 ERR_OK, "%s", err_msg());
+    r.live = 3;
+    ring_wait_up(&r, 0, 2);
+    ring_wait_up(&r, 1, 2);
+    peer *p2 = &r.p[2];
+    *p2 = (peer){
+        .ctx = p2->ctx, .x = v.x[2], .n = 1000, .tag = 12, .timeout_ms = WAIT_MS, .agree = 1};
+    t0 = sys_now_ms();
+    peer_main(p2);
+    double ms = sys_now_ms() - t0;
+    atomic_store(&go, 1);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    ring_expect_ok(&r);
+    cr_assert_eq(p2->nm, 0, "rank 2 took itself for a member (%d members)", p2->nm);
+    cr_assert_eq(p2->ahead, 0);
+    cr_assert(ms < WAIT_MS / 2, "rank 2 waited %.0f ms: nobody answered it", ms);
+    cr_assert(memcmp(v.x[2], v.orig[2], 1000 * sizeof(float)) == 0, "left out: x must not change");
+    for (size_t j = 0; j < 1000; j++) // ranks 0 and 1 averaged between themselves
+        cr_assert_eq(v.x[0][j], (v.orig[0][j] + v.orig[1][j]) / 2.0f, "j=%zu", j);
+    cr_assert_eq(memcmp(v.x[0], v.x[1], 1000 * sizeof(float)), 0);
     vecs_free(&v);
     ring_close(&r);
 }

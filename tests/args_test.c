@@ -305,3 +305,22 @@ Test(args, every_subcommand_exits_2_on_a_bad_command_line_and_0_on_help) {
         free(out);
     }
 }
+
+// err_set may take err_msg() among its arguments (the usual way to wrap an inner error): the
+// wrapped message holds the inner one once, whole, also when it fills the buffer.
+Test(args, err_set_wraps_the_message_set_before) {
+    err_set(ERR_IO, "cannot open '%s'", "x.h5");
+    cr_assert_eq(err_set(ERR_FORMAT, "loading: %s", err_msg()), ERR_FORMAT);
+    cr_assert_str_eq(err_msg(), "loading: cannot open 'x.h5'");
+    cr_assert_eq(err_set(ERR_NET, "step 3: %s (again)", err_msg()), ERR_NET);
+    cr_assert_str_eq(err_msg(), "step 3: loading: cannot open 'x.h5' (again)");
+    char big[2000];
+    memset(big, 'a', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    err_set(ERR_IO, "%s", big);
+    err_set(ERR_IO, "outer: %s", err_msg());
+    size_t len = strlen(err_msg());
+    cr_assert(len > 1000 && len < 1024, "length %zu", len);
+    cr_assert_eq(strncmp(err_msg(), "outer: aaaa", 11), 0);
+    cr_assert_eq(strspn(err_msg() + 7, "a"), len - 7, "the inner text is garbled");
+}

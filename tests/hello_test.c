@@ -89,6 +89,27 @@ Test(hello, the_start_waits_for_the_peers_and_fails_naming_a_mismatched_key) {
     free(dir);
 }
 
+// A peer that was linked and left (its short run ended first) is not waited for, and is not
+// "no peer could be reached": the start goes on alone, at once instead of after the 20 s wait.
+Test(hello, a_start_whose_every_peer_was_here_and_left_goes_on_alone_at_once) {
+    char *dir = tu_tmpdir("hello");
+    peer_group *g0 = group_with(dir, 0, "train.seed=1\n"),
+               *g1 = group_with(dir, 1, "train.seed=1\n");
+    cr_assert_eq(peer_wait_view(g0, 2, 10000), 2);
+    peer_group_destroy(g1);
+    for (int i = 0; i < 200 && peer_connected(g0, 1); i++)
+        peer_wait_view(g0, 3, 50); // wakes on every view change
+    cr_assert(!peer_connected(g0, 1), "rank 1's link outlived it");
+    int n = -1;
+    double t0 = sys_now_ms();
+    cr_assert_eq(hello_wait(g0, 2, 20000, 0, "test", &n), ERR_OK, "%s", err_msg());
+    cr_assert_eq(n, 0);
+    cr_assert(sys_now_ms() - t0 < 10000, "waited %.0f ms for a peer that left", sys_now_ms() - t0);
+    peer_group_destroy(g0);
+    tu_rm_rf(dir);
+    free(dir);
+}
+
 #define SMALL                                                                            \
     "configs/tiny.ini --set model.n_layer=1 --set model.n_embd=16 --set model.n_head=2 " \
     "--set model.block_size=16 --set train.batch_size=4 --set train.threads=1 "          \

@@ -135,6 +135,43 @@ Test(peer, a_restarted_member_is_taken_back) {
     free(dir);
 }
 
+// A short run can end before a slow peer starts: the members still waiting at start-up do not
+// wait the timeout out for one that was linked and left; they wait only for those that never
+// came (rank 3 here, until it comes), and the diagnosis says that it left.
+Test(peer, the_start_up_wait_does_not_wait_for_a_member_that_left) {
+    char *dir = tu_tmpdir("peer");
+    char addr[4][PEER_ADDR_MAX];
+    const char *a[4];
+    ipc_addrs(dir, 4, addr, a);
+    peer_group *g[4] = {NULL};
+    for (int i = 0; i < 3; i++)
+        g[i] = group_of(a, 4, i, NULL);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(peer_wait_view(g[i], 3, 10000), 3, "rank %d sees fewer than 3", i);
+    peer_group_destroy(g[1]); // its run ended
+    for (int i = 0; i < 200 && peer_connected(g[0], 1); i++)
+        peer_wait_view(g[0], 4, 50); // wakes on every view change
+    cr_assert(!peer_connected(g[0], 1), "rank 1's link outlived it");
+    // rank 3 never came: it is still waited for (a short wait, to see that it is)
+    double t0 = sys_now_ms();
+    cr_assert_eq(peer_wait_start(g[0], 4, 300), 2);
+    cr_assert(sys_now_ms() - t0 >= 290, "rank 3, which never came, was not waited for");
+    char why[600];
+    peer_diagnose(g[0], 1, why, sizeof why);
+    cr_assert(strstr(why, "connected and left"), "%s", why);
+    // once rank 3 is there, nobody is left to wait for: the wait ends without its 20 s timeout
+    // (rank 3 itself, which never saw rank 1, waits for it: it cannot know that it left)
+    g[3] = group_of(a, 4, 3, NULL);
+    t0 = sys_now_ms();
+    cr_assert_eq(peer_wait_start(g[0], 4, 20000), 3, "rank 3 did not link to rank 0");
+    cr_assert(sys_now_ms() - t0 < 10000, "waited %.0f ms for the member that left",
+              sys_now_ms() - t0);
+    for (int i = 0; i < 4; i++)
+        if (i != 1) peer_group_destroy(g[i]);
+    tu_rm_rf(dir);
+    free(dir);
+}
+
 // Two peers whose shared settings differ: each refuses the other, and both name the key.
 Test(peer, a_peer_with_other_settings_or_run_is_refused_naming_the_field_on_both_sides) {
     char *dir = tu_tmpdir("peer");

@@ -280,7 +280,10 @@ int tu_cluster_run(tu_cluster *c, const char *args, int timeout_s) {
 }
 
 void tu_cluster_close(tu_cluster *c) {
-    tu_rm_rf(c->dir);
+    if (getenv("TU_KEEP"))
+        fprintf(stderr, "kept %s\n", c->dir); // for a look at the logs
+    else
+        tu_rm_rf(c->dir);
     free(c->dir);
     c->dir = NULL;
 }

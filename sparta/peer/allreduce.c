@@ -26,6 +26,9 @@
 // channel's receive queue (4096 messages, 512 MiB); a window of 16 also fills the link's send
 // queue (16 frames), which keeps the stream busy while we add.
 enum { WINDOW_MAX = 16, QUEUE_BUDGET = 240, RETRY_MS = 1, STASH_MAX = 256 };
+// A waiting call looks this often whether a member's link went down (the member left: the ring
+// cannot finish, and waiting out the timeout would only delay the caller's next try).
+enum { LINK_POLL_MS = 100 };
 // Message slots for sends in flight: more than the ring channel's send queue (16 frames) plus the
 // frame being written, so that the queue, not the slots, holds the sender back.
 enum { AR_SLOTS = 20 };
@@ -58,7 +61,12 @@ struct ar_ctx {
     atomic_ullong cancel_tag;                // ar_cancel(tag): tag + 1 (0: none)
     unsigned char *heard, *got_view, *views; // ar_agree: (world), (world), (world x world)
     unsigned char *resend;                   // (world) scratch
-    float *flags;                            // (world) a VIEW's payload
+    // The last agreement: its tag + 1 (0: none yet), the view V we sent and the members. A HERE
+    // of that tag or an older one from a peer left out is answered with that VIEW (answer_late).
+    uint64_t last_tag1;
+    unsigned char *last_view, *last_in; // (world) each
+    int left_out; // ar_agree: a VIEW of this tag without us came (we cannot be a member)
+    float *flags; // (world) a VIEW's payload
 };
 
 // next_message returns the oldest stashed message of tag, else waits up to wait_ms on the
@@ -131,6 +139,7 @@ typedef struct call {
     size_t pending;       // bytes of an encoded message not yet accepted by peer_post (0 = none)
     uint32_t pending_crc; // its CRC32C as a whole (the frame's)
     ar_stats st;
+    unsigned char up[AR_MAX_WORLD]; // by position: linked when the call began (we are: 1)
 } call;
 
 static int mod(int a, int p) { return ((a % p) + p) % p; }
@@ -201,6 +210,8 @@ int ar_create(ar_ctx **out, peer_group *g, int ch, int rank, int world, uint64_t
     c->got_view = xcalloc((size_t)world, 1);
     c->resend = xcalloc((size_t)world, 1);
     c->views = xcalloc((size_t)world * (size_t)world, 1);
+    c->last_view = xcalloc((size_t)world, 1);
+    c->last_in = xcalloc((size_t)world, 1);
     c->flags = xcalloc((size_t)world, sizeof(float));
     c->window = QUEUE_BUDGET / (world + 1);
     c->window = c->window < 1 ? 1 : c->window > WINDOW_MAX ? WINDOW_MAX : c->window;
@@ -232,6 +243,8 @@ void ar_destroy(ar_ctx *c) {
     free(c->got_view);
     free(c->resend);
     free(c->views);
+    free(c->last_view);
+    free(c->last_in);
     free(c->flags);
     free(c->w);
     free(c->msg);
@@ -279,6 +292,8 @@ static void encode_next(call *k) {
     if (u == k->np - 1 && c->dtype != WIRE_FP32) wire_values(m, &h, c->w + lo);
 }
 
+static void answer_late(ar_ctx *c, int peer, const wire_header *h, ar_stats *st);
+
 // take_message checks that m is receive (u, c) and applies it, or returns why it is dropped;
 // *kept is set when m, a ring message of a later tag, was stashed for its call (ownership
 // passed).
@@ -294,6 +309,10 @@ static const char *take_message(call *k, peer_msg *m, int *kept) {
     if (h.round > k->tag && (h.kind == WIRE_RING_RS || h.kind == WIRE_RING_AG)) {
         *kept = stash(c, h.round, m);
         return *kept ? NULL : "stash full";
+    }
+    if (h.kind == WIRE_HERE) { // a late peer still agreeing: tell it that it was left out
+        answer_late(c, peer, &h, &k->st);
+        return "a HERE during the all-reduce";
     }
     if (h.round != k->tag) return "another tag";
     if (peer != prev) return "not from rank-1";
@@ -314,10 +333,20 @@ static const char *take_message(call *k, peer_msg *m, int *kept) {
     return NULL;
 }
 
+// member_left returns the rank of a member whose link was up when the call began and is down
+// now, or -1. (A member not linked at the start may still come: the deadline decides.)
+static int member_left(const call *k) {
+    for (int i = 0; i < k->np; i++)
+        if (k->up[i] && !peer_connected(k->ctx->g, k->mem[i])) return k->mem[i];
+    return -1;
+}
+
 // run_call performs the schedule; on ERR_OK every value of w[0, n) is final.
 static int run_call(call *k, int timeout_ms) {
     ar_ctx *c = k->ctx;
-    double deadline = sys_now_ms() + timeout_ms;
+    double deadline = sys_now_ms() + timeout_ms, poll = sys_now_ms() + LINK_POLL_MS;
+    for (int i = 0; i < k->np; i++)
+        k->up[i] = i != k->pos && peer_connected(c->g, k->mem[i]);
     settle(k, &k->snd, 1);
     settle(k, &k->rcv, 0);
     // Each pass either makes progress (a send or an expected receive, finitely many) or waits
@@ -367,7 +396,15 @@ static int run_call(call *k, int timeout_ms) {
                            "for %d ms (step %d of %d)",
                            c->rank, (unsigned long long)k->tag, prev_rank(k), next_rank(k),
                            timeout_ms, k->rcv.u, k->steps);
-        int wait = retry ? RETRY_MS : (int)left + 1;
+        if (sys_now_ms() >= poll) {
+            int gone = member_left(k);
+            if (gone >= 0)
+                return err_set(ERR_PEER,
+                               "allreduce: rank %d tag %llu: member %d left (step %d of %d)",
+                               c->rank, (unsigned long long)k->tag, gone, k->rcv.u, k->steps);
+            poll = sys_now_ms() + LINK_POLL_MS;
+        }
+        int wait = retry ? RETRY_MS : (int)(left < LINK_POLL_MS ? left : LINK_POLL_MS) + 1;
         if (k->rcv.u >= k->steps) { // only a send is left, and it was refused
             if (c->n_flight > 0) {  // the queue is full of ours: wait for the oldest to go out
                 reclaim(c, RETRY_MS);
@@ -471,6 +508,19 @@ static void send_control(ar_ctx *c, int kind, uint64_t tag, const unsigned char 
             st->bytes_sent += len;
 }
 
+// answer_late answers a HERE (header h) from peer: if h is of our last agreement's tag or an
+// older one and the peer was not among that agreement's members, it gets the VIEW we sent then.
+// Of that tag, the VIEW leaves it out (it takes the others' state); of a later tag than its own,
+// it tells it that it is late. Without this a peer that came up just after the others agreed
+// would wait diloco.timeout_ms for answers nobody sends. Only HEREs are answered (never
+// VIEWs), so two peers cannot answer each other forever.
+static void answer_late(ar_ctx *c, int peer, const wire_header *h, ar_stats *st) {
+    if (!c->last_tag1 || h->round >= c->last_tag1 || c->last_in[peer]) return;
+    memset(c->resend, 0, (size_t)c->world);
+    c->resend[peer] = 1;
+    send_control(c, WIRE_VIEW, c->last_tag1 - 1, c->last_view, c->resend, st);
+}
+
 // agree_take files one message received during ar_agree: HERE and VIEW of this tag are recorded,
 // ring messages of this tag are stashed, anything of a later tag sets *ahead. Returns 1 if msg
 // was stashed (ownership passed), else 0 (the caller frees it).
@@ -481,6 +531,7 @@ static int agree_take(ar_ctx *c, uint64_t tag, peer_msg *m, int *ahead, ar_stats
     wire_header h;
     if (wire_decode(msg, len, c->run_id, &h) != ERR_OK || h.sender != (uint32_t)peer ||
         h.round < tag) {
+        if (h.sender == (uint32_t)peer && h.kind == WIRE_HERE) answer_late(c, peer, &h, st);
         st->msgs_dropped++;
         return 0;
     }
@@ -497,6 +548,9 @@ static int agree_take(ar_ctx *c, uint64_t tag, peer_msg *m, int *ahead, ar_stats
             c->views[(size_t)peer * (size_t)c->world + (size_t)i] = c->flags[i] != 0.0f;
         c->got_view[peer] = 1;
         c->heard[peer] = 1;
+        // the members are in every member's VIEW: one without us (from a peer we now heard)
+        // settles that we are out
+        if (c->flags[c->rank] == 0.0f) c->left_out = 1;
     } else if ((h.kind == WIRE_RING_RS || h.kind == WIRE_RING_AG) && stash(c, tag, m)) {
         return 1;
     } else {
@@ -521,7 +575,8 @@ static int agree_round(ar_ctx *c, uint64_t tag, int kind, const unsigned char *v
         for (int p = 0; p < c->world; p++) // the view decides who can still answer
             missing += p != c->rank && need[p] && !have[p] && peer_connected(c->g, p);
         double now = sys_now_ms(), left = deadline - now;
-        if (!missing || left <= 0) return ERR_OK;
+        // ahead or left out: the others decided without us; waiting longer changes nothing
+        if (!missing || left <= 0 || *ahead || c->left_out) return ERR_OK;
         if (now >= resend) {
             // HEREs go to everyone again: a peer we heard may not have heard us yet.
             for (int p = 0; p < c->world; p++)
@@ -559,14 +614,16 @@ int ar_agree(ar_ctx *c, uint64_t tag, int timeout_ms, int *members, int *nm, int
     int W = c->world;
     memset(c->heard, 0, (size_t)W);
     memset(c->got_view, 0, (size_t)W);
+    c->left_out = 0;
     unsigned char *all = c->views + (size_t)c->rank * (size_t)W; // our own row: scratch "need"
     memset(all, 1, (size_t)W);
     c->heard[c->rank] = 1;
     // 1. who is here
     int rc = agree_round(c, tag, WIRE_HERE, NULL, all, c->heard, t0 + timeout_ms, ahead, st);
     // 2. what each of us saw: our row of views becomes our view V. It goes to every peer (a late
-    // one learns it is out), and we wait for the VIEWs of V's members.
-    if (!rc) {
+    // one learns it is out), and we wait for the VIEWs of V's members (left out: no wait; a peer
+    // that heard us still gets our VIEW).
+    if (!rc && !*ahead) {
         memcpy(all, c->heard, (size_t)W);
         memset(c->resend, 1, (size_t)W);
         send_control(c, WIRE_VIEW, tag, all, c->resend, st);
@@ -586,6 +643,13 @@ int ar_agree(ar_ctx *c, uint64_t tag, int timeout_ms, int *members, int *nm, int
         for (int i = 0; i < *nm; i++)
             self |= members[i] == c->rank;
         if (!self) *nm = 0;
+        if (!*ahead && *nm > 0) { // what answer_late tells a peer that comes later
+            memcpy(c->last_view, own, (size_t)W);
+            memset(c->last_in, 0, (size_t)W);
+            for (int i = 0; i < *nm; i++)
+                c->last_in[members[i]] = 1;
+            c->last_tag1 = tag + 1;
+        }
     }
     st->ms = sys_now_ms() - t0;
     LOG_D("allreduce", "rank=%d tag=%llu agreed on %d members ahead=%d ms=%.1f", c->rank,

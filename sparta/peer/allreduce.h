@@ -77,7 +77,9 @@ void ar_destroy(ar_ctx *c);
 // counted, and ring messages of a later tag (a faster peer already in its next call) are kept,
 // up to 256 messages, for the call of that tag. Blocks until done. timeout_ms
 // (> 0) bounds every wait: ERR_TIMEOUT if for that long no expected message arrives and no send
-// can be queued (a missing or stalled peer). Returns ERR_OK; ERR_TIMEOUT; ERR_CLOSED if the group
+// can be queued (a missing or stalled peer). A member whose link was up when the call began and
+// goes down during it ends the call within about 100 ms with ERR_PEER (it left: the ring cannot
+// finish). Returns ERR_OK; ERR_TIMEOUT; ERR_PEER; ERR_CLOSED if the group
 // is closed (peer_group_close from another thread aborts a call this way); ERR_NET; or ERR_INVAL
 // for n > max_n or timeout_ms <= 0. On failure x is unchanged and the round is lost (peers may
 // disagree on whether it completed; the caller decides). world == 1 or n == 0: x is left as is
@@ -104,11 +106,15 @@ int ar_mean_group(ar_ctx *c, float *x, size_t n, uint64_t tag, const int *member
 //      out); wait up to timeout_ms for the VIEW of each linked member of V. The members are the
 //      peers of V whose VIEW arrived, intersected with every such VIEW.
 // When every peer that is up is heard within timeout_ms, all of them compute the same members;
-// a peer that dies in between can make them differ, and the all-reduce then times out (the
-// caller may agree again with a new tag). On ERR_OK, members(*nm) holds the ascending ranks, or
-// *nm = 0 when this peer was left out (it arrived after the others had decided). *ahead is set
-// to 1 if a message of a later tag arrived (the others are past this call: this peer is late),
-// else 0. Ring messages of this tag that arrive early are kept for the ar_mean_group that
+// a peer that dies in between can make them differ, and the all-reduce then fails (the caller
+// may agree again with a new tag). A peer that comes after the others decided (its link came up
+// just after they began) is not waited for: a member that has agreed answers its HEREs, in
+// ar_mean_group and in its next ar_agree, with the VIEW it sent, which leaves the late peer out;
+// a VIEW without this peer ends its wait at once (it cannot be a member any more).
+// On ERR_OK, members(*nm) holds the ascending ranks, or *nm = 0 when this peer was left out (it
+// arrived after the others had decided). *ahead is set to 1, and the call returns at once, if a
+// message of a later tag arrived (the others are past this call: this peer is late), else 0.
+// Ring messages of this tag that arrive early are kept for the ar_mean_group that
 // follows; everything else is dropped and counted in st (may be NULL). Returns ERR_OK,
 // ERR_CLOSED or ERR_INVAL. world == 1: members = {0} at once.
 int ar_agree(ar_ctx *c, uint64_t tag, int timeout_ms, int *members, int *nm, int *ahead,

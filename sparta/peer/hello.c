@@ -79,10 +79,11 @@ int hello_wait(peer_group *g, int world, int timeout_ms, int allow_alone, const 
     // a peer joining a running group waits for every member already there too
     int members = peer_view_ranks(g, NULL, 0);
     if (members > world) world = members;
-    int have = peer_wait_view(g, world, timeout_ms); // returns early when every peer refused us
+    // returns early when every missing peer refused us or was here and left
+    int have = peer_wait_start(g, world, timeout_ms);
     peer_view v;
     peer_get_view(g, &v);
-    int ok = 0, mismatch = -1;
+    int ok = 0, mismatch = -1, left = 0;
     char mismatch_why[600] = "", mismatch_name[PEER_ADDR_MAX] = "";
     for (int i = 0; i < v.n; i++) {
         int p = v.m[i].rank;
@@ -93,7 +94,9 @@ int hello_wait(peer_group *g, int world, int timeout_ms, int allow_alone, const 
         }
         const char *name = v.m[i].addr; // as net.peers or the group gave it
         char why[600];
-        if (peer_diagnose(g, p, why, sizeof why) == PEER_DIAG_MISMATCH) {
+        int kind = peer_diagnose(g, p, why, sizeof why);
+        left += kind == PEER_DIAG_LEFT;
+        if (kind == PEER_DIAG_MISMATCH) {
             if (mismatch < 0) {
                 mismatch = p;
                 snprintf(mismatch_why, sizeof mismatch_why, "%s", why);
@@ -111,6 +114,10 @@ int hello_wait(peer_group *g, int world, int timeout_ms, int allow_alone, const 
                        "peer %d (%s) runs another configuration (%s). Every peer of a run needs "
                        "the same [model], train.seed, train.mode and exchange settings",
                        mismatch, mismatch_name, mismatch_why);
+    }
+    if (ok == 0 && left > 0) { // they were here: the run is real, they may have finished
+        LOG_W(who, "every peer that was connected has left; going on alone until one comes back");
+        return ERR_OK;
     }
     if (ok == 0 && !allow_alone)
         return err_set(ERR_PEER, "no peer could be reached (the reasons are above); set "

@@ -27,8 +27,10 @@ int hello_diff(const char *mine, const char *theirs, char *out, size_t n);
 // tag who
 // (train, sparta, ...): every peer that is not connected gets one line with the reason
 // (peer_diagnose); a peer refused for other settings or another run is an ERROR line naming what
-// differs (the peer layer refused it in its handshake; the other peers go on). With no peer
-// connected and allow_alone false it fails: ERR_PEER saying that a peer runs another
+// differs (the peer layer refused it in its handshake; the other peers go on). It does not wait
+// for peers that were linked and left (peer_wait_view), and when every peer left (a short run
+// that ended first) it goes on alone with a warning. With no peer ever connected and
+// allow_alone false it fails: ERR_PEER saying that a peer runs another
 // configuration (naming it and the keys), or that no peer could be reached. Else ERR_OK, with
 // the number of connected peers in *n_ok (may be NULL). Trainer thread, at start-up.
 #define HELLO_TEXT_MAX 4096 // room for hello_text

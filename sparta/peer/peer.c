@@ -127,6 +127,7 @@ struct peer_group {
     char dial_err[PEER_MAX_MEMBERS][192];
     char refusal[PEER_MAX_MEMBERS][528];
     unsigned char refusal_kind[PEER_MAX_MEMBERS]; // PEER_DIAG_MISMATCH or PEER_DIAG_REFUSED
+    unsigned char left[PEER_MAX_MEMBERS];         // its link was up and went down (it left)
     // rendezvous progress
     int join_done, join_self;
     char join_err[600];
@@ -599,6 +600,7 @@ static void link_register(peer_group *g, plink *l, int r) {
     g->refusal[r][0] = 0;
     g->dial_err[r][0] = 0;
     g->dial_wait[r] = 0;
+    g->left[r] = 0;
     if (g->is_static) g->epoch++;
     LOG_I(tag(g), "rank=%d member=%016" PRIx64 " up: rank=%d member=%016" PRIx64 " addr=%s%s%s",
           g->rank, g->id, r, l->member, l->addr, l->dial_rank >= 0 ? " (dialled)" : "",
@@ -839,6 +841,8 @@ static void link_down(peer_group *g, plink *l) {
     pthread_cond_signal(&l->wcv);
     if (l->rank < 0 || g->by_rank[l->rank] != l) return;
     g->by_rank[l->rank] = NULL;
+    g->left[l->rank] = 1;
+    pthread_cond_broadcast(&g->cv); // peer_wait_view stops waiting for it
     LOG_I(tag(g), "rank=%d link to rank=%d down", g->rank, l->rank);
     if (g->is_static) {
         g->epoch++;
@@ -1567,30 +1571,34 @@ int peer_view_ranks(peer_group *g, int *ranks, int max) {
     return n;
 }
 
-// all_refused: in a static group, every member without a live link has been refused (waiting
-// longer for them is pointless; they are taken in if they come back with the right settings).
-static int all_refused(peer_group *g) {
-    if (!g->is_static || g->world < 2) return 0;
-    int refused = 0;
-    for (int r = 0; r < g->world; r++) {
-        if (r == g->rank || g->by_rank[r]) continue;
-        if (!g->refusal[r][0]) return 0;
-        refused++;
+// none_to_wait_for: every member of the view without a live link has refused us (a static
+// group) or, with also_left, was linked and left (a short run can end before a slower peer has
+// linked to the rest). Waiting longer for them is pointless; they are taken in if they come back
+// (with the right settings).
+static int none_to_wait_for(peer_group *g, int also_left) {
+    int gone = 0;
+    for (int r = 0; r < PEER_MAX_MEMBERS; r++) {
+        if (!g->present[r] || r == g->rank || g->by_rank[r]) continue;
+        if (!(g->is_static && g->refusal[r][0]) && !(also_left && g->left[r])) return 0;
+        gone++;
     }
-    return refused > 0;
+    return gone > 0;
 }
 
-int peer_wait_view(peer_group *g, int n, int timeout_ms) {
+static int wait_view(peer_group *g, int n, int timeout_ms, int also_left) {
     double dl = deadline_of(timeout_ms);
     pthread_mutex_lock(&g->mu);
-    int have;
-    while ((have = view_connected(g)) < n && !g->stop && !all_refused(g) &&
+    while (view_connected(g) < n && !g->stop && !none_to_wait_for(g, also_left) &&
            cv_wait_until(&g->cv, &g->mu, dl) != ETIMEDOUT)
         ;
-    have = view_connected(g);
+    int have = view_connected(g);
     pthread_mutex_unlock(&g->mu);
     return have;
 }
+
+int peer_wait_view(peer_group *g, int n, int timeout_ms) { return wait_view(g, n, timeout_ms, 0); }
+
+int peer_wait_start(peer_group *g, int n, int timeout_ms) { return wait_view(g, n, timeout_ms, 1); }
 
 int peer_connected(peer_group *g, int rank) {
     if (rank < 0 || rank >= PEER_MAX_MEMBERS) return 0;
@@ -1795,6 +1803,9 @@ int peer_diagnose(peer_group *g, int rank, char *buf, size_t n) {
     } else if (g->refusal[rank][0]) {
         snprintf(buf, n, "%s", g->refusal[rank]);
         kind = g->refusal_kind[rank];
+    } else if (g->left[rank]) {
+        snprintf(buf, n, "it was connected and left (its process ended, or the link broke)");
+        kind = PEER_DIAG_LEFT;
     } else if (rank > g->rank)
         snprintf(buf, n, "%s", g->dial_err[rank][0] ? g->dial_err[rank] : "no hello yet");
     else { // it dials us: probe its address to say why it has not

@@ -145,6 +145,11 @@ int peer_view_ranks(peer_group *g, int *ranks, int max);
 // one (or been refused).
 int peer_wait_view(peer_group *g, int n, int timeout_ms);
 
+// peer_wait_start is peer_wait_view for start-up (hello_wait): it also returns as soon as every
+// member still missing was linked and left (a short run that ended before a slower peer linked
+// to the rest: nobody waits the timeout out for it).
+int peer_wait_start(peer_group *g, int n, int timeout_ms);
+
 // peer_connected returns 1 if this process holds a live link to rank.
 int peer_connected(peer_group *g, int rank);
 
@@ -218,15 +223,17 @@ int peer_call(peer_group *g, int rank, const void *req, size_t len, peer_msg **r
 // peer_diagnose writes into buf (n bytes) why rank has no live link: the handshake was refused
 // (and why), its address does not resolve, the connection is refused, nothing answers, or (a rank
 // that dials us, whose address it probes, which takes up to a second) it is up but has not
-// dialled in. "connected" when it has one.
+// dialled in; or it was linked and left. "connected" when it has one.
 // Returns the kind: PEER_DIAG_CONNECTED, PEER_DIAG_MISMATCH (refused, by either side, for another
 // run id or other shared settings: the refusal carries its kind), PEER_DIAG_REFUSED (another
-// reason: protocol, rank, a full group) or PEER_DIAG_DOWN (not reached).
+// reason: protocol, rank, a full group), PEER_DIAG_DOWN (not reached) or PEER_DIAG_LEFT (its
+// link was up and went down, and it has not come back).
 typedef enum {
     PEER_DIAG_CONNECTED = 0,
     PEER_DIAG_MISMATCH = 1,
     PEER_DIAG_REFUSED = 2,
-    PEER_DIAG_DOWN = 3
+    PEER_DIAG_DOWN = 3,
+    PEER_DIAG_LEFT = 4
 } peer_diag;
 int peer_diagnose(peer_group *g, int rank, char *buf, size_t n);
 

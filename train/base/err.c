@@ -9,10 +9,14 @@
 static _Thread_local char err_buf[1024];
 
 int err_set(int code, const char *fmt, ...) {
+    // Callers wrap the message before: err_set(rc, "...: %s", err_msg()). Formatting straight
+    // into err_buf would read and write the same bytes (undefined; glibc repeats the prefix).
+    char tmp[sizeof err_buf];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err_buf, sizeof err_buf, fmt, ap);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
+    memcpy(err_buf, tmp, sizeof tmp);
     return code;
 }
 

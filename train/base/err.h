@@ -20,7 +20,8 @@ enum {
 };
 
 // err_set formats a detail message into this thread's error buffer and returns code, so a
-// failing function can `return err_set(ERR_IO, "cannot open '%s'", path);`.
+// failing function can `return err_set(ERR_IO, "cannot open '%s'", path);`. The arguments may
+// include err_msg() itself, to wrap the message set before: err_set(rc, "loading: %s", err_msg()).
 int err_set(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 // err_msg returns this thread's last message set by err_set ("" if none). The pointer stays
