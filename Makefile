@@ -130,6 +130,8 @@ PORTABLE_SYS_OBJ := $(B)/portable/train/base/sys.o
 TEST_BIN += $(B)/tests/sys_portable_test
 TU_OBJ := $(B)/tests/test_util.o
 BENCH_SRC := $(wildcard tests/bench_*.c)
+BENCH_SH := $(wildcard tests/bench_*.sh)
+TEST_SH := $(filter-out $(BENCH_SH),$(wildcard tests/*.sh))
 BENCH_BIN := $(BENCH_SRC:tests/%.c=$(B)/tests/%)
 SPARTAN := $(if $(filter rel,$(VARIANT)),bin/spartan,$(B)/spartan)
 
@@ -208,7 +210,7 @@ test: deps-test
 	@$(MAKE) --no-print-directory run-tests
 
 run-tests: check-deps-test lint $(SPARTAN) $(TEST_BIN)
-	@SPARTAN_BIN=$(SPARTAN) $(SHELL) scripts/run-tests $(TEST_BIN) $(wildcard tests/*.sh)
+	@SPARTAN_BIN=$(SPARTAN) $(SHELL) scripts/run-tests $(TEST_BIN) $(TEST_SH)
 
 # make test-arm64: cross-build for linux-arm64 and run the suites of ARM64_TESTS under qemu-user,
 # each bounded by ARM64_TIMEOUT seconds. These are the portable core, where x86-only code
@@ -250,7 +252,7 @@ $(B)/tests/stress_%: $(B)/tests/stress_%.o $(TU_OBJ) $(LIB_OBJ)
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 bench: check-deps $(SPARTAN) $(BENCH_BIN)
-	@SPARTAN_BIN=$(SPARTAN) $(SHELL) scripts/run-bench $(BENCH_BIN)
+	@SPARTAN_BIN=$(SPARTAN) $(SHELL) scripts/run-bench $(BENCH_BIN) $(BENCH_SH)
 
 run: deps
 	@$(MAKE) --no-print-directory all

@@ -114,6 +114,49 @@ Test(launch, one_peer_trains_alone) {
     hostfile_free(&h);
 }
 
+// OpenSSH connection sharing goes on OpenSSH's ssh only, and never over the user's own Control*
+// options; with a control folder every command to a host names the same socket, and the end
+// is `ssh -O exit` to it.
+Test(launch, ssh_sharing_only_for_openssh_without_its_own_control_options) {
+    const char *yes[] = {NULL,     "", "ssh", LAUNCH_DEFAULT_SSH, "/usr/bin/ssh -F cluster.conf",
+                         "ssh\t-v"};
+    const char *no[] = {"autossh -M 0",
+                        "sshpass -p x ssh",
+                        "ssh -o ControlMaster=no",
+                        "ssh -o controlpath=/tmp/c",
+                        "ssh -oControlPersist=no",
+                        "myssh"};
+    for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++)
+        cr_expect(launch_ssh_can_share(yes[i]), "'%s' should share", yes[i] ? yes[i] : "NULL");
+    for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
+        cr_expect(!launch_ssh_can_share(no[i]), "'%s' should not share", no[i]);
+    hostfile h = parse("mini1 user=alice ssh_port=2222\nmini2\n");
+    launch_opts o = opts();
+    o.ssh_control = "/tmp/spartan-ssh-abc";
+    launch_plan p;
+    cr_assert_eq(launch_plan_make(&p, &h, &o), ERR_OK, "%s", err_msg());
+    const char *share = "-o ControlMaster=auto -o ControlPersist=15 "
+                        "-o ControlPath='/tmp/spartan-ssh-abc/%C' -p 2222 -l alice mini1 ";
+    char *cmds[] = {launch_cmd_preflight(&p, 0), launch_cmd_config(&p, 0, "c.ini"),
+                    launch_cmd_probe(&p, 0, 1000), launch_cmd_peer(&p, 0),
+                    launch_cmd_ssh_exit(&p, 0)};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        cr_expect(strstr(cmds[i], share), "command %zu does not share: %s", i, cmds[i]);
+        free(cmds[i]);
+    }
+    char *ex = launch_cmd_ssh_exit(&p, 1);
+    cr_expect(strstr(ex, "ControlPath='/tmp/spartan-ssh-abc/%C' mini2 -O exit"), "%s", ex);
+    free(ex);
+    launch_plan_free(&p);
+    o.ssh_control = NULL; // off: nothing of it in the commands
+    cr_assert_eq(launch_plan_make(&p, &h, &o), ERR_OK, "%s", err_msg());
+    char *c = launch_cmd_preflight(&p, 0);
+    cr_expect(strstr(c, "Control") == NULL, "%s", c);
+    free(c);
+    launch_plan_free(&p);
+    hostfile_free(&h);
+}
+
 Test(launch, bad_names_and_port_ranges_are_refused) {
     hostfile h = parse("a\n");
     launch_opts o = opts();

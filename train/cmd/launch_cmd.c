@@ -43,7 +43,7 @@ typedef struct launch_args {
     const char *hostfile, *config, *ssh, *dir, *name, *fetch, *on_failure;
     const char *sets[MAX_SETS];
     int n_sets;
-    int install_deps, detach, stop, dry_run, resume, overwrite, plain;
+    int install_deps, detach, stop, dry_run, resume, overwrite, plain, no_share;
     int preflight_s, build_s, stop_s, status_port;
 } launch_args;
 
@@ -795,6 +795,9 @@ static int parse_args(int argc, char **argv, launch_args *a) {
          "print every command per host, run nothing"},
         {"--plain", NULL, ARGS_FLAG, &a->plain, 0, 0, NULL, NULL,
          "plain lines even on a terminal (no live table)"},
+        {"--no-ssh-share", NULL, ARGS_FLAG, &a->no_share, 0, 0, NULL, NULL,
+         "one ssh login per command (by default the commands to a host share one OpenSSH\n"
+         "connection: ControlMaster, unless --ssh sets Control* options itself)"},
         {"--status-port", NULL, ARGS_INT, &a->status_port, 1, 65535, NULL, "PORT",
          "peer slot s of each host serves /status, /metrics and the cluster page on PORT+s\n"
          "(net.status_port; `spartan status HOST:PORT` reads it)"},
@@ -912,6 +915,25 @@ static void summary(job *j, int failures) {
     printf("\n");
 }
 
+// close_shared ends the shared ssh connections (ssh -O exit; a connection that is gone already
+// just fails) and removes their folder.
+static void close_shared(job *j, const char *control) {
+    for (int h = 0; h < j->hf.n; h++) {
+        char *cmd = launch_cmd_ssh_exit(&j->plan, h);
+        proc_run(cmd, NULL, 0, 5000, NULL, NULL);
+        free(cmd);
+    }
+    DIR *d = opendir(control); // sockets of masters that did not answer
+    for (struct dirent *e; d && (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        char path[400];
+        snprintf(path, sizeof path, "%s/%s", control, e->d_name);
+        unlink(path);
+    }
+    if (d) closedir(d);
+    rmdir(control);
+}
+
 int launch_cmd_main(int argc, char **argv) {
     double t_launch = sys_now_ms();
     job j;
@@ -951,6 +973,16 @@ int launch_cmd_main(int argc, char **argv) {
                      .resume = j.a.resume,
                      .overwrite = j.a.overwrite,
                      .status_port = j.a.status_port};
+    // one ssh connection per host for all phases (a login costs ~0.3 s even on a LAN); a short
+    // folder in /tmp: a socket's path has at most ~104 bytes (macOS's TMPDIR alone is ~50)
+    char control[64] = "";
+    if (!rc && !j.a.dry_run && !j.a.no_share && launch_ssh_can_share(j.a.ssh)) {
+        snprintf(control, sizeof control, "/tmp/spartan-ssh-XXXXXX");
+        if (mkdtemp(control))
+            o.ssh_control = control;
+        else
+            control[0] = 0; // no sharing: every command logs in on its own
+    }
     if (!rc) rc = launch_plan_make(&j.plan, &j.hf, &o);
     if (rc) {
         fprintf(stderr, "spartan launch: %s\n", err_msg());
@@ -1019,6 +1051,7 @@ int launch_cmd_main(int argc, char **argv) {
             status = interrupts ? 130 : failures || fetch_bad ? 1 : 0;
         }
     }
+    if (control[0]) close_shared(&j, control);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     sigaction(SIGHUP, &old_hup, NULL);

@@ -6,6 +6,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "train/base/err.h"
 
@@ -95,10 +96,40 @@ void launch_plan_free(launch_plan *p) {
     p->n = 0;
 }
 
-// ssh_prefix writes `SSH [-p PORT] [-l USER] HOST ` for host entry h.
+// has_word_ci: needle occurs in s, ignoring case (ssh options are case-insensitive).
+static int has_word_ci(const char *s, const char *needle) {
+    size_t n = strlen(needle);
+    for (; *s; s++)
+        if (strncasecmp(s, needle, n) == 0) return 1;
+    return 0;
+}
+
+int launch_ssh_can_share(const char *ssh) {
+    if (!ssh || !*ssh) return 1;
+    const char *end = ssh + strcspn(ssh, " \t"), *base = end;
+    while (base > ssh && base[-1] != '/')
+        base--;
+    if (end - base != 3 || strncmp(base, "ssh", 3) != 0) return 0;
+    static const char *const own[] = {"ControlMaster", "ControlPath", "ControlPersist"};
+    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++)
+        if (has_word_ci(ssh, own[i])) return 0;
+    return 1;
+}
+
+// ssh_prefix writes `SSH [sharing] [-p PORT] [-l USER] HOST ` for host entry h. A shared
+// connection outlives its last session by 15 s (the next phase's command reuses it).
 static void ssh_prefix(sb *b, const launch_plan *p, int h) {
     const hostfile_host *e = &p->hf->hosts[h];
     fprintf(b->f, "%s", p->o.ssh);
+    if (p->o.ssh_control) {
+        fputs(" -o ControlMaster=auto -o ControlPersist=15 -o ControlPath=", b->f);
+        sb tmp;
+        sb_open(&tmp);
+        fprintf(tmp.f, "%s/%%C", p->o.ssh_control);
+        char *path = sb_done(&tmp);
+        launch_shell_quote(b->f, path);
+        free(path);
+    }
     if (e->ssh_port != 22) fprintf(b->f, " -p %d", e->ssh_port);
     if (e->user[0]) fprintf(b->f, " -l %s", e->user);
     fprintf(b->f, " %s ", e->host);
@@ -134,6 +165,14 @@ static char *remote(const launch_plan *p, int h, sb *s, const char *before, cons
     if (after) fputs(after, b.f);
     free(rcmd);
     free(script);
+    return sb_done(&b);
+}
+
+char *launch_cmd_ssh_exit(const launch_plan *p, int host) {
+    sb b;
+    sb_open(&b);
+    ssh_prefix(&b, p, host);
+    fputs("-O exit 2>/dev/null", b.f);
     return sb_done(&b);
 }
 

@@ -36,6 +36,10 @@ typedef struct launch_opts {
     int resume;       // peers continue from their newest checkpoint
     int overwrite;    // peers start afresh in an out_dir that holds an earlier run
     int status_port;  // > 0: peer slot s of a host serves its status on status_port + s
+    // A private folder (mode 0700) for OpenSSH connection sharing, or NULL: every ssh command
+    // to a host then goes through one connection (ControlMaster=auto, ControlPath=DIR/%C,
+    // ControlPersist), so only the first one pays for the login. See launch_ssh_can_share.
+    const char *ssh_control;
 } launch_opts;
 
 // One peer of the job. Ranks go through the hosts in hostfile order, slot by slot.
@@ -103,6 +107,14 @@ char *launch_cmd_stop(const launch_plan *p, int host);
 // launch_cmd_fetch copies peer r's newest checkpoint and metrics.csv into the local folder
 // dir/r<rank>.
 char *launch_cmd_fetch(const launch_plan *p, int r, const char *dir);
+
+// launch_cmd_ssh_exit ends the host's shared ssh connection (o.ssh_control): `ssh -O exit`.
+char *launch_cmd_ssh_exit(const launch_plan *p, int host);
+
+// launch_ssh_can_share returns 1 if the ssh command (NULL or "": the default) is OpenSSH's ssh
+// (its first word's last path part is "ssh") and does not set ControlMaster, ControlPath or
+// ControlPersist itself (then the user's own settings rule), else 0.
+int launch_ssh_can_share(const char *ssh);
 
 // launch_shell_quote appends s to f single-quoted for /bin/sh.
 void launch_shell_quote(FILE *f, const char *s);
