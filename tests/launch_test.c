@@ -47,6 +47,9 @@ Test(launch, ranks_go_slot_by_slot_with_ports_and_addresses) {
                        "c slots=3 threads=4\n");
     launch_opts o = opts();
     o.status_port = 8100;
+    const char *sets[] = {"net.status_host=10.0.0.5"};
+    o.sets = sets;
+    o.n_sets = 1;
     launch_plan p;
     cr_assert_eq(launch_plan_make(&p, &h, &o), ERR_OK, "%s", err_msg());
     cr_assert_eq(p.n, 6);
@@ -72,6 +75,10 @@ Test(launch, ranks_go_slot_by_slot_with_ports_and_addresses) {
     // the peer of slot 1 serves its status on status_port + 1
     char *c = launch_cmd_peer(&p, 4);
     cr_expect(strstr(c, "net.status_port=8101") != NULL, "%s", c);
+    // on every interface (to be read from here), unless the user's --set, which comes after, says
+    const char *any = strstr(c, "net.status_host=0.0.0.0"),
+               *own = strstr(c, "status_host=10.0.0.5");
+    cr_expect(any && own && any < own, "%s", c);
     cr_expect(strstr(c, " -p 2222") == NULL, "the ssh port of host b leaked into c: %s", c);
     free(c);
     c = launch_cmd_peer(&p, 2);

@@ -800,7 +800,8 @@ static int parse_args(int argc, char **argv, launch_args *a) {
          "connection: ControlMaster, unless --ssh sets Control* options itself)"},
         {"--status-port", NULL, ARGS_INT, &a->status_port, 1, 65535, NULL, "PORT",
          "peer slot s of each host serves /status, /metrics and the cluster page on PORT+s\n"
-         "(net.status_port; `spartan status HOST:PORT` reads it)"},
+         "(net.status_port, on every interface: net.status_host=0.0.0.0 unless --set says\n"
+         "otherwise; `spartan status HOST:PORT` reads it)"},
         {"--preflight-timeout", NULL, ARGS_INT, &a->preflight_s, 1, 3600, NULL, "S",
          "seconds for the preflight of all hosts [30]"},
         {"--build-timeout", NULL, ARGS_INT, &a->build_s, 1, 86400, NULL, "S",

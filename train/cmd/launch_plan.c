@@ -304,6 +304,9 @@ char *launch_cmd_peer(const launch_plan *p, int r) {
     // A job of one peer trains alone: no group to found or join.
     if (p->n > 1) fprintf(a.f, "env SPARTAN_WORLD_SIZE=%d ", p->n);
     fputs("\"$S/bin/spartan\" train \"$R/config.ini\"", a.f);
+    // the status port is for `spartan status HOST:PORT` from the launcher's machine: every
+    // interface, unless the user's --set (after this one) says otherwise
+    if (p->o.status_port > 0) fputs(" --set net.status_host=0.0.0.0", a.f);
     for (int i = 0; i < p->o.n_sets; i++) {
         fputs(" --set ", a.f);
         launch_shell_quote(a.f, p->o.sets[i]);
