@@ -90,6 +90,19 @@ static void ring_wait_up(ring *r, int a, int b) {
               b);
 }
 
+// ring_add starts the next rank of the ring (rank live) and waits until it is linked to every
+// live rank.
+static void ring_add(ring *r, size_t max_n, int dtype) {
+    int k = r->live;
+    cr_assert(k < r->world);
+    r->g[k] = group_at(r->dir, k, r->world);
+    cr_assert_eq(ar_create(&r->p[k].ctx, r->g[k], PEER_CH_RING, k, r->world, RUN_ID, max_n, dtype),
+                 ERR_OK, "%s", err_msg());
+    r->live = k + 1;
+    for (int i = 0; i < k; i++)
+        ring_wait_up(r, i, k);
+}
+
 static void *peer_main(void *arg) {
     peer *p = arg;
     if (p->start_after_ms) usleep((useconds_t)p->start_after_ms * 1000);
@@ -663,13 +676,7 @@ Test(allreduce, a_peer_linked_after_the_decision_is_answered_with_the_view) {
     ring_run(&r, v.x, 1000, 8, WAIT_MS);
     ring_expect_ok(&r);
     cr_assert(r.p[0].nm == 2 && r.p[1].nm == 2, "ranks 0, 1: %d, %d members", r.p[0].nm, r.p[1].nm);
-    // rank 2 comes up now, still at tag 8
-    r.g[2] = group_at(r.dir, 2, 3);
-    cr_assert_eq(ar_create(&r.p[2].ctx, r.g[2], PEER_CH_RING, 2, 3, RUN_ID, 1000, WIRE_FP32),
-                 ERR_OK, "%s", err_msg());
-    r.live = 3;
-    ring_wait_up(&r, 0, 2);
-    ring_wait_up(&r, 1, 2);
+    ring_add(&r, 1000, WIRE_FP32); // rank 2 comes up now, still at tag 8
     uint64_t recv0 = ring_recv(&r, 0), recv1 = ring_recv(&r, 1);
     peer *p2 = &r.p[2];
     p2->agree = 1;
@@ -740,12 +747,7 @@ Test(allreduce, a_peer_linked_during_the_all_reduce_is_answered_from_the_ring) {
     }
     cr_assert(r.p[0].nm == 2 && r.p[1].nm == 2, "ranks 0, 1: %d, %d members", r.p[0].nm, r.p[1].nm);
     // now rank 0 waits in the ring for rank 1; rank 2 comes up, still at tag 12
-    r.g[2] = group_at(r.dir, 2, 3);
-    cr_assert_eq(ar_create(&r.p[2].ctx, r.g[2], PEER_CH_RING, 2, 3, RUN_ID, 1000, WIRE_FP32),
-                 ERR_OK, "%s", err_msg());
-    r.live = 3;
-    ring_wait_up(&r, 0, 2);
-    ring_wait_up(&r, 1, 2);
+    ring_add(&r, 1000, WIRE_FP32);
     peer *p2 = &r.p[2];
     *p2 = (peer){
         .ctx = p2->ctx, .x = v.x[2], .n = 1000, .tag = 12, .timeout_ms = WAIT_MS, .agree = 1};

@@ -168,20 +168,21 @@ static char *remote(const launch_plan *p, int h, sb *s, const char *before, cons
     return sb_done(&b);
 }
 
-char *launch_cmd_ssh_exit(const launch_plan *p, int host) {
+// ssh_then is the ssh command to host h followed by tail (its remote command and options).
+static char *ssh_then(const launch_plan *p, int h, const char *tail) {
     sb b;
     sb_open(&b);
-    ssh_prefix(&b, p, host);
-    fputs("-O exit 2>/dev/null", b.f);
+    ssh_prefix(&b, p, h);
+    fputs(tail, b.f);
     return sb_done(&b);
 }
 
+char *launch_cmd_ssh_exit(const launch_plan *p, int host) {
+    return ssh_then(p, host, "-O exit 2>/dev/null");
+}
+
 char *launch_cmd_preflight(const launch_plan *p, int host) {
-    sb b;
-    sb_open(&b);
-    ssh_prefix(&b, p, host);
-    fputs("'sh -s run'", b.f);
-    return sb_done(&b);
+    return ssh_then(p, host, "'sh -s run'");
 }
 
 char *launch_preflight_script(const launch_plan *p, int host, const char *check_deps) {
