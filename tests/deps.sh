@@ -5,8 +5,8 @@
 # says nothing, while the test set reports exactly Criterion, gnuplot and mpirun as missing. With a library
 # of the run set missing too, and a package manager that only records its calls (apt-get,
 # dpkg-query and sudo, or brew), install-deps run asks for no test package and install-deps test
-# asks for Criterion, gnuplot, OpenMPI, Chromium and the arm64 cross tools (gcc-aarch64-linux-gnu,
-# qemu-user). The Makefile's deps targets ask for the right set.
+# asks for Criterion, gnuplot, OpenMPI, Chromium, the arm64 cross tools (gcc-aarch64-linux-gnu,
+# qemu-user) and OpenSSH's server. The Makefile's deps targets ask for the right set.
 set -eu
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/spartan-deps-XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
@@ -75,7 +75,7 @@ for want in run test; do
         fail "install-deps $want with jansson missing: rc $rc: $out"
     asked=$(grep install "$tmp/calls" | tr '\n' ' ')
     echo "$asked" | grep -q "jansson" || fail "install-deps $want did not ask for jansson: $asked"
-    for p in criterion gnuplot chromium mpi qemu-user gcc-aarch64-linux-gnu; do
+    for p in criterion gnuplot chromium mpi qemu-user gcc-aarch64-linux-gnu openssh-server; do
         if echo "$asked" | grep -q "$p"; then
             [ $want = test ] || fail "install-deps run asked for $p: $asked"
         elif [ $want = test ] && { [ $p = criterion ] || [ $p = gnuplot ] || [ $p = mpi ] ||
