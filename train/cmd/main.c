@@ -15,6 +15,7 @@
 #include "train/cmd/cmds.h"
 #include "train/cmd/corr_cmd.h"
 #include "train/cmd/data_cmd.h"
+#include "train/cmd/keys_cmd.h"
 #include "train/cmd/launch_cmd.h"
 #include "train/cmd/plot_cmd.h"
 #include "train/cmd/probe_cmd.h"
@@ -241,6 +242,7 @@ static const command commands[] = {
     {"plot", plot_cmd_main, "draw a run's metrics.csv into a PNG (gnuplot)"},
     {"launch", launch_cmd_main, "start and watch a training job across machines over ssh"},
     {"probe", probe_cmd_main, "check that peer ports can be listened on and reached (launch)"},
+    {"keys", keys_cmd_main, "make the cluster's CA and peer certificates (TLS between peers)"},
     {"status", status_cmd_main, "show training peers' progress from their net.status_port"},
 };
 
