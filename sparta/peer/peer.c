@@ -8,6 +8,7 @@
 // closed (never freed) by others. A link is freed only by the maintainer or destroy, after both
 // of its threads have been joined.
 #include "sparta/peer/peer.h"
+#include "sparta/peer/tls.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -144,6 +145,7 @@ struct peer_group {
     emu_item *eh;
     // dialers, kept per address (the maintainer's only)
     nng_stream_dialer *dialer[PEER_MAX_MEMBERS], *join_dialer;
+    peer_tls tls;   // TLS settings (NULL configurations: plain TCP)
     int join_moved; // (under mu) join_url changed: join_dialer is for the old one
     char dialer_url[PEER_MAX_MEMBERS][PEER_ADDR_MAX + 8];
     // request/reply on PEER_CH_STATE
@@ -199,12 +201,15 @@ static uint64_t random_id(void) {
     return id ? id : 1;
 }
 
-// to_url turns "host:port" into "tcp://host:port"; a URL stays as it is.
-static char *to_url(const char *addr) {
+// to_url turns "host:port" into "tcp://host:port" (with TLS: "tls+tcp://host:port"); a URL
+// stays as it is (and a tcp:// one becomes tls+tcp:// with TLS).
+static char *to_url(const peer_group *g, const char *addr) {
+    const char *scheme = g->tls.client ? "tls+tcp://" : "tcp://";
+    if (g->tls.client && !strncmp(addr, "tcp://", 6)) addr += 6;
     if (strstr(addr, "://")) return xstrdup(addr);
-    size_t n = strlen(addr) + 8;
+    size_t n = strlen(addr) + 12;
     char *u = xmalloc(n);
-    snprintf(u, n, "tcp://%s", addr);
+    snprintf(u, n, "%s%s", scheme, addr);
     return u;
 }
 
@@ -1099,7 +1104,7 @@ static void *reader_main(void *arg) {
                 } else if (l->joining && n > 0) {
                     LOG_I(tag(g), "%s redirects the join to %s", l->addr, text);
                     free(g->join_url);
-                    g->join_url = to_url(text);
+                    g->join_url = to_url(g, text);
                     g->join_next = 0;
                     g->join_moved = 1; // the maintainer drops the old address's dialer
                 }
@@ -1243,10 +1248,16 @@ static void *acceptor_main(void *arg) {
 // dial_with connects to url within DIAL_TIMEOUT_MS through *d, the dialer kept for that address
 // (made on first use, freed with the group: nng frees a dialer on a thread of its own, and one
 // dialer per attempt raced with that under TSan). Returns the stream or NULL with why in err.
-static nng_stream *dial_with(nng_stream_dialer **d, const char *url, char *err, size_t n) {
+static nng_stream *dial_with(nng_stream_dialer **d, const char *url, nng_tls_config *tls, char *err,
+                             size_t n) {
     nng_aio *aio;
     nng_stream *s = NULL;
-    int rv = *d ? 0 : nng_stream_dialer_alloc(d, url);
+    int rv = 0;
+    if (!*d) {
+        rv = nng_stream_dialer_alloc(d, url);
+        if (!rv && tls) rv = nng_stream_dialer_set_ptr(*d, NNG_OPT_TLS_CONFIG, tls);
+        if (rv && *d) nng_stream_dialer_free(*d);
+    }
     if (rv) {
         *d = NULL;
         snprintf(err, n, "bad address %s: %s", url, nng_strerror(rv));
@@ -1295,7 +1306,7 @@ static void maint_dial(peer_group *g) {
         g->join_moved = 0;
         pthread_mutex_unlock(&g->mu);
         if (old) nng_stream_dialer_free(old);
-        nng_stream *s = dial_with(&g->join_dialer, url, err, sizeof err);
+        nng_stream *s = dial_with(&g->join_dialer, url, g->tls.client, err, sizeof err);
         pthread_mutex_lock(&g->mu);
         if (s)
             link_start(g, s, -1, 1);
@@ -1307,7 +1318,7 @@ static void maint_dial(peer_group *g) {
     for (int r = g->rank + 1; r < PEER_MAX_MEMBERS; r++) { // the lower rank of a pair dials
         if (!g->present[r] || has_link(g, r) || now < g->next_dial[r]) continue;
         if (g->is_static && g->refusal[r][0] && now < g->next_dial[r] + 1000) continue;
-        char *url = to_url(g->mem[r].addr), err[160];
+        char *url = to_url(g, g->mem[r].addr), err[160];
         int w = g->dial_wait[r] ? g->dial_wait[r] * 2 : DIAL_MIN_MS;
         g->dial_wait[r] = w > DIAL_MAX_MS ? DIAL_MAX_MS : w;
         g->next_dial[r] = now + g->dial_wait[r];
@@ -1319,7 +1330,7 @@ static void maint_dial(peer_group *g) {
         }
         pthread_mutex_unlock(&g->mu);
         if (old) nng_stream_dialer_free(old);
-        nng_stream *s = dial_with(&g->dialer[r], url, err, sizeof err);
+        nng_stream *s = dial_with(&g->dialer[r], url, g->tls.client, err, sizeof err);
         pthread_mutex_lock(&g->mu);
         if (s && !has_link(g, r)) {
             link_start(g, s, r, 0);
@@ -1350,13 +1361,16 @@ static void *maint_main(void *arg) {
 
 static int listen_on(peer_group *g) {
     int rv = nng_stream_listener_alloc(&g->lst, g->listen_url);
+    if (!rv && g->tls.server)
+        rv = nng_stream_listener_set_ptr(g->lst, NNG_OPT_TLS_CONFIG, g->tls.server);
     if (!rv) rv = nng_stream_listener_listen(g->lst);
     if (rv)
         return err_set(ERR_NET, "peer: cannot listen on %s: %s", g->listen_url, nng_strerror(rv));
-    if (!strncmp(g->listen_url, "tcp://", 6)) {
+    int tls = !strncmp(g->listen_url, "tls+tcp://", 10);
+    if (tls || !strncmp(g->listen_url, "tcp://", 6)) {
         int port = 0;
         nng_stream_listener_get_int(g->lst, NNG_OPT_TCP_BOUND_PORT, &port);
-        const char *hp = g->listen_url + 6, *colon = strrchr(hp, ':');
+        const char *hp = g->listen_url + (tls ? 10 : 6), *colon = strrchr(hp, ':');
         snprintf(g->self_addr, sizeof g->self_addr, "%.*s:%d", (int)(colon - hp), hp, port);
     } else {
         snprintf(g->self_addr, sizeof g->self_addr, "%s", g->listen_url);
@@ -1392,8 +1406,18 @@ int peer_group_create(peer_group **out, const peer_opts *o) {
     g->tag = xstrdup(o->tag ? o->tag : "peer");
     g->shared = xstrdup(o->shared ? o->shared : "");
     g->build = xstrdup(o->build ? o->build : "");
-    g->listen_url = to_url(o->listen);
-    g->join_url = o->join ? to_url(o->join) : NULL;
+    if (o->tls_ca || o->tls_cert || o->tls_key) {
+        if (!o->tls_ca || !o->tls_cert || !o->tls_key) {
+            free(g->tag), free(g->shared), free(g->build), free(g);
+            return err_set(ERR_INVAL, "peer: TLS needs the CA, the certificate and the key");
+        }
+        if ((rc = peer_tls_load(&g->tls, o->tls_ca, o->tls_cert, o->tls_key))) {
+            free(g->tag), free(g->shared), free(g->build), free(g);
+            return rc;
+        }
+    }
+    g->listen_url = to_url(g, o->listen);
+    g->join_url = o->join ? to_url(g, o->join) : NULL;
     g->settings_hash = fnv1a(g->shared);
     g->id = random_id();
     g->is_static = is_static;
@@ -1507,6 +1531,7 @@ void peer_group_destroy(peer_group *g) {
     for (int r = 0; r < PEER_MAX_MEMBERS; r++)
         if (g->dialer[r]) nng_stream_dialer_free(g->dialer[r]);
     if (g->join_dialer) nng_stream_dialer_free(g->join_dialer);
+    peer_tls_free(&g->tls);
     for (emu_item *it = g->eh, *nx; it; it = nx) {
         nx = it->next;
         free(it->m->data);
@@ -1809,11 +1834,11 @@ int peer_diagnose(peer_group *g, int rank, char *buf, size_t n) {
     } else if (rank > g->rank)
         snprintf(buf, n, "%s", g->dial_err[rank][0] ? g->dial_err[rank] : "no hello yet");
     else { // it dials us: probe its address to say why it has not
-        char *url = to_url(g->mem[rank].addr), err[160], addr[PEER_ADDR_MAX];
+        char *url = to_url(g, g->mem[rank].addr), err[160], addr[PEER_ADDR_MAX];
         snprintf(addr, sizeof addr, "%s", g->mem[rank].addr);
         pthread_mutex_unlock(&g->mu);
         nng_stream_dialer *d = NULL; // a one-off probe from the caller's thread
-        nng_stream *s = dial_with(&d, url, err, sizeof err);
+        nng_stream *s = dial_with(&d, url, g->tls.client, err, sizeof err);
         if (d) nng_stream_dialer_free(d);
         free(url);
         if (s) {

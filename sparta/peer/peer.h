@@ -67,6 +67,10 @@ typedef struct peer_opts {
     double loss; // fraction of received frames dropped (counted in recv_dropped)
     uint64_t seed;
     const char *tag; // module name in log lines (NULL: "peer")
+    // TLS (all three set, or none): PEM files of the cluster CA, this peer's certificate and its
+    // private key (spartan keys). Then host:port addresses are tls+tcp:// and both sides of every
+    // connection require a certificate from that CA; a peer without one never gets a hello in.
+    const char *tls_ca, *tls_cert, *tls_key;
 } peer_opts;
 
 // A member as the view knows it.

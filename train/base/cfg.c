@@ -153,6 +153,15 @@ static const cfg_key keys[] = {
       "net.discover announcements"),
     K("net", "discover_timeout_ms", CFG_INT, net.discover_timeout_ms, "30000", 1, 1e9,
       "longest wait of net.discover for the net.world peers"),
+    K("net", "tls", CFG_BOOL, net.tls, "false", 0, 1,
+      "peer links over TLS with mutual authentication: both sides need a certificate of the "
+      "cluster CA (net.tls_ca, net.tls_cert, net.tls_key; made by spartan keys)"),
+    K("net", "tls_ca", CFG_STR0, net.tls_ca, "", 0, 0,
+      "with net.tls: the cluster CA's certificate (DIR/ca.crt of spartan keys)"),
+    K("net", "tls_cert", CFG_STR0, net.tls_cert, "", 0, 0,
+      "with net.tls: this peer's certificate, signed by that CA (DIR/NAME.crt)"),
+    K("net", "tls_key", CFG_STR0, net.tls_key, "", 0, 0,
+      "with net.tls: this peer's private key (DIR/NAME.key, mode 0600)"),
 };
 
 #define N_KEYS (sizeof keys / sizeof keys[0])
@@ -437,6 +446,16 @@ int cfg_validate(const cfg *c) {
         return err_set(ERR_INVAL, "net.discover = lan needs net.world (2 or more) and "
                                   "net.cluster_key_file, without net.join, net.peers or "
                                   "net.max_peers (it finds the group itself)");
+    const char *tls_files[3] = {c->net.tls_ca, c->net.tls_cert, c->net.tls_key};
+    static const char *const tls_keys[3] = {"net.tls_ca", "net.tls_cert", "net.tls_key"};
+    for (int i = 0; i < 3; i++) {
+        if (c->net.tls && !tls_files[i][0])
+            return err_set(ERR_INVAL, "net.tls = true needs %s (spartan keys makes the files)",
+                           tls_keys[i]);
+        if (!c->net.tls && tls_files[i][0])
+            return err_set(ERR_INVAL, "%s is set but net.tls = false: set net.tls = true to use it",
+                           tls_keys[i]);
+    }
     if (c->net.max_peers && !c->net.join[0])
         return err_set(ERR_INVAL, "net.max_peers needs net.join (net.peers fixes the group)");
     if (c->net.max_peers && c->net.max_peers < c->net.world)

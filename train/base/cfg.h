@@ -116,6 +116,10 @@ typedef struct cfg_net {
     char discover_addr[64];              // destination instead of the broadcast addresses
     char cluster_key_file[CFG_PATH_MAX]; // the HMAC key every peer of the cluster holds (0600)
     int discover_timeout_ms;             // longest wait for the net.world peers
+    int tls;                             // peer links over mutual TLS (the three files below)
+    char tls_ca[CFG_PATH_MAX];           // the cluster CA's certificate (PEM)
+    char tls_cert[CFG_PATH_MAX];         // this peer's certificate, signed by it
+    char tls_key[CFG_PATH_MAX];          // its private key (mode 0600)
 } cfg_net;
 
 typedef struct cfg {

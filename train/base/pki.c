@@ -218,6 +218,54 @@ int pki_issue(const char *dir, const char *name, int days) {
     return rc;
 }
 
+// read_pem reads one PEM certificate (key: a private key) from path; what names it.
+static int read_pem(const char *path, const char *what, X509 **cert, EVP_PKEY **key) {
+    char why[256];
+    FILE *f = fopen(path, "r");
+    if (!f) return err_set(ERR_IO, "%s %s: %s", what, path, strerror(errno));
+    if (cert) *cert = PEM_read_X509(f, NULL, NULL, NULL);
+    if (key) *key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    fclose(f);
+    if ((cert && !*cert) || (key && !*key))
+        return err_set(ERR_FORMAT, "%s %s: not a PEM %s (%s)", what, path,
+                       cert ? "certificate" : "private key", ssl_why(why, sizeof why));
+    return ERR_OK;
+}
+
+int pki_check_peer(const char *ca, const char *cert, const char *key) {
+    int rc = pki_check_key(key);
+    if (rc) return err_set(rc, "net.tls_key: %s", err_msg());
+    X509 *c = NULL, *x = NULL;
+    EVP_PKEY *k = NULL;
+    rc = read_pem(ca, "net.tls_ca", &c, NULL);
+    if (!rc) rc = read_pem(cert, "net.tls_cert", &x, NULL);
+    if (!rc) rc = read_pem(key, "net.tls_key", NULL, &k);
+    if (!rc && X509_check_private_key(x, k) != 1)
+        rc = err_set(ERR_FORMAT, "net.tls_key %s is not the key of net.tls_cert %s", key, cert);
+    if (!rc) {
+        EVP_PKEY *pub = X509_get0_pubkey(c);
+        const ASN1_TIME *na = X509_get0_notAfter(x);
+        char when[32] = "?";
+        struct tm tm;
+        if (ASN1_TIME_to_tm(na, &tm)) strftime(when, sizeof when, "%Y-%m-%d %H:%M UTC", &tm);
+        if (!pub || X509_verify(x, pub) != 1)
+            rc = err_set(ERR_FORMAT, "net.tls_cert %s is not signed by net.tls_ca %s", cert, ca);
+        else if (X509_cmp_current_time(na) <= 0)
+            rc = err_set(ERR_FORMAT,
+                         "net.tls_cert %s expired on %s (spartan keys add makes a "
+                         "new one)",
+                         cert, when);
+        else if (X509_cmp_current_time(X509_get0_notBefore(x)) > 0)
+            rc = err_set(ERR_FORMAT, "net.tls_cert %s is not valid yet (is this clock right?)",
+                         cert);
+    }
+    ERR_clear_error();
+    X509_free(c);
+    X509_free(x);
+    EVP_PKEY_free(k);
+    return rc;
+}
+
 // describe fills c from cert, checked against the CA (NULL: cert is the CA).
 static void describe(pki_cert_info *c, X509 *cert, X509 *ca) {
     X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, c->subject,

@@ -25,6 +25,13 @@ int pki_issue(const char *dir, const char *name, int days);
 // write the private key file path (chmod 600 fixes it), ERR_IO when it cannot be read; else ERR_OK.
 int pki_check_key(const char *path);
 
+// pki_check_peer checks a peer's TLS files before use: the key passes pki_check_key, the key
+// belongs to the certificate cert, and cert is signed by the CA certificate ca and valid now.
+// Messages name the files by the config keys (net.tls_ca, net.tls_cert, net.tls_key). Returns
+// ERR_OK, ERR_IO (a file cannot be read), ERR_INVAL (a readable key) or ERR_FORMAT (not PEM, not
+// its key, another CA's, expired or not yet valid).
+int pki_check_peer(const char *ca, const char *cert, const char *key);
+
 // One certificate of a cluster folder, as pki_list reports it.
 typedef struct pki_cert_info {
     char file[256];    // the file name in the folder

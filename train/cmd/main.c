@@ -46,7 +46,10 @@ static int open_group(peer_group **g, const cfg *c, int rank, int world, uint64_
                    .delay_ms = c->net.delay_ms,
                    .loss = c->net.loss,
                    .seed = 0x5A17Aull + (uint64_t)(rank < 0 ? 0 : rank),
-                   .tag = "net"};
+                   .tag = "net",
+                   .tls_ca = c->net.tls ? c->net.tls_ca : NULL,
+                   .tls_cert = c->net.tls ? c->net.tls_cert : NULL,
+                   .tls_key = c->net.tls ? c->net.tls_key : NULL};
     if (c->net.join[0]) {
         char listen[160];
         if (c->net.listen[0]) {
