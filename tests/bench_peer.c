@@ -7,6 +7,11 @@
 //   peer_stream_gbps       the peer layer's rate (GB/s, median over the rounds)
 //   tcp_stream_gbps        the plain socket's rate in the same rounds
 //   peer_handshake_ms      from creating rank 0 of a pair (rank 1 up) to both seeing the link
+//   tls_stream_vs_peer     the same 512 MB transfer over a pair with net.tls (tls+tcp://, mutual
+//                          certificates from train/base/pki.c) over the plain pair, in the same
+//                          interleaved rounds (what a DiLoCo all-reduce's ring frames pay)
+//   tls_stream_gbps        the TLS pair's rate
+//   tls_handshake_ms       peer_handshake_ms with TLS (the TLS handshake, then ours)
 //   peer_small_latency_ms  one-way latency of small SPARTA messages (one every 2 ms), median
 //                          and max, alone (_idle) and while a 512 MB ring transfer runs on the same
 //                          link (_bulk): a small message waits behind at most one bulk frame
@@ -25,6 +30,7 @@
 #include "sparta/peer/peer.h"
 #include "tests/test_util.h"
 #include "train/base/err.h"
+#include "train/base/pki.h"
 #include "train/base/sys.h"
 
 #define TOTAL   ((size_t)512 << 20)
@@ -112,9 +118,34 @@ static void *peer_recv_main(void *p) {
     return NULL;
 }
 
-static int pair_open(pair *p) {
+// The certificates of the TLS pair: a CA and peers p0, p1 in keys_dir (made in main).
+static char keys_dir[256], tls_file[2][3][320], *keys_root;
+
+static int make_keys(void) {
+    keys_root = tu_tmpdir("bench-peer");
+    snprintf(keys_dir, sizeof keys_dir, "%s/keys", keys_root);
+    if (pki_ca_init(keys_dir, "bench", 2) || pki_issue(keys_dir, "p0", 2) ||
+        pki_issue(keys_dir, "p1", 2))
+        return -1;
+    for (int r = 0; r < 2; r++) {
+        snprintf(tls_file[r][0], sizeof tls_file[r][0], "%s/ca.crt", keys_dir);
+        snprintf(tls_file[r][1], sizeof tls_file[r][1], "%s/p%d.crt", keys_dir, r);
+        snprintf(tls_file[r][2], sizeof tls_file[r][2], "%s/p%d.key", keys_dir, r);
+    }
+    return 0;
+}
+
+// with_tls gives rank's options the TLS files, or none.
+static void with_tls(peer_opts *o, int rank, int tls) {
+    o->tls_ca = tls ? tls_file[rank][0] : NULL;
+    o->tls_cert = tls ? tls_file[rank][1] : NULL;
+    o->tls_key = tls ? tls_file[rank][2] : NULL;
+}
+
+static int pair_open(pair *p, int tls) {
     const char *a[2] = {"127.0.0.1:0", "127.0.0.1:0"};
     peer_opts o = {.listen = a[1], .peers = a, .world = 2, .rank = 1, .run_id = 1};
+    with_tls(&o, 1, tls);
     if (peer_group_create(&p->g[1], &o)) return -1;
     char a1[PEER_ADDR_MAX];
     snprintf(a1, sizeof a1, "%s", peer_self_addr(p->g[1]));
@@ -122,6 +153,7 @@ static int pair_open(pair *p) {
     o.listen = b[0];
     o.peers = b;
     o.rank = 0; // the lower rank dials
+    with_tls(&o, 0, tls);
     if (peer_group_create(&p->g[0], &o)) return -1;
     if (peer_wait_view(p->g[0], 2, 10000) != 2 || peer_wait_view(p->g[1], 2, 10000) != 2) return -1;
     return 0;
@@ -229,7 +261,7 @@ static int small_latency(pair *p, int bulk, int n, double *med, double *max) {
     return ok ? 0 : -1;
 }
 
-static double handshake_ms(void) {
+static double handshake_ms(int tls) {
     double ms[HS_REPS];
     for (int i = 0; i < HS_REPS; i++) {
         const char *a[2] = {"127.0.0.1:0", "127.0.0.1:0"};
@@ -240,6 +272,7 @@ static double handshake_ms(void) {
                        .run_id = 1,
                        .shared = "model.n_layer=12\n"};
         peer_group *g0, *g1;
+        with_tls(&o, 1, tls);
         if (peer_group_create(&g1, &o)) return -1;
         char a1[PEER_ADDR_MAX];
         snprintf(a1, sizeof a1, "%s", peer_self_addr(g1));
@@ -247,6 +280,7 @@ static double handshake_ms(void) {
         o.listen = b[0];
         o.peers = b;
         o.rank = 0;
+        with_tls(&o, 0, tls);
         double t0 = sys_now_ms();
         if (peer_group_create(&g0, &o)) return -1;
         int ok = peer_wait_view(g0, 2, 10000) == 2 && peer_wait_view(g1, 2, 10000) == 2;
@@ -263,28 +297,35 @@ int main(void) {
     rbuf = malloc(CHUNK);
     memset(sbuf, 1, CHUNK);
     memset(rbuf, 0, CHUNK);
-    pair p;
-    if (pair_open(&p)) {
+    pair p, pt;
+    if (make_keys() || pair_open(&p, 0) || pair_open(&pt, 1)) {
         fprintf(stderr, "bench_peer: %s\n", err_msg());
         return 1;
     }
     int rounds = tu_bench_rounds("peer", 7, 3), reps = 1;
-    double *all = calloc((size_t)(2 * rounds * reps), sizeof(double));
-    double *med = calloc((size_t)(2 * rounds), sizeof(double));
-    tu_side sides[2] = {
+    double *all = calloc((size_t)(3 * rounds * reps), sizeof(double));
+    double *med = calloc((size_t)(3 * rounds), sizeof(double));
+    tu_side sides[3] = {
         {"peer", peer_run, &p, 1, reps, all, med},
         {"tcp", tcp_run, NULL, 1, reps, all + rounds * reps, med + rounds},
+        {"tls", peer_run, &pt, 1, reps, all + 2 * rounds * reps, med + 2 * rounds},
     };
-    if (tu_interleave(sides, 2, rounds)) return 1;
-    double ratio[64], pg[64], tg[64];
+    if (tu_interleave(sides, 3, rounds)) return 1;
+    double ratio[64], tls_ratio[64], pg[64], tg[64], sg[64];
     for (int r = 0; r < rounds; r++) {
-        ratio[r] = med[rounds + r] / med[r]; // tcp time / peer time = peer rate / tcp rate
+        ratio[r] = med[rounds + r] / med[r];         // tcp time / peer time = peer rate / tcp rate
+        tls_ratio[r] = med[r] / med[2 * rounds + r]; // = TLS rate / plain rate
         pg[r] = TOTAL / med[r] / 1e9;
         tg[r] = TOTAL / med[rounds + r] / 1e9;
+        sg[r] = TOTAL / med[2 * rounds + r] / 1e9;
     }
     tu_bench_ratio("peer_stream_vs_tcp", ratio, rounds, 3);
     printf("BENCH peer_stream_gbps %.2f\n", tu_median(pg, rounds));
     printf("BENCH tcp_stream_gbps %.2f\n", tu_median(tg, rounds));
+    tu_bench_ratio("tls_stream_vs_peer", tls_ratio, rounds, 3);
+    printf("BENCH tls_stream_gbps %.2f\n", tu_median(sg, rounds));
+    peer_group_destroy(pt.g[1]);
+    peer_group_destroy(pt.g[0]);
     double lmed, lmax;
     if (small_latency(&p, 0, 100, &lmed, &lmax)) return 1;
     printf("BENCH peer_small_latency_ms_idle %.3f (max %.3f)\n", lmed, lmax);
@@ -294,9 +335,12 @@ int main(void) {
            lmed, lmax, tu_median(pg, rounds), CHUNK / (tu_median(pg, rounds) * 1e9) * 1e3);
     peer_group_destroy(p.g[1]);
     peer_group_destroy(p.g[0]);
-    double hs = handshake_ms();
-    if (hs < 0) return 1;
+    double hs = handshake_ms(0), hst = handshake_ms(1);
+    if (hs < 0 || hst < 0) return 1;
     printf("BENCH peer_handshake_ms %.2f\n", hs);
+    printf("BENCH tls_handshake_ms %.2f\n", hst);
+    tu_rm_rf(keys_root);
+    free(keys_root);
     free(all);
     free(med);
     free(sbuf);

@@ -5,14 +5,16 @@
 //   sparta_tok_s_off/on  the two rates (medians over the rounds)
 //   sparta_bytes_vs_ddp  bytes sent per step and peer, relative to a full fp32 gradient ring
 //                        all-reduce with the same P: 2 (P-1)/P * 4 N bytes
+//   tls_overhead         per-peer tokens/s of the same exchanging pair with net.tls (certificates
+//                        from `spartan keys`), divided by without: interleaved rounds again
 // Peers are real `spartan train` processes on 127.0.0.1 (1 thread each) training the tiny config
 // on the bundled tinyshakespeare; the first steps (start-up, connection) are not counted.
 // Each round runs the pair with the exchange off and then on, or on and then off (the order
 // alternates from round to round), STEPS steps each, and gives one ratio, so load that drifts over
 // the minutes of the benchmark hits both runs of a round alike. Each run is a fresh pair of
 // processes: the trainer takes no commands, and start-up is outside the SKIP window anyway.
-// 5 rounds (about 3.5 minutes on 2 cores), 3 under BENCH_QUICK=1; BENCH_ROUNDS or
-// BENCH_ROUNDS_SPARTA sets it.
+// 5 rounds of each comparison (about 3.5 minutes each on 2 cores), 3 under BENCH_QUICK=1;
+// BENCH_ROUNDS or BENCH_ROUNDS_SPARTA sets it.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -59,19 +61,26 @@ static double column_mean(const char *path, int col) {
 
 // run_pair trains 2 peers with the given p and returns the mean per-peer tokens/s; *bytes gets
 // the mean bytes sent per step of rank 0.
-static double run_pair(const char *dir, const char *data, int round, float p, double *bytes) {
+static double run_pair(const char *dir, const char *data, int round, float p, const char *tls,
+                       double *bytes) {
     int port[2];
     if (tu_free_ports(2, port)) exit(1);
     pid_t pid[2];
     for (int r = 0; r < 2; r++) {
-        char cmd[2048];
+        char cmd[4096], sets[1024] = "";
+        if (tls) // tls: the folder of `spartan keys` with peers p0 and p1
+            snprintf(sets, sizeof sets,
+                     "--set net.tls=true --set net.tls_ca=%s/ca.crt --set net.tls_cert=%s/p%d.crt "
+                     "--set net.tls_key=%s/p%d.key",
+                     tls, tls, r, tls, r);
         snprintf(
             cmd, sizeof cmd,
-            "exec %s train configs/tiny.ini --set data.dir=%s --set train.out_dir=%s/%d_p%g_r%d "
+            "exec %s train configs/tiny.ini --set data.dir=%s --set train.out_dir=%s/%d_p%g%s_r%d "
             "--set train.max_iters=%d --set train.eval_interval=0 --set train.threads=1 "
-            "--set train.log_interval=1000 --set sparta.p=%g --peers 127.0.0.1:%d,127.0.0.1:%d "
-            "--rank %d 2>%s/%d_p%g_r%d.log",
-            bin(), data, dir, round, p, r, STEPS, p, port[0], port[1], r, dir, round, p, r);
+            "--set train.log_interval=1000 --set sparta.p=%g %s --peers 127.0.0.1:%d,127.0.0.1:%d "
+            "--rank %d --overwrite 2>%s/%d_p%g%s_r%d.log",
+            bin(), data, dir, round, p, tls ? "tls" : "", r, STEPS, p, sets, port[0], port[1], r,
+            dir, round, p, tls ? "tls" : "", r);
         pid[r] = fork();
         if (pid[r] == 0) {
             execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
@@ -91,7 +100,8 @@ static double run_pair(const char *dir, const char *data, int round, float p, do
     double tok = 0;
     for (int r = 0; r < 2; r++) {
         char path[1024];
-        snprintf(path, sizeof path, "%s/%d_p%g_r%d/metrics.csv", dir, round, p, r);
+        snprintf(path, sizeof path, "%s/%d_p%g%s_r%d/metrics.csv", dir, round, p, tls ? "tls" : "",
+                 r);
         tok += column_mean(path, 5) / 2;            // tokens_per_s
         if (r == 0) *bytes = column_mean(path, 10); // bytes_sent_step
     }
@@ -115,9 +125,9 @@ int main(void) {
     for (int r = 0; r < rounds; r++) {
         for (int j = 0; j < 2; j++) {
             if ((r + j) % 2 == 0)
-                off[r] = run_pair(dir, data, r, 0.0f, &b_off);
+                off[r] = run_pair(dir, data, r, 0.0f, NULL, &b_off);
             else
-                on[r] = run_pair(dir, data, r, 0.005f, &b_on);
+                on[r] = run_pair(dir, data, r, 0.005f, NULL, &b_on);
         }
         ratio[r] = on[r] / off[r];
         fprintf(stderr, "bench_sparta: round %d/%d (%s first): off %.0f on %.0f tok/s (%.3f)\n",
@@ -126,6 +136,29 @@ int main(void) {
     printf("BENCH sparta_tok_s_off %.0f\n", tu_spread_of(off, rounds).median);
     printf("BENCH sparta_tok_s_on %.0f\n", tu_spread_of(on, rounds).median);
     tu_bench_ratio("sparta_overhead", ratio, rounds, 3);
+    // the same exchanging pair with and without TLS
+    char keys[300];
+    snprintf(keys, sizeof keys, "%s/keys", dir);
+    snprintf(cmd, sizeof cmd,
+             "%s keys init %s >/dev/null && %s keys add %s p0 >/dev/null && "
+             "%s keys add %s p1 >/dev/null",
+             bin(), keys, bin(), keys, bin(), keys);
+    if (system(cmd) != 0) return 1;
+    for (int r = 0; r < rounds; r++) {
+        for (int j = 0; j < 2; j++) {
+            if ((r + j) % 2 == 0)
+                off[r] = run_pair(dir, data, r, 0.005f, NULL, &b_off);
+            else
+                on[r] = run_pair(dir, data, r, 0.005f, keys, &b_off);
+        }
+        ratio[r] = on[r] / off[r];
+        fprintf(stderr,
+                "bench_sparta: tls round %d/%d (%s first): plain %.0f tls %.0f tok/s (%.3f)\n",
+                r + 1, rounds, r % 2 ? "tls" : "plain", off[r], on[r], ratio[r]);
+    }
+    printf("BENCH tls_tok_s_plain %.0f\n", tu_spread_of(off, rounds).median);
+    printf("BENCH tls_tok_s_tls %.0f\n", tu_spread_of(on, rounds).median);
+    tu_bench_ratio("tls_overhead", ratio, rounds, 3);
     free(off);
     free(on);
     free(ratio);
