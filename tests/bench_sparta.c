@@ -108,6 +108,45 @@ static double run_pair(const char *dir, const char *data, int round, float p, co
     return tok;
 }
 
+// One side of a comparison: its name in BENCH keys, SPARTA's p, and the keys folder (NULL: no
+// TLS).
+typedef struct {
+    const char *name;
+    float p;
+    const char *tls;
+} pair_side;
+
+// compare runs rounds interleaved rounds of pairs a and b (a first in even rounds), prints
+// BENCH <what>_tok_s_<a.name>, ..._<b.name> (medians) and <what>_overhead (b over a, per round);
+// *bytes gets b's bytes sent per step.
+static void compare(const char *dir, const char *data, int rounds, const pair_side *a,
+                    const pair_side *b, const char *what, double *bytes) {
+    double *ta = xmalloc((size_t)rounds * sizeof(double)),
+           *tb = xmalloc((size_t)rounds * sizeof(double)),
+           *ratio = xmalloc((size_t)rounds * sizeof(double));
+    double ba;
+    for (int r = 0; r < rounds; r++) {
+        for (int j = 0; j < 2; j++) {
+            if ((r + j) % 2 == 0)
+                ta[r] = run_pair(dir, data, r, a->p, a->tls, &ba);
+            else
+                tb[r] = run_pair(dir, data, r, b->p, b->tls, bytes);
+        }
+        ratio[r] = tb[r] / ta[r];
+        fprintf(stderr, "bench_sparta: %s round %d/%d (%s first): %s %.0f %s %.0f tok/s (%.3f)\n",
+                what, r + 1, rounds, r % 2 ? b->name : a->name, a->name, ta[r], b->name, tb[r],
+                ratio[r]);
+    }
+    printf("BENCH %s_tok_s_%s %.0f\n", what, a->name, tu_spread_of(ta, rounds).median);
+    printf("BENCH %s_tok_s_%s %.0f\n", what, b->name, tu_spread_of(tb, rounds).median);
+    char key[64];
+    snprintf(key, sizeof key, "%s_overhead", what);
+    tu_bench_ratio(key, ratio, rounds, 3);
+    free(ta);
+    free(tb);
+    free(ratio);
+}
+
 int main(void) {
     char dir[] = "/tmp/spartan-bench-XXXXXX";
     if (!mkdtemp(dir)) return 1;
@@ -118,24 +157,9 @@ int main(void) {
              data);
     if (system(cmd) != 0) return 1;
     const int rounds = tu_bench_rounds("sparta", 5, 3);
-    double *off = xmalloc((size_t)rounds * sizeof(double)),
-           *on = xmalloc((size_t)rounds * sizeof(double)),
-           *ratio = xmalloc((size_t)rounds * sizeof(double));
-    double b_off, b_on = 0;
-    for (int r = 0; r < rounds; r++) {
-        for (int j = 0; j < 2; j++) {
-            if ((r + j) % 2 == 0)
-                off[r] = run_pair(dir, data, r, 0.0f, NULL, &b_off);
-            else
-                on[r] = run_pair(dir, data, r, 0.005f, NULL, &b_on);
-        }
-        ratio[r] = on[r] / off[r];
-        fprintf(stderr, "bench_sparta: round %d/%d (%s first): off %.0f on %.0f tok/s (%.3f)\n",
-                r + 1, rounds, r % 2 ? "on" : "off", off[r], on[r], ratio[r]);
-    }
-    printf("BENCH sparta_tok_s_off %.0f\n", tu_spread_of(off, rounds).median);
-    printf("BENCH sparta_tok_s_on %.0f\n", tu_spread_of(on, rounds).median);
-    tu_bench_ratio("sparta_overhead", ratio, rounds, 3);
+    double b_on = 0;
+    const pair_side off = {"off", 0.0f, NULL}, on = {"on", 0.005f, NULL};
+    compare(dir, data, rounds, &off, &on, "sparta", &b_on);
     // the same exchanging pair with and without TLS
     char keys[300];
     snprintf(keys, sizeof keys, "%s/keys", dir);
@@ -144,24 +168,9 @@ int main(void) {
              "%s keys add %s p1 >/dev/null",
              bin(), keys, bin(), keys, bin(), keys);
     if (system(cmd) != 0) return 1;
-    for (int r = 0; r < rounds; r++) {
-        for (int j = 0; j < 2; j++) {
-            if ((r + j) % 2 == 0)
-                off[r] = run_pair(dir, data, r, 0.005f, NULL, &b_off);
-            else
-                on[r] = run_pair(dir, data, r, 0.005f, keys, &b_off);
-        }
-        ratio[r] = on[r] / off[r];
-        fprintf(stderr,
-                "bench_sparta: tls round %d/%d (%s first): plain %.0f tls %.0f tok/s (%.3f)\n",
-                r + 1, rounds, r % 2 ? "tls" : "plain", off[r], on[r], ratio[r]);
-    }
-    printf("BENCH tls_tok_s_plain %.0f\n", tu_spread_of(off, rounds).median);
-    printf("BENCH tls_tok_s_tls %.0f\n", tu_spread_of(on, rounds).median);
-    tu_bench_ratio("tls_overhead", ratio, rounds, 3);
-    free(off);
-    free(on);
-    free(ratio);
+    const pair_side plain = {"plain", 0.005f, NULL}, tls = {"tls", 0.005f, keys};
+    double b_tls;
+    compare(dir, data, rounds, &plain, &tls, "tls", &b_tls);
     // the tiny model's parameter count, read back from a checkpoint-free formula: N is printed in
     // the peer's log; recompute it the same way as gpt_create for L4 C128 T64 V65
     double C = 128, L = 4, V = 65, T = 64;

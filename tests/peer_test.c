@@ -324,11 +324,10 @@ Test(peer, a_join_without_a_group_times_out_naming_the_address) {
 
 // ---- TCP: strangers and garbage ------------------------------------------------------------
 
+// tcp_connect: a plain TCP connection to 127.0.0.1:port (the test fails without one).
 static int tcp_connect(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    int fd = tu_tcp_connect(port);
+    cr_assert_geq(fd, 0, "cannot connect to port %d", port);
     return fd;
 }
 

@@ -54,6 +54,9 @@ int tu_wait_linked(peer_group *a, int ra, peer_group *b, int rb);
 // root). Returns 0, or -1 with a line on stderr.
 int tu_free_ports(int n, int *ports);
 
+// tu_tcp_connect opens a plain TCP connection to 127.0.0.1:port. Returns the socket, or -1.
+int tu_tcp_connect(int port);
+
 // tu_load_params loads the model parameters of a checkpoint (file or folder); the caller frees
 // the returned array of *n floats. Returns NULL (with err_msg) on failure.
 float *tu_load_params(const char *path, size_t *n);

@@ -155,11 +155,10 @@ Test(tls, a_certificate_of_another_ca_or_none_never_links) {
     fx_close(&f);
 }
 
+// tcp_connect: a plain TCP connection to 127.0.0.1:port (the test fails without one).
 static int tcp_connect(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    int fd = tu_tcp_connect(port);
+    cr_assert_geq(fd, 0, "cannot connect to port %d", port);
     return fd;
 }
 

@@ -1366,11 +1366,10 @@ static int listen_on(peer_group *g) {
     if (!rv) rv = nng_stream_listener_listen(g->lst);
     if (rv)
         return err_set(ERR_NET, "peer: cannot listen on %s: %s", g->listen_url, nng_strerror(rv));
-    int tls = !strncmp(g->listen_url, "tls+tcp://", 10);
-    if (tls || !strncmp(g->listen_url, "tcp://", 6)) {
+    if (!strncmp(g->listen_url, "tcp://", 6) || !strncmp(g->listen_url, "tls+tcp://", 10)) {
         int port = 0;
         nng_stream_listener_get_int(g->lst, NNG_OPT_TCP_BOUND_PORT, &port);
-        const char *hp = g->listen_url + (tls ? 10 : 6), *colon = strrchr(hp, ':');
+        const char *hp = strstr(g->listen_url, "://") + 3, *colon = strrchr(hp, ':');
         snprintf(g->self_addr, sizeof g->self_addr, "%.*s:%d", (int)(colon - hp), hp, port);
     } else {
         snprintf(g->self_addr, sizeof g->self_addr, "%s", g->listen_url);
@@ -1399,23 +1398,20 @@ int peer_group_create(peer_group **out, const peer_opts *o) {
         if (o->want_rank < -1 || o->want_rank >= PEER_MAX_MEMBERS)
             return err_set(ERR_INVAL, "peer: rank %d out of range", o->want_rank);
     }
+    peer_tls tls = {NULL, NULL};
+    if (o->tls_ca || o->tls_cert || o->tls_key) {
+        if (!o->tls_ca || !o->tls_cert || !o->tls_key)
+            return err_set(ERR_INVAL, "peer: TLS needs the CA, the certificate and the key");
+        if ((rc = peer_tls_load(&tls, o->tls_ca, o->tls_cert, o->tls_key))) return rc;
+    }
     peer_group *g = xcalloc(1, sizeof *g);
+    g->tls = tls;
     g->o = *o;
     g->o.handshake_ms = o->handshake_ms > 0 ? o->handshake_ms : 2000;
     g->o.join_ms = o->join_ms > 0 ? o->join_ms : 10000;
     g->tag = xstrdup(o->tag ? o->tag : "peer");
     g->shared = xstrdup(o->shared ? o->shared : "");
     g->build = xstrdup(o->build ? o->build : "");
-    if (o->tls_ca || o->tls_cert || o->tls_key) {
-        if (!o->tls_ca || !o->tls_cert || !o->tls_key) {
-            free(g->tag), free(g->shared), free(g->build), free(g);
-            return err_set(ERR_INVAL, "peer: TLS needs the CA, the certificate and the key");
-        }
-        if ((rc = peer_tls_load(&g->tls, o->tls_ca, o->tls_cert, o->tls_key))) {
-            free(g->tag), free(g->shared), free(g->build), free(g);
-            return rc;
-        }
-    }
     g->listen_url = to_url(g, o->listen);
     g->join_url = o->join ? to_url(g, o->join) : NULL;
     g->settings_hash = fnv1a(g->shared);

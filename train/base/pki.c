@@ -146,36 +146,46 @@ int pki_ca_init(const char *dir, const char *cn, int days) {
     return rc;
 }
 
-// load_ca reads dir's CA certificate and (want_key) its key, checking the key file's mode.
-static int load_ca(const char *dir, X509 **cert, EVP_PKEY **key) {
-    char path[1100], why[256];
-    join(path, sizeof path, dir, "ca.crt");
+// time_text writes t as "YYYY-MM-DD HH:MM UTC" ("?" if it cannot be read).
+static void time_text(const ASN1_TIME *t, char *out, size_t n) {
+    struct tm tm;
+    if (!ASN1_TIME_to_tm(t, &tm) || !strftime(out, n, "%Y-%m-%d %H:%M UTC", &tm))
+        snprintf(out, n, "?");
+}
+
+// read_pem reads one PEM certificate (key: a private key) from path; what names it.
+static int read_pem(const char *path, const char *what, X509 **cert, EVP_PKEY **key) {
+    char why[256];
     FILE *f = fopen(path, "r");
-    if (!f)
-        return err_set(ERR_IO, "%s: %s (make a CA with `spartan keys init %s`)", path,
-                       strerror(errno), dir);
-    *cert = PEM_read_X509(f, NULL, NULL, NULL);
+    if (!f) return err_set(ERR_IO, "%s %s: %s", what, path, strerror(errno));
+    if (cert) *cert = PEM_read_X509(f, NULL, NULL, NULL);
+    if (key) *key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
     fclose(f);
-    if (!*cert)
-        return err_set(ERR_FORMAT, "%s: not a PEM certificate: %s", path, ssl_why(why, sizeof why));
-    if (!key) return ERR_OK;
+    if ((cert && !*cert) || (key && !*key))
+        return err_set(ERR_FORMAT, "%s %s: not a PEM %s (%s)", what, path,
+                       cert ? "certificate" : "private key", ssl_why(why, sizeof why));
+    return ERR_OK;
+}
+
+// load_ca reads dir's CA certificate and, when key is not NULL, its key (checking the key
+// file's mode and that it is the certificate's).
+static int load_ca(const char *dir, X509 **cert, EVP_PKEY **key) {
+    char path[1100];
+    join(path, sizeof path, dir, "ca.crt");
+    int rc = read_pem(path, "the CA certificate", cert, NULL);
+    if (rc == ERR_IO)
+        return err_set(rc, "%s (make a CA with `spartan keys init %s`)", err_msg(), dir);
+    if (rc || !key) return rc;
     join(path, sizeof path, dir, "ca.key");
-    int rc = pki_check_key(path);
-    if (!rc && !(f = fopen(path, "r"))) rc = err_set(ERR_IO, "%s: %s", path, strerror(errno));
-    if (!rc) {
-        *key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-        fclose(f);
-        if (!*key)
-            rc = err_set(ERR_FORMAT, "%s: not a PEM private key: %s", path,
-                         ssl_why(why, sizeof why));
-        else if (X509_check_private_key(*cert, *key) != 1)
-            rc = err_set(ERR_FORMAT, "%s does not belong to %s/ca.crt", path, dir);
-    }
+    rc = pki_check_key(path);
+    if (!rc) rc = read_pem(path, "the CA key", NULL, key);
+    if (!rc && X509_check_private_key(*cert, *key) != 1)
+        rc = err_set(ERR_FORMAT, "%s does not belong to %s/ca.crt", path, dir);
     if (rc) {
         X509_free(*cert);
-        EVP_PKEY_free(key ? *key : NULL);
+        EVP_PKEY_free(*key);
         *cert = NULL;
-        if (key) *key = NULL;
+        *key = NULL;
     }
     return rc;
 }
@@ -218,20 +228,6 @@ int pki_issue(const char *dir, const char *name, int days) {
     return rc;
 }
 
-// read_pem reads one PEM certificate (key: a private key) from path; what names it.
-static int read_pem(const char *path, const char *what, X509 **cert, EVP_PKEY **key) {
-    char why[256];
-    FILE *f = fopen(path, "r");
-    if (!f) return err_set(ERR_IO, "%s %s: %s", what, path, strerror(errno));
-    if (cert) *cert = PEM_read_X509(f, NULL, NULL, NULL);
-    if (key) *key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-    fclose(f);
-    if ((cert && !*cert) || (key && !*key))
-        return err_set(ERR_FORMAT, "%s %s: not a PEM %s (%s)", what, path,
-                       cert ? "certificate" : "private key", ssl_why(why, sizeof why));
-    return ERR_OK;
-}
-
 int pki_check_peer(const char *ca, const char *cert, const char *key) {
     int rc = pki_check_key(key);
     if (rc) return err_set(rc, "net.tls_key: %s", err_msg());
@@ -245,9 +241,8 @@ int pki_check_peer(const char *ca, const char *cert, const char *key) {
     if (!rc) {
         EVP_PKEY *pub = X509_get0_pubkey(c);
         const ASN1_TIME *na = X509_get0_notAfter(x);
-        char when[32] = "?";
-        struct tm tm;
-        if (ASN1_TIME_to_tm(na, &tm)) strftime(when, sizeof when, "%Y-%m-%d %H:%M UTC", &tm);
+        char when[32];
+        time_text(na, when, sizeof when);
         if (!pub || X509_verify(x, pub) != 1)
             rc = err_set(ERR_FORMAT, "net.tls_cert %s is not signed by net.tls_ca %s", cert, ca);
         else if (X509_cmp_current_time(na) <= 0)
@@ -271,9 +266,7 @@ static void describe(pki_cert_info *c, X509 *cert, X509 *ca) {
     X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, c->subject,
                               sizeof c->subject);
     const ASN1_TIME *na = X509_get0_notAfter(cert);
-    struct tm tm;
-    if (ASN1_TIME_to_tm(na, &tm))
-        strftime(c->not_after, sizeof c->not_after, "%Y-%m-%d %H:%M UTC", &tm);
+    time_text(na, c->not_after, sizeof c->not_after);
     int day = 0, sec = 0;
     if (ASN1_TIME_diff(&day, &sec, NULL, na)) c->days_left = day + sec / 86400.0;
     EVP_PKEY *pub = X509_get0_pubkey(ca ? ca : cert);
