@@ -21,7 +21,9 @@
 
 #include <nng/nng.h>
 
+#include "sparta/peer/handshake.h"
 #include "sparta/peer/hello.h"
+#include "sparta/peer/ident.h"
 #include "sparta/peer/le.h"
 #include "train/base/err.h"
 #include "train/base/log.h"
@@ -41,8 +43,6 @@ enum {
 #define RECVQ_BYTES    ((size_t)512 << 20) // per channel
 #define POOL_MAX_BYTES ((size_t)256 << 20)
 
-// SYS messages: the first payload byte.
-enum { SYS_HELLO = 1, SYS_REFUSE = 2, SYS_REDIRECT = 3, SYS_VIEW = 4, SYS_ACK = 5 };
 // Link states.
 enum { L_HANDSHAKE, L_UP, L_DEAD };
 // A frame to send: copied (owned) or the caller's memory (peer_send_wait), which the caller's
@@ -95,6 +95,9 @@ typedef struct plink {
     int lingering;    // (under mu) a refusal is out: reading until the other side closes
     int accept_rank;  // (under mu) we took the peer's hello as rank accept_rank (-1: not yet)
     int acked;        // (under mu) the peer took ours (SYS_ACK came)
+    int nonce_in;     // signed handshakes: the other side's nonce came (and our hello went out)
+    unsigned char my_nonce[IDENT_NONCE], their_nonce[IDENT_NONCE];
+    char name[IDENT_NAME_MAX]; // signed handshakes: its certificate's CN, once proven
     out_frame *qh[PEER_NCH], *qt[PEER_NCH];
     int qn[PEER_NCH];
     pthread_cond_t wcv; // the writer waits for frames
@@ -146,6 +149,7 @@ struct peer_group {
     // dialers, kept per address (the maintainer's only)
     nng_stream_dialer *dialer[PEER_MAX_MEMBERS], *join_dialer;
     peer_tls tls;   // TLS settings (NULL configurations: plain TCP)
+    ident *ident;   // with TLS: our key, and the CA that other members' proofs must chain to
     int join_moved; // (under mu) join_url changed: join_dialer is for the old one
     char dialer_url[PEER_MAX_MEMBERS][PEER_ADDR_MAX + 8];
     // request/reply on PEER_CH_STATE
@@ -183,13 +187,6 @@ static int cv_wait_until(pthread_cond_t *c, pthread_mutex_t *m, double deadline)
 
 static double deadline_of(int timeout_ms) {
     return timeout_ms < 0 ? -1.0 : sys_now_ms() + timeout_ms;
-}
-
-static uint64_t fnv1a(const char *s) {
-    uint64_t h = 1469598103934665603ull;
-    for (; s && *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
 }
 
 static uint64_t random_id(void) {
@@ -451,66 +448,22 @@ static void *writer_main(void *arg) {
 
 // ---- SYS messages --------------------------------------------------------------------------
 
-typedef struct hello {
-    uint64_t run_id, member, settings_hash;
-    int rank, world, joining;
-    char build[64], addr[PEER_ADDR_MAX];
-    const char *shared; // points into the payload (NUL-terminated copy made by the parser)
-} hello;
-
-// hello_encode: type, u32 reserved, u64 run_id, u64 member, u64 settings_hash, i32 rank,
-// u32 world, u8 joining, then three u16-length strings: build, addr, shared (u32 length).
-static size_t hello_encode(peer_group *g, unsigned char *p, size_t cap, int joining) {
-    size_t bl = strlen(g->build), al = strlen(g->self_addr), sl = strlen(g->shared);
-    size_t need = 1 + 4 + 24 + 4 + 4 + 1 + 2 + bl + 2 + al + 4 + sl;
-    if (need > cap) return 0;
-    unsigned char *q = p;
-    *q++ = SYS_HELLO;
-    le_put32(q, 0), q += 4;
-    le_put64(q, g->o.run_id), q += 8;
-    le_put64(q, g->id), q += 8;
-    le_put64(q, g->settings_hash), q += 8;
-    le_put32(q, (uint32_t)(joining ? g->o.want_rank : g->rank)), q += 4; // joining: the one asked
-    le_put32(q, (uint32_t)(g->is_static ? g->world : 0)), q += 4;
-    *q++ = (unsigned char)joining; // only on the link we dialled to join (accepted ones: rank -1)
-    le_put16(q, (uint16_t)bl), q += 2;
-    memcpy(q, g->build, bl), q += bl;
-    le_put16(q, (uint16_t)al), q += 2;
-    memcpy(q, g->self_addr, al), q += al;
-    le_put32(q, (uint32_t)sl), q += 4;
-    memcpy(q, g->shared, sl), q += sl;
-    return (size_t)(q - p);
-}
-
-// take_str reads a length-prefixed string (lenbytes 2 or 4) of at most cap - 1 bytes.
-static int take_str(const unsigned char **p, const unsigned char *end, int lenbytes, char *out,
-                    size_t cap) {
-    if (end - *p < lenbytes) return -1;
-    size_t n = lenbytes == 2 ? le_get16(*p) : le_get32(*p);
-    *p += lenbytes;
-    if ((size_t)(end - *p) < n || n >= cap) return -1;
-    memcpy(out, *p, n);
-    out[n] = 0;
-    *p += n;
-    return 0;
-}
-
-static int hello_parse(const unsigned char *p, size_t len, hello *h, char *shared, size_t scap) {
-    const unsigned char *end = p + len;
-    memset(h, 0, sizeof *h);
-    if (len < 1 + 4 + 24 + 9 || p[0] != SYS_HELLO) return -1;
-    p += 5;
-    h->run_id = le_get64(p), p += 8;
-    h->member = le_get64(p), p += 8;
-    h->settings_hash = le_get64(p), p += 8;
-    h->rank = (int32_t)le_get32(p), p += 4;
-    h->world = (int)le_get32(p), p += 4;
-    h->joining = *p++;
-    if (take_str(&p, end, 2, h->build, sizeof h->build) ||
-        take_str(&p, end, 2, h->addr, sizeof h->addr) || take_str(&p, end, 4, shared, scap))
-        return -1;
-    h->shared = shared;
-    return p == end ? 0 : -1;
+// hello_encode writes our hello (joining: on the link we dialled to join) into p, followed by its
+// proof for the nonce the other side sent when handshakes are signed. Returns the length or 0.
+static size_t hello_encode(peer_group *g, plink *l, unsigned char *p, size_t cap, int joining) {
+    hs_hello h = {.run_id = g->o.run_id,
+                  .member = g->id,
+                  .settings_hash = g->settings_hash,
+                  .rank = joining ? g->o.want_rank : g->rank, // joining: the one asked for
+                  .world = g->is_static ? g->world : 0,
+                  .joining = joining, // only on the link we dialled to join
+                  .shared = g->shared};
+    snprintf(h.build, sizeof h.build, "%s", g->build);
+    snprintf(h.addr, sizeof h.addr, "%s", g->self_addr);
+    size_t n = hs_hello_encode(&h, p, cap);
+    if (!n || !g->ident) return n;
+    size_t pn = ident_prove(g->ident, p, n, l->their_nonce, p + n, cap - n);
+    return pn ? n + pn : 0;
 }
 
 // send_sys_text sends type, then `pre` bytes of prefix (0 or 1), then text.
@@ -525,28 +478,9 @@ static void send_sys_text(peer_group *g, plink *l, int type, const unsigned char
     send_copy(g, l, PEER_CH_SYS, buf, n + 1 + np);
 }
 
-// view_encode: type, u64 epoch, i32 your rank (-1: a broadcast), u32 n, then per member
-// i32 rank, u64 id, u16-length addr. Under mu.
+// view_encode writes the current view, telling the receiver its rank your_rank. Under mu.
 static size_t view_encode(peer_group *g, unsigned char *p, size_t cap, int your_rank) {
-    unsigned char *q = p, *end = p + cap;
-    *q++ = SYS_VIEW;
-    le_put64(q, g->epoch), q += 8;
-    le_put32(q, (uint32_t)your_rank), q += 4;
-    unsigned char *np = q;
-    q += 4;
-    uint32_t n = 0;
-    for (int r = 0; r < PEER_MAX_MEMBERS; r++) {
-        if (!g->present[r]) continue;
-        size_t al = strlen(g->mem[r].addr);
-        if ((size_t)(end - q) < 14 + al) return 0;
-        le_put32(q, (uint32_t)r), q += 4;
-        le_put64(q, g->mem[r].id), q += 8;
-        le_put16(q, (uint16_t)al), q += 2;
-        memcpy(q, g->mem[r].addr, al), q += al;
-        n++;
-    }
-    le_put32(np, n);
-    return (size_t)(q - p);
+    return hs_view_encode(g->epoch, your_rank, g->mem, g->present, p, cap);
 }
 
 static void broadcast_view(peer_group *g, plink *except) {
@@ -561,28 +495,10 @@ static void broadcast_view(peer_group *g, plink *except) {
 // view_apply installs a view from the coordinator. Under mu. Returns the rank it assigns us
 // (or -1), or -2 if the message is malformed.
 static int view_apply(peer_group *g, const unsigned char *p, size_t len) {
-    const unsigned char *end = p + len;
-    if (len < 17) return -2;
-    uint64_t epoch = le_get64(p + 1);
-    int yours = (int32_t)le_get32(p + 9);
-    uint32_t n = le_get32(p + 13);
-    p += 17;
-    if (n > PEER_MAX_MEMBERS || (yours < -1 || yours >= PEER_MAX_MEMBERS)) return -2;
-    int present[PEER_MAX_MEMBERS] = {0};
+    int present[PEER_MAX_MEMBERS], yours;
     peer_member mem[PEER_MAX_MEMBERS];
-    for (uint32_t i = 0; i < n; i++) {
-        if (end - p < 14) return -2;
-        int r = (int32_t)le_get32(p);
-        uint64_t id = le_get64(p + 4);
-        p += 12;
-        char addr[PEER_ADDR_MAX];
-        if (r < 0 || r >= PEER_MAX_MEMBERS || take_str(&p, end, 2, addr, sizeof addr)) return -2;
-        present[r] = 1;
-        mem[r].rank = r;
-        mem[r].id = id;
-        snprintf(mem[r].addr, sizeof mem[r].addr, "%s", addr);
-    }
-    if (p != end) return -2;
+    uint64_t epoch;
+    if (hs_view_parse(p, len, &epoch, &yours, present, mem)) return -2;
     if (epoch <= g->epoch && g->rank >= 0) return yours; // an old view
     g->epoch = epoch;
     for (int r = 0; r < PEER_MAX_MEMBERS; r++) {
@@ -607,8 +523,9 @@ static void link_register(peer_group *g, plink *l, int r) {
     g->dial_wait[r] = 0;
     g->left[r] = 0;
     if (g->is_static) g->epoch++;
-    LOG_I(tag(g), "rank=%d member=%016" PRIx64 " up: rank=%d member=%016" PRIx64 " addr=%s%s%s",
-          g->rank, g->id, r, l->member, l->addr, l->dial_rank >= 0 ? " (dialled)" : "",
+    LOG_I(tag(g), "rank=%d member=%016" PRIx64 " up: rank=%d member=%016" PRIx64 " addr=%s%s%s%s%s",
+          g->rank, g->id, r, l->member, l->addr, l->name[0] ? " cert=" : "", l->name,
+          l->dial_rank >= 0 ? " (dialled)" : "",
           strcmp(l->build, g->build) ? " build differs" : "");
     if (strcmp(l->build, g->build))
         LOG_W(tag(g), "rank=%d runs build '%s', this peer '%s'", r, l->build, g->build);
@@ -642,7 +559,7 @@ static void refuse(peer_group *g, plink *l, int rank, int kind, const char *why)
 
 // handle_hello checks the other side's hello and decides what l becomes. Under mu. Returns 0 if
 // the link goes on (up, or waiting for a view as a joiner), -1 to close it.
-static int handle_hello(peer_group *g, plink *l, const hello *h) {
+static int handle_hello(peer_group *g, plink *l, const hs_hello *h) {
     char why[512];
     l->member = h->member;
     snprintf(l->build, sizeof l->build, "%s", h->build);
@@ -965,6 +882,58 @@ static void linger(plink *l) {
     }
 }
 
+// send_hello queues our hello on l (with its proof when handshakes are signed). Under mu.
+static void send_hello(peer_group *g, plink *l) {
+    unsigned char *hb = xmalloc(HELLO_MAX);
+    size_t n = hello_encode(g, l, hb, HELLO_MAX, l->joining);
+    ASSERT(n > 0);
+    send_copy(g, l, PEER_CH_SYS, hb, n);
+    free(hb);
+}
+
+// handshake_step takes one SYS message p(len) of l's handshake: the other side's nonce (signed
+// handshakes: our hello answers it), then its hello, whose proof must verify (ident.h) before
+// handle_hello decides. Sets *done once the hello was taken. Under mu. Returns 1 to close l.
+static int handshake_step(peer_group *g, plink *l, const unsigned char *p, size_t len, char *shared,
+                          int *done) {
+    int type = len ? p[0] : 0;
+    char why[400], name[IDENT_NAME_MAX] = "";
+    if (g->ident && !l->nonce_in) {
+        if (type == SYS_NONCE && len == 1 + IDENT_NONCE) {
+            memcpy(l->their_nonce, p + 1, IDENT_NONCE);
+            l->nonce_in = 1;
+            send_hello(g, l);
+            return 0;
+        }
+        g->st.unproven++;
+        refuse(g, l, -1, PEER_DIAG_REFUSED,
+               type == SYS_HELLO ? "an unsigned hello: the members of this group sign their "
+                                   "handshakes (net.tls = on)"
+                                 : "no handshake nonce first");
+        return 1;
+    }
+    if (!g->ident && type == SYS_NONCE) {
+        refuse(g, l, -1, PEER_DIAG_REFUSED, "a signed handshake, but net.tls is off here");
+        return 1;
+    }
+    hs_hello he;
+    size_t used = 0;
+    if (hs_hello_parse(p, len, &he, shared, HELLO_MAX, &used) || (!g->ident && used != len)) {
+        g->st.strangers++;
+        return 1;
+    }
+    if (g->ident && ident_check(g->ident, he.member, p, used, p + used, len - used, l->my_nonce,
+                                name, sizeof name, why, sizeof why)) {
+        g->st.unproven++;
+        l->member = he.member;
+        refuse(g, l, -1, PEER_DIAG_REFUSED, why);
+        return 1;
+    }
+    snprintf(l->name, sizeof l->name, "%s", name);
+    *done = 1;
+    return handle_hello(g, l, &he) != 0;
+}
+
 static void *reader_main(void *arg) {
     plink *l = arg;
     peer_group *g = l->g;
@@ -1050,14 +1019,9 @@ static void *reader_main(void *arg) {
             const unsigned char *p = m->data;
             int type = h.len ? p[0] : 0;
             if (handshake) {
-                hello he;
-                if (hello_parse(p, h.len, &he, shared, HELLO_MAX)) {
-                    g->st.strangers++;
-                    close_it = 1;
-                } else {
-                    close_it = handle_hello(g, l, &he) != 0;
-                    handshake = 0;
-                }
+                int done = 0;
+                close_it = handshake_step(g, l, p, h.len, shared, &done);
+                if (done) handshake = 0;
             } else if (type == SYS_VIEW) {
                 int yours = view_apply(g, p, h.len);
                 if (yours == -2) {
@@ -1186,11 +1150,14 @@ static void link_start(peer_group *g, nng_stream *s, int dial_rank, int joining)
     l->in_pending = 1;
     l->next = g->links;
     g->links = l;
-    unsigned char *hb = xmalloc(HELLO_MAX);
-    size_t n = hello_encode(g, hb, HELLO_MAX, joining);
-    ASSERT(n > 0);
-    send_copy(g, l, PEER_CH_SYS, hb, n);
-    free(hb);
+    if (g->ident) { // signed: nonces first, each side's hello answers the other's
+        unsigned char nb[1 + IDENT_NONCE] = {SYS_NONCE};
+        if (ident_nonce(l->my_nonce)) ASSERT(!"no randomness");
+        memcpy(nb + 1, l->my_nonce, IDENT_NONCE);
+        send_copy(g, l, PEER_CH_SYS, nb, sizeof nb);
+    } else {
+        send_hello(g, l);
+    }
     if (pthread_create(&l->rd, NULL, reader_main, l)) {
         l->state = L_DEAD;
         l->threads_done = 1;
@@ -1399,13 +1366,19 @@ int peer_group_create(peer_group **out, const peer_opts *o) {
             return err_set(ERR_INVAL, "peer: rank %d out of range", o->want_rank);
     }
     peer_tls tls = {NULL, NULL};
+    ident *id = NULL;
     if (o->tls_ca || o->tls_cert || o->tls_key) {
         if (!o->tls_ca || !o->tls_cert || !o->tls_key)
             return err_set(ERR_INVAL, "peer: TLS needs the CA, the certificate and the key");
         if ((rc = peer_tls_load(&tls, o->tls_ca, o->tls_cert, o->tls_key))) return rc;
+        if ((rc = ident_load(&id, o->tls_ca, o->tls_cert, o->tls_key))) {
+            peer_tls_free(&tls);
+            return rc;
+        }
     }
     peer_group *g = xcalloc(1, sizeof *g);
     g->tls = tls;
+    g->ident = id;
     g->o = *o;
     g->o.handshake_ms = o->handshake_ms > 0 ? o->handshake_ms : 2000;
     g->o.join_ms = o->join_ms > 0 ? o->join_ms : 10000;
@@ -1414,8 +1387,8 @@ int peer_group_create(peer_group **out, const peer_opts *o) {
     g->build = xstrdup(o->build ? o->build : "");
     g->listen_url = to_url(g, o->listen);
     g->join_url = o->join ? to_url(g, o->join) : NULL;
-    g->settings_hash = fnv1a(g->shared);
-    g->id = random_id();
+    g->settings_hash = hs_settings_hash(g->shared);
+    g->id = id ? ident_member(id) : random_id(); // with keys, bound to ours
     g->is_static = is_static;
     g->world = is_static ? o->world : 0;
     g->rank = is_static ? o->rank : -1;
@@ -1528,6 +1501,7 @@ void peer_group_destroy(peer_group *g) {
         if (g->dialer[r]) nng_stream_dialer_free(g->dialer[r]);
     if (g->join_dialer) nng_stream_dialer_free(g->join_dialer);
     peer_tls_free(&g->tls);
+    ident_free(g->ident);
     for (emu_item *it = g->eh, *nx; it; it = nx) {
         nx = it->next;
         free(it->m->data);

@@ -109,6 +109,8 @@ typedef struct peer_stats {
     uint64_t bad_header;             // streams closed because a header was bad (framing lost)
     uint64_t refused;                // handshakes refused: another run, settings or protocol
     uint64_t strangers;              // connections closed without a valid hello in time
+    uint64_t unproven; // signed handshakes refused: no or a bad proof (a forged member id, a
+                       // certificate of another CA or expired, a replayed or altered hello)
 } peer_stats;
 
 // peer_group_create starts this process's membership: it listens on o->listen, then joins (see

@@ -153,8 +153,7 @@ static void time_text(const ASN1_TIME *t, char *out, size_t n) {
         snprintf(out, n, "?");
 }
 
-// read_pem reads one PEM certificate (key: a private key) from path; what names it.
-static int read_pem(const char *path, const char *what, X509 **cert, EVP_PKEY **key) {
+int pki_read_pem(const char *path, const char *what, X509 **cert, EVP_PKEY **key) {
     char why[256];
     FILE *f = fopen(path, "r");
     if (!f) return err_set(ERR_IO, "%s %s: %s", what, path, strerror(errno));
@@ -172,13 +171,13 @@ static int read_pem(const char *path, const char *what, X509 **cert, EVP_PKEY **
 static int load_ca(const char *dir, X509 **cert, EVP_PKEY **key) {
     char path[1100];
     join(path, sizeof path, dir, "ca.crt");
-    int rc = read_pem(path, "the CA certificate", cert, NULL);
+    int rc = pki_read_pem(path, "the CA certificate", cert, NULL);
     if (rc == ERR_IO)
         return err_set(rc, "%s (make a CA with `spartan keys init %s`)", err_msg(), dir);
     if (rc || !key) return rc;
     join(path, sizeof path, dir, "ca.key");
     rc = pki_check_key(path);
-    if (!rc) rc = read_pem(path, "the CA key", NULL, key);
+    if (!rc) rc = pki_read_pem(path, "the CA key", NULL, key);
     if (!rc && X509_check_private_key(*cert, *key) != 1)
         rc = err_set(ERR_FORMAT, "%s does not belong to %s/ca.crt", path, dir);
     if (rc) {
@@ -233,9 +232,9 @@ int pki_check_peer(const char *ca, const char *cert, const char *key) {
     if (rc) return err_set(rc, "net.tls_key: %s", err_msg());
     X509 *c = NULL, *x = NULL;
     EVP_PKEY *k = NULL;
-    rc = read_pem(ca, "net.tls_ca", &c, NULL);
-    if (!rc) rc = read_pem(cert, "net.tls_cert", &x, NULL);
-    if (!rc) rc = read_pem(key, "net.tls_key", NULL, &k);
+    rc = pki_read_pem(ca, "net.tls_ca", &c, NULL);
+    if (!rc) rc = pki_read_pem(cert, "net.tls_cert", &x, NULL);
+    if (!rc) rc = pki_read_pem(key, "net.tls_key", NULL, &k);
     if (!rc && X509_check_private_key(x, k) != 1)
         rc = err_set(ERR_FORMAT, "net.tls_key %s is not the key of net.tls_cert %s", key, cert);
     if (!rc) {

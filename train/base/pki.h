@@ -7,6 +7,9 @@
 
 #include <stddef.h>
 
+struct x509_st;     // OpenSSL's X509
+struct evp_pkey_st; // and EVP_PKEY
+
 #define PKI_NAME_MAX 64 // a peer name: 1-64 of letters, digits, '.', '-' and '_'
 
 // pki_ca_init makes the folder dir (0700) if needed and a new CA in it: ca.key (0600) and ca.crt
@@ -49,6 +52,13 @@ typedef void (*pki_list_fn)(void *ctx, const pki_cert_info *c);
 // of certificates (>= 0) or a negative error code (no ca.crt in dir, or an unreadable folder;
 // message set).
 int pki_list(const char *dir, pki_list_fn fn, void *ctx);
+
+// pki_read_pem reads one PEM certificate into *cert (cert not NULL) or one private key into *key
+// (key not NULL) from path, what naming it in messages ("net.tls_cert", "the CA key"). Returns
+// ERR_OK (the caller frees with X509_free / EVP_PKEY_free), ERR_IO naming the file and the reason,
+// or ERR_FORMAT (not such a PEM file).
+int pki_read_pem(const char *path, const char *what, struct x509_st **cert,
+                 struct evp_pkey_st **key);
 
 // pki_name_ok returns 1 if name is a valid peer name (PKI_NAME_MAX), else 0.
 int pki_name_ok(const char *name);
