@@ -245,3 +245,47 @@ Test(cfg, train_help_lists_every_section_of_the_key_table_and_no_other) {
     free(keys);
     free(sections);
 }
+
+// Secure by default: peers beyond loopback without keys are refused (naming the address and
+// how to make keys) unless net.insecure; loopback peers need nothing.
+Test(cfg, peers_beyond_loopback_need_keys_or_net_insecure) {
+    const char *loop[] = {"net.peers=127.0.0.1:1,localhost:2,[::1]:3", "net.join=127.0.0.5:9"};
+    const char *far[] = {"net.peers=127.0.0.1:1, 10.0.0.2:1", "net.join=mini1:29500",
+                         "net.listen=0.0.0.0:1"};
+    const char *named[] = {"net.peers entry 10.0.0.2:1", "net.join mini1:29500",
+                           "net.listen 0.0.0.0:1"};
+    for (size_t i = 0; i < sizeof loop / sizeof *loop; i++) {
+        cfg c;
+        cfg_defaults(&c);
+        if (strstr(loop[i], "join")) cfg_set(&c, "net.world=2");
+        cr_assert_eq(cfg_set(&c, loop[i]), ERR_OK, "%s", err_msg());
+        cr_expect_eq(cfg_validate(&c), ERR_OK, "%s: %s", loop[i], err_msg());
+    }
+    for (size_t i = 0; i < sizeof far / sizeof *far; i++) {
+        cfg c;
+        cfg_defaults(&c);
+        if (strstr(far[i], "join")) cfg_set(&c, "net.world=2");
+        cr_assert_eq(cfg_set(&c, far[i]), ERR_OK, "%s", err_msg());
+        cr_expect_eq(cfg_validate(&c), ERR_INVAL, "%s passed without keys", far[i]);
+        cr_expect(strstr(err_msg(), "beyond loopback") && strstr(err_msg(), "spartan keys") &&
+                      strstr(err_msg(), "net.insecure"),
+                  "%s", err_msg());
+        cr_expect(strstr(err_msg(), named[i]), "%s", err_msg());
+        cr_assert_eq(cfg_set(&c, "net.insecure=true"), ERR_OK);
+        cr_expect_eq(cfg_validate(&c), ERR_OK, "%s with net.insecure: %s", far[i], err_msg());
+        cr_assert_eq(cfg_set(&c, "net.insecure=false"), ERR_OK);
+        cfg_set(&c, "net.tls=true");
+        cfg_set(&c, "net.tls_ca=ca.crt");
+        cfg_set(&c, "net.tls_cert=a.crt");
+        cfg_set(&c, "net.tls_key=a.key");
+        cr_expect_eq(cfg_validate(&c), ERR_OK, "%s with net.tls: %s", far[i], err_msg());
+    }
+    cfg c;
+    cfg_defaults(&c);
+    cfg_set(&c, "net.world=3");
+    cfg_set(&c, "net.discover=lan");
+    cfg_set(&c, "net.cluster_key_file=k");
+    cr_expect_eq(cfg_validate(&c), ERR_INVAL, "LAN discovery passed without keys");
+    cfg_set(&c, "net.discover_addr=127.255.255.255");
+    cr_expect_eq(cfg_validate(&c), ERR_OK, "%s", err_msg());
+}

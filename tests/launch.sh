@@ -4,10 +4,13 @@
 #   1. preflight: an unreachable host and a host without dependencies are named, and nothing
 #      starts (no source shipped anywhere)
 #   2. one host: the revision is shipped and built there (the fresh build), and the job finishes
-#   3. three hosts with that build copied to them (not rebuilt): the job finishes, every
-#      command to a host shares one ssh login, and --fetch brings back three checkpoints
-#   4. three hosts, a long job: a SIGKILLed peer is reported and the others go on; then SIGINT
-#      to the launcher stops every peer (each saves a checkpoint) and leaves no spartan process
+#   3. three hosts with that build copied to them (not rebuilt), with --keys: the job finishes
+#      over TLS (each host has its own certificate and key, 0600 in a 0700 folder, and never
+#      the CA key), every command to a host shares one ssh login, and --fetch brings back three
+#      checkpoints
+#   4. three hosts, a long job: keys by default when the hosts are beyond loopback (namespaces);
+#      a SIGKILLed peer is reported and the others go on; then SIGINT to the launcher stops
+#      every peer (each saves a checkpoint) and leaves no spartan process
 # Waits for lines in the launcher's output; every loop is bounded in time and count.
 set -u
 suite=launch
@@ -42,8 +45,20 @@ cp -a "$dir/h1/src" "$dir/h2/" && cp -a "$dir/h1/src" "$dir/h3/" || fail "copyin
 { host_line 1; host_line 2; host_line 3; } >"$dir/hosts3"
 logins() { grep -c "Accepted publickey" "$dir/sshd2.log"; }
 before=$(logins)
-launch three 300 "$dir/hosts3" --name three --fetch "$dir/fetched" --set train.max_iters=20
+launch three 300 "$dir/hosts3" --name three --fetch "$dir/fetched" --set train.max_iters=20 \
+    --keys "$dir/keys"
 [ "$rc" = 0 ] || fail "three-host job: exit $rc"
+# every host has its own certificate, its key private, and no CA key
+for i in 1 2 3; do
+    t="$dir/h$i/runs/three/tls"
+    [ "$(stat -c %a "$t")" = 700 ] || fail "host $i: tls folder mode $(stat -c %a "$t")"
+    [ -s "$t/ca.crt" ] || fail "host $i: no CA certificate"
+    n=$(ls "$t"/*.key | wc -l)
+    [ "$n" = 1 ] || fail "host $i: $n keys in its tls folder, expected its own one"
+    [ "$(stat -c %a "$t"/*.key)" = 600 ] || fail "host $i: key mode $(stat -c %a "$t"/*.key)"
+done
+[ -z "$(find "$dir"/h1 "$dir"/h2 "$dir"/h3 -name ca.key)" ] || fail "the CA key went to a host"
+[ "$(grep -c 'up: rank=.* cert=' "$dir/three.log")" -ge 6 ] || fail "three-host job: the links did not come up over TLS"
 # preflight, data, config, probe, peer, fetch and -O exit went through one shared connection
 n=$(($(logins) - before))
 [ "$n" = 1 ] || fail "three-host job: $n ssh logins on host 2, expected 1 (one shared connection)"
@@ -60,7 +75,8 @@ cached=$(first_step three)
 # shellcheck disable=SC2086
 # A plain command, not the run_in function, so that $! is the launcher itself.
 # shellcheck disable=SC2086
-$in_l "$bin" launch "$dir/hosts3" configs/tiny.ini --ssh "$ssh_cmd" --plain $sets --name long \
+mkdir -p "$dir/lhome"
+$in_l env HOME="$dir/lhome" "$bin" launch "$dir/hosts3" configs/tiny.ini --ssh "$ssh_cmd" --plain $sets --name long \
     --set train.max_iters=1000000000 --set train.log_interval=100 --set train.ckpt_interval=0 \
     >"$dir/long.log" 2>&1 &
 lpid=$!
@@ -91,4 +107,10 @@ for r in 0 2; do
     grep -q ":$r .*checkpoint step=" "$dir/long.log" || fail "rank $r saved no checkpoint on SIGINT"
 done
 grep -q "launch: stopping every peer" "$dir/long.log" || fail "no stop message"
+if [ "$netns" = 1 ]; then # hosts beyond loopback: keys by default
+    [ -s "$dir/lhome/.spartan/keys/ca.key" ] || fail "long job: no default cluster CA"
+    grep -q "made a cluster CA in $dir/lhome/.spartan/keys" "$dir/long.log" || fail "long job: the CA was not announced"
+else
+    [ ! -e "$dir/lhome/.spartan" ] || fail "long job on loopback: keys made all the same"
+fi
 echo "launch: ok (namespaces=$netns; first step $fresh s after a launch with a fresh build, $cached s with the build there)"

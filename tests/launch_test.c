@@ -19,6 +19,7 @@
 
 #include "tests/test_util.h"
 #include "train/base/err.h"
+#include "train/base/pki.h"
 #include "train/base/rng.h"
 #include "train/cmd/hostfile.h"
 #include "train/cmd/launch_plan.h"
@@ -404,20 +405,110 @@ Test(launch, dry_run_prints_every_command_and_runs_nothing) {
     const char *text = "mini1 user=me slots=2\nlinux1 ssh_port=2200 dir=/srv/sp\n";
     cr_assert_eq(tu_write_file(hf, text, strlen(text)), 0);
     snprintf(cmd, sizeof cmd,
-             "%s launch %s configs/tiny.ini --dry-run --ssh false --name dry --set data.dir=%s",
-             tu_spartan(), hf, d);
+             "env HOME=%s %s launch %s configs/tiny.ini --dry-run --ssh false --name dry "
+             "--set data.dir=%s",
+             d, tu_spartan(), hf, d);
     strncat(cmd, "/d", sizeof cmd - strlen(cmd) - 1);
     int rc = tu_run(cmd, 30, &out);
     cr_assert_eq(rc, 0, "%s", out);
-    const char *want[] = {"# host mini1",      "# host linux1",     "## preflight",
-                          "## ship and build", "## peer rank 0",    "## peer rank 1",
-                          "## peer rank 2",    "-p 2200",           "-l me",
-                          "/srv/sp",           "--join mini1:29500"};
+    const char *want[] = {"## ship the host's certificate and key",
+                          "net.tls=true",
+                          "net.tls_cert=$R/tls/mini1.crt",
+                          "# host mini1",
+                          "# host linux1",
+                          "## preflight",
+                          "## ship and build",
+                          "## peer rank 0",
+                          "## peer rank 1",
+                          "## peer rank 2",
+                          "-p 2200",
+                          "-l me",
+                          "/srv/sp",
+                          "--join mini1:29500"};
     for (size_t i = 0; i < sizeof want / sizeof *want; i++)
         cr_expect(strstr(out, want[i]) != NULL, "no '%s' in:\n%s", want[i], out);
     // `--ssh false` would have failed every command: nothing ran
     cr_expect(strstr(out, "preflight of") == NULL, "%s", out);
+    char keys[700];
+    snprintf(keys, sizeof keys, "%s/.spartan", d);
+    cr_expect(access(keys, F_OK) != 0, "a dry run made keys in %s", keys);
     free(out);
+    tu_rm_rf(d);
+    free(d);
+}
+
+// Certificate names follow the host names, told apart when two entries name one host, never
+// starting with '-' and never "ca"; keys go by default only where a peer is beyond loopback.
+Test(launch, key_names_and_when_keys_are_needed) {
+    hostfile h = parse("mini1 port=29500\nmini1 port=29600\n::1\nca\n");
+    launch_opts o = opts();
+    launch_plan p;
+    cr_assert_eq(launch_plan_make(&p, &h, &o), ERR_OK, "%s", err_msg());
+    char n[80];
+    const char *want[] = {"mini1", "mini1-1", "h-1", "ca-host"};
+    for (int i = 0; i < 4; i++) {
+        launch_key_name(&p, i, n, sizeof n);
+        cr_expect_str_eq(n, want[i]);
+        cr_expect(pki_name_ok(n), "'%s' is not a certificate name", n);
+    }
+    cr_expect_eq(launch_needs_keys(&p), 1);
+    launch_plan_free(&p);
+    hostfile_free(&h);
+    h = parse("127.0.0.1 port=29600\nlocalhost port=29700\n");
+    cr_assert_eq(launch_plan_make(&p, &h, &o), ERR_OK, "%s", err_msg());
+    cr_expect_eq(launch_needs_keys(&p), 0, "loopback peers need no keys");
+    launch_plan_free(&p);
+    hostfile_free(&h);
+}
+
+// launch_cmd_keys ships a host's own certificate and key and the CA certificate (not the CA key,
+// not the other host's key) into D/runs/job/tls, private; its peers run with them.
+Test(launch, keys_go_to_each_host_without_the_ca_key) {
+    char *d = fake_host(), text[1024], keys[600];
+    snprintf(keys, sizeof keys, "%s/keys", d);
+    cr_assert_eq(pki_ca_init(keys, "test", 5), ERR_OK, "%s", err_msg());
+    cr_assert_eq(pki_issue(keys, "h1", 5), ERR_OK, "%s", err_msg());
+    cr_assert_eq(pki_issue(keys, "h2", 5), ERR_OK, "%s", err_msg());
+    snprintf(text, sizeof text, "h1 dir=%s/h1\nh2 dir=%s/h2\n", d, d);
+    hostfile h = parse(text);
+    launch_opts o = opts();
+    // a fake ssh as a program: the keys come through a pipeline into it
+    char ssh[700];
+    snprintf(ssh, sizeof ssh, "%s/ssh", d);
+    const char *prog = "#!/bin/sh\nwhile [ $# -gt 1 ]; do shift; done\nexec sh -c \"$1\"\n";
+    cr_assert_eq(tu_write_file(ssh, prog, strlen(prog)), 0);
+    cr_assert_eq(chmod(ssh, 0700), 0);
+    o.ssh = ssh;
+    o.keys = keys;
+    launch_plan p;
+    cr_assert_eq(launch_plan_make(&p, &h, &o), ERR_OK, "%s", err_msg());
+    char *c = launch_cmd_keys(&p, 1), *out = NULL;
+    cr_assert_eq(tu_run(c, 20, &out), 0, "%s\n%s", c, out);
+    cr_expect(strstr(out, "shipped") != NULL, "%s", out);
+    free(out);
+    free(c);
+    char t[700], f[800];
+    struct stat st;
+    snprintf(t, sizeof t, "%s/h2/runs/job/tls", d);
+    cr_assert_eq(stat(t, &st), 0, "no %s", t);
+    cr_expect_eq(st.st_mode & 0777, 0700);
+    snprintf(f, sizeof f, "%s/h2.key", t);
+    cr_assert_eq(stat(f, &st), 0, "no %s", f);
+    cr_expect_eq(st.st_mode & 0777, 0600);
+    const char *absent[] = {"ca.key", "h1.key", "h1.crt"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(f, sizeof f, "%s/%s", t, absent[i]);
+        cr_expect(access(f, F_OK) != 0, "%s went to host h2", absent[i]);
+    }
+    snprintf(f, sizeof f, "%s/ca.crt", t);
+    cr_expect(access(f, F_OK) == 0);
+    c = launch_cmd_peer(&p, 1);
+    cr_expect(strstr(c, "net.tls=true") && strstr(c, "net.tls_key=$R/tls/h2.key") &&
+                  strstr(c, "net.tls_ca=$R/tls/ca.crt"),
+              "%s", c);
+    free(c);
+    launch_plan_free(&p);
+    hostfile_free(&h);
     tu_rm_rf(d);
     free(d);
 }

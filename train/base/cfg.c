@@ -162,6 +162,9 @@ static const cfg_key keys[] = {
       "with net.tls: this peer's certificate, signed by that CA (DIR/NAME.crt)"),
     K("net", "tls_key", CFG_STR0, net.tls_key, "", 0, 0,
       "with net.tls: this peer's private key (DIR/NAME.key, mode 0600)"),
+    K("net", "insecure", CFG_BOOL, net.insecure, "false", 0, 1,
+      "let peers beyond loopback run without net.tls (anyone on the network can join, read and "
+      "inject: a trusted network only); without it such a run refuses to start"),
 };
 
 #define N_KEYS (sizeof keys / sizeof keys[0])
@@ -456,6 +459,15 @@ int cfg_validate(const cfg *c) {
             return err_set(ERR_INVAL, "%s is set but net.tls = false: set net.tls = true to use it",
                            tls_keys[i]);
     }
+    char where[160];
+    if (!c->net.tls && !c->net.insecure && cfg_net_exposed(c, where, sizeof where))
+        return err_set(ERR_INVAL,
+                       "%s is beyond loopback and the peers have no keys: anyone on that network "
+                       "could join the run, read it and inject values. Make keys (spartan keys "
+                       "init DIR, then spartan keys add DIR NAME for each peer) and set net.tls = "
+                       "true with net.tls_ca, net.tls_cert and net.tls_key (spartan launch does "
+                       "it for you), or set net.insecure = true on a network you trust",
+                       where);
     if (c->net.max_peers && !c->net.join[0])
         return err_set(ERR_INVAL, "net.max_peers needs net.join (net.peers fixes the group)");
     if (c->net.max_peers && c->net.max_peers < c->net.world)
@@ -531,6 +543,43 @@ static const char *const shared_keys[] = {
     "sparta.reduce",   "sparta.dtype", "diloco.H",  "diloco.lr",    "diloco.momentum",
     "diloco.nesterov", "diloco.dtype", "ddp.dtype",
 };
+
+// loopback_host: the host of addr ("host:port", "[::1]:port" or a scheme://host:port URL) is
+// 127.x.x.x, localhost or ::1.
+static int loopback_host(const char *addr) {
+    const char *h = strstr(addr, "://");
+    h = h ? h + 3 : addr;
+    while (*h == ' ')
+        h++;
+    if (!strncmp(h, "[::1]", 5) || !strcmp(h, "::1")) return 1;
+    const char *colon = strrchr(h, ':');
+    size_t n = colon ? (size_t)(colon - h) : strlen(h);
+    if (n == 9 && !strncmp(h, "localhost", 9)) return 1;
+    return n > 4 && !strncmp(h, "127.", 4);
+}
+
+int cfg_net_exposed(const cfg *c, char *where, size_t n) {
+    const char *one[2] = {c->net.join, c->net.listen};
+    for (int i = 0; i < 2; i++)
+        if (one[i][0] && !loopback_host(one[i])) {
+            snprintf(where, n, "%s %s", i ? "net.listen" : "net.join", one[i]);
+            return 1;
+        }
+    int np = c->net.peers[0] ? cfg_peer_count(c->net.peers) : 0;
+    for (int i = 0; i < np; i++) {
+        char a[256];
+        if (cfg_peer_entry(c->net.peers, i, a, sizeof a) == 0 && !loopback_host(a)) {
+            snprintf(where, n, "net.peers entry %s", a);
+            return 1;
+        }
+    }
+    if (c->net.discover && strncmp(c->net.discover_addr, "127.", 4)) {
+        snprintf(where, n, "net.discover = lan (%s)",
+                 c->net.discover_addr[0] ? c->net.discover_addr : "broadcast");
+        return 1;
+    }
+    return 0;
+}
 
 int cfg_peer_count(const char *peers) {
     if (!peers[0]) return 1;

@@ -120,6 +120,7 @@ typedef struct cfg_net {
     char tls_ca[CFG_PATH_MAX];           // the cluster CA's certificate (PEM)
     char tls_cert[CFG_PATH_MAX];         // this peer's certificate, signed by it
     char tls_key[CFG_PATH_MAX];          // its private key (mode 0600)
+    int insecure; // peers off loopback may run without keys (a trusted network; warned)
 } cfg_net;
 
 typedef struct cfg {
@@ -175,6 +176,12 @@ void cfg_print_keys(FILE *f);
 // that is 0) with net.join, net.world with net.discover, else the number of net.peers entries.
 // Any thread.
 int cfg_group_size(const cfg *c);
+
+// cfg_net_exposed returns 1 if c's peers talk beyond loopback: an address of net.peers, net.join
+// or net.listen whose host is not 127.x.x.x, localhost or ::1 (a wildcard such as 0.0.0.0 or an
+// empty host is exposed), or net.discover = lan announcing to anything but a 127.x address. The
+// first such address (or "net.discover") is copied into where (n bytes). Else 0.
+int cfg_net_exposed(const cfg *c, char *where, size_t n);
 
 // cfg_peer_count returns the number of comma-separated entries of a net.peers list (1 when
 // empty: a peer alone). Any thread.

@@ -24,6 +24,7 @@
 #include "train/base/args.h"
 #include "train/base/cfg.h"
 #include "train/base/err.h"
+#include "train/base/pki.h"
 #include "train/base/sys.h"
 #include "train/cmd/hostfile.h"
 #include "train/cmd/launch_cmd.h"
@@ -40,7 +41,7 @@ static void on_signal(int sig) {
 }
 
 typedef struct launch_args {
-    const char *hostfile, *config, *ssh, *dir, *name, *fetch, *on_failure;
+    const char *hostfile, *config, *ssh, *dir, *name, *fetch, *on_failure, *keys;
     const char *sets[MAX_SETS];
     int n_sets;
     int install_deps, detach, stop, dry_run, resume, overwrite, plain, no_share;
@@ -79,6 +80,7 @@ typedef struct job {
     peer_state *ps;
     proc *procs;
     char src[PATH_MAX], commit[64], rev[64], data_dir[PATH_MAX], data_id[32];
+    char keys[PATH_MAX]; // the cluster folder whose certificates the hosts get, or ""
     char files[MAX_DATA_FILES][256];
     int n_files;
     int tty;            // live table
@@ -371,7 +373,7 @@ static int ship(job *j) {
     const char *files[MAX_DATA_FILES];
     for (int i = 0; i < j->n_files; i++)
         files[i] = j->files[i];
-    for (int pass = 0; pass < 2 && !rc; pass++) {
+    for (int pass = 0; pass < 3 && !rc; pass++) {
         need = 0;
         for (int h = 0; h < n; h++) {
             free(cmds[h]);
@@ -381,12 +383,15 @@ static int ship(job *j) {
             if (pass == 0 && j->n_files && !j->hs[h].has_data)
                 cmds[h] = launch_cmd_data(&j->plan, h, j->data_dir, files, j->n_files), need++;
             if (pass == 1) cmds[h] = launch_cmd_config(&j->plan, h, j->a.config), need++;
+            if (pass == 2 && j->keys[0]) cmds[h] = launch_cmd_keys(&j->plan, h), need++;
         }
         if (!need) continue;
         if (pass == 0)
             fprintf(stderr, "launch: shipping the data (%d files of %s) to %d host%s\n", j->n_files,
                     j->data_dir, need, need > 1 ? "s" : "");
-        ph.name = pass == 0 ? "shipping the data" : "shipping the config";
+        ph.name = pass == 0   ? "shipping the data"
+                  : pass == 1 ? "shipping the config"
+                              : "shipping the keys";
         rc = run_phase(&ph, cmds, NULL, n, j->a.build_s, st);
         for (int h = 0; h < n && !rc; h++)
             if (cmds[h] && st[h] != 0) why_failed(j, h, st[h], ph.name, j->a.build_s);
@@ -777,6 +782,11 @@ static int parse_args(int argc, char **argv, launch_args *a) {
          "the folder on hosts without dir= [~/" LAUNCH_DEFAULT_DIR "]"},
         {"--name", NULL, ARGS_STR, &a->name, 0, 0, NULL, "NAME",
          "the run's name: its folder DIR/runs/NAME on every host [the config's file name]"},
+        {"--keys", NULL, ARGS_STR, &a->keys, 0, 0, NULL, "DIR",
+         "a cluster folder of `spartan keys` (made if missing): each host gets the CA's\n"
+         "certificate and its own certificate and key (never the CA key), and the peers run with\n"
+         "net.tls. Used by default (~/.spartan/keys) when a peer is beyond loopback and the\n"
+         "config sets neither net.tls nor net.insecure"},
         {"--install-deps", NULL, ARGS_FLAG, &a->install_deps, 0, 0, NULL, NULL,
          "run scripts/install-deps on hosts that miss dependencies"},
         {"--on-failure", NULL, ARGS_STR, &a->on_failure, 0, 0, NULL, "stop|continue",
@@ -860,6 +870,11 @@ static void dry_run(job *j) {
         c = launch_cmd_config(&j->plan, h, j->a.config);
         printf("## ship the config\n%s\n", c);
         free(c);
+        if (j->keys[0]) {
+            c = launch_cmd_keys(&j->plan, h);
+            printf("## ship the host's certificate and key (from %s)\n%s\n", j->keys, c);
+            free(c);
+        }
         c = launch_cmd_probe(&j->plan, h, 10000);
         printf("## probe the peer ports\n%s\n", c);
         free(c);
@@ -935,6 +950,56 @@ static void close_shared(job *j, const char *control) {
     rmdir(control);
 }
 
+// prepare_keys decides whether the peers get keys (--keys, or by default when a peer is beyond
+// loopback and the config sets neither net.tls nor net.insecure) and, unless make is 0 (a dry
+// run), makes the cluster folder's CA and each host's certificate where missing and checks them.
+// Sets j->keys and the plan's o.keys. Returns ERR_OK or the error (message set).
+static int prepare_keys(job *j, const cfg *c, int make) {
+    if (j->plan.n < 2) return ERR_OK;
+    if (c->net.tls || c->net.insecure) { // the user chose: their files, or no keys
+        if (j->a.keys)
+            fprintf(stderr, "launch: --keys ignored: the config sets net.%s itself\n",
+                    c->net.tls ? "tls" : "insecure");
+        return ERR_OK;
+    }
+    if (!j->a.keys && !launch_needs_keys(&j->plan)) return ERR_OK;
+    if (j->a.keys) {
+        snprintf(j->keys, sizeof j->keys, "%s", j->a.keys);
+    } else {
+        const char *home = getenv("HOME");
+        snprintf(j->keys, sizeof j->keys, "%s/.spartan/keys", home && home[0] ? home : ".");
+    }
+    j->plan.o.keys = j->keys;
+    if (!make) return ERR_OK;
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/ca.crt", j->keys);
+    int rc = ERR_OK;
+    if (access(path, F_OK) != 0) {
+        if (!j->a.keys) {
+            snprintf(path, sizeof path, "%s/.spartan", getenv("HOME") ? getenv("HOME") : ".");
+            mkdir(path, 0700);
+        }
+        rc = pki_ca_init(j->keys, "spartan cluster", 3650);
+        if (rc) return rc;
+        fprintf(stderr, "launch: made a cluster CA in %s (keep %s/ca.key private)\n", j->keys,
+                j->keys);
+    }
+    for (int h = 0; h < j->hf.n && !rc; h++) {
+        char name[PKI_NAME_MAX + 8], ca[PATH_MAX + 8], crt[PATH_MAX + 80], key[PATH_MAX + 80];
+        launch_key_name(&j->plan, h, name, sizeof name);
+        snprintf(ca, sizeof ca, "%s/ca.crt", j->keys);
+        snprintf(crt, sizeof crt, "%s/%s.crt", j->keys, name);
+        snprintf(key, sizeof key, "%s/%s.key", j->keys, name);
+        if (access(crt, F_OK) != 0) {
+            rc = pki_issue(j->keys, name, 825);
+            if (!rc) fprintf(stderr, "launch: %s: issued certificate %s\n", j->hs[h].label, crt);
+        }
+        if (!rc && (rc = pki_check_peer(ca, crt, key)))
+            rc = err_set(rc, "host %s: %s", j->hs[h].label, err_msg());
+    }
+    return rc;
+}
+
 int launch_cmd_main(int argc, char **argv) {
     double t_launch = sys_now_ms();
     job j;
@@ -995,6 +1060,15 @@ int launch_cmd_main(int argc, char **argv) {
     label_hosts(&j);
     j.ps = xcalloc((size_t)j.plan.n, sizeof *j.ps);
     j.tty = isatty(1) && !j.a.plain;
+    if (!j.a.stop && (rc = prepare_keys(&j, &c, !j.a.dry_run))) {
+        fprintf(stderr, "spartan launch: keys: %s\n", err_msg());
+        free(j.hs);
+        free(j.ps);
+        if (control[0]) rmdir(control);
+        launch_plan_free(&j.plan);
+        hostfile_free(&j.hf);
+        return 2;
+    }
     struct sigaction sa = {.sa_handler = on_signal}, old_int, old_term, old_hup;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_int);

@@ -4,11 +4,13 @@
 // remote login shell may be zsh (macOS): the scripts themselves always run under sh.
 #include "train/cmd/launch_plan.h"
 
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "train/base/err.h"
+#include "train/base/pki.h"
 
 void launch_shell_quote(FILE *f, const char *s) {
     fputc('\'', f);
@@ -269,6 +271,61 @@ char *launch_cmd_config(const launch_plan *p, int host, const char *config) {
     return cmd;
 }
 
+void launch_key_name(const launch_plan *p, int h, char *buf, size_t n) {
+    char base[PKI_NAME_MAX + 1];
+    for (int k = 0;; k++) {
+        const char *src = p->hf->hosts[k].host;
+        size_t i = 0;
+        for (; src[i] && i < PKI_NAME_MAX - 4; i++) {
+            char ch = src[i];
+            int ok = isalnum((unsigned char)ch) || (i && (ch == '.' || ch == '-' || ch == '_'));
+            base[i] = ok ? ch : i ? '-' : 'h'; // never a leading '-' (tar would take an option)
+        }
+        base[i] = 0;
+        if (!strcmp(base, "ca")) snprintf(base, sizeof base, "ca-host"); // ca.crt is the CA's
+        if (k == h) break;
+    }
+    // an earlier host of the same name: this one is told apart by its index
+    int dup = 0;
+    for (int k = 0; k < h && !dup; k++) {
+        char other[PKI_NAME_MAX + 8];
+        launch_key_name(p, k, other, sizeof other);
+        dup = !strcmp(other, base);
+    }
+    if (dup)
+        snprintf(buf, n, "%s-%d", base, h);
+    else
+        snprintf(buf, n, "%s", base);
+}
+
+int launch_needs_keys(const launch_plan *p) {
+    for (int r = 0; r < p->n; r++) {
+        const char *a = p->peers[r].addr;
+        if (strncmp(a, "127.", 4) && strcmp(a, "localhost") && strcmp(a, "::1")) return 1;
+    }
+    return 0;
+}
+
+char *launch_cmd_keys(const launch_plan *p, int host) {
+    char name[PKI_NAME_MAX + 8];
+    launch_key_name(p, host, name, sizeof name);
+    sb s, pre;
+    sb_open(&s);
+    prelude(&s, p, host);
+    fputs("umask 077 && mkdir -p \"$R\" && rm -rf \"$R/tls.part\" && mkdir \"$R/tls.part\" &&\n"
+          "tar -xf - -C \"$R/tls.part\" && chmod 600 \"$R/tls.part\"/*.key &&\n"
+          "rm -rf \"$R/tls\" && mv \"$R/tls.part\" \"$R/tls\" && echo shipped\n",
+          s.f);
+    sb_open(&pre);
+    fputs("tar -cf - -C ", pre.f);
+    launch_shell_quote(pre.f, p->o.keys);
+    fprintf(pre.f, " ca.crt %s.crt %s.key | ", name, name);
+    char *before = sb_done(&pre);
+    char *cmd = remote(p, host, &s, before, NULL);
+    free(before);
+    return cmd;
+}
+
 // addr_port writes host:port, an IPv6 address in brackets.
 static void addr_port(FILE *f, const launch_peer *q) {
     fprintf(f, strchr(q->addr, ':') ? "[%s]:%d" : "%s:%d", q->addr, q->port);
@@ -308,6 +365,14 @@ char *launch_cmd_peer(const launch_plan *p, int r) {
     // the status port is for `spartan status HOST:PORT` from the launcher's machine: every
     // interface, unless the user's --set (after this one) says otherwise
     if (p->o.status_port > 0) fputs(" --set net.status_host=0.0.0.0", a.f);
+    if (p->o.keys) { // the host's own certificate (launch_cmd_keys put it there)
+        char name[PKI_NAME_MAX + 8];
+        launch_key_name(p, q->host, name, sizeof name);
+        fprintf(a.f,
+                " --set net.tls=true --set \"net.tls_ca=$R/tls/ca.crt\" --set "
+                "\"net.tls_cert=$R/tls/%s.crt\" --set \"net.tls_key=$R/tls/%s.key\"",
+                name, name);
+    }
     for (int i = 0; i < p->o.n_sets; i++) {
         fputs(" --set ", a.f);
         launch_shell_quote(a.f, p->o.sets[i]);

@@ -9,7 +9,8 @@
 // the login's home; "~/" is expanded there):
 //   D/src/REV/        the source tree of revision REV, built in place (.built once done)
 //   D/data/ID/        the data folder's files (.complete once whole)
-//   D/runs/NAME/      config.ini, and r<rank>/ (train.out_dir), r<rank>.log and .pid (--detach)
+//   D/runs/NAME/      config.ini, r<rank>/ (train.out_dir), r<rank>.log and .pid (--detach),
+//                     and with keys tls/ (0700): ca.crt, CERT.crt and CERT.key
 // Peers run with D/src/REV as their working directory, so the relative paths of a config (the
 // tokenizer files under data/) mean what they mean in the launcher's checkout.
 #ifndef LAUNCH_PLAN_H
@@ -40,6 +41,10 @@ typedef struct launch_opts {
     // to a host then goes through one connection (ControlMaster=auto, ControlPath=DIR/%C,
     // ControlPersist), so only the first one pays for the login. See launch_ssh_can_share.
     const char *ssh_control;
+    // A local cluster folder of `spartan keys`, or NULL: host h gets the CA's certificate and
+    // its own certificate and key from it (never the CA key; launch_cmd_keys), and its peers run
+    // with net.tls on them.
+    const char *keys;
 } launch_opts;
 
 // One peer of the job. Ranks go through the hosts in hostfile order, slot by slot.
@@ -89,6 +94,19 @@ char *launch_cmd_data(const launch_plan *p, int host, const char *dir, const cha
 
 // launch_cmd_config copies the local config file into D/runs/NAME/config.ini.
 char *launch_cmd_config(const launch_plan *p, int host, const char *config);
+
+// launch_key_name writes the certificate name of host h into buf (n bytes): its hostfile host
+// name with every character other than letters, digits, '.', '-' and '_' as '-' (cut to
+// PKI_NAME_MAX), and "-<h>" appended when an earlier host has the same name.
+void launch_key_name(const launch_plan *p, int h, char *buf, size_t n);
+
+// launch_needs_keys returns 1 if a peer of p is reached at an address that is not loopback
+// (127.x.x.x, localhost, ::1), so its links need keys (net.tls), else 0.
+int launch_needs_keys(const launch_plan *p);
+
+// launch_cmd_keys ships host h's certificate and key and the CA certificate from the local folder
+// o.keys into D/runs/NAME/tls (made 0700, the key 0600), replacing what was there.
+char *launch_cmd_keys(const launch_plan *p, int host);
 
 // launch_cmd_probe runs `spartan probe` there: it listens on the host's peer ports and connects
 // to every other peer's, for at most timeout_ms.

@@ -191,6 +191,12 @@ static int make_sync(train_sync *out, const cfg *c, int *rank_io, int world, uin
         if (use_sparta && c->sparta.timeout_ms > wait) wait = c->sparta.timeout_ms;
         if (use_diloco && c->diloco.timeout_ms > wait) wait = c->diloco.timeout_ms;
         if (use_ddp && c->ddp.timeout_ms > wait) wait = c->ddp.timeout_ms;
+        char where[160];
+        if (c->net.insecure && !c->net.tls && cfg_net_exposed(c, where, sizeof where))
+            LOG_W("net",
+                  "net.insecure = true: %s is beyond loopback, and the peer links are "
+                  "neither authenticated nor encrypted",
+                  where);
         cfg *dc = c->net.discover ? xmalloc(sizeof *dc) : NULL; // c with the join found
         discover *disc = NULL;
         if (dc) rc = discover_peers(dc, c, world, run_id, &rank, &disc);
