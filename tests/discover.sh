@@ -46,7 +46,7 @@ peer() {
     ns=$1 state=$2 log=$3
     shift 3
     timeout -s KILL 120 ip netns exec "$tag$ns" env SPARTAN_STATE_DIR="$dir/$state" "$bin" train configs/tiny.ini \
-        --set net.discover=lan --set net.cluster_key_file="$dir/cluster.key" --set net.insecure=true \
+        --set net.discover=lan --set net.cluster_key_file="$dir/cluster.key" \
         --set data.dir="$dir/d" --set train.out_dir="$dir/out-$log" \
         --set model.n_layer=1 --set model.n_embd=16 --set model.n_head=2 \
         --set model.block_size=16 --set train.batch_size=4 --set train.eval_interval=0 \

@@ -150,7 +150,7 @@ Test(hello, unreachable_peers_are_named_with_the_reason_and_the_run_stops) {
     char cmd[4096], *out = NULL;
     snprintf(cmd, sizeof cmd,
              "%s train " SMALL "--set train.max_iters=3 --set sparta.timeout_ms=500 "
-             "--set data.dir=%s/d --set train.out_dir=%s/run "
+             "--set data.dir=%s/d --set train.out_dir=%s/run --set net.insecure=true "
              "--peers 127.0.0.1:%d,nosuchhost.invalid:7000,127.0.0.1:%d --rank 0",
              tu_spartan(), dir, dir, port[0], port[1]);
     int rc = tu_run(cmd, 60, &out);

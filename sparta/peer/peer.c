@@ -25,6 +25,7 @@
 #include "sparta/peer/hello.h"
 #include "sparta/peer/ident.h"
 #include "sparta/peer/le.h"
+#include "sparta/peer/mac.h"
 #include "train/base/err.h"
 #include "train/base/log.h"
 #include "train/base/sys.h"
@@ -63,6 +64,7 @@ typedef struct out_frame {
     int ch;
     peer_msg *owned; // a pool buffer holding a copy, or NULL (caller's memory)
     int has_crc;     // crc is the payload's CRC32C, from the caller (peer_post_crc)
+    int mac;         // a tag follows (the link's tx, set when the frame was queued)
     uint32_t crc;
     struct plink *link; // zero-copy: the link whose queue holds it
     int state, rc;
@@ -98,6 +100,8 @@ typedef struct plink {
     int nonce_in;     // signed handshakes: the other side's nonce came (and our hello went out)
     unsigned char my_nonce[IDENT_NONCE], their_nonce[IDENT_NONCE];
     char name[IDENT_NAME_MAX]; // signed handshakes: its certificate's CN, once proven
+    mac_ctx *tx, *rx; // cluster key: the tags of our frames after our hello (the writer's), and of
+                      // theirs after theirs (the reader's)
     out_frame *qh[PEER_NCH], *qt[PEER_NCH];
     int qn[PEER_NCH];
     pthread_cond_t wcv; // the writer waits for frames
@@ -148,8 +152,10 @@ struct peer_group {
     emu_item *eh;
     // dialers, kept per address (the maintainer's only)
     nng_stream_dialer *dialer[PEER_MAX_MEMBERS], *join_dialer;
-    peer_tls tls;   // TLS settings (NULL configurations: plain TCP)
-    ident *ident;   // with TLS: our key, and the CA that other members' proofs must chain to
+    peer_tls tls; // TLS settings (NULL configurations: plain TCP)
+    ident *ident; // with TLS: our key, and the CA that other members' proofs must chain to
+    unsigned char *mac_key; // without TLS, the cluster key (mac.h), or NULL
+    size_t mac_len;
     int join_moved; // (under mu) join_url changed: join_dialer is for the old one
     char dialer_url[PEER_MAX_MEMBERS][PEER_ADDR_MAX + 8];
     // request/reply on PEER_CH_STATE
@@ -333,6 +339,7 @@ static void set_member(peer_group *g, int r, uint64_t id, const char *addr) {
 static int enqueue(plink *l, out_frame *f, int cap) {
     if (cap >= 0 && l->qn[f->ch] >= cap) return ERR_PEER;
     f->next = NULL;
+    f->mac = l->tx != NULL;
     if (l->qt[f->ch])
         l->qt[f->ch]->next = f;
     else
@@ -397,8 +404,15 @@ static void *writer_main(void *arg) {
             frame_encode_crc(f->hdr, (uint8_t)ch, seq++, f->crc, f->len);
         else
             frame_encode(f->hdr, (uint8_t)ch, seq++, f->data, f->len);
-        nng_iov iov[2] = {{f->hdr, FRAME_HEADER}, {(void *)f->data, f->len}};
-        int rv = stream_io(l->s, aio, iov, f->len ? 2 : 1, 1, WRITE_TIMEOUT_MS);
+        nng_iov iov[3] = {{f->hdr, FRAME_HEADER}, {(void *)f->data, f->len}, {NULL, 0}};
+        int niov = 1;
+        if (f->len) iov[niov++] = (nng_iov){(void *)f->data, f->len};
+        unsigned char mac[MAC_TAG];
+        if (f->mac) { // the tag covers the header (channel, length, sequence) and the payload
+            mac_frame(l->tx, f->hdr, FRAME_HEADER - 4, f->data, f->len, mac);
+            iov[niov++] = (nng_iov){mac, MAC_TAG};
+        }
+        int rv = stream_io(l->s, aio, iov, niov, 1, WRITE_TIMEOUT_MS);
         pthread_mutex_lock(&g->mu);
         l->writing = -1;
         if (!rv) {
@@ -461,6 +475,11 @@ static size_t hello_encode(peer_group *g, plink *l, unsigned char *p, size_t cap
     snprintf(h.build, sizeof h.build, "%s", g->build);
     snprintf(h.addr, sizeof h.addr, "%s", g->self_addr);
     size_t n = hs_hello_encode(&h, p, cap);
+    if (n && g->mac_key) {
+        if (cap - n < MAC_TAG) return 0;
+        mac_hello_proof(g->mac_key, g->mac_len, l->their_nonce, IDENT_NONCE, p, n, p + n);
+        return n + MAC_TAG;
+    }
     if (!n || !g->ident) return n;
     size_t pn = ident_prove(g->ident, p, n, l->their_nonce, p + n, cap - n);
     return pn ? n + pn : 0;
@@ -889,6 +908,13 @@ static void send_hello(peer_group *g, plink *l) {
     ASSERT(n > 0);
     send_copy(g, l, PEER_CH_SYS, hb, n);
     free(hb);
+    if (g->mac_key) { // every frame after the hello carries a tag
+        unsigned char k[MAC_TAG];
+        mac_link_key(g->mac_key, g->mac_len, l->my_nonce, l->their_nonce, IDENT_NONCE, g->o.run_id,
+                     g->id, k);
+        if (mac_new(&l->tx, k, sizeof k)) ASSERT(!"no HMAC");
+        memset(k, 0, sizeof k);
+    }
 }
 
 // handshake_step takes one SYS message p(len) of l's handshake: the other side's nonce (signed
@@ -898,7 +924,8 @@ static int handshake_step(peer_group *g, plink *l, const unsigned char *p, size_
                           int *done) {
     int type = len ? p[0] : 0;
     char why[400], name[IDENT_NAME_MAX] = "";
-    if (g->ident && !l->nonce_in) {
+    int sign = g->ident || g->mac_key;
+    if (sign && !l->nonce_in) {
         if (type == SYS_NONCE && len == 1 + IDENT_NONCE) {
             memcpy(l->their_nonce, p + 1, IDENT_NONCE);
             l->nonce_in = 1;
@@ -907,20 +934,39 @@ static int handshake_step(peer_group *g, plink *l, const unsigned char *p, size_
         }
         g->st.unproven++;
         refuse(g, l, -1, PEER_DIAG_REFUSED,
-               type == SYS_HELLO ? "an unsigned hello: the members of this group sign their "
+               type != SYS_HELLO ? "no handshake nonce first"
+               : g->ident        ? "an unsigned hello: the members of this group sign their "
                                    "handshakes (net.tls = on)"
-                                 : "no handshake nonce first");
+                                 : "a hello without the cluster key's proof (net.cluster_key_file "
+                                   "is set here)");
         return 1;
     }
-    if (!g->ident && type == SYS_NONCE) {
-        refuse(g, l, -1, PEER_DIAG_REFUSED, "a signed handshake, but net.tls is off here");
+    if (!sign && type == SYS_NONCE) {
+        refuse(g, l, -1, PEER_DIAG_REFUSED,
+               "a signed handshake, but this peer has neither net.tls nor a cluster key");
         return 1;
     }
     hs_hello he;
     size_t used = 0;
-    if (hs_hello_parse(p, len, &he, shared, HELLO_MAX, &used) || (!g->ident && used != len)) {
+    if (hs_hello_parse(p, len, &he, shared, HELLO_MAX, &used) || (!sign && used != len)) {
         g->st.strangers++;
         return 1;
+    }
+    if (g->mac_key) {
+        unsigned char want[MAC_TAG];
+        mac_hello_proof(g->mac_key, g->mac_len, l->my_nonce, IDENT_NONCE, p, used, want);
+        if (len - used != MAC_TAG || !mac_equal(want, p + used)) {
+            g->st.unproven++;
+            l->member = he.member;
+            refuse(g, l, -1, PEER_DIAG_REFUSED,
+                   "its hello fails the cluster key check (another net.cluster_key_file?)");
+            return 1;
+        }
+        unsigned char k[MAC_TAG];
+        mac_link_key(g->mac_key, g->mac_len, l->their_nonce, l->my_nonce, IDENT_NONCE, g->o.run_id,
+                     he.member, k);
+        if (mac_new(&l->rx, k, sizeof k)) ASSERT(!"no HMAC");
+        memset(k, 0, sizeof k);
     }
     if (g->ident && ident_check(g->ident, he.member, p, used, p + used, len - used, l->my_nonce,
                                 name, sizeof name, why, sizeof why)) {
@@ -961,7 +1007,11 @@ static void *reader_main(void *arg) {
         }
         frame_header h;
         int drc = frame_decode(hdr, &h);
-        int bad = drc ? 1 : h.seq != seq ? 2 : 0;
+        // with tags, the tag decides (below): a frame whose tag verifies is taken if its sequence
+        // number is past the last one taken (frames dropped in between leave a gap), and is a
+        // replay if not; without, frames come exactly in sequence
+        int tagged = l->rx != NULL;
+        int bad = drc ? 1 : !tagged && h.seq != seq ? 2 : 0;
         if (!bad && handshake && (h.channel != PEER_CH_SYS || h.len > HELLO_MAX)) bad = 3;
         if (bad) {
             pthread_mutex_lock(&g->mu);
@@ -986,18 +1036,37 @@ static void *reader_main(void *arg) {
             pthread_mutex_unlock(&g->mu);
             break;
         }
-        seq++;
+        if (!tagged) seq++;
         pthread_mutex_lock(&g->mu);
         peer_msg *m = msg_get(g, h.len);
         pthread_mutex_unlock(&g->mu);
         iov = (nng_iov){m->data, h.len};
         rv = h.len ? stream_io(l->s, aio, &iov, 1, 0, handshake ? g->o.handshake_ms : -1) : 0;
+        unsigned char mac[MAC_TAG], want[MAC_TAG];
+        nng_iov tiov = {mac, MAC_TAG};
+        if (!rv && tagged) rv = stream_io(l->s, aio, &tiov, 1, 0, -1);
         pthread_mutex_lock(&g->mu);
         if (rv) {
             if (handshake) g->st.strangers++;
             msg_put(g, m);
             pthread_mutex_unlock(&g->mu);
             break;
+        }
+        if (tagged) {
+            mac_frame(l->rx, hdr, FRAME_HEADER - 4, m->data, h.len, want);
+            int forged = !mac_equal(mac, want), replay = !forged && h.seq < seq;
+            if (!forged && !replay) seq = h.seq + 1;
+            if (forged || replay) {
+                if (forged)
+                    g->st.bad_mac++;
+                else
+                    g->st.replayed++;
+                LOG_D(tag(g), "dropped a %s frame from %s: %s", ch_name[h.channel], l->remote,
+                      forged ? "its tag does not verify" : "a replay of an earlier frame");
+                msg_put(g, m);
+                pthread_mutex_unlock(&g->mu);
+                continue;
+            }
         }
         if (!frame_payload_ok(&h, m->data)) {
             g->st.bad_crc++;
@@ -1150,7 +1219,7 @@ static void link_start(peer_group *g, nng_stream *s, int dial_rank, int joining)
     l->in_pending = 1;
     l->next = g->links;
     g->links = l;
-    if (g->ident) { // signed: nonces first, each side's hello answers the other's
+    if (g->ident || g->mac_key) { // signed: nonces first, each hello answers the other's
         unsigned char nb[1 + IDENT_NONCE] = {SYS_NONCE};
         if (ident_nonce(l->my_nonce)) ASSERT(!"no randomness");
         memcpy(nb + 1, l->my_nonce, IDENT_NONCE);
@@ -1167,6 +1236,8 @@ static void link_start(peer_group *g, nng_stream *s, int dial_rank, int joining)
 }
 
 static void link_free(plink *l) {
+    mac_free(l->tx);
+    mac_free(l->rx);
     pthread_cond_destroy(&l->wcv);
     nng_aio_free(l->raio);
     nng_aio_free(l->waio);
@@ -1376,10 +1447,19 @@ int peer_group_create(peer_group **out, const peer_opts *o) {
             return rc;
         }
     }
+    if (!id && o->cluster_key && o->cluster_key_len < 16)
+        return err_set(ERR_INVAL, "peer: a cluster key of %zu bytes: 16 or more are needed",
+                       o->cluster_key_len);
     peer_group *g = xcalloc(1, sizeof *g);
     g->tls = tls;
     g->ident = id;
+    if (!id && o->cluster_key) { // TLS authenticates by itself
+        g->mac_len = o->cluster_key_len;
+        g->mac_key = xmalloc(g->mac_len);
+        memcpy(g->mac_key, o->cluster_key, g->mac_len);
+    }
     g->o = *o;
+    g->o.cluster_key = NULL; // the caller's: g->mac_key is the copy
     g->o.handshake_ms = o->handshake_ms > 0 ? o->handshake_ms : 2000;
     g->o.join_ms = o->join_ms > 0 ? o->join_ms : 10000;
     g->tag = xstrdup(o->tag ? o->tag : "peer");
@@ -1502,6 +1582,8 @@ void peer_group_destroy(peer_group *g) {
     if (g->join_dialer) nng_stream_dialer_free(g->join_dialer);
     peer_tls_free(&g->tls);
     ident_free(g->ident);
+    if (g->mac_key) memset(g->mac_key, 0, g->mac_len);
+    free(g->mac_key);
     for (emu_item *it = g->eh, *nx; it; it = nx) {
         nx = it->next;
         free(it->m->data);

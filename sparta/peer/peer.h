@@ -71,6 +71,13 @@ typedef struct peer_opts {
     // private key (spartan keys). Then host:port addresses are tls+tcp:// and both sides of every
     // connection require a certificate from that CA; a peer without one never gets a hello in.
     const char *tls_ca, *tls_cert, *tls_key;
+    // Without TLS, a cluster key (16 bytes or more, copied) makes every link authenticated but
+    // not encrypted (mac.h): the hello proves the key, and every frame after it carries an
+    // HMAC-SHA256 tag; a frame whose tag fails is dropped (peer_stats.bad_mac), one replayed from
+    // earlier on the link is dropped (replayed), and a hello under another key is refused.
+    // Ignored with TLS (which authenticates and encrypts everything itself).
+    const unsigned char *cluster_key;
+    size_t cluster_key_len;
 } peer_opts;
 
 // A member as the view knows it.
@@ -110,7 +117,10 @@ typedef struct peer_stats {
     uint64_t refused;                // handshakes refused: another run, settings or protocol
     uint64_t strangers;              // connections closed without a valid hello in time
     uint64_t unproven; // signed handshakes refused: no or a bad proof (a forged member id, a
-                       // certificate of another CA or expired, a replayed or altered hello)
+                       // certificate of another CA or expired, a replayed or altered hello, a
+                       // hello under another cluster key)
+    uint64_t bad_mac;  // cluster key: frames dropped because their tag did not verify
+    uint64_t replayed; // cluster key: frames dropped because the link had carried them before
 } peer_stats;
 
 // peer_group_create starts this process's membership: it listens on o->listen, then joins (see

@@ -150,7 +150,8 @@ static const cfg_key keys[] = {
       "empty = 255.255.255.255 and every interface's broadcast address)"),
     K("net", "cluster_key_file", CFG_STR0, net.cluster_key_file, "", 0, 0,
       "file holding the cluster's secret key (16-1024 bytes, mode 0600): it authenticates "
-      "net.discover announcements"),
+      "net.discover announcements and, without net.tls, every peer frame (HMAC-SHA256; not "
+      "encrypted: a LAN-only choice)"),
     K("net", "discover_timeout_ms", CFG_INT, net.discover_timeout_ms, "30000", 1, 1e9,
       "longest wait of net.discover for the net.world peers"),
     K("net", "tls", CFG_BOOL, net.tls, "false", 0, 1,
@@ -460,13 +461,15 @@ int cfg_validate(const cfg *c) {
                            tls_keys[i]);
     }
     char where[160];
-    if (!c->net.tls && !c->net.insecure && cfg_net_exposed(c, where, sizeof where))
+    if (!c->net.tls && !c->net.cluster_key_file[0] && !c->net.insecure &&
+        cfg_net_exposed(c, where, sizeof where))
         return err_set(ERR_INVAL,
                        "%s is beyond loopback and the peers have no keys: anyone on that network "
                        "could join the run, read it and inject values. Make keys (spartan keys "
                        "init DIR, then spartan keys add DIR NAME for each peer) and set net.tls = "
                        "true with net.tls_ca, net.tls_cert and net.tls_key (spartan launch does "
-                       "it for you), or set net.insecure = true on a network you trust",
+                       "it for you); on a LAN, net.cluster_key_file authenticates without "
+                       "encrypting; or set net.insecure = true on a network you trust",
                        where);
     if (c->net.max_peers && !c->net.join[0])
         return err_set(ERR_INVAL, "net.max_peers needs net.join (net.peers fixes the group)");

@@ -33,6 +33,47 @@ typedef struct {
     const char *help;
 } command;
 
+// open_group_with opens the group of open_group (below) with the options o made there.
+static int open_group_with(peer_group **g, const cfg *c, peer_opts *o, int rank, int world) {
+    if (c->net.join[0]) {
+        char listen[160];
+        if (c->net.listen[0]) {
+            snprintf(listen, sizeof listen, "%s", c->net.listen);
+        } else if (rank == 0) { // rank 0 (asked for, or given by a launcher) founds the group
+            snprintf(listen, sizeof listen, "%s", c->net.join);
+        } else { // the join address's host, any port; the one that owns the address founds
+            const char *colon = strrchr(c->net.join, ':');
+            snprintf(listen, sizeof listen, "%.*s:0",
+                     colon ? (int)(colon - c->net.join) : (int)strlen(c->net.join), c->net.join);
+        }
+        o->listen = listen;
+        o->join = c->net.join;
+        o->want_rank = rank;
+        o->max_members = cfg_group_size(c);
+        o->join_ms = c->sparta.timeout_ms > 10000 ? c->sparta.timeout_ms : 10000;
+        return peer_group_create(g, o);
+    }
+    char(*addr)[PEER_ADDR_MAX] = xcalloc((size_t)world, sizeof *addr);
+    const char **peers = xcalloc((size_t)world, sizeof(char *));
+    int n = cfg_peer_count(c->net.peers), rc = ERR_OK;
+    for (int i = 0; i < world && i < n; i++) {
+        cfg_peer_entry(c->net.peers, i, addr[i], sizeof addr[i]);
+        peers[i] = addr[i];
+    }
+    if (n != world) {
+        rc = err_set(ERR_INVAL, "net.peers: expected %d addresses, found %d", world, n);
+    } else {
+        o->listen = c->net.listen[0] ? c->net.listen : peers[rank];
+        o->peers = peers;
+        o->world = world;
+        o->rank = rank;
+        rc = peer_group_create(g, o);
+    }
+    free(peers);
+    free(addr);
+    return rc;
+}
+
 // The peer group of a run with peers: its listening address is net.listen, or this peer's entry
 // of net.peers; with net.join, a rendezvous of net.world peers at that address (without
 // net.listen, rank 0 listens on it and founds the group, and the others listen on its host with
@@ -50,42 +91,15 @@ static int open_group(peer_group **g, const cfg *c, int rank, int world, uint64_
                    .tls_ca = c->net.tls ? c->net.tls_ca : NULL,
                    .tls_cert = c->net.tls ? c->net.tls_cert : NULL,
                    .tls_key = c->net.tls ? c->net.tls_key : NULL};
-    if (c->net.join[0]) {
-        char listen[160];
-        if (c->net.listen[0]) {
-            snprintf(listen, sizeof listen, "%s", c->net.listen);
-        } else if (rank == 0) { // rank 0 (asked for, or given by a launcher) founds the group
-            snprintf(listen, sizeof listen, "%s", c->net.join);
-        } else { // the join address's host, any port; the one that owns the address founds
-            const char *colon = strrchr(c->net.join, ':');
-            snprintf(listen, sizeof listen, "%.*s:0",
-                     colon ? (int)(colon - c->net.join) : (int)strlen(c->net.join), c->net.join);
-        }
-        o.listen = listen;
-        o.join = c->net.join;
-        o.want_rank = rank;
-        o.max_members = cfg_group_size(c);
-        o.join_ms = c->sparta.timeout_ms > 10000 ? c->sparta.timeout_ms : 10000;
-        return peer_group_create(g, &o);
+    // without TLS, the cluster key authenticates every frame (peer.h)
+    uint8_t key[DISCOVER_KEY_MAX];
+    if (!c->net.tls && c->net.cluster_key_file[0]) {
+        int rc = discover_load_key(c->net.cluster_key_file, key, &o.cluster_key_len);
+        if (rc) return err_set(rc, "net.cluster_key_file: %s", err_msg());
+        o.cluster_key = key;
     }
-    char(*addr)[PEER_ADDR_MAX] = xcalloc((size_t)world, sizeof *addr);
-    const char **peers = xcalloc((size_t)world, sizeof(char *));
-    int n = cfg_peer_count(c->net.peers), rc = ERR_OK;
-    for (int i = 0; i < world && i < n; i++) {
-        cfg_peer_entry(c->net.peers, i, addr[i], sizeof addr[i]);
-        peers[i] = addr[i];
-    }
-    if (n != world) {
-        rc = err_set(ERR_INVAL, "net.peers: expected %d addresses, found %d", world, n);
-    } else {
-        o.listen = c->net.listen[0] ? c->net.listen : peers[rank];
-        o.peers = peers;
-        o.world = world;
-        o.rank = rank;
-        rc = peer_group_create(g, &o);
-    }
-    free(peers);
-    free(addr);
+    int rc = open_group_with(g, c, &o, rank, world);
+    memset(key, 0, sizeof key);
     return rc;
 }
 
@@ -192,7 +206,13 @@ static int make_sync(train_sync *out, const cfg *c, int *rank_io, int world, uin
         if (use_diloco && c->diloco.timeout_ms > wait) wait = c->diloco.timeout_ms;
         if (use_ddp && c->ddp.timeout_ms > wait) wait = c->ddp.timeout_ms;
         char where[160];
-        if (c->net.insecure && !c->net.tls && cfg_net_exposed(c, where, sizeof where))
+        int exposed = !c->net.tls && cfg_net_exposed(c, where, sizeof where);
+        if (exposed && c->net.cluster_key_file[0])
+            LOG_W("net",
+                  "%s is beyond loopback and the peer links are authenticated by the "
+                  "cluster key but not encrypted (net.tls encrypts)",
+                  where);
+        else if (exposed && c->net.insecure)
             LOG_W("net",
                   "net.insecure = true: %s is beyond loopback, and the peer links are "
                   "neither authenticated nor encrypted",
