@@ -228,36 +228,57 @@ int pki_issue(const char *dir, const char *name, int days) {
     return rc;
 }
 
-int pki_check_peer(const char *ca, const char *cert, const char *key) {
+// check_pair is pki_check_pair that also hands back the certificate (*out, the caller frees it)
+// on success.
+static int check_pair(const char *cert, const char *key, const char *cert_what,
+                      const char *key_what, X509 **out) {
     int rc = pki_check_key(key);
-    if (rc) return err_set(rc, "net.tls_key: %s", err_msg());
-    X509 *c = NULL, *x = NULL;
+    if (rc) return err_set(rc, "%s: %s", key_what, err_msg());
+    X509 *x = NULL;
     EVP_PKEY *k = NULL;
-    rc = read_pem(ca, "net.tls_ca", &c, NULL);
-    if (!rc) rc = read_pem(cert, "net.tls_cert", &x, NULL);
-    if (!rc) rc = read_pem(key, "net.tls_key", NULL, &k);
+    rc = read_pem(cert, cert_what, &x, NULL);
+    if (!rc) rc = read_pem(key, key_what, NULL, &k);
     if (!rc && X509_check_private_key(x, k) != 1)
-        rc = err_set(ERR_FORMAT, "net.tls_key %s is not the key of net.tls_cert %s", key, cert);
+        rc = err_set(ERR_FORMAT, "%s %s is not the key of %s %s", key_what, key, cert_what, cert);
     if (!rc) {
-        EVP_PKEY *pub = X509_get0_pubkey(c);
         const ASN1_TIME *na = X509_get0_notAfter(x);
         char when[32];
         time_text(na, when, sizeof when);
+        if (X509_cmp_current_time(na) <= 0)
+            rc = err_set(ERR_FORMAT, "%s %s expired on %s (spartan keys add makes a new one)",
+                         cert_what, cert, when);
+        else if (X509_cmp_current_time(X509_get0_notBefore(x)) > 0)
+            rc = err_set(ERR_FORMAT, "%s %s is not valid yet (is this clock right?)", cert_what,
+                         cert);
+    }
+    ERR_clear_error();
+    EVP_PKEY_free(k);
+    if (rc)
+        X509_free(x);
+    else
+        *out = x;
+    return rc;
+}
+
+int pki_check_pair(const char *cert, const char *key, const char *cert_what, const char *key_what) {
+    X509 *x = NULL;
+    int rc = check_pair(cert, key, cert_what, key_what, &x);
+    X509_free(x);
+    return rc;
+}
+
+int pki_check_peer(const char *ca, const char *cert, const char *key) {
+    X509 *c = NULL, *x = NULL;
+    int rc = check_pair(cert, key, "net.tls_cert", "net.tls_key", &x);
+    if (!rc) rc = read_pem(ca, "net.tls_ca", &c, NULL);
+    if (!rc) {
+        EVP_PKEY *pub = X509_get0_pubkey(c);
         if (!pub || X509_verify(x, pub) != 1)
             rc = err_set(ERR_FORMAT, "net.tls_cert %s is not signed by net.tls_ca %s", cert, ca);
-        else if (X509_cmp_current_time(na) <= 0)
-            rc = err_set(ERR_FORMAT,
-                         "net.tls_cert %s expired on %s (spartan keys add makes a "
-                         "new one)",
-                         cert, when);
-        else if (X509_cmp_current_time(X509_get0_notBefore(x)) > 0)
-            rc = err_set(ERR_FORMAT, "net.tls_cert %s is not valid yet (is this clock right?)",
-                         cert);
     }
     ERR_clear_error();
     X509_free(c);
     X509_free(x);
-    EVP_PKEY_free(k);
     return rc;
 }
 
