@@ -45,10 +45,7 @@ static void setup(void) {
 }
 
 static void teardown(void) {
-    if (g_child > 0) {
-        kill(g_child, SIGKILL);
-        waitpid(g_child, NULL, 0);
-    }
+    tu_kill(g_child);
     tu_rm_rf(g_dir);
     free(g_dir);
     curl_global_cleanup();

@@ -49,10 +49,7 @@ static void setup(void) {
 }
 
 static void teardown(void) {
-    if (g_child > 0) {
-        kill(g_child, SIGKILL);
-        waitpid(g_child, NULL, 0);
-    }
+    tu_kill(g_child);
     tu_rm_rf(g_dir);
     free(g_dir);
 }
@@ -277,6 +274,15 @@ Test(serve_tls, bad_tls_files_are_named_before_the_server_starts, .init = setup,
     snprintf(other_key, sizeof other_key, "%s/other.key", g_pki);
     refused(g_cert, other_key, ERR_FORMAT, "other.key is not the key of --tls-cert",
             "localhost.crt");
+    // a key under a passphrase: refused, never a prompt on the terminal
+    snprintf(cmd, sizeof cmd,
+             "openssl pkey -in %s -aes256 -passout pass:x -out %s/enc.key && chmod 600 %s/enc.key",
+             g_key, g_dir, g_dir);
+    cr_assert_eq(tu_run(cmd, 30, &out), 0, "%s", out);
+    free(out);
+    snprintf(none, sizeof none, "%s/enc.key", g_dir);
+    refused(g_cert, none, ERR_FORMAT, "enc.key: the private key is encrypted with a passphrase",
+            NULL);
     // a key others can read
     cr_assert_eq(chmod(g_key, 0644), 0);
     refused(g_cert, g_key, ERR_INVAL, "localhost.key: the private key can be read by others",

@@ -338,6 +338,12 @@ int tu_serve_start(const char *args, const char *out_path, const char *err_path,
     return -1;
 }
 
+void tu_kill(int pid) {
+    if (pid <= 0) return;
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
 int tu_wait_exit(int pid, int timeout_s) {
     int st;
     for (int i = 0; i < timeout_s * 20; i++) {

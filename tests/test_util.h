@@ -106,6 +106,10 @@ int tu_wait_file_has(const char *path, const char *want, int timeout_ms, char **
 // reaped, if it had not exited) with the reason on stderr.
 int tu_serve_start(const char *args, const char *out_path, const char *err_path, int *port);
 
+// tu_kill kills pid with SIGKILL and reaps it; nothing for pid <= 0 (a test's teardown, for a
+// process a failed assertion left running).
+void tu_kill(int pid);
+
 // tu_wait_exit waits at most timeout_s for pid and returns its exit status, 128 if it died of a
 // signal, or -1 after killing it at the timeout.
 int tu_wait_exit(int pid, int timeout_s);

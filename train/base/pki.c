@@ -153,14 +153,33 @@ static void time_text(const ASN1_TIME *t, char *out, size_t n) {
         snprintf(out, n, "?");
 }
 
+// no_passphrase is the passphrase callback of key reads: it gives none (libcrypto's default
+// would prompt on the terminal, and nothing after it could use the passphrase) and notes that it
+// was asked in *(int *)u.
+static int no_passphrase(char *buf, int size, int rwflag, void *u) {
+    (void)buf;
+    (void)size;
+    (void)rwflag;
+    *(int *)u = 1;
+    return -1;
+}
+
 // read_pem reads one PEM certificate (key: a private key) from path; what names it.
 static int read_pem(const char *path, const char *what, X509 **cert, EVP_PKEY **key) {
     char why[256];
     FILE *f = fopen(path, "r");
     if (!f) return err_set(ERR_IO, "%s %s: %s", what, path, strerror(errno));
+    int asked = 0;
     if (cert) *cert = PEM_read_X509(f, NULL, NULL, NULL);
-    if (key) *key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    if (key) *key = PEM_read_PrivateKey(f, NULL, no_passphrase, &asked);
     fclose(f);
+    if (key && !*key && asked) {
+        ERR_clear_error();
+        return err_set(ERR_FORMAT,
+                       "%s %s: the private key is encrypted with a passphrase; give it "
+                       "unencrypted (openssl pkey -in %s -out NEW.key), readable by its owner only",
+                       what, path, path);
+    }
     if ((cert && !*cert) || (key && !*key))
         return err_set(ERR_FORMAT, "%s %s: not a PEM %s (%s)", what, path,
                        cert ? "certificate" : "private key", ssl_why(why, sizeof why));
