@@ -71,6 +71,7 @@ static int curl(const char *args, long *status, char **body) {
     char cmd[4096], *out = NULL;
     snprintf(cmd, sizeof cmd, "curl -sS --max-time 20 -w '\\n%%{http_code}' %s", args);
     int rc = tu_run(cmd, 30, &out);
+    if (!out) out = strdup("(curl did not run)");
     char *nl = strrchr(out, '\n');
     *status = 0;
     if (rc == 0 && nl) {
