@@ -1,14 +1,17 @@
 // srv.c: the server object: libmicrohttpd daemon (one internal polling thread, suspend/resume;
-// started by http_mhd_start), routing, API-key check, body limits, static replies, and the
-// reload thread that polls a checkpoint folder and swaps in its newest checkpoint. Generation
-// requests are parsed on the daemon thread, bound to the current model (one reference each, so a
-// reload never frees weights in use) and queued for the scheduler (srv_sched.c). A stream's bytes
-// reach the socket through a content-reader callback that suspends the connection when it has
-// nothing to send; the scheduler resumes it, and pauses a stream whose unsent bytes reach
-// stream_buffer. Threads: caller (create/destroy), daemon, scheduler, reloader.
+// started by http_mhd_start, over TLS when given a certificate), routing, API-key check, body
+// limits, static replies, and the reload thread that polls a checkpoint folder and swaps in its
+// newest checkpoint. Generation requests are parsed on the daemon thread, bound to the current
+// model (one reference each, so a reload never frees weights in use) and queued for the
+// scheduler (srv_sched.c). A stream's bytes reach the socket through a content-reader callback
+// that suspends the connection when it has nothing to send; the scheduler resumes it, and pauses
+// a stream whose unsent bytes reach stream_buffer. Threads: caller (create/destroy), daemon,
+// scheduler, reloader.
 #include "infer/srv.h"
 
 #include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +26,7 @@
 #include "train/base/ckdir.h"
 #include "train/base/err.h"
 #include "train/base/log.h"
+#include "train/base/pki.h"
 #include "train/base/rng.h"
 #include "train/base/sys.h"
 
@@ -190,8 +194,19 @@ static int is_post(int ep) {
            ep == SRV_EP_OCHAT;
 }
 
-// authorized checks "Authorization: Bearer KEY" (compared in constant time). The chat page may
-// give the key as "/?key=KEY" instead: a browser cannot send a header when it opens a page.
+// key_digest writes the SHA-256 of key into d. Keys are compared as digests: both are 32 bytes
+// whatever the key's length, so CRYPTO_memcmp compares every byte of equal lengths, and the time
+// a check takes depends only on the length of what the client sent, never on the key's length
+// or on how much of it matched.
+static void key_digest(const char *key, unsigned char d[32]) {
+    unsigned n = 32;
+    if (EVP_Digest(key, strlen(key), d, &n, EVP_sha256(), NULL) != 1)
+        err_oom("SHA-256 of the API key", 0); // libcrypto fails here only without memory
+}
+
+// authorized checks "Authorization: Bearer KEY" (compared in constant time, key_digest). The
+// chat page may give the key as "/?key=KEY" instead: a browser cannot send a header when it
+// opens a page.
 static int authorized(const srv_server *s, struct MHD_Connection *c, int ep) {
     const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     if (h && strncasecmp(h, "Bearer ", 7) == 0) {
@@ -202,12 +217,9 @@ static int authorized(const srv_server *s, struct MHD_Connection *c, int ep) {
     } else {
         return 0;
     }
-    size_t n = strlen(s->api_key);
-    if (strlen(h) != n) return 0;
-    unsigned diff = 0;
-    for (size_t i = 0; i < n; i++)
-        diff |= (unsigned)(h[i] ^ s->api_key[i]);
-    return diff == 0;
+    unsigned char d[32];
+    key_digest(h, d);
+    return CRYPTO_memcmp(d, s->key_sha256, sizeof d) == 0;
 }
 
 // stream_reader hands a stream's formatted bytes to libmicrohttpd (which calls it only when the
@@ -332,7 +344,7 @@ static enum MHD_Result dispatch(srv_server *s, struct MHD_Connection *c, conn_ct
     if (is_post(ep) ? !post : !get)
         return reply_error(s, c, ep, 405, "invalid_request_error", "method %s not allowed here",
                            method);
-    if (s->api_key && ep != SRV_EP_HEALTH && !authorized(s, c, ep))
+    if (s->has_key && ep != SRV_EP_HEALTH && !authorized(s, c, ep))
         return reply_error(s, c, ep, 401, "authentication_error",
                            ep == SRV_EP_ROOT
                                ? "missing or wrong API key (open /?key=KEY)"
@@ -514,17 +526,41 @@ static char *default_name(const char *path) {
     return name;
 }
 
+// load_tls checks the certificate and key files and keeps their PEM text for libmicrohttpd,
+// which parses it again with GnuTLS when the daemon starts. No files: plain HTTP.
+static int load_tls(srv_server *s, const char *cert, const char *key) {
+    enum { PEM_MAX = 1 << 20 }; // a certificate chain or key larger than this is not ours
+    if (!cert && !key) return ERR_OK;
+    if (!cert || !key)
+        return err_set(ERR_INVAL, "%s needs %s too (HTTPS takes a certificate and its key)",
+                       cert ? "--tls-cert" : "--tls-key", cert ? "--tls-key" : "--tls-cert");
+    if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
+        return err_set(ERR_INVAL,
+                       "--tls-cert: this libmicrohttpd (%s) was built without TLS support; "
+                       "install one built with GnuTLS (Debian: libmicrohttpd12)",
+                       MHD_get_version());
+    int rc = pki_check_pair(cert, key, "--tls-cert", "--tls-key");
+    size_t n = 0;
+    if (!rc) rc = sys_read_file(cert, PEM_MAX, "--tls-cert", &s->tls_cert, &n);
+    if (!rc) rc = sys_read_file(key, PEM_MAX, "--tls-key", &s->tls_key, &n);
+    return rc;
+}
+
 static int start_daemon(srv_server *s, int port) {
     struct MHD_OptionItem opts[] = {
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, s},
         {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, s},
         {MHD_OPTION_CONNECTION_LIMIT, 1000, NULL},
         {MHD_OPTION_CONNECTION_TIMEOUT, 600, NULL},
+        // the TLS options come last: for plain HTTP the list ends before them
+        {s->tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, s->tls_cert},
+        {MHD_OPTION_HTTPS_MEM_KEY, 0, s->tls_key},
+        {MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)"NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"},
         {MHD_OPTION_END, 0, NULL},
     };
-    return http_mhd_start(&s->mhd, &s->port, s->host, port,
-                          MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME,
-                          on_request, s, opts, "srv");
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME;
+    if (s->tls_cert) flags |= MHD_USE_TLS;
+    return http_mhd_start(&s->mhd, &s->port, s->host, port, flags, on_request, s, opts, "srv");
 }
 
 int srv_create(srv_server **out, const char *path, const srv_config *c) {
@@ -543,7 +579,8 @@ int srv_create(srv_server **out, const char *path, const srv_config *c) {
     s->path = xstrdup(path);
     s->is_dir = S_ISDIR(st.st_mode);
     s->host = xstrdup(c->host && *c->host ? c->host : "127.0.0.1");
-    s->api_key = c->api_key && *c->api_key ? xstrdup(c->api_key) : NULL;
+    s->has_key = c->api_key && *c->api_key;
+    if (s->has_key) key_digest(c->api_key, s->key_sha256);
     s->name = c->model_name && *c->model_name ? xstrdup(c->model_name) : default_name(path);
     s->threads = c->threads;
     s->max_batch = c->max_batch ? c->max_batch : 8;
@@ -555,7 +592,9 @@ int srv_create(srv_server **out, const char *path, const srv_config *c) {
     sys_cond_init(&s->conns);
     srv_metrics_init(&s->metrics);
     char *file = NULL;
-    int rc = ckdir_resolve(path, &file);
+    int rc = load_tls(s, c->tls_cert && *c->tls_cert ? c->tls_cert : NULL,
+                      c->tls_key && *c->tls_key ? c->tls_key : NULL);
+    if (!rc) rc = ckdir_resolve(path, &file);
     if (!rc) rc = load_model(s, file, &s->cur);
     free(file);
     if (!rc) {
@@ -575,10 +614,10 @@ int srv_create(srv_server **out, const char *path, const srv_config *c) {
         srv_destroy(s);
         return rc;
     }
-    LOG_I("srv", "serving model=%s step=%lld on http://%s%s%s:%d/ max_batch=%d%s", s->name,
-          (long long)srv_step(s), strchr(s->host, ':') ? "[" : "", s->host,
+    LOG_I("srv", "serving model=%s step=%lld on http%s://%s%s%s:%d/ max_batch=%d%s", s->name,
+          (long long)srv_step(s), s->tls_cert ? "s" : "", strchr(s->host, ':') ? "[" : "", s->host,
           strchr(s->host, ':') ? "]" : "", s->port, s->max_batch,
-          s->api_key ? " api_key=required" : "");
+          s->has_key ? " api_key=required" : "");
     *out = s;
     return ERR_OK;
 }
@@ -625,7 +664,9 @@ void srv_destroy(srv_server *s) {
     pthread_mutex_destroy(&s->mu);
     free(s->path);
     free(s->host);
-    free(s->api_key);
+    if (s->tls_key) OPENSSL_cleanse(s->tls_key, strlen(s->tls_key)); // no key text lingers
+    free(s->tls_key);
+    free(s->tls_cert);
     free(s->name);
     free(s);
 }

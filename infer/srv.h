@@ -1,6 +1,7 @@
 // srv.h: `spartan serve`'s HTTP server: OpenAI-compatible (/v1/completions,
 // /v1/chat/completions, /v1/models) and Ollama-compatible (/api/generate, /api/chat, /api/tags)
-// endpoints, /health, Prometheus /metrics and a chat page at /, over libmicrohttpd. Requests are
+// endpoints, /health, Prometheus /metrics and a chat page at /, over libmicrohttpd (HTTP, or
+// HTTPS with a certificate; an optional API key guards all but /health). Requests are
 // decoded by one scheduler thread with continuous batching on a KV-cache engine (kv.h); a folder
 // is polled and its newest checkpoint hot-reloaded while requests in flight finish on the old
 // weights. A stream whose client reads slower than it is generated pauses (backpressure): a
@@ -18,7 +19,9 @@ typedef struct srv_config {
     const char *host;       // address to bind: an IPv4/IPv6 literal or a name ["127.0.0.1"]
     int port;               // TCP port, 0 = an ephemeral port (see srv_port) [0]
     const char *api_key;    // if non-NULL and non-empty, "Authorization: Bearer KEY" is required
-                            // on every endpoint except /health
+                            // on every endpoint except /health (compared in constant time)
+    const char *tls_cert;   // PEM certificate file (a chain: the server's first): serve HTTPS
+    const char *tls_key;    // its PEM private key, mode 0600; both or neither [neither: HTTP]
     int threads;            // compute threads of the scheduler (OpenMP/BLAS), 0 = all cores
     int max_batch;          // sequences decoded together (KV slots) [8]
     int reload_ms;          // poll interval of a checkpoint folder, < 0 = never [1000]
@@ -30,10 +33,15 @@ typedef struct srv_config {
 
 // srv_create loads the checkpoint at path (a file, or a folder: its newest complete
 // ckpt_*.h5, then polled for newer ones), binds host:port and starts serving. c may be NULL for
-// all defaults; its strings are copied. On success the caller owns *out (srv_destroy). Returns
-// ERR_OK, the errors of gpt_load / tok_from_spec (naming the file), ERR_INVAL for a bad setting
-// (naming it) or ERR_NET when the address cannot be bound ("cannot listen on HOST:PORT: " and
-// the reason, e.g. "Address already in use").
+// all defaults; its strings are copied. With tls_cert and tls_key it serves HTTPS only (TLS
+// through libmicrohttpd's GnuTLS); the two files are checked before anything starts
+// (pki_check_pair), and messages name them by their `spartan serve` flags, --tls-cert and
+// --tls-key. On success the caller owns *out (srv_destroy). Returns ERR_OK, the errors of
+// gpt_load / tok_from_spec (naming the file), ERR_INVAL for a bad setting (naming it: one of
+// tls_cert and tls_key without the other, a libmicrohttpd built without TLS, a key file others
+// can read), ERR_IO or ERR_FORMAT for a TLS file that cannot be read, is not PEM or holds a key
+// that is not the certificate's, or ERR_NET when the address cannot be bound ("cannot listen
+// on HOST:PORT: " and the reason, e.g. "Address already in use").
 int srv_create(srv_server **out, const char *path, const srv_config *c);
 
 // srv_port returns the bound TCP port (useful with port 0).

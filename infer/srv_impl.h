@@ -117,7 +117,10 @@ typedef struct srv_metrics {
 } srv_metrics;
 
 struct srv_server {
-    char *path, *host, *api_key, *name;
+    char *path, *host, *name;
+    int has_key;                  // an API key is required (all but /health)
+    unsigned char key_sha256[32]; // its SHA-256: the key itself is not kept
+    char *tls_cert, *tls_key;     // PEM text of the certificate and key, or NULL (plain HTTP)
     int is_dir, threads, max_batch, reload_ms, port;
     size_t stream_buffer; // unsent stream bytes at which a generation pauses
     struct MHD_Daemon *mhd;

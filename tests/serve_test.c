@@ -45,37 +45,16 @@ static void setup(void) {
 }
 
 static void teardown(void) {
-    if (g_child > 0) {
-        kill(g_child, SIGKILL);
-        waitpid(g_child, NULL, 0);
-    }
+    tu_kill(g_child);
     tu_rm_rf(g_dir);
     free(g_dir);
     curl_global_cleanup();
 }
 
-// write_ckpt_vocab writes a checkpoint of the given shape with uniform random weights in
-// [-scale, scale] from seed, the char tokenizer of VOCAB and the "step" attribute.
+// write_ckpt_vocab writes a checkpoint of the given shape (tu_write_char_ckpt).
 static void write_ckpt_vocab(const char *path, int L, int C, int T, uint64_t seed, float scale,
                              long step, const char *vocab) {
-    tok_tokenizer *tok;
-    cr_assert_eq(tok_char_create(&tok, vocab, strlen(vocab)), ERR_OK, "%s", err_msg());
-    char *spec = tok_spec(tok);
-    cfg_model mc = {
-        .n_layer = L, .n_head = 2, .n_embd = C, .block_size = T, .vocab_size = tok_vocab_size(tok)};
-    gpt_model *m;
-    cr_assert_eq(gpt_create(&m, &mc, 1, 0), ERR_OK, "%s", err_msg());
-    tu_rand_fill(gpt_params(m), gpt_n_params(m), seed, -scale, scale);
-    ckpt_writer *w;
-    cr_assert_eq(ckpt_writer_open(&w, path), ERR_OK, "%s", err_msg());
-    cr_assert_eq(gpt_write_config(m, w), ERR_OK, "%s", err_msg());
-    cr_assert_eq(gpt_write_slab(m, w, "model/", gpt_params(m)), ERR_OK, "%s", err_msg());
-    cr_assert_eq(ckpt_write_attr_str(w, "tokenizer", spec), ERR_OK, "%s", err_msg());
-    cr_assert_eq(ckpt_write_attr_i64(w, "step", step), ERR_OK, "%s", err_msg());
-    cr_assert_eq(ckpt_writer_commit(w), ERR_OK, "%s", err_msg());
-    gpt_destroy(m);
-    tok_destroy(tok);
-    free(spec);
+    cr_assert_eq(tu_write_char_ckpt(path, L, C, T, seed, scale, step, vocab), 0, "%s", err_msg());
 }
 
 static void write_ckpt(const char *path, int L, int C, int T, uint64_t seed, float scale,
@@ -768,6 +747,8 @@ Test(serve, api_key_guards_every_endpoint_but_health_and_the_page_takes_it_in_th
     free(b.p);
     cr_assert_eq(http("POST", url, body, "s3cre", &b, NULL, 0), 401);
     free(b.p);
+    cr_assert_eq(http("POST", url, body, "s3cret!", &b, NULL, 0), 401, "a longer key");
+    free(b.p);
     cr_assert_eq(http("POST", url, body, "s3cret", &b, NULL, 0), 200, "%s", b.p);
     free(b.p);
     snprintf(url, sizeof url, "%s/api/generate", sv.base);
@@ -1209,27 +1190,14 @@ Test(serve, spartan_serve_process_starts_answers_and_stops_on_sigterm, .init = s
     cr_assert(strstr(out, "missing.h5"), "%s", out);
     free(out);
 
-    char log[700];
+    char log[700], err[700];
     snprintf(log, sizeof log, "%s/serve.out", g_dir);
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (!freopen(log, "w", stdout) || !freopen("/dev/null", "w", stderr)) _exit(126);
-        execl(tu_spartan(), tu_spartan(), "serve", ck, "--port", "0", "--threads", "1",
-              (char *)NULL);
-        _exit(127);
-    }
-    g_child = pid;
+    snprintf(err, sizeof err, "%s/serve.err", g_dir);
     int port = 0;
-    for (int i = 0; i < 1000 && !port; i++) {
-        char *text = NULL;
-        if (!tu_read_file(log, &text, NULL)) {
-            char *u = strstr(text, "listening on http://127.0.0.1:");
-            if (u) port = atoi(u + strlen("listening on http://127.0.0.1:"));
-            free(text);
-        }
-        if (!port) usleep(10000);
-    }
-    cr_assert(port > 0, "no URL line from spartan serve");
+    snprintf(cmd, sizeof cmd, "%s --port 0 --threads 1", ck);
+    pid_t pid = tu_serve_start(cmd, log, err, &port);
+    cr_assert(pid > 0, "no URL line from spartan serve");
+    g_child = pid;
     // a second server on the same port names the address and the reason
     snprintf(cmd, sizeof cmd, "%s serve %s --port %d", tu_spartan(), ck, port);
     cr_assert_eq(tu_run(cmd, 10, &out), 1, "%s", out);
@@ -1251,35 +1219,27 @@ Test(serve, spartan_serve_process_starts_answers_and_stops_on_sigterm, .init = s
 // wait_file_has waits until the file at path contains want and returns its text (caller frees);
 // fails the test after timeout_ms.
 static char *wait_file_has(const char *path, const char *want, int timeout_ms) {
-    double t0 = sys_now_ms();
-    for (;;) {
-        char *text = NULL;
-        if (!tu_read_file(path, &text, NULL) && strstr(text, want)) return text;
-        cr_assert(sys_now_ms() - t0 < timeout_ms, "no '%s' in %s after %d ms:\n%s", want, path,
-                  timeout_ms, text ? text : "");
-        free(text);
-        usleep(10000);
-    }
+    char *text = NULL;
+    cr_assert(tu_wait_file_has(path, want, timeout_ms, &text), "no '%s' in %s after %d ms:\n%s",
+              want, path, timeout_ms, text);
+    return text;
 }
 
 Test(serve, truncated_checkpoint_in_a_served_folder_is_refused_with_one_clean_line, .init = setup,
      .fini = teardown) {
-    char dir[600], p[700], err[700], *data;
+    char dir[600], p[700], out[700], err[700], args[800], *data;
     size_t n;
     snprintf(dir, sizeof dir, "%s/run", g_dir);
     cr_assert_eq(sys_mkdir_p(dir), ERR_OK);
     snprintf(p, sizeof p, "%s/ckpt_00000001.h5", dir);
     write_ckpt(p, 2, 32, 64, 7, 0.4f, 1);
+    snprintf(out, sizeof out, "%s/serve.out", g_dir);
     snprintf(err, sizeof err, "%s/serve.err", g_dir);
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (!freopen("/dev/null", "w", stdout) || !freopen(err, "w", stderr)) _exit(126);
-        execl(tu_spartan(), tu_spartan(), "serve", dir, "--port", "0", "--threads", "1",
-              "--reload-ms", "20", (char *)NULL);
-        _exit(127);
-    }
+    snprintf(args, sizeof args, "%s --port 0 --threads 1 --reload-ms 20", dir);
+    int port = 0;
+    pid_t pid = tu_serve_start(args, out, err, &port);
+    cr_assert(pid > 0, "no URL line from spartan serve");
     g_child = pid;
-    free(wait_file_has(err, "serving model=", 15000));
     // the first half of a valid checkpoint, renamed in as the newest
     cr_assert_eq(tu_read_file(p, &data, &n), 0);
     char tmp[700], to[700];

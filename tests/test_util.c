@@ -16,7 +16,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "data/tok.h"
 #include "train/base/err.h"
+#include "train/ckpt.h"
 #include "train/gpt.h"
 
 char *tu_tmpdir(const char *tag) {
@@ -247,6 +249,99 @@ int tu_cluster_join(tu_cluster *c, int slot, const char *args) {
     snprintf(net, sizeof net, "--join %s --set net.world=%d --set net.listen=%s", addr[0], c->world,
              addr[slot < n ? slot : 0]);
     return spawn(c, slot, args, net);
+}
+
+int tu_write_char_ckpt(const char *path, int L, int C, int T, uint64_t seed, float scale, long step,
+                       const char *vocab) {
+    tok_tokenizer *tok = NULL;
+    gpt_model *m = NULL;
+    ckpt_writer *w = NULL;
+    char *spec = NULL;
+    int rc = tok_char_create(&tok, vocab, strlen(vocab));
+    if (!rc) {
+        spec = tok_spec(tok);
+        cfg_model mc = {.n_layer = L,
+                        .n_head = 2,
+                        .n_embd = C,
+                        .block_size = T,
+                        .vocab_size = tok_vocab_size(tok)};
+        rc = gpt_create(&m, &mc, 1, 0);
+    }
+    if (!rc) {
+        tu_rand_fill(gpt_params(m), gpt_n_params(m), seed, -scale, scale);
+        rc = ckpt_writer_open(&w, path);
+    }
+    if (!rc) rc = gpt_write_config(m, w);
+    if (!rc) rc = gpt_write_slab(m, w, "model/", gpt_params(m));
+    if (!rc) rc = ckpt_write_attr_str(w, "tokenizer", spec);
+    if (!rc) rc = ckpt_write_attr_i64(w, "step", step);
+    if (rc)
+        ckpt_writer_abort(w); // NULL-safe
+    else
+        rc = ckpt_writer_commit(w);
+    gpt_destroy(m);
+    tok_destroy(tok);
+    free(spec);
+    return rc ? -1 : 0;
+}
+
+int tu_wait_file_has(const char *path, const char *want, int timeout_ms, char **text) {
+    char *t = NULL;
+    int found = 0;
+    for (int waited = 0;; waited += 10) {
+        free(t);
+        t = NULL;
+        if (tu_read_file(path, &t, NULL)) t = NULL;
+        found = t && strstr(t, want);
+        if (found || waited >= timeout_ms) break;
+        usleep(10000);
+    }
+    if (!t) t = calloc(1, 1);
+    if (text)
+        *text = t;
+    else
+        free(t);
+    return found;
+}
+
+int tu_serve_start(const char *args, const char *out_path, const char *err_path, int *port) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "exec %s serve %s", tu_spartan(), args);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen(out_path, "w", stdout) || !freopen(err_path, "w", stderr)) _exit(126);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    if (pid < 0) return -1;
+    // up to 30 s in steps of 10 ms, until the URL line or the server's exit
+    for (int i = 0; i < 3000; i++) {
+        char *text = NULL;
+        const char *u = NULL;
+        if (!tu_read_file(out_path, &text, NULL)) u = strstr(text, "127.0.0.1:");
+        int p = u && strstr(text, "listening on http") ? atoi(u + strlen("127.0.0.1:")) : 0;
+        free(text);
+        if (p > 0) {
+            *port = p;
+            return (int)pid;
+        }
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            fprintf(stderr, "tu_serve_start: `%s` exited before its URL line\n", cmd);
+            return -1;
+        }
+        usleep(10000);
+    }
+    fprintf(stderr, "tu_serve_start: no URL line from `%s` in 30 s\n", cmd);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
+
+void tu_kill(int pid) {
+    if (pid <= 0) return;
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
 }
 
 int tu_wait_exit(int pid, int timeout_s) {

@@ -88,6 +88,28 @@ int tu_cluster_start(tu_cluster *c, int rank, const char *args);
 // pid or -1.
 int tu_cluster_join(tu_cluster *c, int slot, const char *args);
 
+// tu_write_char_ckpt writes a checkpoint to path: a GPT of L layers, 2 heads, width C and a
+// T-token context with uniform random weights in [-scale, scale] from seed (random weights keep
+// greedy choices far from ties), the char-level tokenizer of vocab and the "step" attribute.
+// Returns 0, or -1 with err_msg() saying why.
+int tu_write_char_ckpt(const char *path, int L, int C, int T, uint64_t seed, float scale, long step,
+                       const char *vocab);
+
+// tu_wait_file_has waits, at most timeout_ms and looking every 10 ms, until the file at path
+// contains want. Returns 1 if it does, else 0; either way *text (may be NULL) gets the file's
+// last text (caller frees; "" if it could not be read).
+int tu_wait_file_has(const char *path, const char *want, int timeout_ms, char **text);
+
+// tu_serve_start runs `spartan serve ARGS` (args is shell text) with stdout in out_path and
+// stderr in err_path, and waits (at most 30 s) for its URL line "listening on
+// http[s]://127.0.0.1:PORT/". Returns the pid with *port set, or -1 (the server killed and
+// reaped, if it had not exited) with the reason on stderr.
+int tu_serve_start(const char *args, const char *out_path, const char *err_path, int *port);
+
+// tu_kill kills pid with SIGKILL and reaps it; nothing for pid <= 0 (a test's teardown, for a
+// process a failed assertion left running).
+void tu_kill(int pid);
+
 // tu_wait_exit waits at most timeout_s for pid and returns its exit status, 128 if it died of a
 // signal, or -1 after killing it at the timeout.
 int tu_wait_exit(int pid, int timeout_s);

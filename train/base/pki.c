@@ -153,13 +153,32 @@ static void time_text(const ASN1_TIME *t, char *out, size_t n) {
         snprintf(out, n, "?");
 }
 
+// no_passphrase is the passphrase callback of key reads: it gives none (libcrypto's default
+// would prompt on the terminal, and nothing after it could use the passphrase) and notes that it
+// was asked in *(int *)u.
+static int no_passphrase(char *buf, int size, int rwflag, void *u) {
+    (void)buf;
+    (void)size;
+    (void)rwflag;
+    *(int *)u = 1;
+    return -1;
+}
+
 int pki_read_pem(const char *path, const char *what, X509 **cert, EVP_PKEY **key) {
     char why[256];
     FILE *f = fopen(path, "r");
     if (!f) return err_set(ERR_IO, "%s %s: %s", what, path, strerror(errno));
+    int asked = 0;
     if (cert) *cert = PEM_read_X509(f, NULL, NULL, NULL);
-    if (key) *key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    if (key) *key = PEM_read_PrivateKey(f, NULL, no_passphrase, &asked);
     fclose(f);
+    if (key && !*key && asked) {
+        ERR_clear_error();
+        return err_set(ERR_FORMAT,
+                       "%s %s: the private key is encrypted with a passphrase; give it "
+                       "unencrypted (openssl pkey -in %s -out NEW.key), readable by its owner only",
+                       what, path, path);
+    }
     if ((cert && !*cert) || (key && !*key))
         return err_set(ERR_FORMAT, "%s %s: not a PEM %s (%s)", what, path,
                        cert ? "certificate" : "private key", ssl_why(why, sizeof why));
@@ -227,36 +246,57 @@ int pki_issue(const char *dir, const char *name, int days) {
     return rc;
 }
 
-int pki_check_peer(const char *ca, const char *cert, const char *key) {
+// check_pair is pki_check_pair that also hands back the certificate (*out, the caller frees it)
+// on success.
+static int check_pair(const char *cert, const char *key, const char *cert_what,
+                      const char *key_what, X509 **out) {
     int rc = pki_check_key(key);
-    if (rc) return err_set(rc, "net.tls_key: %s", err_msg());
-    X509 *c = NULL, *x = NULL;
+    if (rc) return err_set(rc, "%s: %s", key_what, err_msg());
+    X509 *x = NULL;
     EVP_PKEY *k = NULL;
-    rc = pki_read_pem(ca, "net.tls_ca", &c, NULL);
-    if (!rc) rc = pki_read_pem(cert, "net.tls_cert", &x, NULL);
-    if (!rc) rc = pki_read_pem(key, "net.tls_key", NULL, &k);
+    rc = pki_read_pem(cert, cert_what, &x, NULL);
+    if (!rc) rc = pki_read_pem(key, key_what, NULL, &k);
     if (!rc && X509_check_private_key(x, k) != 1)
-        rc = err_set(ERR_FORMAT, "net.tls_key %s is not the key of net.tls_cert %s", key, cert);
+        rc = err_set(ERR_FORMAT, "%s %s is not the key of %s %s", key_what, key, cert_what, cert);
     if (!rc) {
-        EVP_PKEY *pub = X509_get0_pubkey(c);
         const ASN1_TIME *na = X509_get0_notAfter(x);
         char when[32];
         time_text(na, when, sizeof when);
+        if (X509_cmp_current_time(na) <= 0)
+            rc = err_set(ERR_FORMAT, "%s %s expired on %s (spartan keys add makes a new one)",
+                         cert_what, cert, when);
+        else if (X509_cmp_current_time(X509_get0_notBefore(x)) > 0)
+            rc = err_set(ERR_FORMAT, "%s %s is not valid yet (is this clock right?)", cert_what,
+                         cert);
+    }
+    ERR_clear_error();
+    EVP_PKEY_free(k);
+    if (rc)
+        X509_free(x);
+    else
+        *out = x;
+    return rc;
+}
+
+int pki_check_pair(const char *cert, const char *key, const char *cert_what, const char *key_what) {
+    X509 *x = NULL;
+    int rc = check_pair(cert, key, cert_what, key_what, &x);
+    X509_free(x);
+    return rc;
+}
+
+int pki_check_peer(const char *ca, const char *cert, const char *key) {
+    X509 *c = NULL, *x = NULL;
+    int rc = check_pair(cert, key, "net.tls_cert", "net.tls_key", &x);
+    if (!rc) rc = pki_read_pem(ca, "net.tls_ca", &c, NULL);
+    if (!rc) {
+        EVP_PKEY *pub = X509_get0_pubkey(c);
         if (!pub || X509_verify(x, pub) != 1)
             rc = err_set(ERR_FORMAT, "net.tls_cert %s is not signed by net.tls_ca %s", cert, ca);
-        else if (X509_cmp_current_time(na) <= 0)
-            rc = err_set(ERR_FORMAT,
-                         "net.tls_cert %s expired on %s (spartan keys add makes a "
-                         "new one)",
-                         cert, when);
-        else if (X509_cmp_current_time(X509_get0_notBefore(x)) > 0)
-            rc = err_set(ERR_FORMAT, "net.tls_cert %s is not valid yet (is this clock right?)",
-                         cert);
     }
     ERR_clear_error();
     X509_free(c);
     X509_free(x);
-    EVP_PKEY_free(k);
     return rc;
 }
 

@@ -28,11 +28,18 @@ int pki_issue(const char *dir, const char *name, int days);
 // write the private key file path (chmod 600 fixes it), ERR_IO when it cannot be read; else ERR_OK.
 int pki_check_key(const char *path);
 
-// pki_check_peer checks a peer's TLS files before use: the key passes pki_check_key, the key
-// belongs to the certificate cert, and cert is signed by the CA certificate ca and valid now.
-// Messages name the files by the config keys (net.tls_ca, net.tls_cert, net.tls_key). Returns
-// ERR_OK, ERR_IO (a file cannot be read), ERR_INVAL (a readable key) or ERR_FORMAT (not PEM, not
-// its key, another CA's, expired or not yet valid).
+// pki_check_pair checks a TLS certificate and its private key before use: the key file passes
+// pki_check_key, both files are PEM, the key belongs to the certificate cert (its first one, when
+// the file holds a chain) and cert is valid now. Messages name the files by cert_what and
+// key_what, the setting or flag that gave them ("--tls-cert", "net.tls_key"). Returns ERR_OK,
+// ERR_IO (a file cannot be read), ERR_INVAL (a key others can read: "chmod 600") or ERR_FORMAT
+// (not PEM, not its key, expired or not yet valid).
+int pki_check_pair(const char *cert, const char *key, const char *cert_what, const char *key_what);
+
+// pki_check_peer checks a peer's TLS files before use: cert and key pass pki_check_pair, and
+// cert is signed by the CA certificate ca. Messages name the files by the config keys
+// (net.tls_ca, net.tls_cert, net.tls_key). Returns what pki_check_pair does, and ERR_IO or
+// ERR_FORMAT for a CA file that cannot be read, is not PEM or did not sign cert.
 int pki_check_peer(const char *ca, const char *cert, const char *key);
 
 // One certificate of a cluster folder, as pki_list reports it.

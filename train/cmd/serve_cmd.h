@@ -1,5 +1,6 @@
-// serve_cmd.h: `spartan serve CKPT|DIR [--host H] [--port P] [--api-key KEY] [--threads N]
-// [--max-batch B] [--reload-ms MS] [--name NAME]`: the HTTP inference server (srv.h).
+// serve_cmd.h: `spartan serve CKPT|DIR [--host H] [--port P] [--tls-cert FILE --tls-key FILE]
+// [--api-key-file FILE | --api-key KEY] [--threads N] [--max-batch B] [--reload-ms MS]
+// [--name NAME]`: the HTTP(S) inference server (srv.h).
 #ifndef SERVE_CMD_H
 #define SERVE_CMD_H
 
