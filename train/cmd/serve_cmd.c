@@ -139,6 +139,16 @@ int serve_cmd_main(int argc, char **argv) {
         fprintf(stderr, "spartan serve: %s\n", err_msg());
         return 1;
     }
+    int loopback = !strncmp(host, "127.", 4) || !strcmp(host, "localhost") || !strcmp(host, "::1");
+    if (!loopback && (!tls_cert || !key))
+        LOG_W("serve",
+              "listening on %s beyond loopback %s: give --tls-cert/--tls-key and "
+              "--api-key-file",
+              host,
+              !tls_cert && !key ? "in plain HTTP and without an API key: anyone who can reach it "
+                                  "can use it and read the traffic"
+              : !tls_cert       ? "in plain HTTP: the API key and the traffic can be read"
+                                : "without an API key: anyone who can reach it can use it");
     // The URL line on stdout, for people and scripts (srv also logs it on stderr).
     printf("spartan serve: listening on http%s://%s%s%s:%d/\n", tls_cert ? "s" : "",
            strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "", srv_port(s));
