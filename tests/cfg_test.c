@@ -282,10 +282,8 @@ Test(cfg, peers_beyond_loopback_need_keys_or_net_insecure) {
     }
     cfg c;
     cfg_defaults(&c);
-    cfg_set(&c, "net.world=3");
-    cfg_set(&c, "net.discover=lan");
-    cfg_set(&c, "net.cluster_key_file=k");
-    cr_expect_eq(cfg_validate(&c), ERR_INVAL, "LAN discovery passed without keys");
-    cfg_set(&c, "net.discover_addr=127.255.255.255");
+    cfg_set(&c, "net.peers=10.0.0.1:1,10.0.0.2:1");
+    cr_expect_eq(cfg_validate(&c), ERR_INVAL);
+    cfg_set(&c, "net.cluster_key_file=cluster.key"); // authenticated frames (a LAN choice)
     cr_expect_eq(cfg_validate(&c), ERR_OK, "%s", err_msg());
 }
