@@ -4,6 +4,9 @@
 //   allreduce_gbps_bf16   the same vector and measure, bf16 on the wire
 //   allreduce_gbps_int8   the same vector and measure, int8 on the wire
 //   allreduce_gbps_p4     fp32 among 4 peers
+//   allreduce_gbps_tls / _mac  fp32 between 2 peers over TLS (net.tls) / with a cluster key's
+//                         HMAC tag on every frame, and allreduce_tls_vs_plain / _mac_vs_plain,
+//                         their ratios to allreduce_gbps of the same run
 //   diloco_bytes_vs_ddp_h100_fp32 / _int8   bytes per step of DiLoCo with H = 100 (one all-reduce
 //                         per 100 steps, as measured) over DDP's (one fp32 all-reduce per step)
 //   diloco_outer_step_ms  a 124M outer step: the fp32 all-reduce plus the local passes (delta,
@@ -27,6 +30,7 @@
 #include "sparta/peer/wire.h"
 #include "tests/test_util.h"
 #include "train/base/err.h"
+#include "train/base/pki.h"
 #include "train/base/sys.h"
 
 #define N_124M  124439808u
@@ -48,10 +52,16 @@ static void *peer_main(void *arg) {
     return NULL;
 }
 
+// Security of a run's links: none, TLS (one certificate for every peer, their member ids differ
+// by salt), or a cluster key.
+enum { SEC_NONE, SEC_TLS, SEC_MAC };
+static char tls_ca[600], tls_crt[600], tls_key[600];
+static const unsigned char cluster_key[32] = "bench cluster key, 32 bytes long";
+
 // bench_dtype returns the best GB/s of REPS calls among P peers (threads, each with its own
 // peer group on 127.0.0.1, ephemeral ports), or a negative value on failure; *bytes gets the
 // bytes rank 0 sent in one call.
-static double bench_dtype(int dtype, int P, float **x, double *bytes) {
+static double bench_dtype(int dtype, int P, int sec, float **x, double *bytes) {
     peer_group *g[4] = {NULL};
     peer p[4] = {{0}};
     double best = -1;
@@ -68,6 +78,8 @@ static double bench_dtype(int dtype, int P, float **x, double *bytes) {
                        .rank = i,
                        .run_id = 0xBE7C4,
                        .tag = "bench"};
+        if (sec == SEC_TLS) o.tls_ca = tls_ca, o.tls_cert = tls_crt, o.tls_key = tls_key;
+        if (sec == SEC_MAC) o.cluster_key = cluster_key, o.cluster_key_len = sizeof cluster_key;
         if (peer_group_create(&g[i], &o) ||
             ar_create(&p[i].ctx, g[i], PEER_CH_RING, i, P, 0xBE7C4, N_124M, dtype)) {
             fprintf(stderr, "bench_allreduce: %s\n", err_msg());
@@ -96,8 +108,8 @@ static double bench_dtype(int dtype, int P, float **x, double *bytes) {
             bad |= p[i].rc;
         if (bad) goto done;
         double gbps = 4.0 * N_124M / s / 1e9;
-        fprintf(stderr, "  dtype=%d P=%d rep=%d s=%.3f GB/s=%.3f sent=%llu recv=%llu\n", dtype, P,
-                rep, s, gbps, (unsigned long long)p[0].st.bytes_sent,
+        fprintf(stderr, "  dtype=%d P=%d sec=%d rep=%d s=%.3f GB/s=%.3f sent=%llu recv=%llu\n",
+                dtype, P, sec, rep, s, gbps, (unsigned long long)p[0].st.bytes_sent,
                 (unsigned long long)p[0].st.bytes_recv);
         if (rep > 0 && gbps > best) best = gbps;
         *bytes = (double)p[0].st.bytes_sent;
@@ -120,17 +132,29 @@ int main(void) {
             x[i][j] = (float)((s >> 40) * (2.0 / 16777216.0) - 1.0);
         }
     }
+    char *keys = tu_tmpdir("bench-ar");
+    snprintf(tls_ca, sizeof tls_ca, "%s/k/ca.crt", keys);
+    snprintf(tls_crt, sizeof tls_crt, "%s/k/p.crt", keys);
+    snprintf(tls_key, sizeof tls_key, "%s/k/p.key", keys);
+    char kdir[600];
+    snprintf(kdir, sizeof kdir, "%s/k", keys);
+    if (pki_ca_init(kdir, "bench", 2) || pki_issue(kdir, "p", 2)) {
+        fprintf(stderr, "bench_allreduce: %s\n", err_msg());
+        return 1;
+    }
     const struct {
-        int dtype, P;
+        int dtype, P, sec;
         const char *key;
-    } runs[4] = {{WIRE_FP32, 2, "allreduce_gbps"},
-                 {WIRE_BF16, 2, "allreduce_gbps_bf16"},
-                 {WIRE_INT8, 2, "allreduce_gbps_int8"},
-                 {WIRE_FP32, 4, "allreduce_gbps_p4"}};
+    } runs[6] = {{WIRE_FP32, 2, SEC_NONE, "allreduce_gbps"},
+                 {WIRE_BF16, 2, SEC_NONE, "allreduce_gbps_bf16"},
+                 {WIRE_INT8, 2, SEC_NONE, "allreduce_gbps_int8"},
+                 {WIRE_FP32, 4, SEC_NONE, "allreduce_gbps_p4"},
+                 {WIRE_FP32, 2, SEC_TLS, "allreduce_gbps_tls"},
+                 {WIRE_FP32, 2, SEC_MAC, "allreduce_gbps_mac"}};
     int status = 0;
-    double bytes[4] = {0}, gb[4] = {0};
-    for (int r = 0; r < 4; r++) {
-        double g = bench_dtype(runs[r].dtype, runs[r].P, x, &bytes[r]);
+    double bytes[6] = {0}, gb[6] = {0};
+    for (int r = 0; r < 6; r++) {
+        double g = bench_dtype(runs[r].dtype, runs[r].P, runs[r].sec, x, &bytes[r]);
         if (g < 0) {
             status = 1;
             continue;
@@ -140,6 +164,8 @@ int main(void) {
         fflush(stdout);
     }
     if (!status) {
+        printf("BENCH allreduce_tls_vs_plain %.3f\n", gb[4] / gb[0]);
+        printf("BENCH allreduce_mac_vs_plain %.3f\n", gb[5] / gb[0]);
         printf("BENCH diloco_bytes_vs_ddp_h100_fp32 %.5f (1/%.0f)\n", bytes[0] / 100 / bytes[0],
                100 * bytes[0] / bytes[0]);
         printf("BENCH diloco_bytes_vs_ddp_h100_int8 %.6f (1/%.0f)\n", bytes[2] / 100 / bytes[0],
@@ -167,5 +193,7 @@ int main(void) {
     }
     for (int i = 0; i < 4; i++)
         free(x[i]);
+    tu_rm_rf(keys);
+    free(keys);
     return status;
 }
