@@ -165,7 +165,8 @@ static void discover_end(discover *d) {
 static void group_metrics(void *ctx, train_sync_metrics *m) {
     peer_stats st;
     peer_get_stats(ctx, &st);
-    m->msgs_dropped += st.bad_crc; // frames lost to a bad CRC (the modules count the rest)
+    // frames lost to a bad CRC, a bad tag or a replay (the modules count the rest)
+    m->msgs_dropped += st.bad_crc + st.bad_mac + st.replayed;
     peer_view v;
     peer_get_view(ctx, &v);
     m->epoch = v.epoch;
