@@ -124,6 +124,18 @@ Test(cfg, long_line_is_an_error_naming_it_and_a_long_comment_is_cut) {
     free(p);
 }
 
+// Found by tests/fuzz/fuzz_cfg: libinih read an indented line as a second value for the key
+// above it (its multi-line values), so "  max_iters = 3" under "  seed = 5" set train.seed.
+Test(cfg, indented_lines_are_lines_of_their_own) {
+    cfg c;
+    cr_assert_eq(cfg_parse_string(&c, "[train]\n  seed = 5\n\tmax_iters = 3\n  ; note\n", "i.ini"),
+                 ERR_OK, "%s", err_msg());
+    cr_assert_eq(c.train.seed, 5);
+    cr_assert_eq(c.train.max_iters, 3);
+    cr_assert_eq(cfg_parse_string(&c, "[net]\npeers = a:1,\n  b:2\n", "i.ini"), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "i.ini:3:"), "%s", err_msg());
+}
+
 // Found by tests/fuzz/fuzz_cfg: these values were taken but written back (cfg_write) as a line
 // that reads as another value.
 Test(cfg, string_values_that_would_not_read_back_are_rejected) {

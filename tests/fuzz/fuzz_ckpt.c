@@ -2,7 +2,11 @@
 // serve` and `spartan sample` load a model: the input is written to a temp file below /tmp and
 // loaded as an HDF5 checkpoint, with its tokenizer and step. Seeds: small real checkpoints made
 // by seed_ckpt.c (make fuzz-seeds). Checked: ERR_OK, ERR_IO or ERR_FORMAT, a message naming the
-// file, and a model of the architecture the file declares.
+// file, and a model of the architecture the file declares. HDF5 1.10 (Debian 12) itself reads
+// out of bounds on some corrupt attribute messages (HDFGroup/hdf5 issues 1368 and 2529, fixed in
+// 1.14.1): those inputs are kept in tests/fuzz/hdf5/, not replayed, and the fuzzer goes on past
+// them:
+// libFuzzer flags (scripts/run-fuzz): -fork=1 -ignore_crashes=1
 #include <stdlib.h>
 #include <string.h>
 

@@ -5,6 +5,7 @@
 // asks for run id RUN_ID, as a peer does. Checked: both decoders agree; wire_values_add is
 // wire_values followed by its loop, bit for bit; an fp32 message encodes back to the same bytes.
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,6 +49,9 @@ static void check_values(const unsigned char *msg, const wire_header *h) {
     wire_values_add(msg, h, add, div, sum);
     for (size_t i = 0; i < c; i++) {
         float want = div == 1.0f ? v[i] + add[i] : (v[i] + add[i]) / div;
+        if (!same_float(sum[i], want))
+            fprintf(stderr, "value %zu of %zu (dtype %u): %a + %a / %g gave %a, want %a\n", i, c,
+                    h->dtype, v[i], add[i], div, sum[i], want);
         fuzz_check(same_float(sum[i], want), "wire_values_add differs from wire_values");
     }
     if (h->dtype == WIRE_FP32) {

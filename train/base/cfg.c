@@ -387,10 +387,13 @@ static int at_line_end(ini_ctx *ctx) {
     return *ctx->text == 0;
 }
 
-// read_line gives libinih the next line. Its buffer (num bytes: INI_MAX_LINE, 200 in the
-// packaged builds) cuts a longer line in two and parses the rest as a line of its own, which
+// read_line gives libinih the next line, unindented. Its buffer (num bytes: INI_MAX_LINE, 200 in
+// the packaged builds) cuts a longer line in two and parses the rest as a line of its own, which
 // would turn a long value into a wrong value plus a confusing error. So a long comment line is
-// cut (its rest dropped), and any other long line stops the parse with an error naming it.
+// cut (its rest dropped), and any other long line stops the parse with an error naming it. And
+// libinih takes an indented line after "key = value" as a new value for that key (its multi-line
+// values), so an indented "other = 1" under "seed = 5" set train.seed to "other = 1": no key is
+// multi-line and cfg_write never indents, so every line reaches it unindented, as its own line.
 static char *read_line(char *str, int num, void *stream) {
     ini_ctx *ctx = stream;
     int i = 0, ch = 0;
@@ -401,9 +404,11 @@ static char *read_line(char *str, int num, void *stream) {
     if (i == 0) return NULL;
     str[i] = 0;
     ctx->lineno++;
-    if (str[i - 1] == '\n' || at_line_end(ctx)) return str;
-    const char *p = str + strspn(str, " \t");
-    if (*p == ';' || *p == '#') { // a comment: drop the rest of the line
+    int cut = str[i - 1] != '\n' && !at_line_end(ctx);
+    size_t lead = strspn(str, " \t\v\f\r");
+    memmove(str, str + lead, (size_t)i - lead + 1);
+    if (!cut) return str;
+    if (str[0] == ';' || str[0] == '#') { // a comment: drop the rest of the line
         while ((ch = next_char(ctx)) != EOF && ch != '\n') {
         }
         return str;
