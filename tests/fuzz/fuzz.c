@@ -10,9 +10,18 @@
 
 #define SLOTS 4
 
-static char paths[SLOTS][32];
-static char dir[32], dir_path[64];
+static char paths[SLOTS][256];
+static char dir[256], dir_path[320];
 static int cleanup_set;
+
+// temp_template writes the mkstemp/mkdtemp template into buf: below $FUZZ_TMPDIR when that is a
+// folder below /tmp (scripts/run-fuzz makes one per run and removes it, with what crashed
+// processes left there), else in /tmp.
+static void temp_template(char *buf, size_t n) {
+    const char *d = getenv("FUZZ_TMPDIR");
+    if (!d || strncmp(d, "/tmp/", 5) != 0 || strstr(d, "..")) d = "/tmp";
+    snprintf(buf, n, "%s/spartan-fuzz-XXXXXX", d);
+}
 
 static void cleanup(void) {
     for (int i = 0; i < SLOTS; i++)
@@ -56,7 +65,7 @@ static void write_path(const char *path, const uint8_t *data, size_t n) {
 const char *fuzz_file(int slot, const uint8_t *data, size_t n) {
     fuzz_check(slot >= 0 && slot < SLOTS, "fuzz_file: slot out of range");
     if (!paths[slot][0]) {
-        snprintf(paths[slot], sizeof paths[slot], "/tmp/spartan-fuzz-XXXXXX");
+        temp_template(paths[slot], sizeof paths[slot]);
         int fd = mkstemp(paths[slot]);
         fuzz_check(fd >= 0, "mkstemp below /tmp failed");
         close(fd);
@@ -68,7 +77,7 @@ const char *fuzz_file(int slot, const uint8_t *data, size_t n) {
 
 const char *fuzz_dir(void) {
     if (!dir[0]) {
-        snprintf(dir, sizeof dir, "/tmp/spartan-fuzz-XXXXXX");
+        temp_template(dir, sizeof dir);
         fuzz_check(mkdtemp(dir) != NULL, "mkdtemp below /tmp failed");
         at_exit_once();
     }

@@ -25,12 +25,13 @@ void fuzz_check(int ok, const char *what);
 char *fuzz_str(const uint8_t *data, size_t n);
 
 // fuzz_file writes data(n) to this process's temp file number slot (0 .. 3: one path each,
-// made with mkstemp below /tmp on first use and removed at exit) and returns its path. Aborts if
+// made with mkstemp below /tmp, or below $FUZZ_TMPDIR if that is a folder in /tmp, on first use
+// and removed at exit) and returns its path. Aborts if
 // it cannot be written: that is the machine's fault, not the input's.
 const char *fuzz_file(int slot, const uint8_t *data, size_t n);
 
-// fuzz_dir returns this process's temp folder below /tmp (made on first use, removed with what
-// the harness wrote in it, fuzz_dir_file, at exit).
+// fuzz_dir returns this process's temp folder (below /tmp or $FUZZ_TMPDIR, as for fuzz_file;
+// made on first use, removed with what the harness wrote in it, fuzz_dir_file, at exit).
 const char *fuzz_dir(void);
 
 // fuzz_dir_file writes data(n) to the file name in fuzz_dir() and returns its path (static
