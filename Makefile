@@ -66,8 +66,13 @@ CRIT_LIBS := $(shell $(PKGC) --libs criterion 2>/dev/null || echo -lcriterion)
 
 # Sanitizer variants build at -O1 so that reports point at the right lines.
 VARIANT ?= rel
-ifneq ($(filter asan tsan,$(VARIANT)),)
+ifneq ($(filter asan tsan fuzz,$(VARIANT)),)
 OPT := -O1 -march=native
+endif
+# The libFuzzer variant (make fuzz) needs clang; FUZZ_CC names it.
+FUZZ_CC ?= clang-14
+ifeq ($(VARIANT),fuzz)
+CC := $(FUZZ_CC)
 endif
 # Cross variant for linux-arm64 (make test-arm64): aarch64-linux-gnu-gcc against the sysroot that
 # scripts/arm64-sysroot unpacks from the arm64 .debs. No pkg-config: hdf5.pc and cblas.h are
@@ -110,6 +115,17 @@ ifeq ($(VARIANT),asan)
 CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDLIBS += -fsanitize=address,undefined
 endif
+# libFuzzer: every object gets the coverage hooks (fuzzer-no-link), ASan and UBSan; only the
+# harnesses link the fuzzer's main. OpenMP is compiled out as for TSan (the harnesses run one
+# thread; variables that only the pragmas use are then unused) and libgomp linked for the omp_
+# calls and OpenBLAS.
+ifeq ($(VARIANT),fuzz)
+CFLAGS := $(filter-out -fopenmp -Xpreprocessor,$(CFLAGS)) -Wno-unknown-pragmas \
+	-Wno-unused-variable -Wno-unused-but-set-variable \
+	-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer \
+	-fno-sanitize-recover=undefined
+LDLIBS := $(filter-out -fopenmp,$(LDLIBS)) -lgomp -fsanitize=fuzzer,address,undefined
+endif
 # TSan: our OpenMP pragmas are compiled out (libgomp is not instrumented and would only give
 # false reports); the threads under test are the exchanger's and nng's.
 ifeq ($(VARIANT),tsan)
@@ -134,6 +150,13 @@ BENCH_SH := $(wildcard tests/bench_*.sh)
 TEST_SH := $(filter-out $(BENCH_SH),$(wildcard tests/*.sh))
 BENCH_BIN := $(BENCH_SRC:tests/%.c=$(B)/tests/%)
 SPARTAN := $(if $(filter rel,$(VARIANT)),bin/spartan,$(B)/spartan)
+# Fuzz harnesses, tests/fuzz/fuzz_<name>.c (tests/fuzz/fuzz.h). Under VARIANT=fuzz they link
+# libFuzzer (make fuzz); in every other variant the plain driver tests/fuzz/replay.c, and
+# tests/fuzz_replay.sh replays the committed corpus and crash files through them (make test).
+FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/tests/fuzz/%)
+FUZZ_DRIVER := $(if $(filter fuzz,$(VARIANT)),,$(B)/tests/fuzz/replay.o)
+FUZZ_TIME ?= 60
 
 ifeq ($(V),1)
 Q :=
@@ -143,7 +166,7 @@ endif
 
 .SECONDARY:
 .PHONY: all test run-tests test-arm64 run-tests-arm64 bench sanitize tsan run deps deps-test lint \
-	clean help fixtures check-deps check-deps-test
+	clean help fixtures check-deps check-deps-test fuzz fuzz-build fuzz-seeds
 all: check-deps $(SPARTAN)
 
 help:
@@ -156,6 +179,7 @@ help:
 	@echo "make test-arm64 cross-build for linux-arm64 and run the core suites under qemu-user"
 	@echo "make sanitize   run the test suite under ASan+UBSan (build/asan)"
 	@echo "make tsan       run the exchanger stress program under ThreadSanitizer (build/tsan)"
+	@echo "make fuzz       run every libFuzzer harness of tests/fuzz/ FUZZ_TIME s (60) with clang"
 	@echo "make lint       include layers (scripts/check-layers) and clang-format (run by make test)"
 	@echo "make clean      remove build/ and bin/"
 
@@ -204,13 +228,20 @@ $(B)/tests/sys_portable_test: $(B)/tests/sys_portable_test.o $(TU_OBJ) $(PORTABL
 $(B)/tests/bench_%: $(B)/tests/bench_%.o $(TU_OBJ) $(LIB_OBJ)
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+$(B)/tests/fuzz/fuzz_%: $(B)/tests/fuzz/fuzz_%.o $(B)/tests/fuzz/fuzz.o $(FUZZ_DRIVER) $(LIB_OBJ)
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/tests/fuzz/seed_ckpt: $(B)/tests/fuzz/seed_ckpt.o $(LIB_OBJ)
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
 # Tests run from the repo root with bin/spartan built (some tests run it as a process). The
 # build runs in a second make, so that pkg-config sees what deps-test has just installed.
 test: deps-test
 	@$(MAKE) --no-print-directory run-tests
 
-run-tests: check-deps-test lint $(SPARTAN) $(TEST_BIN)
-	@SPARTAN_BIN=$(SPARTAN) $(SHELL) scripts/run-tests $(TEST_BIN) $(TEST_SH)
+run-tests: check-deps-test lint $(SPARTAN) $(TEST_BIN) $(FUZZ_BIN)
+	@SPARTAN_BIN=$(SPARTAN) FUZZ_BIN_DIR=$(B)/tests/fuzz $(SHELL) scripts/run-tests $(TEST_BIN) \
+		$(TEST_SH)
 
 # make test-arm64: cross-build for linux-arm64 and run the suites of ARM64_TESTS under qemu-user,
 # each bounded by ARM64_TIMEOUT seconds. These are the portable core, where x86-only code
@@ -250,6 +281,20 @@ tsan:
 
 $(B)/tests/stress_%: $(B)/tests/stress_%.o $(TU_OBJ) $(LIB_OBJ)
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+# make fuzz: the harnesses built with clang's libFuzzer, ASan and UBSan into build/fuzz/, then
+# each run for FUZZ_TIME seconds, one after the other (scripts/run-fuzz: the seeds of
+# tests/fuzz/corpus/<name>/, new inputs and crash files under build/fuzz/, a table at the end).
+fuzz:
+	@command -v $(FUZZ_CC) >/dev/null 2>&1 || { echo "fuzz: needs clang with libFuzzer: $(FUZZ_CC) not found (set FUZZ_CC)"; exit 1; }
+	@$(MAKE) --no-print-directory VARIANT=fuzz fuzz-build
+	@FUZZ_TIME=$(FUZZ_TIME) $(SHELL) scripts/run-fuzz build/fuzz $(FUZZ_SRC)
+
+fuzz-build: $(FUZZ_BIN)
+
+# make fuzz-seeds: the seed checkpoints of fuzz_ckpt, written by the checkpoint code itself.
+fuzz-seeds: $(B)/tests/fuzz/seed_ckpt
+	@mkdir -p tests/fuzz/corpus/fuzz_ckpt && $(B)/tests/fuzz/seed_ckpt tests/fuzz/corpus/fuzz_ckpt
 
 bench: check-deps $(SPARTAN) $(BENCH_BIN)
 	@SPARTAN_BIN=$(SPARTAN) $(SHELL) scripts/run-bench $(BENCH_BIN) $(BENCH_SH)

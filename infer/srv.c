@@ -167,32 +167,7 @@ static enum MHD_Result reply_error(srv_server *s, struct MHD_Connection *c, int 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Routing
-
-static int route(const char *url) {
-    static const struct {
-        const char *path;
-        int ep;
-    } routes[] = {
-        {"/", SRV_EP_ROOT},
-        {"/health", SRV_EP_HEALTH},
-        {"/v1/models", SRV_EP_MODELS},
-        {"/v1/completions", SRV_EP_COMPLETIONS},
-        {"/v1/chat/completions", SRV_EP_CHAT},
-        {"/api/generate", SRV_EP_GENERATE},
-        {"/api/chat", SRV_EP_OCHAT},
-        {"/api/tags", SRV_EP_TAGS},
-        {"/metrics", SRV_EP_METRICS},
-    };
-    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
-        if (!strcmp(url, routes[i].path)) return routes[i].ep;
-    return SRV_EP_OTHER;
-}
-
-static int is_post(int ep) {
-    return ep == SRV_EP_COMPLETIONS || ep == SRV_EP_CHAT || ep == SRV_EP_GENERATE ||
-           ep == SRV_EP_OCHAT;
-}
+// Routing (the table is srv_route's, in srv_api.c)
 
 // key_digest writes the SHA-256 of key into d. Keys are compared as digests: both are 32 bytes
 // whatever the key's length, so CRYPTO_memcmp compares every byte of equal lengths, and the time
@@ -341,7 +316,7 @@ static enum MHD_Result dispatch(srv_server *s, struct MHD_Connection *c, conn_ct
     if (ep == SRV_EP_OTHER)
         return reply_error(s, c, ep, 404, "not_found_error", "no such endpoint");
     int post = !strcmp(method, "POST"), get = !strcmp(method, "GET");
-    if (is_post(ep) ? !post : !get)
+    if (srv_is_generation(ep) ? !post : !get)
         return reply_error(s, c, ep, 405, "invalid_request_error", "method %s not allowed here",
                            method);
     if (s->has_key && ep != SRV_EP_HEALTH && !authorized(s, c, ep))
@@ -352,7 +327,7 @@ static enum MHD_Result dispatch(srv_server *s, struct MHD_Connection *c, conn_ct
     if (x->too_large)
         return reply_error(s, c, ep, 413, "invalid_request_error",
                            "request body larger than %d bytes", SRV_MAX_BODY);
-    if (is_post(ep)) return start_generation(s, c, x);
+    if (srv_is_generation(ep)) return start_generation(s, c, x);
     char *body = NULL;
     const char *ctype = "application/json";
     pthread_mutex_lock(&s->mu);
@@ -391,7 +366,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     (void)version;
     if (!x) { // headers are in; the body (if any) follows in later calls
         x = xcalloc(1, sizeof *x);
-        x->ep = route(url);
+        x->ep = srv_route(url);
         *con_cls = x;
         const char *cl =
             MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);

@@ -10,7 +10,10 @@
 #ifndef SRV_H
 #define SRV_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+#include "infer/sample.h"
 
 typedef struct srv_server srv_server;
 
@@ -53,5 +56,33 @@ int64_t srv_step(const srv_server *s);
 // srv_destroy stops accepting requests, ends streams in flight, joins the threads and frees
 // everything. NULL-safe.
 void srv_destroy(srv_server *s);
+
+#define SRV_MAX_STOP 5 // stop strings of a request: 4 from its body plus the chat template's own
+
+// srv_request: the body of a generation request, parsed (srv_parse_request): what to generate
+// and how, before tokenization. The chat routes' messages are rendered into text by the chat
+// template ("System: ...", "User: ...", "Assistant: ..." lines, then "Assistant:").
+typedef struct srv_request {
+    int stream;               // 1: answer with a stream of events (SSE or NDJSON)
+    int max_tokens;           // tokens to generate at most, 1 .. 1e9
+    sample_params sp;         // temperature, top_k, top_p, seed
+    char *stop[SRV_MAX_STOP]; // n_stop stop strings (the chat routes add "\nUser:")
+    int n_stop;
+    char *text;      // the prompt text, NUL-terminated ("" when the body has none)
+    size_t text_len; // its bytes (the NUL not counted)
+} srv_request;
+
+// srv_parse_request parses the JSON body(n) of a POST to path, one of the generation routes
+// "/v1/completions", "/v1/chat/completions", "/api/generate" and "/api/chat", as the server does,
+// for the model called name (a "model" field must be name or name:latest); seed is the seed of a
+// request that gives none. Returns ERR_OK, and the caller owns r's strings (srv_request_free), or
+// ERR_INVAL for any other path and for a malformed, misplaced or out-of-range field, with a
+// message naming it in msg (msgn bytes; the server answers 400 with it) and r empty. Pure: any
+// thread.
+int srv_parse_request(srv_request *r, const char *path, const char *name, uint64_t seed,
+                      const char *body, size_t n, char *msg, size_t msgn);
+
+// srv_request_free frees r's strings and empties it. Safe on an empty request.
+void srv_request_free(srv_request *r);
 
 #endif

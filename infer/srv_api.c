@@ -1,7 +1,8 @@
 // srv_api.c: the wire formats of the server. Parses OpenAI (/v1/completions,
-// /v1/chat/completions) and Ollama (/api/generate, /api/chat) request bodies into a srv_req,
-// rejecting every malformed or out-of-range field with a message that names it, and formats
-// responses, stream events (SSE "data: {json}\n\n" or NDJSON "{json}\n") and errors with
+// /v1/chat/completions) and Ollama (/api/generate, /api/chat) request bodies into a srv_request
+// (srv_parse_request, public so that the fuzz harness reaches it), then tokenizes the prompt into
+// a srv_req, rejecting every malformed or out-of-range field with a message that names it, and
+// formats responses, stream events (SSE "data: {json}\n\n" or NDJSON "{json}\n") and errors with
 // jansson. Chat messages become one prompt through the template documented at chat_prompt.
 // Pure functions over their arguments: any thread.
 #include <jansson.h>
@@ -51,7 +52,7 @@ static int get_int(json_t *o, const char *key, long long lo, long long hi, long 
 }
 
 // get_stop reads "stop": a string or an array of at most 4 non-empty strings.
-static int get_stop(srv_req *r, json_t *o, char *msg, size_t msgn) {
+static int get_stop(srv_request *r, json_t *o, char *msg, size_t msgn) {
     json_t *j = json_object_get(o, "stop");
     if (!j || json_is_null(j)) return ERR_OK;
     if (json_is_string(j)) {
@@ -134,9 +135,11 @@ static int chat_prompt(json_t *o, buf *out, char *msg, size_t msgn) {
     return ERR_OK;
 }
 
-// parse_fields reads everything but the prompt. OpenAI names fields at the top level; Ollama
-// puts the sampling settings in "options" and calls max_tokens "num_predict".
-static int parse_fields(srv_req *r, json_t *o, const char *name, char *msg, size_t msgn) {
+// parse_fields reads everything but the prompt of a body to route ep into r, whose sp.seed holds
+// the default seed. OpenAI names fields at the top level; Ollama puts the sampling settings in
+// "options" and calls max_tokens "num_predict".
+static int parse_fields(srv_request *r, int ep, json_t *o, const char *name, char *msg,
+                        size_t msgn) {
     json_t *model = json_object_get(o, "model");
     if (model && !json_is_null(model)) {
         if (!json_is_string(model)) return bad(msg, msgn, "model: must be a string");
@@ -146,7 +149,7 @@ static int parse_fields(srv_req *r, json_t *o, const char *name, char *msg, size
         if (!ok) return bad(msg, msgn, "model: '%s' is not served here (try '%s')", ms, name);
     }
     json_t *st = json_object_get(o, "stream");
-    r->stream = is_ollama(r->ep); // Ollama streams by default, OpenAI does not
+    r->stream = is_ollama(ep); // Ollama streams by default, OpenAI does not
     if (st && !json_is_null(st)) {
         if (!json_is_boolean(st)) return bad(msg, msgn, "stream: must be true or false");
         r->stream = json_is_true(st);
@@ -155,7 +158,7 @@ static int parse_fields(srv_req *r, json_t *o, const char *name, char *msg, size
     long long top_k, seed = -1, max_tokens;
     json_t *opt = o;
     const char *max_key = "max_tokens";
-    if (is_ollama(r->ep)) { // Ollama's defaults
+    if (is_ollama(ep)) { // Ollama's defaults
         temp = 0.8, top_p = 0.9, top_k = 40, max_tokens = -1;
         max_key = "num_predict";
         opt = json_object_get(o, "options");
@@ -163,7 +166,7 @@ static int parse_fields(srv_req *r, json_t *o, const char *name, char *msg, size
             return bad(msg, msgn, "options: must be an object");
         if (!json_is_object(opt)) opt = NULL;
     } else { // OpenAI's: completions default to 16 tokens, chat to the end of the context
-        temp = 1, top_p = 1, top_k = 0, max_tokens = r->ep == SRV_EP_CHAT ? -1 : 16;
+        temp = 1, top_p = 1, top_k = 0, max_tokens = ep == SRV_EP_CHAT ? -1 : 16;
         json_t *n = json_object_get(o, "n");
         if (n && !json_is_null(n) && !(json_is_integer(n) && json_integer_value(n) == 1))
             return bad(msg, msgn, "n: only 1 is supported");
@@ -177,12 +180,12 @@ static int parse_fields(srv_req *r, json_t *o, const char *name, char *msg, size
             (rc = get_stop(r, opt, msg, msgn)))
             return rc;
         json_t *mt = json_object_get(opt, max_key);
-        if (!mt && !is_ollama(r->ep)) mt = json_object_get(opt, "max_completion_tokens");
+        if (!mt && !is_ollama(ep)) mt = json_object_get(opt, "max_completion_tokens");
         if (mt && !json_is_null(mt)) {
             if (!json_is_integer(mt)) return bad(msg, msgn, "%s: must be an integer", max_key);
             max_tokens = json_integer_value(mt);
             // Ollama: a negative num_predict means "until the context is full"
-            if (max_tokens == 0 || (max_tokens < 0 && !is_ollama(r->ep)))
+            if (max_tokens == 0 || (max_tokens < 0 && !is_ollama(ep)))
                 return bad(msg, msgn, "%s: must be >= 1", max_key);
         }
         if (top_p == 0) return bad(msg, msgn, "top_p: must be in (0, 1]");
@@ -191,12 +194,39 @@ static int parse_fields(srv_req *r, json_t *o, const char *name, char *msg, size
     // without a seed, keep the per-request seed the caller preset in r->sp.seed
     uint64_t useed = seed >= 0 ? (uint64_t)seed : r->sp.seed;
     r->sp = (sample_params){(float)temp, (int)top_k, (float)top_p, useed};
-    if (is_chat(r->ep)) r->stop[r->n_stop++] = xstrdup(SRV_CHAT_STOP);
+    if (is_chat(ep)) r->stop[r->n_stop++] = xstrdup(SRV_CHAT_STOP);
     return ERR_OK;
 }
 
-int srv_api_parse(srv_req *r, const srv_server *s, srv_model *m, const char *body, size_t n,
-                  char *msg, size_t msgn) {
+int srv_route(const char *url) {
+    static const struct {
+        const char *path;
+        int ep;
+    } routes[] = {
+        {"/", SRV_EP_ROOT},
+        {"/health", SRV_EP_HEALTH},
+        {"/v1/models", SRV_EP_MODELS},
+        {"/v1/completions", SRV_EP_COMPLETIONS},
+        {"/v1/chat/completions", SRV_EP_CHAT},
+        {"/api/generate", SRV_EP_GENERATE},
+        {"/api/chat", SRV_EP_OCHAT},
+        {"/api/tags", SRV_EP_TAGS},
+        {"/metrics", SRV_EP_METRICS},
+    };
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+        if (!strcmp(url, routes[i].path)) return routes[i].ep;
+    return SRV_EP_OTHER;
+}
+
+int srv_is_generation(int ep) {
+    return ep == SRV_EP_COMPLETIONS || ep == SRV_EP_CHAT || ep == SRV_EP_GENERATE ||
+           ep == SRV_EP_OCHAT;
+}
+
+// parse_request is srv_parse_request for route ep (a generation route).
+static int parse_request(srv_request *r, int ep, const char *name, uint64_t seed, const char *body,
+                         size_t n, char *msg, size_t msgn) {
+    *r = (srv_request){.sp.seed = seed};
     json_error_t je;
     json_t *o = json_loadb(body, n, 0, &je);
     if (!o)
@@ -208,8 +238,8 @@ int srv_api_parse(srv_req *r, const srv_server *s, srv_model *m, const char *bod
         rc = bad(msg, msgn, "the body must be a JSON object");
         goto out;
     }
-    if ((rc = parse_fields(r, o, s->name, msg, msgn))) goto out;
-    if (is_chat(r->ep)) {
+    if ((rc = parse_fields(r, ep, o, name, msg, msgn))) goto out;
+    if (is_chat(ep)) {
         if ((rc = chat_prompt(o, &text, msg, msgn))) goto out;
     } else {
         json_t *p = json_object_get(o, "prompt");
@@ -218,31 +248,64 @@ int srv_api_parse(srv_req *r, const srv_server *s, srv_model *m, const char *bod
             rc = bad(msg, msgn, "prompt: must be a string");
             goto out;
         }
-        if (!p && !is_ollama(r->ep)) {
+        if (!p && !is_ollama(ep)) {
             rc = bad(msg, msgn, "prompt: required");
             goto out;
         }
         if (json_is_string(p)) buf_put(&text, json_string_value(p), json_string_length(p));
     }
-    size_t nt = 0;
-    if (tok_encode(m->tok, text.p ? text.p : "", text.n, &r->prompt, &nt)) {
-        rc = bad(msg, msgn, "%s: %s", is_chat(r->ep) ? "messages" : "prompt", err_msg());
-        goto out;
+out:
+    json_decref(o);
+    if (rc) {
+        free(text.p);
+        srv_request_free(r);
+        return rc;
     }
-    if (nt == 0) { // like `spartan sample`: start from end-of-text, or the first token
+    r->text = text.p ? text.p : xstrdup("");
+    r->text_len = text.n;
+    return ERR_OK;
+}
+
+int srv_parse_request(srv_request *r, const char *path, const char *name, uint64_t seed,
+                      const char *body, size_t n, char *msg, size_t msgn) {
+    int ep = srv_route(path);
+    if (!srv_is_generation(ep)) {
+        *r = (srv_request){0};
+        return bad(msg, msgn, "%s: not a generation route", path);
+    }
+    return parse_request(r, ep, name, seed, body, n, msg, msgn);
+}
+
+void srv_request_free(srv_request *r) {
+    for (int i = 0; i < r->n_stop; i++)
+        free(r->stop[i]);
+    free(r->text);
+    *r = (srv_request){0};
+}
+
+int srv_api_parse(srv_req *r, const srv_server *s, srv_model *m, const char *body, size_t n,
+                  char *msg, size_t msgn) {
+    srv_request q;
+    int rc = parse_request(&q, r->ep, s->name, r->sp.seed, body, n, msg, msgn);
+    if (rc) return rc;
+    r->stream = q.stream;
+    r->max_tokens = q.max_tokens;
+    r->sp = q.sp;
+    memcpy(r->stop, q.stop, sizeof q.stop); // r owns the stop strings now (srv_api_req_free)
+    r->n_stop = q.n_stop;
+    size_t nt = 0;
+    if (tok_encode(m->tok, q.text, q.text_len, &r->prompt, &nt)) {
+        rc = bad(msg, msgn, "%s: %s", is_chat(r->ep) ? "messages" : "prompt", err_msg());
+    } else if (nt == 0) { // like `spartan sample`: start from end-of-text, or the first token
         r->prompt = xrealloc(r->prompt, sizeof(int32_t));
         r->prompt[0] = m->eot >= 0 ? m->eot : 0;
         nt = 1;
     }
-    if (nt > (size_t)m->T) {
+    if (!rc && nt > (size_t)m->T)
         rc = bad(msg, msgn, "%s: %zu tokens is longer than the context (%d tokens)",
                  is_chat(r->ep) ? "messages" : "prompt", nt, m->T);
-        goto out;
-    }
-    r->n_prompt = (int)nt;
-out:
-    free(text.p);
-    json_decref(o);
+    if (!rc) r->n_prompt = (int)nt;
+    free(q.text);
     return rc;
 }
 

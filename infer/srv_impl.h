@@ -18,7 +18,6 @@
 #include "train/gpt.h"
 
 #define SRV_MAX_BODY  (1 << 20) // request bodies above 1 MiB get 413
-#define SRV_MAX_STOP  5         // 4 from the request plus the chat template's own
 #define SRV_CHAT_STOP "\nUser:"
 
 // The routes; SRV_EP_OTHER counts every unknown path under one label.
@@ -150,6 +149,10 @@ void srv_req_append(srv_req *r, const char *text, size_t n);
 void *srv_sched_main(void *arg);
 
 // srv_api.c
+// srv_route returns the route (SRV_EP_*) of a URL path, SRV_EP_OTHER for an unknown one;
+// srv_is_generation says whether route ep takes a generation request (a JSON body to POST).
+int srv_route(const char *url);
+int srv_is_generation(int ep);
 // srv_api_parse fills r (ep, id and a default seed in r->sp.seed already set) from a JSON body
 // for model m (borrowed; the caller binds it). Returns ERR_OK or ERR_INVAL with msg naming the
 // field; the caller then frees the parsed fields with srv_api_req_free.

@@ -104,6 +104,67 @@ Test(cfg, syntax_error_names_the_line) {
     free(p);
 }
 
+// Found by tests/fuzz/fuzz_cfg: libinih cuts a line at 199 bytes and parsed the rest as a line
+// of its own ("unknown key 'net..13'"); a long comment line was a syntax error.
+Test(cfg, long_line_is_an_error_naming_it_and_a_long_comment_is_cut) {
+    char line[400];
+    memset(line, 'x', sizeof line);
+    memcpy(line, "; ", 2);
+    snprintf(line + 300, 100, "\n[train]\nseed = 5\n");
+    cfg c;
+    cr_assert_eq(cfg_parse_string(&c, line, "long.ini"), ERR_OK, "%s", err_msg());
+    cr_assert_eq(c.train.seed, 5);
+    memcpy(line, "[net]\npeers = ", 14);
+    cr_assert_eq(cfg_parse_string(&c, line, "long.ini"), ERR_INVAL);
+    cr_assert_str_eq(err_msg(), "long.ini:2: line is longer than 198 characters (the INI "
+                                "reader's limit)");
+    char *p = write_ini(line); // the file reader too
+    cr_assert_eq(cfg_load_ini(&c, p), ERR_INVAL);
+    cr_assert(strstr(err_msg(), ":2: line is longer than 198"), "%s", err_msg());
+    free(p);
+}
+
+// Found by tests/fuzz/fuzz_cfg: libinih read an indented line as a second value for the key
+// above it (its multi-line values), so "  max_iters = 3" under "  seed = 5" set train.seed.
+Test(cfg, indented_lines_are_lines_of_their_own) {
+    cfg c;
+    cr_assert_eq(cfg_parse_string(&c, "[train]\n  seed = 5\n\tmax_iters = 3\n  ; note\n", "i.ini"),
+                 ERR_OK, "%s", err_msg());
+    cr_assert_eq(c.train.seed, 5);
+    cr_assert_eq(c.train.max_iters, 3);
+    cr_assert_eq(cfg_parse_string(&c, "[net]\npeers = a:1,\n  b:2\n", "i.ini"), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "i.ini:3:"), "%s", err_msg());
+}
+
+// Found by tests/fuzz/fuzz_cfg: these values were taken but written back (cfg_write) as a line
+// that reads as another value.
+Test(cfg, string_values_that_would_not_read_back_are_rejected) {
+    cfg c;
+    cr_assert_eq(cfg_parse_string(&c, "[net]\njoin=;x\n", "s.ini"), ERR_INVAL);
+    cr_assert_str_eq(err_msg(), "s.ini:2: net.join: ';x' holds a ';' at its start, which an INI "
+                                "file reads as a comment");
+    cfg_defaults(&c);
+    cr_assert_eq(cfg_set(&c, "data.dir=a ;b"), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "after white space"), "%s", err_msg());
+    cr_assert_eq(cfg_set(&c, "data.dir= a"), ERR_INVAL);
+    cr_assert_eq(cfg_set(&c, "data.dir=a\nb"), ERR_INVAL);
+    cr_assert_eq(cfg_set(&c, "data.dir=a;b"), ERR_OK, "%s", err_msg());
+}
+
+// Found by tests/fuzz/fuzz_cfg: "a," gave a second, empty peer address.
+Test(cfg, validate_rejects_an_empty_peer_address) {
+    cfg c;
+    cfg_defaults(&c);
+    cr_assert_eq(cfg_set(&c, "net.peers=h1:7000,h2:7000"), ERR_OK, "%s", err_msg());
+    cr_assert_eq(cfg_validate(&c), ERR_OK, "%s", err_msg());
+    cr_assert_eq(cfg_set(&c, "net.peers=h1:7000,"), ERR_OK, "%s", err_msg());
+    cr_assert_eq(cfg_validate(&c), ERR_INVAL);
+    cr_assert_str_eq(err_msg(),
+                     "net.peers: address 2 of 'h1:7000,' is empty (one comma too many?)");
+    cr_assert_eq(cfg_set(&c, "net.peers=h1:7000,  ,h3:7000"), ERR_OK, "%s", err_msg());
+    cr_assert_eq(cfg_validate(&c), ERR_INVAL);
+}
+
 Test(cfg, missing_file_is_an_io_error) {
     cfg c;
     cfg_defaults(&c);

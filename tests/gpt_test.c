@@ -1,7 +1,8 @@
 // gpt_test.c: the whole model. (1) The PyTorch cross-check against tests/fixtures/tiny_ref.h5
 // (written by scripts/make-fixtures): logits, loss, every gradient, and the parameters after 3
 // AdamW steps with clipping. (2) A finite-difference check of the full backward pass on a tiny
-// config. (3) Determinism and the parameter table.
+// config. (3) Determinism and the parameter table. (4) gpt_load refusing a file too small for
+// the model its attributes declare.
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
@@ -309,6 +310,30 @@ Test(gpt, parameter_table_uses_nanogpt_names_and_one_contiguous_slab) {
     cr_assert_eq(gpt_n_params(g), 124439808u);
     gpt_destroy(g);
     gpt_destroy(m);
+}
+
+// Found by tests/fuzz/fuzz_ckpt: a checkpoint of attributes only, with n_layer = 2^24, made
+// gpt_load allocate the model (tens of GB) before it found no weights.
+Test(gpt, load_refuses_attributes_declaring_more_weights_than_the_file_holds) {
+    char *dir = tu_tmpdir("gpt-load");
+    char path[512];
+    snprintf(path, sizeof path, "%s/big.h5", dir);
+    ckpt_writer *w;
+    cr_assert_eq(ckpt_writer_open(&w, path), ERR_OK, "%s", err_msg());
+    const char *names[5] = {"n_layer", "n_head", "n_embd", "block_size", "vocab_size"};
+    const int64_t vals[5] = {1 << 24, 1, 4, 4, 8};
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(ckpt_write_attr_i64(w, names[i], vals[i]), ERR_OK, "%s", err_msg());
+    cr_assert_eq(ckpt_writer_commit(w), ERR_OK, "%s", err_msg());
+    gpt_model *m = NULL;
+    cr_assert_eq(gpt_load(&m, path, 1, 0, NULL, NULL), ERR_FORMAT);
+    cr_assert(m == NULL);
+    cr_assert(strstr(err_msg(), "declare a model of 4093640760 parameters (L=16777216 NH=1 C=4 "
+                                "T=4 V=8), 16374563040 bytes of float32 weights, but the file has"),
+              "%s", err_msg());
+    cr_assert(strstr(err_msg(), path), "%s", err_msg());
+    tu_rm_rf(dir);
+    free(dir);
 }
 
 Test(gpt, initialisation_follows_nanogpt_and_is_seeded) {

@@ -411,6 +411,7 @@ int ckpt_read_tensor(ckpt_reader *r, const char *name, float *data, int ndim, co
         same = have[i] == want[i];
     hid_t t = H5Dget_type(d);
     H5T_class_t cls = H5Tget_class(t);
+    size_t width = H5Tget_size(t);
     H5Tclose(t);
     char s1[128], s2[128];
     h5_detail why;
@@ -421,6 +422,12 @@ int ckpt_read_tensor(ckpt_reader *r, const char *name, float *data, int ndim, co
     } else if (cls != H5T_FLOAT) {
         // Other float widths are converted by HDF5; integers or strings are not weights.
         rc = err_set(ERR_FORMAT, "ckpt: dataset '%s' in '%s' is not floating point", name, r->path);
+    } else if (width != 2 && width != 4 && width != 8) {
+        // A corrupt width (found by tests/fuzz/fuzz_ckpt: 4294967292 bytes) would have H5Dread
+        // allocate a conversion buffer of count times that.
+        rc = err_set(ERR_FORMAT,
+                     "ckpt: dataset '%s' in '%s' holds floats of %zu bytes (want 2, 4 or 8)", name,
+                     r->path, width);
     } else {
         rc = check_in_file(r, d, name);
         if (rc == ERR_OK && count &&
@@ -430,6 +437,12 @@ int ckpt_read_tensor(ckpt_reader *r, const char *name, float *data, int ndim, co
     }
     H5Dclose(d);
     return rc;
+}
+
+// file_size returns the bytes of r's file now (0 if it cannot be told).
+static size_t file_size(ckpt_reader *r) {
+    struct stat st;
+    return stat(r->path, &st) == 0 ? (size_t)st.st_size : 0;
 }
 
 enum { KIND_I64, KIND_F64, KIND_STR, KIND_U64S };
@@ -455,14 +468,16 @@ static int open_attr(ckpt_reader *r, const char *name, int kind, size_t n, hid_t
     H5T_class_t cls = H5Tget_class(t);
     H5T_sign_t sign = cls == H5T_INTEGER ? H5Tget_sign(t) : H5T_SGN_ERROR;
     hssize_t np = H5Sget_simple_extent_npoints(space);
+    // A number wider than 8 bytes is corrupt, and H5Aread would convert (allocate) it.
+    int narrow = H5Tget_size(t) <= 8;
     H5Tclose(t);
     H5Sclose(space);
     int ok;
     switch (kind) {
-    case KIND_I64: ok = cls == H5T_INTEGER && sign == H5T_SGN_2; break;
-    case KIND_F64: ok = cls == H5T_FLOAT; break;
+    case KIND_I64: ok = cls == H5T_INTEGER && sign == H5T_SGN_2 && narrow; break;
+    case KIND_F64: ok = cls == H5T_FLOAT && narrow; break;
     case KIND_STR: ok = cls == H5T_STRING; break;
-    default: ok = cls == H5T_INTEGER && sign == H5T_SGN_NONE; break;
+    default: ok = cls == H5T_INTEGER && sign == H5T_SGN_NONE && narrow; break;
     }
     if (!ok) {
         H5Aclose(a);
@@ -518,6 +533,13 @@ int ckpt_read_attr_str(ckpt_reader *r, const char *name, char **v) {
         H5Tclose(mt);
         if (rc == ERR_OK) *v = xstrdup(s ? s : "");
         H5free_memory(s);
+    } else if (H5Tget_size(ft) > file_size(r)) {
+        // A corrupt size would have us allocate it: the bytes must be in the file.
+        rc =
+            err_set(ERR_FORMAT,
+                    "ckpt: attribute '%s' in '%s' is a string of %zu bytes, more than the file has",
+                    name, r->path, H5Tget_size(ft));
+        H5Aclose(a);
     } else {
         // Fixed length (h5py bytes, np.bytes_): read the padded bytes and terminate them.
         size_t n = H5Tget_size(ft);

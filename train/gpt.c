@@ -9,10 +9,12 @@
 // then lnf = ln_f(res[L]) and logits = lnf @ wte^T (N,V), the tied lm_head.
 #include "train/gpt.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "train/base/ckdir.h"
 #include "train/base/err.h"
@@ -86,22 +88,42 @@ static void add_view(gpt_model *m, const char *name, int ndim, size_t d0, size_t
     m->n_params += v->count;
 }
 
+// layer_shape gives tensor p of a block of width C: d0 rows and d1 columns (0: a vector).
+static void layer_shape(int p, size_t C, size_t *d0, size_t *d1) {
+    static const size_t rows[P_PER_LAYER] = {1, 1, 3, 3, 1, 1, 1, 1, 4, 4, 1, 1};
+    static const size_t cols[P_PER_LAYER] = {0, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4, 0};
+    *d0 = rows[p] * C;
+    *d1 = cols[p] * C;
+}
+
 // build_views lays out the parameter slab in nanoGPT state-dict order.
 static void build_views(gpt_model *m) {
     size_t C = (size_t)m->cfg.n_embd, L = (size_t)m->cfg.n_layer;
     m->views = xcalloc(2 + L * P_PER_LAYER + 2, sizeof(gpt_view));
     add_view(m, "transformer.wte.weight", 2, (size_t)m->cfg.vocab_size, C);
     add_view(m, "transformer.wpe.weight", 2, (size_t)m->cfg.block_size, C);
-    const size_t rows[P_PER_LAYER] = {C, C, 3 * C, 3 * C, C, C, C, C, 4 * C, 4 * C, C, C};
-    const size_t cols[P_PER_LAYER] = {0, 0, C, 0, C, 0, 0, 0, C, 0, 4 * C, 0};
     for (size_t l = 0; l < L; l++)
         for (int p = 0; p < P_PER_LAYER; p++) {
             char name[GPT_NAME_MAX];
+            size_t d0, d1;
             snprintf(name, sizeof name, "transformer.h.%zu.%s", l, layer_names[p]);
-            add_view(m, name, cols[p] ? 2 : 1, rows[p], cols[p]);
+            layer_shape(p, C, &d0, &d1);
+            add_view(m, name, d1 ? 2 : 1, d0, d1);
         }
     add_view(m, "transformer.ln_f.weight", 1, C, 0);
     add_view(m, "transformer.ln_f.bias", 1, C, 0);
+}
+
+// params_of returns the parameter count of mc as build_views lays it out, in double: a config
+// read from a file may not fit in size_t (L, C, T and V up to 2^24 each).
+static double params_of(const cfg_model *mc) {
+    double C = mc->n_embd, per_layer = 0;
+    for (int p = 0; p < P_PER_LAYER; p++) {
+        size_t d0, d1;
+        layer_shape(p, 1, &d0, &d1); // the shape in units of C
+        per_layer += (double)d0 * C * (d1 ? (double)d1 * C : 1);
+    }
+    return ((double)mc->vocab_size + mc->block_size + 2) * C + (double)mc->n_layer * per_layer;
 }
 
 // lp returns parameter tensor p of layer l inside slab (params or grads).
@@ -135,6 +157,7 @@ int gpt_create(gpt_model **out, const cfg_model *mc, int max_B, int train) {
     m->max_B = max_B;
     m->train = train;
     build_views(m);
+    ASSERT((double)m->n_params == params_of(mc)); // the count gpt_load checks files against
     m->params = xalloc_aligned(m->n_params * sizeof(float));
     memset(m->params, 0, m->n_params * sizeof(float));
     if (train) {
@@ -410,6 +433,23 @@ int gpt_read_config(ckpt_reader *r, cfg_model *mc) {
     return ERR_OK;
 }
 
+// check_weights_fit refuses a checkpoint whose attributes declare more float32 weights than the
+// file could hold, before anything is allocated for them: ckpt_ stores every tensor whole and
+// uncompressed, so a real checkpoint has at least 4 bytes per parameter (found by
+// tests/fuzz/fuzz_ckpt: a flipped n_layer of 2^24 made gpt_create ask for tens of GB).
+static int check_weights_fit(const char *file, const cfg_model *mc) {
+    struct stat st;
+    if (stat(file, &st) != 0) return err_set(ERR_IO, "%s: %s", file, strerror(errno));
+    double need = 4 * params_of(mc);
+    if (need > (double)st.st_size)
+        return err_set(ERR_FORMAT,
+                       "%s: the attributes declare a model of %.0f parameters (L=%d NH=%d C=%d "
+                       "T=%d V=%d), %.0f bytes of float32 weights, but the file has %lld bytes",
+                       file, need / 4, mc->n_layer, mc->n_head, mc->n_embd, mc->block_size,
+                       mc->vocab_size, need, (long long)st.st_size);
+    return ERR_OK;
+}
+
 int gpt_load(gpt_model **out, const char *path, int max_B, int train, char **tok_spec,
              int64_t *step) {
     char *file = NULL;
@@ -422,6 +462,7 @@ int gpt_load(gpt_model **out, const char *path, int max_B, int train, char **tok
     cfg_model mc;
     rc = ckpt_reader_open(&r, file);
     if (!rc) rc = gpt_read_config(r, &mc);
+    if (!rc) rc = check_weights_fit(file, &mc);
     if (!rc) rc = gpt_create(&m, &mc, max_B, train);
     if (!rc) rc = gpt_read_slab(m, r, "model/", m->params);
     if (!rc && tok_spec) rc = ckpt_read_attr_str(r, "tokenizer", &spec);

@@ -94,8 +94,9 @@ int gpt_read_config(ckpt_reader *r, cfg_model *mc);
 // a model from its attributes with activations for max_B sequences (and training buffers when
 // train != 0), and loads the /model/ weights. On success the caller owns *out; *tok_spec (if
 // non-NULL; caller frees) receives the "tokenizer" attribute and *step (if non-NULL) the "step"
-// attribute. Returns ERR_OK, ERR_IO (missing) or ERR_FORMAT (corrupt, truncated, wrong shapes),
-// with the message naming the file.
+// attribute. Returns ERR_OK, ERR_IO (missing) or ERR_FORMAT (corrupt, truncated, wrong shapes,
+// or attributes that declare more float32 weights than the file has bytes for: refused before
+// anything is allocated), with the message naming the file.
 int gpt_load(gpt_model **out, const char *path, int max_B, int train, char **tok_spec,
              int64_t *step);
 

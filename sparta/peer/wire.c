@@ -351,7 +351,11 @@ void wire_values_add(const void *msg, const wire_header *h, const float *add, fl
                    n = count - lo < WIRE_INT8_BLOCK ? count - lo : WIRE_INT8_BLOCK;
             float s = bits_f32(le_get32(q + 4 * b));
             const signed char *vb = v + lo;
-            SUM_LOOP(n, (float)vb[i] * s);
+            // q * s is exact in double (7 + 24 bits), so the conversion rounds it as the float
+            // product of int8_decode does; written as a float product, compilers that contract
+            // (clang's default, gcc's -ffp-contract=fast with FMA) fused it with the add into
+            // one FMA, which skips that rounding (found by tests/fuzz/fuzz_wire: 1 ulp off).
+            SUM_LOOP(n, (float)((double)vb[i] * s));
         }
     }
 }

@@ -3,6 +3,7 @@
 // wrong types and out-of-range values are errors that name file:line and the key.
 #include "train/base/cfg.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <ini.h>
 #include <math.h>
@@ -252,6 +253,23 @@ const char *cfg_reduce_str(cfg_reduce v) { return word_of(reduce_words, (int)v);
 const char *cfg_apply_str(cfg_apply v) { return word_of(apply_words, (int)v); }
 const char *cfg_dtype_str(cfg_dtype v) { return word_of(dtype_words, (int)v); }
 
+// ini_unsafe returns what keeps string value v from being written as "key = v" (cfg_write) and
+// read back the same, or NULL: libinih strips white space around a value and reads a ';' at its
+// start or after white space as the start of a comment, and a line break ends the line. Such a
+// value can only come from --set, or from a ';' right after the '=' of a line.
+static const char *ini_unsafe(const char *v) {
+    size_t n = strlen(v);
+    if (n && (isspace((unsigned char)v[0]) || isspace((unsigned char)v[n - 1])))
+        return "white space at its start or end";
+    if (v[0] == ';') return "a ';' at its start, which an INI file reads as a comment";
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] == '\n' || v[i] == '\r') return "a line break";
+        if (i && v[i] == ';' && isspace((unsigned char)v[i - 1]))
+            return "a ';' after white space, which an INI file reads as a comment";
+    }
+    return NULL;
+}
+
 // set_value parses text into the field of k; where names the origin for messages.
 static int set_value(cfg *c, const cfg_key *k, const char *text, const char *where) {
     char *p = (char *)c + k->off;
@@ -298,6 +316,10 @@ static int set_value(cfg *c, const cfg_key *k, const char *text, const char *whe
                            k->section, k->name, k->size - 1);
         if (!text[0] && k->type == CFG_STR)
             return err_set(ERR_INVAL, "%s: %s.%s: value is empty", where, k->section, k->name);
+        const char *why = ini_unsafe(text);
+        if (why)
+            return err_set(ERR_INVAL, "%s: %s.%s: '%s' holds %s", where, k->section, k->name, text,
+                           why);
         strcpy(p, text);
         break;
     case CFG_ENUM: {
@@ -349,23 +371,59 @@ typedef struct {
     const char *text; // reading a string
 } ini_ctx;
 
+// next_char returns the next byte of the file or the string, or EOF.
+static int next_char(ini_ctx *ctx) {
+    if (ctx->file) return fgetc(ctx->file);
+    return *ctx->text ? (unsigned char)*ctx->text++ : EOF;
+}
+
+// at_line_end says whether the line just read ends here: at a line break (consumed) or at EOF.
+static int at_line_end(ini_ctx *ctx) {
+    if (ctx->file) {
+        int ch = fgetc(ctx->file);
+        if (ch != EOF && ch != '\n') ungetc(ch, ctx->file);
+        return ch == EOF || ch == '\n';
+    }
+    if (*ctx->text == '\n') {
+        ctx->text++;
+        return 1;
+    }
+    return *ctx->text == 0;
+}
+
+// read_line gives libinih the next line, unindented. Its buffer (num bytes: INI_MAX_LINE, 200 in
+// the packaged builds) cuts a longer line in two and parses the rest as a line of its own, which
+// would turn a long value into a wrong value plus a confusing error. So a long comment line is
+// cut (its rest dropped), and any other long line stops the parse with an error naming it. And
+// libinih takes an indented line after "key = value" as a new value for that key (its multi-line
+// values), so an indented "other = 1" under "seed = 5" set train.seed to "other = 1": no key is
+// multi-line and cfg_write never indents, so every line reaches it unindented, as its own line.
 static char *read_line(char *str, int num, void *stream) {
     ini_ctx *ctx = stream;
-    char *r = NULL;
-    if (ctx->file) {
-        r = fgets(str, num, ctx->file);
-    } else if (*ctx->text) {
-        int i = 0;
-        while (i < num - 1 && ctx->text[0]) {
-            char ch = *ctx->text++;
-            str[i++] = ch;
-            if (ch == '\n') break;
-        }
-        str[i] = 0;
-        r = str;
+    int i = 0, ch = 0;
+    while (i < num - 1 && (ch = next_char(ctx)) != EOF) {
+        str[i++] = (char)ch;
+        if (ch == '\n') break;
     }
-    if (r) ctx->lineno++;
-    return r;
+    if (i == 0) return NULL;
+    str[i] = 0;
+    ctx->lineno++;
+    int cut = str[i - 1] != '\n' && !at_line_end(ctx);
+    size_t lead = strspn(str, " \t\v\f\r");
+    memmove(str, str + lead, (size_t)i - lead + 1);
+    if (!cut) return str;
+    if (str[0] == ';' || str[0] == '#') { // a comment: drop the rest of the line
+        while ((ch = next_char(ctx)) != EOF && ch != '\n') {
+        }
+        return str;
+    }
+    if (ctx->rc == ERR_OK) {
+        ctx->rc =
+            err_set(ERR_INVAL, "%s:%d: line is longer than %d characters (the INI reader's limit)",
+                    ctx->name, ctx->lineno, num - 2);
+        ctx->err_line = ctx->lineno;
+    }
+    return NULL;
 }
 
 static int on_ini(void *user, const char *section, const char *name, const char *value) {
@@ -443,6 +501,14 @@ int cfg_validate(const cfg *c) {
                        c->sparta.delay, c->sparta.max_stale);
     if (c->net.join[0] && c->net.peers[0])
         return err_set(ERR_INVAL, "net.join and net.peers do not combine: give the group one way");
+    // Every entry of a net.peers list becomes a peer's address: none may be empty.
+    for (int i = 0, n = c->net.peers[0] ? cfg_peer_count(c->net.peers) : 0; i < n; i++) {
+        char e[sizeof c->net.peers];
+        if (cfg_peer_entry(c->net.peers, i, e, sizeof e) != 0 || !e[0])
+            return err_set(ERR_INVAL,
+                           "net.peers: address %d of '%s' is empty (one comma too many?)", i + 1,
+                           c->net.peers);
+    }
     if (c->net.join[0] && c->net.world < 2)
         return err_set(ERR_INVAL, "net.join needs net.world, the number of peers (2 or more)");
     if (c->net.discover && (c->net.join[0] || c->net.peers[0] || c->net.world < 2 ||
@@ -511,7 +577,10 @@ void cfg_write(const cfg *c, FILE *f) {
         }
         char v[sizeof(((cfg *)0)->net.peers) + 8];
         format_value(c, &keys[i], v, sizeof v);
-        fprintf(f, "%s = %s\n", keys[i].name, v);
+        // A line longer than libinih's buffer would not read back (read_line), so a long value
+        // loses the spaces around '=' first: then a value read from an INI line always fits.
+        int tight = strlen(keys[i].name) + 3 + strlen(v) > INI_MAX_LINE - 2;
+        fprintf(f, tight ? "%s=%s\n" : "%s = %s\n", keys[i].name, v);
     }
 }
 

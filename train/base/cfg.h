@@ -156,7 +156,8 @@ int cfg_load_ini(cfg *c, const char *path);
 int cfg_set(cfg *c, const char *assignment);
 
 // cfg_validate checks cross-key constraints (n_embd divisible by n_head, train.mode = ddp without
-// diloco.H, ...). Returns ERR_OK or ERR_INVAL naming the keys.
+// diloco.H, ...) and that no address of a net.peers list is empty. Returns ERR_OK or ERR_INVAL
+// naming the keys.
 int cfg_validate(const cfg *c);
 
 // cfg_write prints the full effective config as INI text (every key, current values) to f.
