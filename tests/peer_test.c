@@ -934,3 +934,78 @@ Test(peer, a_call_gets_its_servers_reply_and_times_out_or_fails_cleanly_otherwis
     tu_rm_rf(dir);
     free(dir);
 }
+
+// wait_diag waits (bounded, by the group's own wake-ups) until peer_diagnose(g, rank) holds want.
+static int wait_diag(peer_group *g, int rank, const char *want, char *buf, size_t n) {
+    for (int i = 0; i < 400; i++) {
+        peer_diagnose(g, rank, buf, n);
+        if (strstr(buf, want)) return 1;
+        peer_wait_view(g, PEER_MAX_MEMBERS, 25);
+    }
+    return 0;
+}
+
+// An offender is expelled at max_offences: its link closes and it is not dialled again (not even
+// its restarted process), and one that dials in is refused with the reason; the other links stay
+// up. Offences and expulsions are counted; this process cannot expel itself.
+Test(peer, a_member_is_expelled_after_max_offences_and_refused_from_then_on) {
+    char *dir = tu_tmpdir("peer");
+    char addr[3][PEER_ADDR_MAX];
+    const char *a[3];
+    ipc_addrs(dir, 3, addr, a);
+    peer_group *g[3];
+    for (int i = 0; i < 3; i++) {
+        peer_opts o = {.listen = a[i],
+                       .peers = a,
+                       .world = 3,
+                       .rank = i,
+                       .run_id = 42,
+                       .shared = SHARED,
+                       .tag = "peer-test",
+                       .max_offences = 2};
+        cr_assert_eq(peer_group_create(&g[i], &o), ERR_OK, "%s", err_msg());
+    }
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(peer_wait_view(g[i], 3, 10000), 3);
+    cr_assert_eq(peer_offence(g[0], 2, "non-finite values"), 0, "one offence of two");
+    cr_assert(peer_connected(g[0], 2) && !peer_expelled(g[0], 2));
+    cr_assert_eq(peer_offence(g[0], 2, "non-finite values"), 1, "the second expels");
+    cr_assert(peer_expelled(g[0], 2) && !peer_connected(g[0], 2));
+    cr_assert_eq(peer_offence(g[0], 2, "again"), 1, "expelled stays expelled");
+    char buf[600];
+    cr_assert_eq(peer_diagnose(g[0], 2, buf, sizeof buf), PEER_DIAG_REFUSED);
+    cr_assert(strstr(buf, "expelled: 2 offences") && strstr(buf, "non-finite values"), "%s", buf);
+    // rank 2 sees the link go; the restarted rank 2 is not dialled again by rank 0
+    for (int i = 0; i < 400 && peer_connected(g[2], 0); i++)
+        peer_wait_view(g[2], PEER_MAX_MEMBERS, 25);
+    cr_assert(!peer_connected(g[2], 0));
+    peer_group_destroy(g[2]);
+    peer_opts o2 = {.listen = a[2],
+                    .peers = a,
+                    .world = 3,
+                    .rank = 2,
+                    .run_id = 42,
+                    .shared = SHARED,
+                    .tag = "peer-test"};
+    cr_assert_eq(peer_group_create(&g[2], &o2), ERR_OK, "%s", err_msg());
+    cr_assert_eq(peer_wait_view(g[2], 2, 10000), 2, "rank 1 takes the restarted rank 2 back");
+    // rank 2 expels rank 1, which dials it: its hellos are refused with the reason
+    cr_assert_eq(peer_expel(g[2], 2, "self"), ERR_INVAL);
+    cr_assert_eq(peer_expel(g[2], 9999, "range"), ERR_INVAL);
+    cr_assert_eq(peer_expel(g[2], 1, "by hand"), ERR_OK);
+    cr_assert_eq(peer_expel(g[2], 1, "twice"), ERR_OK);
+    cr_assert(wait_diag(g[1], 2, "rank 1 was expelled from this run", buf, sizeof buf), "%s", buf);
+    cr_assert(!peer_connected(g[1], 2) && !peer_connected(g[2], 1));
+    cr_assert(peer_connected(g[0], 1), "the other links stay up");
+    peer_stats st;
+    peer_get_stats(g[0], &st);
+    cr_assert_eq(st.offences, 2);
+    cr_assert_eq(st.expelled, 1);
+    peer_get_stats(g[2], &st);
+    cr_assert(st.expelled == 1 && st.refused >= 1, "expelled %llu refused %llu",
+              (unsigned long long)st.expelled, (unsigned long long)st.refused);
+    for (int i = 0; i < 3; i++)
+        peer_group_destroy(g[i]);
+    tu_rm_rf(dir);
+    free(dir);
+}
