@@ -350,12 +350,14 @@ static int fetch(diloco *d, int p, ctl_rep *st) {
 
 // newest asks every connected peer for its state and returns the rank furthest ahead (most outer
 // steps, then most inner steps) with at least min_outer outer steps, or -1; *st receives its
-// state.
+// state. (It trusts that peer's state: see the README's threat model.)
 static int newest(diloco *d, int64_t min_outer, ctl_rep *st) {
     int best = -1;
     for (int p = 0; p < d->world; p++) {
         ctl_rep r;
-        if (p == d->rank || !peer_connected(d->g, p)) continue;
+        // never from a peer whose values this outer step rejected, nor an expelled one
+        if (p == d->rank || !peer_connected(d->g, p) || d->except[p] || peer_expelled(d->g, p))
+            continue;
         if (ask(d, p, CTL_STATE, 0, 0, &r, NULL, d->dc.timeout_ms) != ERR_OK) {
             LOG_D("diloco", "rank %d did not answer: %s", p, err_msg());
             continue;

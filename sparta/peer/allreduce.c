@@ -68,6 +68,7 @@ struct ar_ctx {
     unsigned char *last_view, *last_in; // (world) each
     int left_out; // ar_agree: a VIEW of this tag without us came (we cannot be a member)
     float *flags; // (world) a VIEW's payload
+    const unsigned char *except; // ar_agree_except: ranks whose messages are ignored (or NULL)
 };
 
 // next_message returns the oldest stashed message of tag, else waits up to wait_ms on the
@@ -543,6 +544,10 @@ static int agree_take(ar_ctx *c, uint64_t tag, peer_msg *m, int *ahead, ar_stats
     const void *msg = m->data;
     size_t len = m->len;
     wire_header h;
+    if (c->except && c->except[peer]) { // left out: not even a later tag of its counts
+        st->msgs_dropped++;
+        return 0;
+    }
     if (wire_decode(msg, len, c->run_id, &h) != ERR_OK || h.sender != (uint32_t)peer ||
         h.round < tag) {
         if (h.sender == (uint32_t)peer && h.kind == WIRE_HERE) answer_late(c, peer, &h, st);
@@ -650,11 +655,10 @@ int ar_agree_except(ar_ctx *c, uint64_t tag, int timeout_ms, const unsigned char
     memset(all, 1, (size_t)W);
     for (int p = 0; p < W && except; p++) // not waited for, and never heard
         all[p] = p == c->rank || !except[p];
+    c->except = except;
     c->heard[c->rank] = 1;
     // 1. who is here
     int rc = agree_round(c, tag, WIRE_HERE, NULL, all, c->heard, t0 + timeout_ms, ahead, st);
-    for (int p = 0; p < W && except; p++)
-        if (p != c->rank && except[p]) c->heard[p] = 0;
     // 2. what each of us saw: our row of views becomes our view V. It goes to every peer (a late
     // one learns it is out), and we wait for the VIEWs of V's members (left out: no wait; a peer
     // that heard us still gets our VIEW).
@@ -692,6 +696,7 @@ int ar_agree_except(ar_ctx *c, uint64_t tag, int timeout_ms, const unsigned char
             c->last_tag1 = tag + 1;
         }
     }
+    c->except = NULL;
     st->ms = sys_now_ms() - t0;
     LOG_D("allreduce", "rank=%d tag=%llu agreed on %d members ahead=%d ms=%.1f", c->rank,
           (unsigned long long)tag, *nm, *ahead, st->ms);

@@ -147,7 +147,8 @@ int ar_agree(ar_ctx *c, uint64_t tag, int timeout_ms, int *members, int *nm, int
 // entries; NULL: none; this peer's own entry is ignored): they are not waited for and not put in
 // the view this peer sends, so the intersection leaves them out on every member, even on members
 // that heard them (DiLoCo leaves out a peer that sent non-finite values, for the rest of that
-// outer step). A left-out peer learns it from the VIEWs (*nm = 0 there).
+// outer step); their messages are ignored (a later tag of theirs does not set *ahead). A
+// left-out peer learns it from the VIEWs (*nm = 0 there).
 int ar_agree_except(ar_ctx *c, uint64_t tag, int timeout_ms, const unsigned char *except,
                     int *members, int *nm, int *ahead, ar_stats *st);
 
