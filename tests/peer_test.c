@@ -24,6 +24,9 @@ TestSuite(peer, .timeout = 40);
 
 static const char *SHARED = "model.n_layer=2\ntrain.seed=1\n";
 
+static int
+    group_max_offences; // peer_opts.max_offences of the next group_of (0 unless a test sets it)
+
 // group_of makes member rank of a static group over the addresses addr[0..world).
 static peer_group *group_of(const char *const *addr, int world, int rank, const char *shared) {
     peer_opts o = {.listen = addr[rank],
@@ -33,7 +36,8 @@ static peer_group *group_of(const char *const *addr, int world, int rank, const 
                    .run_id = 42,
                    .shared = shared ? shared : SHARED,
                    .build = "test",
-                   .tag = "peer-test"};
+                   .tag = "peer-test",
+                   .max_offences = group_max_offences};
     peer_group *g;
     cr_assert_eq(peer_group_create(&g, &o), ERR_OK, "%s", err_msg());
     return g;
@@ -954,17 +958,10 @@ Test(peer, a_member_is_expelled_after_max_offences_and_refused_from_then_on) {
     const char *a[3];
     ipc_addrs(dir, 3, addr, a);
     peer_group *g[3];
-    for (int i = 0; i < 3; i++) {
-        peer_opts o = {.listen = a[i],
-                       .peers = a,
-                       .world = 3,
-                       .rank = i,
-                       .run_id = 42,
-                       .shared = SHARED,
-                       .tag = "peer-test",
-                       .max_offences = 2};
-        cr_assert_eq(peer_group_create(&g[i], &o), ERR_OK, "%s", err_msg());
-    }
+    group_max_offences = 2;
+    for (int i = 0; i < 3; i++)
+        g[i] = group_of(a, 3, i, NULL);
+    group_max_offences = 0;
     for (int i = 0; i < 3; i++)
         cr_assert_eq(peer_wait_view(g[i], 3, 10000), 3);
     cr_assert_eq(peer_offence(g[0], 2, "non-finite values"), 0, "one offence of two");
@@ -980,14 +977,7 @@ Test(peer, a_member_is_expelled_after_max_offences_and_refused_from_then_on) {
         peer_wait_view(g[2], PEER_MAX_MEMBERS, 25);
     cr_assert(!peer_connected(g[2], 0));
     peer_group_destroy(g[2]);
-    peer_opts o2 = {.listen = a[2],
-                    .peers = a,
-                    .world = 3,
-                    .rank = 2,
-                    .run_id = 42,
-                    .shared = SHARED,
-                    .tag = "peer-test"};
-    cr_assert_eq(peer_group_create(&g[2], &o2), ERR_OK, "%s", err_msg());
+    g[2] = group_of(a, 3, 2, NULL);
     cr_assert_eq(peer_wait_view(g[2], 2, 10000), 2, "rank 1 takes the restarted rank 2 back");
     // rank 2 expels rank 1, which dials it: its hellos are refused with the reason
     cr_assert_eq(peer_expel(g[2], 2, "self"), ERR_INVAL);

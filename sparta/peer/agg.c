@@ -44,18 +44,21 @@ static int cmp_key(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+void agg_sort_u32(uint32_t *x, size_t m) {
+    for (size_t i = 1; i < m; i++) {
+        uint32_t v = x[i];
+        size_t j = i;
+        for (; j > 0 && x[j - 1] > v; j--)
+            x[j] = x[j - 1];
+        x[j] = v;
+    }
+}
+
 static void sort_keys(uint32_t *k, int m) {
-    if (m > INSERTION_MAX) {
+    if (m > INSERTION_MAX)
         qsort(k, (size_t)m, sizeof *k, cmp_key);
-        return;
-    }
-    for (int i = 1; i < m; i++) {
-        uint32_t v = k[i];
-        int j = i;
-        for (; j > 0 && k[j - 1] > v; j--)
-            k[j] = k[j - 1];
-        k[j] = v;
-    }
+    else
+        agg_sort_u32(k, (size_t)m);
 }
 
 // mean_rows: block by block, the rows summed in order into a stack accumulator, then divided.

@@ -11,6 +11,7 @@
 #define AGG_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "train/base/cfg.h"
 
@@ -44,5 +45,9 @@ double agg_norm(const float *x, size_t n);
 // agg_clip scales x(n) by max_norm / |x| when its L2 norm |x| (agg_norm) exceeds max_norm (> 0)
 // and returns 1, else leaves x as it is and returns 0. *norm (may be NULL) receives |x|.
 int agg_clip(float *x, size_t n, float max_norm, double *norm);
+
+// agg_sort_u32 sorts x(m) ascending in place: an insertion sort, for the few values of one
+// coordinate (and other short lists: SPARTA's index selection).
+void agg_sort_u32(uint32_t *x, size_t m);
 
 #endif

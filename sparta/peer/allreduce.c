@@ -340,6 +340,20 @@ static const char *take_message(call *k, peer_msg *m, int *kept) {
     return NULL;
 }
 
+// received accounts for a message that a call took and did not stash: its bytes, and when why is
+// set, the drop (counted and logged). Frees m. Returns 1 if it was a good message.
+static int received(ar_ctx *c, ar_stats *st, uint64_t tag, peer_msg *m, const char *why) {
+    int peer = m->from;
+    size_t len = m->len;
+    st->bytes_recv += len;
+    peer_msg_free(c->g, m);
+    if (!why) return 1;
+    st->msgs_dropped++;
+    LOG_D("allreduce", "rank=%d tag=%llu dropped len=%zu from=%d why=%s", c->rank,
+          (unsigned long long)tag, len, peer, why);
+    return 0;
+}
+
 // member_left returns the rank of a member whose link was up when the call began and is down
 // now, or -1. (A member not linked at the start may still come: the deadline decides.)
 static int member_left(const call *k) {
@@ -425,18 +439,10 @@ static int run_call(call *k, int timeout_ms) {
         int rc = next_message(c, k->tag, wait, &m);
         if (rc == ERR_TIMEOUT) continue; // also peer_wake: the deadline decides
         if (rc != ERR_OK) return rc;
-        int peer = m->from, kept;
-        size_t len = m->len;
+        int kept;
         const char *why = take_message(k, m, &kept);
         if (kept) continue; // a later call's: counted when that call takes it
-        k->st.bytes_recv += len;
-        peer_msg_free(c->g, m);
-        if (why) {
-            k->st.msgs_dropped++;
-            LOG_D("allreduce", "rank=%d tag=%llu dropped len=%zu from=%d why=%s", c->rank,
-                  (unsigned long long)k->tag, len, peer, why);
-            continue;
-        }
+        if (!received(c, &k->st, k->tag, m, why)) continue;
         k->recvd++;
         advance(k, &k->rcv, 0);
         deadline = sys_now_ms() + timeout_ms;
@@ -852,19 +858,9 @@ static int run_gather(gather *k, int timeout_ms) {
         rc = next_message(c, k->tag, wait, &m);
         if (rc == ERR_TIMEOUT) continue; // also peer_wake: the deadline decides
         if (rc != ERR_OK) return rc;
-        int peer = m->from, kept;
-        size_t len = m->len;
+        int kept;
         const char *why = gather_take(k, m, &kept);
-        if (kept) continue;
-        k->st.bytes_recv += len;
-        peer_msg_free(c->g, m);
-        if (why) {
-            k->st.msgs_dropped++;
-            LOG_D("allreduce", "rank=%d tag=%llu gather dropped len=%zu from=%d why=%s", c->rank,
-                  (unsigned long long)k->tag, len, peer, why);
-        } else {
-            deadline = sys_now_ms() + timeout_ms;
-        }
+        if (!kept && received(c, &k->st, k->tag, m, why)) deadline = sys_now_ms() + timeout_ms;
     }
 }
 
