@@ -40,6 +40,7 @@ typedef struct {
     char pki[700];
     const char *method; // SPARTA or DILOCO
     const char *module; // "sparta" or "diloco": its metrics.csv columns
+    const char *extra;  // more options of the next runs ("" unless a test sets them)
     double base;        // the mean model's val loss without the insider
 } fixture;
 
@@ -55,6 +56,7 @@ static void fx_open(fixture *f, const char *method, const char *module) {
     }
     f->method = method;
     f->module = module;
+    f->extra = "";
 }
 
 static void fx_close(fixture *f) { tu_cluster_close(&f->c); }
@@ -66,13 +68,15 @@ static const char *insider_bin(void) {
     return b;
 }
 
-// args_of: the whole command line of rank r: the base, the method, the rule and r's certificate.
+// args_of: the whole command line of rank r: the base, the method, the extra options, the rule
+// and r's certificate.
 static void args_of(const fixture *f, int r, const char *rule, char *out, size_t n) {
-    snprintf(out, n,
-             BASE
-             " %s --set %s.aggregate=%s --set net.tls_ca=%s/ca.crt --set net.tls_cert=%s/p%d.crt "
-             "--set net.tls_key=%s/p%d.key",
-             f->method, f->module, rule, f->pki, f->pki, r, f->pki, r);
+    snprintf(
+        out, n,
+        BASE
+        " %s %s --set %s.aggregate=%s --set net.tls_ca=%s/ca.crt --set net.tls_cert=%s/p%d.crt "
+        "--set net.tls_key=%s/p%d.key",
+        f->method, f->extra, f->module, rule, f->pki, f->pki, r, f->pki, r);
 }
 
 // csv_of writes rank r's metrics.csv path into out.
@@ -153,8 +157,9 @@ static double run_case(fixture *f, const char *rule, const char *attack) {
         tu_wait_exit(pid[INSIDER], 10);
     }
     double v = diverged ? INFINITY : mean_val(f);
-    fprintf(stderr, "insider %s aggregate=%s attack=%s: honest mean model val loss %.4f (%.1f s)\n",
-            f->module, rule, attack ? attack : "(none)", v, (sys_now_ms() - t0) / 1000);
+    fprintf(stderr,
+            "insider %s aggregate=%s attack=%s %s: honest mean model val loss %.4f (%.1f s)\n",
+            f->module, rule, attack ? attack : "(none)", f->extra, v, (sys_now_ms() - t0) / 1000);
     return v;
 }
 
@@ -217,5 +222,14 @@ Test(insider,
     expect_near(&f, run_case(&f, "trimmed_mean", "flip"), "trimmed_mean, -10x deltas");
     expect_near(&f, run_case(&f, "mean", "nan"), "mean, NaNs");
     expect_expelled(&f);
+    // diloco.max_norm: the mean over the all-gather, each delta clipped to norm 1 (the honest
+    // ones are about 1.2 here): the huge one is clipped at every outer step, and harmless
+    f.extra = "--set diloco.max_norm=1";
+    double v = run_case(&f, "mean", "huge");
+    cr_assert(isfinite(v) && v < 1.05 * f.base, "mean, clipped huge deltas: %.4f vs %.4f", v,
+              f.base);
+    char path[800];
+    csv_of(&f, 0, path, sizeof path);
+    cr_assert_geq(tu_last_metric(path, "diloco_clipped"), 6, "every outer step clips one");
     fx_close(&f);
 }
