@@ -145,6 +145,8 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(B)/tests/%)
 PORTABLE_SYS_OBJ := $(B)/portable/train/base/sys.o
 TEST_BIN += $(B)/tests/sys_portable_test
 TU_OBJ := $(B)/tests/test_util.o
+# Programs the tests start (tests/insider_peer.c: a malicious peer, see tests/insider_test.c).
+TEST_HELPER_BIN := $(B)/tests/insider_peer
 BENCH_SRC := $(wildcard tests/bench_*.c)
 BENCH_SH := $(wildcard tests/bench_*.sh)
 TEST_SH := $(filter-out $(BENCH_SH),$(wildcard tests/*.sh))
@@ -234,14 +236,17 @@ $(B)/tests/fuzz/fuzz_%: $(B)/tests/fuzz/fuzz_%.o $(B)/tests/fuzz/fuzz.o $(FUZZ_D
 $(B)/tests/fuzz/seed_ckpt: $(B)/tests/fuzz/seed_ckpt.o $(LIB_OBJ)
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+$(TEST_HELPER_BIN): $(B)/tests/insider_peer.o $(LIB_OBJ)
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
 # Tests run from the repo root with bin/spartan built (some tests run it as a process). The
 # build runs in a second make, so that pkg-config sees what deps-test has just installed.
 test: deps-test
 	@$(MAKE) --no-print-directory run-tests
 
-run-tests: check-deps-test lint $(SPARTAN) $(TEST_BIN) $(FUZZ_BIN)
-	@SPARTAN_BIN=$(SPARTAN) FUZZ_BIN_DIR=$(B)/tests/fuzz $(SHELL) scripts/run-tests $(TEST_BIN) \
-		$(TEST_SH)
+run-tests: check-deps-test lint $(SPARTAN) $(TEST_BIN) $(FUZZ_BIN) $(TEST_HELPER_BIN)
+	@SPARTAN_BIN=$(SPARTAN) FUZZ_BIN_DIR=$(B)/tests/fuzz INSIDER_PEER=$(TEST_HELPER_BIN) \
+		$(SHELL) scripts/run-tests $(TEST_BIN) $(TEST_SH)
 
 # make test-arm64: cross-build for linux-arm64 and run the suites of ARM64_TESTS under qemu-user,
 # each bounded by ARM64_TIMEOUT seconds. These are the portable core, where x86-only code

@@ -9,6 +9,18 @@
 // comes after exactly H inner steps, and every step changes theta_g unless delta = 0: the three
 // bugs of public reference code this avoids. (DDP, in ddp.c, averages the gradients after every
 // backward pass with the same all-reduce, on the same ring channel.)
+// Robust aggregation (diloco.aggregate = trimmed_mean or median, or diloco.max_norm > 0): a ring
+// sums, and a member relays the others' partial sums, so it cannot compute a median and a bad
+// member can change what passes through it. Instead every member sends its delta to every other
+// (ar_gather_group: (W-1) n values out and in, against the ring's 2 (W-1)/W n) and aggregates
+// all of them itself: a delta that is not finite is rejected (and an offence of its sender,
+// peer_offence), each is clipped to max_norm if it is longer (agg_clip), then
+//   delta = rule over the accepted deltas, per coordinate (agg.h)
+// With the mean a non-finite ring result is caught instead: every member sends its delta once
+// more, only to be checked; the senders of non-finite values are offences and left out of a new
+// agreement (ar_agree_except), and the ring runs again without them. If nobody sent one (a sum
+// that overflowed), or every delta was rejected, the outer step is skipped: theta_g and the
+// momentum stay, and theta_local = theta_g.
 // Faults: before each outer step the peers agree on who is present (ar_agree, waiting at most
 // diloco.timeout_ms for each); the present ones average among themselves. A peer that is left
 // out or late, or that (re)starts while the others run, fetches theta_g, the momentum, the outer
@@ -23,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sparta/peer/agg.h"
 #include "sparta/peer/allreduce.h"
 #include "sparta/peer/le.h"
 #include "sparta/peer/peer.h"
@@ -128,6 +141,14 @@ struct diloco {
     double ms_sum;
     uint64_t exchanges; // outer steps shared with at least one other peer
     int members[AR_MAX_WORLD];
+    // robust aggregation: the all-gather's rows of the other members ((world - 1) x n, NULL with
+    // the ring), row pointers and rejections by position, ranks left out of this outer step
+    int robust;
+    float *rows;
+    float *rowp[AR_MAX_WORLD];
+    const float *acc[AR_MAX_WORLD];
+    unsigned char bad[AR_MAX_WORLD], except[AR_MAX_WORLD];
+    uint64_t nonfinite, clipped, skipped; // deltas rejected, deltas clipped, outer steps skipped
 };
 
 void diloco_outer_update(float *theta_g, float *buf, const float *delta, size_t n, float lr,
@@ -145,6 +166,14 @@ static int wire_dtype(cfg_dtype t) {
     return t == CFG_DTYPE_INT8 ? WIRE_INT8 : t == CFG_DTYPE_BF16 ? WIRE_BF16 : WIRE_FP32;
 }
 
+// count adds one call's counters to d's.
+static void count(diloco *d, const ar_stats *st) {
+    d->bytes_sent += st->bytes_sent;
+    d->bytes_recv += st->bytes_recv;
+    d->msgs_dropped += st->msgs_dropped;
+    d->ms_sum += st->ms;
+}
+
 // reduce averages x(n) over the members(nm) and keeps the counters; what names the call in an
 // error.
 static int reduce(diloco *d, float *x, size_t n, uint64_t tag, const int *members, int nm,
@@ -152,11 +181,71 @@ static int reduce(diloco *d, float *x, size_t n, uint64_t tag, const int *member
     if (!d->ar) return ERR_OK;
     ar_stats st;
     int rc = ar_mean_group(d->ar, x, n, tag, members, nm, d->dc.timeout_ms, &st);
-    d->bytes_sent += st.bytes_sent;
-    d->bytes_recv += st.bytes_recv;
-    d->msgs_dropped += st.msgs_dropped;
-    d->ms_sum += st.ms;
+    count(d, &st);
     if (rc) return err_set(rc, "%s: all-reduce failed: %s", what, err_msg());
+    return ERR_OK;
+}
+
+// offence reports member rank's non-finite delta of outer step t to the peer layer.
+static void offence(diloco *d, int rank, int64_t t) {
+    char why[96];
+    snprintf(why, sizeof why, "non-finite pseudo-gradient in DiLoCo outer step %lld", (long long)t);
+    d->nonfinite++;
+    peer_offence(d->g, rank, why);
+}
+
+// robust_reduce replaces delta(n) by the rule over the members' deltas (all-gathered): the
+// non-finite ones rejected, each clipped to max_norm. *accepted = the deltas aggregated (0: none,
+// delta is left as it was gathered). Returns ERR_OK or the all-gather's error.
+static int robust_reduce(diloco *d, float *delta, size_t n, uint64_t tag, int64_t t, int nm,
+                         int *accepted) {
+    int pos = 0;
+    while (d->members[pos] != d->rank)
+        pos++;
+    for (int i = 0; i < nm; i++)
+        d->rowp[i] = i == pos ? delta : d->rows + (size_t)(i < pos ? i : i - 1) * n;
+    ar_stats st;
+    int rc = ar_gather_group(d->ar, delta, n, tag, d->members, nm, d->dc.timeout_ms, d->rowp,
+                             d->bad, &st);
+    count(d, &st);
+    if (rc) return err_set(rc, "outer step %lld: all-gather failed: %s", (long long)t, err_msg());
+    d->bad[pos] = !agg_finite(delta, n); // ours are left out too (the others do that)
+    int m = 0;
+    for (int i = 0; i < nm; i++) {
+        if (d->bad[i]) {
+            if (i != pos) offence(d, d->members[i], t);
+            continue;
+        }
+        double norm;
+        if (d->dc.max_norm > 0 && agg_clip(d->rowp[i], n, d->dc.max_norm, &norm)) {
+            d->clipped++;
+            LOG_D("diloco", "outer step %lld: rank %d's pseudo-gradient clipped from %.4g to %g",
+                  (long long)t, d->members[i], norm, d->dc.max_norm);
+        }
+        d->acc[m++] = d->rowp[i];
+    }
+    *accepted = m;
+    if (m) agg_rows(d->dc.aggregate, d->dc.trim, d->acc, m, n, delta);
+    return ERR_OK;
+}
+
+// find_senders: the ring's mean is not finite. Every member sends its delta(n) once more, to be
+// checked only; the ones that are not finite are offences and go into d->except. Returns ERR_OK
+// (*found: how many) or the all-gather's error.
+static int find_senders(diloco *d, const float *delta, size_t n, uint64_t tag, int64_t t, int nm,
+                        int *found) {
+    ar_stats st;
+    int rc =
+        ar_gather_group(d->ar, delta, n, tag, d->members, nm, d->dc.timeout_ms, NULL, d->bad, &st);
+    count(d, &st);
+    *found = 0;
+    if (rc) return err_set(rc, "outer step %lld: checking the deltas: %s", (long long)t, err_msg());
+    for (int i = 0; i < nm; i++)
+        if (d->bad[i]) {
+            offence(d, d->members[i], t);
+            d->except[d->members[i]] = 1;
+            ++*found;
+        }
     return ERR_OK;
 }
 
@@ -261,12 +350,14 @@ static int fetch(diloco *d, int p, ctl_rep *st) {
 
 // newest asks every connected peer for its state and returns the rank furthest ahead (most outer
 // steps, then most inner steps) with at least min_outer outer steps, or -1; *st receives its
-// state.
+// state. (It trusts that peer's state: see the README's threat model.)
 static int newest(diloco *d, int64_t min_outer, ctl_rep *st) {
     int best = -1;
     for (int p = 0; p < d->world; p++) {
         ctl_rep r;
-        if (p == d->rank || !peer_connected(d->g, p)) continue;
+        // never from a peer whose values this outer step rejected, nor an expelled one
+        if (p == d->rank || !peer_connected(d->g, p) || d->except[p] || peer_expelled(d->g, p))
+            continue;
         if (ask(d, p, CTL_STATE, 0, 0, &r, NULL, d->dc.timeout_ms) != ERR_OK) {
             LOG_D("diloco", "rank %d did not answer: %s", p, err_msg());
             continue;
@@ -360,6 +451,11 @@ int diloco_create(diloco **out, const cfg_diloco *dc, peer_group *g, int rank, i
         d->g = g;
         rc = ar_create(&d->ar, g, PEER_CH_RING, rank, world, run_id, n, wire_dtype(dc->dtype));
         if (!rc) peer_set_server(g, serve, d); // a peer that (re)joins asks for our state
+        d->robust = dc->aggregate != CFG_AGG_MEAN || dc->max_norm > 0;
+        if (!rc && d->robust) { // the other members' deltas: touched now, not in an outer step
+            d->rows = xalloc_aligned((size_t)(world - 1) * n * sizeof(float));
+            memset(d->rows, 0, (size_t)(world - 1) * n * sizeof(float));
+        }
     }
     if (rc) {
         diloco_destroy(d);
@@ -369,19 +465,25 @@ int diloco_create(diloco **out, const cfg_diloco *dc, peer_group *g, int rank, i
     return ERR_OK;
 }
 
-// outer_reduce averages delta(n) with the peers present for outer step t: agree on the members,
-// then all-reduce among them, trying again with a fresh agreement (a member died in between)
-// up to 3 times. *nm = the number of members (1: alone), or 0 if this peer must take the state
-// of a live peer instead (it was left out or is late). Returns ERR_OK or the error.
-static int outer_reduce(diloco *d, float *delta, size_t n, int64_t t, int *nm_out) {
+// outer_reduce aggregates delta(n) = theta_g - params with the peers present for outer step t:
+// agree on the members, then all-reduce (or all-gather, robust) among them, trying again with a
+// fresh agreement (a member died in between, or sent values that are not finite) up to 3 times.
+// *nm = the number of members (1: alone), or 0 if this peer must take the state of a live peer
+// instead (it was left out or is late); *skip = 1 if the step must be skipped (no finite
+// aggregate). Returns ERR_OK or the error.
+static int outer_reduce(diloco *d, float *delta, const float *params, size_t n, int64_t t,
+                        int *nm_out, int *skip) {
     *nm_out = 1;
+    *skip = 0;
     if (d->world == 1) return ERR_OK;
     int rc = ERR_OK;
+    memset(d->except, 0, sizeof d->except);
     for (int attempt = 0; attempt < 3; attempt++) {
-        uint64_t tag = (uint64_t)t * 4 + (uint64_t)attempt;
+        // two tags per try: the exchange, and the check of the deltas after a non-finite mean
+        uint64_t tag = (uint64_t)t * 8 + (uint64_t)attempt * 2;
         int nm = 0, ahead = 0;
         ar_stats st;
-        rc = ar_agree(d->ar, tag, d->dc.timeout_ms, d->members, &nm, &ahead, &st);
+        rc = ar_agree_except(d->ar, tag, d->dc.timeout_ms, d->except, d->members, &nm, &ahead, &st);
         d->bytes_sent += st.bytes_sent;
         d->agree_sent += st.bytes_sent;
         d->bytes_recv += st.bytes_recv;
@@ -405,9 +507,33 @@ static int outer_reduce(diloco *d, float *delta, size_t n, int64_t t, int *nm_ou
                   nm, nv, who);
         }
         if (nm == 1) return ERR_OK;
-        char what[64];
-        snprintf(what, sizeof what, "outer step %lld (try %d of 3)", (long long)t, attempt + 1);
-        rc = reduce(d, delta, n, tag, d->members, nm, what);
+        if (d->robust) {
+            int accepted = 0;
+            rc = robust_reduce(d, delta, n, tag, t, nm, &accepted);
+            if (rc == ERR_OK) *skip = accepted == 0;
+        } else {
+            char what[64];
+            snprintf(what, sizeof what, "outer step %lld (try %d of 3)", (long long)t, attempt + 1);
+            rc = reduce(d, delta, n, tag, d->members, nm, what);
+            if (rc == ERR_OK && !agg_finite(delta, n)) {
+                // the ring cannot say whose values did it: check every member's, once
+#pragma omp parallel for schedule(static)
+                for (size_t i = 0; i < n; i++)
+                    delta[i] = d->theta_g[i] - params[i];
+                int found = 0;
+                rc = find_senders(d, delta, n, tag + 1, t, nm, &found);
+                LOG_W("diloco",
+                      "outer step %lld: the averaged pseudo-gradient is not finite: %d sender%s "
+                      "found%s",
+                      (long long)t, found, found == 1 ? "" : "s",
+                      found ? ", leaving them out" : ", skipping the step");
+                if (rc == ERR_OK && !found) *skip = 1;
+                if (rc == ERR_OK && found) {
+                    rc = err_set(ERR_PEER, "outer step %lld: non-finite values", (long long)t);
+                    continue; // the next try leaves them out
+                }
+            }
+        }
         if (rc == ERR_OK || rc == ERR_CLOSED) return rc;
         LOG_W("diloco", "%s: agreeing again", err_msg());
     }
@@ -426,11 +552,21 @@ int diloco_after_step(diloco *d, float *params, size_t n, long step) {
     for (size_t i = 0; i < n; i++)
         delta[i] = g[i] - params[i];
     int64_t t = d->outer_steps + 1;
-    int nm = 0, took = 0;
+    int nm = 0, took = 0, skip = 0;
     double t0 = sys_now_ms();
     uint64_t sent0 = d->bytes_sent;
-    int rc = outer_reduce(d, delta, n, t, &nm);
+    int rc = outer_reduce(d, delta, params, n, t, &nm, &skip);
     if (rc) return rc;
+    if (skip) { // no finite aggregate: theta_g and the momentum stay, theta_local = theta_g
+        pthread_mutex_lock(&d->mu);
+        d->outer_steps++;
+        d->skipped++;
+        pthread_mutex_unlock(&d->mu);
+        memcpy(params, d->theta_g, n * sizeof(float));
+        LOG_W("diloco", "outer step=%lld at step=%ld skipped: no finite pseudo-gradient to apply",
+              (long long)d->outer_steps, step);
+        return ERR_OK;
+    }
     // Left out, late, or alone: if the others took outer step t without us, their state replaces
     // ours; if nobody did (everyone else is gone), we take it alone.
     if (nm <= 1 && d->world > 1) {
@@ -491,6 +627,9 @@ void diloco_get_stats(diloco *d, diloco_stats *st) {
     st->bytes_recv = d->bytes_recv;
     st->msgs_dropped = d->msgs_dropped;
     st->outer_steps = (uint64_t)d->outer_steps;
+    st->nonfinite = d->nonfinite;
+    st->clipped = d->clipped;
+    st->skipped = d->skipped;
     st->allreduce_ms = d->outer_steps ? d->ms_sum / (double)d->outer_steps : 0;
 }
 
@@ -508,6 +647,7 @@ void diloco_destroy(diloco *d) {
     free(d->theta_g);
     free(d->buf);
     free(d->delta);
+    free(d->rows);
     free(d);
 }
 
@@ -532,6 +672,9 @@ static void sync_metrics(void *ctx, train_sync_metrics *m) {
     m->msgs_dropped += st.msgs_dropped;
     train_sync_metric(m, "diloco_outer_steps", "outer", (double)st.outer_steps, 0);
     train_sync_metric(m, "diloco_allreduce_ms", NULL, st.allreduce_ms, 3);
+    train_sync_metric(m, "diloco_nonfinite", NULL, (double)st.nonfinite, 0);
+    train_sync_metric(m, "diloco_clipped", NULL, (double)st.clipped, 0);
+    train_sync_metric(m, "diloco_skipped", NULL, (double)st.skipped, 0);
 }
 
 static void sync_destroy(void *ctx) { diloco_destroy(ctx); }
@@ -550,7 +693,9 @@ int diloco_sync_create(train_sync *out, const cfg_diloco *dc, peer_group *g,
     out->join = sync_join;
     out->get_metrics = sync_metrics;
     out->destroy = sync_destroy;
-    LOG_I("diloco", "H=%d lr=%g momentum=%g nesterov=%d dtype=%s peers=%d", dc->H, dc->lr,
-          dc->momentum, dc->nesterov, cfg_dtype_str(dc->dtype), run->world);
+    LOG_I("diloco",
+          "H=%d lr=%g momentum=%g nesterov=%d dtype=%s peers=%d aggregate=%s trim=%g max_norm=%g",
+          dc->H, dc->lr, dc->momentum, dc->nesterov, cfg_dtype_str(dc->dtype), run->world,
+          cfg_aggregate_str(dc->aggregate), dc->trim, dc->max_norm);
     return ERR_OK;
 }

@@ -22,8 +22,11 @@ typedef struct diloco_stats {
     uint64_t exchanges;              // outer steps shared with at least one other peer
     uint64_t bytes_sent, bytes_recv; // all-reduce, membership and control-channel bytes
     uint64_t msgs_dropped;           // all-reduce messages ignored (another run or tag, malformed)
-    uint64_t outer_steps;            // outer steps taken
+    uint64_t outer_steps;            // outer steps taken (skipped ones too)
     double allreduce_ms;             // mean time of an outer step's all-reduce
+    uint64_t nonfinite;              // peers' pseudo-gradients rejected for non-finite values
+    uint64_t clipped;                // pseudo-gradients clipped to diloco.max_norm
+    uint64_t skipped;                // outer steps skipped: no finite aggregate
 } diloco_stats;
 
 // diloco_outer_update applies one outer step to theta_g(n) with the averaged pseudo-gradient
@@ -38,7 +41,8 @@ void diloco_outer_update(float *theta_g, float *buf, const float *delta, size_t 
 // peers at step 0: same seed; params must not be NULL), the momentum is zero. With world > 1 it
 // works over the peer group g (borrowed; NULL alone): it owns the ring channel and answers the
 // group's state requests (peer_set_server) with its outer state. Every buffer (theta_g, momentum,
-// delta and the all-reduce's) is allocated here. On success the caller owns *out
+// delta and the all-reduce's; with robust aggregation (world - 1) x n floats for the others'
+// deltas) is allocated here. On success the caller owns *out
 // (diloco_destroy). Returns ERR_OK or ERR_INVAL.
 int diloco_create(diloco **out, const cfg_diloco *dc, peer_group *g, int rank, int world,
                   uint64_t run_id, const float *params, size_t n);
@@ -47,9 +51,13 @@ int diloco_create(diloco **out, const cfg_diloco *dc, peer_group *g, int rank, i
 // steps): delta = theta_g - params, mean over the peers present, diloco_outer_update,
 // params = theta_g. The peers present are agreed on first (ar_agree), waiting at most
 // diloco.timeout_ms for each; a missing peer is left out. A peer that is itself left out or
-// late takes theta_g from a live peer instead (control channel). Blocks meanwhile. Returns
-// ERR_OK, or ERR_CLOSED / ERR_TIMEOUT / ERR_NET when the peers could not complete the step
-// three times in a row or a state copy failed.
+// late takes theta_g from a live peer instead (control channel). With diloco.aggregate =
+// trimmed_mean or median, or diloco.max_norm > 0, the mean is replaced by an all-gather and that
+// rule over the peers' deltas, each clipped to max_norm (ar_gather_group, agg.h). A delta that
+// is not finite is never applied: its sender is left out and reported (peer_offence); if no
+// finite aggregate remains, the step is skipped (theta_g and the momentum stay; params =
+// theta_g). Blocks meanwhile. Returns ERR_OK, or ERR_CLOSED / ERR_TIMEOUT / ERR_NET / ERR_PEER
+// when the peers could not complete the step three times in a row or a state copy failed.
 int diloco_after_step(diloco *d, float *params, size_t n, long step);
 
 // diloco_join runs before the first step of a peer that may be joining a running group: it asks
@@ -77,7 +85,8 @@ void diloco_destroy(diloco *d);
 // alone or with peers): diloco_create for peer run->rank of run->world with params(n_params) and a
 // run id derived from run->run_id, over group g. The hooks are
 // after_step, save, load, join and get_metrics, which reports the common counters and
-// diloco_outer_steps and diloco_allreduce_ms. On success *out owns the diloco (out->destroy); on
+// diloco_outer_steps, diloco_allreduce_ms, diloco_nonfinite, diloco_clipped and
+// diloco_skipped. On success *out owns the diloco (out->destroy); on
 // failure *out is zeroed. Returns ERR_OK or the error of diloco_create. Trainer thread.
 int diloco_sync_create(train_sync *out, const cfg_diloco *dc, peer_group *g,
                        const train_sync_run *run, const float *params, size_t n_params);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sparta/peer/agg.h"
 #include "train/base/err.h"
 
 // Six rounds. Four give a strong pseudo-random permutation only asymptotically (Luby-Rackoff);
@@ -155,17 +156,6 @@ static uint32_t *scratch_get(size_t need) {
     return s->data;
 }
 
-// insertion_sort sorts x(m) for m <= SMALL_SORT.
-static void insertion_sort(uint32_t *x, size_t m) {
-    for (size_t i = 1; i < m; i++) {
-        uint32_t v = x[i];
-        size_t j = i;
-        for (; j > 0 && x[j - 1] > v; j--)
-            x[j] = x[j - 1];
-        x[j] = v;
-    }
-}
-
 // fill_sorted writes the permutation's entries first .. first + m - 1 into out(m), sorted
 // ascending, by an LSD radix sort: the values have b <= 32 bits, sorted in P = ceil(b / 11)
 // passes of digits of w = ceil(b / P) <= 11 bits (3 x 9 bits at n = 124M): at most 2^11 write
@@ -175,7 +165,7 @@ static void fill_sorted(const perm *p, uint64_t first, size_t m, uint32_t *out) 
     enum { MAX_PASSES = 3, MAX_DIGIT = 11 };
     if (m <= SMALL_SORT) {
         perm_fill(p, first, m, out);
-        insertion_sort(out, m);
+        agg_sort_u32(out, m); // an insertion sort: m <= SMALL_SORT
         return;
     }
     int b = bits_for(p->n);

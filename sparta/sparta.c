@@ -2,6 +2,12 @@
 // Round r = step (every sparta.every steps); I_r = select_indices(seed, r); k = round(p*N).
 //   m_r = (sum over present peers q, in rank order, of x_r^q[I_r]) / |present|
 //   overwrite: x[I_r] <- m_r              correct: x[I_r] <- x[I_r] + (m_r - x_r[I_r])
+// With sparta.aggregate = trimmed_mean or median, m_r is that rule per coordinate over the
+// present peers' values instead (agg.h: sorted, so the same on every peer that has the same
+// values; a peer that sends outliers moves it at most to the honest values' range). A message
+// with a value that is not finite leaves its sender out of that round (whatever the rule: such a
+// value is never averaged), is counted, and is an offence (peer_offence: the sender is expelled at
+// net.max_offences); our own values are checked the same way.
 // applied at the first step boundary where round r is complete (the values of every member the
 // peer group's view has a live link to are in: a dead peer is not waited for, nor one whose link
 // came up after the start until its first values arrive), and at the latest
@@ -24,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sparta/peer/agg.h"
 #include "sparta/peer/allreduce.h"
 #include "sparta/peer/peer.h"
 #include "sparta/peer/wire.h"
@@ -41,19 +48,20 @@ enum { S_FREE = 0, S_OPEN, S_CLOSING, S_DONE };
 typedef struct {
     int64_t round; // -1 when never used
     int state;
-    int posted;        // the trainer has gathered our values
-    int sending;       // the exchanger has taken them to send
-    int sent;          // the exchanger has sent them
-    size_t count;      // values in this round
-    uint32_t *got;     // [world] values received per peer (ours = count once posted)
-    int ring_np;       // ring: peers of the completed all-reduce (0: not completed)
-    int ring_failed;   // ring: the all-reduce failed or was given up
-    float *vals;       // [world][kmax] values per peer (+ the mean's row for ring)
-    uint32_t *idx;     // [kmax] the round's indices (set when our values are gathered)
-    int64_t post_step; // this peer's step when our values were posted (staleness is counted
-                       // in our own steps, so a catch-up jump of the round counter is not)
-    double t_post;     // when our values were posted (ms, monotonic)
-    double t_done;     // when the last peer's values arrived
+    int posted;              // the trainer has gathered our values
+    int sending;             // the exchanger has taken them to send
+    int sent;                // the exchanger has sent them
+    size_t count;            // values in this round
+    uint32_t *got;           // [world] values received per peer (ours = count once posted)
+    int ring_np;             // ring: peers of the completed all-reduce (0: not completed)
+    int ring_failed;         // ring: the all-reduce failed or was given up
+    unsigned char *rejected; // [world] the peer's values of this round held a non-finite value
+    float *vals;             // [world][kmax] values per peer (+ the mean's row for ring)
+    uint32_t *idx;           // [kmax] the round's indices (set when our values are gathered)
+    int64_t post_step;       // this peer's step when our values were posted (staleness is counted
+                             // in our own steps, so a catch-up jump of the round counter is not)
+    double t_post;           // when our values were posted (ms, monotonic)
+    double t_done;           // when the last peer's values arrived
 } slot;
 
 struct sparta_exchanger {
@@ -83,11 +91,14 @@ struct sparta_exchanger {
     // trainer scratch
     float *mean;
     int *present;
+    const float **rows; // [world] the present peers' rows of a round
+
     // exchanger scratch
     uint8_t *sendbuf;
     // counters (under mu)
     uint64_t rounds_done, rounds_late, rounds_dropped, msgs_dropped, n_applied, n_lat;
     uint64_t msgs_filed; // valid values filed from peers
+    uint64_t nonfinite;  // messages (and ring rounds) rejected for a non-finite value
     int round_peers;     // peers averaged in the last round applied (trainer thread)
     double stale_sum, stale_max, lat_sum;
 };
@@ -107,6 +118,7 @@ static void slot_reset(const sparta_exchanger *ex, slot *s, int64_t round) {
     s->posted = s->sending = s->sent = 0;
     s->count = round_count(ex, round);
     memset(s->got, 0, (size_t)ex->world * sizeof(uint32_t));
+    memset(s->rejected, 0, (size_t)ex->world);
     s->ring_np = s->ring_failed = 0;
     s->t_post = s->t_done = 0;
 }
@@ -116,12 +128,12 @@ static float *ring_mean(const sparta_exchanger *ex, slot *s) {
     return s->vals + (size_t)ex->world * ex->kmax;
 }
 
-// slot_complete: the values of every peer the rounds wait for (ours included) are in; ring: the
-// all-reduce completed. Caller holds mu.
+// slot_complete: the values of every peer the rounds wait for (ours included) are in, or were
+// rejected; ring: the all-reduce completed. Caller holds mu.
 static int slot_complete(const sparta_exchanger *ex, const slot *s) {
     if (ex->ring) return s->ring_np > 0;
     for (int p = 0; p < ex->world; p++)
-        if (ex->live[p] && ex->wait[p] && s->got[p] != s->count) return 0;
+        if (ex->live[p] && ex->wait[p] && !s->rejected[p] && s->got[p] != s->count) return 0;
     return 1;
 }
 
@@ -213,7 +225,18 @@ static void file_message(sparta_exchanger *ex, int peer, const void *msg, size_t
         LOG_D("sparta", "dropped message from peer=%d len=%zu: %s", peer, len, why);
         return;
     }
-    wire_values(msg, &h, peer_vals(ex, s, peer) + h.offset);
+    float *dst = peer_vals(ex, s, peer) + h.offset;
+    wire_values(msg, &h, dst);
+    // one value that is not finite rejects the sender's whole round (counted once per round);
+    // the offence is reported before the round can complete (lock order: mu, then the group's)
+    if (!s->rejected[peer] && !agg_finite(dst, h.count)) {
+        s->rejected[peer] = 1;
+        ex->nonfinite++;
+        char text[96];
+        snprintf(text, sizeof text, "non-finite values in SPARTA round %llu (left out of it)",
+                 (unsigned long long)h.round);
+        peer_offence(ex->g, peer, text);
+    }
     s->got[peer] += h.count;
     ex->wait[peer] = 1; // it is in step with us now
     ex->msgs_filed++;
@@ -343,7 +366,10 @@ static void post_round(sparta_exchanger *ex, const float *params, int64_t r, lon
     for (size_t i = 0; i < count; i++)
         own[i] = params[idx[i]];
     if (ex->dtype == WIRE_BF16) wire_round_bf16(own, count); // average what the peers receive
+    int bad = !agg_finite(own, count);                       // the others leave them out: so do we
     pthread_mutex_lock(&ex->mu);
+    s->rejected[ex->rank] = (unsigned char)bad;
+    ex->nonfinite += (uint64_t)bad;
     s->got[ex->rank] = (uint32_t)count;
     s->posted = 1;
     s->post_step = step;
@@ -356,39 +382,44 @@ static void post_round(sparta_exchanger *ex, const float *params, int64_t r, lon
     pthread_mutex_unlock(&ex->mu);
 }
 
-// apply_slot averages the present peers' values of a CLOSING slot into params.
+// apply_slot averages the present peers' values of a CLOSING slot into params: those whose values
+// all arrived and were not rejected. If ours were rejected (not finite), the others' aggregate
+// overwrites ours whatever sparta.apply says.
 static void apply_slot(sparta_exchanger *ex, slot *s, float *params, long step, int complete) {
-    int np = 0;
+    int np = 0, self = 0;
     for (int p = 0; p < ex->world && !ex->ring; p++)
-        if (s->got[p] == s->count) ex->present[np++] = p;
-    if (ex->ring) np = complete ? s->ring_np : 0; // a ring round is whole or nothing
-    if (np < 2) {
-        ex->rounds_dropped++;
-        LOG_D("sparta", "round=%lld dropped at step=%ld: no peer's values arrived in time",
-              (long long)s->round, step);
-        return;
+        if (s->got[p] == s->count && !s->rejected[p]) {
+            self |= p == ex->rank;
+            ex->rows[np] = peer_vals(ex, s, p);
+            ex->present[np++] = p;
+        }
+    if (ex->ring) {
+        np = complete ? s->ring_np : 0; // a ring round is whole or nothing
+        self = 1;
     }
     size_t count = s->count;
+    // A ring sums before anyone sees the values: a non-finite mean drops the round.
+    int bad_ring = ex->ring && np >= 2 && !agg_finite(ring_mean(ex, s), count);
+    if (np - self < 1 || bad_ring) {
+        ex->rounds_dropped++;
+        ex->nonfinite += (uint64_t)bad_ring;
+        LOG_D("sparta", "round=%lld dropped at step=%ld: %s", (long long)s->round, step,
+              bad_ring ? "the ring's mean is not finite" : "no peer's values arrived in time");
+        return;
+    }
     const uint32_t *idx = s->idx; // gathered at post time: selection runs once per round
     const float *own = peer_vals(ex, s, ex->rank);
-    // the ring's row is the mean already (x / 1 is exact)
-    float *mean = ex->mean, fnp = ex->ring ? 1.0f : (float)np;
-    memcpy(mean, ex->ring ? ring_mean(ex, s) : peer_vals(ex, s, ex->present[0]),
-           count * sizeof(float));
-    for (int q = 1; q < np && !ex->ring; q++) {
-        const float *v = peer_vals(ex, s, ex->present[q]);
+    // the ring's row is the mean already; else the rule over the present rows, in rank order
+    const float *agg = ex->ring ? ring_mean(ex, s) : ex->mean;
+    if (!ex->ring) agg_rows(ex->sc.aggregate, ex->sc.trim, ex->rows, np, count, ex->mean);
+    if (ex->correct && self) {
 #pragma omp parallel for schedule(static) if (count > 65536)
         for (size_t i = 0; i < count; i++)
-            mean[i] += v[i];
-    }
-    if (ex->correct) {
-#pragma omp parallel for schedule(static) if (count > 65536)
-        for (size_t i = 0; i < count; i++)
-            params[idx[i]] += mean[i] / fnp - own[i];
+            params[idx[i]] += agg[i] - own[i];
     } else {
 #pragma omp parallel for schedule(static) if (count > 65536)
         for (size_t i = 0; i < count; i++)
-            params[idx[i]] = mean[i] / fnp;
+            params[idx[i]] = agg[i];
     }
     double stale = (double)(step - s->post_step);
     ex->round_peers = np;
@@ -521,6 +552,7 @@ void sparta_get_stats(sparta_exchanger *ex, sparta_stats *st) {
     st->rounds_late = ex->rounds_late;
     st->rounds_dropped = ex->rounds_dropped;
     st->msgs_dropped = ex->msgs_dropped;
+    st->nonfinite = ex->nonfinite;
     st->stale_mean = ex->n_applied ? ex->stale_sum / (double)ex->n_applied : 0;
     st->stale_max = ex->stale_max;
     st->latency_ms = ex->n_lat ? ex->lat_sum / (double)ex->n_lat : 0;
@@ -568,12 +600,14 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, peer_group *g, i
         ex->slots[i].round = -1;
         ex->slots[i].got = xcalloc((size_t)world, sizeof(uint32_t));
         ex->slots[i].idx = xmalloc(ex->kmax * sizeof(uint32_t));
+        ex->slots[i].rejected = xcalloc((size_t)world, 1);
         size_t rows = (size_t)world + (ex->ring ? 1 : 0);
         ex->slots[i].vals = xalloc_aligned(rows * ex->kmax * sizeof(float));
     }
 
     ex->mean = xalloc_aligned(ex->kmax * sizeof(float));
     ex->present = xcalloc((size_t)world, sizeof(int));
+    ex->rows = xcalloc((size_t)world, sizeof(float *));
     ex->peer_last = xmalloc((size_t)world * sizeof(int64_t));
     for (int p = 0; p < world; p++)
         ex->peer_last[p] = -1;
@@ -596,10 +630,10 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, peer_group *g, i
     ex->thread_started = 1;
     LOG_I("sparta",
           "rank=%d/%d k=%zu (p=%g of %zu) every=%d max_stale=%d selector=%s apply=%s "
-          "dtype=%s sync=%d",
+          "dtype=%s sync=%d aggregate=%s trim=%g",
           rank, world, ex->kmax, sc->p, n_params, sc->every, sc->max_stale,
           cfg_selector_str(sc->selector), cfg_apply_str(sc->apply), cfg_dtype_str(sc->dtype),
-          sc->sync);
+          sc->sync, cfg_aggregate_str(sc->aggregate), sc->trim);
     *out = ex;
     return ERR_OK;
 }
@@ -621,12 +655,14 @@ void sparta_destroy(sparta_exchanger *ex) {
     for (int i = 0; ex->slots && i < ex->nslots; i++) {
         free(ex->slots[i].got);
         free(ex->slots[i].idx);
+        free(ex->slots[i].rejected);
         free(ex->slots[i].vals);
     }
     free(ex->slots);
 
     free(ex->mean);
     free(ex->present);
+    free(ex->rows);
     free(ex->peer_last);
     free(ex->sendbuf);
     pthread_mutex_destroy(&ex->mu);
@@ -654,6 +690,7 @@ static void sync_metrics(void *ctx, train_sync_metrics *m) {
     train_sync_metric(m, "sparta_stale_max", "stale_max", st.stale_max, 0);
     train_sync_metric(m, "sparta_xchg_ms", "xchg_ms", st.latency_ms, 3);
     train_sync_metric(m, "sparta_round_peers", "peers", (double)st.round_peers, 0);
+    train_sync_metric(m, "sparta_nonfinite", NULL, (double)st.nonfinite, 0);
 }
 
 static void sync_destroy(void *ctx) { sparta_destroy(ctx); }

@@ -26,10 +26,12 @@ typedef struct sparta_stats {
     uint64_t rounds_late;            // rounds applied at the deadline with some peers left out
     uint64_t rounds_dropped;         // rounds dropped at the deadline (no other peer's values)
     uint64_t msgs_dropped;           // malformed, foreign, duplicate or too-late messages
-    double stale_mean, stale_max;    // steps between posting a round and applying it
-    double latency_ms;               // mean time from posting a round to its completion
-    int round_peers;                 // peers (this one included) averaged in the last round
-                                     // applied (0: none yet)
+    uint64_t nonfinite; // rounds of a peer (ours too) left out for a non-finite value, and ring
+                        // rounds dropped for a non-finite mean
+    double stale_mean, stale_max; // steps between posting a round and applying it
+    double latency_ms;            // mean time from posting a round to its completion
+    int round_peers;              // peers (this one included) averaged in the last round
+                                  // applied (0: none yet)
 } sparta_stats;
 
 // sparta_create starts the exchanger thread for a model of n_params parameters, this peer
@@ -49,8 +51,11 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, peer_group *g, i
 // round >= max_stale) with the peers present (a round with no other peer's values is dropped).
 // With sparta.sync it first waits (at most timeout_ms) for round cur to complete. overwrite:
 // x[I] = mean; correct: x[I] += mean - x_r[I]. The mean sums the present peers' values in rank
-// order and divides by their number, so every peer computes bitwise the same mean. Returns
-// ERR_OK. Trainer thread only.
+// order and divides by their number, so every peer computes bitwise the same mean; with
+// sparta.aggregate = trimmed_mean or median the rule of agg.h replaces it, per coordinate. A
+// peer whose message held a non-finite value is left out of that round (counted; the exchanger
+// reports it with peer_offence, which expels it at net.max_offences); if ours are not finite,
+// the others' aggregate overwrites ours. Returns ERR_OK. Trainer thread only.
 int sparta_after_step(sparta_exchanger *ex, float *params, size_t n, long step);
 
 // sparta_wait_round waits up to timeout_ms until every peer's values of round have arrived and
@@ -70,8 +75,9 @@ void sparta_destroy(sparta_exchanger *ex);
 // run->run_id and this build's selection code, over group g (borrowed). The hooks
 // are after_step and get_metrics, which reports the common counters and sparta_rounds_done,
 // sparta_rounds_late, sparta_rounds_dropped, sparta_stale_mean, sparta_stale_max,
-// sparta_xchg_ms and sparta_round_peers. On success *out owns the exchanger (out->destroy); on
-// failure *out is zeroed. Returns ERR_OK or the error of sparta_create. Trainer thread.
+// sparta_xchg_ms, sparta_round_peers and sparta_nonfinite. On success *out owns the exchanger
+// (out->destroy); on failure *out is zeroed. Returns ERR_OK or the error of sparta_create. Trainer
+// thread.
 int sparta_sync_create(train_sync *out, const cfg_sparta *sc, peer_group *g,
                        const train_sync_run *run, uint64_t seed, size_t n_params);
 

@@ -47,6 +47,12 @@ typedef struct peer {
     atomic_int agreed;             // set when its ar_agree has returned
     const atomic_int *before_ring; // if set, agreed: run the ring only once it is non-zero
     int members[MAXP], nm, ahead;
+    // all-gather instead of the ring (after ar_agree_except with except, if set): rows by
+    // position, or none (check only)
+    int gather, check_only;
+    const unsigned char *except;
+    float *rows[MAXP];
+    unsigned char bad[MAXP];
 } peer;
 
 typedef struct ring {
@@ -109,11 +115,15 @@ static void *peer_main(void *arg) {
     while (p->after && !atomic_load(p->after))
         usleep(1000);
     if (p->agree) {
-        p->rc = ar_agree(p->ctx, p->tag, p->timeout_ms, p->members, &p->nm, &p->ahead, NULL);
+        p->rc = ar_agree_except(p->ctx, p->tag, p->timeout_ms, p->except, p->members, &p->nm,
+                                &p->ahead, NULL);
         atomic_store(&p->agreed, 1);
         while (p->before_ring && !atomic_load(p->before_ring))
             usleep(1000);
-        if (!p->rc && p->nm > 0)
+        if (!p->rc && p->nm > 0 && p->gather)
+            p->rc = ar_gather_group(p->ctx, p->x, p->n, p->tag, p->members, p->nm, p->timeout_ms,
+                                    p->check_only ? NULL : p->rows, p->bad, &p->st);
+        else if (!p->rc && p->nm > 0)
             p->rc =
                 ar_mean_group(p->ctx, p->x, p->n, p->tag, p->members, p->nm, p->timeout_ms, &p->st);
     } else {
@@ -916,4 +926,119 @@ Test(allreduce, bad_arguments_are_rejected_naming_the_argument) {
     peer_group_destroy(m);
     tu_rm_rf(dir);
     free(dir);
+}
+
+// ---- the all-gather ---------------------------------------------------------------------------
+
+// gather_bytes: the bytes one member sends to each other member for n values: every chunk with
+// its header.
+static uint64_t gather_bytes(size_t n, int dtype) {
+    size_t c = chunk_values(dtype);
+    uint64_t b = 0;
+    for (size_t a = 0; a < n; a += c)
+        b += 48 + payload(dtype, n - a < c ? n - a : c);
+    return b;
+}
+
+// gather_run: the live peers agree and all-gather v's vectors of n values, rows by rank (every
+// rank is a member); gather_free frees the rows.
+static void gather_run(ring *r, vecs *v, size_t n, uint64_t tag, int check_only) {
+    for (int i = 0; i < r->live; i++) {
+        peer *p = &r->p[i];
+        p->agree = p->gather = 1;
+        p->check_only = check_only;
+        for (int q = 0; q < r->world; q++)
+            p->rows[q] = q == i ? v->x[i] : xmalloc(n * sizeof(float));
+    }
+    ring_run(r, v->x, n, tag, WAIT_MS);
+}
+
+static void gather_free(ring *r) {
+    for (int i = 0; i < r->live; i++)
+        for (int q = 0; q < r->world; q++)
+            if (q != i) free(r->p[i].rows[q]);
+}
+
+// Every member ends with every other member's vector, bit for bit as that member holds its own
+// (fp32: x; bf16: x rounded, in place), and each sends exactly (P-1) times its chunks.
+Test(allreduce, all_gather_gives_every_member_every_vector_and_its_own_as_decoded) {
+    const int dtypes[2] = {WIRE_FP32, WIRE_BF16};
+    for (int d = 0; d < 2; d++) {
+        enum { P = 4 };
+        size_t n = 3 * 258048 + 1234;
+        ring r;
+        ring_open(&r, P, P, n, dtypes[d]);
+        for (int i = 1; i < P; i++)
+            for (int j = 0; j < i; j++)
+                ring_wait_up(&r, i, j);
+        vecs v;
+        vecs_fill(&v, P, n, 31 + (uint64_t)d);
+        gather_run(&r, &v, n, 3, 0);
+        ring_expect_ok(&r);
+        for (int i = 0; i < P; i++) {
+            cr_assert_eq(r.p[i].nm, P);
+            for (int q = 0; q < P; q++) {
+                cr_assert_eq(r.p[i].bad[q], 0, "rank %d: member %d flagged", i, q);
+                cr_assert_eq(memcmp(r.p[i].rows[q], v.x[q], n * sizeof(float)), 0,
+                             "dtype %d: rank %d's row of member %d differs from its own", dtypes[d],
+                             i, q);
+            }
+            uint64_t want = (uint64_t)(P - 1) * gather_bytes(n, dtypes[d]);
+            cr_assert_eq(r.p[i].st.bytes_sent, want, "rank %d sent %llu, want %llu", i,
+                         (unsigned long long)r.p[i].st.bytes_sent, (unsigned long long)want);
+            // plus any agreement message that came late (a HERE or VIEW sent again), dropped
+            uint64_t got = r.p[i].st.bytes_recv, late = r.p[i].st.msgs_dropped * (48 + 4 * P);
+            cr_assert(got >= want && got - want <= late, "rank %d received %llu, want %llu", i,
+                      (unsigned long long)got, (unsigned long long)want);
+        }
+        if (dtypes[d] == WIRE_BF16) // in place: rounded to bf16 (the low 16 bits are zero)
+            for (size_t j = 0; j < n; j += 997) {
+                uint32_t u;
+                memcpy(&u, &v.x[1][j], 4);
+                cr_assert_eq(u & 0xFFFF, 0u, "j=%zu", j);
+            }
+        gather_free(&r);
+        vecs_free(&v);
+        ring_close(&r);
+    }
+}
+
+// A member whose vector holds a NaN or an inf is flagged by every other member (also when the
+// values are only checked, not kept); the others are not. A member that every member's agreement
+// leaves out is out everywhere, even where it was heard: it learns that it is out.
+Test(allreduce, all_gather_flags_non_finite_senders_and_the_agreement_can_leave_one_out) {
+    enum { P = 3 };
+    size_t n = 300000;
+    ring r;
+    ring_open(&r, P, P, n, WIRE_FP32);
+    for (int i = 1; i < P; i++)
+        for (int j = 0; j < i; j++)
+            ring_wait_up(&r, i, j);
+    for (int check_only = 0; check_only < 2; check_only++) {
+        vecs v;
+        vecs_fill(&v, P, n, 5);
+        v.x[2][n - 3] = check_only ? INFINITY : NAN;
+        gather_run(&r, &v, n, 10 + (uint64_t)check_only, check_only);
+        ring_expect_ok(&r);
+        for (int i = 0; i < P; i++)
+            for (int q = 0; q < P; q++)
+                cr_assert_eq(r.p[i].bad[q], q == 2 && i != 2, "rank %d flags member %d: %d", i, q,
+                             r.p[i].bad[q]);
+        gather_free(&r);
+        vecs_free(&v);
+    }
+    // rank 0 leaves rank 2 out: ranks 0 and 1 agree on {0, 1}; rank 2 learns it is out
+    unsigned char except[P] = {0, 0, 1};
+    r.p[0].except = except;
+    vecs v;
+    vecs_fill(&v, P, n, 6);
+    gather_run(&r, &v, n, 20, 0);
+    ring_expect_ok(&r);
+    cr_assert(r.p[0].nm == 2 && r.p[1].nm == 2 && r.p[2].nm == 0, "members: %d, %d, %d", r.p[0].nm,
+              r.p[1].nm, r.p[2].nm);
+    cr_assert(r.p[1].members[0] == 0 && r.p[1].members[1] == 1);
+    cr_assert_eq(memcmp(r.p[1].rows[0], v.x[0], n * sizeof(float)), 0);
+    gather_free(&r);
+    vecs_free(&v);
+    ring_close(&r);
 }

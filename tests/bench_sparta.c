@@ -7,6 +7,14 @@
 //                        all-reduce with the same P: 2 (P-1)/P * 4 N bytes
 //   tls_overhead         per-peer tokens/s of the same exchanging pair with net.tls (certificates
 //                        from `spartan keys`), divided by without: interleaved rounds again
+//   agg_trimmed_overhead, agg_median_overhead
+//                        per-peer tokens/s of 4 peers exchanging p = 0.005 with
+//                        sparta.aggregate = trimmed_mean (one of 4 values cut from each end) or
+//                        median, divided by the same 4 peers with the mean: interleaved rounds
+//   agg_ns_per_value_{mean,trimmed_mean,median}, agg_ratio_{trimmed_mean,median}
+//                        the rule alone (agg_rows, one thread) over 5 rows of the k = 622,199
+//                        values of GPT-2 124M at p = 0.005: ns per value, and the ratio to the
+//                        mean
 // Peers are real `spartan train` processes on 127.0.0.1 (1 thread each) training the tiny config
 // on the bundled tinyshakespeare; the first steps (start-up, connection) are not counted.
 // Each round runs the pair with the exchange off and then on, or on and then off (the order
@@ -26,8 +34,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "sparta/peer/agg.h"
 #include "tests/test_util.h"
 #include "train/base/err.h"
+#include "train/base/sys.h"
+#include "train/ops.h"
 
 #define STEPS 150
 #define SKIP  30
@@ -59,28 +70,43 @@ static double column_mean(const char *path, int col) {
     return n ? sum / n : -1;
 }
 
-// run_pair trains 2 peers with the given p and returns the mean per-peer tokens/s; *bytes gets
-// the mean bytes sent per step of rank 0.
-static double run_pair(const char *dir, const char *data, int round, float p, const char *tls,
+// One side of a comparison: its name in BENCH keys, SPARTA's p, the keys folder (NULL: no TLS),
+// the peers (0: 2) and more --set options (NULL: none).
+typedef struct {
+    const char *name;
+    float p;
+    const char *tls;
+    int peers;
+    const char *sets;
+} pair_side;
+
+// run_pair trains the side's peers (2 unless it says) and returns the mean per-peer tokens/s;
+// *bytes gets the mean bytes sent per step of rank 0.
+static double run_pair(const char *dir, const char *data, int round, const pair_side *side,
                        double *bytes) {
-    int port[2];
-    if (tu_free_ports(2, port)) exit(1);
-    pid_t pid[2];
-    for (int r = 0; r < 2; r++) {
+    enum { MAXP = 8 };
+    int P = side->peers ? side->peers : 2, port[MAXP];
+    if (P > MAXP || tu_free_ports(P, port)) exit(1);
+    char peers[MAXP * 24] = "";
+    for (int r = 0; r < P; r++)
+        snprintf(peers + strlen(peers), sizeof peers - strlen(peers), "%s127.0.0.1:%d",
+                 r ? "," : "", port[r]);
+    pid_t pid[MAXP];
+    for (int r = 0; r < P; r++) {
         char cmd[4096], sets[1024] = "";
-        if (tls) // tls: the folder of `spartan keys` with peers p0 and p1
+        if (side->tls) // tls: the folder of `spartan keys` with peers p0 and p1
             snprintf(sets, sizeof sets,
                      "--set net.tls=true --set net.tls_ca=%s/ca.crt --set net.tls_cert=%s/p%d.crt "
                      "--set net.tls_key=%s/p%d.key",
-                     tls, tls, r, tls, r);
+                     side->tls, side->tls, r, side->tls, r);
         snprintf(
             cmd, sizeof cmd,
-            "exec %s train configs/tiny.ini --set data.dir=%s --set train.out_dir=%s/%d_p%g%s_r%d "
+            "exec %s train configs/tiny.ini --set data.dir=%s --set train.out_dir=%s/%d_%s_r%d "
             "--set train.max_iters=%d --set train.eval_interval=0 --set train.threads=1 "
-            "--set train.log_interval=1000 --set sparta.p=%g %s --peers 127.0.0.1:%d,127.0.0.1:%d "
-            "--rank %d --overwrite 2>%s/%d_p%g%s_r%d.log",
-            bin(), data, dir, round, p, tls ? "tls" : "", r, STEPS, p, sets, port[0], port[1], r,
-            dir, round, p, tls ? "tls" : "", r);
+            "--set train.log_interval=1000 --set sparta.p=%g %s %s --peers %s --rank %d "
+            "--overwrite 2>%s/%d_%s_r%d.log",
+            bin(), data, dir, round, side->name, r, STEPS, side->p, sets,
+            side->sets ? side->sets : "", peers, r, dir, round, side->name, r);
         pid[r] = fork();
         if (pid[r] == 0) {
             execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
@@ -88,7 +114,7 @@ static double run_pair(const char *dir, const char *data, int round, float p, co
         }
     }
     int ok = 1;
-    for (int r = 0; r < 2; r++) {
+    for (int r = 0; r < P; r++) {
         int st;
         waitpid(pid[r], &st, 0);
         ok &= WIFEXITED(st) && WEXITSTATUS(st) == 0;
@@ -98,23 +124,14 @@ static double run_pair(const char *dir, const char *data, int round, float p, co
         exit(1);
     }
     double tok = 0;
-    for (int r = 0; r < 2; r++) {
+    for (int r = 0; r < P; r++) {
         char path[1024];
-        snprintf(path, sizeof path, "%s/%d_p%g%s_r%d/metrics.csv", dir, round, p, tls ? "tls" : "",
-                 r);
-        tok += column_mean(path, 5) / 2;            // tokens_per_s
+        snprintf(path, sizeof path, "%s/%d_%s_r%d/metrics.csv", dir, round, side->name, r);
+        tok += column_mean(path, 5) / P;            // tokens_per_s
         if (r == 0) *bytes = column_mean(path, 10); // bytes_sent_step
     }
     return tok;
 }
-
-// One side of a comparison: its name in BENCH keys, SPARTA's p, and the keys folder (NULL: no
-// TLS).
-typedef struct {
-    const char *name;
-    float p;
-    const char *tls;
-} pair_side;
 
 // compare runs rounds interleaved rounds of pairs a and b (a first in even rounds), prints
 // BENCH <what>_tok_s_<a.name>, ..._<b.name> (medians) and <what>_overhead (b over a, per round);
@@ -128,9 +145,9 @@ static void compare(const char *dir, const char *data, int rounds, const pair_si
     for (int r = 0; r < rounds; r++) {
         for (int j = 0; j < 2; j++) {
             if ((r + j) % 2 == 0)
-                ta[r] = run_pair(dir, data, r, a->p, a->tls, &ba);
+                ta[r] = run_pair(dir, data, r, a, &ba);
             else
-                tb[r] = run_pair(dir, data, r, b->p, b->tls, bytes);
+                tb[r] = run_pair(dir, data, r, b, bytes);
         }
         ratio[r] = tb[r] / ta[r];
         fprintf(stderr, "bench_sparta: %s round %d/%d (%s first): %s %.0f %s %.0f tok/s (%.3f)\n",
@@ -147,6 +164,35 @@ static void compare(const char *dir, const char *data, int rounds, const pair_si
     free(ratio);
 }
 
+// bench_rules times agg_rows alone: 5 rows of k values (GPT-2 124M at p = 0.005), one thread,
+// the median of 7 repetitions per rule, as ns per value and as a ratio to the mean.
+static void bench_rules(void) {
+    enum { M = 5, REPS = 7 };
+    size_t k = 622199;
+    float *data = xmalloc(M * k * sizeof(float)), *out = xmalloc(k * sizeof(float));
+    const float *rows[M];
+    tu_rand_fill(data, M * k, 1, -1.0f, 1.0f);
+    for (int q = 0; q < M; q++)
+        rows[q] = data + (size_t)q * k;
+    ops_init(1);
+    static const char *const names[3] = {"mean", "trimmed_mean", "median"};
+    double ns[3];
+    for (int rule = 0; rule < 3; rule++) {
+        double t[REPS];
+        for (int i = 0; i < REPS; i++) {
+            double t0 = sys_now_ms();
+            agg_rows((cfg_aggregate)rule, 0.25f, rows, M, k, out);
+            t[i] = (sys_now_ms() - t0) * 1e6 / (double)k;
+        }
+        ns[rule] = tu_median(t, REPS);
+        printf("BENCH agg_ns_per_value_%s %.2f\n", names[rule], ns[rule]);
+    }
+    for (int rule = 1; rule < 3; rule++)
+        printf("BENCH agg_ratio_%s %.2f\n", names[rule], ns[rule] / ns[0]);
+    free(data);
+    free(out);
+}
+
 int main(void) {
     char dir[] = "/tmp/spartan-bench-XXXXXX";
     if (!mkdtemp(dir)) return 1;
@@ -158,7 +204,8 @@ int main(void) {
     if (system(cmd) != 0) return 1;
     const int rounds = tu_bench_rounds("sparta", 5, 3);
     double b_on = 0;
-    const pair_side off = {"off", 0.0f, NULL}, on = {"on", 0.005f, NULL};
+    bench_rules();
+    const pair_side off = {"off", 0.0f, NULL, 0, NULL}, on = {"on", 0.005f, NULL, 0, NULL};
     compare(dir, data, rounds, &off, &on, "sparta", &b_on);
     // the same exchanging pair with and without TLS
     char keys[300];
@@ -168,9 +215,16 @@ int main(void) {
              "%s keys add %s p1 >/dev/null",
              bin(), keys, bin(), keys, bin(), keys);
     if (system(cmd) != 0) return 1;
-    const pair_side plain = {"plain", 0.005f, NULL}, tls = {"tls", 0.005f, keys};
+    const pair_side plain = {"plain", 0.005f, NULL, 0, NULL}, tls = {"tls", 0.005f, keys, 0, NULL};
     double b_tls;
     compare(dir, data, rounds, &plain, &tls, "tls", &b_tls);
+    // the aggregation rules, 4 peers (the robust rules cut one of 4 values from each end)
+    const pair_side mean = {"mean", 0.005f, NULL, 4, "--set sparta.aggregate=mean"},
+                    trimmed = {"trimmed", 0.005f, NULL, 4, "--set sparta.aggregate=trimmed_mean"},
+                    median = {"median", 0.005f, NULL, 4, "--set sparta.aggregate=median"};
+    double b_agg;
+    compare(dir, data, rounds, &mean, &trimmed, "agg_trimmed", &b_agg);
+    compare(dir, data, rounds, &mean, &median, "agg_median", &b_agg);
     // the tiny model's parameter count, read back from a checkpoint-free formula: N is printed in
     // the peer's log; recompute it the same way as gpt_create for L4 C128 T64 V65
     double C = 128, L = 4, V = 65, T = 64;

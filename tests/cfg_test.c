@@ -348,3 +348,46 @@ Test(cfg, peers_beyond_loopback_need_keys_or_net_insecure) {
     cfg_set(&c, "net.cluster_key_file=cluster.key"); // authenticated frames (a LAN choice)
     cr_expect_eq(cfg_validate(&c), ERR_OK, "%s", err_msg());
 }
+
+Test(cfg, aggregation_keys_parse_validate_and_are_shared_by_every_peer) {
+    cfg c;
+    cfg_defaults(&c);
+    cr_assert(c.sparta.aggregate == CFG_AGG_MEAN && c.diloco.aggregate == CFG_AGG_MEAN,
+              "the default stays the mean");
+    cr_assert(c.diloco.max_norm == 0 && c.net.max_offences == 3);
+    cr_assert_float_eq(c.sparta.trim, 0.25f, 0);
+    cr_assert_eq(cfg_set(&c, "sparta.aggregate=trimmed_mean"), ERR_OK, "%s", err_msg());
+    cr_assert_eq(cfg_set(&c, "diloco.aggregate=median"), ERR_OK, "%s", err_msg());
+    cr_assert_str_eq(cfg_aggregate_str(c.diloco.aggregate), "median");
+    cr_assert_eq(cfg_set(&c, "sparta.aggregate=mode"), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "sparta.aggregate") &&
+                  strstr(err_msg(), "mean|trimmed_mean|median"),
+              "%s", err_msg());
+    cr_assert_eq(cfg_set(&c, "diloco.trim=0.6"), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "diloco.trim"), "%s", err_msg());
+    cr_assert_eq(cfg_set(&c, "diloco.max_norm=-1"), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "diloco.max_norm"), "%s", err_msg());
+    cr_assert_eq(cfg_set(&c, "net.max_offences=-1"), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "net.max_offences"), "%s", err_msg());
+    cr_assert_eq(cfg_validate(&c), ERR_OK, "%s", err_msg());
+    // a ring all-reduce only sums
+    cr_assert_eq(cfg_set(&c, "sparta.reduce=ring"), ERR_OK);
+    cr_assert_eq(cfg_validate(&c), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "sparta.aggregate = trimmed_mean needs sparta.reduce = alltoall"),
+              "%s", err_msg());
+    // the rules are shared settings; net.max_offences is each peer's own
+    char a[4096], b[4096];
+    cfg_defaults(&c);
+    cfg_shared_write(&c, a, sizeof a);
+    const char *keys[] = {"sparta.aggregate=mean\n", "sparta.trim=", "diloco.aggregate=mean\n",
+                          "diloco.trim=", "diloco.max_norm=0\n"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        cr_assert(strstr(a, keys[i]), "no %s in:\n%s", keys[i], a);
+    cr_assert(!strstr(a, "max_offences"), "%s", a);
+    c.net.max_offences = 0;
+    cfg_shared_write(&c, b, sizeof b);
+    cr_assert_str_eq(a, b);
+    c.diloco.max_norm = 2.5f;
+    cfg_shared_write(&c, b, sizeof b);
+    cr_assert(strstr(b, "diloco.max_norm=2.5\n"), "%s", b);
+}

@@ -24,6 +24,9 @@ TestSuite(peer, .timeout = 40);
 
 static const char *SHARED = "model.n_layer=2\ntrain.seed=1\n";
 
+static int
+    group_max_offences; // peer_opts.max_offences of the next group_of (0 unless a test sets it)
+
 // group_of makes member rank of a static group over the addresses addr[0..world).
 static peer_group *group_of(const char *const *addr, int world, int rank, const char *shared) {
     peer_opts o = {.listen = addr[rank],
@@ -33,7 +36,8 @@ static peer_group *group_of(const char *const *addr, int world, int rank, const 
                    .run_id = 42,
                    .shared = shared ? shared : SHARED,
                    .build = "test",
-                   .tag = "peer-test"};
+                   .tag = "peer-test",
+                   .max_offences = group_max_offences};
     peer_group *g;
     cr_assert_eq(peer_group_create(&g, &o), ERR_OK, "%s", err_msg());
     return g;
@@ -929,6 +933,67 @@ Test(peer, a_call_gets_its_servers_reply_and_times_out_or_fails_cleanly_otherwis
     cr_assert_eq(peer_call(g[2], 0, "ok", 2, &r, 10000), ERR_OK, "%s", err_msg());
     peer_msg_free(g[2], r);
     peer_set_server(g[0], NULL, NULL);
+    for (int i = 0; i < 3; i++)
+        peer_group_destroy(g[i]);
+    tu_rm_rf(dir);
+    free(dir);
+}
+
+// wait_diag waits (bounded, by the group's own wake-ups) until peer_diagnose(g, rank) holds want.
+static int wait_diag(peer_group *g, int rank, const char *want, char *buf, size_t n) {
+    for (int i = 0; i < 400; i++) {
+        peer_diagnose(g, rank, buf, n);
+        if (strstr(buf, want)) return 1;
+        peer_wait_view(g, PEER_MAX_MEMBERS, 25);
+    }
+    return 0;
+}
+
+// An offender is expelled at max_offences: its link closes and it is not dialled again (not even
+// its restarted process), and one that dials in is refused with the reason; the other links stay
+// up. Offences and expulsions are counted; this process cannot expel itself.
+Test(peer, a_member_is_expelled_after_max_offences_and_refused_from_then_on) {
+    char *dir = tu_tmpdir("peer");
+    char addr[3][PEER_ADDR_MAX];
+    const char *a[3];
+    ipc_addrs(dir, 3, addr, a);
+    peer_group *g[3];
+    group_max_offences = 2;
+    for (int i = 0; i < 3; i++)
+        g[i] = group_of(a, 3, i, NULL);
+    group_max_offences = 0;
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(peer_wait_view(g[i], 3, 10000), 3);
+    cr_assert_eq(peer_offence(g[0], 2, "non-finite values"), 0, "one offence of two");
+    cr_assert(peer_connected(g[0], 2) && !peer_expelled(g[0], 2));
+    cr_assert_eq(peer_offence(g[0], 2, "non-finite values"), 1, "the second expels");
+    cr_assert(peer_expelled(g[0], 2) && !peer_connected(g[0], 2));
+    cr_assert_eq(peer_offence(g[0], 2, "again"), 1, "expelled stays expelled");
+    char buf[600];
+    cr_assert_eq(peer_diagnose(g[0], 2, buf, sizeof buf), PEER_DIAG_REFUSED);
+    cr_assert(strstr(buf, "expelled: 2 offences") && strstr(buf, "non-finite values"), "%s", buf);
+    // rank 2 sees the link go; the restarted rank 2 is not dialled again by rank 0
+    for (int i = 0; i < 400 && peer_connected(g[2], 0); i++)
+        peer_wait_view(g[2], PEER_MAX_MEMBERS, 25);
+    cr_assert(!peer_connected(g[2], 0));
+    peer_group_destroy(g[2]);
+    g[2] = group_of(a, 3, 2, NULL);
+    cr_assert_eq(peer_wait_view(g[2], 2, 10000), 2, "rank 1 takes the restarted rank 2 back");
+    // rank 2 expels rank 1, which dials it: its hellos are refused with the reason
+    cr_assert_eq(peer_expel(g[2], 2, "self"), ERR_INVAL);
+    cr_assert_eq(peer_expel(g[2], 9999, "range"), ERR_INVAL);
+    cr_assert_eq(peer_expel(g[2], 1, "by hand"), ERR_OK);
+    cr_assert_eq(peer_expel(g[2], 1, "twice"), ERR_OK);
+    cr_assert(wait_diag(g[1], 2, "rank 1 was expelled from this run", buf, sizeof buf), "%s", buf);
+    cr_assert(!peer_connected(g[1], 2) && !peer_connected(g[2], 1));
+    cr_assert(peer_connected(g[0], 1), "the other links stay up");
+    peer_stats st;
+    peer_get_stats(g[0], &st);
+    cr_assert_eq(st.offences, 2);
+    cr_assert_eq(st.expelled, 1);
+    peer_get_stats(g[2], &st);
+    cr_assert(st.expelled == 1 && st.refused >= 1, "expelled %llu refused %llu",
+              (unsigned long long)st.expelled, (unsigned long long)st.refused);
     for (int i = 0; i < 3; i++)
         peer_group_destroy(g[i]);
     tu_rm_rf(dir);

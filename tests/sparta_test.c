@@ -278,6 +278,46 @@ Test(sparta, garbage_truncated_bad_crc_and_foreign_messages_are_dropped) {
     rig_close(&r);
 }
 
+// A round whose values hold one NaN or inf is not averaged: the sender is left out of it (here
+// the only other peer, so the round is dropped, at once: it does not wait for the deadline), it
+// is counted, and the exchanger reports an offence of the sender to the peer layer.
+Test(sparta, a_peer_with_non_finite_values_is_left_out_of_the_round_and_reported) {
+    rig r;
+    rig_open(&r, 15, "fp32");
+    float x0[NP];
+    memcpy(x0, r.params, sizeof x0);
+    const float bad[] = {NAN, INFINITY};
+    for (long round = 1; round <= 2; round++) {
+        cr_assert_eq(sparta_after_step(r.ex, r.params, NP, round), ERR_OK);
+        send_values(&r, round, bad[round - 1], r.run_id);
+        cr_assert(sparta_wait_round(r.ex, round, 5000), "round %ld waited for a rejected peer",
+                  round);
+    }
+    cr_assert_eq(sparta_after_step(r.ex, r.params, NP, 3), ERR_OK);
+    for (int i = 0; i < NP; i++)
+        cr_assert(isfinite(r.params[i]), "index %d", i);
+    sparta_stats st;
+    sparta_get_stats(r.ex, &st);
+    cr_assert_eq(st.nonfinite, 2u);
+    cr_assert_eq(st.rounds_done, 0u);
+    cr_assert_geq(st.rounds_dropped, 2u);
+    peer_stats ps;
+    peer_get_stats(r.g1, &ps);
+    cr_assert_eq(ps.offences, 2u);
+    cr_assert_eq(ps.expelled, 0u, "net.max_offences = 0 here: never expelled");
+    // a valid round is averaged as before
+    uint32_t idx[NP];
+    size_t k = select_indices(SELECT_RANDOM, r.seed, 3, NP, r.k, idx);
+    float x3[NP];
+    memcpy(x3, r.params, sizeof x3);
+    send_values(&r, 3, 5.0f, r.run_id);
+    cr_assert(sparta_wait_round(r.ex, 3, 5000));
+    cr_assert_eq(sparta_after_step(r.ex, r.params, NP, 4), ERR_OK);
+    for (size_t i = 0; i < k; i++)
+        cr_assert_eq(r.params[idx[i]], (5.0f + x3[idx[i]]) / 2.0f, "index %u", idx[i]);
+    rig_close(&r);
+}
+
 Test(sparta, bf16_rounds_carry_two_bytes_per_value) {
     rig r;
     rig_open(&r, 15, "bf16");

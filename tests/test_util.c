@@ -213,12 +213,13 @@ int tu_cluster_open(tu_cluster *c, int world) {
     return 0;
 }
 
-// spawn starts `spartan train ARGS NET` for slot with its folder and log (see tu_cluster).
-static int spawn(tu_cluster *c, int slot, const char *args, const char *net) {
+// spawn starts `BIN train ARGS NET` (BIN: spartan) for slot with its folder and log (see
+// tu_cluster).
+static int spawn(tu_cluster *c, int slot, const char *bin, const char *args, const char *net) {
     char cmd[8192], log[700];
     snprintf(log, sizeof log, "%s/rank%d.log", c->dir, slot);
     snprintf(cmd, sizeof cmd, "exec %s train %s --set data.dir=%s --set train.out_dir=%s/rank%d %s",
-             tu_spartan(), args, c->data, c->dir, slot, net);
+             bin, args, c->data, c->dir, slot, net);
     pid_t pid = fork();
     if (pid == 0) {
         if (!freopen(log, "a", stderr)) _exit(126);
@@ -229,9 +230,13 @@ static int spawn(tu_cluster *c, int slot, const char *args, const char *net) {
 }
 
 int tu_cluster_start(tu_cluster *c, int rank, const char *args) {
+    return tu_cluster_start_bin(c, rank, tu_spartan(), args);
+}
+
+int tu_cluster_start_bin(tu_cluster *c, int rank, const char *bin, const char *args) {
     char net[700];
     snprintf(net, sizeof net, "--peers %s --rank %d", c->peers, rank);
-    return spawn(c, rank, args, net);
+    return spawn(c, rank, bin, args, net);
 }
 
 int tu_cluster_join(tu_cluster *c, int slot, const char *args) {
@@ -248,7 +253,7 @@ int tu_cluster_join(tu_cluster *c, int slot, const char *args) {
     char net[700];
     snprintf(net, sizeof net, "--join %s --set net.world=%d --set net.listen=%s", addr[0], c->world,
              addr[slot < n ? slot : 0]);
-    return spawn(c, slot, args, net);
+    return spawn(c, slot, tu_spartan(), args, net);
 }
 
 int tu_write_char_ckpt(const char *path, int L, int C, int T, uint64_t seed, float scale, long step,

@@ -82,6 +82,10 @@ int tu_cluster_open(tu_cluster *c, int world);
 // tu_cluster_start starts peer rank in the background and returns its pid (-1 on failure).
 int tu_cluster_start(tu_cluster *c, int rank, const char *args);
 
+// tu_cluster_start_bin is tu_cluster_start with another program in place of spartan: bin (a
+// command line: the program and its first arguments) is run as `BIN train ARGS ...`.
+int tu_cluster_start_bin(tu_cluster *c, int rank, const char *bin, const char *args);
+
 // tu_cluster_join starts peer `slot` as tu_cluster_start does, but through the rendezvous:
 // `--join <the first peer's address> --set net.world=<world> --set net.listen=<slot's address>`
 // (no rank: the group gives one). Slot 0 owns the join address and founds the group. Returns the

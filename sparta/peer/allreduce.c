@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "sparta/peer/agg.h"
 #include "sparta/peer/wire.h"
 #include "train/base/err.h"
 #include "train/base/log.h"
@@ -67,6 +68,7 @@ struct ar_ctx {
     unsigned char *last_view, *last_in; // (world) each
     int left_out; // ar_agree: a VIEW of this tag without us came (we cannot be a member)
     float *flags; // (world) a VIEW's payload
+    const unsigned char *except; // ar_agree_except: ranks whose messages are ignored (or NULL)
 };
 
 // next_message returns the oldest stashed message of tag, else waits up to wait_ms on the
@@ -118,6 +120,11 @@ void ar_cancel(ar_ctx *c, uint64_t tag) {
 }
 
 uint64_t ar_newest_tag(const ar_ctx *c) { return c->newest; }
+
+// data_kind: a message of a call (ring or all-gather), which may come before its call starts.
+static int data_kind(uint32_t kind) {
+    return kind == WIRE_RING_RS || kind == WIRE_RING_AG || kind == WIRE_GATHER;
+}
 
 // One call's schedule: segment bounds and the two cursors. Step u sends segment r-u and
 // receives segment r-u-1 (mod P); steps u < P-1 are reduce-scatter, the rest all-gather.
@@ -306,7 +313,7 @@ static const char *take_message(call *k, peer_msg *m, int *kept) {
     if (wire_decode_crc(msg, m->len, m->crc, c->run_id, &h) != ERR_OK) return err_msg();
     if (h.sender != (uint32_t)peer) return "sender is not the link's member";
     seen(c, h.round);
-    if (h.round > k->tag && (h.kind == WIRE_RING_RS || h.kind == WIRE_RING_AG)) {
+    if (h.round > k->tag && data_kind(h.kind)) {
         *kept = stash(c, h.round, m);
         return *kept ? NULL : "stash full";
     }
@@ -331,6 +338,20 @@ static const char *take_message(call *k, peer_msg *m, int *kept) {
     else // all-gather: a result
         wire_values(msg, &h, w);
     return NULL;
+}
+
+// received accounts for a message that a call took and did not stash: its bytes, and when why is
+// set, the drop (counted and logged). Frees m. Returns 1 if it was a good message.
+static int received(ar_ctx *c, ar_stats *st, uint64_t tag, peer_msg *m, const char *why) {
+    int peer = m->from;
+    size_t len = m->len;
+    st->bytes_recv += len;
+    peer_msg_free(c->g, m);
+    if (!why) return 1;
+    st->msgs_dropped++;
+    LOG_D("allreduce", "rank=%d tag=%llu dropped len=%zu from=%d why=%s", c->rank,
+          (unsigned long long)tag, len, peer, why);
+    return 0;
 }
 
 // member_left returns the rank of a member whose link was up when the call began and is down
@@ -418,18 +439,10 @@ static int run_call(call *k, int timeout_ms) {
         int rc = next_message(c, k->tag, wait, &m);
         if (rc == ERR_TIMEOUT) continue; // also peer_wake: the deadline decides
         if (rc != ERR_OK) return rc;
-        int peer = m->from, kept;
-        size_t len = m->len;
+        int kept;
         const char *why = take_message(k, m, &kept);
         if (kept) continue; // a later call's: counted when that call takes it
-        k->st.bytes_recv += len;
-        peer_msg_free(c->g, m);
-        if (why) {
-            k->st.msgs_dropped++;
-            LOG_D("allreduce", "rank=%d tag=%llu dropped len=%zu from=%d why=%s", c->rank,
-                  (unsigned long long)k->tag, len, peer, why);
-            continue;
-        }
+        if (!received(c, &k->st, k->tag, m, why)) continue;
         k->recvd++;
         advance(k, &k->rcv, 0);
         deadline = sys_now_ms() + timeout_ms;
@@ -447,22 +460,30 @@ int ar_mean(ar_ctx *c, float *x, size_t n, uint64_t tag, int timeout_ms, ar_stat
     return ar_mean_group(c, x, n, tag, all, c->world, timeout_ms, st);
 }
 
+// check_call checks the arguments of a call over members(nm) and sets *pos, this peer's place.
+static int check_call(const ar_ctx *c, const float *x, size_t n, const int *members, int nm,
+                      int timeout_ms, int *pos) {
+    if (n > c->max_n) return err_set(ERR_INVAL, "allreduce: n %zu exceeds max_n %zu", n, c->max_n);
+    if (n > 0 && !x) return err_set(ERR_INVAL, "allreduce: x is NULL");
+    if (timeout_ms <= 0)
+        return err_set(ERR_INVAL, "allreduce: timeout_ms must be > 0 (got %d)", timeout_ms);
+    *pos = -1;
+    for (int i = 0; i < nm; i++) {
+        if (members[i] < 0 || members[i] >= c->world || (i > 0 && members[i] <= members[i - 1]))
+            return err_set(ERR_INVAL, "allreduce: members must be ascending ranks < %d", c->world);
+        if (members[i] == c->rank) *pos = i;
+    }
+    if (*pos < 0) return err_set(ERR_INVAL, "allreduce: rank %d is not among the members", c->rank);
+    return ERR_OK;
+}
+
 int ar_mean_group(ar_ctx *c, float *x, size_t n, uint64_t tag, const int *members, int nm,
                   int timeout_ms, ar_stats *st) {
     ASSERT(c != NULL);
     double t0 = sys_now_ms();
     if (st) *st = (ar_stats){0};
-    if (n > c->max_n) return err_set(ERR_INVAL, "allreduce: n %zu exceeds max_n %zu", n, c->max_n);
-    if (n > 0 && !x) return err_set(ERR_INVAL, "allreduce: x is NULL");
-    if (timeout_ms <= 0)
-        return err_set(ERR_INVAL, "allreduce: timeout_ms must be > 0 (got %d)", timeout_ms);
-    int pos = -1;
-    for (int i = 0; i < nm; i++) {
-        if (members[i] < 0 || members[i] >= c->world || (i > 0 && members[i] <= members[i - 1]))
-            return err_set(ERR_INVAL, "allreduce: members must be ascending ranks < %d", c->world);
-        if (members[i] == c->rank) pos = i;
-    }
-    if (pos < 0) return err_set(ERR_INVAL, "allreduce: rank %d is not among the members", c->rank);
+    int pos, rc = check_call(c, x, n, members, nm, timeout_ms, &pos);
+    if (rc) return rc;
     if (nm == 1 || n == 0) {
         stash_drop(c, tag + 1);
         return ERR_OK;
@@ -475,7 +496,7 @@ int ar_mean_group(ar_ctx *c, float *x, size_t n, uint64_t tag, const int *member
               .pos = pos,
               .np = nm,
               .steps = 2 * (nm - 1)};
-    int rc = run_call(&k, timeout_ms);
+    rc = run_call(&k, timeout_ms);
     stash_drop(c, tag + 1); // this call's leftovers belong to nobody now
     if (rc == ERR_OK) memcpy(x, c->w, n * sizeof *x);
     k.st.ms = sys_now_ms() - t0;
@@ -529,6 +550,10 @@ static int agree_take(ar_ctx *c, uint64_t tag, peer_msg *m, int *ahead, ar_stats
     const void *msg = m->data;
     size_t len = m->len;
     wire_header h;
+    if (c->except && c->except[peer]) { // left out: not even a later tag of its counts
+        st->msgs_dropped++;
+        return 0;
+    }
     if (wire_decode(msg, len, c->run_id, &h) != ERR_OK || h.sender != (uint32_t)peer ||
         h.round < tag) {
         if (h.sender == (uint32_t)peer && h.kind == WIRE_HERE) answer_late(c, peer, &h, st);
@@ -544,19 +569,31 @@ static int agree_take(ar_ctx *c, uint64_t tag, peer_msg *m, int *ahead, ar_stats
         c->heard[peer] = 1;
     } else if (h.kind == WIRE_VIEW && h.k == (uint32_t)c->world && h.count == h.k) {
         wire_values(msg, &h, c->flags);
+        // A VIEW without its sender says that the sender was left out (mark_out): it takes
+        // nobody else out, and it is no evidence against us.
+        int out = c->flags[peer] == 0.0f;
         for (int i = 0; i < c->world; i++)
-            c->views[(size_t)peer * (size_t)c->world + (size_t)i] = c->flags[i] != 0.0f;
+            c->views[(size_t)peer * (size_t)c->world + (size_t)i] =
+                out ? i != peer : c->flags[i] != 0.0f;
         c->got_view[peer] = 1;
         c->heard[peer] = 1;
         // the members are in every member's VIEW: one without us (from a peer we now heard)
         // settles that we are out
-        if (c->flags[c->rank] == 0.0f) c->left_out = 1;
-    } else if ((h.kind == WIRE_RING_RS || h.kind == WIRE_RING_AG) && stash(c, tag, m)) {
+        if (!out && c->flags[c->rank] == 0.0f) c->left_out = 1;
+    } else if (data_kind(h.kind) && stash(c, tag, m)) {
         return 1;
     } else {
         st->msgs_dropped++;
     }
     return 0;
+}
+
+// mark_out makes view the VIEW of a peer that knows it is left out: everyone but itself, which
+// the others' intersection reads as "not me" and nothing more. (Its real view could leave out
+// peers it had not heard yet, which would then wrongly count themselves out.)
+static void mark_out(ar_ctx *c, unsigned char *view) {
+    memset(view, 1, (size_t)c->world);
+    view[c->rank] = 0;
 }
 
 // agree_round sends kind (with view for VIEW) to every peer, then receives until have[p] holds
@@ -596,6 +633,11 @@ static int agree_round(ar_ctx *c, uint64_t tag, int kind, const unsigned char *v
 
 int ar_agree(ar_ctx *c, uint64_t tag, int timeout_ms, int *members, int *nm, int *ahead,
              ar_stats *st) {
+    return ar_agree_except(c, tag, timeout_ms, NULL, members, nm, ahead, st);
+}
+
+int ar_agree_except(ar_ctx *c, uint64_t tag, int timeout_ms, const unsigned char *except,
+                    int *members, int *nm, int *ahead, ar_stats *st) {
     ASSERT(c != NULL && members != NULL && nm != NULL && ahead != NULL);
     ar_stats local = {0};
     if (!st) st = &local;
@@ -617,6 +659,9 @@ int ar_agree(ar_ctx *c, uint64_t tag, int timeout_ms, int *members, int *nm, int
     c->left_out = 0;
     unsigned char *all = c->views + (size_t)c->rank * (size_t)W; // our own row: scratch "need"
     memset(all, 1, (size_t)W);
+    for (int p = 0; p < W && except; p++) // not waited for, and never heard
+        all[p] = p == c->rank || !except[p];
+    c->except = except;
     c->heard[c->rank] = 1;
     // 1. who is here
     int rc = agree_round(c, tag, WIRE_HERE, NULL, all, c->heard, t0 + timeout_ms, ahead, st);
@@ -625,10 +670,16 @@ int ar_agree(ar_ctx *c, uint64_t tag, int timeout_ms, int *members, int *nm, int
     // that heard us still gets our VIEW).
     if (!rc && !*ahead) {
         memcpy(all, c->heard, (size_t)W);
+        int out = c->left_out;
+        if (out) mark_out(c, all);
         memset(c->resend, 1, (size_t)W);
         send_control(c, WIRE_VIEW, tag, all, c->resend, st);
         rc = agree_round(c, tag, WIRE_VIEW, all, all, c->got_view, sys_now_ms() + timeout_ms, ahead,
                          st);
+        if (!rc && c->left_out && !out) { // out meanwhile: take back what our VIEW said
+            mark_out(c, all);
+            send_control(c, WIRE_VIEW, tag, all, c->resend, st);
+        }
     }
     if (!rc) {
         unsigned char *own = all;
@@ -651,8 +702,211 @@ int ar_agree(ar_ctx *c, uint64_t tag, int timeout_ms, int *members, int *nm, int
             c->last_tag1 = tag + 1;
         }
     }
+    c->except = NULL;
     st->ms = sys_now_ms() - t0;
     LOG_D("allreduce", "rank=%d tag=%llu agreed on %d members ahead=%d ms=%.1f", c->rank,
           (unsigned long long)tag, *nm, *ahead, st->ms);
+    return rc;
+}
+
+// ---- all-gather -------------------------------------------------------------------------------
+// Every member sends its x to every other member, chunk by chunk (the ring's chunk size), and
+// stores what each member sent. Flow control per pair: chunk j goes to member i only once chunk
+// j - window of i's has come, so at most `window` chunks of each member wait anywhere (its call
+// may start before ours: they wait in the stash); every pair sends the same number of chunks,
+// so no pair can wait on the other forever. A chunk's bytes do not depend on its destination:
+// it is encoded once (kept in msg until another chunk or a control message takes msg).
+
+typedef struct gather {
+    ar_ctx *ctx;
+    const float *own; // what we send (rows[pos] when given: our values as the others decode them)
+    size_t n, nch;    // values, chunks
+    uint64_t tag;
+    const int *mem;
+    int pos, np, window;
+    float *const *rows;          // by position, or NULL (check only: decoded into ctx->w)
+    unsigned char *bad;          // by position: a chunk held a non-finite value
+    int64_t encoded;             // the chunk whose message is in ctx->msg (-1: none)
+    size_t encoded_len;          // its length
+    uint32_t sent[AR_MAX_WORLD]; // chunks sent to / received from each position
+    uint32_t recvd[AR_MAX_WORLD];
+    unsigned char up[AR_MAX_WORLD]; // linked when the call began
+    ar_stats st;
+} gather;
+
+static void gather_chunk(const gather *k, size_t j, size_t *lo, uint32_t *count) {
+    *lo = j * k->ctx->chunk;
+    *count = (uint32_t)(k->n - *lo < k->ctx->chunk ? k->n - *lo : k->ctx->chunk);
+}
+
+static void gather_header(const gather *k, size_t j, wire_header *h) {
+    const ar_ctx *c = k->ctx;
+    size_t lo;
+    uint32_t count;
+    gather_chunk(k, j, &lo, &count);
+    *h = (wire_header){.dtype = (uint16_t)c->dtype,
+                       .run_id = c->run_id,
+                       .sender = (uint32_t)c->rank,
+                       .kind = WIRE_GATHER,
+                       .round = k->tag,
+                       .k = (uint32_t)k->n,
+                       .offset = (uint32_t)lo,
+                       .count = count};
+}
+
+static size_t gather_encode(gather *k, size_t j) {
+    if (k->encoded == (int64_t)j) return k->encoded_len;
+    wire_header h;
+    gather_header(k, j, &h);
+    k->encoded = (int64_t)j;
+    k->encoded_len = wire_encode(k->ctx->msg, &h, k->own + h.offset);
+    return k->encoded_len;
+}
+
+// gather_take checks that m is the next chunk of a member and stores it, or returns why it is
+// dropped; *kept: m, a message of a later call, was stashed (ownership passed).
+static const char *gather_take(gather *k, peer_msg *m, int *kept) {
+    ar_ctx *c = k->ctx;
+    *kept = 0;
+    wire_header h;
+    if (wire_decode_crc(m->data, m->len, m->crc, c->run_id, &h) != ERR_OK) return err_msg();
+    if (h.sender != (uint32_t)m->from) return "sender is not the link's member";
+    seen(c, h.round);
+    if (h.round > k->tag && data_kind(h.kind)) {
+        *kept = stash(c, h.round, m);
+        return *kept ? NULL : "stash full";
+    }
+    if (h.kind == WIRE_HERE) {
+        answer_late(c, m->from, &h, &k->st);
+        k->encoded = -1; // the answer took msg
+        return "a HERE during the all-gather";
+    }
+    if (h.round != k->tag) return "another tag";
+    if (h.kind != WIRE_GATHER) return "not an all-gather message";
+    int i = 0;
+    while (i < k->np && k->mem[i] != m->from)
+        i++;
+    if (i == k->np || i == k->pos) return "not from a member";
+    size_t lo;
+    uint32_t count;
+    if (k->recvd[i] >= k->nch) return "more chunks than the values";
+    gather_chunk(k, k->recvd[i], &lo, &count);
+    if (h.dtype != c->dtype || h.k != k->n || h.offset != lo || h.count != count)
+        return "not the expected chunk";
+    float *dst = (k->rows ? k->rows[i] : c->w) + lo;
+    wire_values(m->data, &h, dst);
+    if (!k->bad[i] && !agg_finite(dst, count)) k->bad[i] = 1;
+    k->recvd[i]++;
+    return NULL;
+}
+
+// gather_send sends each member the chunks its window allows. Returns ERR_OK (*progress: some
+// went out; *blocked: a queue was full or a member not linked yet) or the peer layer's error.
+static int gather_send(gather *k, int *progress, int *blocked) {
+    ar_ctx *c = k->ctx;
+    for (int i = 0; i < k->np; i++) {
+        while (i != k->pos && k->sent[i] < k->nch && k->sent[i] < k->recvd[i] + k->window) {
+            size_t len = gather_encode(k, k->sent[i]);
+            int rc = peer_send(c->g, k->mem[i], c->ch, c->msg, len);
+            if (rc == ERR_PEER) {
+                *blocked = 1;
+                break;
+            }
+            if (rc != ERR_OK) return rc;
+            k->sent[i]++;
+            k->st.bytes_sent += len;
+            *progress = 1;
+        }
+    }
+    return ERR_OK;
+}
+
+static int gather_done(const gather *k) {
+    for (int i = 0; i < k->np; i++)
+        if (i != k->pos && (k->sent[i] < k->nch || k->recvd[i] < k->nch)) return 0;
+    return 1;
+}
+
+// run_gather sends and receives until every member's chunks are in and ours are out.
+static int run_gather(gather *k, int timeout_ms) {
+    ar_ctx *c = k->ctx;
+    double deadline = sys_now_ms() + timeout_ms, poll = sys_now_ms() + LINK_POLL_MS;
+    for (int i = 0; i < k->np; i++)
+        k->up[i] = i != k->pos && peer_connected(c->g, k->mem[i]);
+    for (;;) {
+        if (cancelled(c, k->tag))
+            return err_set(ERR_CLOSED, "allgather: rank %d tag %llu cancelled", c->rank,
+                           (unsigned long long)k->tag);
+        int progress = 0, blocked = 0;
+        int rc = gather_send(k, &progress, &blocked);
+        if (rc) return rc;
+        if (gather_done(k)) return ERR_OK;
+        if (progress) deadline = sys_now_ms() + timeout_ms;
+        double now = sys_now_ms(), left = deadline - now;
+        if (left <= 0)
+            return err_set(ERR_TIMEOUT, "allgather: rank %d tag %llu: no progress for %d ms",
+                           c->rank, (unsigned long long)k->tag, timeout_ms);
+        if (now >= poll) {
+            for (int i = 0; i < k->np; i++)
+                if (k->up[i] && !peer_connected(c->g, k->mem[i]))
+                    return err_set(ERR_PEER, "allgather: rank %d tag %llu: member %d left", c->rank,
+                                   (unsigned long long)k->tag, k->mem[i]);
+            poll = now + LINK_POLL_MS;
+        }
+        int wait = blocked ? RETRY_MS : (int)(left < LINK_POLL_MS ? left : LINK_POLL_MS) + 1;
+        peer_msg *m;
+        rc = next_message(c, k->tag, wait, &m);
+        if (rc == ERR_TIMEOUT) continue; // also peer_wake: the deadline decides
+        if (rc != ERR_OK) return rc;
+        int kept;
+        const char *why = gather_take(k, m, &kept);
+        if (!kept && received(c, &k->st, k->tag, m, why)) deadline = sys_now_ms() + timeout_ms;
+    }
+}
+
+int ar_gather_group(ar_ctx *c, const float *x, size_t n, uint64_t tag, const int *members, int nm,
+                    int timeout_ms, float *const *rows, unsigned char *bad, ar_stats *st) {
+    ASSERT(c != NULL && bad != NULL);
+    double t0 = sys_now_ms();
+    if (st) *st = (ar_stats){0};
+    int pos, rc = check_call(c, x, n, members, nm, timeout_ms, &pos);
+    if (rc) return rc;
+    memset(bad, 0, (size_t)nm);
+    gather g = {.ctx = c,
+                .own = x,
+                .n = n,
+                .nch = (n + c->chunk - 1) / c->chunk,
+                .tag = tag,
+                .mem = members,
+                .pos = pos,
+                .np = nm,
+                .rows = rows,
+                .bad = bad,
+                .encoded = -1},
+           *k = &g;
+    // Our row: our values as the others decode them (the wire dtype's rounding), so that every
+    // member aggregates the same numbers.
+    float *mine = rows ? rows[pos] : NULL;
+    if (mine && (c->dtype == WIRE_FP32 || nm == 1)) {
+        if (mine != x) memcpy(mine, x, n * sizeof *x);
+    } else if (mine) {
+        for (size_t j = 0; j < k->nch; j++) {
+            wire_header h;
+            gather_header(k, j, &h);
+            gather_encode(k, j);
+            wire_values(c->msg, &h, mine + h.offset);
+        }
+        k->encoded = -1;
+    }
+    if (mine) k->own = mine;
+    int w = STASH_MAX / (2 * (nm > 1 ? nm - 1 : 1));
+    k->window = w < 1 ? 1 : w > WINDOW_MAX ? WINDOW_MAX : w;
+    rc = nm == 1 || n == 0 ? ERR_OK : run_gather(k, timeout_ms);
+    stash_drop(c, tag + 1);
+    k->st.ms = sys_now_ms() - t0;
+    if (st) *st = k->st;
+    LOG_D("allreduce", "rank=%d tag=%llu gather n=%zu of %d rc=%s sent=%llu recv=%llu ms=%.1f",
+          c->rank, (unsigned long long)tag, n, nm, err_str(rc),
+          (unsigned long long)k->st.bytes_sent, (unsigned long long)k->st.bytes_recv, k->st.ms);
     return rc;
 }

@@ -1,7 +1,8 @@
 // allreduce.h: a bandwidth-optimal ring all-reduce (mean) of a flat float vector over the peer
-// layer's ring channel, for DiLoCo outer steps and the DDP baseline. Each peer sends and receives
-// 2 (P-1)/P * n values (reduce-scatter, then all-gather), as fp32, bf16 or int8, and every peer
-// ends with bitwise the same result. One context per group; ar_mean is called from one thread.
+// layer's ring channel, for DiLoCo outer steps and the DDP baseline, and an all-gather of the
+// same vectors for rules a sum cannot compute (ar_gather_group). In the ring each peer sends and
+// receives 2 (P-1)/P * n values (reduce-scatter, then all-gather), as fp32, bf16 or int8, and every
+// peer ends with bitwise the same result. One context per group; ar_mean is called from one thread.
 //
 // Ring: x(n) is cut into P segments, segment s = [floor(s n / P), floor((s+1) n / P)). Rank r
 // receives only from r-1 and sends only to r+1 (mod P). In reduce-scatter step t = 0 .. P-2 it
@@ -95,6 +96,26 @@ int ar_mean(ar_ctx *c, float *x, size_t n, uint64_t tag, int timeout_ms, ar_stat
 int ar_mean_group(ar_ctx *c, float *x, size_t n, uint64_t tag, const int *members, int nm,
                   int timeout_ms, ar_stats *st);
 
+// ar_gather_group gives every member every other member's x(n): an all-gather over the members
+// (ascending ranks including this peer, from ar_agree, the same list on every member), for
+// aggregation rules a sum cannot compute (agg.h) and for finding who sent values that are not
+// finite. Each member sends its x straight to every other member (no relay can change what
+// another member sent), (nm - 1) * n values each way, against the ring's 2 (nm - 1) / nm * n.
+// Messages are WIRE_GATHER (round = tag, k = n, offset, count), in the ring's chunks; the other
+// rules of ar_mean (tags grow, later tags' messages kept, timeout_ms per wait, a member that
+// leaves ends the call with ERR_PEER, ar_cancel) hold too. rows (by position in members) receive
+// the values: rows[i] gets member i's n values as decoded from the wire, and rows[pos] (this
+// peer's; may be x itself) our own as the others decode them (fp32: x; bf16, int8: rounded by
+// the codec), so every member holds the same numbers. rows may be NULL: the values are only
+// checked (decoded into the context's work vector), not kept. bad(nm) is set per position: 1 if
+// a chunk of that member held a value that is not finite (its row is then incomplete), else 0
+// (ours: 0; check x yourself). Returns ERR_OK (every member's values arrived and ours went out),
+// ERR_TIMEOUT, ERR_PEER, ERR_CLOSED, ERR_NET or ERR_INVAL as ar_mean_group; on failure rows
+// hold partial values. nm == 1 or n == 0: only rows[pos] is filled. st (may be NULL) receives
+// the counters. Allocates nothing. Same thread rules as ar_mean.
+int ar_gather_group(ar_ctx *c, const float *x, size_t n, uint64_t tag, const int *members, int nm,
+                    int timeout_ms, float *const *rows, unsigned char *bad, ar_stats *st);
+
 // ar_agree decides with the other peers who takes part in the all-reduce `tag`, so that a
 // missing peer cannot stall it. It starts from the peer group's view: only members with a live
 // link are waited for (a dead peer's link is down, so it costs no timeout), and a member whose
@@ -110,7 +131,9 @@ int ar_mean_group(ar_ctx *c, float *x, size_t n, uint64_t tag, const int *member
 // may agree again with a new tag). A peer that comes after the others decided (its link came up
 // just after they began) is not waited for: a member that has agreed answers its HEREs, in
 // ar_mean_group and in its next ar_agree, with the VIEW it sent, which leaves the late peer out;
-// a VIEW without this peer ends its wait at once (it cannot be a member any more).
+// a VIEW without this peer ends its wait at once (it cannot be a member any more). Such a peer
+// then sends a VIEW without itself, which the others read as "not me" only (its real view may
+// lack peers it had not heard yet, which would otherwise count themselves out).
 // On ERR_OK, members(*nm) holds the ascending ranks, or *nm = 0 when this peer was left out (it
 // arrived after the others had decided). *ahead is set to 1, and the call returns at once, if a
 // message of a later tag arrived (the others are past this call: this peer is late), else 0.
@@ -119,6 +142,15 @@ int ar_mean_group(ar_ctx *c, float *x, size_t n, uint64_t tag, const int *member
 // ERR_CLOSED or ERR_INVAL. world == 1: members = {0} at once.
 int ar_agree(ar_ctx *c, uint64_t tag, int timeout_ms, int *members, int *nm, int *ahead,
              ar_stats *st);
+
+// ar_agree_except is ar_agree that leaves out the ranks p with except[p] set (except has world
+// entries; NULL: none; this peer's own entry is ignored): they are not waited for and not put in
+// the view this peer sends, so the intersection leaves them out on every member, even on members
+// that heard them (DiLoCo leaves out a peer that sent non-finite values, for the rest of that
+// outer step); their messages are ignored (a later tag of theirs does not set *ahead). A
+// left-out peer learns it from the VIEWs (*nm = 0 there).
+int ar_agree_except(ar_ctx *c, uint64_t tag, int timeout_ms, const unsigned char *except,
+                    int *members, int *nm, int *ahead, ar_stats *st);
 
 #define AR_CANCEL_ALL UINT64_MAX
 

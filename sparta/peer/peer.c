@@ -165,6 +165,10 @@ struct peer_group {
     uint32_t call_id;
     struct call *calls;
     peer_stats st;
+    // misbehaving members (peer_offence, peer_expel)
+    int offences[PEER_MAX_MEMBERS];
+    unsigned char expelled[PEER_MAX_MEMBERS];
+    uint64_t expelled_id[PEER_MAX_MEMBERS]; // the member id it had (0: not known)
 };
 
 // A peer_call waiting for its reply.
@@ -576,6 +580,8 @@ static void refuse(peer_group *g, plink *l, int rank, int kind, const char *why)
     l->lingering = 1; // the reader closes after the refusal went out and the peer read it
 }
 
+static int refuse_expelled(peer_group *g, plink *l, const hs_hello *h);
+
 // handle_hello checks the other side's hello and decides what l becomes. Under mu. Returns 0 if
 // the link goes on (up, or waiting for a view as a joiner), -1 to close it.
 static int handle_hello(peer_group *g, plink *l, const hs_hello *h) {
@@ -594,6 +600,7 @@ static int handle_hello(peer_group *g, plink *l, const hs_hello *h) {
     } else {
         snprintf(l->addr, sizeof l->addr, "%s", h->addr);
     }
+    if (refuse_expelled(g, l, h)) return -1;
     if (h->settings_hash != g->settings_hash) {
         char diff[400];
         int nd = hello_diff(g->shared, h->shared, diff, sizeof diff);
@@ -1974,4 +1981,86 @@ int peer_call(peer_group *g, int rank, const void *req, size_t len, peer_msg **r
     }
     pthread_mutex_unlock(&g->mu);
     return rc;
+}
+
+// ---- misbehaving members -------------------------------------------------------------------
+
+// refuse_expelled refuses hello h on l when it comes from an expelled member: in a static group
+// its rank (a restarted process has a new member id, not a new rank), else its member id. Under
+// mu. Returns 1 if refused.
+static int refuse_expelled(peer_group *g, plink *l, const hs_hello *h) {
+    int r = -1;
+    for (int i = 0; i < PEER_MAX_MEMBERS && r < 0; i++)
+        if (g->expelled[i] && ((g->expelled_id[i] && g->expelled_id[i] == h->member) ||
+                               (g->is_static && h->rank == i)))
+            r = i;
+    if (r < 0) return 0;
+    char why[160];
+    snprintf(why, sizeof why, "rank %d was expelled from this run", r);
+    refuse(g, l, -1, PEER_DIAG_REFUSED, why); // g->refusal[r] keeps the reason of the expulsion
+    return 1;
+}
+
+int peer_offence(peer_group *g, int rank, const char *why) {
+    if (rank < 0 || rank >= PEER_MAX_MEMBERS) return 0;
+    pthread_mutex_lock(&g->mu);
+    if (rank == g->rank || g->expelled[rank]) {
+        int out = g->expelled[rank];
+        pthread_mutex_unlock(&g->mu);
+        return out;
+    }
+    int n = ++g->offences[rank], max = g->o.max_offences;
+    g->st.offences++;
+    char addr[PEER_ADDR_MAX];
+    snprintf(addr, sizeof addr, "%s",
+             g->by_rank[rank] ? g->by_rank[rank]->addr : g->mem[rank].addr);
+    pthread_mutex_unlock(&g->mu);
+    if (max > 0)
+        LOG_W(tag(g), "rank=%d addr=%s offence %d of %d: %s", rank, addr, n, max, why);
+    else
+        LOG_W(tag(g), "rank=%d addr=%s offence %d (net.max_offences = 0: never expelled): %s", rank,
+              addr, n, why);
+    if (max <= 0 || n < max) return 0;
+    char reason[400];
+    snprintf(reason, sizeof reason, "%d offences, the last: %s", n, why);
+    peer_expel(g, rank, reason);
+    return 1;
+}
+
+int peer_expel(peer_group *g, int rank, const char *why) {
+    if (rank < 0 || rank >= PEER_MAX_MEMBERS)
+        return err_set(ERR_INVAL, "peer: expel: rank %d out of range", rank);
+    pthread_mutex_lock(&g->mu);
+    if (rank == g->rank) {
+        pthread_mutex_unlock(&g->mu);
+        return err_set(ERR_INVAL, "peer: expel: rank %d is this process", rank);
+    }
+    if (g->expelled[rank]) {
+        pthread_mutex_unlock(&g->mu);
+        return ERR_OK;
+    }
+    plink *l = g->by_rank[rank];
+    g->expelled[rank] = 1;
+    g->expelled_id[rank] = l ? l->member : g->mem[rank].id;
+    g->st.expelled++;
+    snprintf(g->refusal[rank], sizeof g->refusal[rank], "expelled: %s", why ? why : "");
+    g->refusal_kind[rank] = PEER_DIAG_REFUSED;
+    LOG_W(tag(g), "rank=%d expels rank=%d addr=%s member=%016" PRIx64 ": %s", g->rank, rank,
+          l ? l->addr : g->mem[rank].addr, g->expelled_id[rank], why ? why : "");
+    if (l) {
+        link_down(g, l);        // out of the view's links now; its writer stops
+        nng_stream_close(l->s); // its reader wakes and ends (the link is freed as any dead one)
+    }
+    g->next_dial[rank] = 1e300; // never dialled again (link_down set a redial)
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+    return ERR_OK;
+}
+
+int peer_expelled(peer_group *g, int rank) {
+    if (rank < 0 || rank >= PEER_MAX_MEMBERS) return 0;
+    pthread_mutex_lock(&g->mu);
+    int out = g->expelled[rank];
+    pthread_mutex_unlock(&g->mu);
+    return out;
 }

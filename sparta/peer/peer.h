@@ -78,6 +78,7 @@ typedef struct peer_opts {
     // Ignored with TLS (which authenticates and encrypts everything itself).
     const unsigned char *cluster_key;
     size_t cluster_key_len;
+    int max_offences; // peer_offence expels a member at this many offences (0: never)
 } peer_opts;
 
 // A member as the view knows it.
@@ -121,6 +122,8 @@ typedef struct peer_stats {
                        // hello under another cluster key)
     uint64_t bad_mac;  // cluster key: frames dropped because their tag did not verify
     uint64_t replayed; // cluster key: frames dropped because the link had carried them before
+    uint64_t offences; // peer_offence calls (members that sent bad values)
+    uint64_t expelled; // members expelled (peer_expel)
 } peer_stats;
 
 // peer_group_create starts this process's membership: it listens on o->listen, then joins (see
@@ -255,5 +258,24 @@ int peer_diagnose(peer_group *g, int rank, char *buf, size_t n);
 
 // peer_get_stats copies the counters.
 void peer_get_stats(peer_group *g, peer_stats *st);
+
+// ---- misbehaving members --------------------------------------------------------------------
+// peer_offence records that member rank sent what no honest peer sends (values that are not
+// finite, a module decides): it counts it (peer_stats.offences), logs a warning naming the rank,
+// its address, the count and why, and at peer_opts.max_offences offences (> 0) expels it
+// (peer_expel). Returns 1 if rank is expelled (now or before), else 0 (also for a rank out of
+// range or this process's own, which are ignored). Any thread.
+int peer_offence(peer_group *g, int rank, const char *why);
+
+// peer_expel drops member rank for the rest of this group's life: its link is closed, it is not
+// dialled again, and its hellos are refused (in a static group by rank, so a restarted process
+// stays out; in a rendezvous by member id), so it never gets a link back; peer_diagnose says
+// "expelled: why". Counted in peer_stats.expelled and logged (a warning naming rank and address).
+// Returns ERR_OK (also when already expelled) or ERR_INVAL (rank out of range or this process's
+// own). Any thread.
+int peer_expel(peer_group *g, int rank, const char *why);
+
+// peer_expelled returns 1 if rank was expelled (peer_expel), else 0. Any thread.
+int peer_expelled(peer_group *g, int rank);
 
 #endif

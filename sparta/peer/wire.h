@@ -10,7 +10,7 @@
 //   8      8    run_id   hash of the model config and seed (peers of another run are dropped)
 //   16     4    sender   rank
 //   20     4    kind     WIRE_VALUES (SPARTA alltoall), WIRE_RING_RS, WIRE_RING_AG (ring),
-//                        WIRE_HERE, WIRE_VIEW (membership)
+//                        WIRE_HERE, WIRE_VIEW (membership), WIRE_GATHER (all-gather)
 //   24     8    round
 //   32     4    k        values in the whole round
 //   36     4    offset   index of this chunk's first value within the round's k values
@@ -40,8 +40,16 @@
 enum { WIRE_FP32 = 1, WIRE_BF16 = 2, WIRE_INT8 = 8 };
 #define WIRE_INT8_BLOCK 4096 // int8 values per fp32 scale
 // Kinds: SPARTA values; ring all-reduce steps; the all-reduce's membership agreement (allreduce.h:
-// WIRE_HERE carries no values, WIRE_VIEW one 0/1 flag per rank).
-enum { WIRE_VALUES = 1, WIRE_RING_RS = 2, WIRE_RING_AG = 3, WIRE_HERE = 4, WIRE_VIEW = 5 };
+// WIRE_HERE carries no values, WIRE_VIEW one 0/1 flag per rank); a member's own values in an
+// all-gather (ar_gather_group).
+enum {
+    WIRE_VALUES = 1,
+    WIRE_RING_RS = 2,
+    WIRE_RING_AG = 3,
+    WIRE_HERE = 4,
+    WIRE_VIEW = 5,
+    WIRE_GATHER = 6
+};
 
 typedef struct wire_header {
     uint16_t dtype;

@@ -37,6 +37,7 @@ static const char *const apply_words[] = {"overwrite", "correct", NULL};
 static const char *const dtype_words[] = {"fp32", "bf16", "int8", NULL};
 static const char *const dtype2_words[] = {"fp32", "bf16", NULL}; // SPARTA has no int8
 static const char *const discover_words[] = {"off", "lan", NULL};
+static const char *const aggregate_words[] = {"mean", "trimmed_mean", "median", NULL};
 
 #define K(sec, key, ty, field, d, lo, hi, help) \
     { sec, key, ty, offsetof(cfg, field), sizeof(((cfg *)0)->field), d, lo, hi, help, NULL }
@@ -105,6 +106,11 @@ static const cfg_key keys[] = {
     E("sparta", "dtype", sparta.dtype, "fp32", dtype2_words, "value type on the wire"),
     K("sparta", "timeout_ms", CFG_INT, sparta.timeout_ms, "30000", 1, 1e9,
       "longest wait of a sync round for a missing peer"),
+    E("sparta", "aggregate", sparta.aggregate, "mean", aggregate_words,
+      "per coordinate over the peers' values: mean, trimmed_mean or median (robust to a few "
+      "bad peers; needs sparta.reduce = alltoall)"),
+    K("sparta", "trim", CFG_F32, sparta.trim, "0.25", 0, 0.5,
+      "trimmed_mean: floor(trim * m) of the m values cut from each end (0.25: one of 4-7)"),
     K("diloco", "H", CFG_INT, diloco.H, "0", 0, 1e9, "inner steps per outer step (0 = off)"),
     K("diloco", "lr", CFG_F32, diloco.lr, "0.7", 0, 100, "outer learning rate"),
     K("diloco", "momentum", CFG_F32, diloco.momentum, "0.9", 0, 0.999999, "outer momentum"),
@@ -113,6 +119,14 @@ static const cfg_key keys[] = {
       "pseudo-gradients on the wire (int8: one scale per 4096 values)"),
     K("diloco", "timeout_ms", CFG_INT, diloco.timeout_ms, "30000", 1, 1e9,
       "longest wait for a peer in an all-reduce"),
+    E("diloco", "aggregate", diloco.aggregate, "mean", aggregate_words,
+      "over the peers' pseudo-gradients: mean (ring all-reduce), trimmed_mean or median "
+      "(all-gather: every peer gets every pseudo-gradient and aggregates itself)"),
+    K("diloco", "trim", CFG_F32, diloco.trim, "0.25", 0, 0.5,
+      "trimmed_mean: floor(trim * m) of the m values cut from each end (0.25: one of 4-7)"),
+    K("diloco", "max_norm", CFG_F32, diloco.max_norm, "0", 0, 1e30,
+      "clip each peer's pseudo-gradient to this L2 norm before aggregating (0 = off; "
+      "uses the all-gather)"),
     E("ddp", "dtype", ddp.dtype, "fp32", dtype_words,
       "gradients on the wire with train.mode = ddp (int8: one scale per 4096 values)"),
     K("ddp", "timeout_ms", CFG_INT, ddp.timeout_ms, "30000", 1, 1e9,
@@ -167,6 +181,8 @@ static const cfg_key keys[] = {
     K("net", "insecure", CFG_BOOL, net.insecure, "false", 0, 1,
       "let peers beyond loopback run without net.tls (anyone on the network can join, read and "
       "inject: a trusted network only); without it such a run refuses to start"),
+    K("net", "max_offences", CFG_INT, net.max_offences, "3", 0, 1e6,
+      "expel a peer after this many rounds of non-finite values from it (0 = never)"),
 };
 
 #define N_KEYS (sizeof keys / sizeof keys[0])
@@ -252,6 +268,7 @@ const char *cfg_selector_str(cfg_selector v) { return word_of(selector_words, (i
 const char *cfg_reduce_str(cfg_reduce v) { return word_of(reduce_words, (int)v); }
 const char *cfg_apply_str(cfg_apply v) { return word_of(apply_words, (int)v); }
 const char *cfg_dtype_str(cfg_dtype v) { return word_of(dtype_words, (int)v); }
+const char *cfg_aggregate_str(cfg_aggregate v) { return word_of(aggregate_words, (int)v); }
 
 // ini_unsafe returns what keeps string value v from being written as "key = v" (cfg_write) and
 // read back the same, or NULL: libinih strips white space around a value and reads a ';' at its
@@ -499,6 +516,11 @@ int cfg_validate(const cfg *c) {
     if (c->sparta.delay > c->sparta.max_stale)
         return err_set(ERR_INVAL, "sparta.delay (%d) must not exceed sparta.max_stale (%d)",
                        c->sparta.delay, c->sparta.max_stale);
+    if (c->sparta.aggregate != CFG_AGG_MEAN && c->sparta.reduce == CFG_REDUCE_RING)
+        return err_set(ERR_INVAL,
+                       "sparta.aggregate = %s needs sparta.reduce = alltoall (a ring all-reduce "
+                       "only sums: no peer sees the others' values)",
+                       cfg_aggregate_str(c->sparta.aggregate));
     if (c->net.join[0] && c->net.peers[0])
         return err_set(ERR_INVAL, "net.join and net.peers do not combine: give the group one way");
     // Every entry of a net.peers list becomes a peer's address: none may be empty.
@@ -609,11 +631,13 @@ void cfg_print_keys(FILE *f) {
 }
 
 // Keys outside [model] that peers must agree on: they decide the data order, the init and what
-// the exchanges compute. Per-peer behaviour (threads, max_stale, timeouts, apply) may differ.
+// the exchanges compute (the aggregation rules too: peers that aggregate differently would drift
+// apart). Per-peer behaviour (threads, max_stale, timeouts, apply, net.max_offences) may differ.
 static const char *const shared_keys[] = {
-    "train.seed",      "train.mode",   "sparta.p",  "sparta.every", "sparta.selector",
-    "sparta.reduce",   "sparta.dtype", "diloco.H",  "diloco.lr",    "diloco.momentum",
-    "diloco.nesterov", "diloco.dtype", "ddp.dtype",
+    "train.seed",    "train.mode",      "sparta.p",         "sparta.every", "sparta.selector",
+    "sparta.reduce", "sparta.dtype",    "sparta.aggregate", "sparta.trim",  "diloco.H",
+    "diloco.lr",     "diloco.momentum", "diloco.nesterov",  "diloco.dtype", "diloco.aggregate",
+    "diloco.trim",   "diloco.max_norm", "ddp.dtype",
 };
 
 // loopback_host: the host of addr ("host:port", "[::1]:port" or a scheme://host:port URL) is

@@ -13,14 +13,16 @@
 
 // The values of the enum keys. The key table parses each key's words once, into these enums (a
 // value is its word's index, so the order is the table's), and modules compare enums, never
-// strings. train.mode, log.level, sparta.selector, sparta.reduce, sparta.apply, and the dtype of
-// the values on the wire (sparta.dtype takes fp32 or bf16; diloco.dtype and ddp.dtype all three).
+// strings. train.mode, log.level, sparta.selector, sparta.reduce, sparta.apply, the dtype of
+// the values on the wire (sparta.dtype takes fp32 or bf16; diloco.dtype and ddp.dtype all three),
+// and the aggregation rule over the peers' values (sparta.aggregate, diloco.aggregate).
 typedef enum { CFG_MODE_LOCAL, CFG_MODE_DDP } cfg_mode;
 typedef enum { CFG_LOG_ERROR, CFG_LOG_WARN, CFG_LOG_INFO, CFG_LOG_DEBUG } cfg_log_level;
 typedef enum { CFG_SELECT_RANDOM, CFG_SELECT_PARTITIONED } cfg_selector;
 typedef enum { CFG_REDUCE_ALLTOALL, CFG_REDUCE_RING } cfg_reduce;
 typedef enum { CFG_APPLY_OVERWRITE, CFG_APPLY_CORRECT } cfg_apply;
 typedef enum { CFG_DTYPE_FP32, CFG_DTYPE_BF16, CFG_DTYPE_INT8 } cfg_dtype;
+typedef enum { CFG_AGG_MEAN, CFG_AGG_TRIMMED_MEAN, CFG_AGG_MEDIAN } cfg_aggregate;
 typedef enum { CFG_DISCOVER_OFF, CFG_DISCOVER_LAN } cfg_discover; // net.discover
 
 // GPT-2 architecture (nanoGPT names). vocab_size = 0 means "take it from the data's tokenizer".
@@ -76,6 +78,10 @@ typedef struct cfg_sparta {
     int sync;              // 1: block until each round completes (deterministic; tests)
     cfg_dtype dtype;       // values on the wire: fp32 or bf16
     int timeout_ms;        // longest wait of a sync round for a missing peer
+    // Robust aggregation (sparta/peer/agg.h): the rule per coordinate over the peers' values
+    // (mean, trimmed_mean, median) and, for trimmed_mean, the fraction cut from each end.
+    cfg_aggregate aggregate;
+    float trim;
 } cfg_sparta;
 
 // DiLoCo: every H inner steps, an outer Nesterov step on the pseudo-gradient averaged over peers.
@@ -86,6 +92,12 @@ typedef struct cfg_diloco {
     int nesterov;    // Nesterov momentum (PyTorch SGD semantics)
     cfg_dtype dtype; // pseudo-gradients on the wire: fp32, bf16 or int8
     int timeout_ms;  // longest wait for a peer in an all-reduce
+    // Robust aggregation over the peers' pseudo-gradients (not mean: an all-gather instead of the
+    // ring): the rule, trimmed_mean's fraction cut from each end, and the L2 norm each peer's
+    // pseudo-gradient is clipped to first (0 = off; > 0 takes the all-gather too).
+    cfg_aggregate aggregate;
+    float trim;
+    float max_norm;
 } cfg_diloco;
 
 // DDP (train.mode = ddp): the gradients are averaged over the peers after every backward pass.
@@ -121,6 +133,8 @@ typedef struct cfg_net {
     char tls_cert[CFG_PATH_MAX];         // this peer's certificate, signed by it
     char tls_key[CFG_PATH_MAX];          // its private key (mode 0600)
     int insecure; // peers off loopback may run without keys (a trusted network; warned)
+    // A peer whose values were rejected (non-finite) this many times is expelled (0 = never).
+    int max_offences;
 } cfg_net;
 
 typedef struct cfg {
@@ -134,14 +148,15 @@ typedef struct cfg {
     cfg_net net;
 } cfg;
 
-// cfg_mode_str, cfg_selector_str, cfg_reduce_str, cfg_apply_str and cfg_dtype_str return the
-// config word of an enum value ("ddp", "bf16"), for log lines; static storage, "?" for a value
-// that is not one of the enum's. Any thread.
+// cfg_mode_str, cfg_selector_str, cfg_reduce_str, cfg_apply_str, cfg_dtype_str and
+// cfg_aggregate_str return the config word of an enum value ("ddp", "bf16", "median"), for log
+// lines; static storage, "?" for a value that is not one of the enum's. Any thread.
 const char *cfg_mode_str(cfg_mode v);
 const char *cfg_selector_str(cfg_selector v);
 const char *cfg_reduce_str(cfg_reduce v);
 const char *cfg_apply_str(cfg_apply v);
 const char *cfg_dtype_str(cfg_dtype v);
+const char *cfg_aggregate_str(cfg_aggregate v);
 
 // cfg_defaults fills c with every key's default from the key table. Never fails.
 void cfg_defaults(cfg *c);

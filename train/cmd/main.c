@@ -77,7 +77,8 @@ static int open_group_with(peer_group **g, const cfg *c, peer_opts *o, int rank,
 // The peer group of a run with peers: its listening address is net.listen, or this peer's entry
 // of net.peers; with net.join, a rendezvous of net.world peers at that address (without
 // net.listen, rank 0 listens on it and founds the group, and the others listen on its host with
-// a free port). The peer layer refuses peers of another run or other shared settings (hello).
+// a free port). The peer layer refuses peers of another run or other shared settings (hello), and
+// expels a peer after net.max_offences rounds of non-finite values.
 static int open_group(peer_group **g, const cfg *c, int rank, int world, uint64_t run_id,
                       const char *hello) {
     peer_opts o = {.run_id = run_id,
@@ -90,7 +91,8 @@ static int open_group(peer_group **g, const cfg *c, int rank, int world, uint64_
                    .tag = "net",
                    .tls_ca = c->net.tls ? c->net.tls_ca : NULL,
                    .tls_cert = c->net.tls ? c->net.tls_cert : NULL,
-                   .tls_key = c->net.tls ? c->net.tls_key : NULL};
+                   .tls_key = c->net.tls ? c->net.tls_key : NULL,
+                   .max_offences = c->net.max_offences};
     // without TLS, the cluster key authenticates every frame (peer.h)
     uint8_t key[DISCOVER_KEY_MAX];
     if (!c->net.tls && c->net.cluster_key_file[0]) {
@@ -167,6 +169,8 @@ static void group_metrics(void *ctx, train_sync_metrics *m) {
     peer_get_stats(ctx, &st);
     // frames lost to a bad CRC, a bad tag or a replay (the modules count the rest)
     m->msgs_dropped += st.bad_crc + st.bad_mac + st.replayed;
+    train_sync_metric(m, "net_offences", NULL, (double)st.offences, 0);
+    train_sync_metric(m, "net_expelled", NULL, (double)st.expelled, 0);
     peer_view v;
     peer_get_view(ctx, &v);
     m->epoch = v.epoch;
