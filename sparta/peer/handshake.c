@@ -5,13 +5,14 @@
 
 #include "sparta/peer/le.h"
 
-// take_str reads a length-prefixed string (lenbytes 2 or 4) of at most cap - 1 bytes.
+// take_str reads a length-prefixed string (lenbytes 2 or 4) of at most cap - 1 bytes, none of
+// them NUL (a string with one inside would mean less here than it said there).
 static int take_str(const unsigned char **p, const unsigned char *end, int lenbytes, char *out,
                     size_t cap) {
     if (end - *p < lenbytes) return -1;
     size_t n = lenbytes == 2 ? le_get16(*p) : le_get32(*p);
     *p += lenbytes;
-    if ((size_t)(end - *p) < n || n >= cap) return -1;
+    if ((size_t)(end - *p) < n || n >= cap || memchr(*p, 0, n)) return -1; // text, no NUL
     memcpy(out, *p, n);
     out[n] = 0;
     *p += n;

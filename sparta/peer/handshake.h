@@ -1,8 +1,8 @@
 // handshake.h: the peer layer's own messages (channel 0, PEER_CH_SYS), as bytes: the hello each
 // side of a new link sends, the nonce that comes first when handshakes are signed (ident.h), and
 // the views a rendezvous coordinator hands out. Encoders and parsers only; peer.c decides what
-// they mean. Parsers trust nothing: every length is bounded by the message, and a message with
-// bytes left over is malformed. Pure functions; any thread.
+// they mean. Parsers trust nothing: every length is bounded by the message, and a string with a
+// NUL inside or a message with bytes left over is malformed. Pure functions; any thread.
 //
 // A SYS message's first byte is its type:
 //   HELLO    u32 reserved, u64 run_id, u64 member, u64 settings_hash, i32 rank, u32 world,
