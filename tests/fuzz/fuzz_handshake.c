@@ -60,8 +60,8 @@ static void hello(const uint8_t *p, size_t n) {
 static void view(const uint8_t *p, size_t n) {
     static int present[PEER_MAX_MEMBERS], bp[PEER_MAX_MEMBERS];
     static peer_member mem[PEER_MAX_MEMBERS], back[PEER_MAX_MEMBERS];
-    uint64_t epoch, e2;
-    int yours, y2;
+    uint64_t epoch = 0, e2 = 0;
+    int yours = 0, y2 = 0;
     if (hs_view_parse(p, n, &epoch, &yours, present, mem)) return;
     unsigned char *buf = malloc(n + 16);
     size_t m = hs_view_encode(epoch, yours, mem, present, buf, n + 16);
