@@ -124,6 +124,23 @@ Test(cfg, long_line_is_an_error_naming_it_and_a_long_comment_is_cut) {
     free(p);
 }
 
+// Found by tests/fuzz/fuzz_cfg: a value that filled a line as "peers=..." was written back as
+// "peers = ...", two characters too long to read.
+Test(cfg, a_value_at_the_line_limit_is_written_back_readable) {
+    char text[256] = "[net]\npeers=";
+    size_t n = strlen(text);
+    memset(text + n, 'a', 192);
+    text[n + 192] = 0;
+    cfg c, d;
+    cr_assert_eq(cfg_parse_string(&c, text, "t.ini"), ERR_OK, "%s", err_msg());
+    char *out = cfg_to_string(&c);
+    cr_assert(strstr(out, "\npeers=aaa"), "%s", out);
+    cr_assert(strstr(out, "\nseed = "), "%s", out); // short values keep their spaces
+    cr_assert_eq(cfg_parse_string(&d, out, "written"), ERR_OK, "%s", err_msg());
+    cr_assert_str_eq(d.net.peers, c.net.peers);
+    free(out);
+}
+
 // Found by tests/fuzz/fuzz_cfg: libinih read an indented line as a second value for the key
 // above it (its multi-line values), so "  max_iters = 3" under "  seed = 5" set train.seed.
 Test(cfg, indented_lines_are_lines_of_their_own) {

