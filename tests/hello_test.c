@@ -50,6 +50,24 @@ Test(hello, text_holds_the_shared_keys_and_not_the_per_peer_ones) {
     cr_assert_str_eq(out, "train.seed = 5 there, 1337 here");
 }
 
+// Peers that aggregate differently would drift apart: the rules are shared settings, named when
+// they differ; net.max_offences is each peer's own.
+Test(hello, peers_with_other_aggregation_rules_differ_by_name) {
+    cfg c;
+    cfg_defaults(&c);
+    char a[HELLO_TEXT_MAX], b[HELLO_TEXT_MAX], out[512];
+    hello_text(&c, 5, a, sizeof a);
+    c.net.max_offences = 0;
+    hello_text(&c, 5, b, sizeof b);
+    cr_assert_eq(hello_diff(a, b, out, sizeof out), 0, "%s", out);
+    c.sparta.aggregate = CFG_AGG_MEDIAN;
+    c.diloco.max_norm = 2;
+    hello_text(&c, 5, b, sizeof b);
+    cr_assert_eq(hello_diff(a, b, out, sizeof out), 2);
+    cr_assert_str_eq(out, "sparta.aggregate = median there, mean here; diloco.max_norm = 2 there, "
+                          "0 here");
+}
+
 static peer_group *group_with(const char *dir, int rank, const char *shared) {
     char a0[PEER_ADDR_MAX], a1[PEER_ADDR_MAX];
     snprintf(a0, sizeof a0, "ipc://%s/h0", dir);
