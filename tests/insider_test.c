@@ -158,8 +158,9 @@ static double run_case(fixture *f, const char *rule, const char *attack) {
     }
     double v = diverged ? INFINITY : mean_val(f);
     fprintf(stderr,
-            "insider %s aggregate=%s attack=%s %s: honest mean model val loss %.4f (%.1f s)\n",
-            f->module, rule, attack ? attack : "(none)", f->extra, v, (sys_now_ms() - t0) / 1000);
+            "insider %s aggregate=%s attack=%s%s%s: honest mean model val loss %.4f (%.1f s)\n",
+            f->module, rule, attack ? attack : "(none)", *f->extra ? " " : "", f->extra, v,
+            (sys_now_ms() - t0) / 1000);
     return v;
 }
 
