@@ -640,9 +640,7 @@ static const char *const shared_keys[] = {
     "diloco.trim",   "diloco.max_norm", "ddp.dtype",
 };
 
-// loopback_host: the host of addr ("host:port", "[::1]:port" or a scheme://host:port URL) is
-// 127.x.x.x, localhost or ::1.
-static int loopback_host(const char *addr) {
+int cfg_loopback_host(const char *addr) {
     const char *h = strstr(addr, "://");
     h = h ? h + 3 : addr;
     while (*h == ' ')
@@ -657,14 +655,14 @@ static int loopback_host(const char *addr) {
 int cfg_net_exposed(const cfg *c, char *where, size_t n) {
     const char *one[2] = {c->net.join, c->net.listen};
     for (int i = 0; i < 2; i++)
-        if (one[i][0] && !loopback_host(one[i])) {
+        if (one[i][0] && !cfg_loopback_host(one[i])) {
             snprintf(where, n, "%s %s", i ? "net.listen" : "net.join", one[i]);
             return 1;
         }
     int np = c->net.peers[0] ? cfg_peer_count(c->net.peers) : 0;
     for (int i = 0; i < np; i++) {
         char a[256];
-        if (cfg_peer_entry(c->net.peers, i, a, sizeof a) == 0 && !loopback_host(a)) {
+        if (cfg_peer_entry(c->net.peers, i, a, sizeof a) == 0 && !cfg_loopback_host(a)) {
             snprintf(where, n, "net.peers entry %s", a);
             return 1;
         }

@@ -193,6 +193,10 @@ void cfg_print_keys(FILE *f);
 // Any thread.
 int cfg_group_size(const cfg *c);
 
+// cfg_loopback_host returns 1 if the host of addr ("host", "host:port", "[::1]:port", "::1" or
+// a scheme://host:port URL) is 127.x.x.x, localhost or ::1, else 0.
+int cfg_loopback_host(const char *addr);
+
 // cfg_net_exposed returns 1 if c's peers talk beyond loopback: an address of net.peers, net.join
 // or net.listen whose host is not 127.x.x.x, localhost or ::1 (a wildcard such as 0.0.0.0 or an
 // empty host is exposed), or net.discover = lan announcing to anything but a 127.x address. The

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "train/base/cfg.h"
 #include "train/base/err.h"
 #include "train/base/pki.h"
 
@@ -299,10 +300,8 @@ void launch_key_name(const launch_plan *p, int h, char *buf, size_t n) {
 }
 
 int launch_needs_keys(const launch_plan *p) {
-    for (int r = 0; r < p->n; r++) {
-        const char *a = p->peers[r].addr;
-        if (strncmp(a, "127.", 4) && strcmp(a, "localhost") && strcmp(a, "::1")) return 1;
-    }
+    for (int r = 0; r < p->n; r++)
+        if (!cfg_loopback_host(p->peers[r].addr)) return 1;
     return 0;
 }
 

@@ -16,6 +16,7 @@
 
 #include "infer/srv.h"
 #include "train/base/args.h"
+#include "train/base/cfg.h"
 #include "train/base/err.h"
 #include "train/base/log.h"
 #include "train/base/sys.h"
@@ -139,8 +140,7 @@ int serve_cmd_main(int argc, char **argv) {
         fprintf(stderr, "spartan serve: %s\n", err_msg());
         return 1;
     }
-    int loopback = !strncmp(host, "127.", 4) || !strcmp(host, "localhost") || !strcmp(host, "::1");
-    if (!loopback && (!tls_cert || !key))
+    if (!cfg_loopback_host(host) && (!tls_cert || !key))
         LOG_W("serve",
               "listening on %s beyond loopback %s: give --tls-cert/--tls-key and "
               "--api-key-file",
