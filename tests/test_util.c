@@ -7,8 +7,12 @@
 #include <sys/socket.h>
 
 #include <ctype.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +22,7 @@
 
 #include "data/tok.h"
 #include "train/base/err.h"
+#include "train/base/sys.h"
 #include "train/ckpt.h"
 #include "train/gpt.h"
 
@@ -604,4 +609,139 @@ int tu_tcp_connect(int port) {
         fd = -1;
     }
     return fd;
+}
+
+// ---- cable -----------------------------------------------------------------------------------
+
+enum { CABLE_PAIRS = 16, CABLE_BUF = 65536 };
+
+typedef struct cable_dir {
+    int from, to;
+    char buf[CABLE_BUF];
+    size_t n; // bytes held, not yet written
+    double tokens;
+} cable_dir;
+
+struct tu_cable {
+    int lfd, port, target;
+    _Atomic int mode, stop;
+    _Atomic double rate;
+    pthread_t th;
+    cable_dir d[CABLE_PAIRS][2]; // [pair][a->b, b->a]; from < 0: unused
+};
+
+static void cable_drop(tu_cable *c, int i) {
+    close(c->d[i][0].from);
+    close(c->d[i][0].to);
+    c->d[i][0].from = c->d[i][1].from = -1;
+}
+
+// cable_move reads what d may take and writes what it holds. Returns -1 when a side closed.
+static int cable_move(tu_cable *c, cable_dir *d, double dt) {
+    double rate = atomic_load(&c->rate);
+    if (rate > 0) {
+        d->tokens += rate * dt;
+        if (d->tokens > rate / 10 + CABLE_BUF) d->tokens = rate / 10 + CABLE_BUF;
+    }
+    size_t room = CABLE_BUF - d->n;
+    if (rate > 0 && d->tokens < (double)room) room = d->tokens > 0 ? (size_t)d->tokens : 0;
+    if (room) {
+        ssize_t r = recv(d->from, d->buf + d->n, room, MSG_DONTWAIT);
+        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) return -1;
+        if (r > 0) {
+            d->n += (size_t)r;
+            if (rate > 0) d->tokens -= (double)r;
+        }
+    }
+    if (d->n) {
+        ssize_t w = send(d->to, d->buf, d->n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+        if (w > 0) {
+            memmove(d->buf, d->buf + w, d->n - (size_t)w);
+            d->n -= (size_t)w;
+        }
+    }
+    return 0;
+}
+
+static void *cable_main(void *arg) {
+    tu_cable *c = arg;
+    double last = sys_now_ms();
+    while (!atomic_load(&c->stop)) {
+        struct pollfd pf[1 + 2 * CABLE_PAIRS];
+        int np = 0, cut = atomic_load(&c->mode) == TU_CABLE_CUT;
+        pf[np++] = (struct pollfd){c->lfd, POLLIN, 0};
+        for (int i = 0; i < CABLE_PAIRS && !cut; i++)
+            for (int k = 0; k < 2 && c->d[i][0].from >= 0; k++) {
+                cable_dir *d = &c->d[i][k];
+                double rate = atomic_load(&c->rate);
+                if (d->n < CABLE_BUF && (rate <= 0 || d->tokens >= 1)) // room, and the rate allows
+                    pf[np++] = (struct pollfd){d->from, POLLIN, 0};
+                if (d->n) pf[np++] = (struct pollfd){d->to, POLLOUT, 0};
+            }
+        poll(pf, (nfds_t)np, 5);
+        if (pf[0].revents & POLLIN) {
+            int a = accept(c->lfd, NULL, NULL), b = a >= 0 ? tu_tcp_connect(c->target) : -1;
+            int i = 0;
+            while (i < CABLE_PAIRS && c->d[i][0].from >= 0)
+                i++;
+            if (a >= 0 && (b < 0 || i == CABLE_PAIRS)) {
+                close(a);
+                if (b >= 0) close(b);
+            } else if (a >= 0) {
+                c->d[i][0].from = c->d[i][1].to = a;
+                c->d[i][0].to = c->d[i][1].from = b;
+                c->d[i][0].n = c->d[i][1].n = 0;
+                c->d[i][0].tokens = c->d[i][1].tokens = 0;
+            }
+        }
+        double now = sys_now_ms(), dt = (now - last) / 1000.0;
+        last = now;
+        for (int i = 0; i < CABLE_PAIRS && !cut; i++)
+            if (c->d[i][0].from >= 0 &&
+                (cable_move(c, &c->d[i][0], dt) || cable_move(c, &c->d[i][1], dt)))
+                cable_drop(c, i);
+    }
+    for (int i = 0; i < CABLE_PAIRS; i++)
+        if (c->d[i][0].from >= 0) cable_drop(c, i);
+    return NULL;
+}
+
+tu_cable *tu_cable_open(int target) {
+    tu_cable *c = calloc(1, sizeof *c);
+    c->target = target;
+    for (int i = 0; i < CABLE_PAIRS; i++)
+        c->d[i][0].from = c->d[i][1].from = -1;
+    c->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof sa;
+    if (c->lfd < 0 || bind(c->lfd, (struct sockaddr *)&sa, sizeof sa) || listen(c->lfd, 16) ||
+        getsockname(c->lfd, (struct sockaddr *)&sa, &sl)) {
+        if (c->lfd >= 0) close(c->lfd);
+        free(c);
+        return NULL;
+    }
+    c->port = ntohs(sa.sin_port);
+    if (pthread_create(&c->th, NULL, cable_main, c)) {
+        close(c->lfd);
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+int tu_cable_port(const tu_cable *c) { return c->port; }
+
+void tu_cable_set(tu_cable *c, int mode, double bytes_per_s) {
+    atomic_store(&c->rate, bytes_per_s);
+    atomic_store(&c->mode, mode);
+}
+
+void tu_cable_close(tu_cable *c) {
+    if (!c) return;
+    atomic_store(&c->stop, 1);
+    pthread_join(c->th, NULL);
+    close(c->lfd);
+    free(c);
 }

@@ -211,4 +211,26 @@ double tu_last_metric(const char *path, const char *column);
 // tu_cluster_close removes the folder and frees c's memory.
 void tu_cluster_close(tu_cluster *c);
 
+// ---- a cable: a TCP relay on 127.0.0.1 whose wire a test can cut, slow down and mend ---------
+// Every connection made to the cable's port is relayed to 127.0.0.1:target by one thread of the
+// cable (up to 16 at a time), both ways. TU_CABLE_PASS relays at once (at most bytes_per_s each
+// way when that is > 0); TU_CABLE_CUT relays nothing and reads nothing, so the connections stay
+// open and silent, as behind a dead switch (new ones are accepted and stay silent too); mending
+// it delivers what the senders' kernels still hold. A connection closed on one side is closed on
+// the other.
+enum { TU_CABLE_PASS = 0, TU_CABLE_CUT = 1 };
+typedef struct tu_cable tu_cable;
+
+// tu_cable_open starts a cable to target. Returns it (tu_cable_close), or NULL.
+tu_cable *tu_cable_open(int target);
+
+// tu_cable_port returns the port the cable listens on.
+int tu_cable_port(const tu_cable *c);
+
+// tu_cable_set sets the mode and the rate limit (bytes per second each way; 0: none). Any thread.
+void tu_cable_set(tu_cable *c, int mode, double bytes_per_s);
+
+// tu_cable_close stops the cable, closing its connections. NULL-safe.
+void tu_cable_close(tu_cable *c);
+
 #endif

@@ -14,6 +14,7 @@
 //            u64 id, u16-length addr
 //   ACK      nothing more
 //   NONCE    IDENT_NONCE random bytes
+//   PING     nothing more (a heartbeat, once the link is up)
 #ifndef HANDSHAKE_H
 #define HANDSHAKE_H
 
@@ -22,7 +23,15 @@
 
 #include "sparta/peer/peer.h"
 
-enum { SYS_HELLO = 1, SYS_REFUSE = 2, SYS_REDIRECT = 3, SYS_VIEW = 4, SYS_ACK = 5, SYS_NONCE = 6 };
+enum {
+    SYS_HELLO = 1,
+    SYS_REFUSE = 2,
+    SYS_REDIRECT = 3,
+    SYS_VIEW = 4,
+    SYS_ACK = 5,
+    SYS_NONCE = 6,
+    SYS_PING = 7 // a heartbeat: nothing more (peer.c sends one on a link that is otherwise idle)
+};
 
 #define HS_BUILD_MAX 64
 

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,7 @@ enum {
     RECVQ_MSGS = 4096,        // messages queued per channel for peer_recv
     POOL_MAX = 64,            // spare message buffers kept for reuse
     WRITE_TIMEOUT_MS = 60000, // a stream that takes no byte for this long is taken as dead
+    HEARTBEAT_MS = 1000,      // peer_opts.heartbeat_ms's default
 };
 #define RECVQ_BYTES    ((size_t)512 << 20) // per channel
 #define POOL_MAX_BYTES ((size_t)256 << 20)
@@ -107,6 +109,14 @@ typedef struct plink {
     pthread_cond_t wcv; // the writer waits for frames
     double emu_free;    // emulation: when the emulated wire from this member is free
     uint64_t emu_rng;
+    // Failure detection (peer_opts.heartbeat_ms). The reader sets rx_wait while it waits on the
+    // stream, and rx_ms (sys_now_ms) when it starts to wait and whenever bytes arrive; silence is
+    // the time since rx_ms while rx_wait is set. tx_ms (under mu): the writer's last write.
+    atomic_int rx_wait;
+    _Atomic double rx_ms;
+    double tx_ms;
+    int suspect; // (under mu) logged as silent for half the timeout
+    int held;    // (under mu) the watchdog is closing it: reap leaves it
     struct plink *next;
 } plink;
 
@@ -117,8 +127,10 @@ struct peer_group {
     uint64_t id, settings_hash;
     int is_static, world;
     nng_stream_listener *lst;
-    pthread_t acc, maint, emu;
+    pthread_t acc, maint, emu, watch;
     int emu_on;
+    int hb_ms;       // peer_opts.heartbeat_ms with its default (<= 0: no failure detection)
+    double hb_check; // (maintainer) the last check_silence
 
     pthread_mutex_t mu;
     pthread_cond_t cv; // links, view, completions, join progress
@@ -285,8 +297,10 @@ static void msg_put(peer_group *g, peer_msg *m) {
 // ---- stream I/O ----------------------------------------------------------------------------
 
 // stream_io moves all of iov[0..n) through s (send or receive), continuing after partial
-// transfers. timeout_ms bounds each step (< 0: none). Returns 0 or the nng error.
-static int stream_io(nng_stream *s, nng_aio *aio, nng_iov *iov, int n, int send, int timeout_ms) {
+// transfers. timeout_ms bounds each step (< 0: none). progress (may be NULL) is set to
+// sys_now_ms() whenever some bytes moved. Returns 0 or the nng error.
+static int stream_io(nng_stream *s, nng_aio *aio, nng_iov *iov, int n, int send, int timeout_ms,
+                     _Atomic double *progress) {
     nng_iov v[4];
     memcpy(v, iov, (size_t)n * sizeof *v);
     int first = 0;
@@ -302,6 +316,7 @@ static int stream_io(nng_stream *s, nng_aio *aio, nng_iov *iov, int n, int send,
         if (rv) return rv;
         size_t done = nng_aio_count(aio);
         if (done == 0) return NNG_ECLOSED;
+        if (progress) atomic_store(progress, sys_now_ms());
         while (first < n && done >= v[first].iov_len) {
             done -= v[first].iov_len;
             first++;
@@ -392,6 +407,17 @@ static void *writer_main(void *arg) {
         while (ch < PEER_NCH && !l->qh[ch])
             ch++;
         if (l->state == L_DEAD) break;
+        if (ch == PEER_NCH && g->hb_ms > 0 && l->state == L_UP) {
+            // idle: a heartbeat once nothing has gone out for a fifth of the timeout
+            double due = l->tx_ms + g->hb_ms / 5.0;
+            if (sys_now_ms() < due) {
+                cv_wait_until(&l->wcv, &g->mu, due);
+                continue;
+            }
+            unsigned char ping = SYS_PING;
+            send_copy(g, l, PEER_CH_SYS, &ping, 1);
+            continue;
+        }
         if (ch == PEER_NCH) {
             pthread_cond_wait(&l->wcv, &g->mu);
             continue;
@@ -416,9 +442,10 @@ static void *writer_main(void *arg) {
             mac_frame(l->tx, f->hdr, FRAME_HEADER - 4, f->data, f->len, mac);
             iov[niov++] = (nng_iov){mac, MAC_TAG};
         }
-        int rv = stream_io(l->s, aio, iov, niov, 1, WRITE_TIMEOUT_MS);
+        int rv = stream_io(l->s, aio, iov, niov, 1, WRITE_TIMEOUT_MS, NULL);
         pthread_mutex_lock(&g->mu);
         l->writing = -1;
+        l->tx_ms = sys_now_ms();
         if (!rv) {
             g->st.msgs_sent[ch]++;
             g->st.bytes_sent[ch] += f->len;
@@ -545,6 +572,10 @@ static void link_register(peer_group *g, plink *l, int r) {
     g->dial_err[r][0] = 0;
     g->dial_wait[r] = 0;
     g->left[r] = 0;
+    l->tx_ms = sys_now_ms();
+    atomic_store(&l->rx_ms, l->tx_ms);
+    g->st.links_up++;
+    pthread_cond_signal(&l->wcv); // the writer starts its heartbeats
     if (g->is_static) g->epoch++;
     LOG_I(tag(g), "rank=%d member=%016" PRIx64 " up: rank=%d member=%016" PRIx64 " addr=%s%s%s%s%s",
           g->rank, g->id, r, l->member, l->addr, l->name[0] ? " cert=" : "", l->name,
@@ -790,6 +821,7 @@ static void link_down(peer_group *g, plink *l) {
     if (l->rank < 0 || g->by_rank[l->rank] != l) return;
     g->by_rank[l->rank] = NULL;
     g->left[l->rank] = 1;
+    g->st.links_down++;
     pthread_cond_broadcast(&g->cv); // peer_wait_view stops waiting for it
     LOG_I(tag(g), "rank=%d link to rank=%d down", g->rank, l->rank);
     if (g->is_static) {
@@ -1001,7 +1033,9 @@ static void *reader_main(void *arg) {
         pthread_mutex_unlock(&g->mu);
         if (dead) break;
         nng_iov iov = {hdr, FRAME_HEADER};
-        int rv = stream_io(l->s, aio, &iov, 1, 0, handshake ? g->o.handshake_ms : -1);
+        atomic_store(&l->rx_ms, sys_now_ms());
+        atomic_store(&l->rx_wait, 1);
+        int rv = stream_io(l->s, aio, &iov, 1, 0, handshake ? g->o.handshake_ms : -1, &l->rx_ms);
         if (rv) {
             pthread_mutex_lock(&g->mu);
             if (handshake && !g->stop) {
@@ -1048,10 +1082,12 @@ static void *reader_main(void *arg) {
         peer_msg *m = msg_get(g, h.len);
         pthread_mutex_unlock(&g->mu);
         iov = (nng_iov){m->data, h.len};
-        rv = h.len ? stream_io(l->s, aio, &iov, 1, 0, handshake ? g->o.handshake_ms : -1) : 0;
+        rv = h.len ? stream_io(l->s, aio, &iov, 1, 0, handshake ? g->o.handshake_ms : -1, &l->rx_ms)
+                   : 0;
         unsigned char mac[MAC_TAG], want[MAC_TAG];
         nng_iov tiov = {mac, MAC_TAG};
-        if (!rv && tagged) rv = stream_io(l->s, aio, &tiov, 1, 0, -1);
+        if (!rv && tagged) rv = stream_io(l->s, aio, &tiov, 1, 0, -1, &l->rx_ms);
+        atomic_store(&l->rx_wait, 0);
         pthread_mutex_lock(&g->mu);
         if (rv) {
             if (handshake) g->st.strangers++;
@@ -1116,6 +1152,8 @@ static void *reader_main(void *arg) {
                     if (r < PEER_MAX_MEMBERS) link_register(g, l, r);
                     pthread_cond_broadcast(&g->cv);
                 }
+            } else if (type == SYS_PING && h.len == 1) {
+                // a heartbeat: its bytes were the news
             } else if (type == SYS_ACK && h.len == 1) {
                 l->acked = 1;
                 if (l->accept_rank >= 0 && l->state == L_HANDSHAKE) {
@@ -1257,7 +1295,7 @@ static void link_free(plink *l) {
 static void reap(peer_group *g) {
     for (plink **pp = &g->links; *pp;) {
         plink *l = *pp;
-        if (l->threads_done < 2) {
+        if (l->threads_done < 2 || l->held) {
             pp = &l->next;
             continue;
         }
@@ -1390,6 +1428,72 @@ static void maint_dial(peer_group *g) {
     }
 }
 
+// check_silence closes the first link that has been silent for the heartbeat timeout (see
+// peer_opts.heartbeat_ms) and logs the ones silent for half of it. Returns 1 if it closed one
+// (the caller looks again). Under mu (dropped to close).
+static int check_silence(peer_group *g) {
+    double now = sys_now_ms();
+    if (now - g->hb_check > g->hb_ms / 4.0) {
+        // This process was not running (SIGSTOP, a suspended laptop, a stalled VM): the silence
+        // was ours, and the readers have not yet read what came meanwhile. Start the clocks over.
+        for (plink *l = g->links; l; l = l->next)
+            atomic_store(&l->rx_ms, now);
+        if (g->hb_check > 0)
+            LOG_I(tag(g), "rank=%d was not running for %.0f ms: the links' clocks start over",
+                  g->rank, now - g->hb_check);
+        g->hb_check = now;
+        return 0;
+    }
+    g->hb_check = now;
+    for (plink *l = g->links; l; l = l->next) {
+        if (l->state != L_UP) continue;
+        double quiet = atomic_load(&l->rx_wait) ? now - atomic_load(&l->rx_ms) : 0;
+        if (quiet < g->hb_ms / 2.0) {
+            if (l->suspect)
+                LOG_I(tag(g), "rank=%d: rank=%d answers again after %.0f ms", g->rank, l->rank,
+                      quiet);
+            l->suspect = 0;
+            continue;
+        }
+        if (!l->suspect) {
+            l->suspect = 1;
+            g->st.suspected++;
+            LOG_I(tag(g), "rank=%d: rank=%d suspected: silent for %.0f ms", g->rank, l->rank,
+                  quiet);
+        }
+        if (quiet < g->hb_ms) continue;
+        g->st.timed_out++;
+        LOG_W(tag(g),
+              "rank=%d: rank=%d (%s) timed out: no word for %.0f ms (net.heartbeat_timeout = %d)",
+              g->rank, l->rank, l->addr, quiet, g->hb_ms);
+        l->state = L_DEAD;
+        link_down(g, l);
+        l->held++;
+        pthread_mutex_unlock(&g->mu);
+        link_abort(l);
+        pthread_mutex_lock(&g->mu);
+        l->held--;
+        return 1;
+    }
+    return 0;
+}
+
+// watch_main is the watchdog thread (with heartbeats on): it looks at the links' silence 20 times
+// per timeout. (Not the maintainer's job: a dial to a member that does not answer takes it a
+// second.)
+static void *watch_main(void *arg) {
+    peer_group *g = arg;
+    int wait = g->hb_ms / 20 > 0 ? g->hb_ms / 20 : 1;
+    pthread_mutex_lock(&g->mu);
+    while (!g->stop) {
+        while (check_silence(g))
+            ;
+        if (!g->stop) cv_wait_until(&g->cv, &g->mu, sys_now_ms() + wait);
+    }
+    pthread_mutex_unlock(&g->mu);
+    return NULL;
+}
+
 static void *maint_main(void *arg) {
     peer_group *g = arg;
     pthread_mutex_lock(&g->mu);
@@ -1469,6 +1573,7 @@ int peer_group_create(peer_group **out, const peer_opts *o) {
     g->o.cluster_key = NULL; // the caller's: g->mac_key is the copy
     g->o.handshake_ms = o->handshake_ms > 0 ? o->handshake_ms : 2000;
     g->o.join_ms = o->join_ms > 0 ? o->join_ms : 10000;
+    g->hb_ms = o->heartbeat_ms == 0 ? HEARTBEAT_MS : o->heartbeat_ms;
     g->tag = xstrdup(o->tag ? o->tag : "peer");
     g->shared = xstrdup(o->shared ? o->shared : "");
     g->build = xstrdup(o->build ? o->build : "");
@@ -1497,7 +1602,8 @@ int peer_group_create(peer_group **out, const peer_opts *o) {
     if (!pthread_create(&g->acc, NULL, acceptor_main, g)) started |= 1;
     if (!pthread_create(&g->maint, NULL, maint_main, g)) started |= 2;
     if (g->emu_on && !pthread_create(&g->emu, NULL, emu_main, g)) started |= 4;
-    if (started != (g->emu_on ? 7 : 3)) {
+    if (g->hb_ms > 0 && !pthread_create(&g->watch, NULL, watch_main, g)) started |= 8;
+    if (started != (3 | (g->emu_on ? 4 : 0) | (g->hb_ms > 0 ? 8 : 0))) {
         peer_group_destroy(g);
         return err_set(ERR_NOMEM, "peer: cannot start threads");
     }
@@ -1563,6 +1669,7 @@ void peer_group_destroy(peer_group *g) {
     if (g->acc) pthread_join(g->acc, NULL);
     if (g->maint) pthread_join(g->maint, NULL);
     if (g->emu) pthread_join(g->emu, NULL);
+    if (g->watch) pthread_join(g->watch, NULL);
     pthread_mutex_lock(&g->mu);
     for (plink *l = g->links; l; l = l->next) {
         l->state = L_DEAD;

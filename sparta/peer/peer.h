@@ -79,6 +79,13 @@ typedef struct peer_opts {
     const unsigned char *cluster_key;
     size_t cluster_key_len;
     int max_offences; // peer_offence expels a member at this many offences (0: never)
+    // Failure detection: a linked member from which no byte has come for heartbeat_ms is taken
+    // as dead (its link is closed; a static group dials it again, so it comes back once it
+    // answers). Every link that has sent nothing for heartbeat_ms / 5 sends a heartbeat (a
+    // SYS frame of 25 bytes); bytes of any frame count, so a long transfer is its own heartbeat
+    // and no heartbeat waits behind one. Time this process's reader spends not reading (its
+    // receive queue is full, or link emulation holds it back) is not silence. 0: 1000; < 0: off.
+    int heartbeat_ms;
 } peer_opts;
 
 // A member as the view knows it.
@@ -117,13 +124,16 @@ typedef struct peer_stats {
     uint64_t bad_header;             // streams closed because a header was bad (framing lost)
     uint64_t refused;                // handshakes refused: another run, settings or protocol
     uint64_t strangers;              // connections closed without a valid hello in time
-    uint64_t unproven; // signed handshakes refused: no or a bad proof (a forged member id, a
-                       // certificate of another CA or expired, a replayed or altered hello, a
-                       // hello under another cluster key)
-    uint64_t bad_mac;  // cluster key: frames dropped because their tag did not verify
-    uint64_t replayed; // cluster key: frames dropped because the link had carried them before
-    uint64_t offences; // peer_offence calls (members that sent bad values)
-    uint64_t expelled; // members expelled (peer_expel)
+    uint64_t unproven;  // signed handshakes refused: no or a bad proof (a forged member id, a
+                        // certificate of another CA or expired, a replayed or altered hello, a
+                        // hello under another cluster key)
+    uint64_t bad_mac;   // cluster key: frames dropped because their tag did not verify
+    uint64_t replayed;  // cluster key: frames dropped because the link had carried them before
+    uint64_t offences;  // peer_offence calls (members that sent bad values)
+    uint64_t expelled;  // members expelled (peer_expel)
+    uint64_t suspected; // links silent for half of heartbeat_ms (logged; most come back)
+    uint64_t timed_out; // links closed because they were silent for heartbeat_ms
+    uint64_t links_up, links_down; // links that came up, and went down (any reason)
 } peer_stats;
 
 // peer_group_create starts this process's membership: it listens on o->listen, then joins (see

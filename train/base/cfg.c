@@ -183,6 +183,9 @@ static const cfg_key keys[] = {
       "inject: a trusted network only); without it such a run refuses to start"),
     K("net", "max_offences", CFG_INT, net.max_offences, "3", 0, 1e6,
       "expel a peer after this many rounds of non-finite values from it (0 = never)"),
+    K("net", "heartbeat_timeout", CFG_INT, net.heartbeat_timeout, "1000", 0, 600000,
+      "ms: a peer from which no byte came for this long is taken out of the view (heartbeats "
+      "every fifth of it keep an idle link up; raise it for slow or flaky links; 0 = off)"),
 };
 
 #define N_KEYS (sizeof keys / sizeof keys[0])

@@ -135,6 +135,7 @@ typedef struct cfg_net {
     int insecure; // peers off loopback may run without keys (a trusted network; warned)
     // A peer whose values were rejected (non-finite) this many times is expelled (0 = never).
     int max_offences;
+    int heartbeat_timeout; // ms (0: no failure detection)
 } cfg_net;
 
 typedef struct cfg {

@@ -92,7 +92,8 @@ static int open_group(peer_group **g, const cfg *c, int rank, int world, uint64_
                    .tls_ca = c->net.tls ? c->net.tls_ca : NULL,
                    .tls_cert = c->net.tls ? c->net.tls_cert : NULL,
                    .tls_key = c->net.tls ? c->net.tls_key : NULL,
-                   .max_offences = c->net.max_offences};
+                   .max_offences = c->net.max_offences,
+                   .heartbeat_ms = c->net.heartbeat_timeout > 0 ? c->net.heartbeat_timeout : -1};
     // without TLS, the cluster key authenticates every frame (peer.h)
     uint8_t key[DISCOVER_KEY_MAX];
     if (!c->net.tls && c->net.cluster_key_file[0]) {
