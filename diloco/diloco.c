@@ -48,14 +48,19 @@
 //   u32 magic CTL_REQ_MAGIC, u32 op, u64 run_id, u64 offset, u32 count        (CTL_REQ_BYTES)
 // and a reply is
 //   u32 magic CTL_REP_MAGIC, u32 op, u64 run_id, i64 outer_steps, i64 step, u64 n, u64 offset,
-//   u32 count                                                                  (CTL_REP_BYTES)
+//   u32 count, u32 crc_theta, u32 crc_momentum, u8 view[VIEW_BYTES]           (CTL_REP_BYTES)
 // followed by count fp32 values (little-endian) of theta_g (CTL_THETA) or the momentum
-// (CTL_MOMENTUM) from offset, or none (CTL_STATE). The frame around them has the CRC.
+// (CTL_MOMENTUM) from offset, or none (CTL_STATE). The frame around them has the CRC of the
+// message; crc_theta and crc_momentum are the CRC32C of the whole theta_g and momentum (the
+// little-endian bytes) of that outer step, which a joiner checks its copy against end to end,
+// and view is the bit set (rank r: bit r % 8 of byte r / 8) of the members of the sender's last
+// committed outer step: the view a majority of which commits the next one.
 enum { CTL_STATE = 1, CTL_THETA = 2, CTL_MOMENTUM = 3 };
 #define CTL_REQ_MAGIC 0x51434C44u // "DLCQ"
 #define CTL_REP_MAGIC 0x52434C44u // "DLCR"
 #define CTL_REQ_BYTES 28
-#define CTL_REP_BYTES 52
+#define VIEW_BYTES    (AR_MAX_WORLD / 8)
+#define CTL_REP_BYTES (60 + VIEW_BYTES)
 typedef struct ctl_req {
     uint32_t magic, op;
     uint64_t run_id, offset;
@@ -67,6 +72,8 @@ typedef struct ctl_rep {
     int64_t outer_steps, step;
     uint64_t n, offset;
     uint32_t count;
+    uint32_t crc_theta, crc_momentum;
+    unsigned char view[VIEW_BYTES];
 } ctl_rep;
 #define CTL_MAX_COUNT ((FRAME_MAX_PAYLOAD - 64 - CTL_REP_BYTES) / sizeof(float))
 
@@ -95,6 +102,9 @@ static void rep_put(unsigned char *p, const ctl_rep *r) {
     le_put64(p + 32, r->n);
     le_put64(p + 40, r->offset);
     le_put32(p + 48, r->count);
+    le_put32(p + 52, r->crc_theta);
+    le_put32(p + 56, r->crc_momentum);
+    memcpy(p + 60, r->view, VIEW_BYTES);
 }
 
 static void rep_get(const unsigned char *p, ctl_rep *r) {
@@ -106,6 +116,9 @@ static void rep_get(const unsigned char *p, ctl_rep *r) {
     r->n = le_get64(p + 32);
     r->offset = le_get64(p + 40);
     r->count = le_get32(p + 48);
+    r->crc_theta = le_get32(p + 52);
+    r->crc_momentum = le_get32(p + 56);
+    memcpy(r->view, p + 60, VIEW_BYTES);
 }
 
 // put_f32s / get_f32s copy n floats to / from little-endian bytes.
@@ -149,7 +162,62 @@ struct diloco {
     const float *acc[AR_MAX_WORLD];
     unsigned char bad[AR_MAX_WORLD], except[AR_MAX_WORLD];
     uint64_t nonfinite, clipped, skipped; // deltas rejected, deltas clipped, outer steps skipped
+    // No split brain (under mu): quorum[r] = 1 for the members of the last committed outer step
+    // (nq of them; q_set: known yet), more than half of whom must take part in the next one.
+    unsigned char quorum[AR_MAX_WORLD];
+    int nq, q_set;
+    uint32_t seq; // tries of outer step outer_steps + 1 so far: the low part of its tags
+    uint32_t crc_theta, crc_mom; // (under mu) CRC32C of theta_g and buf, for state transfers
+    int corrupt;                 // (under mu) tests: state replies still to damage
+    uint64_t no_quorum, resyncs, states_sent, states_bad, state_retries;
+    uint64_t nq_streak; // outer steps in a row without a majority
+    double nq_logged;   // when that was last logged
 };
+
+// Outcomes of outer_reduce.
+enum { OUT_COMMIT, OUT_BEHIND, OUT_NO_QUORUM };
+
+// tag_of gives the all-reduce tag of try seq of outer step t: tags grow with t, then with seq,
+// so that every try is a new call (allreduce.h), and the outer step can be read back from a tag
+// (tag_outer). Each try uses tag and tag + 1 (the check of the deltas after a non-finite mean).
+static uint64_t tag_of(int64_t t, uint32_t seq) {
+    return ((uint64_t)t << 20) | ((uint64_t)seq << 1);
+}
+static int64_t tag_outer(uint64_t tag) { return (int64_t)(tag >> 20); }
+static uint32_t tag_seq(uint64_t tag) { return (uint32_t)(tag & 0xFFFFF) >> 1; }
+#define SEQ_MAX 0x7FFFFu
+
+// seal records the CRCs of theta_g and the momentum (the state a joiner checks its copy
+// against). Under mu.
+static void seal(diloco *d) {
+    d->crc_theta = wire_crc32c(d->theta_g, d->n * sizeof(float));
+    d->crc_mom = wire_crc32c(d->buf, d->n * sizeof(float));
+}
+
+// view_bits / view_of convert the quorum flags to and from the wire's bit set.
+static void view_bits(const diloco *d, unsigned char *bits) {
+    memset(bits, 0, VIEW_BYTES);
+    for (int r = 0; r < d->world && r < AR_MAX_WORLD; r++)
+        if (d->quorum[r]) bits[r / 8] |= (unsigned char)(1u << (r % 8));
+}
+
+static void view_of(diloco *d, const unsigned char *bits) {
+    d->nq = 0;
+    for (int r = 0; r < AR_MAX_WORLD; r++) {
+        d->quorum[r] = r < d->world && (bits[r / 8] >> (r % 8) & 1);
+        d->nq += d->quorum[r];
+    }
+    d->q_set = d->nq > 0;
+}
+
+// set_quorum makes members(nm) the last committed view. Under mu.
+static void set_quorum(diloco *d, const int *members, int nm) {
+    memset(d->quorum, 0, sizeof d->quorum);
+    for (int i = 0; i < nm; i++)
+        d->quorum[members[i]] = 1;
+    d->nq = nm;
+    d->q_set = 1;
+}
 
 void diloco_outer_update(float *theta_g, float *buf, const float *delta, size_t n, float lr,
                          float mu, int nesterov, int first) {
@@ -278,8 +346,16 @@ static void serve(void *arg, int from, const void *req, size_t len, void **reply
     }
     r.outer_steps = d->outer_steps;
     r.step = d->step;
+    r.crc_theta = d->crc_theta;
+    r.crc_momentum = d->crc_mom;
+    view_bits(d, r.view);
     const float *src = q.op == CTL_THETA ? d->theta_g : d->buf;
     if (q.count) put_f32s(out + CTL_REP_BYTES, src + q.offset, q.count);
+    if (q.count && q.op == CTL_THETA && d->corrupt > 0) { // tests: a sender that damages state
+        d->corrupt--;
+        out[CTL_REP_BYTES] ^= 0x01;
+    }
+    if (q.op == CTL_STATE) d->states_sent++;
     pthread_mutex_unlock(&d->mu);
     rep_put(out, &r);
     *reply = out;
@@ -316,11 +392,14 @@ static int ask(diloco *d, int p, uint32_t op, uint64_t offset, uint32_t count, c
     return ERR_OK;
 }
 
-// fetch copies theta_g and the momentum of peer p into our own buffers, chunk by chunk; if the
-// peer takes an outer step meanwhile, it starts over (at most 3 times). On ERR_OK *st holds
-// the peer's state (outer steps and inner step) that the copy belongs to.
+// fetch copies theta_g and the momentum of peer p into our own buffers, chunk by chunk, and
+// checks the copy end to end against the CRCs p gave with its state; if the peer takes an outer
+// step meanwhile, it starts over (at most 3 times). On ERR_OK *st holds the peer's state (outer
+// steps and inner step) that the copy belongs to, and its view is ours. On an error our buffers
+// hold a partial copy (the caller fetches from another member or stops).
 static int fetch(diloco *d, int p, ctl_rep *st) {
     int timeout = d->dc.timeout_ms;
+    double t0 = sys_now_ms();
     for (int attempt = 0; attempt < 3; attempt++) {
         int rc = ask(d, p, CTL_STATE, 0, 0, st, NULL, timeout), moved = 0;
         pthread_mutex_lock(&d->mu); // our own control server stays off the buffers meanwhile
@@ -335,24 +414,48 @@ static int fetch(diloco *d, int p, ctl_rep *st) {
                 moved = !rc && r.outer_steps != st->outer_steps;
             }
         }
-        pthread_mutex_lock(&d->mu);
-        if (!rc && !moved) {
-            d->outer_steps = st->outer_steps;
-            d->step = (long)st->step;
-            d->fetching = 0;
-        }
-        pthread_mutex_unlock(&d->mu);
         if (rc) return rc;
-        if (!moved) return ERR_OK;
+        if (moved) continue;
+        uint32_t ct = wire_crc32c(d->theta_g, d->n * sizeof(float));
+        uint32_t cm = wire_crc32c(d->buf, d->n * sizeof(float));
+        if (ct != st->crc_theta || cm != st->crc_momentum) {
+            d->states_bad++;
+            return err_set(ERR_FORMAT,
+                           "the state of rank %d fails its end-to-end check (theta_g crc %08x, "
+                           "sent %08x; momentum %08x, sent %08x)",
+                           p, ct, st->crc_theta, cm, st->crc_momentum);
+        }
+        pthread_mutex_lock(&d->mu);
+        d->outer_steps = st->outer_steps;
+        d->step = (long)st->step;
+        d->crc_theta = ct;
+        d->crc_mom = cm;
+        view_of(d, st->view);
+        d->seq = 0;
+        d->fetching = 0;
+        pthread_mutex_unlock(&d->mu);
+        double ms = sys_now_ms() - t0;
+        LOG_I("diloco",
+              "state received from rank=%d: outer step %lld, %.1f MB in %.0f ms (%.0f MB/s), "
+              "crc %08x/%08x checked",
+              p, (long long)st->outer_steps, 2.0 * (double)d->n * 4 / 1e6, ms,
+              2.0 * (double)d->n * 4 / 1e3 / (ms > 0 ? ms : 1), ct, cm);
+        return ERR_OK;
     }
     return err_set(ERR_TIMEOUT, "diloco: rank %d kept moving while its state was copied", p);
 }
 
-// newest asks every connected peer for its state and returns the rank furthest ahead (most outer
-// steps, then most inner steps) with at least min_outer outer steps, or -1; *st receives its
-// state. (It trusts that peer's state: see the README's threat model.)
-static int newest(diloco *d, int64_t min_outer, ctl_rep *st) {
-    int best = -1;
+// A member's state, as its CTL_STATE reply gave it.
+typedef struct donor {
+    int rank;
+    ctl_rep st;
+} donor;
+
+// donors asks every connected peer for its state and fills dv with those that have at least
+// min_outer outer steps, furthest ahead first (most outer steps, then most inner steps).
+// Returns how many. (It trusts their states: see the README's threat model.)
+static int donors(diloco *d, int64_t min_outer, donor *dv) {
+    int nd = 0;
     for (int p = 0; p < d->world; p++) {
         ctl_rep r;
         // never from a peer whose values this outer step rejected, nor an expelled one
@@ -362,40 +465,70 @@ static int newest(diloco *d, int64_t min_outer, ctl_rep *st) {
             LOG_D("diloco", "rank %d did not answer: %s", p, err_msg());
             continue;
         }
-        if (r.outer_steps >= min_outer &&
-            (best < 0 || r.outer_steps > st->outer_steps ||
-             (r.outer_steps == st->outer_steps && r.step > st->step))) {
-            best = p;
-            *st = r;
+        if (r.outer_steps < min_outer) continue;
+        int i = nd++;
+        while (i > 0 &&
+               (dv[i - 1].st.outer_steps < r.outer_steps ||
+                (dv[i - 1].st.outer_steps == r.outer_steps && dv[i - 1].st.step < r.step))) {
+            dv[i] = dv[i - 1];
+            i--;
         }
+        dv[i] = (donor){p, r};
     }
-    return best;
+    return nd;
+}
+
+// take_state copies the state of the first of the donors whose copy arrives whole and checked,
+// trying the next one when a copy fails (its sender died, or the copy failed its check). Sets
+// *got to the donor's index (-1: none worked; then our buffers may hold a partial copy and rc
+// is the last error). Returns ERR_OK or that error.
+static int take_state(diloco *d, donor *dv, int nd, int *got) {
+    int rc = ERR_OK;
+    *got = -1;
+    for (int i = 0; i < nd; i++) {
+        rc = fetch(d, dv[i].rank, &dv[i].st);
+        if (rc == ERR_OK) {
+            *got = i;
+            return ERR_OK;
+        }
+        d->state_retries++;
+        LOG_W("diloco", "copying the state of rank %d failed: %s%s", dv[i].rank, err_msg(),
+              i + 1 < nd ? "; trying the next member" : "");
+    }
+    return nd ? rc : ERR_OK;
 }
 
 // resync takes the outer state after outer step `outer` from a live peer, waiting up to
 // diloco.timeout_ms for one to get there, and sets params = theta_g and *took = 1. *took = 0 if
-// no peer has that state (the caller goes on alone). Returns ERR_OK or the copy's error (our
-// outer state is then incomplete: training must stop).
+// no peer has that state (the caller goes on without committing). Returns ERR_OK or the copy's
+// error (our outer state is then incomplete: training must stop).
 static int resync(diloco *d, float *params, int64_t outer, int *took) {
     double t0 = sys_now_ms();
     *took = 0;
+    donor *dv = xmalloc(sizeof *dv * (size_t)d->world);
+    int rc = ERR_OK;
     for (;;) {
-        ctl_rep st;
-        int p = newest(d, outer, &st);
-        if (p >= 0) {
-            int rc = fetch(d, p, &st);
-            if (rc) return err_set(rc, "copying the outer state of rank %d: %s", p, err_msg());
+        int nd = donors(d, outer, dv), got = -1;
+        if (nd > 0) {
+            rc = take_state(d, dv, nd, &got);
+            if (rc) {
+                rc = err_set(rc, "copying the outer state: %s", err_msg());
+                break;
+            }
             memcpy(params, d->theta_g, d->n * sizeof(float));
-            LOG_W("diloco", "took the outer state of rank %d: outer step %lld (step %lld)", p,
-                  (long long)st.outer_steps, (long long)st.step);
+            d->resyncs++;
+            LOG_W("diloco", "took the outer state of rank %d: outer step %lld (step %lld)",
+                  dv[got].rank, (long long)dv[got].st.outer_steps, (long long)dv[got].st.step);
             *took = 1;
-            return ERR_OK;
+            break;
         }
-        if (sys_now_ms() - t0 > d->dc.timeout_ms) return ERR_OK;
+        if (sys_now_ms() - t0 > d->dc.timeout_ms) break;
         // The others' state is remote and only served on request: ask again shortly. (A push
         // when they finish the step would need a control message the channel does not have.)
         sys_sleep_ms(50);
     }
+    free(dv);
+    return rc;
 }
 
 int diloco_join(diloco *d, float *params, size_t n, long *step) {
@@ -407,11 +540,16 @@ int diloco_join(diloco *d, float *params, size_t n, long *step) {
     // Only a peer with more outer steps is ahead: one that is merely further into the same
     // outer interval (the group just started, or we restarted before its end) waits for us at
     // the next outer step, and we catch up there.
-    ctl_rep st;
-    int p = newest(d, d->outer_steps + 1, &st);
-    if (p < 0) return ERR_OK;
-    int rc = fetch(d, p, &st);
-    if (rc) return err_set(rc, "joining: copying the outer state of rank %d: %s", p, err_msg());
+    donor *dv = xmalloc(sizeof *dv * (size_t)d->world);
+    int nd = donors(d, d->outer_steps + 1, dv), got = -1;
+    int rc = take_state(d, dv, nd, &got);
+    if (rc || got < 0) {
+        free(dv);
+        return rc ? err_set(rc, "joining: copying the outer state: %s", err_msg()) : ERR_OK;
+    }
+    ctl_rep st = dv[got].st;
+    int p = dv[got].rank;
+    free(dv);
     memcpy(params, d->theta_g, n * sizeof(float));
     // Between outer steps k and k+1 the peer is at a step s < (k+1) H: continue from s, and we
     // arrive at outer step k+1 with it. Inside outer step k+1 (s = (k+1) H: it may be waiting
@@ -423,6 +561,7 @@ int diloco_join(diloco *d, float *params, size_t n, long *step) {
     pthread_mutex_lock(&d->mu);
     d->step = *step;
     pthread_mutex_unlock(&d->mu);
+    d->resyncs++;
     LOG_I("diloco",
           "joined the running peers: outer step %lld from rank %d, continuing at step %ld",
           (long long)st.outer_steps, p, *step);
@@ -446,6 +585,7 @@ int diloco_create(diloco **out, const cfg_diloco *dc, peer_group *g, int rank, i
     memcpy(d->theta_g, params, n * sizeof(float));
     memset(d->buf, 0, n * sizeof(float));
     memset(d->delta, 0, n * sizeof(float));
+    if (world > 1) seal(d);
     int rc = ERR_OK;
     if (world > 1) {
         d->g = g;
@@ -465,22 +605,70 @@ int diloco_create(diloco **out, const cfg_diloco *dc, peer_group *g, int rank, i
     return ERR_OK;
 }
 
+// missing_text writes into who (n bytes) the ranks of the group's view that are not among
+// members(nm), as " 2 5".
+static void missing_text(diloco *d, const int *members, int nm, char *who, size_t n) {
+    int view[AR_MAX_WORLD];
+    int nv = peer_view_ranks(d->g, view, AR_MAX_WORLD);
+    who[0] = 0;
+    for (int i = 0, k = 0; i < nv && i < AR_MAX_WORLD; i++) {
+        while (k < nm && members[k] < view[i])
+            k++;
+        if (k >= nm || members[k] != view[i])
+            snprintf(who + strlen(who), n - strlen(who), " %d", view[i]);
+    }
+}
+
+// someone_has returns 1 if a linked peer says (state request, answered by its reader thread
+// whatever it is doing) that it has committed outer step t.
+static int someone_has(diloco *d, int64_t t) {
+    for (int p = 0; p < d->world; p++) {
+        ctl_rep r;
+        if (p == d->rank || !peer_connected(d->g, p)) continue;
+        if (ask(d, p, CTL_STATE, 0, 0, &r, NULL, d->dc.timeout_ms) == ERR_OK && r.outer_steps >= t)
+            return 1;
+    }
+    return 0;
+}
+
+// ahead_of: some peer has moved past our outer step t (it committed it), going by the tags it
+// sent; else it is only trying t again with a later tag, which we take up (*seq).
+static int ahead_of(diloco *d, int64_t t) {
+    uint64_t newest = ar_newest_tag(d->ar);
+    if (tag_outer(newest) > t) return 1;
+    if (tag_outer(newest) == t && tag_seq(newest) > d->seq) d->seq = tag_seq(newest);
+    return 0;
+}
+
 // outer_reduce aggregates delta(n) = theta_g - params with the peers present for outer step t:
-// agree on the members, then all-reduce (or all-gather, robust) among them, trying again with a
-// fresh agreement (a member died in between, or sent values that are not finite) up to 3 times.
-// *nm = the number of members (1: alone), or 0 if this peer must take the state of a live peer
-// instead (it was left out or is late); *skip = 1 if the step must be skipped (no finite
-// aggregate). Returns ERR_OK or the error.
-static int outer_reduce(diloco *d, float *delta, const float *params, size_t n, int64_t t,
+// agree on the members (a new tag per try), check that they hold a majority of the last
+// committed view, then all-reduce (or all-gather, robust) among them, trying again with a fresh
+// agreement (a member died in between, or sent values that are not finite) up to 3 times.
+// *out: OUT_COMMIT (members(*nm_out), 1: alone; *skip = 1 if no finite aggregate), OUT_BEHIND
+// (others committed t without us: take their state) or OUT_NO_QUORUM (commit nothing now).
+// Returns ERR_OK or the error.
+static int outer_reduce(diloco *d, float *delta, const float *params, size_t n, int64_t t, int *out,
                         int *nm_out, int *skip) {
     *nm_out = 1;
     *skip = 0;
+    *out = OUT_COMMIT;
     if (d->world == 1) return ERR_OK;
-    int rc = ERR_OK;
+    if (!d->q_set) { // the first outer step: the group's view is the last agreed one
+        int view[AR_MAX_WORLD];
+        int nv = peer_view_ranks(d->g, view, AR_MAX_WORLD);
+        pthread_mutex_lock(&d->mu);
+        set_quorum(d, view, nv < AR_MAX_WORLD ? nv : AR_MAX_WORLD);
+        pthread_mutex_unlock(&d->mu);
+    }
+    int rc = ERR_OK, failed = 0;
     memset(d->except, 0, sizeof d->except);
-    for (int attempt = 0; attempt < 3; attempt++) {
-        // two tags per try: the exchange, and the check of the deltas after a non-finite mean
-        uint64_t tag = (uint64_t)t * 8 + (uint64_t)attempt * 2;
+    for (int attempt = 0, jumps = 0; attempt < 3 && jumps < 8;) {
+        if (d->seq >= SEQ_MAX) {
+            *out = OUT_NO_QUORUM;
+            return err_set(ERR_TIMEOUT, "outer step %lld: %u tries without a commit", (long long)t,
+                           d->seq);
+        }
+        uint64_t tag = tag_of(t, d->seq);
         int nm = 0, ahead = 0;
         ar_stats st;
         rc = ar_agree_except(d->ar, tag, d->dc.timeout_ms, d->except, d->members, &nm, &ahead, &st);
@@ -489,24 +677,66 @@ static int outer_reduce(diloco *d, float *delta, const float *params, size_t n, 
         d->bytes_recv += st.bytes_recv;
         d->msgs_dropped += st.msgs_dropped;
         if (rc) return rc;
-        *nm_out = ahead ? 0 : nm;
-        if (ahead || nm == 0) return ERR_OK;
-        // the group's members that are not in the agreement (a group that peers may still
-        // join holds fewer members than ranks)
-        int view[AR_MAX_WORLD];
-        int nv = peer_view_ranks(d->g, view, AR_MAX_WORLD);
-        if (nm < nv) {
-            char who[256] = "";
-            for (int i = 0, k = 0; i < nv && i < AR_MAX_WORLD; i++) {
-                while (k < nm && d->members[k] < view[i])
-                    k++;
-                if (k >= nm || d->members[k] != view[i])
-                    snprintf(who + strlen(who), sizeof who - strlen(who), " %d", view[i]);
+        if (ahead) {
+            if (ahead_of(d, t)) {
+                *out = OUT_BEHIND;
+                return ERR_OK;
             }
+            jumps++; // the others try t with a later tag: so do we, at once
+            continue;
+        }
+        d->seq++; // this tag is spent: a later try of t takes the next one
+        if (nm == 0) {
+            // The others agreed without us: if they committed t, their state is ours to take;
+            // if not (they had no majority), we only came late to that try: join the next.
+            if (someone_has(d, t)) {
+                *out = OUT_BEHIND;
+                return ERR_OK;
+            }
+            jumps++;
+            continue;
+        }
+        int inq = 0;
+        for (int i = 0; i < nm; i++)
+            inq += d->quorum[d->members[i]];
+        char who[256];
+        if (2 * inq <= d->nq) {
+            // logged when it starts, then at most every 10 s (a partition can last long)
+            double now = sys_now_ms();
+            if (!d->nq_streak || now - d->nq_logged > 10000) {
+                missing_text(d, d->members, nm, who, sizeof who);
+                LOG_W("diloco",
+                      "outer step %lld not committed: %d of the %d members of the last "
+                      "committed view are here (more than %d needed; missing:%s); inner steps "
+                      "go on (%llu tries so far)",
+                      (long long)t, inq, d->nq, d->nq / 2, who,
+                      (unsigned long long)d->nq_streak + 1);
+                d->nq_logged = now;
+            }
+            d->nq_streak++;
+            *out = OUT_NO_QUORUM;
+            return ERR_OK;
+        }
+        if (d->nq_streak)
+            LOG_I("diloco",
+                  "outer step %lld: a majority is back (%d of the %d members) after %llu "
+                  "tries",
+                  (long long)t, inq, d->nq, (unsigned long long)d->nq_streak);
+        d->nq_streak = 0;
+        if (failed && someone_has(d, t)) {
+            // A try of t failed: a member may have finished it before that, and be in its
+            // inner steps now (it answers state requests, not agreements). Never commit t twice.
+            *out = OUT_BEHIND;
+            return ERR_OK;
+        }
+        *nm_out = nm;
+        int nv = peer_view_ranks(d->g, NULL, 0);
+        if (nm < nv) {
+            missing_text(d, d->members, nm, who, sizeof who);
             LOG_W("diloco", "outer step %lld: %d of %d peers present (missing:%s)", (long long)t,
                   nm, nv, who);
         }
-        if (nm == 1) return ERR_OK;
+        if (nm == 1) return ERR_OK; // the last view was ours alone
         if (d->robust) {
             int accepted = 0;
             rc = robust_reduce(d, delta, n, tag, t, nm, &accepted);
@@ -529,16 +759,31 @@ static int outer_reduce(diloco *d, float *delta, const float *params, size_t n, 
                       found ? ", leaving them out" : ", skipping the step");
                 if (rc == ERR_OK && !found) *skip = 1;
                 if (rc == ERR_OK && found) {
-                    rc = err_set(ERR_PEER, "outer step %lld: non-finite values", (long long)t);
-                    continue; // the next try leaves them out
+                    attempt++;
+                    continue; // the next try leaves them out (nobody committed this one)
                 }
             }
         }
         if (rc == ERR_OK || rc == ERR_CLOSED) return rc;
         LOG_W("diloco", "%s: agreeing again", err_msg());
+        failed = 1;
+        attempt++;
+        // the all-reduce failed: refill delta (the call left it unchanged only on some paths)
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++)
+            delta[i] = d->theta_g[i] - params[i];
+    }
+    if (rc == ERR_OK) {
+        *out = OUT_NO_QUORUM;
+        LOG_W("diloco", "outer step %lld not committed: the peers kept trying later tags",
+              (long long)t);
     }
     return rc;
 }
+
+// theta_crc: theta_g's CRC as log lines print it (the same on every peer that committed the same
+// outer step: the chaos runs compare them).
+static uint32_t theta_crc(const diloco *d) { return d->crc_theta; }
 
 int diloco_after_step(diloco *d, float *params, size_t n, long step) {
     ASSERT(n == d->n && d->theta_g);
@@ -552,31 +797,40 @@ int diloco_after_step(diloco *d, float *params, size_t n, long step) {
     for (size_t i = 0; i < n; i++)
         delta[i] = g[i] - params[i];
     int64_t t = d->outer_steps + 1;
-    int nm = 0, took = 0, skip = 0;
+    int nm = 0, took = 0, skip = 0, out = OUT_COMMIT;
     double t0 = sys_now_ms();
     uint64_t sent0 = d->bytes_sent;
-    int rc = outer_reduce(d, delta, params, n, t, &nm, &skip);
+    int rc = outer_reduce(d, delta, params, n, t, &out, &nm, &skip);
     if (rc) return rc;
+    if (out == OUT_BEHIND) { // the others took outer step t without us: their state replaces ours
+        if ((rc = resync(d, params, t, &took))) return rc;
+        if (took) {
+            d->exchanges++;
+            LOG_I("diloco", "outer step=%lld at step=%ld taken from the others theta=%08x",
+                  (long long)d->outer_steps, step, theta_crc(d));
+            return ERR_OK;
+        }
+        LOG_W("diloco",
+              "outer step %lld: left out, and no peer took it within %d ms: not committed; "
+              "inner steps go on",
+              (long long)t, d->dc.timeout_ms);
+        out = OUT_NO_QUORUM;
+    }
+    if (out == OUT_NO_QUORUM) { // theta_g, the momentum and the local parameters stay
+        d->no_quorum++;
+        return ERR_OK;
+    }
     if (skip) { // no finite aggregate: theta_g and the momentum stay, theta_local = theta_g
         pthread_mutex_lock(&d->mu);
         d->outer_steps++;
         d->skipped++;
+        d->seq = 0;
+        if (d->world > 1) set_quorum(d, d->members, nm);
         pthread_mutex_unlock(&d->mu);
         memcpy(params, d->theta_g, n * sizeof(float));
         LOG_W("diloco", "outer step=%lld at step=%ld skipped: no finite pseudo-gradient to apply",
               (long long)d->outer_steps, step);
         return ERR_OK;
-    }
-    // Left out, late, or alone: if the others took outer step t without us, their state replaces
-    // ours; if nobody did (everyone else is gone), we take it alone.
-    if (nm <= 1 && d->world > 1) {
-        if ((rc = resync(d, params, t, &took))) return rc;
-        if (took) {
-            d->exchanges++;
-            return ERR_OK;
-        }
-        LOG_W("diloco", "outer step %lld: no other peer took it within %d ms: taking it alone",
-              (long long)t, d->dc.timeout_ms);
     }
     pthread_mutex_lock(&d->mu);
     diloco_outer_update(d->theta_g, d->buf, delta, n, d->dc.lr, d->dc.momentum, d->dc.nesterov,
@@ -588,12 +842,21 @@ int diloco_after_step(diloco *d, float *params, size_t n, long step) {
         memcpy(d->theta_g, params, n * sizeof(float));
     }
     d->outer_steps++;
+    d->seq = 0;
+    if (d->world > 1) {
+        set_quorum(d, d->members, nm);
+        seal(d);
+    }
     pthread_mutex_unlock(&d->mu);
     memcpy(params, d->theta_g, n * sizeof(float));
     if (nm > 1) d->exchanges++;
-    LOG_I("diloco", "outer step=%lld at step=%ld peers=%d/%d sent_mb=%.2f ms=%.0f",
-          (long long)d->outer_steps, step, nm > 1 ? nm : 1, d->world,
-          (double)(d->bytes_sent - sent0) / 1e6, sys_now_ms() - t0);
+    if (d->world > 1)
+        LOG_I("diloco", "outer step=%lld at step=%ld peers=%d/%d sent_mb=%.2f ms=%.0f theta=%08x",
+              (long long)d->outer_steps, step, nm > 1 ? nm : 1, d->world,
+              (double)(d->bytes_sent - sent0) / 1e6, sys_now_ms() - t0, theta_crc(d));
+    else
+        LOG_I("diloco", "outer step=%lld at step=%ld peers=1/1 ms=%.0f", (long long)d->outer_steps,
+              step, sys_now_ms() - t0);
     return ERR_OK;
 }
 
@@ -614,11 +877,25 @@ int diloco_load(diloco *d, ckpt_reader *r) {
     if (!rc) rc = ckpt_read_attr_i64(r, "outer_steps", &steps);
     if (!rc && steps < 0) rc = err_set(ERR_FORMAT, "outer_steps = %lld", (long long)steps);
     if (!rc) d->outer_steps = steps;
+    seal(d);
     pthread_mutex_unlock(&d->mu);
     return rc;
 }
 
 const float *diloco_theta_g(const diloco *d) { return d->theta_g; }
+
+int64_t diloco_outer_steps(diloco *d) {
+    pthread_mutex_lock(&d->mu);
+    int64_t t = d->outer_steps;
+    pthread_mutex_unlock(&d->mu);
+    return t;
+}
+
+void diloco_corrupt_replies(diloco *d, int n) {
+    pthread_mutex_lock(&d->mu);
+    d->corrupt = n;
+    pthread_mutex_unlock(&d->mu);
+}
 
 void diloco_get_stats(diloco *d, diloco_stats *st) {
     memset(st, 0, sizeof *st);
@@ -630,6 +907,11 @@ void diloco_get_stats(diloco *d, diloco_stats *st) {
     st->nonfinite = d->nonfinite;
     st->clipped = d->clipped;
     st->skipped = d->skipped;
+    st->no_quorum = d->no_quorum;
+    st->resyncs = d->resyncs;
+    st->states_sent = d->states_sent;
+    st->states_bad = d->states_bad;
+    st->state_retries = d->state_retries;
     st->allreduce_ms = d->outer_steps ? d->ms_sum / (double)d->outer_steps : 0;
 }
 
@@ -675,6 +957,10 @@ static void sync_metrics(void *ctx, train_sync_metrics *m) {
     train_sync_metric(m, "diloco_nonfinite", NULL, (double)st.nonfinite, 0);
     train_sync_metric(m, "diloco_clipped", NULL, (double)st.clipped, 0);
     train_sync_metric(m, "diloco_skipped", NULL, (double)st.skipped, 0);
+    train_sync_metric(m, "diloco_no_quorum", NULL, (double)st.no_quorum, 0);
+    train_sync_metric(m, "diloco_state_received", NULL, (double)st.resyncs, 0);
+    train_sync_metric(m, "diloco_state_sent", NULL, (double)st.states_sent, 0);
+    train_sync_metric(m, "diloco_state_bad", NULL, (double)st.states_bad, 0);
 }
 
 static void sync_destroy(void *ctx) { diloco_destroy(ctx); }

@@ -27,6 +27,12 @@ typedef struct diloco_stats {
     uint64_t nonfinite;              // peers' pseudo-gradients rejected for non-finite values
     uint64_t clipped;                // pseudo-gradients clipped to diloco.max_norm
     uint64_t skipped;                // outer steps skipped: no finite aggregate
+    uint64_t no_quorum;     // outer steps not committed: no majority of the last committed view
+    uint64_t resyncs;       // states taken from another peer (joined, left out, behind)
+    uint64_t states_sent;   // state requests answered (a joiner asks once per copy)
+    uint64_t states_bad;    // copies that failed their end-to-end check
+    uint64_t state_retries; // copies that failed (a bad check, a sender that died) and were
+                            // tried from the next member
 } diloco_stats;
 
 // diloco_outer_update applies one outer step to theta_g(n) with the averaged pseudo-gradient
@@ -74,6 +80,14 @@ int diloco_load(diloco *d, ckpt_reader *r);
 
 // diloco_theta_g returns the global parameters (owned by d; never aliases the live params).
 const float *diloco_theta_g(const diloco *d);
+
+// diloco_outer_steps returns the outer steps committed (or taken from others). Any thread.
+int64_t diloco_outer_steps(diloco *d);
+
+// diloco_corrupt_replies is for tests: the next n theta_g chunks that d serves to a joining peer
+// have one bit changed after their CRCs were taken (a sender whose memory or code is bad), which
+// the joiner's end-to-end check must catch. Any thread.
+void diloco_corrupt_replies(diloco *d, int n);
 
 // diloco_get_stats fills *st with the cumulative counters. Trainer thread only.
 void diloco_get_stats(diloco *d, diloco_stats *st);

@@ -17,6 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 #include <time.h>
 #include <unistd.h>
 
@@ -227,6 +230,9 @@ static int spawn(tu_cluster *c, int slot, const char *bin, const char *args, con
              bin, args, c->data, c->dir, slot, net);
     pid_t pid = fork();
     if (pid == 0) {
+#ifdef __linux__
+        prctl(PR_SET_PDEATHSIG, SIGTERM); // a test that fails mid-way leaves no peer running
+#endif
         if (!freopen(log, "a", stderr)) _exit(126);
         execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
         _exit(127);
@@ -242,6 +248,22 @@ int tu_cluster_start_bin(tu_cluster *c, int rank, const char *bin, const char *a
     char net[700];
     snprintf(net, sizeof net, "--peers %s --rank %d", c->peers, rank);
     return spawn(c, rank, bin, args, net);
+}
+
+int tu_cluster_start_peers(tu_cluster *c, int rank, const char *args, const char *peers) {
+    char net[1200];
+    snprintf(net, sizeof net, "--peers %s --rank %d", peers, rank);
+    return spawn(c, rank, tu_spartan(), args, net);
+}
+
+int tu_cluster_port(const tu_cluster *c, int rank) {
+    const char *p = c->peers;
+    for (int i = 0; i < rank && p; i++) {
+        p = strchr(p, ',');
+        if (p) p++;
+    }
+    const char *colon = p ? strchr(p, ':') : NULL;
+    return colon ? atoi(colon + 1) : -1;
 }
 
 int tu_cluster_join(tu_cluster *c, int slot, const char *args) {

@@ -86,6 +86,13 @@ int tu_cluster_start(tu_cluster *c, int rank, const char *args);
 // command line: the program and its first arguments) is run as `BIN train ARGS ...`.
 int tu_cluster_start_bin(tu_cluster *c, int rank, const char *bin, const char *args);
 
+// tu_cluster_start_peers is tu_cluster_start with this peer's own net.peers list (a test that
+// puts cables, tu_cable_open, between some peers gives each its own addresses of the others).
+int tu_cluster_start_peers(tu_cluster *c, int rank, const char *args, const char *peers);
+
+// tu_cluster_port returns the port of peer rank's address in c->peers (-1: no such rank).
+int tu_cluster_port(const tu_cluster *c, int rank);
+
 // tu_cluster_join starts peer `slot` as tu_cluster_start does, but through the rendezvous:
 // `--join <the first peer's address> --set net.world=<world> --set net.listen=<slot's address>`
 // (no rank: the group gives one). Slot 0 owns the join address and founds the group. Returns the
