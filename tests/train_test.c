@@ -468,3 +468,112 @@ Test(train, peers_on_one_host_divide_the_cores_and_oversubscription_is_warned) {
     free(log);
     tu_cluster_close(&c);
 }
+
+// --resume auto takes the newest checkpoint that reads as a whole one: a truncated newest one is
+// skipped with a warning that names it, and the run continues bit-exactly from the one before
+// (the same parameters at step 24 as a run straight through). With none at all it starts afresh;
+// with only unreadable ones it stops, naming the folder.
+Test(train, resume_auto_skips_a_truncated_newest_checkpoint_and_names_it) {
+    env e;
+    env_open(&e);
+    char *out = NULL, ck[700], extra[1024];
+    int rc = train(&e, "--resume auto --set train.max_iters=24", &out); // nothing yet: afresh
+    cr_assert(rc == 0 && strstr(out, "starting afresh"), "rc %d: %s", rc, out);
+    free(out);
+    char straight[700];
+    snprintf(straight, sizeof straight, "%s/ckpt_00000024.h5", e.out);
+    size_t na, nb;
+    float *pa = load_params(straight, &na);
+    char *keep = strdup(e.out);
+    strcat(e.out, "2");
+    rc = train(&e, "--set train.max_iters=16 --set train.ckpt_interval=8 --set train.keep_ckpts=0",
+               &out);
+    cr_assert_eq(rc, 0, "%s", out);
+    free(out);
+    snprintf(ck, sizeof ck, "%s/ckpt_00000016.h5", e.out);
+    char *data;
+    size_t n;
+    cr_assert_eq(tu_read_file(ck, &data, &n), 0);
+    tu_write_file(ck, data, n / 2); // the newest is cut in half
+    free(data);
+    snprintf(extra, sizeof extra, "--resume auto --set train.max_iters=24");
+    rc = train(&e, extra, &out);
+    cr_assert(rc == 0, "rc %d: %s", rc, out);
+    cr_assert(strstr(out, "skipping") && strstr(out, "ckpt_00000016.h5") &&
+                  strstr(out, "ckpt_00000008.h5"),
+              "%s", out);
+    free(out);
+    char b[700];
+    snprintf(b, sizeof b, "%s/ckpt_00000024.h5", e.out);
+    float *pb = load_params(b, &nb);
+    cr_assert(na == nb && !memcmp(pa, pb, na * sizeof(float)), "auto-resumed parameters differ");
+    // every checkpoint unreadable: a clear stop
+    for (int s = 8; s <= 24; s += 8) {
+        snprintf(ck, sizeof ck, "%s/ckpt_%08d.h5", e.out, s);
+        tu_write_file(ck, "not a checkpoint", 16);
+    }
+    rc = train(&e, "--resume auto --set train.max_iters=32", &out);
+    cr_assert(rc != 0 && rc < 128 && strstr(out, "none of the") && strstr(out, e.out), "rc %d: %s",
+              rc, out);
+    free(out);
+    free(pa);
+    free(pb);
+    free(keep);
+    env_close(&e);
+}
+
+// A peer killed (SIGKILL) while it writes a checkpoint leaves the one before intact: the write
+// goes to a temp file that is renamed only when whole. The test kills the trainer as soon as a
+// temp file appears (a model of a few million parameters takes a while to write), then loads the
+// previous checkpoint and resumes from it with --resume auto.
+Test(train, sigkill_during_a_checkpoint_write_leaves_the_previous_one_intact) {
+    env e;
+    env_open(&e);
+    char cmd[4096], log[700];
+    snprintf(log, sizeof log, "%s/log.txt", e.dir);
+    snprintf(cmd, sizeof cmd,
+             "exec %s train configs/tiny.ini --set model.n_layer=4 --set model.n_embd=256 "
+             "--set model.n_head=4 --set model.block_size=32 --set train.batch_size=2 "
+             "--set train.eval_interval=0 --set train.threads=2 --set data.dir=%s "
+             "--set train.out_dir=%s --set train.max_iters=1000000 --set train.ckpt_interval=2 "
+             "--set train.keep_ckpts=0",
+             tu_spartan(), e.data, e.out);
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        freopen(log, "w", stderr);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    // wait for a temp file while at least one checkpoint is complete (bounded)
+    char tmp[800] = "";
+    for (int i = 0; i < 60000 && !tmp[0]; i++) {
+        long newest = -1;
+        if (ckdir_count(e.out, &newest) > 0)
+            for (long s = newest + 2; s <= newest + 4 && !tmp[0]; s += 2) {
+                snprintf(tmp, sizeof tmp, "%s/ckpt_%08ld.h5.tmp", e.out, s);
+                if (access(tmp, F_OK) != 0) tmp[0] = 0;
+            }
+        if (!tmp[0]) usleep(500);
+    }
+    cr_assert(tmp[0], "no checkpoint was ever being written");
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    long newest = -1;
+    int n = ckdir_count(e.out, &newest);
+    cr_assert_gt(n, 0);
+    char prev[800];
+    ckdir_name(prev, sizeof prev, e.out, newest);
+    gpt_model *m;
+    int64_t step = 0;
+    cr_assert_eq(gpt_load(&m, prev, 1, 0, NULL, &step), ERR_OK, "%s: %s", prev, err_msg());
+    cr_assert_eq(step, newest);
+    gpt_destroy(m);
+    char *out = NULL, again[4300];
+    snprintf(again, sizeof again, "%s --resume auto --set train.max_iters=%ld", cmd + 5,
+             newest + 2);
+    int rc = tu_run(again, 120, &out);
+    cr_assert(rc == 0 && strstr(out, prev), "rc %d: %s", rc, out);
+    free(out);
+    env_close(&e);
+}

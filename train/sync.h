@@ -11,7 +11,7 @@
 #include "train/base/cfg.h"
 #include "train/ckpt.h"
 
-#define TRAIN_SYNC_MAX_METRICS 24 // named metrics of all the modules of one run together
+#define TRAIN_SYNC_MAX_METRICS 40 // named metrics of all the modules of one run together
 
 // One named figure of a sync module, for metrics.csv and the progress line. name is its
 // metrics.csv column and starts with the module's prefix ("sparta_rounds_done",

@@ -49,6 +49,15 @@ static long *list_steps(const char *dir, int *n) {
     return steps;
 }
 
+long *ckdir_steps(const char *dir, int *n) {
+    long *s = list_steps(dir, n);
+    if (*n == 0) {
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
 int ckdir_resolve(const char *path, char **out) {
     struct stat st;
     if (stat(path, &st) != 0) return err_set(ERR_IO, "%s: %s", path, strerror(errno));

@@ -14,6 +14,10 @@ void ckdir_name(char *buf, size_t n, const char *dir, long step);
 // if the folder holds no checkpoint (the message names the folder).
 int ckdir_resolve(const char *path, char **out);
 
+// ckdir_steps returns the steps of the checkpoints in dir, ascending, in an array the caller
+// frees (NULL when there is none or dir does not exist), and their count in *n.
+long *ckdir_steps(const char *dir, int *n);
+
 // ckdir_count returns the number of checkpoints in dir (0 if it does not exist) and, when there
 // is one and newest is not NULL, the newest one's step in *newest.
 int ckdir_count(const char *dir, long *newest);

@@ -172,6 +172,10 @@ static void group_metrics(void *ctx, train_sync_metrics *m) {
     m->msgs_dropped += st.bad_crc + st.bad_mac + st.replayed;
     train_sync_metric(m, "net_offences", NULL, (double)st.offences, 0);
     train_sync_metric(m, "net_expelled", NULL, (double)st.expelled, 0);
+    train_sync_metric(m, "net_suspected", NULL, (double)st.suspected, 0);
+    train_sync_metric(m, "net_timed_out", NULL, (double)st.timed_out, 0);
+    train_sync_metric(m, "net_links_up", NULL, (double)st.links_up, 0);
+    train_sync_metric(m, "net_links_down", NULL, (double)st.links_down, 0);
     peer_view v;
     peer_get_view(ctx, &v);
     m->epoch = v.epoch;

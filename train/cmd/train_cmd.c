@@ -17,6 +17,7 @@
 #include "train/base/log.h"
 #include "train/base/rng.h"
 #include "train/base/sys.h"
+#include "train/ckpt.h"
 #include "train/cmd/cmds.h"
 #include "train/cmd/status_srv.h"
 #include "train/gpt.h"
@@ -33,7 +34,7 @@ static void on_signal(int sig) {
 
 static void train_usage(FILE *f, const args_opt *opts, int n_opts) {
     fprintf(f,
-            "usage: spartan train CONFIG [--set section.key=value ...] [--resume CKPT|DIR]\n"
+            "usage: spartan train CONFIG [--set section.key=value ...] [--resume CKPT|DIR|auto]\n"
             "       [--overwrite] [--peers HOST:PORT,...] [--rank R]\n\n"
             "Trains GPT-2 on the token shards of data.dir. Progress goes to stderr every\n"
             "train.log_interval steps, val loss every train.eval_interval steps; metrics.csv and\n"
@@ -182,8 +183,10 @@ static int parse_train_args(int argc, char **argv, cfg *c, train_args *a) {
     args_opt opts[] = {
         {"--set", NULL, ARGS_REPEAT, c, 0, 0, skip_set, "SECTION.KEY=VALUE",
          "override one config key (repeatable; see the keys below)"},
-        {"--resume", NULL, ARGS_STR, &a->resume, 0, 0, NULL, "CKPT|DIR",
-         "continue from a checkpoint, or from the newest one in a folder"},
+        {"--resume", NULL, ARGS_STR, &a->resume, 0, 0, NULL, "CKPT|DIR|auto",
+         "continue from a checkpoint, or from the newest one in a folder; auto: the newest "
+         "readable one in train.out_dir (corrupt or partial ones are skipped, naming them), or "
+         "a fresh start when it holds none"},
         {"--rank", NULL, ARGS_I64, &a->rank, 0, 1 << 20, NULL, "R",
          "this peer's rank (else SPARTAN_RANK, RANK, OMPI_COMM_WORLD_RANK, PMI_RANK, "
          "SLURM_PROCID, MLX_RANK, then train.rank)"},
@@ -483,6 +486,44 @@ static int train_loop(trainer *t, const cfg *ec, FILE *metrics, const train_sync
     return rc;
 }
 
+// resume_auto finds what --resume auto continues from: the newest checkpoint in dir that opens
+// as a whole checkpoint of a run (an HDF5 file whose size matches its superblock, with its step
+// attribute), skipping the others with a warning that names them. *out (caller frees) is NULL
+// when dir holds no checkpoint at all (a fresh start). Returns ERR_OK, or ERR_FORMAT when every
+// checkpoint there is unreadable.
+static int resume_auto(const char *dir, char **out) {
+    *out = NULL;
+    int n = 0, skipped = 0;
+    long *steps = ckdir_steps(dir, &n);
+    for (int i = n - 1; i >= 0 && !*out; i--) {
+        char path[CFG_PATH_MAX + 32];
+        ckdir_name(path, sizeof path, dir, steps[i]);
+        ckpt_reader *r = NULL;
+        int64_t step = -1;
+        int rc = ckpt_reader_open(&r, path);
+        if (!rc) rc = ckpt_read_attr_i64(r, "step", &step);
+        ckpt_reader_close(r);
+        if (!rc && step != steps[i])
+            rc = err_set(ERR_FORMAT, "its step attribute is %lld", (long long)step);
+        if (rc) {
+            LOG_W("train", "--resume auto: skipping %s: %s", path, err_msg());
+            skipped++;
+            continue;
+        }
+        *out = xstrdup(path);
+        LOG_I("train", "--resume auto: %s (step %ld%s)", path, steps[i],
+              skipped ? ", newer ones skipped" : "");
+    }
+    free(steps);
+    if (!*out && n > 0)
+        return err_set(ERR_FORMAT,
+                       "--resume auto: none of the %d checkpoints in %s is readable (see above); "
+                       "--overwrite starts afresh",
+                       n, dir);
+    if (!*out) LOG_I("train", "--resume auto: no checkpoint in %s yet: starting afresh", dir);
+    return ERR_OK;
+}
+
 // check_out_dir keeps a fresh run from mixing with an earlier one in the same folder (its newer
 // checkpoints would be picked by sample, serve and --resume, and metrics.csv would be lost
 // without a word). Returns -1 to go on, else the exit code. --overwrite deletes the old run.
@@ -541,9 +582,17 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
         LOG_E("train", "%s", err_msg());
         return 1;
     }
-    if (!a.resume && (code = check_out_dir(c.train.out_dir, a.overwrite)) >= 0) return code;
+    int autoresume = a.resume && !strcmp(a.resume, "auto");
     char *resume = NULL;
-    if (a.resume && ckdir_resolve(a.resume, &resume)) {
+    if (autoresume && resume_auto(c.train.out_dir, &resume)) {
+        LOG_E("train", "%s", err_msg());
+        return 1;
+    }
+    // a fresh start, unless resuming (auto with nothing to resume replaces what is there)
+    if ((!a.resume || (autoresume && !resume)) &&
+        (code = check_out_dir(c.train.out_dir, a.overwrite || autoresume)) >= 0)
+        return code;
+    if (a.resume && !autoresume && ckdir_resolve(a.resume, &resume)) {
         LOG_E("train", "--resume: %s", err_msg());
         return 1;
     }
