@@ -891,6 +891,12 @@ int64_t diloco_outer_steps(diloco *d) {
     return t;
 }
 
+void diloco_set_outer_steps(diloco *d, int64_t t) {
+    pthread_mutex_lock(&d->mu);
+    d->outer_steps = t;
+    pthread_mutex_unlock(&d->mu);
+}
+
 void diloco_corrupt_replies(diloco *d, int n) {
     pthread_mutex_lock(&d->mu);
     d->corrupt = n;

@@ -84,6 +84,10 @@ const float *diloco_theta_g(const diloco *d);
 // diloco_outer_steps returns the outer steps committed (or taken from others). Any thread.
 int64_t diloco_outer_steps(diloco *d);
 
+// diloco_set_outer_steps sets the count of outer steps taken (benchmarks and tests: a peer that
+// is ahead, or one set back to copy again; a run gets it from its checkpoint). Any thread.
+void diloco_set_outer_steps(diloco *d, int64_t t);
+
 // diloco_corrupt_replies is for tests: the next n theta_g chunks that d serves to a joining peer
 // have one bit changed after their CRCs were taken (a sender whose memory or code is bad), which
 // the joiner's end-to-end check must catch. Any thread.
