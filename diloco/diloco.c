@@ -25,7 +25,17 @@
 // diloco.timeout_ms for each); the present ones average among themselves. A peer that is left
 // out or late, or that (re)starts while the others run, fetches theta_g, the momentum, the outer
 // step count and the inner step from a live peer with requests on the peer layer (peer_call) and
-// continues from there.
+// continues from there; the copy is checked end to end against the CRC32C of the sender's whole
+// state (seal), and fetched from the next member when the check fails or the sender dies.
+// No split brain: outer step t is committed only by more than half of the members of the last
+// committed outer step (the quorum view; at the start, the group's view). Two such majorities
+// share a member, and a member takes part in at most one committed version of t: each try of t
+// has its own tag (tag_of: the outer step, then the try), and a try that follows a failed one
+// first asks every linked peer (state requests, answered whatever the peer is doing) whether it
+// already finished t, taking its state if so. A side without a majority commits nothing and
+// keeps training; when it meets the majority again their tags (a later outer step) tell it to
+// take their state. (Left open: a member that finishes t and is cut off before anyone asks it,
+// in a group of five or more, lets the others finish t again without it.)
 // Threads: the trainer thread runs the steps; a link's reader thread answers requests (serve),
 // reading the outer state under mu (the trainer writes it under mu).
 #include "diloco/diloco.h"
@@ -121,8 +131,13 @@ static void rep_get(const unsigned char *p, ctl_rep *r) {
     memcpy(r->view, p + 60, VIEW_BYTES);
 }
 
-// put_f32s / get_f32s copy n floats to / from little-endian bytes.
+// put_f32s / get_f32s copy n floats to / from little-endian bytes (a plain copy on a
+// little-endian machine).
 static void put_f32s(unsigned char *p, const float *x, size_t n) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(p, x, n * sizeof(float));
+    return;
+#endif
     for (size_t i = 0; i < n; i++) {
         uint32_t u;
         memcpy(&u, x + i, 4);
@@ -131,6 +146,10 @@ static void put_f32s(unsigned char *p, const float *x, size_t n) {
 }
 
 static void get_f32s(float *x, const unsigned char *p, size_t n) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(x, p, n * sizeof(float));
+    return;
+#endif
     for (size_t i = 0; i < n; i++) {
         uint32_t u = le_get32(p + 4 * i);
         memcpy(x + i, &u, 4);
@@ -319,19 +338,19 @@ static int find_senders(diloco *d, const float *delta, size_t n, uint64_t tag, i
 
 // ---- control channel -------------------------------------------------------------------------
 
-// serve answers a state request from a joining peer (a link's reader thread).
-static void serve(void *arg, int from, const void *req, size_t len, void **reply, size_t *rlen) {
+// serve answers a state request from a joining peer into reply (a link's reader thread).
+static size_t serve(void *arg, int from, const void *req, size_t len, void *reply) {
     diloco *d = arg;
     (void)from;
     ctl_req q;
-    if (len != CTL_REQ_BYTES) return; // empty reply: the asker treats it as an error
+    if (len != CTL_REQ_BYTES) return 0; // empty reply: the asker treats it as an error
     req_get(req, &q);
     if (q.magic != CTL_REQ_MAGIC || q.run_id != d->run_id || q.op < CTL_STATE ||
         q.op > CTL_MOMENTUM || q.offset > d->n || q.count > CTL_MAX_COUNT ||
         q.count > d->n - q.offset)
-        return;
+        return 0;
     if (q.op == CTL_STATE) q.count = 0;
-    unsigned char *out = xmalloc(CTL_REP_BYTES + (size_t)q.count * sizeof(float));
+    unsigned char *out = reply;
     ctl_rep r = {.magic = CTL_REP_MAGIC,
                  .op = q.op,
                  .run_id = d->run_id,
@@ -341,8 +360,7 @@ static void serve(void *arg, int from, const void *req, size_t len, void **reply
     pthread_mutex_lock(&d->mu);
     if (d->fetching) {
         pthread_mutex_unlock(&d->mu);
-        free(out);
-        return;
+        return 0;
     }
     r.outer_steps = d->outer_steps;
     r.step = d->step;
@@ -358,14 +376,14 @@ static void serve(void *arg, int from, const void *req, size_t len, void **reply
     if (q.op == CTL_STATE) d->states_sent++;
     pthread_mutex_unlock(&d->mu);
     rep_put(out, &r);
-    *reply = out;
-    *rlen = CTL_REP_BYTES + (size_t)q.count * sizeof(float);
+    return CTL_REP_BYTES + (size_t)q.count * sizeof(float);
 }
 
-// ask sends one control request to peer p and checks the reply; on ERR_OK *r holds its header
-// and the values (if any) were copied to dst.
-static int ask(diloco *d, int p, uint32_t op, uint64_t offset, uint32_t count, ctl_rep *r,
-               float *dst, int timeout_ms) {
+// ask_counted sends one control request to peer p and checks the reply; on ERR_OK *r holds its
+// header and the values (if any) were copied to dst. The bytes go to *sent and *recv (any
+// thread: it touches nothing else of d).
+static int ask_counted(diloco *d, int p, uint32_t op, uint64_t offset, uint32_t count, ctl_rep *r,
+                       float *dst, int timeout_ms, uint64_t *sent, uint64_t *recv) {
     ctl_req q = {
         .magic = CTL_REQ_MAGIC, .op = op, .run_id = d->run_id, .offset = offset, .count = count};
     unsigned char qb[CTL_REQ_BYTES];
@@ -373,11 +391,10 @@ static int ask(diloco *d, int p, uint32_t op, uint64_t offset, uint32_t count, c
     peer_msg *m = NULL;
     int rc = peer_call(d->g, p, qb, sizeof qb, &m, timeout_ms);
     if (rc) return rc;
-    d->bytes_sent += sizeof qb;
-    d->ctl_sent += sizeof qb;
+    *sent += sizeof qb;
     if (!m) return err_set(ERR_PEER, "diloco: rank %d serves no state yet (it is starting)", p);
     size_t len = m->len;
-    d->bytes_recv += len;
+    *recv += len;
     memset(r, 0, sizeof *r);
     if (len >= CTL_REP_BYTES) rep_get(m->data, r);
     if (len < CTL_REP_BYTES || r->magic != CTL_REP_MAGIC || r->run_id != d->run_id || r->op != op ||
@@ -390,6 +407,87 @@ static int ask(diloco *d, int p, uint32_t op, uint64_t offset, uint32_t count, c
     if (r->count && dst) get_f32s(dst, (const unsigned char *)m->data + CTL_REP_BYTES, r->count);
     peer_msg_free(d->g, m);
     return ERR_OK;
+}
+
+// ask is ask_counted into d's counters (trainer thread).
+static int ask(diloco *d, int p, uint32_t op, uint64_t offset, uint32_t count, ctl_rep *r,
+               float *dst, int timeout_ms) {
+    uint64_t sent = 0, recv = 0;
+    int rc = ask_counted(d, p, op, offset, count, r, dst, timeout_ms, &sent, &recv);
+    d->bytes_sent += sent;
+    d->ctl_sent += sent;
+    d->bytes_recv += recv;
+    return rc;
+}
+
+// A copy of a peer's theta_g and momentum in flight: their chunks (theta_g's, then the
+// momentum's) are taken in turn by FETCHERS threads (the caller and FETCHERS - 1 helpers), each
+// with a request of its own in flight, so that the sender fills one reply while the link carries
+// another and we decode a third.
+enum { FETCHERS = 3 };
+typedef struct copy_job {
+    diloco *d;
+    int p;
+    int64_t outer;        // the outer step the copy belongs to
+    size_t per, nchunks;  // chunks per vector, in all
+    pthread_mutex_t lock; // guards the rest
+    size_t next;
+    int rc, moved;
+    char why[256];
+    uint64_t sent, recv;
+} copy_job;
+
+static void *copy_main(void *arg) {
+    copy_job *j = arg;
+    diloco *d = j->d;
+    for (;;) {
+        pthread_mutex_lock(&j->lock);
+        int stop = j->rc || j->moved || j->next >= j->nchunks;
+        size_t c = j->next++;
+        pthread_mutex_unlock(&j->lock);
+        if (stop) break;
+        int op = c < j->per ? CTL_THETA : CTL_MOMENTUM;
+        size_t off = (c % j->per) * CTL_MAX_COUNT;
+        size_t cnt = d->n - off < CTL_MAX_COUNT ? d->n - off : CTL_MAX_COUNT;
+        float *dst = (op == CTL_THETA ? d->theta_g : d->buf) + off;
+        ctl_rep r;
+        uint64_t sent = 0, recv = 0;
+        int rc = ask_counted(d, j->p, (uint32_t)op, off, (uint32_t)cnt, &r, dst, d->dc.timeout_ms,
+                             &sent, &recv);
+        pthread_mutex_lock(&j->lock);
+        j->sent += sent;
+        j->recv += recv;
+        if (rc && !j->rc) {
+            j->rc = rc;
+            snprintf(j->why, sizeof j->why, "%s", err_msg());
+        }
+        if (!rc && r.outer_steps != j->outer) j->moved = 1;
+        pthread_mutex_unlock(&j->lock);
+    }
+    return NULL;
+}
+
+// copy_chunks copies theta_g and the momentum of peer p (at outer step outer) into our buffers
+// (FETCHERS requests in flight). Returns ERR_OK (*moved = 1 if p took an outer step meanwhile)
+// or the first error.
+static int copy_chunks(diloco *d, int p, int64_t outer, int *moved) {
+    copy_job j = {.d = d, .p = p, .outer = outer};
+    j.per = (d->n + CTL_MAX_COUNT - 1) / CTL_MAX_COUNT;
+    j.nchunks = 2 * j.per;
+    pthread_mutex_init(&j.lock, NULL);
+    pthread_t th[FETCHERS - 1];
+    int started[FETCHERS - 1] = {0};
+    for (int i = 0; i < FETCHERS - 1 && (size_t)i + 1 < j.nchunks; i++)
+        started[i] = pthread_create(&th[i], NULL, copy_main, &j) == 0;
+    copy_main(&j);
+    for (int i = 0; i < FETCHERS - 1; i++)
+        if (started[i]) pthread_join(th[i], NULL);
+    pthread_mutex_destroy(&j.lock);
+    d->bytes_sent += j.sent;
+    d->ctl_sent += j.sent;
+    d->bytes_recv += j.recv;
+    *moved = j.moved;
+    return j.rc ? err_set(j.rc, "%s", j.why) : ERR_OK;
 }
 
 // fetch copies theta_g and the momentum of peer p into our own buffers, chunk by chunk, and
@@ -405,15 +503,7 @@ static int fetch(diloco *d, int p, ctl_rep *st) {
         pthread_mutex_lock(&d->mu); // our own control server stays off the buffers meanwhile
         d->fetching = 1;
         pthread_mutex_unlock(&d->mu);
-        for (int op = CTL_THETA; op <= CTL_MOMENTUM && !rc && !moved; op++) {
-            float *dst = op == CTL_THETA ? d->theta_g : d->buf;
-            for (size_t off = 0; off < d->n && !rc && !moved; off += CTL_MAX_COUNT) {
-                size_t cnt = d->n - off < CTL_MAX_COUNT ? d->n - off : CTL_MAX_COUNT;
-                ctl_rep r;
-                rc = ask(d, p, (uint32_t)op, off, (uint32_t)cnt, &r, dst + off, timeout);
-                moved = !rc && r.outer_steps != st->outer_steps;
-            }
-        }
+        if (!rc) rc = copy_chunks(d, p, st->outer_steps, &moved);
         if (rc) return rc;
         if (moved) continue;
         uint32_t ct = wire_crc32c(d->theta_g, d->n * sizeof(float));

@@ -56,8 +56,11 @@ int diloco_create(diloco **out, const cfg_diloco *dc, peer_group *g, int rank, i
 // diloco_after_step runs the outer step when step is a multiple of H (the first after H inner
 // steps): delta = theta_g - params, mean over the peers present, diloco_outer_update,
 // params = theta_g. The peers present are agreed on first (ar_agree), waiting at most
-// diloco.timeout_ms for each; a missing peer is left out. A peer that is itself left out or
-// late takes theta_g from a live peer instead (control channel). With diloco.aggregate =
+// diloco.timeout_ms for each; a missing peer is left out. The step is committed only when more
+// than half of the members of the last committed outer step take part (no split brain): with
+// fewer, nothing changes (theta_g, the momentum and params stay; training goes on) and the next
+// boundary tries again. A peer that is itself left out or late takes the state of a live peer
+// that committed the step instead (control channel, checked end to end). With diloco.aggregate =
 // trimmed_mean or median, or diloco.max_norm > 0, the mean is replaced by an all-gather and that
 // rule over the peers' deltas, each clipped to max_norm (ar_gather_group, agg.h). A delta that
 // is not finite is never applied: its sender is left out and reported (peer_offence); if no
@@ -68,9 +71,11 @@ int diloco_after_step(diloco *d, float *params, size_t n, long step);
 
 // diloco_join runs before the first step of a peer that may be joining a running group: it asks
 // every connected peer for its outer state over the control channel, and if one has taken more
-// outer steps than we have (we restarted, or started late), copies its theta_g, momentum and
-// outer step count, sets params = theta_g and moves *step (completed inner steps) up to that
-// peer's. A fresh start (nobody ahead) changes nothing. Returns ERR_OK or the copy's error.
+// outer steps than we have (we restarted, or started late), copies its theta_g, momentum, outer
+// step count and last committed view (the one furthest ahead first; a copy whose end-to-end
+// CRC32C check fails, or whose sender dies, is fetched from the next), sets params = theta_g
+// and moves *step (completed inner steps) up to that peer's. A fresh start (nobody ahead)
+// changes nothing. Returns ERR_OK or the copy's error (every member's copy failed).
 int diloco_join(diloco *d, float *params, size_t n, long *step);
 
 // diloco_save writes theta_g and the momentum as outer/theta_g and outer/momentum (1-D, n) and

@@ -91,7 +91,8 @@ static double detect(const char *self, int kill_it) {
             _exit(127);
         }
     } else {
-        g2 = member(p0, 2);
+        const char *p2[3] = {a[0], a[1], a[2]}; // it listens on its real address
+        g2 = member(p2, 2);
     }
     peer_group *g0 = member(p0, 0), *g1 = member(p1, 1);
     double ms = -1;

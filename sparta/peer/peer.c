@@ -851,30 +851,28 @@ static void rpc_take(peer_group *g, plink *l, peer_msg *m) {
     if (p[0] == RPC_REQ) {
         unsigned char hdr[RPC_HDR] = {RPC_NOSERVER};
         le_put32(hdr + 1, id);
-        void *reply = NULL;
         size_t rlen = 0;
-        if (g->serve && !g->stop) {
+        peer_msg *out = NULL;
+        if (g->serve && !g->stop) { // the server writes straight into the reply's frame buffer
             peer_serve_fn fn = g->serve;
             void *arg = g->serve_arg;
             g->serving++;
+            out = msg_get(g, FRAME_MAX_PAYLOAD);
             pthread_mutex_unlock(&g->mu);
-            fn(arg, l->rank, p + RPC_HDR, m->len - RPC_HDR, &reply, &rlen);
+            rlen = fn(arg, l->rank, p + RPC_HDR, m->len - RPC_HDR,
+                      (unsigned char *)out->data + RPC_HDR);
             pthread_mutex_lock(&g->mu);
             g->serving--;
             pthread_cond_broadcast(&g->cv);
             hdr[0] = RPC_REP;
+            ASSERT(rlen <= PEER_REPLY_MAX); // the server wrote past its buffer
+        } else {
+            out = msg_get(g, RPC_HDR);
         }
         msg_put(g, m);
         g->st.msgs_recv[PEER_CH_STATE]++;
-        if (rlen + RPC_HDR > FRAME_MAX_PAYLOAD) { // a server bug: answer nothing
-            LOG_W(tag(g), "reply of %zu bytes to rank=%d is over the frame limit", rlen, l->rank);
-            free(reply);
-            return;
-        }
-        peer_msg *out = msg_get(g, RPC_HDR + rlen);
+        out->len = RPC_HDR + rlen;
         memcpy(out->data, hdr, RPC_HDR);
-        if (rlen) memcpy((unsigned char *)out->data + RPC_HDR, reply, rlen);
-        free(reply);
         if (l->state == L_DEAD || l->qn[PEER_CH_STATE] >= sendq_cap[PEER_CH_STATE] * 4) {
             g->st.send_dropped[PEER_CH_STATE]++;
             msg_put(g, out);

@@ -232,11 +232,12 @@ void peer_msg_free(peer_group *g, peer_msg *m);
 void peer_wake(peer_group *g, int ch);
 
 // ---- requests and replies (PEER_CH_STATE) ---------------------------------------------------
-// peer_serve_fn answers a request req(len) from rank from: it sets *reply to a malloc'd buffer of
-// *rlen bytes (at most FRAME_MAX_PAYLOAD - 5; the layer frees it), or leaves it NULL for an empty
-// reply. It runs on a link's reader thread, one request at a time per link.
-typedef void (*peer_serve_fn)(void *arg, int from, const void *req, size_t len, void **reply,
-                              size_t *rlen);
+// peer_serve_fn answers a request req(len) from rank from: it writes the reply into reply, a
+// buffer of the layer of PEER_REPLY_MAX bytes (reused from call to call: no allocation), and
+// returns its length (0: an empty reply). It runs on a link's reader thread, one request at a
+// time per link (the writer sends the previous reply meanwhile).
+#define PEER_REPLY_MAX (FRAME_MAX_PAYLOAD - 5)
+typedef size_t (*peer_serve_fn)(void *arg, int from, const void *req, size_t len, void *reply);
 
 // peer_set_server makes fn(arg, ...) answer the requests of every member (NULL: none; a request
 // then fails at once on the caller's side). Setting NULL waits for a call in progress to finish.
