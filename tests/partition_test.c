@@ -100,6 +100,17 @@ static int wait_count(mesh *m, int r, const char *needle, int n, int limit_s) {
     return k;
 }
 
+// all_four_commit waits until every peer has committed one more outer step with all four.
+static void all_four_commit(mesh *m, const char *after) {
+    int four[P];
+    for (int r = 0; r < P; r++)
+        four[r] = count(m, r, "peers=4/4");
+    for (int r = 0; r < P; r++)
+        cr_assert_gt(wait_count(m, r, "peers=4/4", four[r] + 1, 60), four[r],
+                     "rank %d never committed with all four after %s:\n%s", r, after,
+                     tu_cluster_log(&m->c, r));
+}
+
 // one_theta checks that every outer step number has one theta_g CRC in all the logs and returns
 // how many outer steps were logged.
 static int one_theta(mesh *m) {
@@ -167,13 +178,7 @@ Test(partition, only_a_majority_commits_and_the_minority_takes_its_state_after_t
     cr_assert_geq(wait_outer(&m, 3, maj, 60), maj);
     // all four in one committed view again (else the last view may hold three, of which two
     // are a majority)
-    int four[P];
-    for (int r = 0; r < P; r++)
-        four[r] = count(&m, r, "peers=4/4");
-    for (int r = 0; r < P; r++)
-        cr_assert_gt(wait_count(&m, r, "peers=4/4", four[r] + 1, 60), four[r],
-                     "rank %d never committed with all four after the heal:\n%s", r,
-                     tu_cluster_log(&m.c, r));
+    all_four_commit(&m, "the 1+3 heal");
 
     // 2 + 2: nobody has a majority
     double n0 = metric(&m, 0, NQ), n2 = metric(&m, 2, NQ);
@@ -190,12 +195,7 @@ Test(partition, only_a_majority_commits_and_the_minority_takes_its_state_after_t
     for (int r = 0; r < P; r++)
         cr_assert_eq(outer(&m, r), at[r], "rank %d committed in a 2+2 partition", r);
     cut(&m, (const int[P]){0, 0, 0, 0});
-    for (int r = 0; r < P; r++)
-        four[r] = count(&m, r, "peers=4/4");
-    for (int r = 0; r < P; r++)
-        cr_assert_gt(wait_count(&m, r, "peers=4/4", four[r] + 1, 60), four[r],
-                     "rank %d never committed with all four after the 2+2 heal:\n%s", r,
-                     tu_cluster_log(&m.c, r));
+    all_four_commit(&m, "the 2+2 heal");
     mesh_stop(&m);
     int steps = one_theta(&m);
     cr_assert_gt(steps, 4, "%d outer steps in the logs:\n%s", steps, tu_cluster_log(&m.c, 0));

@@ -66,6 +66,21 @@ static float *load_params(const char *path, size_t *n) {
     return p;
 }
 
+// spawn runs `exec cmd` (exec: signals reach spartan itself) in the background with its stderr
+// in log, and returns its pid.
+static pid_t spawn(const char *cmd, const char *log) {
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        if (!freopen(log, "w", stderr)) _exit(126);
+        char full[4200];
+        snprintf(full, sizeof full, "exec %s", cmd);
+        execl("/bin/sh", "sh", "-c", full, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
 static int count_lines(const char *path) {
     char *text;
     if (tu_read_file(path, &text, NULL)) return -1;
@@ -194,15 +209,7 @@ Test(train, sigint_saves_a_checkpoint_and_exits_cleanly) {
              "%s train configs/tiny.ini " SMALL
              " --set data.dir=%s --set train.out_dir=%s --set train.max_iters=1000000",
              tu_spartan(), e.data, e.out);
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        freopen(log, "w", stderr);
-        char full[4200];
-        snprintf(full, sizeof full, "exec %s", cmd); // exec: the signal reaches spartan
-        execl("/bin/sh", "sh", "-c", full, (char *)NULL);
-        _exit(127);
-    }
+    pid_t pid = spawn(cmd, log);
     // wait (bounded) for training to make progress
     char metrics[700];
     snprintf(metrics, sizeof metrics, "%s/metrics.csv", e.out);
@@ -532,19 +539,13 @@ Test(train, sigkill_during_a_checkpoint_write_leaves_the_previous_one_intact) {
     char cmd[4096], log[700];
     snprintf(log, sizeof log, "%s/log.txt", e.dir);
     snprintf(cmd, sizeof cmd,
-             "exec %s train configs/tiny.ini --set model.n_layer=4 --set model.n_embd=256 "
+             "%s train configs/tiny.ini --set model.n_layer=4 --set model.n_embd=256 "
              "--set model.n_head=4 --set model.block_size=32 --set train.batch_size=2 "
              "--set train.eval_interval=0 --set train.threads=2 --set data.dir=%s "
              "--set train.out_dir=%s --set train.max_iters=1000000 --set train.ckpt_interval=2 "
              "--set train.keep_ckpts=0",
              tu_spartan(), e.data, e.out);
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        freopen(log, "w", stderr);
-        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-        _exit(127);
-    }
+    pid_t pid = spawn(cmd, log);
     // wait for a temp file while at least one checkpoint is complete (bounded)
     char tmp[800] = "";
     for (int i = 0; i < 60000 && !tmp[0]; i++) {
@@ -570,8 +571,7 @@ Test(train, sigkill_during_a_checkpoint_write_leaves_the_previous_one_intact) {
     cr_assert_eq(step, newest);
     gpt_destroy(m);
     char *out = NULL, again[4300];
-    snprintf(again, sizeof again, "%s --resume auto --set train.max_iters=%ld", cmd + 5,
-             newest + 2);
+    snprintf(again, sizeof again, "%s --resume auto --set train.max_iters=%ld", cmd, newest + 2);
     int rc = tu_run(again, 120, &out);
     cr_assert(rc == 0 && strstr(out, prev), "rc %d: %s", rc, out);
     free(out);
