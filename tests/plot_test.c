@@ -209,11 +209,12 @@ Test(plot, files_in_the_train_format_plot_what_they_hold) {
     cr_assert(strstr(out, "panels: loss (train), tokens/s"), "%s", out);
     free(out);
     // The layout of now, with late and dropped SPARTA rounds: the rounds panel.
-    write_csv(dir, "late",
-              HEADER_NOW
-              "1,4.1,,1e-4,1.5,1000,10,0.01,100,100,100,100,0,0,1,0,1.000,1,2.000,2,0,0,0,0,0,1,0\n"
-              "2,4.0,,2e-4,1.4,1100,10,0.02,200,200,100,100,0,1,1,0,1.500,2,2.000,2,0,0,0,0,0,1,0\n"
-              "3,3.9,,3e-4,1.3,1200,10,0.03,300,300,100,100,0,2,1,1,1.500,2,2.000,2,0,0,0,0,0,1,0\n");
+    write_csv(
+        dir, "late",
+        HEADER_NOW
+        "1,4.1,,1e-4,1.5,1000,10,0.01,100,100,100,100,0,0,1,0,1.000,1,2.000,2,0,0,0,0,0,1,0\n"
+        "2,4.0,,2e-4,1.4,1100,10,0.02,200,200,100,100,0,1,1,0,1.500,2,2.000,2,0,0,0,0,0,1,0\n"
+        "3,3.9,,3e-4,1.3,1200,10,0.03,300,300,100,100,0,2,1,1,1.500,2,2.000,2,0,0,0,0,0,1,0\n");
     snprintf(args, sizeof args, "%s/late", dir);
     cr_assert_eq(plot(dir, args, &out), 0, "%s", out);
     cr_assert(strstr(out, "SPARTA rounds late and dropped (late, dropped)"), "%s", out);
