@@ -13,6 +13,7 @@
 
 #include "sparta/peer/agg.h"
 #include "train/base/err.h"
+#include "train/base/rng.h"
 
 // Six rounds. Four give a strong pseudo-random permutation only asymptotically (Luby-Rackoff);
 // with the 3-bit halves of n = 64 they measurably bias which indices are picked together, while
@@ -232,4 +233,23 @@ size_t select_indices(int selector, uint64_t seed, uint64_t round, size_t n, siz
         fill_sorted(&p, (round % partition_chunks(n, k)) * k, m, out);
     }
     return m;
+}
+
+int select_partners(uint64_t seed, uint64_t round, int world, int fanout, int *out) {
+    enum { MAX = 1024 };
+    int m = world - 1 < MAX ? world - 1 : MAX, f = fanout < m ? fanout : m;
+    if (f <= 0) return 0;
+    // a partial Fisher-Yates shuffle of the offsets 1 .. world - 1, keyed by (seed, round)
+    int all[MAX];
+    for (int i = 0; i < m; i++)
+        all[i] = i + 1;
+    uint64_t key = rng_hash(seed ^ rng_hash(round ^ 0x6F55A9u));
+    for (int i = 0; i < f; i++) {
+        int j = i + (int)(rng_u64(key, (uint64_t)i) % (uint64_t)(m - i));
+        int t = all[i];
+        all[i] = all[j];
+        all[j] = t;
+        out[i] = all[i];
+    }
+    return f;
 }

@@ -27,4 +27,12 @@ size_t select_count(int selector, uint64_t seed, uint64_t round, size_t n, size_
 size_t select_indices(int selector, uint64_t seed, uint64_t round, size_t n, size_t k,
                       uint32_t *out);
 
+// select_partners gives the gossip graph of round r among world ranks: fanout (1 .. world - 1)
+// distinct offsets d_1..d_F drawn from [1, world) by (seed, r), the same on every peer. Rank q
+// sends its values to q + d_j and averages with those of q - d_j (mod world), so every rank has
+// F senders and F receivers and every value is in F + 1 averages: the mean over all ranks is
+// kept. Writes the offsets to out (room for fanout) and returns how many (fanout, at most
+// world - 1). Pure; any thread.
+int select_partners(uint64_t seed, uint64_t round, int world, int fanout, int *out);
+
 #endif

@@ -56,6 +56,8 @@ typedef struct {
     int ring_np;             // ring: peers of the completed all-reduce (0: not completed)
     int ring_failed;         // ring: the all-reduce failed or was given up
     unsigned char *rejected; // [world] the peer's values of this round held a non-finite value
+    unsigned char *from;     // [world] the round waits for the peer's values (gossip: the F that
+                             // send to us; all-to-all: every peer)
     float *vals;             // [world][kmax] values per peer (+ the mean's row for ring)
     uint32_t *idx;           // [kmax] the round's indices (set when our values are gathered)
     int64_t post_step;       // this peer's step when our values were posted (staleness is counted
@@ -67,6 +69,7 @@ typedef struct {
 struct sparta_exchanger {
     cfg_sparta sc;
     int rank, world, selector, dtype, correct, ring;
+    int fanout; // sparta.fanout: gossip with F peers per round (0: all-to-all)
     uint64_t seed, run_id;
     size_t n, kmax;
     peer_group *g;       // borrowed: SPARTA owns its channel (PEER_CH_SPARTA)
@@ -121,6 +124,16 @@ static void slot_reset(const sparta_exchanger *ex, slot *s, int64_t round) {
     memset(s->rejected, 0, (size_t)ex->world);
     s->ring_np = s->ring_failed = 0;
     s->t_post = s->t_done = 0;
+    if (ex->fanout > 0) { // gossip: the senders of this round are rank - d (select_partners)
+        int d[AR_MAX_WORLD];
+        memset(s->from, 0, (size_t)ex->world);
+        int f = select_partners(ex->seed, (uint64_t)round, ex->world, ex->fanout, d);
+        for (int j = 0; j < f; j++)
+            s->from[(ex->rank - d[j] + ex->world) % ex->world] = 1;
+        s->from[ex->rank] = 1;
+    } else {
+        memset(s->from, 1, (size_t)ex->world);
+    }
 }
 
 // ring_mean: the row of a slot where the ring all-reduce leaves the round's mean.
@@ -133,7 +146,8 @@ static float *ring_mean(const sparta_exchanger *ex, slot *s) {
 static int slot_complete(const sparta_exchanger *ex, const slot *s) {
     if (ex->ring) return s->ring_np > 0;
     for (int p = 0; p < ex->world; p++)
-        if (ex->live[p] && ex->wait[p] && !s->rejected[p] && s->got[p] != s->count) return 0;
+        if (ex->live[p] && ex->wait[p] && s->from[p] && !s->rejected[p] && s->got[p] != s->count)
+            return 0;
     return 1;
 }
 
@@ -182,11 +196,19 @@ static void send_values(sparta_exchanger *ex, int peer, uint32_t kind, const slo
     } while (off < n);
 }
 
-// send_round sends our values of slot s to every peer (alltoall).
+// send_round sends our values of slot s to every peer (alltoall), or to the F receivers of the
+// round (gossip: rank + d, select_partners).
 static void send_round(sparta_exchanger *ex, slot *s) {
+    const float *ours = peer_vals(ex, s, ex->rank);
+    if (ex->fanout > 0) {
+        int d[AR_MAX_WORLD];
+        int f = select_partners(ex->seed, (uint64_t)s->round, ex->world, ex->fanout, d);
+        for (int j = 0; j < f; j++)
+            send_values(ex, (ex->rank + d[j]) % ex->world, WIRE_VALUES, s, 0, s->count, ours);
+        return;
+    }
     for (int peer = 0; peer < ex->world; peer++)
-        if (peer != ex->rank)
-            send_values(ex, peer, WIRE_VALUES, s, 0, s->count, peer_vals(ex, s, ex->rank));
+        if (peer != ex->rank) send_values(ex, peer, WIRE_VALUES, s, 0, s->count, ours);
 }
 
 // file_message validates one received message and files its values (takes mu).
@@ -581,6 +603,11 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, peer_group *g, i
     ex->dtype = sc->dtype == CFG_DTYPE_BF16 ? WIRE_BF16 : WIRE_FP32; // the key has no int8
     ex->correct = sc->apply == CFG_APPLY_CORRECT;
     ex->ring = sc->reduce == CFG_REDUCE_RING;
+    ex->fanout = sc->fanout > 0 && sc->fanout < world - 1 ? sc->fanout : 0; // F >= W-1: all
+    if (ex->fanout && ex->ring) {
+        free(ex);
+        return err_set(ERR_INVAL, "sparta.fanout needs sparta.reduce = alltoall");
+    }
     if (ex->ring && select_k(sc->p, n_params) < (size_t)world) {
         free(ex);
         return err_set(ERR_INVAL,
@@ -601,6 +628,7 @@ int sparta_create(sparta_exchanger **out, const cfg_sparta *sc, peer_group *g, i
         ex->slots[i].got = xcalloc((size_t)world, sizeof(uint32_t));
         ex->slots[i].idx = xmalloc(ex->kmax * sizeof(uint32_t));
         ex->slots[i].rejected = xcalloc((size_t)world, 1);
+        ex->slots[i].from = xcalloc((size_t)world, 1);
         size_t rows = (size_t)world + (ex->ring ? 1 : 0);
         ex->slots[i].vals = xalloc_aligned(rows * ex->kmax * sizeof(float));
     }
@@ -656,6 +684,7 @@ void sparta_destroy(sparta_exchanger *ex) {
         free(ex->slots[i].got);
         free(ex->slots[i].idx);
         free(ex->slots[i].rejected);
+        free(ex->slots[i].from);
         free(ex->slots[i].vals);
     }
     free(ex->slots);

@@ -393,6 +393,20 @@ Test(cfg, aggregation_keys_parse_validate_and_are_shared_by_every_peer) {
     cr_assert_eq(cfg_validate(&c), ERR_INVAL);
     cr_assert(strstr(err_msg(), "sparta.aggregate = trimmed_mean needs sparta.reduce = alltoall"),
               "%s", err_msg());
+    // gossip sends to F peers: a ring reaches every peer; F is a shared setting
+    cfg_defaults(&c);
+    cr_assert_eq(cfg_set(&c, "sparta.fanout=256"), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "sparta.fanout"), "%s", err_msg());
+    cr_assert_eq(cfg_set(&c, "sparta.fanout=4"), ERR_OK);
+    cr_assert_eq(cfg_set(&c, "sparta.reduce=ring"), ERR_OK);
+    cr_assert_eq(cfg_validate(&c), ERR_INVAL);
+    cr_assert(strstr(err_msg(), "sparta.fanout = 4 needs sparta.reduce = alltoall"), "%s",
+              err_msg());
+    {
+        char sh[4096];
+        cfg_shared_write(&c, sh, sizeof sh);
+        cr_assert(strstr(sh, "sparta.fanout=4\n"), "%s", sh);
+    }
     // the rules are shared settings; net.max_offences is each peer's own
     char a[4096], b[4096];
     cfg_defaults(&c);

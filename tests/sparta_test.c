@@ -7,6 +7,7 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -667,4 +668,94 @@ Test(sparta, ring_all_reduce_agrees_and_sends_two_thirds_of_alltoall, .timeout =
         free(own[i]);
     }
     tu_cluster_close(&c);
+}
+
+// ---- gossip (sparta.fanout) ------------------------------------------------------------------
+
+enum { GW = 5, GF = 2, GROUNDS = 3 };
+
+typedef struct {
+    sparta_exchanger *ex;
+    float x[NP];
+    int rc;
+} gossip_peer;
+
+static void *gossip_main(void *arg) {
+    gossip_peer *p = arg;
+    for (long step = 1; step <= GROUNDS && !p->rc; step++)
+        p->rc = sparta_after_step(p->ex, p->x, NP, step);
+    return NULL;
+}
+
+// Five exchangers with sparta.fanout = 2, p = 1 and sync rounds: in every round each peer sends
+// its values to exactly the 2 receivers select_partners names and ends with the mean of its own
+// and its 2 senders' values (computed here from the same offsets), and the mean over all peers
+// stays what it was.
+Test(sparta, gossip_rounds_average_with_the_drawn_partners_only) {
+    char *dir = tu_tmpdir("gossip");
+    peer_group *g[GW];
+    gossip_peer p[GW];
+    cfg c;
+    cfg_defaults(&c);
+    cfg_sparta sc = c.sparta;
+    sc.p = 1.0f;
+    sc.sync = 1;
+    sc.fanout = GF;
+    sc.timeout_ms = 10000;
+    const uint64_t seed = 7;
+    for (int r = 0; r < GW; r++)
+        g[r] = tu_group(dir, r, GW, 1);
+    cr_assert_eq(peer_wait_view(g[0], GW, 10000), GW, "the group did not form");
+    for (int r = 0; r < GW; r++)
+        cr_assert_eq(peer_wait_view(g[r], GW, 10000), GW);
+    float want[GW][NP], next[GW][NP];
+    double sum0 = 0;
+    for (int r = 0; r < GW; r++) {
+        tu_rand_fill(p[r].x, NP, 100 + (uint64_t)r, -1, 1);
+        memcpy(want[r], p[r].x, sizeof want[r]);
+        p[r].rc = 0;
+        for (int i = 0; i < NP; i++)
+            sum0 += p[r].x[i];
+        cr_assert_eq(sparta_create(&p[r].ex, &sc, g[r], r, GW, seed, 0x60551Bull, NP), ERR_OK, "%s",
+                     err_msg());
+    }
+    pthread_t th[GW];
+    for (int r = 0; r < GW; r++)
+        pthread_create(&th[r], NULL, gossip_main, &p[r]);
+    for (int r = 0; r < GW; r++)
+        pthread_join(th[r], NULL);
+    for (long round = 1; round <= GROUNDS; round++) { // the same rounds, by hand
+        int d[GW];
+        int f = select_partners(seed, (uint64_t)round, GW, GF, d);
+        cr_assert_eq(f, GF);
+        for (int r = 0; r < GW; r++)
+            for (int i = 0; i < NP; i++) {
+                double s = want[r][i];
+                for (int j = 0; j < f; j++)
+                    s += want[(r - d[j] + GW) % GW][i];
+                next[r][i] = (float)(s / (f + 1));
+            }
+        memcpy(want, next, sizeof want);
+    }
+    double sum1 = 0;
+    for (int r = 0; r < GW; r++) {
+        cr_assert_eq(p[r].rc, ERR_OK, "rank %d: %s", r, err_msg());
+        for (int i = 0; i < NP; i++) {
+            cr_assert_float_eq(p[r].x[i], want[r][i], 1e-5f, "rank %d value %d: %g, want %g", r, i,
+                               p[r].x[i], want[r][i]);
+            sum1 += p[r].x[i];
+        }
+        peer_stats st;
+        peer_get_stats(g[r], &st);
+        cr_assert_eq(st.msgs_sent[PEER_CH_SPARTA], (uint64_t)GF * GROUNDS,
+                     "rank %d sent %llu messages for %d rounds to %d partners", r,
+                     (unsigned long long)st.msgs_sent[PEER_CH_SPARTA], GROUNDS, GF);
+    }
+    cr_assert(fabs(sum1 - sum0) < 1e-3, "the mean moved: %g -> %g", sum0, sum1);
+    for (int r = 0; r < GW; r++) {
+        sparta_destroy(p[r].ex);
+        peer_group_destroy(g[r]);
+    }
+    tu_rm_rf(dir);
+    free(dir);
 }

@@ -109,6 +109,9 @@ static const cfg_key keys[] = {
     E("sparta", "aggregate", sparta.aggregate, "mean", aggregate_words,
       "per coordinate over the peers' values: mean, trimmed_mean or median (robust to a few "
       "bad peers; needs sparta.reduce = alltoall)"),
+    K("sparta", "fanout", CFG_INT, sparta.fanout, "0", 0, 255,
+      "gossip: each round every peer sends to F peers and averages with the F that send to it, "
+      "drawn from the shared seed (0 = all peers; needs sparta.reduce = alltoall)"),
     K("sparta", "trim", CFG_F32, sparta.trim, "0.25", 0, 0.5,
       "trimmed_mean: floor(trim * m) of the m values cut from each end (0.25: one of 4-7)"),
     K("diloco", "H", CFG_INT, diloco.H, "0", 0, 1e9, "inner steps per outer step (0 = off)"),
@@ -519,6 +522,11 @@ int cfg_validate(const cfg *c) {
     if (c->sparta.delay > c->sparta.max_stale)
         return err_set(ERR_INVAL, "sparta.delay (%d) must not exceed sparta.max_stale (%d)",
                        c->sparta.delay, c->sparta.max_stale);
+    if (c->sparta.fanout > 0 && c->sparta.reduce == CFG_REDUCE_RING)
+        return err_set(ERR_INVAL,
+                       "sparta.fanout = %d needs sparta.reduce = alltoall (a ring "
+                       "reaches every peer)",
+                       c->sparta.fanout);
     if (c->sparta.aggregate != CFG_AGG_MEAN && c->sparta.reduce == CFG_REDUCE_RING)
         return err_set(ERR_INVAL,
                        "sparta.aggregate = %s needs sparta.reduce = alltoall (a ring all-reduce "
@@ -637,10 +645,10 @@ void cfg_print_keys(FILE *f) {
 // the exchanges compute (the aggregation rules too: peers that aggregate differently would drift
 // apart). Per-peer behaviour (threads, max_stale, timeouts, apply, net.max_offences) may differ.
 static const char *const shared_keys[] = {
-    "train.seed",    "train.mode",      "sparta.p",         "sparta.every", "sparta.selector",
-    "sparta.reduce", "sparta.dtype",    "sparta.aggregate", "sparta.trim",  "diloco.H",
-    "diloco.lr",     "diloco.momentum", "diloco.nesterov",  "diloco.dtype", "diloco.aggregate",
-    "diloco.trim",   "diloco.max_norm", "ddp.dtype",
+    "train.seed",       "train.mode",   "sparta.p",         "sparta.every",    "sparta.selector",
+    "sparta.reduce",    "sparta.dtype", "sparta.aggregate", "sparta.trim",     "sparta.fanout",
+    "diloco.H",         "diloco.lr",    "diloco.momentum",  "diloco.nesterov", "diloco.dtype",
+    "diloco.aggregate", "diloco.trim",  "diloco.max_norm",  "ddp.dtype",
 };
 
 int cfg_loopback_host(const char *addr) {

@@ -82,6 +82,7 @@ typedef struct cfg_sparta {
     // (mean, trimmed_mean, median) and, for trimmed_mean, the fraction cut from each end.
     cfg_aggregate aggregate;
     float trim;
+    int fanout; // gossip: peers each round sends to and averages with (0: all)
 } cfg_sparta;
 
 // DiLoCo: every H inner steps, an outer Nesterov step on the pseudo-gradient averaged over peers.
