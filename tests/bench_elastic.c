@@ -11,6 +11,9 @@
 //                         (diloco_join: chunked requests, the end-to-end CRC check) over the same
 //                         bytes through a plain nng stream (8 MiB writes), interleaved rounds
 //   state_transfer_mb_s   the joiner's rate (MB/s, median over the rounds)
+//   heartbeat_bytes_s     what an idle member sends per second in heartbeats, per link (and for
+//                         47 links, a member of 48): 8 members in this process, idle for 3 s,
+//                         their SYS frames counted (25 bytes each with its header)
 //   rejoin_s              from the start of a restarted `spartan train` peer (3 peers, SPARTA
 //                         every 5 steps, DiLoCo H = 50) to its first contributed SPARTA round,
 //                         median of 5 (and the max)
@@ -320,8 +323,37 @@ static int rejoin(double *s, int n) {
     return rc;
 }
 
+// heartbeat_bytes measures the heartbeat bytes per second and link of 8 idle members.
+static double heartbeat_bytes(void) {
+    enum { W = 8, IDLE_MS = 3000 };
+    char *dir = tu_tmpdir("hb");
+    peer_group *g[W];
+    for (int r = 0; r < W; r++)
+        g[r] = tu_group(dir, r, W, 21);
+    for (int r = 0; r < W; r++)
+        if (peer_wait_view(g[r], W, 10000) != W) return -1;
+    peer_stats a[W], b[W];
+    for (int r = 0; r < W; r++)
+        peer_get_stats(g[r], &a[r]);
+    double t0 = sys_now_ms();
+    sys_sleep_ms(IDLE_MS);
+    double s = (sys_now_ms() - t0) / 1e3, frames = 0;
+    for (int r = 0; r < W; r++) {
+        peer_get_stats(g[r], &b[r]);
+        frames += (double)(b[r].msgs_sent[PEER_CH_SYS] - a[r].msgs_sent[PEER_CH_SYS]);
+    }
+    for (int r = 0; r < W; r++)
+        peer_group_destroy(g[r]);
+    tu_rm_rf(dir);
+    free(dir);
+    return frames * 25 / s / W / (W - 1);
+}
+
 int main(int argc, char **argv) {
     if (argc == 4 && !strcmp(argv[1], "--member")) return member_main(argv[2], atoi(argv[3]));
+    double hb = heartbeat_bytes();
+    if (hb < 0) return 1;
+    printf("BENCH heartbeat_bytes_s %.1f per link (%.0f per member of 48 peers)\n", hb, hb * 47);
     double ms[REPS], sil[REPS];
     for (int i = 0; i < REPS; i++)
         if ((ms[i] = detect(argv[0], 1)) < 0 || (sil[i] = detect(argv[0], 0)) < 0) return 1;

@@ -29,10 +29,12 @@
 enum { WINDOW_MAX = 16, QUEUE_BUDGET = 240, RETRY_MS = 1, STASH_MAX = 256 };
 // A waiting call looks this often whether a member's link went down (the member left: the ring
 // cannot finish, and waiting out the timeout would only delay the caller's next try).
-enum { LINK_POLL_MS = 100 };
+enum { LINK_POLL_MS = 100, STALL_MS = 500 };
 // Message slots for sends in flight: more than the ring channel's send queue (16 frames) plus the
 // frame being written, so that the queue, not the slots, holds the sender back.
 enum { AR_SLOTS = 20 };
+// ar_destroy waits this long at most for the sends still in flight.
+enum { FLUSH_MS = 10000 };
 
 // A ring message that arrived before the call it belongs to (a faster peer's first chunks of this
 // tag during ar_agree, or of a later tag during a call), kept for that call.
@@ -242,6 +244,17 @@ void ar_destroy(ar_ctx *c) {
     if (!c) return;
     for (int i = 0; i < c->n_stash; i++)
         peer_msg_free(c->g, c->stash[i].m);
+    // The sends still in flight go out first (a ring's last forwards, which the others still
+    // need to finish the call we finished: a peer that ends right after its last outer step
+    // must not take them with it), for at most FLUSH_MS; the rest is cancelled.
+    double end = sys_now_ms() + FLUSH_MS;
+    while (c->n_flight > 0) {
+        int left = (int)(end - sys_now_ms());
+        if (left <= 0 || peer_op_wait(c->g, c->op[c->head], left) == ERR_TIMEOUT) break;
+        c->op[c->head] = NULL;
+        c->head = (c->head + 1) % AR_SLOTS;
+        c->n_flight--;
+    }
     for (; c->n_flight > 0; c->n_flight--, c->head = (c->head + 1) % AR_SLOTS)
         peer_op_cancel(c->g, c->op[c->head]);
     for (int i = 0; i < AR_SLOTS; i++)
@@ -355,10 +368,19 @@ static int received(ar_ctx *c, ar_stats *st, uint64_t tag, peer_msg *m, const ch
 }
 
 // member_left returns the rank of a member whose link was up when the call began and is down
-// now, or -1. (A member not linked at the start may still come: the deadline decides.)
-static int member_left(const call *k) {
-    for (int i = 0; i < k->np; i++)
-        if (k->up[i] && !peer_connected(k->ctx->g, k->mem[i])) return k->mem[i];
+// now, or -1. (A member not linked at the start may still come: the deadline decides.) With
+// stalled = 0 only a neighbour we still need counts: the one before us while something is to be
+// received, the one after us while something is to be sent. Another member may have finished
+// the call and gone (a peer that ends after its last outer step), which costs us nothing; if it
+// died half-way, the ring stalls, and once it has been stalled a while (stalled = 1) any member
+// that left ends the call.
+static int member_left(const call *k, int stalled) {
+    int prev = mod(k->pos - 1, k->np), next = mod(k->pos + 1, k->np);
+    for (int i = 0; i < k->np; i++) {
+        if (!k->up[i] || peer_connected(k->ctx->g, k->mem[i])) continue;
+        if (stalled || (i == prev && k->rcv.u < k->steps) || (i == next && k->snd.u < k->steps))
+            return k->mem[i];
+    }
     return -1;
 }
 
@@ -418,7 +440,9 @@ static int run_call(call *k, int timeout_ms) {
                            c->rank, (unsigned long long)k->tag, prev_rank(k), next_rank(k),
                            timeout_ms, k->rcv.u, k->steps);
         if (sys_now_ms() >= poll) {
-            int gone = member_left(k);
+            // no progress for STALL_MS (the deadline moves on with every message)
+            int stalled = deadline - timeout_ms < sys_now_ms() - STALL_MS;
+            int gone = member_left(k, stalled);
             if (gone >= 0)
                 return err_set(ERR_PEER,
                                "allreduce: rank %d tag %llu: member %d left (step %d of %d)",

@@ -69,7 +69,9 @@ typedef struct ar_stats {
 int ar_create(ar_ctx **out, peer_group *g, int ch, int rank, int world, uint64_t run_id,
               size_t max_n, int dtype);
 
-// ar_destroy frees the context (not the group). NULL-safe.
+// ar_destroy lets the sends of the last call that are still in flight be written (at most 10 s;
+// the others may need them to finish that call), cancels what is left and frees the context
+// (not the group). NULL-safe.
 void ar_destroy(ar_ctx *c);
 
 // ar_mean replaces x(n) by the mean over all peers of their x(n): the sum in ring order (above),
@@ -79,8 +81,9 @@ void ar_destroy(ar_ctx *c);
 // up to 256 messages, for the call of that tag. Blocks until done. timeout_ms
 // (> 0) bounds every wait: ERR_TIMEOUT if for that long no expected message arrives and no send
 // can be queued (a missing or stalled peer). A member whose link was up when the call began and
-// goes down during it ends the call within about 100 ms with ERR_PEER (it left: the ring cannot
-// finish). Returns ERR_OK; ERR_TIMEOUT; ERR_PEER; ERR_CLOSED if the group
+// goes down during it ends the call with ERR_PEER (it left: the ring cannot finish): within about
+// 100 ms if it is a neighbour we still need, else once the ring has made no progress for 500 ms
+// (a member that finished the call and went costs nothing). Returns ERR_OK; ERR_TIMEOUT; ERR_PEER; ERR_CLOSED if the group
 // is closed (peer_group_close from another thread aborts a call this way); ERR_NET; or ERR_INVAL
 // for n > max_n or timeout_ms <= 0. On failure x is unchanged and the round is lost (peers may
 // disagree on whether it completed; the caller decides). world == 1 or n == 0: x is left as is
