@@ -33,7 +33,18 @@ typedef struct mesh {
     int pid[P];
 } mesh;
 
-static void mesh_open(mesh *m) {
+// mesh_start starts peer i (again) with ARGS and extra.
+static void mesh_start(mesh *m, int i, const char *extra) {
+    char peers[512] = "", args[2048];
+    for (int k = 0; k < P; k++) // its own address and the lower ranks' as they are
+        snprintf(peers + strlen(peers), sizeof peers - strlen(peers), "%s127.0.0.1:%d",
+                 k ? "," : "", k > i ? tu_cable_port(m->cab[i][k]) : tu_cluster_port(&m->c, k));
+    snprintf(args, sizeof args, "%s %s", ARGS, extra);
+    m->pid[i] = tu_cluster_start_peers(&m->c, i, args, peers);
+    cr_assert_gt(m->pid[i], 0);
+}
+
+static void mesh_open(mesh *m, const char *extra) {
     memset(m, 0, sizeof *m);
     cr_assert_eq(tu_cluster_open(&m->c, P), 0);
     for (int i = 0; i < P; i++)
@@ -41,14 +52,8 @@ static void mesh_open(mesh *m) {
             m->cab[i][j] = tu_cable_open(tu_cluster_port(&m->c, j));
             cr_assert(m->cab[i][j], "no cable");
         }
-    for (int i = 0; i < P; i++) {
-        char peers[512] = "";
-        for (int k = 0; k < P; k++) // its own address and the lower ranks' as they are
-            snprintf(peers + strlen(peers), sizeof peers - strlen(peers), "%s127.0.0.1:%d",
-                     k ? "," : "", k > i ? tu_cable_port(m->cab[i][k]) : tu_cluster_port(&m->c, k));
-        m->pid[i] = tu_cluster_start_peers(&m->c, i, ARGS, peers);
-        cr_assert_gt(m->pid[i], 0);
-    }
+    for (int i = 0; i < P; i++)
+        mesh_start(m, i, extra);
 }
 
 // cut sets every cable between peers of different sides to CUT, the others to PASS.
@@ -157,7 +162,7 @@ static void mesh_close(mesh *m) {
 Test(partition, only_a_majority_commits_and_the_minority_takes_its_state_after_the_heal) {
     const char *NQ = "diloco_no_quorum";
     mesh m;
-    mesh_open(&m);
+    mesh_open(&m, "");
     cr_assert_geq(wait_outer(&m, 0, 2, 120), 2, "no outer steps:\n%s", tu_cluster_log(&m.c, 0));
 
     // 1 + 3: rank 3 alone
@@ -199,5 +204,39 @@ Test(partition, only_a_majority_commits_and_the_minority_takes_its_state_after_t
     mesh_stop(&m);
     int steps = one_theta(&m);
     cr_assert_gt(steps, 4, "%d outer steps in the logs:\n%s", steps, tu_cluster_log(&m.c, 0));
+    mesh_close(&m);
+}
+
+// A power cut: every peer is killed at once (SIGKILL, between checkpoints that need not be at the
+// same step everywhere), then all restart with --resume auto. Each resumes its own newest
+// checkpoint, the peers agree on the newest committed state among them, and every outer step
+// from then on is committed by all four with one theta_g (one CRC per outer step in all logs,
+// before and after the cut).
+Test(partition, a_cluster_killed_at_once_resumes_and_agrees_on_one_state) {
+    const char *EXTRA = "--set train.ckpt_interval=7 --set train.keep_ckpts=2 --resume auto";
+    mesh m;
+    mesh_open(&m, EXTRA);
+    cr_assert_geq(wait_outer(&m, 0, 3, 120), 3, "no outer steps:\n%s", tu_cluster_log(&m.c, 0));
+    for (int r = 0; r < P; r++)
+        kill(m.pid[r], SIGKILL);
+    for (int r = 0; r < P; r++)
+        waitpid(m.pid[r], NULL, 0);
+    double before = 0;
+    for (int r = 0; r < P; r++) {
+        double o = outer(&m, r);
+        before = o > before ? o : before;
+    }
+    for (int r = 0; r < P; r++)
+        mesh_start(&m, r, EXTRA);
+    for (int r = 0; r < P; r++)
+        cr_assert_gt(wait_count(&m, r, "--resume auto: ", 1, 60), 0, "rank %d did not resume:\n%s",
+                     r, tu_cluster_log(&m.c, r));
+    all_four_commit(&m, "the restart");
+    all_four_commit(&m, "the restart");
+    for (int r = 0; r < P; r++)
+        cr_assert_gt(outer(&m, r), before, "rank %d is not past outer step %.0f", r, before);
+    mesh_stop(&m);
+    int steps = one_theta(&m);
+    cr_assert_gt(steps, 4, "%d outer steps in the logs", steps);
     mesh_close(&m);
 }
