@@ -282,6 +282,8 @@ static peer_msg *msg_get(peer_group *g, size_t len) {
 
 static void msg_put(peer_group *g, peer_msg *m) {
     if (!m) return;
+    m->data = (unsigned char *)m->data - m->skip_; // the buffer again
+    m->skip_ = 0;
     if (g->pool_n >= POOL_MAX || g->pool_bytes + m->cap_ > POOL_MAX_BYTES) {
         // keep the larger buffers: drop the smallest spare if it is smaller than this one
         free(m->data);
@@ -901,7 +903,8 @@ static void rpc_take(peer_group *g, plink *l, peer_msg *m) {
         c->rc = ERR_PEER;
         msg_put(g, m);
     } else {
-        memmove(m->data, p + RPC_HDR, m->len - RPC_HDR);
+        m->data = (unsigned char *)m->data + RPC_HDR; // the reply, without a copy
+        m->skip_ = RPC_HDR;
         m->len -= RPC_HDR;
         m->from = l->rank;
         m->channel = PEER_CH_STATE;

@@ -112,6 +112,7 @@ typedef struct peer_msg {
     size_t len;
     uint32_t crc; // CRC32C of data(len), checked against its frame (wire_decode_crc takes it)
     size_t cap_;  // internal: the buffer's capacity
+    size_t skip_; // internal: data starts this far into the buffer (a reply past its header)
     struct peer_msg *next_;
 } peer_msg;
 
