@@ -341,7 +341,6 @@ static int find_senders(diloco *d, const float *delta, size_t n, uint64_t tag, i
 // serve answers a state request from a joining peer into reply (a link's reader thread).
 static size_t serve(void *arg, int from, const void *req, size_t len, void *reply) {
     diloco *d = arg;
-    (void)from;
     ctl_req q;
     if (len != CTL_REQ_BYTES) return 0; // empty reply: the asker treats it as an error
     req_get(req, &q);
@@ -374,7 +373,12 @@ static size_t serve(void *arg, int from, const void *req, size_t len, void *repl
         out[CTL_REP_BYTES] ^= 0x01;
     }
     if (q.op == CTL_STATE) d->states_sent++;
+    int last = q.op == CTL_MOMENTUM && q.offset + q.count == d->n; // a copy's last chunk
+    int64_t outer = r.outer_steps;
     pthread_mutex_unlock(&d->mu);
+    if (last)
+        LOG_I("diloco", "state sent to rank=%d: outer step %lld, %.1f MB", from, (long long)outer,
+              2.0 * (double)d->n * sizeof(float) / 1e6);
     rep_put(out, &r);
     return CTL_REP_BYTES + (size_t)q.count * sizeof(float);
 }
