@@ -83,12 +83,12 @@ void ar_destroy(ar_ctx *c);
 // can be queued (a missing or stalled peer). A member whose link was up when the call began and
 // goes down during it ends the call with ERR_PEER (it left: the ring cannot finish): within about
 // 100 ms if it is a neighbour we still need, else once the ring has made no progress for 500 ms
-// (a member that finished the call and went costs nothing). Returns ERR_OK; ERR_TIMEOUT; ERR_PEER; ERR_CLOSED if the group
-// is closed (peer_group_close from another thread aborts a call this way); ERR_NET; or ERR_INVAL
-// for n > max_n or timeout_ms <= 0. On failure x is unchanged and the round is lost (peers may
-// disagree on whether it completed; the caller decides). world == 1 or n == 0: x is left as is
-// and ERR_OK returned at once. st (may be NULL) receives this call's counters, on failure too.
-// Allocates nothing. Not thread-safe: one call at a time per context.
+// (a member that finished the call and went costs nothing). Returns ERR_OK; ERR_TIMEOUT; ERR_PEER;
+// ERR_CLOSED if the group is closed (peer_group_close from another thread aborts a call this way);
+// ERR_NET; or ERR_INVAL for n > max_n or timeout_ms <= 0. On failure x is unchanged and the round
+// is lost (peers may disagree on whether it completed; the caller decides). world == 1 or n == 0: x
+// is left as is and ERR_OK returned at once. st (may be NULL) receives this call's counters, on
+// failure too. Allocates nothing. Not thread-safe: one call at a time per context.
 int ar_mean(ar_ctx *c, float *x, size_t n, uint64_t tag, int timeout_ms, ar_stats *st);
 
 // ar_mean_group is ar_mean over the members only: members(nm) are ascending ranks that
