@@ -25,6 +25,7 @@
 #include "tests/test_util.h"
 #include "train/base/cfg.h"
 #include "train/base/err.h"
+#include "train/base/sys.h"
 #include "train/gpt.h"
 
 TestSuite(sparta, .timeout = 120);
@@ -746,7 +747,11 @@ Test(sparta, gossip_rounds_average_with_the_drawn_partners_only) {
             sum1 += p[r].x[i];
         }
         peer_stats st;
-        peer_get_stats(g[r], &st);
+        peer_get_stats(g[r], &st); // the last round's frames may still be on their way out
+        for (int i = 0; i < 500 && st.msgs_sent[PEER_CH_SPARTA] < (uint64_t)GF * GROUNDS; i++) {
+            sys_sleep_ms(10);
+            peer_get_stats(g[r], &st);
+        }
         cr_assert_eq(st.msgs_sent[PEER_CH_SPARTA], (uint64_t)GF * GROUNDS,
                      "rank %d sent %llu messages for %d rounds to %d partners", r,
                      (unsigned long long)st.msgs_sent[PEER_CH_SPARTA], GROUNDS, GF);
