@@ -256,14 +256,6 @@ static void views_agree(peer_group **g, int n) {
     cr_assert_fail("the views did not agree");
 }
 
-// form_group makes n members join a[0] (the first founds the group) and waits for one view.
-static void form_group(peer_group **g, const char *const *a, int n) {
-    g[0] = joiner(a[0], a[0], -1);
-    for (int i = 1; i < n; i++)
-        g[i] = joiner(a[i], a[0], -1);
-    views_agree(g, n);
-}
-
 Test(peer, every_peer_given_one_join_address_forms_one_group) {
     char *dir = tu_tmpdir("peer");
     char addr[5][PEER_ADDR_MAX];
@@ -271,7 +263,10 @@ Test(peer, every_peer_given_one_join_address_forms_one_group) {
     ipc_addrs(dir, 5, addr, a);
     // the founder is the one whose address is the join address; the others start at once
     peer_group *g[5];
-    form_group(g, a, 4);
+    g[0] = joiner(a[0], a[0], -1);
+    for (int i = 1; i < 4; i++)
+        g[i] = joiner(a[i], a[0], -1);
+    views_agree(g, 4);
     int seen[4] = {0};
     for (int i = 0; i < 4; i++) {
         int r = peer_rank(g[i]);
@@ -327,7 +322,10 @@ Test(peer, when_the_coordinator_leaves_the_next_member_takes_over) {
     const char *a[4];
     ipc_addrs(dir, 4, addr, a);
     peer_group *g[4];
-    form_group(g, a, 3);
+    g[0] = joiner(a[0], a[0], -1);
+    for (int i = 1; i < 3; i++)
+        g[i] = joiner(a[i], a[0], -1);
+    views_agree(g, 3);
     peer_view v;
     peer_get_view(g[1], &v);
     uint64_t epoch = v.epoch;
