@@ -313,46 +313,6 @@ Test(peer, every_peer_given_one_join_address_forms_one_group) {
     free(dir);
 }
 
-// The coordinator (rank 0) of a rendezvous group leaves: the lowest member still linked takes
-// over, takes it out of the view on every member, and a new peer that joins through a member is
-// redirected to the new coordinator and given the freed rank.
-Test(peer, when_the_coordinator_leaves_the_next_member_takes_over) {
-    char *dir = tu_tmpdir("peer");
-    char addr[4][PEER_ADDR_MAX];
-    const char *a[4];
-    ipc_addrs(dir, 4, addr, a);
-    peer_group *g[4];
-    g[0] = joiner(a[0], a[0], -1);
-    for (int i = 1; i < 3; i++)
-        g[i] = joiner(a[i], a[0], -1);
-    views_agree(g, 3);
-    peer_view v;
-    peer_get_view(g[1], &v);
-    uint64_t epoch = v.epoch;
-    peer_group_destroy(g[0]);
-    peer_group *rest[3] = {g[1], g[2], NULL};
-    for (int i = 0; i < 400; i++) {
-        peer_view v2;
-        peer_get_view(g[1], &v);
-        peer_get_view(g[2], &v2);
-        if (v.n == 2 && v2.n == 2 && v.epoch == v2.epoch) break;
-        peer_wait_view(g[1], 4, 25);
-    }
-    cr_assert(v.n == 2 && v.epoch > epoch, "the view still has %d members (epoch %llu, was %llu)",
-              v.n, (unsigned long long)v.epoch, (unsigned long long)epoch);
-    int ranks[4];
-    cr_assert_eq(peer_view_ranks(g[2], ranks, 4), 2);
-    cr_assert(ranks[0] != 0 && ranks[1] != 0, "rank 0 is still in rank 2's view");
-    g[3] = joiner(a[3], a[2], -1); // through the member that is not the coordinator
-    cr_assert_eq(peer_rank(g[3]), 0, "the joiner got rank %d, not the freed 0", peer_rank(g[3]));
-    rest[2] = g[3];
-    views_agree(rest, 3);
-    for (int i = 1; i < 4; i++)
-        peer_group_destroy(g[i]);
-    tu_rm_rf(dir);
-    free(dir);
-}
-
 Test(peer, a_join_without_a_group_times_out_naming_the_address) {
     char *dir = tu_tmpdir("peer");
     char me[PEER_ADDR_MAX], there[PEER_ADDR_MAX];

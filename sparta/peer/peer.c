@@ -346,14 +346,6 @@ static int lowest_present(peer_group *g) {
     return -1;
 }
 
-// next_coordinator returns the lowest present rank other than gone that this process holds a
-// live link to (or is), or -1. Under mu.
-static int next_coordinator(peer_group *g, int gone) {
-    for (int r = 0; r < PEER_MAX_MEMBERS; r++)
-        if (g->present[r] && r != gone && (r == g->rank || g->by_rank[r])) return r;
-    return -1;
-}
-
 static void set_member(peer_group *g, int r, uint64_t id, const char *addr) {
     g->present[r] = 1;
     g->mem[r].rank = r;
@@ -841,16 +833,6 @@ static void link_down(peer_group *g, plink *l) {
         g->present[l->rank] = 0;
         g->epoch++;
         LOG_I(tag(g), "rank=%d: rank=%d left (epoch %" PRIu64 ")", g->rank, l->rank, g->epoch);
-        broadcast_view(g, NULL);
-    } else if (!g->stop && lowest_present(g) == l->rank &&
-               next_coordinator(g, l->rank) == g->rank) {
-        // the coordinator left: the lowest member still linked takes over (the others hold the
-        // same links, so they pick the same one), takes it out of the view and tells everyone
-        g->present[l->rank] = 0;
-        g->epoch++;
-        LOG_W(tag(g),
-              "rank=%d: the coordinator rank=%d left: rank=%d coordinates (epoch %" PRIu64 ")",
-              g->rank, l->rank, g->rank, g->epoch);
         broadcast_view(g, NULL);
     }
     g->next_dial[l->rank] = sys_now_ms() + DIAL_MIN_MS;
