@@ -175,47 +175,34 @@ Test(heartbeat, a_frame_that_takes_several_timeouts_to_cross_is_its_own_heartbea
     "--set train.threads=1 --set train.log_interval=1 --set train.max_iters=1000000 "    \
     "--set sparta.p=0.01 --set net.heartbeat_timeout=1000"
 
-static double metric_of(tu_cluster *c, int r, const char *col) {
-    char path[700];
-    snprintf(path, sizeof path, "%s/rank%d/metrics.csv", c->dir, r);
-    return tu_last_metric(path, col);
-}
-
-// wait_metric waits (at most limit_s) until column col of rank r reaches v.
-static double wait_metric(tu_cluster *c, int r, const char *col, double v, int limit_s) {
-    double x = -1;
-    for (int i = 0; i < limit_s * 50 && (x = metric_of(c, r, col)) < v; i++)
-        sys_sleep_ms(20);
-    return x;
-}
-
 Test(heartbeat, a_sigstopped_peer_is_kept_below_the_timeout_and_timed_out_above_it) {
     tu_cluster c;
     cr_assert_eq(tu_cluster_open(&c, 2), 0);
     int pid[2];
     for (int r = 0; r < 2; r++)
         pid[r] = tu_cluster_start(&c, r, PEER_ARGS);
-    cr_assert_geq(wait_metric(&c, 1, "sparta_rounds_done", 20, 60), 20, "no rounds:\n%s",
+    cr_assert_geq(tu_cluster_wait_metric(&c, 1, "sparta_rounds_done", 20, 60), 20, "no rounds:\n%s",
                   tu_cluster_log(&c, 1));
     kill(pid[1], SIGSTOP);
     sys_sleep_ms(300);
     kill(pid[1], SIGCONT);
-    double s1 = metric_of(&c, 1, "step");
-    cr_assert_geq(wait_metric(&c, 1, "step", s1 + 20, 60), s1 + 20, "rank 1 stalled");
+    double s1 = tu_cluster_metric(&c, 1, "step");
+    cr_assert_geq(tu_cluster_wait_metric(&c, 1, "step", s1 + 20, 60), s1 + 20, "rank 1 stalled");
     for (int r = 0; r < 2; r++) {
-        cr_assert_eq(metric_of(&c, r, "net_timed_out"), 0, "rank %d timed a link out:\n%s", r,
-                     tu_cluster_log(&c, r));
-        cr_assert_eq(metric_of(&c, r, "net_links_down"), 0, "rank %d lost a link", r);
+        cr_assert_eq(tu_cluster_metric(&c, r, "net_timed_out"), 0, "rank %d timed a link out:\n%s",
+                     r, tu_cluster_log(&c, r));
+        cr_assert_eq(tu_cluster_metric(&c, r, "net_links_down"), 0, "rank %d lost a link", r);
     }
     kill(pid[1], SIGSTOP);
-    cr_assert_geq(wait_metric(&c, 0, "net_timed_out", 1, 30), 1, "rank 0 kept the link:\n%s",
-                  tu_cluster_log(&c, 0));
-    double s0 = metric_of(&c, 0, "step");
-    cr_assert_geq(wait_metric(&c, 0, "step", s0 + 20, 60), s0 + 20, "rank 0 stopped training");
+    cr_assert_geq(tu_cluster_wait_metric(&c, 0, "net_timed_out", 1, 30), 1,
+                  "rank 0 kept the link:\n%s", tu_cluster_log(&c, 0));
+    double s0 = tu_cluster_metric(&c, 0, "step");
+    cr_assert_geq(tu_cluster_wait_metric(&c, 0, "step", s0 + 20, 60), s0 + 20,
+                  "rank 0 stopped training");
     sys_sleep_ms(1000); // stopped for about 3 s in all
     kill(pid[1], SIGCONT);
-    cr_assert_geq(wait_metric(&c, 0, "net_links_up", 2, 60), 2, "no link after SIGCONT:\n%s",
-                  tu_cluster_log(&c, 0));
+    cr_assert_geq(tu_cluster_wait_metric(&c, 0, "net_links_up", 2, 60), 2,
+                  "no link after SIGCONT:\n%s", tu_cluster_log(&c, 0));
     char *log = tu_cluster_log(&c, 1);
     cr_assert(strstr(log, "was not running for"), "%s", log);
     free(log);

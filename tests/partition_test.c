@@ -72,19 +72,11 @@ static double wait_outer(mesh *m, int r, double v, int limit_s) {
     return wait_metric(m, r, "diloco_outer_steps", v, limit_s);
 }
 
-// metric returns the last value of column col in rank r's metrics.csv (-1: none yet).
-static double metric(mesh *m, int r, const char *col) {
-    char path[700];
-    snprintf(path, sizeof path, "%s/rank%d/metrics.csv", m->c.dir, r);
-    return tu_last_metric(path, col);
-}
+// metric / wait_metric: column col of rank r's metrics.csv (tu_cluster_metric).
+static double metric(mesh *m, int r, const char *col) { return tu_cluster_metric(&m->c, r, col); }
 
-// wait_metric waits (at most limit_s) until column col of rank r reaches v; returns the value.
 static double wait_metric(mesh *m, int r, const char *col, double v, int limit_s) {
-    double x = -1;
-    for (int i = 0; i < limit_s * 20 && (x = metric(m, r, col)) < v; i++)
-        usleep(50000);
-    return x;
+    return tu_cluster_wait_metric(&m->c, r, col, v, limit_s);
 }
 
 // count returns how often needle occurs in rank r's log.

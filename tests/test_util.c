@@ -256,6 +256,20 @@ int tu_cluster_start_peers(tu_cluster *c, int rank, const char *args, const char
     return spawn(c, rank, tu_spartan(), args, net);
 }
 
+double tu_cluster_metric(const tu_cluster *c, int rank, const char *col) {
+    char path[700];
+    snprintf(path, sizeof path, "%s/rank%d/metrics.csv", c->dir, rank);
+    return tu_last_metric(path, col);
+}
+
+double tu_cluster_wait_metric(const tu_cluster *c, int rank, const char *col, double v,
+                              int limit_s) {
+    double x = -1;
+    for (int i = 0; i < limit_s * 50 && (x = tu_cluster_metric(c, rank, col)) < v; i++)
+        usleep(20000);
+    return x;
+}
+
 int tu_cluster_port(const tu_cluster *c, int rank) {
     const char *p = c->peers;
     for (int i = 0; i < rank && p; i++) {

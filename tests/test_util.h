@@ -90,6 +90,13 @@ int tu_cluster_start_bin(tu_cluster *c, int rank, const char *bin, const char *a
 // puts cables, tu_cable_open, between some peers gives each its own addresses of the others).
 int tu_cluster_start_peers(tu_cluster *c, int rank, const char *args, const char *peers);
 
+// tu_cluster_metric returns the last value of column col in peer rank's metrics.csv (-1: no row
+// or no such column yet); tu_cluster_wait_metric waits (at most limit_s, polling every 20 ms)
+// until it is at least v and returns the last value read.
+double tu_cluster_metric(const tu_cluster *c, int rank, const char *col);
+double tu_cluster_wait_metric(const tu_cluster *c, int rank, const char *col, double v,
+                              int limit_s);
+
 // tu_cluster_port returns the port of peer rank's address in c->peers (-1: no such rank).
 int tu_cluster_port(const tu_cluster *c, int rank);
 
