@@ -58,19 +58,22 @@
 //   u32 magic CTL_REQ_MAGIC, u32 op, u64 run_id, u64 offset, u32 count        (CTL_REQ_BYTES)
 // and a reply is
 //   u32 magic CTL_REP_MAGIC, u32 op, u64 run_id, i64 outer_steps, i64 step, u64 n, u64 offset,
-//   u32 count, u32 crc_theta, u32 crc_momentum, u8 view[VIEW_BYTES]           (CTL_REP_BYTES)
+//   u32 count, u32 crc_theta, u32 crc_momentum, u32 flags, u8 view[VIEW_BYTES] (CTL_REP_BYTES)
 // followed by count fp32 values (little-endian) of theta_g (CTL_THETA) or the momentum
 // (CTL_MOMENTUM) from offset, or none (CTL_STATE). The frame around them has the CRC of the
 // message; crc_theta and crc_momentum are the CRC32C of the whole theta_g and momentum (the
 // little-endian bytes) of that outer step, which a joiner checks its copy against end to end,
 // and view is the bit set (rank r: bit r % 8 of byte r / 8) of the members of the sender's last
-// committed outer step: the view a majority of which commits the next one.
+// committed outer step: the view a majority of which commits the next one. flags has
+// REP_IN_OUTER while the sender is in outer step outer_steps + 1 (at its step boundary, waiting
+// for the others), so that a joiner can tell that from having just finished outer_steps.
 enum { CTL_STATE = 1, CTL_THETA = 2, CTL_MOMENTUM = 3 };
+enum { REP_IN_OUTER = 1 };
 #define CTL_REQ_MAGIC 0x51434C44u // "DLCQ"
 #define CTL_REP_MAGIC 0x52434C44u // "DLCR"
 #define CTL_REQ_BYTES 28
 #define VIEW_BYTES    (AR_MAX_WORLD / 8)
-#define CTL_REP_BYTES (60 + VIEW_BYTES)
+#define CTL_REP_BYTES (64 + VIEW_BYTES)
 typedef struct ctl_req {
     uint32_t magic, op;
     uint64_t run_id, offset;
@@ -82,7 +85,7 @@ typedef struct ctl_rep {
     int64_t outer_steps, step;
     uint64_t n, offset;
     uint32_t count;
-    uint32_t crc_theta, crc_momentum;
+    uint32_t crc_theta, crc_momentum, flags;
     unsigned char view[VIEW_BYTES];
 } ctl_rep;
 #define CTL_MAX_COUNT ((FRAME_MAX_PAYLOAD - 64 - CTL_REP_BYTES) / sizeof(float))
@@ -114,7 +117,8 @@ static void rep_put(unsigned char *p, const ctl_rep *r) {
     le_put32(p + 48, r->count);
     le_put32(p + 52, r->crc_theta);
     le_put32(p + 56, r->crc_momentum);
-    memcpy(p + 60, r->view, VIEW_BYTES);
+    le_put32(p + 60, r->flags);
+    memcpy(p + 64, r->view, VIEW_BYTES);
 }
 
 static void rep_get(const unsigned char *p, ctl_rep *r) {
@@ -128,7 +132,8 @@ static void rep_get(const unsigned char *p, ctl_rep *r) {
     r->count = le_get32(p + 48);
     r->crc_theta = le_get32(p + 52);
     r->crc_momentum = le_get32(p + 56);
-    memcpy(r->view, p + 60, VIEW_BYTES);
+    r->flags = le_get32(p + 60);
+    memcpy(r->view, p + 64, VIEW_BYTES);
 }
 
 // put_f32s / get_f32s copy n floats to / from little-endian bytes (a plain copy on a
@@ -165,6 +170,7 @@ struct diloco {
     pthread_mutex_t mu;  // guards theta_g, buf, outer_steps and step against the control server
     int64_t outer_steps; // outer steps applied
     long step;           // inner steps completed (the last after_step)
+    int in_outer;        // in an outer step (after_step at a boundary): REP_IN_OUTER
     int fetching;        // theta_g and buf are being overwritten: serve nothing
     peer_group *g; // borrowed (NULL alone); DiLoCo owns its ring channel and the state requests
     ar_ctx *ar;
@@ -363,6 +369,7 @@ static size_t serve(void *arg, int from, const void *req, size_t len, void *repl
     }
     r.outer_steps = d->outer_steps;
     r.step = d->step;
+    r.flags = d->in_outer ? REP_IN_OUTER : 0;
     r.crc_theta = d->crc_theta;
     r.crc_momentum = d->crc_mom;
     view_bits(d, r.view);
@@ -545,6 +552,13 @@ typedef struct donor {
     ctl_rep st;
 } donor;
 
+// run_step gives the step to continue from to run level with a peer in state st: the step it
+// completed, or the one before while it is in an outer step (it waits for us there, and our next
+// step brings us to that boundary too).
+static long run_step(const ctl_rep *st) {
+    return (long)(st->flags & REP_IN_OUTER && st->step > 0 ? st->step - 1 : st->step);
+}
+
 // donors asks every connected peer for its state and fills dv with those that have at least
 // min_outer outer steps, furthest ahead first (most outer steps, then most inner steps).
 // Returns how many. (It trusts their states: see the README's threat model.)
@@ -561,9 +575,9 @@ static int donors(diloco *d, int64_t min_outer, donor *dv) {
         }
         if (r.outer_steps < min_outer) continue;
         int i = nd++;
-        while (i > 0 &&
-               (dv[i - 1].st.outer_steps < r.outer_steps ||
-                (dv[i - 1].st.outer_steps == r.outer_steps && dv[i - 1].st.step < r.step))) {
+        while (i > 0 && (dv[i - 1].st.outer_steps < r.outer_steps ||
+                         (dv[i - 1].st.outer_steps == r.outer_steps &&
+                          run_step(&dv[i - 1].st) < run_step(&r)))) {
             dv[i] = dv[i - 1];
             i--;
         }
@@ -593,10 +607,11 @@ static int take_state(diloco *d, donor *dv, int nd, int *got) {
 }
 
 // resync takes the outer state after outer step `outer` from a live peer, waiting up to
-// diloco.timeout_ms for one to get there, and sets params = theta_g and *took = 1. *took = 0 if
-// no peer has that state (the caller goes on without committing). Returns ERR_OK or the copy's
-// error (our outer state is then incomplete: training must stop).
-static int resync(diloco *d, float *params, int64_t outer, int *took) {
+// diloco.timeout_ms for one to get there, and sets params = theta_g, *at = the step to continue
+// from (run_step of that peer) and *took = 1. *took = 0 if no peer has that state (the caller
+// goes on without committing). Returns ERR_OK or the copy's error (our outer state is then
+// incomplete: training must stop).
+static int resync(diloco *d, float *params, int64_t outer, int *took, long *at) {
     double t0 = sys_now_ms();
     *took = 0;
     donor *dv = xmalloc(sizeof *dv * (size_t)d->world);
@@ -610,6 +625,7 @@ static int resync(diloco *d, float *params, int64_t outer, int *took) {
                 break;
             }
             memcpy(params, d->theta_g, d->n * sizeof(float));
+            *at = run_step(&dv[got].st);
             d->resyncs++;
             LOG_W("diloco", "took the outer state of rank %d: outer step %lld (step %lld)",
                   dv[got].rank, (long long)dv[got].st.outer_steps, (long long)dv[got].st.step);
@@ -631,34 +647,45 @@ int diloco_join(diloco *d, float *params, size_t n, long *step) {
     d->step = *step;
     pthread_mutex_unlock(&d->mu);
     if (d->world == 1) return ERR_OK;
-    // Only a peer with more outer steps is ahead: one that is merely further into the same
-    // outer interval (the group just started, or we restarted before its end) waits for us at
-    // the next outer step, and we catch up there.
+    // Every live member at our outer step or beyond, furthest ahead first. One with more outer
+    // steps has the state to take; one that is only further into the same outer interval (we
+    // restarted from a checkpoint a few steps back, or started late) has the step to take: the
+    // others wait for us at the next boundary for diloco.timeout_ms only, and a peer that
+    // arrives later than that is left out again and again.
     donor *dv = xmalloc(sizeof *dv * (size_t)d->world);
-    int nd = donors(d, d->outer_steps + 1, dv), got = -1;
-    int rc = take_state(d, dv, nd, &got);
-    if (rc || got < 0) {
+    int nd = donors(d, d->outer_steps, dv), ahead = 0, got = -1;
+    while (ahead < nd && dv[ahead].st.outer_steps > d->outer_steps)
+        ahead++;
+    int rc = take_state(d, dv, ahead, &got);
+    if (rc) {
         free(dv);
-        return rc ? err_set(rc, "joining: copying the outer state: %s", err_msg()) : ERR_OK;
+        return err_set(rc, "joining: copying the outer state: %s", err_msg());
     }
-    ctl_rep st = dv[got].st;
-    int p = dv[got].rank;
+    int from = got >= 0 ? got : 0;
+    if (nd == 0 || (got < 0 && run_step(&dv[from].st) <= *step)) {
+        free(dv); // a fresh start, or nobody ahead of us
+        return ERR_OK;
+    }
+    ctl_rep st = dv[from].st;
+    int p = dv[from].rank;
     free(dv);
-    memcpy(params, d->theta_g, n * sizeof(float));
-    // Between outer steps k and k+1 the peer is at a step s < (k+1) H: continue from s, and we
-    // arrive at outer step k+1 with it. Inside outer step k+1 (s = (k+1) H: it may be waiting
-    // for us) its theta_g is still that of step k: start from k H and take part in k+1 with H
-    // steps of our own, in time if H steps take less than diloco.timeout_ms; if not, we are
-    // late, take the others' state then, and are in step from there on.
-    int64_t H = d->dc.H, k = st.outer_steps;
-    *step = (long)(st.step < (k + 1) * H ? st.step : k * H);
+    long was = *step; // the state's own step (it may be behind ours), or a step further on
+    if (got >= 0 || run_step(&st) > *step) *step = run_step(&st);
     pthread_mutex_lock(&d->mu);
     d->step = *step;
     pthread_mutex_unlock(&d->mu);
-    d->resyncs++;
-    LOG_I("diloco",
-          "joined the running peers: outer step %lld from rank %d, continuing at step %ld",
-          (long long)st.outer_steps, p, *step);
+    if (got >= 0) {
+        memcpy(params, d->theta_g, n * sizeof(float));
+        d->resyncs++;
+        LOG_I("diloco",
+              "joined the running peers: outer step %lld from rank %d, continuing at step %ld",
+              (long long)st.outer_steps, p, *step);
+    } else {
+        LOG_I("diloco",
+              "joined the running peers: rank %d is %ld steps further into outer step %lld: "
+              "continuing at its step %ld",
+              p, *step - was, (long long)st.outer_steps + 1, *step);
+    }
     return ERR_OK;
 }
 
@@ -879,12 +906,10 @@ static int outer_reduce(diloco *d, float *delta, const float *params, size_t n, 
 // outer step: the chaos runs compare them).
 static uint32_t theta_crc(const diloco *d) { return d->crc_theta; }
 
-int diloco_after_step(diloco *d, float *params, size_t n, long step) {
-    ASSERT(n == d->n && d->theta_g);
-    pthread_mutex_lock(&d->mu);
-    d->step = step;
-    pthread_mutex_unlock(&d->mu);
-    if (d->dc.H <= 0 || step % d->dc.H != 0) return ERR_OK;
+// outer_step runs outer step outer_steps + 1 at the boundary after inner step *step (see
+// diloco_after_step).
+static int outer_step(diloco *d, float *params, size_t n, long *step_io) {
+    long step = *step_io;
     float *delta = d->delta;
     const float *g = d->theta_g;
 #pragma omp parallel for schedule(static)
@@ -897,11 +922,18 @@ int diloco_after_step(diloco *d, float *params, size_t n, long step) {
     int rc = outer_reduce(d, delta, params, n, t, &out, &nm, &skip);
     if (rc) return rc;
     if (out == OUT_BEHIND) { // the others took outer step t without us: their state replaces ours
-        if ((rc = resync(d, params, t, &took))) return rc;
+        long at = step;
+        if ((rc = resync(d, params, t, &took, &at))) return rc;
         if (took) {
             d->exchanges++;
-            LOG_I("diloco", "outer step=%lld at step=%ld taken from the others theta=%08x",
-                  (long long)d->outer_steps, step, theta_crc(d));
+            // and their step: in step with them, we reach the next boundary when they do
+            char moved[64] = "";
+            if (at > step) {
+                *step_io = at;
+                snprintf(moved, sizeof moved, ", continuing at their step %ld", at);
+            }
+            LOG_I("diloco", "outer step=%lld at step=%ld taken from the others theta=%08x%s",
+                  (long long)d->outer_steps, step, theta_crc(d), moved);
             return ERR_OK;
         }
         LOG_W("diloco",
@@ -952,6 +984,22 @@ int diloco_after_step(diloco *d, float *params, size_t n, long step) {
         LOG_I("diloco", "outer step=%lld at step=%ld peers=1/1 ms=%.0f", (long long)d->outer_steps,
               step, sys_now_ms() - t0);
     return ERR_OK;
+}
+
+int diloco_after_step(diloco *d, float *params, size_t n, long *step) {
+    ASSERT(n == d->n && d->theta_g);
+    int boundary = d->dc.H > 0 && *step % d->dc.H == 0;
+    pthread_mutex_lock(&d->mu);
+    d->step = *step;
+    d->in_outer = boundary;
+    pthread_mutex_unlock(&d->mu);
+    if (!boundary) return ERR_OK;
+    int rc = outer_step(d, params, n, step);
+    pthread_mutex_lock(&d->mu);
+    d->step = *step;
+    d->in_outer = 0;
+    pthread_mutex_unlock(&d->mu);
+    return rc;
 }
 
 int diloco_save(diloco *d, ckpt_writer *w) {
@@ -1035,7 +1083,7 @@ void diloco_destroy(diloco *d) {
 
 // ---- train_sync adapter ----------------------------------------------------------------------
 
-static int sync_after_step(void *ctx, float *params, size_t n, long step) {
+static int sync_after_step(void *ctx, float *params, size_t n, long *step) {
     return diloco_after_step(ctx, params, n, step);
 }
 

@@ -65,17 +65,23 @@ int diloco_create(diloco **out, const cfg_diloco *dc, peer_group *g, int rank, i
 // rule over the peers' deltas, each clipped to max_norm (ar_gather_group, agg.h). A delta that
 // is not finite is never applied: its sender is left out and reported (peer_offence); if no
 // finite aggregate remains, the step is skipped (theta_g and the momentum stay; params =
-// theta_g). Blocks meanwhile. Returns ERR_OK, or ERR_CLOSED / ERR_TIMEOUT / ERR_NET / ERR_PEER
-// when the peers could not complete the step three times in a row or a state copy failed.
-int diloco_after_step(diloco *d, float *params, size_t n, long step);
+// theta_g). A peer that takes the others' state also takes their step: *step moves forward to
+// it, so that it reaches the next boundary with them. Blocks meanwhile. Returns ERR_OK, or
+// ERR_CLOSED / ERR_TIMEOUT / ERR_NET / ERR_PEER when the peers could not complete the step three
+// times in a row or a state copy failed.
+int diloco_after_step(diloco *d, float *params, size_t n, long *step);
 
 // diloco_join runs before the first step of a peer that may be joining a running group: it asks
 // every connected peer for its outer state over the control channel, and if one has taken more
 // outer steps than we have (we restarted, or started late), copies its theta_g, momentum, outer
 // step count and last committed view (the one furthest ahead first; a copy whose end-to-end
 // CRC32C check fails, or whose sender dies, is fetched from the next), sets params = theta_g
-// and moves *step (completed inner steps) up to that peer's. A fresh start (nobody ahead)
-// changes nothing. Returns ERR_OK or the copy's error (every member's copy failed).
+// and sets *step (completed inner steps) to that peer's. If nobody has more outer steps but one
+// is further into the same outer interval, *step moves forward to its step (params stay ours):
+// the others wait at the next boundary for diloco.timeout_ms only. (A peer in an outer step,
+// waiting at its boundary, counts as one step before it: our next step reaches the boundary.)
+// A fresh start (nobody ahead) changes nothing. Returns ERR_OK or the copy's error (every
+// member's copy failed).
 int diloco_join(diloco *d, float *params, size_t n, long *step);
 
 // diloco_save writes theta_g and the momentum as outer/theta_g and outer/momentum (1-D, n) and

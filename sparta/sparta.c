@@ -701,8 +701,8 @@ void sparta_destroy(sparta_exchanger *ex) {
 
 // ---- train_sync adapter ----------------------------------------------------------------------
 
-static int sync_after_step(void *ctx, float *params, size_t n, long step) {
-    return sparta_after_step(ctx, params, n, step);
+static int sync_after_step(void *ctx, float *params, size_t n, long *step) {
+    return sparta_after_step(ctx, params, n, *step);
 }
 
 static void sync_metrics(void *ctx, train_sync_metrics *m) {

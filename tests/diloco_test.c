@@ -315,7 +315,7 @@ Test(diloco, first_outer_step_comes_after_exactly_h_steps_and_theta_g_is_its_own
             params[i] += 0.01f; // an inner step
         cr_assert(memcmp(g, start, sizeof start) == 0 || step > H, "theta_g moved at step %ld",
                   step);
-        cr_assert_eq(diloco_after_step(d, params, N, step), ERR_OK);
+        cr_assert_eq(diloco_after_step(d, params, N, &step), ERR_OK);
         diloco_get_stats(d, &st);
         cr_assert_eq(st.outer_steps, (uint64_t)(step / H), "outer steps after step %ld", step);
         if (step % H == 0) { // params = theta_g, and theta_g really moved

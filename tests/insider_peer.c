@@ -53,15 +53,16 @@ static float bad_value(float honest) {
 
 static int same_bits(float a, float b) { return memcmp(&a, &b, sizeof a) == 0; }
 
-static int evil_after_step(void *ctx, float *params, size_t n, long step) {
+static int evil_after_step(void *ctx, float *params, size_t n, long *at) {
     evil *e = ctx;
+    long step = *at;
     if (e->diloco) {
         if (e->H > 0 && step % e->H == 0) { // delta' = bad(delta): params = theta_g - delta'
             const float *tg = diloco_theta_g(e->inner.ctx);
             for (size_t i = 0; i < n; i++)
                 params[i] = tg[i] - bad_value(tg[i] - params[i]);
         }
-        return e->inner.after_step(e->inner.ctx, params, n, step);
+        return e->inner.after_step(e->inner.ctx, params, n, at);
     }
     e->count = 0;
     if (step % e->every == 0) {
@@ -71,7 +72,7 @@ static int evil_after_step(void *ctx, float *params, size_t n, long step) {
             params[e->idx[i]] = bad_value(e->saved[i]);
         }
     }
-    int rc = e->inner.after_step(e->inner.ctx, params, n, step);
+    int rc = e->inner.after_step(e->inner.ctx, params, n, at);
     for (size_t i = 0; i < e->count; i++) // where the round was not applied: our own values back
         if (same_bits(params[e->idx[i]], bad_value(e->saved[i]))) params[e->idx[i]] = e->saved[i];
     return rc;

@@ -85,7 +85,7 @@ static void open3(world3 *w, double rate_mbit) {
         cr_assert_eq(diloco_load(w->d[r], cr), ERR_OK, "%s", err_msg());
         ckpt_reader_close(cr);
         long step = STEP; // where they are: after_step records it (not an outer step: 57 % 10)
-        cr_assert_eq(diloco_after_step(w->d[r], w->params, N, step), ERR_OK);
+        cr_assert_eq(diloco_after_step(w->d[r], w->params, N, &step), ERR_OK);
     }
     cr_assert(peer_wait_view(w->g[2], 3, 10000) == 3, "rank 2 did not link to both");
     cr_assert(tu_wait_linked(w->g[0], 0, w->g[1], 1), "ranks 0 and 1 did not link");
@@ -197,5 +197,89 @@ Test(state, a_member_that_dies_mid_copy_leaves_the_joiner_to_fetch_from_the_othe
     check_joined(&w, j.p2, j.step);
     cr_assert_eq(stats(w.d[2]).state_retries, 1);
     free(j.p2);
+    close3(&w);
+}
+
+// open_behind: rank 2 holds the members' outer state too (it restarted from a checkpoint of the
+// same outer step), with parameters of its own.
+static float *open_behind(world3 *w) {
+    open3(w, 0);
+    char path[600];
+    snprintf(path, sizeof path, "%s/outer.h5", w->dir);
+    ckpt_reader *cr;
+    cr_assert_eq(ckpt_reader_open(&cr, path), ERR_OK);
+    cr_assert_eq(diloco_load(w->d[2], cr), ERR_OK, "%s", err_msg());
+    ckpt_reader_close(cr);
+    float *p2 = malloc(N * sizeof(float));
+    tu_rand_fill(p2, N, 4, -1, 1);
+    return p2;
+}
+
+Test(state, a_peer_behind_inside_the_outer_interval_takes_the_step_and_keeps_its_params) {
+    world3 w;
+    float *p2 = open_behind(&w), *own = malloc(N * sizeof(float));
+    memcpy(own, p2, N * sizeof(float));
+    long step = STEP - 6; // its checkpoint is 6 steps older than the others' step
+    cr_assert_eq(diloco_join(w.d[2], p2, N, &step), ERR_OK, "%s", err_msg());
+    cr_assert_eq(step, STEP, "continues at step %ld, not the members' %d", step, STEP);
+    cr_assert_eq(memcmp(p2, own, N * sizeof(float)), 0, "its own parameters were replaced");
+    cr_assert_eq(diloco_outer_steps(w.d[2]), OUTER);
+    cr_assert_eq(stats(w.d[2]).resyncs, 0, "a state was copied that it already had");
+    long ahead = STEP + 1; // a peer further on than everyone stays where it is
+    cr_assert_eq(diloco_join(w.d[2], p2, N, &ahead), ERR_OK, "%s", err_msg());
+    cr_assert_eq(ahead, STEP + 1);
+    free(own);
+    free(p2);
+    close3(&w);
+}
+
+typedef struct outer_job {
+    diloco *d;
+    float *params;
+    long step;
+    int rc;
+} outer_job;
+
+static void *outer_main(void *arg) {
+    outer_job *j = arg;
+    j->rc = diloco_after_step(j->d, j->params, N, &j->step);
+    return NULL;
+}
+
+Test(state, a_peer_behind_members_waiting_in_an_outer_step_joins_that_step) {
+    world3 w;
+    float *p2 = open_behind(&w);
+    // ranks 0 and 1 reach the boundary of outer step OUTER + 1 (step 60) and wait for rank 2
+    outer_job j[2];
+    pthread_t th[2];
+    for (int r = 0; r < 2; r++) {
+        j[r] = (outer_job){.d = w.d[r], .params = malloc(N * sizeof(float)), .step = 60};
+        memcpy(j[r].params, w.params, N * sizeof(float));
+        cr_assert_eq(pthread_create(&th[r], NULL, outer_main, &j[r]), 0);
+    }
+    peer_stats a, b; // both are in it once they have proposed its members
+    for (int i = 0; i < 2000; i++) {
+        peer_get_stats(w.g[0], &a);
+        peer_get_stats(w.g[1], &b);
+        if (a.msgs_sent[PEER_CH_RING] && b.msgs_sent[PEER_CH_RING]) break;
+        sys_sleep_ms(5);
+    }
+    cr_assert(a.msgs_sent[PEER_CH_RING] && b.msgs_sent[PEER_CH_RING],
+              "the members did not start the outer step");
+    long step = 41;
+    cr_assert_eq(diloco_join(w.d[2], p2, N, &step), ERR_OK, "%s", err_msg());
+    cr_assert_eq(step, 59, "continues at step %ld: one step before the members' boundary", step);
+    step++; // its next inner step reaches the boundary: the three commit the outer step
+    cr_assert_eq(diloco_after_step(w.d[2], p2, N, &step), ERR_OK, "%s", err_msg());
+    for (int r = 0; r < 2; r++) {
+        pthread_join(th[r], NULL);
+        cr_assert_eq(j[r].rc, ERR_OK);
+        cr_assert_eq(diloco_outer_steps(w.d[r]), OUTER + 1);
+        cr_assert_eq(memcmp(diloco_theta_g(w.d[r]), diloco_theta_g(w.d[2]), N * sizeof(float)), 0,
+                     "rank %d and rank 2 hold different theta_g", r);
+        free(j[r].params);
+    }
+    cr_assert_eq(diloco_outer_steps(w.d[2]), OUTER + 1);
+    free(p2);
     close3(&w);
 }

@@ -38,7 +38,7 @@ static void *trainer(void *arg) {
     for (long s = step + 1; s <= p->last && !p->rc; s++) {
         for (int i = 0; i < N; i++)
             p->params[i] += 0.001f * (float)((p->rank + 1) * (i % 7 + 1)); // "training"
-        p->rc = diloco_after_step(p->d, p->params, N, s);
+        p->rc = diloco_after_step(p->d, p->params, N, &s);                 // may move s on
     }
     if (p->rc) fprintf(stderr, "rank %d: %s\n", p->rank, err_msg());
     return NULL;

@@ -11,7 +11,7 @@ typedef struct {
     train_sync a, b;
 } chain;
 
-static int chain_after_step(void *ctx, float *params, size_t n, long step) {
+static int chain_after_step(void *ctx, float *params, size_t n, long *step) {
     chain *c = ctx;
     int rc = c->a.after_step ? c->a.after_step(c->a.ctx, params, n, step) : ERR_OK;
     if (!rc && c->b.after_step) rc = c->b.after_step(c->b.ctx, params, n, step);

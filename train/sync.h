@@ -56,9 +56,11 @@ typedef struct train_sync_run {
 
 typedef struct train_sync {
     void *ctx;
-    // after_step runs after optimizer step `step` (1-based count of completed steps) and may
-    // read and write params(n). Returns ERR_OK or an error that stops training.
-    int (*after_step)(void *ctx, float *params, size_t n, long step);
+    // after_step runs after optimizer step *step (1-based count of completed steps) and may
+    // read and write params(n), and move *step forward (DiLoCo: a peer that took the others'
+    // state takes their step; the trainer continues from *step, its data position with it).
+    // Returns ERR_OK or an error that stops training.
+    int (*after_step)(void *ctx, float *params, size_t n, long *step);
     // after_backward runs when a step's gradients grads(n) are complete (every micro-batch),
     // before clipping and the optimizer step; DDP averages them here. May be NULL.
     int (*after_backward)(void *ctx, float *grads, size_t n, long step);

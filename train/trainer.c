@@ -161,17 +161,21 @@ void trainer_destroy(trainer *t) {
 
 void trainer_set_sync(trainer *t, const train_sync *sync) { t->sync = *sync; }
 
+// move_to continues from step (a sync module took the others' step): the data position goes
+// with it.
+static void move_to(trainer *t, long step) {
+    if (step == t->step) return;
+    ASSERT(step >= 0 && step <= INT32_MAX);
+    t->step = (int)step;
+    data_loader_set_pos(t->train_dl, (uint64_t)step * (uint64_t)t->c.train.grad_accum);
+}
+
 int trainer_join(trainer *t) {
     if (!t->sync.join) return ERR_OK;
     long step = t->step;
     int rc = t->sync.join(t->sync.ctx, gpt_params(t->model), gpt_n_params(t->model), &step);
-    if (rc) return rc;
-    if (step != t->step) {
-        ASSERT(step >= 0 && step <= INT32_MAX);
-        t->step = (int)step;
-        data_loader_set_pos(t->train_dl, (uint64_t)step * (uint64_t)t->c.train.grad_accum);
-    }
-    return ERR_OK;
+    if (!rc) move_to(t, step);
+    return rc;
 }
 
 int trainer_step(trainer *t, trainer_stats *st) {
@@ -194,8 +198,11 @@ int trainer_step(trainer *t, trainer_stats *st) {
     float norm = optim_grad_norm(gpt_grads(t->model), gpt_n_params(t->model));
     optim_step(t->opt, t->model, tc, lr, optim_clip_scale(norm, tc->grad_clip));
     t->step++;
-    if (t->sync.after_step)
-        rc = t->sync.after_step(t->sync.ctx, gpt_params(t->model), gpt_n_params(t->model), t->step);
+    if (t->sync.after_step) {
+        long step = t->step;
+        rc = t->sync.after_step(t->sync.ctx, gpt_params(t->model), gpt_n_params(t->model), &step);
+        if (!rc) move_to(t, step);
+    }
     st->step = t->step;
     st->loss = (float)(loss / accum);
     st->lr = lr;
