@@ -160,7 +160,7 @@ Test(hello, peers_with_another_seed_stop_and_say_what_differs) {
     tu_cluster_close(&c);
 }
 
-Test(hello, unreachable_peers_are_named_with_the_reason_and_the_run_stops) {
+Test(hello, unreachable_peers_are_named_with_the_reason_and_the_run_stops_unless_resumed) {
     char *dir = tu_data_tmpdir("hello");
     cr_assert(dir);
     int port[2];
@@ -185,6 +185,16 @@ Test(hello, unreachable_peers_are_named_with_the_reason_and_the_run_stops) {
     cr_assert_eq(rc, 0, "rc %d:\n%s", rc, out);
     cr_assert(strstr(out, "starting with 0 of 2 other peers") && strstr(out, "step=3/3"), "%s",
               out);
+    free(out);
+    // a peer resuming that run (its peers may have finished without it) goes on alone without
+    // net.allow_alone, and says so
+    char again[4200];
+    snprintf(again, sizeof again, "%s --resume auto --set train.max_iters=5", cmd);
+    rc = tu_run(again, 60, &out);
+    cr_assert_eq(rc, 0, "rc %d:\n%s", rc, out);
+    cr_assert(strstr(out, "starting with 0 of 2 other peers") && strstr(out, "step=5/5") &&
+                  strstr(out, "since the resume at step 3: it finished alone"),
+              "%s", out);
     free(out);
     tu_rm_rf(dir);
     free(dir);

@@ -120,7 +120,8 @@ static int open_peers(peer_group **g, const cfg *c, int rank, int world, uint64_
 }
 
 static int evil_factory(train_sync *out, const cfg *c, int *rank, int world, uint64_t run_id,
-                        const float *params, size_t n) {
+                        const float *params, size_t n, long start_step) {
+    (void)start_step;
     memset(out, 0, sizeof *out);
     int use_sparta = c->sparta.p > 0, use_diloco = c->diloco.H > 0;
     if (world < 2 || *rank < 0 || use_sparta == use_diloco)

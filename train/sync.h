@@ -90,9 +90,11 @@ int train_sync_chain(train_sync *out, const train_sync *a, const train_sync *b);
 // asks for none. *rank is the rank asked for (command line, environment; -1: any, with
 // net.join) and on return the rank this peer has (a rendezvous may give another); world comes
 // from net.peers or net.world; run_id identifies the run (model config and seed) on the wire;
-// params(n_params) are the starting parameters (borrowed). Returns ERR_OK or an error with a
-// message. Trainer thread.
+// params(n_params) are the starting parameters (borrowed); start_step is the step this peer
+// starts at (> 0: it resumes a checkpoint, of a run whose peers may have finished already).
+// Returns ERR_OK or an error with a message. Trainer thread.
 typedef int (*train_sync_factory)(train_sync *out, const cfg *c, int *rank, int world,
-                                  uint64_t run_id, const float *params, size_t n_params);
+                                  uint64_t run_id, const float *params, size_t n_params,
+                                  long start_step);
 
 #endif

@@ -200,7 +200,7 @@ static void group_destroy(void *ctx) { peer_group_destroy(ctx); }
 // peer) carries them all: it is opened first, the start-up waits for the peers once (the longest
 // timeout of the modules that run) and names the missing ones, and it is destroyed last.
 static int make_sync(train_sync *out, const cfg *c, int *rank_io, int world, uint64_t run_id,
-                     const float *params, size_t n) {
+                     const float *params, size_t n, long start_step) {
     memset(out, 0, sizeof *out);
     char hello[HELLO_TEXT_MAX];
     hello_text(c, world, hello, sizeof hello);
@@ -232,7 +232,9 @@ static int make_sync(train_sync *out, const cfg *c, int *rank_io, int world, uin
         if (dc) rc = discover_peers(dc, c, world, run_id, &rank, &disc);
         if (!rc) rc = open_group(&g, dc ? dc : c, rank, world, run_id, hello);
         if (!rc) rank = *rank_io = peer_rank(g); // a rendezvous gives it
-        if (!rc) rc = hello_wait(g, world, wait, c->net.allow_alone, "net", NULL);
+        // a peer resuming a checkpoint was in the run: its peers may have finished without it
+        int alone_ok = c->net.allow_alone || start_step > 0;
+        if (!rc) rc = hello_wait(g, world, wait, alone_ok, "net", NULL);
         discover_end(disc); // every peer is linked (or never will be): no one is looking
         free(dc);
     }

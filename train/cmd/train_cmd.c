@@ -430,7 +430,8 @@ static void publish_step(status_srv *ss, status_snap *snap, const trainer_stats 
 // train_loop runs steps until max_iters or a signal, with evaluation, reporting and interval
 // checkpoints, then saves the final checkpoint; with a status server (ss, may be NULL) every step
 // is published in snap. With peers (world > 1), a run that never exchanged with one fails unless
-// net.allow_alone. Returns the exit code.
+// net.allow_alone (a resumed run only warns: its peers may have finished before it came back).
+// Returns the exit code.
 static int train_loop(trainer *t, const cfg *ec, FILE *metrics, const train_sync *sync, int world,
                       status_srv *ss, status_snap *snap) {
     const cfg_train *tc = &ec->train;
@@ -439,7 +440,7 @@ static int train_loop(trainer *t, const cfg *ec, FILE *metrics, const train_sync
     train_sync_metrics m0;
     get_metrics(sync, &m0);
     rep.n_metrics = m0.n;
-    int rc = 0, last_saved = -1;
+    int rc = 0, last_saved = -1, start = trainer_step_index(t);
     float val = NAN;
     while (trainer_step_index(t) < tc->max_iters && !stop_requested) {
         trainer_stats st;
@@ -477,7 +478,12 @@ static int train_loop(trainer *t, const cfg *ec, FILE *metrics, const train_sync
     if (!rc && !stop_requested && world > 1 && sync->get_metrics && !ec->net.allow_alone) {
         train_sync_metrics m;
         get_metrics(sync, &m);
-        if (m.exchanges == 0) {
+        if (m.exchanges == 0 && start > 0) {
+            LOG_W("train",
+                  "no exchange with any peer happened since the resume at step %d: it finished "
+                  "alone (its peers had finished or were unreachable)",
+                  start);
+        } else if (m.exchanges == 0) {
             LOG_E("train", "no exchange with any peer happened in this run: it trained alone "
                            "(set net.allow_alone = true if that is intended)");
             rc = 1;
@@ -629,7 +635,8 @@ int train_cmd_main(int argc, char **argv, train_sync_factory make_sync) {
     memset(&sync, 0, sizeof sync);
     uint64_t id = run_id(gpt_config(m), ec->train.seed);
     int rank = want;
-    if (make_sync && make_sync(&sync, ec, &rank, world, id, gpt_params(m), gpt_n_params(m))) {
+    if (make_sync && make_sync(&sync, ec, &rank, world, id, gpt_params(m), gpt_n_params(m),
+                               trainer_step_index(t))) {
         LOG_E("train", "%s", err_msg());
         status_srv_destroy(ss);
         trainer_destroy(t);
