@@ -27,6 +27,11 @@
 // step count and the inner step from a live peer with requests on the peer layer (peer_call) and
 // continues from there; the copy is checked end to end against the CRC32C of the sender's whole
 // state (seal), and fetched from the next member when the check fails or the sender dies.
+// The copy runs at link speed: the sender copies a chunk once (under mu, a few ms per 8 MiB) and
+// frames it with the chunk's CRC from its seal, without reading it again; the joiner's link
+// reader puts the values straight into theta_g and the momentum (peer_call_into) and checks each
+// frame there, so a damaged chunk fails at once, and the whole state's CRC is then combined from
+// the chunks' (wire_crc32c_combine) rather than read again.
 // No split brain: outer step t is committed only by more than half of the members of the last
 // committed outer step (the quorum view; at the start, the group's view). Two such majorities
 // share a member, and a member takes part in at most one committed version of t: each try of t
@@ -61,8 +66,10 @@
 //   u32 count, u32 crc_theta, u32 crc_momentum, u32 flags, u8 view[VIEW_BYTES] (CTL_REP_BYTES)
 // followed by count fp32 values (little-endian) of theta_g (CTL_THETA) or the momentum
 // (CTL_MOMENTUM) from offset, or none (CTL_STATE). The frame around them has the CRC of the
-// message; crc_theta and crc_momentum are the CRC32C of the whole theta_g and momentum (the
-// little-endian bytes) of that outer step, which a joiner checks its copy against end to end,
+// message (for a whole chunk, of CTL_MAX_COUNT values from a multiple of it: derived from the
+// chunk's CRC in the sender's seal); crc_theta and crc_momentum are the CRC32C of the whole
+// theta_g and momentum (the little-endian bytes) of that outer step, which a joiner checks its
+// copy against end to end,
 // and view is the bit set (rank r: bit r % 8 of byte r / 8) of the members of the sender's last
 // committed outer step: the view a majority of which commits the next one. flags has
 // REP_IN_OUTER while the sender is in outer step outer_steps + 1 (at its step boundary, waiting
@@ -150,15 +157,19 @@ static void put_f32s(unsigned char *p, const float *x, size_t n) {
     }
 }
 
-static void get_f32s(float *x, const unsigned char *p, size_t n) {
+// from_le turns n floats received as little-endian bytes into host floats, in place (nothing to
+// do on a little-endian machine).
+static void from_le(float *x, size_t n) {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    memcpy(x, p, n * sizeof(float));
-    return;
-#endif
+    (void)x;
+    (void)n;
+#else
+    unsigned char *p = (unsigned char *)x;
     for (size_t i = 0; i < n; i++) {
         uint32_t u = le_get32(p + 4 * i);
         memcpy(x + i, &u, 4);
     }
+#endif
 }
 
 struct diloco {
@@ -193,6 +204,9 @@ struct diloco {
     int nq, q_set;
     uint32_t seq; // tries of outer step outer_steps + 1 so far: the low part of its tags
     uint32_t crc_theta, crc_mom; // (under mu) CRC32C of theta_g and buf, for state transfers
+    size_t nchunk;               // chunks of CTL_MAX_COUNT values per vector
+    uint32_t *chunk_crc;         // (under mu) their CRC32Cs: theta_g's, then the momentum's
+    uint32_t *rx_crc;            // a copy in flight: the CRC32Cs of the chunks received
     int corrupt;                 // (under mu) tests: state replies still to damage
     uint64_t no_quorum, resyncs, states_sent, states_bad, state_retries;
     uint64_t nq_streak; // outer steps in a row without a majority
@@ -212,11 +226,47 @@ static int64_t tag_outer(uint64_t tag) { return (int64_t)(tag >> 20); }
 static uint32_t tag_seq(uint64_t tag) { return (uint32_t)(tag & 0xFFFFF) >> 1; }
 #define SEQ_MAX 0x7FFFFu
 
-// seal records the CRCs of theta_g and the momentum (the state a joiner checks its copy
-// against). Under mu.
+// chunk_len gives the values in chunk c of a vector.
+static size_t chunk_len(const diloco *d, size_t c) {
+    size_t off = c * CTL_MAX_COUNT;
+    return d->n - off < CTL_MAX_COUNT ? d->n - off : CTL_MAX_COUNT;
+}
+
+// crc_le returns the CRC32C of the little-endian bytes of x(n) (on a big-endian host, through
+// a small buffer).
+static uint32_t crc_le(const float *x, size_t n) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return wire_crc32c(x, n * sizeof(float));
+#else
+    unsigned char tmp[4096];
+    uint32_t crc = 0;
+    for (size_t i = 0; i < n; i += sizeof tmp / 4) {
+        size_t k = n - i < sizeof tmp / 4 ? n - i : sizeof tmp / 4;
+        put_f32s(tmp, x + i, k);
+        crc = wire_crc32c_combine(crc, wire_crc32c(tmp, 4 * k), 4 * k);
+    }
+    return crc;
+#endif
+}
+
+// fold combines the CRCs of a vector's chunks crc(nchunk) into the vector's.
+static uint32_t fold(const diloco *d, const uint32_t *crc) {
+    uint32_t all = 0;
+    for (size_t c = 0; c < d->nchunk; c++)
+        all = wire_crc32c_combine(all, crc[c], chunk_len(d, c) * sizeof(float));
+    return all;
+}
+
+// seal records the CRCs of theta_g and the momentum, chunk by chunk and whole (the state a
+// joiner checks its copy against). Under mu.
 static void seal(diloco *d) {
-    d->crc_theta = wire_crc32c(d->theta_g, d->n * sizeof(float));
-    d->crc_mom = wire_crc32c(d->buf, d->n * sizeof(float));
+    for (size_t c = 0; c < d->nchunk; c++) {
+        size_t off = c * CTL_MAX_COUNT;
+        d->chunk_crc[c] = crc_le(d->theta_g + off, chunk_len(d, c));
+        d->chunk_crc[d->nchunk + c] = crc_le(d->buf + off, chunk_len(d, c));
+    }
+    d->crc_theta = fold(d, d->chunk_crc);
+    d->crc_mom = fold(d, d->chunk_crc + d->nchunk);
 }
 
 // view_bits / view_of convert the quorum flags to and from the wire's bit set.
@@ -344,8 +394,8 @@ static int find_senders(diloco *d, const float *delta, size_t n, uint64_t tag, i
 
 // ---- control channel -------------------------------------------------------------------------
 
-// serve answers a state request from a joining peer into reply (a link's reader thread).
-static size_t serve(void *arg, int from, const void *req, size_t len, void *reply) {
+// serve answers a state request from a joining peer into rep (a link's reader thread).
+static size_t serve(void *arg, int from, const void *req, size_t len, peer_reply *rep) {
     diloco *d = arg;
     ctl_req q;
     if (len != CTL_REQ_BYTES) return 0; // empty reply: the asker treats it as an error
@@ -355,7 +405,7 @@ static size_t serve(void *arg, int from, const void *req, size_t len, void *repl
         q.count > d->n - q.offset)
         return 0;
     if (q.op == CTL_STATE) q.count = 0;
-    unsigned char *out = reply;
+    unsigned char *out = rep->buf;
     ctl_rep r = {.magic = CTL_REP_MAGIC,
                  .op = q.op,
                  .run_id = d->run_id,
@@ -375,6 +425,11 @@ static size_t serve(void *arg, int from, const void *req, size_t len, void *repl
     view_bits(d, r.view);
     const float *src = q.op == CTL_THETA ? d->theta_g : d->buf;
     if (q.count) put_f32s(out + CTL_REP_BYTES, src + q.offset, q.count);
+    size_t c = q.offset / CTL_MAX_COUNT;
+    if (q.count && q.offset % CTL_MAX_COUNT == 0 && q.count == chunk_len(d, c)) {
+        rep->crc_from = CTL_REP_BYTES; // a whole chunk: its CRC is in the seal
+        rep->crc = d->chunk_crc[(q.op == CTL_MOMENTUM ? d->nchunk : 0) + c];
+    }
     if (q.count && q.op == CTL_THETA && d->corrupt > 0) { // tests: a sender that damages state
         d->corrupt--;
         out[CTL_REP_BYTES] ^= 0x01;
@@ -391,32 +446,43 @@ static size_t serve(void *arg, int from, const void *req, size_t len, void *repl
 }
 
 // ask_counted sends one control request to peer p and checks the reply; on ERR_OK *r holds its
-// header and the values (if any) were copied to dst. The bytes go to *sent and *recv (any
-// thread: it touches nothing else of d).
+// header and the values (count of them for CTL_THETA and CTL_MOMENTUM) are in dst, which the
+// link's reader filled straight from the stream, with *crc the CRC32C of their little-endian
+// bytes (crc may be NULL without values). The bytes go to *sent and *recv (any thread: it
+// touches nothing else of d).
 static int ask_counted(diloco *d, int p, uint32_t op, uint64_t offset, uint32_t count, ctl_rep *r,
-                       float *dst, int timeout_ms, uint64_t *sent, uint64_t *recv) {
+                       float *dst, uint32_t *crc, int timeout_ms, uint64_t *sent, uint64_t *recv) {
     ctl_req q = {
         .magic = CTL_REQ_MAGIC, .op = op, .run_id = d->run_id, .offset = offset, .count = count};
     unsigned char qb[CTL_REQ_BYTES];
     req_put(qb, &q);
     peer_msg *m = NULL;
-    int rc = peer_call(d->g, p, qb, sizeof qb, &m, timeout_ms);
+    size_t got = 0, want = op == CTL_STATE ? 0 : (size_t)count * sizeof(float);
+    uint32_t vcrc = 0;
+    int rc = want ? peer_call_into(d->g, p, qb, sizeof qb, CTL_REP_BYTES, dst, want, &m, &got,
+                                   &vcrc, timeout_ms)
+                  : peer_call(d->g, p, qb, sizeof qb, &m, timeout_ms);
+    if (rc == ERR_FORMAT) // a damaged chunk: name it
+        return err_set(rc, "diloco: %s values [%llu, +%u) from rank %d: %s",
+                       op == CTL_THETA ? "theta_g" : "momentum", (unsigned long long)offset, count,
+                       p, err_msg());
     if (rc) return rc;
     *sent += sizeof qb;
     if (!m) return err_set(ERR_PEER, "diloco: rank %d serves no state yet (it is starting)", p);
     size_t len = m->len;
-    *recv += len;
+    *recv += len + got;
     memset(r, 0, sizeof *r);
-    if (len >= CTL_REP_BYTES) rep_get(m->data, r);
-    if (len < CTL_REP_BYTES || r->magic != CTL_REP_MAGIC || r->run_id != d->run_id || r->op != op ||
-        r->n != d->n || r->offset != offset || r->count != (op == CTL_STATE ? 0 : count) ||
-        len != CTL_REP_BYTES + (size_t)r->count * sizeof(float) || r->outer_steps < 0 ||
-        r->step < 0) {
-        peer_msg_free(d->g, m);
-        return err_set(ERR_FORMAT, "diloco: bad state reply from rank %d (%zu bytes)", p, len);
-    }
-    if (r->count && dst) get_f32s(dst, (const unsigned char *)m->data + CTL_REP_BYTES, r->count);
+    if (len == CTL_REP_BYTES) rep_get(m->data, r);
     peer_msg_free(d->g, m);
+    if (len != CTL_REP_BYTES || r->magic != CTL_REP_MAGIC || r->run_id != d->run_id ||
+        r->op != op || r->n != d->n || r->offset != offset || r->count != (want ? count : 0) ||
+        got != want || r->outer_steps < 0 || r->step < 0)
+        return err_set(ERR_FORMAT, "diloco: bad state reply from rank %d (%zu bytes)", p,
+                       len + got);
+    if (want) {
+        from_le(dst, count);
+        *crc = vcrc;
+    }
     return ERR_OK;
 }
 
@@ -424,7 +490,7 @@ static int ask_counted(diloco *d, int p, uint32_t op, uint64_t offset, uint32_t 
 static int ask(diloco *d, int p, uint32_t op, uint64_t offset, uint32_t count, ctl_rep *r,
                float *dst, int timeout_ms) {
     uint64_t sent = 0, recv = 0;
-    int rc = ask_counted(d, p, op, offset, count, r, dst, timeout_ms, &sent, &recv);
+    int rc = ask_counted(d, p, op, offset, count, r, dst, NULL, timeout_ms, &sent, &recv);
     d->bytes_sent += sent;
     d->ctl_sent += sent;
     d->bytes_recv += recv;
@@ -438,6 +504,7 @@ static int ask(diloco *d, int p, uint32_t op, uint64_t offset, uint32_t count, c
 enum { FETCHERS = 3 };
 typedef struct copy_job {
     diloco *d;
+    float *params; // theta_g's chunks go here too, while they are in the cache
     int p;
     int64_t outer;        // the outer step the copy belongs to
     size_t per, nchunks;  // chunks per vector, in all
@@ -458,16 +525,16 @@ static void *copy_main(void *arg) {
         pthread_mutex_unlock(&j->lock);
         if (stop) break;
         int op = c < j->per ? CTL_THETA : CTL_MOMENTUM;
-        size_t off = (c % j->per) * CTL_MAX_COUNT;
-        size_t cnt = d->n - off < CTL_MAX_COUNT ? d->n - off : CTL_MAX_COUNT;
+        size_t off = (c % j->per) * CTL_MAX_COUNT, cnt = chunk_len(d, c % j->per);
         float *dst = (op == CTL_THETA ? d->theta_g : d->buf) + off;
         ctl_rep r;
         uint64_t sent = 0, recv = 0;
-        int rc = ask_counted(d, j->p, (uint32_t)op, off, (uint32_t)cnt, &r, dst, d->dc.timeout_ms,
-                             &sent, &recv);
+        int rc = ask_counted(d, j->p, (uint32_t)op, off, (uint32_t)cnt, &r, dst, &d->rx_crc[c],
+                             d->dc.timeout_ms, &sent, &recv);
         pthread_mutex_lock(&j->lock);
         j->sent += sent;
         j->recv += recv;
+        if (!rc && op == CTL_THETA) memcpy(j->params + off, dst, cnt * sizeof(float));
         if (rc && !j->rc) {
             j->rc = rc;
             snprintf(j->why, sizeof j->why, "%s", err_msg());
@@ -478,12 +545,12 @@ static void *copy_main(void *arg) {
     return NULL;
 }
 
-// copy_chunks copies theta_g and the momentum of peer p (at outer step outer) into our buffers
-// (FETCHERS requests in flight). Returns ERR_OK (*moved = 1 if p took an outer step meanwhile)
-// or the first error.
-static int copy_chunks(diloco *d, int p, int64_t outer, int *moved) {
-    copy_job j = {.d = d, .p = p, .outer = outer};
-    j.per = (d->n + CTL_MAX_COUNT - 1) / CTL_MAX_COUNT;
+// copy_chunks copies theta_g and the momentum of peer p (at outer step outer) into our buffers,
+// and theta_g into params too (FETCHERS requests in flight). Returns ERR_OK (*moved = 1 if p
+// took an outer step meanwhile) or the first error.
+static int copy_chunks(diloco *d, float *params, int p, int64_t outer, int *moved) {
+    copy_job j = {.d = d, .params = params, .p = p, .outer = outer};
+    j.per = d->nchunk;
     j.nchunks = 2 * j.per;
     pthread_mutex_init(&j.lock, NULL);
     pthread_t th[FETCHERS - 1];
@@ -501,12 +568,13 @@ static int copy_chunks(diloco *d, int p, int64_t outer, int *moved) {
     return j.rc ? err_set(j.rc, "%s", j.why) : ERR_OK;
 }
 
-// fetch copies theta_g and the momentum of peer p into our own buffers, chunk by chunk, and
-// checks the copy end to end against the CRCs p gave with its state; if the peer takes an outer
-// step meanwhile, it starts over (at most 3 times). On ERR_OK *st holds the peer's state (outer
-// steps and inner step) that the copy belongs to, and its view is ours. On an error our buffers
-// hold a partial copy (the caller fetches from another member or stops).
-static int fetch(diloco *d, int p, ctl_rep *st) {
+// fetch copies theta_g and the momentum of peer p into our own buffers (and theta_g into params),
+// chunk by chunk, and checks the copy end to end against the CRCs p gave with its state; if the
+// peer takes an outer step meanwhile, it starts over (at most 3 times). On ERR_OK *st holds the
+// peer's state (outer steps and inner step) that the copy belongs to, and its view is ours. On
+// an error our buffers and params hold a partial copy (the caller fetches from another member or
+// stops).
+static int fetch(diloco *d, float *params, int p, ctl_rep *st) {
     int timeout = d->dc.timeout_ms;
     double t0 = sys_now_ms();
     for (int attempt = 0; attempt < 3; attempt++) {
@@ -514,11 +582,12 @@ static int fetch(diloco *d, int p, ctl_rep *st) {
         pthread_mutex_lock(&d->mu); // our own control server stays off the buffers meanwhile
         d->fetching = 1;
         pthread_mutex_unlock(&d->mu);
-        if (!rc) rc = copy_chunks(d, p, st->outer_steps, &moved);
+        if (!rc) rc = copy_chunks(d, params, p, st->outer_steps, &moved);
+        if (rc == ERR_FORMAT) d->states_bad++; // a reply that failed its check
         if (rc) return rc;
         if (moved) continue;
-        uint32_t ct = wire_crc32c(d->theta_g, d->n * sizeof(float));
-        uint32_t cm = wire_crc32c(d->buf, d->n * sizeof(float));
+        // each chunk's CRC was taken over our buffers once its values were in place
+        uint32_t ct = fold(d, d->rx_crc), cm = fold(d, d->rx_crc + d->nchunk);
         if (ct != st->crc_theta || cm != st->crc_momentum) {
             d->states_bad++;
             return err_set(ERR_FORMAT,
@@ -531,6 +600,7 @@ static int fetch(diloco *d, int p, ctl_rep *st) {
         d->step = (long)st->step;
         d->crc_theta = ct;
         d->crc_mom = cm;
+        memcpy(d->chunk_crc, d->rx_crc, 2 * d->nchunk * sizeof *d->chunk_crc);
         view_of(d, st->view);
         d->seq = 0;
         d->fetching = 0;
@@ -588,13 +658,13 @@ static int donors(diloco *d, int64_t min_outer, donor *dv) {
 
 // take_state copies the state of the first of the donors whose copy arrives whole and checked,
 // trying the next one when a copy fails (its sender died, or the copy failed its check). Sets
-// *got to the donor's index (-1: none worked; then our buffers may hold a partial copy and rc
-// is the last error). Returns ERR_OK or that error.
-static int take_state(diloco *d, donor *dv, int nd, int *got) {
+// *got to the donor's index (then params = theta_g; -1: none worked, and our buffers and params
+// may hold a partial copy, rc being the last error). Returns ERR_OK or that error.
+static int take_state(diloco *d, float *params, donor *dv, int nd, int *got) {
     int rc = ERR_OK;
     *got = -1;
     for (int i = 0; i < nd; i++) {
-        rc = fetch(d, dv[i].rank, &dv[i].st);
+        rc = fetch(d, params, dv[i].rank, &dv[i].st);
         if (rc == ERR_OK) {
             *got = i;
             return ERR_OK;
@@ -619,12 +689,11 @@ static int resync(diloco *d, float *params, int64_t outer, int *took, long *at) 
     for (;;) {
         int nd = donors(d, outer, dv), got = -1;
         if (nd > 0) {
-            rc = take_state(d, dv, nd, &got);
+            rc = take_state(d, params, dv, nd, &got);
             if (rc) {
                 rc = err_set(rc, "copying the outer state: %s", err_msg());
                 break;
             }
-            memcpy(params, d->theta_g, d->n * sizeof(float));
             *at = run_step(&dv[got].st);
             d->resyncs++;
             LOG_W("diloco", "took the outer state of rank %d: outer step %lld (step %lld)",
@@ -656,7 +725,7 @@ int diloco_join(diloco *d, float *params, size_t n, long *step) {
     int nd = donors(d, d->outer_steps, dv), ahead = 0, got = -1;
     while (ahead < nd && dv[ahead].st.outer_steps > d->outer_steps)
         ahead++;
-    int rc = take_state(d, dv, ahead, &got);
+    int rc = take_state(d, params, dv, ahead, &got);
     if (rc) {
         free(dv);
         return err_set(rc, "joining: copying the outer state: %s", err_msg());
@@ -674,8 +743,7 @@ int diloco_join(diloco *d, float *params, size_t n, long *step) {
     pthread_mutex_lock(&d->mu);
     d->step = *step;
     pthread_mutex_unlock(&d->mu);
-    if (got >= 0) {
-        memcpy(params, d->theta_g, n * sizeof(float));
+    if (got >= 0) { // params = theta_g already
         d->resyncs++;
         LOG_I("diloco",
               "joined the running peers: outer step %lld from rank %d, continuing at step %ld",
@@ -706,6 +774,9 @@ int diloco_create(diloco **out, const cfg_diloco *dc, peer_group *g, int rank, i
     memcpy(d->theta_g, params, n * sizeof(float));
     memset(d->buf, 0, n * sizeof(float));
     memset(d->delta, 0, n * sizeof(float));
+    d->nchunk = (n + CTL_MAX_COUNT - 1) / CTL_MAX_COUNT;
+    d->chunk_crc = xcalloc(2 * d->nchunk + 1, sizeof *d->chunk_crc);
+    d->rx_crc = xcalloc(2 * d->nchunk + 1, sizeof *d->rx_crc);
     if (world > 1) seal(d);
     int rc = ERR_OK;
     if (world > 1) {
@@ -1077,6 +1148,8 @@ void diloco_destroy(diloco *d) {
     free(d->theta_g);
     free(d->buf);
     free(d->delta);
+    free(d->chunk_crc);
+    free(d->rx_crc);
     free(d->rows);
     free(d);
 }

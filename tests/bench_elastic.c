@@ -7,10 +7,14 @@
 //                         cut, tests/test_util.h: a machine that lost power or a partition):
 //                         what net.heartbeat_timeout (1000 ms here) decides, median of 5
 //   state_transfer_vs_nng the DiLoCo state of GPT-2 124M (theta_g and the momentum, 2 x
-//                         124,439,808 floats: 995.5 MB) copied by a joiner over loopback
-//                         (diloco_join: chunked requests, the end-to-end CRC check) over the same
-//                         bytes through a plain nng stream (8 MiB writes), interleaved rounds
+//                         124,439,808 floats: 995.5 MB) copied by a joiner over loopback TCP
+//                         (diloco_join: chunked requests, the end-to-end CRC check, and the
+//                         joiner's parameters set to theta_g) over the same bytes through a plain
+//                         nng stream (8 MiB writes) from a 995.5 MB buffer into another,
+//                         interleaved rounds; `_hot`: the plain stream from one 8 MiB buffer into
+//                         another, again and again (both stay in the cache)
 //   state_transfer_mb_s   the joiner's rate (MB/s, median over the rounds)
+// `bench_elastic --transfer` runs the state transfer alone.
 //   heartbeat_bytes_s     what an idle member sends per second in heartbeats, per link (and for
 //                         47 links, a member of 48): 8 members in this process, idle for 3 s,
 //                         their SYS frames counted (25 bytes each with its header)
@@ -137,8 +141,15 @@ static int xfer_open(xfer *x, size_t n) {
     tu_rand_fill(x->params, n, 1, -1, 1);
     memset(x->p1, 0, n * sizeof(float));
     cfg_diloco dc = {.H = 10, .lr = 0.7f, .momentum = 0.9f, .nesterov = 1, .timeout_ms = 30000};
+    int port[2];
+    char a[2][64];
+    if (tu_free_ports(2, port)) return -1;
+    const char *peers[2] = {a[0], a[1]};
+    for (int r = 0; r < 2; r++)
+        snprintf(a[r], sizeof a[r], "127.0.0.1:%d", port[r]); // loopback TCP, as the plain stream
     for (int r = 0; r < 2; r++) {
-        x->g[r] = tu_group(x->dir, r, 2, 11);
+        peer_opts o = {.listen = peers[r], .peers = peers, .world = 2, .rank = r, .run_id = 11};
+        if (peer_group_create(&x->g[r], &o)) return -1;
         if (diloco_create(&x->d[r], &dc, x->g[r], r, 2, 5, x->params, n)) return -1;
     }
     return tu_wait_linked(x->g[0], 0, x->g[1], 1) ? 0 : -1;
@@ -162,12 +173,15 @@ static int xfer_run(void *arg, int warm, int n, double *v) {
     return 0;
 }
 
-// A plain nng stream over loopback: the same bytes in 8 MiB writes.
+// A plain nng stream over loopback: the same bytes in 8 MiB writes, from one buffer of total
+// bytes into another (whole) or from one 8 MiB buffer into another, again and again (hot: both
+// stay in the cache).
 typedef struct plain {
     nng_stream_listener *l;
     nng_stream *s, *c;
     unsigned char *buf, *rbuf;
     size_t total;
+    int whole;
     pthread_t th;
 } plain;
 
@@ -195,7 +209,7 @@ static void *plain_recv(void *arg) {
     plain *p = arg;
     for (size_t off = 0; off < p->total; off += (size_t)8 << 20) {
         size_t len = p->total - off < ((size_t)8 << 20) ? p->total - off : (size_t)8 << 20;
-        if (io(p->c, p->rbuf, len, 0)) break;
+        if (io(p->c, p->rbuf + (p->whole ? off : 0), len, 0)) break;
     }
     return NULL;
 }
@@ -208,7 +222,7 @@ static int plain_run(void *arg, int warm, int n, double *v) {
         int rc = 0;
         for (size_t off = 0; off < p->total && !rc; off += (size_t)8 << 20) {
             size_t len = p->total - off < ((size_t)8 << 20) ? p->total - off : (size_t)8 << 20;
-            rc = io(p->s, p->buf, len, 1);
+            rc = io(p->s, p->buf + (p->whole ? off : 0), len, 1);
         }
         pthread_join(p->th, NULL);
         if (rc) return -1;
@@ -217,16 +231,18 @@ static int plain_run(void *arg, int warm, int n, double *v) {
     return 0;
 }
 
-static int plain_open(plain *p, size_t total) {
+static int plain_open(plain *p, size_t total, int whole) {
     int port[1];
     char url[64];
     if (tu_free_ports(1, port)) return -1;
     snprintf(url, sizeof url, "tcp://127.0.0.1:%d", port[0]);
+    size_t bytes = whole ? total : (size_t)8 << 20;
     p->total = total;
-    p->buf = malloc((size_t)8 << 20);
-    p->rbuf = malloc((size_t)8 << 20);
-    memset(p->buf, 7, (size_t)8 << 20);
-    memset(p->rbuf, 0, (size_t)8 << 20);
+    p->whole = whole;
+    p->buf = xalloc_aligned(bytes);
+    p->rbuf = xalloc_aligned(bytes);
+    memset(p->buf, 7, bytes);
+    memset(p->rbuf, 0, bytes);
     nng_stream_dialer *d;
     nng_aio *a1, *a2;
     if (nng_stream_listener_alloc(&p->l, url) || nng_stream_listener_listen(p->l) ||
@@ -349,8 +365,45 @@ static double heartbeat_bytes(void) {
     return frames * 25 / s / W / (W - 1);
 }
 
+// transfer measures state_transfer_*: rank 1 copies rank 0's state, against both plain streams.
+static int transfer(void) {
+    xfer x;
+    plain p, hot;
+    if (xfer_open(&x, N124M) || plain_open(&p, 2 * N124M * sizeof(float), 1) ||
+        plain_open(&hot, 2 * N124M * sizeof(float), 0)) {
+        fprintf(stderr, "bench_elastic: %s\n", err_msg());
+        return 1;
+    }
+    diloco_set_outer_steps(x.d[0], 1); // rank 0 is ahead: rank 1 copies its state
+    int rounds = tu_bench_rounds("elastic", 3, 2), reps = 1;
+    double *all = calloc((size_t)(3 * rounds), sizeof(double));
+    double *med = calloc((size_t)(3 * rounds), sizeof(double));
+    tu_side sides[3] = {
+        {"state", xfer_run, &x, 1, reps, all, med},
+        {"nng", plain_run, &p, 1, reps, all + rounds, med + rounds},
+        {"nng_hot", plain_run, &hot, 1, reps, all + 2 * rounds, med + 2 * rounds},
+    };
+    if (tu_interleave(sides, 3, rounds)) return 1;
+    double ratio[16], hot_ratio[16], mbs[16];
+    for (int r = 0; r < rounds; r++) {
+        ratio[r] = med[rounds + r] / med[r];
+        hot_ratio[r] = med[2 * rounds + r] / med[r];
+        mbs[r] = 2.0 * N124M * 4 / med[r] / 1e6;
+    }
+    tu_bench_ratio("state_transfer_vs_nng", ratio, rounds, 3);
+    tu_bench_ratio("state_transfer_vs_nng_hot", hot_ratio, rounds, 3);
+    printf("BENCH state_transfer_mb_s %.0f\n", tu_median(mbs, rounds));
+    for (int r = 0; r < 2; r++) {
+        diloco_destroy(x.d[r]);
+        peer_group_destroy(x.g[r]);
+    }
+    tu_rm_rf(x.dir);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 4 && !strcmp(argv[1], "--member")) return member_main(argv[2], atoi(argv[3]));
+    if (argc == 2 && !strcmp(argv[1], "--transfer")) return transfer();
     double hb = heartbeat_bytes();
     if (hb < 0) return 1;
     printf("BENCH heartbeat_bytes_s %.1f per link (%.0f per member of 48 peers)\n", hb, hb * 47);
@@ -362,34 +415,7 @@ int main(int argc, char **argv) {
            a.max);
     printf("BENCH detect_ms_silent %.1f (min %.1f max %.1f, a cut link, heartbeat_timeout 1000)\n",
            tu_median(sil, REPS), b.min, b.max);
-
-    xfer x;
-    plain p;
-    if (xfer_open(&x, N124M) || plain_open(&p, 2 * N124M * sizeof(float))) {
-        fprintf(stderr, "bench_elastic: %s\n", err_msg());
-        return 1;
-    }
-    diloco_set_outer_steps(x.d[0], 1); // rank 0 is ahead: rank 1 copies its state
-    int rounds = tu_bench_rounds("elastic", 3, 2), reps = 1;
-    double *all = calloc((size_t)(2 * rounds), sizeof(double));
-    double *med = calloc((size_t)(2 * rounds), sizeof(double));
-    tu_side sides[2] = {
-        {"state", xfer_run, &x, 0, reps, all, med},
-        {"nng", plain_run, &p, 0, reps, all + rounds, med + rounds},
-    };
-    if (tu_interleave(sides, 2, rounds)) return 1;
-    double ratio[16], mbs[16];
-    for (int r = 0; r < rounds; r++) {
-        ratio[r] = med[rounds + r] / med[r];
-        mbs[r] = 2.0 * N124M * 4 / med[r] / 1e6;
-    }
-    tu_bench_ratio("state_transfer_vs_nng", ratio, rounds, 3);
-    printf("BENCH state_transfer_mb_s %.0f\n", tu_median(mbs, rounds));
-    for (int r = 0; r < 2; r++) {
-        diloco_destroy(x.d[r]);
-        peer_group_destroy(x.g[r]);
-    }
-    tu_rm_rf(x.dir);
+    if (transfer()) return 1;
 
     double rj[REPS];
     if (rejoin(rj, REPS)) return 1;

@@ -16,6 +16,7 @@
 #include "sparta/peer/frame.h"
 #include "sparta/peer/le.h"
 #include "sparta/peer/peer.h"
+#include "sparta/peer/wire.h"
 #include "tests/test_util.h"
 #include "train/base/err.h"
 #include "train/base/sys.h"
@@ -858,7 +859,7 @@ typedef struct {
     int hold, held; // hold: the server waits until the test clears it
 } gate;
 
-static size_t echo_server(void *arg, int from, const void *req, size_t len, void *reply) {
+static size_t echo_server(void *arg, int from, const void *req, size_t len, peer_reply *rep) {
     gate *gt = arg;
     pthread_mutex_lock(&gt->mu);
     if (gt->hold) {
@@ -868,7 +869,7 @@ static size_t echo_server(void *arg, int from, const void *req, size_t len, void
             pthread_cond_wait(&gt->cv, &gt->mu);
     }
     pthread_mutex_unlock(&gt->mu);
-    unsigned char *out = reply;
+    unsigned char *out = rep->buf;
     out[0] = (unsigned char)from;
     for (size_t i = 0; i < len; i++)
         out[1 + i] = ((const unsigned char *)req)[len - 1 - i];
@@ -935,6 +936,122 @@ Test(peer, a_call_gets_its_servers_reply_and_times_out_or_fails_cleanly_otherwis
         peer_group_destroy(g[i]);
     tu_rm_rf(dir);
     free(dir);
+}
+
+// body_server answers a request (u32 body bytes, u32 mode) with "HEAD" and a body of that many
+// pattern bytes; mode 1 gives the body's CRC (crc_from), mode 2 a wrong one (a sender whose
+// state changed after its seal, or a damaged copy).
+enum { BODY_PLAIN, BODY_CLAIM, BODY_LIE };
+static unsigned char body_byte(size_t i) { return (unsigned char)(i * 131u + (i >> 9)); }
+static size_t body_server(void *arg, int from, const void *req, size_t len, peer_reply *rep) {
+    (void)arg;
+    (void)from;
+    if (len != 8) return 0;
+    uint32_t n = le_get32(req), mode = le_get32((const unsigned char *)req + 4);
+    unsigned char *out = rep->buf;
+    memcpy(out, "HEAD", 4);
+    for (uint32_t i = 0; i < n; i++)
+        out[4 + i] = body_byte(i);
+    if (mode != BODY_PLAIN) {
+        rep->crc_from = 4;
+        rep->crc = wire_crc32c(out + 4, n) ^ (mode == BODY_LIE ? 1u : 0u);
+    }
+    return 4 + (size_t)n;
+}
+
+// call_body asks g's rank 0 for n body bytes in mode into dst(cap) and returns the call's code.
+static int call_body(peer_group *g, uint32_t n, uint32_t mode, unsigned char *dst, size_t cap,
+                     size_t *got, uint32_t *crc) {
+    unsigned char req[8];
+    le_put32(req, n);
+    le_put32(req + 4, mode);
+    peer_msg *r = NULL;
+    int rc = peer_call_into(g, 0, req, sizeof req, 4, dst, cap, &r, got, crc, 20000);
+    if (rc == ERR_OK) {
+        cr_assert_not_null(r);
+        cr_assert_eq(r->len, 4, "the head is %zu bytes", r->len);
+        cr_assert_eq(memcmp(r->data, "HEAD", 4), 0);
+        peer_msg_free(g, r);
+    }
+    return rc;
+}
+
+// call_into_pair runs the checks of peer_call_into over a pair of groups (key: frame tags).
+static void call_into_pair(const unsigned char *key) {
+    char *dir = tu_tmpdir("peer");
+    char addr[2][PEER_ADDR_MAX];
+    const char *a[2];
+    ipc_addrs(dir, 2, addr, a);
+    peer_group *g[2];
+    for (int i = 0; i < 2; i++) {
+        peer_opts o = {.listen = a[i],
+                       .peers = a,
+                       .world = 2,
+                       .rank = i,
+                       .run_id = 42,
+                       .shared = SHARED,
+                       .build = "test",
+                       .tag = "peer-test",
+                       .cluster_key = key,
+                       .cluster_key_len = key ? 32 : 0};
+        cr_assert_eq(peer_group_create(&g[i], &o), ERR_OK, "%s", err_msg());
+    }
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(peer_wait_view(g[i], 2, 10000), 2);
+    peer_set_server(g[0], body_server, NULL);
+    size_t n = (size_t)3 << 20, got = 0;
+    uint32_t crc = 0;
+    unsigned char *dst = malloc(n + 64), *want = malloc(n);
+    for (size_t i = 0; i < n; i++)
+        want[i] = body_byte(i);
+    peer_stats st0, st1;
+    peer_get_stats(g[1], &st0);
+    for (uint32_t mode = BODY_PLAIN; mode <= BODY_CLAIM; mode++) {
+        memset(dst, 0, n + 64);
+        cr_assert_eq(call_body(g[1], (uint32_t)n, mode, dst, n + 64, &got, &crc), ERR_OK, "%s",
+                     err_msg());
+        cr_assert_eq(got, n, "mode %u: %zu body bytes", mode, got);
+        cr_assert_eq(memcmp(dst, want, n), 0, "mode %u: the body differs", mode);
+        cr_assert_eq(crc, wire_crc32c(want, n), "mode %u: crc %08x", mode, crc);
+        cr_assert_eq(dst[n], 0, "written past the body");
+    }
+    peer_get_stats(g[1], &st1); // in place without tags; tagged frames come through a buffer
+    cr_assert_eq(st1.in_place - st0.in_place, key ? 0u : 2u);
+    // no body at all, and a reply of the head alone
+    cr_assert_eq(call_body(g[1], 0, BODY_PLAIN, dst, n, &got, &crc), ERR_OK, "%s", err_msg());
+    cr_assert_eq(got, 0);
+    // a body whose frame CRC does not hold fails with ERR_FORMAT (not at the timeout)
+    peer_get_stats(g[1], &st0);
+    int rc = call_body(g[1], (uint32_t)n, BODY_LIE, dst, n, &got, &crc);
+    cr_assert_eq(rc, ERR_FORMAT, "rc %d: %s", rc, err_msg());
+    cr_assert(strstr(err_msg(), "CRC"), "%s", err_msg());
+    peer_get_stats(g[1], &st1);
+    cr_assert_eq(st1.bad_crc, st0.bad_crc + 1);
+    // a body larger than the buffer
+    rc = call_body(g[1], (uint32_t)n, BODY_PLAIN, dst, n - 1, &got, &crc);
+    cr_assert_eq(rc, ERR_FORMAT, "rc %d: %s", rc, err_msg());
+    cr_assert(strstr(err_msg(), "buffer"), "%s", err_msg());
+    // and the link goes on
+    cr_assert_eq(call_body(g[1], 1000, BODY_CLAIM, dst, n, &got, &crc), ERR_OK, "%s", err_msg());
+    cr_assert_eq(memcmp(dst, want, 1000), 0);
+    peer_set_server(g[0], NULL, NULL);
+    for (int i = 0; i < 2; i++)
+        peer_group_destroy(g[i]);
+    free(dst);
+    free(want);
+    tu_rm_rf(dir);
+    free(dir);
+}
+
+Test(peer, a_call_into_puts_the_body_in_place_and_a_damaged_one_fails_at_once) {
+    call_into_pair(NULL);
+}
+
+Test(peer, a_call_into_over_tagged_frames_gives_the_same) {
+    unsigned char key[32];
+    for (int i = 0; i < 32; i++)
+        key[i] = (unsigned char)(i * 7 + 1);
+    call_into_pair(key);
 }
 
 // wait_diag waits (bounded, by the group's own wake-ups) until peer_diagnose(g, rank) holds want.

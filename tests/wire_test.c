@@ -124,6 +124,18 @@ Test(wire, crc32c_matches_a_bitwise_reference_at_every_length_and_alignment) {
                          n);
 }
 
+Test(wire, crc32c_combine_gives_the_crc_of_the_concatenation_and_splits_it_again) {
+    unsigned char buf[1100];
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (unsigned char)(i * 29u + (i >> 2) + 3);
+    for (size_t split = 0; split <= sizeof buf; split += 1 + split / 8) {
+        uint32_t a = crc_bitwise(buf, split), b = crc_bitwise(buf + split, sizeof buf - split);
+        uint32_t whole = crc_bitwise(buf, sizeof buf);
+        cr_assert_eq(wire_crc32c_combine(a, b, sizeof buf - split), whole, "split=%zu", split);
+        cr_assert_eq(wire_crc32c_combine(a, whole, sizeof buf - split), b, "split=%zu", split);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sizes.
 

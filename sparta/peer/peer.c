@@ -27,6 +27,7 @@
 #include "sparta/peer/ident.h"
 #include "sparta/peer/le.h"
 #include "sparta/peer/mac.h"
+#include "sparta/peer/wire.h"
 #include "train/base/err.h"
 #include "train/base/log.h"
 #include "train/base/sys.h"
@@ -191,6 +192,13 @@ typedef struct call {
     struct plink *link;
     peer_msg *reply;
     int done, rc;
+    int damaged; // the reply came, but failed its frame's CRC check
+    // peer_call_into: the body (past head bytes) goes straight into dst (cap bytes); filling
+    // while the reader writes it there, then direct = 1 with its length and CRC32C
+    void *dst;
+    size_t head, cap, got;
+    int filling, direct;
+    uint32_t pcrc, hcrc; // its frame's payload CRC, and the CRC of the payload before the body
 } call;
 
 enum { RPC_REQ = 1, RPC_REP = 2, RPC_NOSERVER = 3, RPC_HDR = 5 };
@@ -839,6 +847,14 @@ static void link_down(peer_group *g, plink *l) {
     pthread_cond_broadcast(&g->cv);
 }
 
+// find_call returns the call on link l with id, or NULL. Under mu.
+static call *find_call(peer_group *g, const plink *l, uint32_t id) {
+    call *c = g->calls;
+    while (c && !(c->id == id && c->link == l))
+        c = c->next;
+    return c;
+}
+
 // rpc_take handles a frame on the request channel: a request is answered by the server (on this
 // reader's thread, so one at a time per link), a reply goes to the call that waits for it. Under
 // mu (dropped while the server runs). Takes m.
@@ -855,14 +871,23 @@ static void rpc_take(peer_group *g, plink *l, peer_msg *m) {
         le_put32(hdr + 1, id);
         size_t rlen = 0;
         peer_msg *out = NULL;
+        peer_reply rep = {0};
         if (g->serve && !g->stop) { // the server writes straight into the reply's frame buffer
             peer_serve_fn fn = g->serve;
             void *arg = g->serve_arg;
             g->serving++;
             out = msg_get(g, FRAME_MAX_PAYLOAD);
             pthread_mutex_unlock(&g->mu);
-            rlen = fn(arg, l->rank, p + RPC_HDR, m->len - RPC_HDR,
-                      (unsigned char *)out->data + RPC_HDR);
+            rep.buf = (unsigned char *)out->data + RPC_HDR;
+            rlen = fn(arg, l->rank, p + RPC_HDR, m->len - RPC_HDR, &rep);
+            if (rep.crc_from > rlen) rep.crc_from = 0;
+            if (rep.crc_from) { // the frame's CRC from the server's, reading its head only
+                unsigned char rh[RPC_HDR] = {RPC_REP};
+                le_put32(rh + 1, id);
+                uint32_t a = wire_crc32c_combine(wire_crc32c(rh, RPC_HDR),
+                                                 wire_crc32c(rep.buf, rep.crc_from), rep.crc_from);
+                rep.crc = wire_crc32c_combine(a, rep.crc, rlen - rep.crc_from);
+            }
             pthread_mutex_lock(&g->mu);
             g->serving--;
             pthread_cond_broadcast(&g->cv);
@@ -885,12 +910,12 @@ static void rpc_take(peer_group *g, plink *l, peer_msg *m) {
         f->data = out->data;
         f->len = (uint32_t)out->len;
         f->owned = out;
+        f->has_crc = rep.crc_from > 0;
+        f->crc = rep.crc;
         enqueue(l, f, -1); // bounded above, at 4 times the callers' bound
         return;
     }
-    call *c = g->calls;
-    while (c && !(c->id == id && c->link == l))
-        c = c->next;
+    call *c = find_call(g, l, id);
     if (!c || c->done || (p[0] != RPC_REP && p[0] != RPC_NOSERVER)) {
         g->st.recv_dropped[PEER_CH_STATE]++;
         msg_put(g, m);
@@ -1020,6 +1045,78 @@ static int handshake_step(peer_group *g, plink *l, const unsigned char *p, size_
     return handle_hello(g, l, &he) != 0;
 }
 
+// reply_damaged fails the call that a request-channel frame p(len) with a bad payload CRC
+// answers, if its header still names one, at once rather than at its timeout (the id may be the
+// damaged part: then the call waits, as for a lost reply). Under mu.
+static void reply_damaged(peer_group *g, const plink *l, const unsigned char *p, size_t len) {
+    if (len < RPC_HDR || p[0] != RPC_REP) return;
+    call *c = find_call(g, l, le_get32(p + 1));
+    if (!c || c->done || c->filling) return;
+    c->done = 1;
+    c->damaged = 1;
+    pthread_cond_broadcast(&g->cv);
+}
+
+// reply_into reads the rest of a request-channel frame h, whose first RPC_HDR bytes pre were
+// read, when it is a reply to a call that takes its body into a buffer of its own
+// (peer_call_into) and the body fits: the head into a message, the body straight into the
+// call's buffer. The frame's CRC check over the body is the caller's (its thread, so that this
+// reader goes on reading meanwhile). Sets *took = 1 if it did (the frame is handled), else the
+// caller reads the frame as usual. Returns 0 or the stream's error. Reader thread, not under mu.
+static int reply_into(peer_group *g, plink *l, nng_aio *aio, const frame_header *h,
+                      const unsigned char *pre, int *took) {
+    *took = 0;
+    if (pre[0] != RPC_REP) return 0;
+    pthread_mutex_lock(&g->mu);
+    call *c = find_call(g, l, le_get32(pre + 1));
+    size_t rest = h->len - RPC_HDR, head = 0, body = 0;
+    if (c && !c->done && c->dst && l->state == L_UP) {
+        head = rest < c->head ? rest : c->head;
+        body = rest - head;
+    }
+    if (!c || c->done || !c->dst || l->state != L_UP || body > c->cap) {
+        pthread_mutex_unlock(&g->mu);
+        return 0;
+    }
+    c->filling = 1; // its caller waits for us before it returns, even after its timeout
+    void *dst = c->dst;
+    peer_msg *m = msg_get(g, RPC_HDR + head);
+    pthread_mutex_unlock(&g->mu);
+    memcpy(m->data, pre, RPC_HDR);
+    nng_iov v[2];
+    int nv = 0;
+    if (head) v[nv++] = (nng_iov){(unsigned char *)m->data + RPC_HDR, head};
+    if (body) v[nv++] = (nng_iov){dst, body};
+    int rv = nv ? stream_io(l->s, aio, v, nv, 0, -1, &l->rx_ms) : 0;
+    uint32_t hcrc = rv ? 0 : wire_crc32c(m->data, RPC_HDR + head);
+    pthread_mutex_lock(&g->mu);
+    c->filling = 0; // c is still listed: its caller waited for this
+    pthread_cond_broadcast(&g->cv);
+    if (rv) {
+        msg_put(g, m);
+        pthread_mutex_unlock(&g->mu);
+        return rv;
+    }
+    *took = 1;
+    c->done = 1;
+    g->st.in_place++;
+    g->st.msgs_recv[PEER_CH_STATE]++;
+    g->st.bytes_recv[PEER_CH_STATE] += h->len;
+    m->data = (unsigned char *)m->data + RPC_HDR;
+    m->skip_ = RPC_HDR;
+    m->len = head;
+    m->from = l->rank;
+    m->member = l->member;
+    m->channel = PEER_CH_STATE;
+    c->reply = m;
+    c->direct = 1;
+    c->got = body;
+    c->pcrc = h->pcrc;
+    c->hcrc = hcrc;
+    pthread_mutex_unlock(&g->mu);
+    return 0;
+}
+
 static void *reader_main(void *arg) {
     plink *l = arg;
     peer_group *g = l->g;
@@ -1079,16 +1176,38 @@ static void *reader_main(void *arg) {
             break;
         }
         if (!tagged) seq++;
+        // a reply on the request channel: its call may take the body straight into its buffer
+        unsigned char pre[RPC_HDR];
+        size_t have = 0;
+        if (h.channel == PEER_CH_STATE && !handshake && !tagged && h.len >= RPC_HDR) {
+            int took = 0;
+            iov = (nng_iov){pre, RPC_HDR};
+            rv = stream_io(l->s, aio, &iov, 1, 0, -1, &l->rx_ms);
+            if (!rv) rv = reply_into(g, l, aio, &h, pre, &took);
+            if (rv || took) atomic_store(&l->rx_wait, 0);
+            if (rv) break;
+            if (took) continue;
+            have = RPC_HDR;
+        }
         pthread_mutex_lock(&g->mu);
         peer_msg *m = msg_get(g, h.len);
         pthread_mutex_unlock(&g->mu);
-        iov = (nng_iov){m->data, h.len};
-        rv = h.len ? stream_io(l->s, aio, &iov, 1, 0, handshake ? g->o.handshake_ms : -1, &l->rx_ms)
-                   : 0;
+        memcpy(m->data, pre, have);
+        iov = (nng_iov){(unsigned char *)m->data + have, h.len - have};
+        rv = h.len > have
+                 ? stream_io(l->s, aio, &iov, 1, 0, handshake ? g->o.handshake_ms : -1, &l->rx_ms)
+                 : 0;
         unsigned char mac[MAC_TAG], want[MAC_TAG];
         nng_iov tiov = {mac, MAC_TAG};
         if (!rv && tagged) rv = stream_io(l->s, aio, &tiov, 1, 0, -1, &l->rx_ms);
         atomic_store(&l->rx_wait, 0);
+        // the checks of the payload run outside mu (8 MiB take a millisecond)
+        int forged = 0, crc_ok = 0;
+        if (!rv && tagged) {
+            mac_frame(l->rx, hdr, FRAME_HEADER - 4, m->data, h.len, want);
+            forged = !mac_equal(mac, want);
+        }
+        if (!rv && !forged) crc_ok = frame_payload_ok(&h, m->data);
         pthread_mutex_lock(&g->mu);
         if (rv) {
             if (handshake) g->st.strangers++;
@@ -1097,8 +1216,7 @@ static void *reader_main(void *arg) {
             break;
         }
         if (tagged) {
-            mac_frame(l->rx, hdr, FRAME_HEADER - 4, m->data, h.len, want);
-            int forged = !mac_equal(mac, want), replay = !forged && h.seq < seq;
+            int replay = !forged && h.seq < seq;
             if (!forged && !replay) seq = h.seq + 1;
             if (forged || replay) {
                 if (forged)
@@ -1112,10 +1230,11 @@ static void *reader_main(void *arg) {
                 continue;
             }
         }
-        if (!frame_payload_ok(&h, m->data)) {
+        if (!crc_ok) {
             g->st.bad_crc++;
             LOG_D(tag(g), "dropped a %s frame from %s: payload CRC mismatch", ch_name[h.channel],
                   l->remote);
+            if (h.channel == PEER_CH_STATE && !handshake) reply_damaged(g, l, m->data, h.len);
             msg_put(g, m);
             int stop = handshake; // a hello must be intact
             if (stop) g->st.strangers++;
@@ -2037,8 +2156,9 @@ void peer_set_server(peer_group *g, peer_serve_fn fn, void *arg) {
     pthread_mutex_unlock(&g->mu);
 }
 
-int peer_call(peer_group *g, int rank, const void *req, size_t len, peer_msg **reply,
-              int timeout_ms) {
+// call_run sends req(len) to rank as call c and waits for its reply (peer_call, peer_call_into).
+static int call_run(peer_group *g, int rank, const void *req, size_t len, call *c, peer_msg **reply,
+                    int timeout_ms) {
     *reply = NULL;
     int rc = check_dest(g, rank, len + RPC_HDR);
     if (rc) return rc;
@@ -2050,11 +2170,13 @@ int peer_call(peer_group *g, int rank, const void *req, size_t len, peer_msg **r
         return err_set(g->stop ? ERR_CLOSED : ERR_PEER, "peer: call to rank %d: not connected",
                        rank);
     }
-    call c = {.id = ++g->call_id, .rank = rank, .link = l};
+    c->id = ++g->call_id;
+    c->rank = rank;
+    c->link = l;
     peer_msg *m = msg_get(g, len + RPC_HDR);
     unsigned char *p = m->data;
     p[0] = RPC_REQ;
-    le_put32(p + 1, c.id);
+    le_put32(p + 1, c->id);
     if (len) memcpy(p + RPC_HDR, req, len);
     out_frame *f = xcalloc(1, sizeof *f);
     f->ch = PEER_CH_STATE;
@@ -2067,18 +2189,22 @@ int peer_call(peer_group *g, int rank, const void *req, size_t len, peer_msg **r
         pthread_mutex_unlock(&g->mu);
         return err_set(ERR_PEER, "peer: call to rank %d: queue full", rank);
     }
-    c.next = g->calls;
-    g->calls = &c;
-    while (!c.done && !g->stop && g->by_rank[rank] == l && l->state == L_UP &&
+    c->next = g->calls;
+    g->calls = c;
+    while (!c->done && !g->stop && g->by_rank[rank] == l && l->state == L_UP &&
            cv_wait_until(&g->cv, &g->mu, dl) != ETIMEDOUT)
         ;
+    while (c->filling) // the reader is putting its body into the caller's buffer: let it finish
+        pthread_cond_wait(&g->cv, &g->mu);
     for (call **pp = &g->calls; *pp; pp = &(*pp)->next)
-        if (*pp == &c) {
-            *pp = c.next;
+        if (*pp == c) {
+            *pp = c->next;
             break;
         }
-    if (c.done) {
-        *reply = c.reply; // NULL: rank serves no requests (yet)
+    if (c->done && c->damaged) {
+        rc = err_set(ERR_FORMAT, "peer: call to rank %d: the reply fails its CRC check", rank);
+    } else if (c->done) {
+        *reply = c->reply; // NULL: rank serves no requests (yet)
         rc = ERR_OK;
     } else if (g->stop) {
         rc = err_set(ERR_CLOSED, "peer: call to rank %d: closed", rank);
@@ -2089,6 +2215,52 @@ int peer_call(peer_group *g, int rank, const void *req, size_t len, peer_msg **r
     }
     pthread_mutex_unlock(&g->mu);
     return rc;
+}
+
+int peer_call(peer_group *g, int rank, const void *req, size_t len, peer_msg **reply,
+              int timeout_ms) {
+    call c = {0};
+    return call_run(g, rank, req, len, &c, reply, timeout_ms);
+}
+
+int peer_call_into(peer_group *g, int rank, const void *req, size_t len, size_t head, void *dst,
+                   size_t cap, peer_msg **reply, size_t *got, uint32_t *crc, int timeout_ms) {
+    call c = {.dst = dst, .head = head, .cap = cap};
+    *got = 0;
+    *crc = 0;
+    int rc = call_run(g, rank, req, len, &c, reply, timeout_ms);
+    peer_msg *m = *reply;
+    if (rc || !m) return rc;
+    if (c.direct) { // the frame's check, over the body where it landed
+        uint32_t body = wire_crc32c(dst, c.got);
+        if (wire_crc32c_combine(c.hcrc, body, c.got) != c.pcrc) {
+            peer_msg_free(g, m);
+            *reply = NULL;
+            pthread_mutex_lock(&g->mu);
+            g->st.bad_crc++;
+            pthread_mutex_unlock(&g->mu);
+            return err_set(ERR_FORMAT, "peer: call to rank %d: the reply fails its CRC check",
+                           rank);
+        }
+        *got = c.got;
+        *crc = body;
+        return ERR_OK;
+    }
+    // it came whole, through a buffer (frame tags, or a body too large): copy the body over
+    size_t body = m->len > head ? m->len - head : 0;
+    if (body > cap) {
+        peer_msg_free(g, m);
+        *reply = NULL;
+        return err_set(ERR_FORMAT,
+                       "peer: call to rank %d: a reply of %zu bytes after its head, "
+                       "for a buffer of %zu",
+                       rank, body, cap);
+    }
+    if (body) memcpy(dst, (const unsigned char *)m->data + head, body);
+    m->len -= body;
+    *got = body;
+    *crc = wire_crc32c(dst, body);
+    return ERR_OK;
 }
 
 // ---- misbehaving members -------------------------------------------------------------------

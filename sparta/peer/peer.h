@@ -135,6 +135,7 @@ typedef struct peer_stats {
     uint64_t suspected; // links silent for half of heartbeat_ms (logged; most come back)
     uint64_t timed_out; // links closed because they were silent for heartbeat_ms
     uint64_t links_up, links_down; // links that came up, and went down (any reason)
+    uint64_t in_place;             // replies whose body went straight into the caller's buffer
 } peer_stats;
 
 // peer_group_create starts this process's membership: it listens on o->listen, then joins (see
@@ -233,12 +234,20 @@ void peer_msg_free(peer_group *g, peer_msg *m);
 void peer_wake(peer_group *g, int ch);
 
 // ---- requests and replies (PEER_CH_STATE) ---------------------------------------------------
-// peer_serve_fn answers a request req(len) from rank from: it writes the reply into reply, a
+// peer_serve_fn answers a request req(len) from rank from: it writes the reply into rep->buf, a
 // buffer of the layer of PEER_REPLY_MAX bytes (reused from call to call: no allocation), and
-// returns its length (0: an empty reply). It runs on a link's reader thread, one request at a
-// time per link (the writer sends the previous reply meanwhile).
+// returns its length (0: an empty reply). A server that knows the CRC32C of the reply's bytes
+// from rep->crc_from on (a copy of state it sealed) may say so (crc_from > 0 and crc): the layer
+// then frames the reply without reading those bytes again, and the caller's check of the frame
+// becomes a check against the server's sealed state. It runs on a link's reader thread, one
+// request at a time per link (the writer sends the previous reply meanwhile).
 #define PEER_REPLY_MAX (FRAME_MAX_PAYLOAD - 5)
-typedef size_t (*peer_serve_fn)(void *arg, int from, const void *req, size_t len, void *reply);
+typedef struct peer_reply {
+    void *buf;       // PEER_REPLY_MAX bytes: the reply goes here
+    size_t crc_from; // 0, or the offset from which crc holds the reply's CRC32C
+    uint32_t crc;    // the CRC32C of buf[crc_from, the returned length)
+} peer_reply;
+typedef size_t (*peer_serve_fn)(void *arg, int from, const void *req, size_t len, peer_reply *rep);
 
 // peer_set_server makes fn(arg, ...) answer the requests of every member (NULL: none; a request
 // then fails at once on the caller's side). Setting NULL waits for a call in progress to finish.
@@ -247,9 +256,21 @@ void peer_set_server(peer_group *g, peer_serve_fn fn, void *arg);
 // peer_call sends req(len) to rank and waits up to timeout_ms (< 0: no limit) for its reply,
 // which it returns in *reply (peer_msg_free), or *reply = NULL when rank answered that it serves
 // no requests (yet: its server is not set). Returns ERR_OK, ERR_TIMEOUT, ERR_PEER (not connected,
-// or the link went down), ERR_CLOSED or ERR_INVAL.
+// or the link went down), ERR_FORMAT (the reply came damaged: its frame fails its CRC check, at
+// once rather than at the timeout), ERR_CLOSED or ERR_INVAL.
 int peer_call(peer_group *g, int rank, const void *req, size_t len, peer_msg **reply,
               int timeout_ms);
+
+// peer_call_into is peer_call for a reply of a head of at most head bytes and then a body that
+// the link's reader puts straight into dst (cap bytes) as it comes off the stream, without a
+// copy: *reply holds the head, *got the body's length and *crc its CRC32C, computed over dst
+// once the body was in place (the frame's check covers it, so a body that arrives damaged fails
+// the call with ERR_FORMAT). A body larger than cap fails with ERR_FORMAT. On links with frame
+// tags (a cluster key) the body comes through a buffer and is copied (same results). However the
+// call ends, dst is no longer written once it returns (a body being read meanwhile is waited
+// for: the link's heartbeat timeout bounds that). dst may be written even when the call fails.
+int peer_call_into(peer_group *g, int rank, const void *req, size_t len, size_t head, void *dst,
+                   size_t cap, peer_msg **reply, size_t *got, uint32_t *crc, int timeout_ms);
 
 // peer_diagnose writes into buf (n bytes) why rank has no live link: the handshake was refused
 // (and why), its address does not resolve, the connection is refused, nothing answers, or (a rank

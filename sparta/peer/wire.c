@@ -93,6 +93,8 @@ static uint32_t crc_shift(uint32_t crc, size_t n) {
     return crc;
 }
 
+uint32_t wire_crc32c_combine(uint32_t a, uint32_t b, size_t bn) { return crc_shift(a, bn) ^ b; }
+
 // message_crc_from returns message_crc(msg, payload_bytes) given whole = the CRC32C of all
 // WIRE_HEADER + payload_bytes bytes of msg, and (the identity is its own inverse) the CRC of all
 // the bytes given whole = message_crc; it reads the header only.

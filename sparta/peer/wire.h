@@ -112,4 +112,9 @@ void wire_round_bf16(float *x, size_t n);
 // ("123456789" -> 0xE3069283).
 uint32_t wire_crc32c(const void *data, size_t n);
 
+// wire_crc32c_combine returns the CRC32C of A B given a = wire_crc32c(A), b = wire_crc32c(B) and
+// bn = |B|, without reading either (zlib's crc32_combine). As the combination is an xor,
+// wire_crc32c_combine(a, wire_crc32c(A B), bn) gives wire_crc32c(B).
+uint32_t wire_crc32c_combine(uint32_t a, uint32_t b, size_t bn);
+
 #endif
