@@ -29,7 +29,9 @@ static int
     group_max_offences; // peer_opts.max_offences of the next group_of (0 unless a test sets it)
 
 // group_of makes member rank of a static group over the addresses addr[0..world).
-static peer_group *group_of(const char *const *addr, int world, int rank, const char *shared) {
+// group_keyed is group_of with a cluster key of 32 bytes (NULL: none).
+static peer_group *group_keyed(const char *const *addr, int world, int rank, const char *shared,
+                               const unsigned char *key) {
     peer_opts o = {.listen = addr[rank],
                    .peers = addr,
                    .world = world,
@@ -38,10 +40,16 @@ static peer_group *group_of(const char *const *addr, int world, int rank, const 
                    .shared = shared ? shared : SHARED,
                    .build = "test",
                    .tag = "peer-test",
-                   .max_offences = group_max_offences};
+                   .max_offences = group_max_offences,
+                   .cluster_key = key,
+                   .cluster_key_len = key ? 32 : 0};
     peer_group *g;
     cr_assert_eq(peer_group_create(&g, &o), ERR_OK, "%s", err_msg());
     return g;
+}
+
+static peer_group *group_of(const char *const *addr, int world, int rank, const char *shared) {
+    return group_keyed(addr, world, rank, shared, NULL);
 }
 
 static void ipc_addrs(const char *dir, int n, char addr[][PEER_ADDR_MAX], const char **ptr) {
@@ -983,19 +991,8 @@ static void call_into_pair(const unsigned char *key) {
     const char *a[2];
     ipc_addrs(dir, 2, addr, a);
     peer_group *g[2];
-    for (int i = 0; i < 2; i++) {
-        peer_opts o = {.listen = a[i],
-                       .peers = a,
-                       .world = 2,
-                       .rank = i,
-                       .run_id = 42,
-                       .shared = SHARED,
-                       .build = "test",
-                       .tag = "peer-test",
-                       .cluster_key = key,
-                       .cluster_key_len = key ? 32 : 0};
-        cr_assert_eq(peer_group_create(&g[i], &o), ERR_OK, "%s", err_msg());
-    }
+    for (int i = 0; i < 2; i++)
+        g[i] = group_keyed(a, 2, i, NULL, key);
     for (int i = 0; i < 2; i++)
         cr_assert_eq(peer_wait_view(g[i], 2, 10000), 2);
     peer_set_server(g[0], body_server, NULL);
