@@ -1051,6 +1051,108 @@ Test(peer, a_call_into_over_tagged_frames_gives_the_same) {
     call_into_pair(key);
 }
 
+// ---- a rendezvous group across a partition -----------------------------------------------
+
+// view_size is how many members g's view holds (linked or not).
+static int view_size(peer_group *g) { return peer_view_ranks(g, NULL, 0); }
+
+// wait_views waits (20 s at most, paced by g[0]'s wake-ups) until g[0..n) hold views of want
+// members and, with linked, every pair is linked. Returns 1 if they did.
+static int wait_views(peer_group **g, int n, int want, int linked) {
+    double end = sys_now_ms() + 20000;
+    for (int i = 0; i < 1000000 && sys_now_ms() < end; i++) {
+        int ok = 1;
+        for (int a = 0; a < n && ok; a++) {
+            ok = view_size(g[a]) == want;
+            for (int b = 0; b < n && ok && linked; b++)
+                ok = a == b || peer_connected(g[a], b);
+        }
+        if (ok) return 1;
+        peer_wait_view(g[0], PEER_MAX_MEMBERS, 50);
+    }
+    return 0;
+}
+
+// Three members of a rendezvous group behind cables: member r advertises cable A[r] in front of
+// its port (the lower rank of a pair dials the higher's: link 1-2 crosses A[2]; a rejoin at the
+// coordinator crosses A[0]), and ranks 1 and 2 join through cables J[1] and J[2] to rank 0 (their
+// links to rank 0 are those connections). partition_heals cuts member iso off (2: J[2], A[2] and
+// A[0]; 0, the coordinator: J[1], J[2] and A[0]), checks that the coordinator's side took the
+// others out of its view while theirs kept it, mends the cables and waits for one view, linked.
+static void partition_heals(int iso) {
+    int port[3];
+    cr_assert_eq(tu_free_ports(3, port), 0);
+    tu_cable *A[3], *J[3] = {NULL, NULL, NULL};
+    char listen[3][64], adv[3][64], join[3][64];
+    for (int r = 0; r < 3; r++) {
+        A[r] = tu_cable_open(port[r]);
+        cr_assert_not_null(A[r]);
+        snprintf(listen[r], sizeof listen[r], "127.0.0.1:%d", port[r]);
+        snprintf(adv[r], sizeof adv[r], "127.0.0.1:%d", tu_cable_port(A[r]));
+        snprintf(join[r], sizeof join[r], "%s", adv[0]);
+        if (r) {
+            J[r] = tu_cable_open(port[0]);
+            cr_assert_not_null(J[r]);
+            snprintf(join[r], sizeof join[r], "127.0.0.1:%d", tu_cable_port(J[r]));
+        }
+    }
+    peer_group *g[3];
+    for (int r = 0; r < 3; r++) {
+        peer_opts o = {.listen = listen[r],
+                       .join = join[r],
+                       .want_rank = r,
+                       .advertise = adv[r],
+                       .run_id = 42,
+                       .shared = SHARED,
+                       .build = "test",
+                       .tag = "peer-test",
+                       .heartbeat_ms = 500};
+        cr_assert_eq(peer_group_create(&g[r], &o), ERR_OK, "rank %d: %s", r, err_msg());
+        cr_assert_eq(peer_rank(g[r]), r);
+    }
+    cr_assert(wait_views(g, 3, 3, 1), "the group did not form");
+    tu_cable *cut[3] = {iso == 2 ? J[2] : J[1], iso == 2 ? A[2] : J[2], A[0]};
+    for (int i = 0; i < 3; i++)
+        tu_cable_set(cut[i], TU_CABLE_CUT, 0);
+    if (iso == 2) { // the coordinator's side: ranks 0 and 1; rank 2 keeps its view
+        peer_group *side[2] = {g[0], g[1]};
+        cr_assert(wait_views(side, 2, 2, 1), "ranks 0 and 1 kept rank 2 in their view");
+    } else { // the coordinator alone; ranks 1 and 2 keep it in theirs
+        cr_assert(wait_views(g, 1, 1, 0), "rank 0 kept the others in its view");
+    }
+    int other[2] = {iso == 2 ? 0 : 1, iso == 2 ? 1 : 2}; // the far side of the cut, from iso
+    double end = sys_now_ms() + 20000; // and the far side finds itself cut off (its own timeouts)
+    while ((peer_connected(g[iso], other[0]) || peer_connected(g[iso], other[1])) &&
+           sys_now_ms() < end)
+        peer_wait_view(g[iso], PEER_MAX_MEMBERS, 50);
+    cr_assert(!peer_connected(g[iso], other[0]) && !peer_connected(g[iso], other[1]),
+              "rank %d is still linked across the cut", iso);
+    for (int r = iso == 2 ? 2 : 1; r < 3; r++) // the side without the coordinator
+        cr_assert_eq(view_size(g[r]), 3, "rank %d's view lost members: nothing to rejoin", r);
+    for (int i = 0; i < 3; i++)
+        tu_cable_set(cut[i], TU_CABLE_PASS, 0);
+    cr_assert(wait_views(g, 3, 3, 1), "no one view after the heal: views of %d, %d, %d",
+              view_size(g[0]), view_size(g[1]), view_size(g[2]));
+    peer_view v[3];
+    for (int r = 0; r < 3; r++)
+        peer_get_view(g[r], &v[r]);
+    cr_assert(v[0].epoch == v[1].epoch && v[1].epoch == v[2].epoch,
+              "one view, but epochs %llu %llu %llu", (unsigned long long)v[0].epoch,
+              (unsigned long long)v[1].epoch, (unsigned long long)v[2].epoch);
+    for (int r = 0; r < 3; r++)
+        peer_group_destroy(g[r]);
+    for (int r = 0; r < 3; r++) {
+        tu_cable_close(A[r]);
+        tu_cable_close(J[r]);
+    }
+}
+
+Test(peer, a_rendezvous_member_cut_off_by_a_partition_rejoins_when_it_heals) { partition_heals(2); }
+
+Test(peer, rendezvous_members_cut_off_from_their_coordinator_rejoin_it_when_it_heals) {
+    partition_heals(0);
+}
+
 // wait_diag waits (bounded, by the group's own wake-ups) until peer_diagnose(g, rank) holds want.
 static int wait_diag(peer_group *g, int rank, const char *want, char *buf, size_t n) {
     for (int i = 0; i < 400; i++) {

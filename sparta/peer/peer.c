@@ -153,6 +153,9 @@ struct peer_group {
     int join_done, join_self;
     char join_err[600];
     double join_next;
+    double orphan_ms; // a rendezvous member: since when it has no link to its coordinator (0: it
+                      // has one)
+    double orphan_logged; // when maint_rejoin last said so
     // receive queues
     peer_msg *rh[PEER_NCH], *rt[PEER_NCH];
     int rn[PEER_NCH], rwake[PEER_NCH];
@@ -509,7 +512,8 @@ static size_t hello_encode(peer_group *g, plink *l, unsigned char *p, size_t cap
     hs_hello h = {.run_id = g->o.run_id,
                   .member = g->id,
                   .settings_hash = g->settings_hash,
-                  .rank = joining ? g->o.want_rank : g->rank, // joining: the one asked for
+                  // joining: the rank asked for (a member that rejoins asks for its own)
+                  .rank = joining && g->rank < 0 ? g->o.want_rank : g->rank,
                   .world = g->is_static ? g->world : 0,
                   .joining = joining, // only on the link we dialled to join
                   .shared = g->shared};
@@ -552,14 +556,16 @@ static void broadcast_view(peer_group *g, plink *except) {
     free(buf);
 }
 
-// view_apply installs a view from the coordinator. Under mu. Returns the rank it assigns us
-// (or -1), or -2 if the message is malformed.
-static int view_apply(peer_group *g, const unsigned char *p, size_t len) {
+// view_apply installs a view from the coordinator (back: we rejoin, and a view that gives us
+// our own rank back is taken even if its epoch is not past ours). Under mu. Returns the rank it
+// assigns us (or -1), or -2 if the message is malformed.
+static int view_apply(peer_group *g, const unsigned char *p, size_t len, int back) {
     int present[PEER_MAX_MEMBERS], yours;
     peer_member mem[PEER_MAX_MEMBERS];
     uint64_t epoch;
     if (hs_view_parse(p, len, &epoch, &yours, present, mem)) return -2;
-    if (epoch <= g->epoch && g->rank >= 0) return yours; // an old view
+    if (epoch <= g->epoch && g->rank >= 0 && !(back && yours == g->rank))
+        return yours; // an old view
     g->epoch = epoch;
     for (int r = 0; r < PEER_MAX_MEMBERS; r++) {
         g->present[r] = present[r];
@@ -1255,10 +1261,14 @@ static void *reader_main(void *arg) {
                 close_it = handshake_step(g, l, p, h.len, shared, &done);
                 if (done) handshake = 0;
             } else if (type == SYS_VIEW) {
-                int yours = view_apply(g, p, h.len);
+                int back = l->joining && g->rank >= 0; // a member that rejoins (maint_rejoin)
+                int yours = view_apply(g, p, h.len, back);
                 if (yours == -2) {
                     g->st.recv_dropped[PEER_CH_SYS]++;
-                } else if (l->joining && g->rank < 0 && yours >= 0) {
+                } else if (l->joining && yours >= 0 && (g->rank < 0 || yours == g->rank)) {
+                    if (back)
+                        LOG_I(tag(g), "rank=%d is back in the view (epoch %" PRIu64 ")", g->rank,
+                              g->epoch);
                     g->rank = yours;
                     g->join_done = 1;
                     l->joining = 0;
@@ -1269,8 +1279,13 @@ static void *reader_main(void *arg) {
                         g->mem[r].id != l->member)
                         for (r = 0; r < PEER_MAX_MEMBERS; r++)
                             if (g->present[r] && g->mem[r].id == l->member) break;
-                    if (r < PEER_MAX_MEMBERS) link_register(g, l, r);
+                    if (r < PEER_MAX_MEMBERS && !g->by_rank[r])
+                        link_register(g, l, r);
+                    else if (back)
+                        close_it = 1;
                     pthread_cond_broadcast(&g->cv);
+                } else if (back) {
+                    close_it = 1; // the coordinator gave us another rank: not ours to take
                 }
             } else if (type == SYS_PING && h.len == 1) {
                 // a heartbeat: its bytes were the news
@@ -1496,9 +1511,49 @@ static int joining_link(peer_group *g) {
     return 0;
 }
 
+// maint_rejoin heals a rendezvous member cut off from its coordinator (the lowest rank of its
+// view, which in a partition takes it out of its view and never dials it again): once it has had
+// no link to the coordinator for the heartbeat timeout, it dials the coordinator as a joiner
+// asking for its own rank, again every timeout until it is back (the coordinator gives the rank
+// back once it has taken it out of its view). Returns 1 if it dialled. Under mu (dropped to dial).
+static int maint_rejoin(peer_group *g, double now) {
+    int c = lowest_present(g);
+    if (g->is_static || g->rank < 0 || c < 0 || c == g->rank || has_link(g, c)) {
+        g->orphan_ms = 0;
+        return 0;
+    }
+    double wait = g->hb_ms > 0 ? g->hb_ms : HEARTBEAT_MS;
+    if (!g->orphan_ms) g->orphan_ms = now;
+    if (now - g->orphan_ms < wait || now < g->join_next || joining_link(g)) return 0;
+    g->join_next = now + wait;
+    char *url = to_url(g, g->mem[c].addr), err[160];
+    if (now - g->orphan_logged > 30000) { // once, then every 30 s while it lasts
+        g->orphan_logged = now;
+        LOG_I(tag(g), "rank=%d: no link to the coordinator rank=%d for %.0f ms: rejoining at %s",
+              g->rank, c, now - g->orphan_ms, g->mem[c].addr);
+    }
+    nng_stream_dialer *old = NULL; // rank c's dialer slot is free: we dial higher ranks only
+    if (strcmp(g->dialer_url[c], url)) {
+        old = g->dialer[c];
+        g->dialer[c] = NULL;
+        snprintf(g->dialer_url[c], sizeof g->dialer_url[c], "%s", url);
+    }
+    pthread_mutex_unlock(&g->mu);
+    if (old) nng_stream_dialer_free(old);
+    nng_stream *s = dial_with(&g->dialer[c], url, g->tls.client, err, sizeof err);
+    pthread_mutex_lock(&g->mu);
+    if (s)
+        link_start(g, s, -1, 1);
+    else
+        LOG_D(tag(g), "rank=%d: rejoining at %s: %s", g->rank, url, err);
+    free(url);
+    return 1;
+}
+
 // maint_dial makes one dial the maintainer owes, if any is due. Under mu (dropped to dial).
 static void maint_dial(peer_group *g) {
     double now = sys_now_ms();
+    if (maint_rejoin(g, now)) return;
     if (g->rank < 0) { // joining: dial the rendezvous address
         if (g->join_done || g->join_self || g->join_err[0] || joining_link(g) || now < g->join_next)
             return;
@@ -1643,6 +1698,7 @@ static int listen_on(peer_group *g) {
     } else {
         snprintf(g->self_addr, sizeof g->self_addr, "%s", g->listen_url);
     }
+    if (g->o.advertise) snprintf(g->self_addr, sizeof g->self_addr, "%s", g->o.advertise);
     return ERR_OK;
 }
 

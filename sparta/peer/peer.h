@@ -10,7 +10,11 @@
 // the hello that answers carries its own member id, it is that address and founds the group;
 // otherwise the group's coordinator (its lowest rank; others redirect to it) gives it the lowest
 // free rank (or the one it asks for), and sends the new view to every member, each of which dials
-// the members of higher rank. So every process can be given the same --join address.
+// the members of higher rank. So every process can be given the same --join address. The
+// coordinator takes a member whose link died out of the view (and dials it no more); a member
+// with no link to its coordinator for the heartbeat timeout (a partition: the other side keeps
+// it in its view) dials the coordinator again asking for its own rank, so a healed partition
+// becomes one view again. A coordinator that died for good is not replaced.
 //
 // Channels: PEER_CH_SYS is the layer's own. Sends go out in channel order (control before SPARTA
 // before the ring and state transfers), one frame at a time, so a small message waits for at most
@@ -54,9 +58,12 @@ typedef struct peer_opts {
     int world, rank;
     // Or a rendezvous: the address of any member (or this process's own: it founds the group).
     const char *join;
-    int want_rank;      // with join: -1 for the lowest free rank, else this one
-    int max_members;    // with join: ranks are below this (0: PEER_MAX_MEMBERS)
-    int join_ms;        // with join: how long to wait for the group (0: 10000)
+    int want_rank;   // with join: -1 for the lowest free rank, else this one
+    int max_members; // with join: ranks are below this (0: PEER_MAX_MEMBERS)
+    int join_ms;     // with join: how long to wait for the group (0: 10000)
+    // The address the others dial for this process (NULL: its listen address): set it behind a
+    // relay or a port forward.
+    const char *advertise;
     uint64_t run_id;    // peers of another run are refused (0: not checked)
     const char *shared; // the settings every peer must share, one key=value line each (hello.h);
                         // a peer whose text differs is refused, naming the keys. May be NULL.
