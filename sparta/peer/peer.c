@@ -1511,6 +1511,22 @@ static int joining_link(peer_group *g) {
     return 0;
 }
 
+// dial_slot dials url with rank r's dialer (a new one when r's address changed: a view change).
+// Under mu (dropped to dial); the maintainer's. Returns the stream, or NULL with err(n) saying why.
+static nng_stream *dial_slot(peer_group *g, int r, const char *url, char *err, size_t n) {
+    nng_stream_dialer *old = NULL;
+    if (strcmp(g->dialer_url[r], url)) {
+        old = g->dialer[r];
+        g->dialer[r] = NULL;
+        snprintf(g->dialer_url[r], sizeof g->dialer_url[r], "%s", url);
+    }
+    pthread_mutex_unlock(&g->mu);
+    if (old) nng_stream_dialer_free(old);
+    nng_stream *s = dial_with(&g->dialer[r], url, g->tls.client, err, n);
+    pthread_mutex_lock(&g->mu);
+    return s;
+}
+
 // maint_rejoin heals a rendezvous member cut off from its coordinator (the lowest rank of its
 // view, which in a partition takes it out of its view and never dials it again): once it has had
 // no link to the coordinator for the heartbeat timeout, it dials the coordinator as a joiner
@@ -1532,16 +1548,7 @@ static int maint_rejoin(peer_group *g, double now) {
         LOG_I(tag(g), "rank=%d: no link to the coordinator rank=%d for %.0f ms: rejoining at %s",
               g->rank, c, now - g->orphan_ms, g->mem[c].addr);
     }
-    nng_stream_dialer *old = NULL; // rank c's dialer slot is free: we dial higher ranks only
-    if (strcmp(g->dialer_url[c], url)) {
-        old = g->dialer[c];
-        g->dialer[c] = NULL;
-        snprintf(g->dialer_url[c], sizeof g->dialer_url[c], "%s", url);
-    }
-    pthread_mutex_unlock(&g->mu);
-    if (old) nng_stream_dialer_free(old);
-    nng_stream *s = dial_with(&g->dialer[c], url, g->tls.client, err, sizeof err);
-    pthread_mutex_lock(&g->mu);
+    nng_stream *s = dial_slot(g, c, url, err, sizeof err); // c's slot: we dial higher ranks only
     if (s)
         link_start(g, s, -1, 1);
     else
@@ -1580,16 +1587,7 @@ static void maint_dial(peer_group *g) {
         int w = g->dial_wait[r] ? g->dial_wait[r] * 2 : DIAL_MIN_MS;
         g->dial_wait[r] = w > DIAL_MAX_MS ? DIAL_MAX_MS : w;
         g->next_dial[r] = now + g->dial_wait[r];
-        nng_stream_dialer *old = NULL;
-        if (strcmp(g->dialer_url[r], url)) { // a new address for rank r (a view change)
-            old = g->dialer[r];
-            g->dialer[r] = NULL;
-            snprintf(g->dialer_url[r], sizeof g->dialer_url[r], "%s", url);
-        }
-        pthread_mutex_unlock(&g->mu);
-        if (old) nng_stream_dialer_free(old);
-        nng_stream *s = dial_with(&g->dialer[r], url, g->tls.client, err, sizeof err);
-        pthread_mutex_lock(&g->mu);
+        nng_stream *s = dial_slot(g, r, url, err, sizeof err);
         if (s && !has_link(g, r)) {
             link_start(g, s, r, 0);
         } else if (s) {
