@@ -486,11 +486,11 @@ static int ask_counted(diloco *d, int p, uint32_t op, uint64_t offset, uint32_t 
     return ERR_OK;
 }
 
-// ask is ask_counted into d's counters (trainer thread).
-static int ask(diloco *d, int p, uint32_t op, uint64_t offset, uint32_t count, ctl_rep *r,
-               float *dst, int timeout_ms) {
+// ask_state asks peer p for its state (CTL_STATE, no values) into *r, counting the bytes in d's
+// counters (trainer thread).
+static int ask_state(diloco *d, int p, ctl_rep *r, int timeout_ms) {
     uint64_t sent = 0, recv = 0;
-    int rc = ask_counted(d, p, op, offset, count, r, dst, NULL, timeout_ms, &sent, &recv);
+    int rc = ask_counted(d, p, CTL_STATE, 0, 0, r, NULL, NULL, timeout_ms, &sent, &recv);
     d->bytes_sent += sent;
     d->ctl_sent += sent;
     d->bytes_recv += recv;
@@ -507,7 +507,7 @@ typedef struct copy_job {
     float *params; // theta_g's chunks go here too, while they are in the cache
     int p;
     int64_t outer;        // the outer step the copy belongs to
-    size_t per, nchunks;  // chunks per vector, in all
+    size_t nchunks;       // in all: 2 d->nchunk
     pthread_mutex_t lock; // guards the rest
     size_t next;
     int rc, moved;
@@ -524,17 +524,17 @@ static void *copy_main(void *arg) {
         size_t c = j->next++;
         pthread_mutex_unlock(&j->lock);
         if (stop) break;
-        int op = c < j->per ? CTL_THETA : CTL_MOMENTUM;
-        size_t off = (c % j->per) * CTL_MAX_COUNT, cnt = chunk_len(d, c % j->per);
+        int op = c < d->nchunk ? CTL_THETA : CTL_MOMENTUM;
+        size_t off = (c % d->nchunk) * CTL_MAX_COUNT, cnt = chunk_len(d, c % d->nchunk);
         float *dst = (op == CTL_THETA ? d->theta_g : d->buf) + off;
         ctl_rep r;
         uint64_t sent = 0, recv = 0;
         int rc = ask_counted(d, j->p, (uint32_t)op, off, (uint32_t)cnt, &r, dst, &d->rx_crc[c],
                              d->dc.timeout_ms, &sent, &recv);
+        if (!rc && op == CTL_THETA) memcpy(j->params + off, dst, cnt * sizeof(float));
         pthread_mutex_lock(&j->lock);
         j->sent += sent;
         j->recv += recv;
-        if (!rc && op == CTL_THETA) memcpy(j->params + off, dst, cnt * sizeof(float));
         if (rc && !j->rc) {
             j->rc = rc;
             snprintf(j->why, sizeof j->why, "%s", err_msg());
@@ -550,8 +550,7 @@ static void *copy_main(void *arg) {
 // took an outer step meanwhile) or the first error.
 static int copy_chunks(diloco *d, float *params, int p, int64_t outer, int *moved) {
     copy_job j = {.d = d, .params = params, .p = p, .outer = outer};
-    j.per = d->nchunk;
-    j.nchunks = 2 * j.per;
+    j.nchunks = 2 * d->nchunk;
     pthread_mutex_init(&j.lock, NULL);
     pthread_t th[FETCHERS - 1];
     int started[FETCHERS - 1] = {0};
@@ -578,7 +577,7 @@ static int fetch(diloco *d, float *params, int p, ctl_rep *st) {
     int timeout = d->dc.timeout_ms;
     double t0 = sys_now_ms();
     for (int attempt = 0; attempt < 3; attempt++) {
-        int rc = ask(d, p, CTL_STATE, 0, 0, st, NULL, timeout), moved = 0;
+        int rc = ask_state(d, p, st, timeout), moved = 0;
         pthread_mutex_lock(&d->mu); // our own control server stays off the buffers meanwhile
         d->fetching = 1;
         pthread_mutex_unlock(&d->mu);
@@ -639,7 +638,7 @@ static int donors(diloco *d, int64_t min_outer, donor *dv) {
         // never from a peer whose values this outer step rejected, nor an expelled one
         if (p == d->rank || !peer_connected(d->g, p) || d->except[p] || peer_expelled(d->g, p))
             continue;
-        if (ask(d, p, CTL_STATE, 0, 0, &r, NULL, d->dc.timeout_ms) != ERR_OK) {
+        if (ask_state(d, p, &r, d->dc.timeout_ms) != ERR_OK) {
             LOG_D("diloco", "rank %d did not answer: %s", p, err_msg());
             continue;
         }
@@ -817,8 +816,7 @@ static int someone_has(diloco *d, int64_t t) {
     for (int p = 0; p < d->world; p++) {
         ctl_rep r;
         if (p == d->rank || !peer_connected(d->g, p)) continue;
-        if (ask(d, p, CTL_STATE, 0, 0, &r, NULL, d->dc.timeout_ms) == ERR_OK && r.outer_steps >= t)
-            return 1;
+        if (ask_state(d, p, &r, d->dc.timeout_ms) == ERR_OK && r.outer_steps >= t) return 1;
     }
     return 0;
 }

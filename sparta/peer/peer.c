@@ -1076,11 +1076,13 @@ static int reply_into(peer_group *g, plink *l, nng_aio *aio, const frame_header 
     pthread_mutex_lock(&g->mu);
     call *c = find_call(g, l, le_get32(pre + 1));
     size_t rest = h->len - RPC_HDR, head = 0, body = 0;
-    if (c && !c->done && c->dst && l->state == L_UP) {
+    int ok = c && !c->done && c->dst && l->state == L_UP;
+    if (ok) {
         head = rest < c->head ? rest : c->head;
         body = rest - head;
+        ok = body <= c->cap;
     }
-    if (!c || c->done || !c->dst || l->state != L_UP || body > c->cap) {
+    if (!ok) {
         pthread_mutex_unlock(&g->mu);
         return 0;
     }
