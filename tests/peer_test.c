@@ -884,16 +884,22 @@ static size_t echo_server(void *arg, int from, const void *req, size_t len, peer
     return len + 1;
 }
 
-Test(peer, a_call_gets_its_servers_reply_and_times_out_or_fails_cleanly_otherwise) {
-    char *dir = tu_tmpdir("peer");
+// groups_up makes n (at most 3) groups on ipc addresses in dir (key: a cluster key, or NULL)
+// into g and waits until each sees all n.
+static void groups_up(const char *dir, int n, peer_group **g, const unsigned char *key) {
     char addr[3][PEER_ADDR_MAX];
     const char *a[3];
-    ipc_addrs(dir, 3, addr, a);
+    ipc_addrs(dir, n, addr, a);
+    for (int i = 0; i < n; i++)
+        g[i] = group_keyed(a, n, i, NULL, key);
+    for (int i = 0; i < n; i++)
+        cr_assert_eq(peer_wait_view(g[i], n, 10000), n);
+}
+
+Test(peer, a_call_gets_its_servers_reply_and_times_out_or_fails_cleanly_otherwise) {
+    char *dir = tu_tmpdir("peer");
     peer_group *g[3];
-    for (int i = 0; i < 3; i++)
-        g[i] = group_of(a, 3, i, NULL);
-    for (int i = 0; i < 3; i++)
-        cr_assert_eq(peer_wait_view(g[i], 3, 10000), 3);
+    groups_up(dir, 3, g, NULL);
     gate gt = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
     peer_set_server(g[0], echo_server, &gt);
     // a small request and one near the frame limit
@@ -987,14 +993,8 @@ static int call_body(peer_group *g, uint32_t n, uint32_t mode, unsigned char *ds
 // call_into_pair runs the checks of peer_call_into over a pair of groups (key: frame tags).
 static void call_into_pair(const unsigned char *key) {
     char *dir = tu_tmpdir("peer");
-    char addr[2][PEER_ADDR_MAX];
-    const char *a[2];
-    ipc_addrs(dir, 2, addr, a);
     peer_group *g[2];
-    for (int i = 0; i < 2; i++)
-        g[i] = group_keyed(a, 2, i, NULL, key);
-    for (int i = 0; i < 2; i++)
-        cr_assert_eq(peer_wait_view(g[i], 2, 10000), 2);
+    groups_up(dir, 2, g, key);
     peer_set_server(g[0], body_server, NULL);
     size_t n = (size_t)3 << 20, got = 0;
     uint32_t crc = 0;
